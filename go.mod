@@ -1,0 +1,12 @@
+module github.com/ocistore/ocistore
+
+go 1.26.8
+
+require (
+	github.com/google/renameio/v2 v2.0.2
+	github.com/opencontainers/go-digest v1.0.0
+	github.com/opencontainers/image-spec v1.1.1
+	go.etcd.io/bbolt v1.5.0
+)
+
+require golang.org/x/sys v0.50.0 // indirect

@@ -1,0 +1,113 @@
+// Package crash holds named crash points: places in the durability protocol
+// where a test can make the process die as if the power had been cut
+// between two steps. In production no crash point is armed and Point costs one
+// atomic load.
+//
+// A process is armed through the environment variable OCISTORE_CRASHPOINT,
+// read once at start: "NAME" kills the process (SIGKILL, no deferred code, no
+// buffered output) the first time Point(NAME) is reached; "NAME@K" kills it at
+// the K-th time (1-based). Tests in the same process use Arm instead.
+package crash
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// EnvVar names the environment variable that arms a crash point in a child process.
+const EnvVar = "OCISTORE_CRASHPOINT"
+
+// The crash points of the protocol, in the order a transaction reaches them.
+const (
+	// Transaction (DESIGN.md §3).
+	TxnJournaled      = "txn-journaled"      // step 2 done: record durable, nothing else changed
+	IndexTempWritten  = "index-temp-written" // step 3: temp index written, not yet synced or renamed
+	IndexRenamed      = "index-renamed"      // step 3: renamed over index.json, layout dir not synced
+	IndexSynced       = "index-synced"       // step 3 done: layout dir synced (commit point)
+	BlobUnlinked      = "blob-unlinked"      // step 4: after each unlink, before the blob dir sync
+	BlobDirSynced     = "blob-dir-synced"    // step 4 done: blob dirs synced, record not cleared
+	TxnCleared        = "txn-cleared"        // step 5 done
+	IngestWritten     = "ingest-written"     // ingest: temp file written and synced, not renamed
+	IngestRenamed     = "ingest-renamed"     // ingest: renamed into blobs/, dir not synced
+	IngestSynced      = "ingest-synced"      // ingest: blob dir synced, journal not told
+	RecoverReplayed   = "recover-replayed"   // recovery: index.json rewritten from the record
+	RecoverUnlinked   = "recover-unlinked"   // recovery: after each unlink of a pending record
+	RecoverRecounted  = "recover-recounted"  // recovery: refcounts recounted, record not dropped
+	JournalCreated    = "journal-created"    // adoption: db file created, directory not synced
+	LayoutInitialized = "layout-initialized" // init: oci-layout written, index.json not yet
+)
+
+// All lists every crash point, for tests that iterate over them.
+var All = []string{
+	TxnJournaled, IndexTempWritten, IndexRenamed, IndexSynced, BlobUnlinked, BlobDirSynced, TxnCleared,
+	IngestWritten, IngestRenamed, IngestSynced,
+	RecoverReplayed, RecoverUnlinked, RecoverRecounted, JournalCreated, LayoutInitialized,
+}
+
+var (
+	armed atomic.Bool
+	mu    sync.Mutex
+	name  string
+	left  int
+	hook  func(string)
+)
+
+func init() {
+	if v := os.Getenv(EnvVar); v != "" {
+		n, k := v, 1
+		if i := strings.LastIndexByte(v, '@'); i >= 0 {
+			if c, err := strconv.Atoi(v[i+1:]); err == nil && c > 0 {
+				n, k = v[:i], c
+			}
+		}
+		Arm(n, k, nil)
+	}
+}
+
+// Arm makes the k-th call of Point(n) run fn (or kill the process when fn is
+// nil). It replaces any earlier arming. Disarm undoes it.
+func Arm(n string, k int, fn func(string)) {
+	mu.Lock()
+	defer mu.Unlock()
+	name, left, hook = n, k, fn
+	armed.Store(true)
+}
+
+// Disarm removes any armed crash point.
+func Disarm() {
+	mu.Lock()
+	defer mu.Unlock()
+	name, left, hook = "", 0, nil
+	armed.Store(false)
+}
+
+// Point marks a named step. It does nothing unless that point is armed.
+func Point(n string) {
+	if !armed.Load() {
+		return
+	}
+	mu.Lock()
+	if n != name {
+		mu.Unlock()
+		return
+	}
+	left--
+	if left > 0 {
+		mu.Unlock()
+		return
+	}
+	fn := hook
+	name = ""
+	armed.Store(false)
+	mu.Unlock()
+	if fn != nil {
+		fn(n)
+		return
+	}
+	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {} // SIGKILL is not deliverable late; never return into the protocol
+}

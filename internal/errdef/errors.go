@@ -1,0 +1,35 @@
+// Package errdef holds the sentinel errors of ocistore. It imports nothing
+// else of the project, so every layer can wrap these and every caller can
+// test for them with errors.Is. The public store package re-exports them.
+package errdef
+
+import "errors"
+
+var (
+	// ErrNotFound: a reference, digest or blob does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrInvalidDigest: a digest is malformed, uses an unknown algorithm or
+	// tries to escape the blob directory.
+	ErrInvalidDigest = errors.New("invalid digest")
+	// ErrDigestMismatch: content does not hash to the digest it was stored or announced under.
+	ErrDigestMismatch = errors.New("digest mismatch")
+	// ErrSizeMismatch: content is not of the size its descriptor says.
+	ErrSizeMismatch = errors.New("size mismatch")
+	// ErrCorrupt: a layout or journal file cannot be parsed or breaks the format.
+	ErrCorrupt = errors.New("corrupt")
+	// ErrLocked: another process holds the layout's writer lock.
+	ErrLocked = errors.New("locked by another process")
+	// ErrPoisoned: an earlier fsync or journal commit failed; the handle refuses
+	// writes until it is closed and opened again.
+	ErrPoisoned = errors.New("store handle poisoned by an earlier durability failure; reopen it")
+	// ErrClosed: the store has been closed.
+	ErrClosed = errors.New("store closed")
+	// ErrInvalidArgument: a caller passed something unusable (empty reference, bad tag).
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrMissingDependency: a manifest refers to a blob that is not in the layout.
+	ErrMissingDependency = errors.New("missing dependency")
+	// ErrTooLarge: a file is larger than the limit for its kind.
+	ErrTooLarge = errors.New("too large")
+	// ErrNotLayout: a directory holds files but is not an OCI image layout.
+	ErrNotLayout = errors.New("not an OCI image layout")
+)

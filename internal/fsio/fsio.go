@@ -1,0 +1,227 @@
+// Package fsio owns every file mutation and every fsync that ocistore makes in
+// a layout. Nothing else in the project creates, renames, removes or syncs a
+// layout file: it calls this package, so the durability rules live here and a
+// test file system can stand in for the real one.
+//
+// # Durability rules
+//
+//   - A file is published only after its data is synced: temp file in the
+//     destination's file system, write, fsync, rename.
+//   - A rename or an unlink is durable only after the directory that holds the
+//     entry is synced. Callers group their renames and unlinks per directory and
+//     call SyncDir once per touched directory.
+//   - Any error from Sync is returned as is and must poison the caller's handle:
+//     after a failed fsync the kernel may have dropped the dirty pages, and a
+//     retried fsync can report success for data that is gone.
+//
+// All paths are slash-separated and relative to the layout root. The OS file
+// system confines every access to the root (os.Root): a symlink or a ".."
+// that leads outside the layout is an error, never a read or write outside it.
+package fsio
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"syscall"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/ocistore/ocistore/internal/crash"
+)
+
+// File is a file opened for reading.
+type File interface {
+	io.Reader
+	io.ReaderAt
+	io.Closer
+	Stat() (fs.FileInfo, error)
+}
+
+// TempFile is a new file being written; it becomes visible under its final
+// name only through FS.Rename.
+type TempFile interface {
+	io.Writer
+	Name() string // path relative to the root
+	Sync() error
+	Close() error
+}
+
+// FS is the file system a layout lives on. Implementations must be safe for
+// concurrent use.
+type FS interface {
+	// Root returns the absolute path of the layout root, for messages and for
+	// the journal database, which does its own I/O.
+	Root() string
+	// Open opens a regular file for reading. It does not follow a symlink in
+	// the last element.
+	Open(name string) (File, error)
+	// Lstat describes name without following a final symlink.
+	Lstat(name string) (fs.FileInfo, error)
+	// ReadDir lists a directory, sorted by name.
+	ReadDir(name string) ([]fs.DirEntry, error)
+	// Mkdir creates one directory. It is not durable until the parent is synced.
+	Mkdir(name string, perm fs.FileMode) error
+	// CreateTemp creates a new file in dir whose name starts with prefix.
+	CreateTemp(dir, prefix string) (TempFile, error)
+	// ReplaceFile writes data to a temp file in tmpDir, syncs it and renames it
+	// over name. The rename is not durable until name's directory is synced.
+	ReplaceFile(name, tmpDir string, data []byte, perm fs.FileMode) error
+	// Rename renames a file; not durable until both directories are synced.
+	Rename(oldname, newname string) error
+	// Remove unlinks a file or an empty directory; not durable until the
+	// directory is synced.
+	Remove(name string) error
+	// SyncDir fsyncs a directory, making its entries durable.
+	SyncDir(name string) error
+	// Close releases the file system.
+	Close() error
+}
+
+// OS is the real file system, confined to one directory with os.Root.
+type OS struct {
+	root *os.Root
+	abs  string
+}
+
+var _ FS = (*OS)(nil)
+
+// OpenOS opens the directory dir (which must exist) as a layout root.
+func OpenOS(dir string) (*OS, error) {
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &OS{root: r, abs: dir}, nil
+}
+
+func (o *OS) Root() string { return o.abs }
+
+func (o *OS) Close() error { return o.root.Close() }
+
+func (o *OS) Open(name string) (File, error) {
+	f, err := o.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, &fs.PathError{Op: "open", Path: name, Err: ErrNotRegular}
+	}
+	return f, nil
+}
+
+// ErrNotRegular: a path that must be a regular file is a directory, a device or a symlink.
+var ErrNotRegular = errors.New("not a regular file")
+
+func (o *OS) Lstat(name string) (fs.FileInfo, error) { return o.root.Lstat(name) }
+
+func (o *OS) ReadDir(name string) ([]fs.DirEntry, error) {
+	d, err := o.root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	ents, err := d.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
+	sortEntries(ents)
+	return ents, nil
+}
+
+func (o *OS) Mkdir(name string, perm fs.FileMode) error { return o.root.Mkdir(name, perm) }
+
+type osTemp struct {
+	*os.File
+	rel string
+}
+
+func (t osTemp) Name() string { return t.rel }
+
+func (o *OS) CreateTemp(dir, prefix string) (TempFile, error) {
+	for i := 0; i < 100; i++ {
+		rel := join(dir, prefix+randSuffix())
+		f, err := o.root.OpenFile(rel, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return osTemp{File: f, rel: rel}, nil
+	}
+	return nil, fmt.Errorf("create temp in %s: %w", dir, fs.ErrExist)
+}
+
+func (o *OS) ReplaceFile(name, tmpDir string, data []byte, perm fs.FileMode) error {
+	// renameio names its temp file "."+base+digits in tmpDir; with WithRoot
+	// the temp file lives in the root (never $TMPDIR), the same file system.
+	if tmpDir != "" && tmpDir != "." {
+		return fmt.Errorf("replace %s: temp dir must be the layout root", name)
+	}
+	pf, err := renameio.NewPendingFile(name, renameio.WithRoot(o.root),
+		renameio.WithPermissions(perm), renameio.WithExistingPermissions())
+	if err != nil {
+		return err
+	}
+	defer pf.Cleanup()
+	if _, err := pf.Write(data); err != nil {
+		return err
+	}
+	crash.Point(crash.IndexTempWritten)
+	// CloseAtomicallyReplace fsyncs the temp file, then renames it.
+	return pf.CloseAtomicallyReplace()
+}
+
+func (o *OS) Rename(oldname, newname string) error { return o.root.Rename(oldname, newname) }
+
+func (o *OS) Remove(name string) error { return o.root.Remove(name) }
+
+func (o *OS) SyncDir(name string) error {
+	d, err := o.root.Open(name)
+	if err != nil {
+		return err
+	}
+	serr := d.Sync()
+	cerr := d.Close()
+	if serr != nil {
+		return serr
+	}
+	return cerr
+}
+
+func join(dir, name string) string {
+	if dir == "" || dir == "." {
+		return name
+	}
+	return strings.TrimSuffix(dir, "/") + "/" + name
+}
+
+// CreateRoot makes the directory dir (and missing parents) for a new layout
+// and syncs its parent, so that the layout's own directory survives a crash.
+func CreateRoot(dir string) error {
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return &fs.PathError{Op: "create layout", Path: dir, Err: errors.New("not a directory")}
+		}
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	parent, err := os.Open(filepathDir(dir))
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	return parent.Sync()
+}

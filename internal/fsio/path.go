@@ -1,0 +1,5 @@
+package fsio
+
+import "path/filepath"
+
+func filepathDir(p string) string { return filepath.Dir(filepath.Clean(p)) }

@@ -1,0 +1,121 @@
+package fsio
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math/rand/v2"
+	"path"
+	"sort"
+	"strconv"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+)
+
+func sortEntries(ents []fs.DirEntry) {
+	sort.Slice(ents, func(i, j int) bool { return ents[i].Name() < ents[j].Name() })
+}
+
+func randSuffix() string { return strconv.FormatUint(rand.Uint64(), 36) }
+
+// ReadFile reads a whole regular file of at most limit bytes. A larger file
+// gives an error wrapping errdef.ErrTooLarge without reading it all.
+func ReadFile(fsys FS, name string, limit int64) ([]byte, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%s is %d bytes, limit %d: %w", name, fi.Size(), limit, errdef.ErrTooLarge)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s grew past limit %d: %w", name, limit, errdef.ErrTooLarge)
+	}
+	return b, nil
+}
+
+// Exists reports whether name exists (as anything, without following a final symlink).
+func Exists(fsys FS, name string) (bool, error) {
+	_, err := fsys.Lstat(name)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return false, err
+}
+
+// MkdirDurable creates directory name unless it exists and syncs its parent
+// so that the new entry survives a crash. It reports whether it created it.
+func MkdirDurable(fsys FS, name string) (bool, error) {
+	err := fsys.Mkdir(name, 0o755)
+	if errors.Is(err, fs.ErrExist) {
+		fi, lerr := fsys.Lstat(name)
+		if lerr != nil {
+			return false, lerr
+		}
+		if !fi.IsDir() {
+			return false, &fs.PathError{Op: "mkdir", Path: name, Err: errors.New("exists and is not a directory")}
+		}
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, fsys.SyncDir(Dir(name))
+}
+
+// Dir is path.Dir with "." for the root.
+func Dir(name string) string { return path.Dir(name) }
+
+// RemoveFiles unlinks every name (a missing file counts as removed), calling
+// after(name) after each unlink, then syncs each directory it touched, once.
+// It stops at the first error other than "does not exist"; directories touched
+// so far are still synced, so what was removed is durable.
+func RemoveFiles(fsys FS, names []string, after func(string)) error {
+	touched := map[string]bool{}
+	var order []string
+	var firstErr error
+	for _, n := range names {
+		err := fsys.Remove(n)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			firstErr = err
+			break
+		}
+		d := Dir(n)
+		if !touched[d] {
+			touched[d] = true
+			order = append(order, d)
+		}
+		if after != nil {
+			after(n)
+		}
+	}
+	for _, d := range order {
+		if err := fsys.SyncDir(d); err != nil {
+			return &SyncError{Path: d, Err: err}
+		}
+	}
+	return firstErr
+}
+
+// SyncError marks a failed fsync; a handle that sees one must refuse writes
+// until it is reopened.
+type SyncError struct {
+	Path string
+	Err  error
+}
+
+func (e *SyncError) Error() string { return "fsync " + e.Path + ": " + e.Err.Error() }
+func (e *SyncError) Unwrap() error { return e.Err }

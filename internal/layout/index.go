@@ -1,0 +1,164 @@
+package layout
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+)
+
+// Entry is one descriptor of index.json. Raw keeps the entry exactly as it
+// was read, so fields this package does not know survive a rewrite.
+type Entry struct {
+	Desc v1.Descriptor
+	Raw  json.RawMessage
+}
+
+// Name is the entry's tag (org.opencontainers.image.ref.name), "" if none.
+func (e Entry) Name() string { return e.Desc.Annotations[v1.AnnotationRefName] }
+
+// NewEntry makes an entry for desc named name ("" for an untagged root).
+// Other annotations of desc are kept.
+func NewEntry(desc v1.Descriptor, name string) Entry {
+	d := desc
+	d.Annotations = nil
+	for k, v := range desc.Annotations {
+		if k == v1.AnnotationRefName {
+			continue
+		}
+		if d.Annotations == nil {
+			d.Annotations = map[string]string{}
+		}
+		d.Annotations[k] = v
+	}
+	if name != "" {
+		if d.Annotations == nil {
+			d.Annotations = map[string]string{}
+		}
+		d.Annotations[v1.AnnotationRefName] = name
+	}
+	raw, _ := json.Marshal(d)
+	return Entry{Desc: d, Raw: raw}
+}
+
+// Index is a parsed index.json. It is immutable once built: writers make a new
+// one with With.
+type Index struct {
+	top     map[string]json.RawMessage // every top-level field except manifests
+	Entries []Entry
+}
+
+// ParseIndex parses and validates index.json bytes.
+func ParseIndex(b []byte) (*Index, error) {
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, fmt.Errorf("%s: empty: %w", IndexFile, errdef.ErrCorrupt)
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", IndexFile, errdef.ErrCorrupt, err)
+	}
+	var sv int
+	if err := json.Unmarshal(top["schemaVersion"], &sv); err != nil || sv != 2 {
+		return nil, fmt.Errorf("%s: schemaVersion is not 2: %w", IndexFile, errdef.ErrCorrupt)
+	}
+	if mt, ok := top["mediaType"]; ok {
+		var s string
+		if err := json.Unmarshal(mt, &s); err != nil || (s != "" && s != v1.MediaTypeImageIndex) {
+			return nil, fmt.Errorf("%s: mediaType %s is not an image index: %w", IndexFile, mt, errdef.ErrCorrupt)
+		}
+	}
+	var raws []json.RawMessage
+	if m, ok := top["manifests"]; ok && !bytes.Equal(bytes.TrimSpace(m), []byte("null")) {
+		if err := json.Unmarshal(m, &raws); err != nil {
+			return nil, fmt.Errorf("%s: manifests: %w: %v", IndexFile, errdef.ErrCorrupt, err)
+		}
+	}
+	delete(top, "manifests")
+	ix := &Index{top: top, Entries: make([]Entry, 0, len(raws))}
+	for i, r := range raws {
+		var d v1.Descriptor
+		if err := json.Unmarshal(r, &d); err != nil {
+			return nil, fmt.Errorf("%s: manifests[%d]: %w: %v", IndexFile, i, errdef.ErrCorrupt, err)
+		}
+		if err := checkDescriptor(IndexFile, i, d); err != nil {
+			return nil, err
+		}
+		ix.Entries = append(ix.Entries, Entry{Desc: d, Raw: r})
+	}
+	return ix, nil
+}
+
+// With returns a copy of ix with entries replaced.
+func (ix *Index) With(entries []Entry) *Index {
+	return &Index{top: ix.top, Entries: entries}
+}
+
+// Marshal renders index.json. Entries keep their original bytes.
+func (ix *Index) Marshal() []byte {
+	var buf bytes.Buffer
+	buf.WriteString("{")
+	// schemaVersion and mediaType first, like every other tool writes them.
+	first := true
+	field := func(k string, v []byte) {
+		if !first {
+			buf.WriteByte(',')
+		}
+		first = false
+		kb, _ := json.Marshal(k)
+		buf.Write(kb)
+		buf.WriteByte(':')
+		buf.Write(v)
+	}
+	if v, ok := ix.top["schemaVersion"]; ok {
+		field("schemaVersion", v)
+	} else {
+		field("schemaVersion", []byte("2"))
+	}
+	if v, ok := ix.top["mediaType"]; ok {
+		field("mediaType", v)
+	}
+	var m bytes.Buffer
+	m.WriteByte('[')
+	for i, e := range ix.Entries {
+		if i > 0 {
+			m.WriteByte(',')
+		}
+		m.Write(compact(e.Raw))
+	}
+	m.WriteByte(']')
+	field("manifests", m.Bytes())
+	keys := make([]string, 0, len(ix.top))
+	for k := range ix.top {
+		if k != "schemaVersion" && k != "mediaType" {
+			keys = append(keys, k)
+		}
+	}
+	sortStrings(keys)
+	for _, k := range keys {
+		field(k, compact(ix.top[k]))
+	}
+	buf.WriteString("}\n")
+	return buf.Bytes()
+}
+
+func compact(b []byte) []byte {
+	var out bytes.Buffer
+	if err := json.Compact(&out, b); err != nil {
+		return b
+	}
+	return out.Bytes()
+}
+
+// Find returns the positions of entries whose name is name.
+func (ix *Index) Find(name string) []int {
+	var out []int
+	for i, e := range ix.Entries {
+		if e.Name() == name {
+			out = append(out, i)
+		}
+	}
+	return out
+}

@@ -1,0 +1,246 @@
+// Package layout knows the OCI image layout format: file names, digest
+// validation, index.json and manifest parsing, and the reference graph.
+// It reads through fsio and never mutates anything.
+package layout
+
+import (
+	"crypto/sha256"
+	_ "crypto/sha512" // registers sha384 and sha512 for go-digest
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
+)
+
+// File names of the layout, relative to its root.
+const (
+	IndexFile     = "index.json"
+	LayoutFile    = "oci-layout"
+	BlobsDir      = "blobs"
+	StateDir      = ".ocistore" // ours: journal database and nothing else
+	LayoutVersion = "1.0.0"
+)
+
+// Size limits for files that are parsed in memory.
+const (
+	MaxIndexSize    = 256 << 20 // index.json
+	MaxManifestSize = 8 << 20   // one manifest or nested index blob
+	MaxDepth        = 32        // nesting of indexes
+)
+
+// Media types of the graph's inner nodes.
+const (
+	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)
+
+// IsManifest reports whether mt is a media type whose blob lists children.
+func IsManifest(mt string) bool {
+	switch mt {
+	case v1.MediaTypeImageManifest, v1.MediaTypeImageIndex,
+		MediaTypeDockerManifest, MediaTypeDockerManifestList:
+		return true
+	}
+	return false
+}
+
+// IsIndex reports whether mt is an image index or Docker manifest list.
+func IsIndex(mt string) bool {
+	return mt == v1.MediaTypeImageIndex || mt == MediaTypeDockerManifestList
+}
+
+// ValidateDigest checks that d is well formed, of a supported algorithm
+// (sha256, sha384, sha512) with the right hex length, so that BlobPath can
+// never leave the blob directory.
+func ValidateDigest(d digest.Digest) error {
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("%q: %w: %v", string(d), errdef.ErrInvalidDigest, err)
+	}
+	return nil
+}
+
+// BlobPath is the path of a blob relative to the layout root. d must be valid.
+func BlobPath(d digest.Digest) string {
+	return BlobsDir + "/" + d.Algorithm().String() + "/" + d.Encoded()
+}
+
+// ParseBlobPath is the inverse of BlobPath for names found on disk.
+func ParseBlobPath(alg, name string) (digest.Digest, bool) {
+	d := digest.NewDigestFromEncoded(digest.Algorithm(alg), name)
+	return d, d.Validate() == nil
+}
+
+// Descriptor validation shared by every parsed file.
+func checkDescriptor(where string, i int, d v1.Descriptor) error {
+	if err := ValidateDigest(d.Digest); err != nil {
+		return fmt.Errorf("%s: descriptor %d: %w", where, i, err)
+	}
+	if d.Size < 0 {
+		return fmt.Errorf("%s: descriptor %d (%s): negative size %d: %w", where, i, d.Digest, d.Size, errdef.ErrCorrupt)
+	}
+	return nil
+}
+
+// Children is the parsed form of a manifest or index blob: the descriptors it
+// references. The subject of an OCI 1.1 manifest is a weak reference (it
+// points at the image the manifest is about) and is kept apart.
+type Children struct {
+	MediaType string
+	Refs      []v1.Descriptor
+	Subject   *v1.Descriptor
+	Created   string
+}
+
+type anyManifest struct {
+	SchemaVersion int             `json:"schemaVersion"`
+	MediaType     string          `json:"mediaType"`
+	Config        *v1.Descriptor  `json:"config"`
+	Layers        []v1.Descriptor `json:"layers"`
+	Manifests     []v1.Descriptor `json:"manifests"`
+	Blobs         []v1.Descriptor `json:"blobs"`
+	Subject       *v1.Descriptor  `json:"subject"`
+}
+
+// ParseChildren parses a manifest, index, Docker manifest or manifest list,
+// whatever its media type says, and returns the descriptors it references.
+func ParseChildren(where string, b []byte) (Children, error) {
+	var m anyManifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Children{}, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
+	}
+	c := Children{MediaType: m.MediaType, Subject: m.Subject}
+	if m.Config != nil {
+		c.Refs = append(c.Refs, *m.Config)
+	}
+	c.Refs = append(c.Refs, m.Layers...)
+	c.Refs = append(c.Refs, m.Manifests...)
+	c.Refs = append(c.Refs, m.Blobs...)
+	for i, d := range c.Refs {
+		if err := checkDescriptor(where, i, d); err != nil {
+			return Children{}, err
+		}
+	}
+	if c.Subject != nil {
+		if err := checkDescriptor(where, -1, *c.Subject); err != nil {
+			return Children{}, err
+		}
+	}
+	return c, nil
+}
+
+// ReadBlob reads a whole blob that must have descriptor d (size and digest are
+// verified). It is for manifests and configs: limit bounds the memory used.
+func ReadBlob(fsys fsio.FS, d v1.Descriptor, limit int64) ([]byte, error) {
+	if err := ValidateDigest(d.Digest); err != nil {
+		return nil, err
+	}
+	if d.Size > limit {
+		return nil, fmt.Errorf("blob %s: size %d over limit %d: %w", d.Digest, d.Size, limit, errdef.ErrTooLarge)
+	}
+	p := BlobPath(d.Digest)
+	b, err := fsio.ReadFile(fsys, p, limit)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("blob %s (%s): %w", d.Digest, p, errdef.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blob %s: %w", d.Digest, err)
+	}
+	if int64(len(b)) != d.Size {
+		return nil, fmt.Errorf("blob %s (%s): %d bytes, descriptor says %d: %w", d.Digest, p, len(b), d.Size, errdef.ErrSizeMismatch)
+	}
+	if got := d.Digest.Algorithm().FromBytes(b); got != d.Digest {
+		return nil, fmt.Errorf("blob %s (%s): content hashes to %s: %w", d.Digest, p, got, errdef.ErrDigestMismatch)
+	}
+	return b, nil
+}
+
+// WriteLayoutFile is the content of oci-layout.
+func LayoutFileContent() []byte {
+	b, _ := json.Marshal(v1.ImageLayout{Version: LayoutVersion})
+	return b
+}
+
+// CheckLayoutFile parses oci-layout.
+func CheckLayoutFile(b []byte) error {
+	var l v1.ImageLayout
+	if err := json.Unmarshal(b, &l); err != nil {
+		return fmt.Errorf("%s: %w: %v", LayoutFile, errdef.ErrCorrupt, err)
+	}
+	if l.Version == "" {
+		return fmt.Errorf("%s: no imageLayoutVersion: %w", LayoutFile, errdef.ErrCorrupt)
+	}
+	return nil
+}
+
+// EmptyIndex is the index.json of a new layout.
+func EmptyIndex() []byte {
+	b, _ := json.Marshal(v1.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageIndex, Manifests: []v1.Descriptor{}})
+	return append(b, '\n')
+}
+
+// Sum is the digest used for index.json itself (always sha256).
+func Sum(b []byte) digest.Digest {
+	h := sha256.Sum256(b)
+	return digest.NewDigestFromBytes(digest.SHA256, h[:])
+}
+
+// hashing readers ----------------------------------------------------------
+
+// VerifyReader hashes r while it is read and checks digest and size at EOF.
+type VerifyReader struct {
+	r    io.Reader
+	want v1.Descriptor
+	dg   digest.Digester
+	n    int64
+}
+
+// NewVerifyReader wraps r; Verify must be called after r is drained.
+func NewVerifyReader(r io.Reader, want v1.Descriptor) *VerifyReader {
+	return &VerifyReader{r: r, want: want, dg: want.Digest.Algorithm().Digester()}
+}
+
+func (v *VerifyReader) Read(p []byte) (int, error) {
+	n, err := v.r.Read(p)
+	if n > 0 {
+		v.n += int64(n)
+		v.dg.Hash().Write(p[:n])
+		if v.want.Size >= 0 && v.n > v.want.Size {
+			return n, fmt.Errorf("blob %s: more than %d bytes: %w", v.want.Digest, v.want.Size, errdef.ErrSizeMismatch)
+		}
+	}
+	return n, err
+}
+
+// Verify checks size and digest of what was read.
+func (v *VerifyReader) Verify() error {
+	if v.want.Size >= 0 && v.n != v.want.Size {
+		return fmt.Errorf("blob %s: got %d bytes, want %d: %w", v.want.Digest, v.n, v.want.Size, errdef.ErrSizeMismatch)
+	}
+	if got := v.dg.Digest(); got != v.want.Digest {
+		return fmt.Errorf("blob %s: content hashes to %s: %w", v.want.Digest, got, errdef.ErrDigestMismatch)
+	}
+	return nil
+}
+
+// N is the number of bytes read so far.
+func (v *VerifyReader) N() int64 { return v.n }
+
+// LoadChildren returns a loader that reads a manifest or index blob from
+// fsys, verifies its size and digest, and parses its children.
+func LoadChildren(fsys fsio.FS) func(v1.Descriptor) (Children, error) {
+	return func(d v1.Descriptor) (Children, error) {
+		b, err := ReadBlob(fsys, d, MaxManifestSize)
+		if err != nil {
+			return Children{}, err
+		}
+		return ParseChildren("blob "+d.Digest.String(), b)
+	}
+}

@@ -1,0 +1,5 @@
+package layout
+
+import "sort"
+
+func sortStrings(s []string) { sort.Strings(s) }

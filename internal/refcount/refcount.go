@@ -1,0 +1,168 @@
+// Package refcount keeps reference counts over the layout's graph. The same
+// code counts incrementally (a transaction adds and removes index entries)
+// and from scratch (Recount), so both always agree.
+//
+// A blob's count is the number of references to it: one per index.json entry
+// naming it, plus one per reference from each live manifest or index (a blob
+// is live while its count is above zero). When a manifest becomes live its
+// children are counted and the Ref is marked Expanded; when it dies they are
+// released, whatever media type a later reference claims.
+package refcount
+
+import (
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/journal"
+)
+
+// Table is where counts live: a journal transaction or a map.
+type Table interface {
+	GetRef(digest.Digest) (journal.Ref, error)
+	PutRef(digest.Digest, journal.Ref) error
+}
+
+// Loader returns the children of a manifest or index blob.
+type Loader func(v1.Descriptor) (layout.Children, error)
+
+// Counter applies reference changes to a Table.
+type Counter struct {
+	T    Table
+	Load Loader
+	// Lenient counts past manifests that cannot be loaded (recording them in
+	// Problems and leaving them unexpanded) instead of failing.
+	Lenient  bool
+	Problems []error
+	// Present, when set, is called for every leaf blob that becomes live, to
+	// verify that it is on disk with its descriptor's size.
+	Present func(v1.Descriptor) error
+	// Freed collects blobs whose count dropped to zero, with their sizes.
+	Freed []v1.Descriptor
+	// Deltas sums the change of every count touched.
+	Deltas map[digest.Digest]int64
+}
+
+func (c *Counter) delta(d digest.Digest, n int64) {
+	if c.Deltas == nil {
+		c.Deltas = map[digest.Digest]int64{}
+	}
+	c.Deltas[d] += n
+	if c.Deltas[d] == 0 {
+		delete(c.Deltas, d)
+	}
+}
+
+// Inc adds one reference to d.
+func (c *Counter) Inc(d v1.Descriptor) error { return c.inc(d, 0) }
+
+func (c *Counter) inc(d v1.Descriptor, depth int) error {
+	if depth > layout.MaxDepth {
+		return fmt.Errorf("blob %s: nesting deeper than %d: %w", d.Digest, layout.MaxDepth, errdef.ErrCorrupt)
+	}
+	r, err := c.T.GetRef(d.Digest)
+	if err != nil {
+		return err
+	}
+	r.Count++
+	c.delta(d.Digest, 1)
+	if r.Count > 1 {
+		return c.T.PutRef(d.Digest, r)
+	}
+	r.Size = d.Size
+	var kids layout.Children
+	if layout.IsManifest(d.MediaType) {
+		kids, err = c.Load(d)
+		switch {
+		case err == nil:
+			r.Expanded = true
+		case c.Lenient:
+			c.Problems = append(c.Problems, err)
+		default:
+			return err
+		}
+	} else if c.Present != nil {
+		if err := c.Present(d); err != nil {
+			return err
+		}
+	}
+	// Stored before the children are visited: a (hostile) cycle then finds
+	// the count above one and stops.
+	if err := c.T.PutRef(d.Digest, r); err != nil {
+		return err
+	}
+	for _, k := range kids.Refs {
+		if err := c.inc(k, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Dec removes one reference to d; at zero, d is Freed and its children released.
+func (c *Counter) Dec(d v1.Descriptor) error { return c.dec(d.Digest, 0) }
+
+func (c *Counter) dec(d digest.Digest, depth int) error {
+	if depth > layout.MaxDepth {
+		return fmt.Errorf("blob %s: nesting deeper than %d: %w", d, layout.MaxDepth, errdef.ErrCorrupt)
+	}
+	r, err := c.T.GetRef(d)
+	if err != nil {
+		return err
+	}
+	if r.Count == 0 {
+		return fmt.Errorf("blob %s: reference count would go below zero: %w", d, errdef.ErrCorrupt)
+	}
+	r.Count--
+	c.delta(d, -1)
+	if err := c.T.PutRef(d, r); err != nil {
+		return err
+	}
+	if r.Count > 0 {
+		return nil
+	}
+	c.Freed = append(c.Freed, v1.Descriptor{Digest: d, Size: r.Size})
+	if !r.Expanded {
+		return nil
+	}
+	kids, err := c.Load(v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: d, Size: r.Size})
+	if err != nil {
+		return fmt.Errorf("release children of %s: %w", d, err)
+	}
+	for _, k := range kids.Refs {
+		if err := c.dec(k.Digest, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Map is an in-memory Table.
+type Map map[digest.Digest]journal.Ref
+
+func (m Map) GetRef(d digest.Digest) (journal.Ref, error) { return m[d], nil }
+
+func (m Map) PutRef(d digest.Digest, r journal.Ref) error {
+	if r.Count == 0 {
+		delete(m, d)
+	} else {
+		m[d] = r
+	}
+	return nil
+}
+
+// Recount counts the whole graph of ix from scratch. Manifests that cannot
+// be read are reported in the returned problems and left unexpanded.
+func Recount(ix *layout.Index, load Loader) (Map, []error) {
+	m := Map{}
+	c := &Counter{T: m, Load: load, Lenient: true}
+	for _, e := range ix.Entries {
+		if err := c.Inc(e.Desc); err != nil {
+			c.Problems = append(c.Problems, err)
+		}
+	}
+	return m, c.Problems
+}

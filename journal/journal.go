@@ -1,0 +1,391 @@
+// Package journal is ocistore's intent log and derived state: a bbolt database
+// inside the layout, at .ocistore/journal.db.
+//
+// # Schema (version 1)
+//
+//	meta/                      bucket
+//	  "schema"        -> uint64 big endian: schema version (1)
+//	  "index"         -> digest of the index.json last committed through the journal
+//	  "next-txn"      -> uint64 big endian: id of the next transaction record
+//	indexes/                   bucket: copies of index.json contents
+//	  <digest>        -> index.json bytes; holds the last committed index (meta "index")
+//	                     and the new index of every pending record, nothing else
+//	pending/                   bucket: transaction records not yet fully applied
+//	  <txn id, u64 BE> -> Record (see Encode: version byte, crc32c, JSON)
+//	refs/                      bucket: persistent reference counts
+//	  <digest>        -> Ref: uvarint count, uvarint size, flag byte
+//
+// A blob's count is the number of references to it: one per index.json entry
+// that names it, plus one per reference from each live manifest or index blob
+// (a blob is live while its count is above zero). Blobs with a count of zero
+// have no key. The flag records whether the blob's own children were counted
+// when it became live, so that they are released exactly when it dies.
+//
+// # Locking
+//
+// bbolt takes an exclusive flock on the database file for a read-write open
+// and a shared one for read-only. ocistore opens the database read-write only
+// for the length of one transaction (or one recovery), so that lock is the
+// cross-process writer lock of the layout: a second process waits up to its
+// timeout, then gets ErrLocked.
+//
+// # Caveats
+//
+// bbolt does not fsync the directory of a file it creates. Open reports
+// Created, and the caller (which owns the layout's directories through fsio)
+// syncs .ocistore before relying on the file.
+package journal
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+	bolterr "go.etcd.io/bbolt/errors"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+)
+
+// SchemaVersion is the version of the bucket layout above.
+const SchemaVersion = 1
+
+var (
+	bMeta    = []byte("meta")
+	bIndexes = []byte("indexes")
+	bPending = []byte("pending")
+	bRefs    = []byte("refs")
+
+	kSchema  = []byte("schema")
+	kIndex   = []byte("index")
+	kNextTxn = []byte("next-txn")
+)
+
+// DB is an open journal. It holds the layout's writer lock until Close.
+type DB struct {
+	bolt *bolt.DB
+	path string
+	// Created is true when Open found no database (or an empty file) and
+	// initialized it: it holds no state for the layout yet.
+	Created bool
+}
+
+// Options for Open.
+type Options struct {
+	// LockTimeout is how long to wait for another process's lock.
+	// Zero waits forever; a negative value tries once.
+	LockTimeout time.Duration
+	// ReadOnly opens with a shared lock and no writes; the file must exist.
+	ReadOnly bool
+}
+
+// Open opens or creates the journal at path.
+func Open(path string, o Options) (*DB, error) {
+	fi, statErr := os.Lstat(path)
+	created := false
+	switch {
+	case statErr == nil && !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("journal %s: %w", path, errors.New("not a regular file"))
+	case statErr == nil:
+		created = fi.Size() == 0
+	case errors.Is(statErr, os.ErrNotExist):
+		if o.ReadOnly {
+			return nil, fmt.Errorf("journal %s: %w", path, errdef.ErrNotFound)
+		}
+		created = true
+	default:
+		return nil, fmt.Errorf("journal %s: %w", path, statErr)
+	}
+	timeout := o.LockTimeout
+	if timeout < 0 {
+		timeout = time.Nanosecond
+	}
+	bdb, err := bolt.Open(path, 0o644, &bolt.Options{
+		Timeout:      timeout,
+		ReadOnly:     o.ReadOnly,
+		FreelistType: bolt.FreelistMapType,
+	})
+	if err != nil {
+		return nil, classifyOpenErr(path, err)
+	}
+	d := &DB{bolt: bdb, path: path, Created: created}
+	if o.ReadOnly {
+		if err := d.View(func(tx *Tx) error { return tx.checkSchema() }); err != nil {
+			bdb.Close()
+			return nil, err
+		}
+		return d, nil
+	}
+	err = bdb.Update(func(btx *bolt.Tx) error {
+		for _, b := range [][]byte{bMeta, bIndexes, bPending, bRefs} {
+			if _, err := btx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		m := btx.Bucket(bMeta)
+		if m.Get(kSchema) == nil {
+			d.Created = true
+			return m.Put(kSchema, u64(SchemaVersion))
+		}
+		return (&Tx{tx: btx}).checkSchema()
+	})
+	if err != nil {
+		bdb.Close()
+		return nil, fmt.Errorf("journal %s: %w", path, err)
+	}
+	return d, nil
+}
+
+func classifyOpenErr(path string, err error) error {
+	switch {
+	case errors.Is(err, bolterr.ErrTimeout):
+		return fmt.Errorf("journal %s: %w", path, errdef.ErrLocked)
+	case errors.Is(err, bolterr.ErrInvalid), errors.Is(err, bolterr.ErrVersionMismatch),
+		errors.Is(err, bolterr.ErrChecksum), errors.Is(err, bolterr.ErrInvalidMapping):
+		return fmt.Errorf("journal %s: %w: %v", path, errdef.ErrCorrupt, err)
+	}
+	return fmt.Errorf("journal %s: %w", path, err)
+}
+
+// Path is the database file.
+func (d *DB) Path() string { return d.path }
+
+// Close releases the database and its lock.
+func (d *DB) Close() error { return d.bolt.Close() }
+
+// Update runs fn in a read-write transaction, committed (and fsynced) when fn
+// returns nil. A commit error must poison the caller's handle.
+func (d *DB) Update(fn func(*Tx) error) (err error) {
+	defer recoverCorrupt(d.path, &err)
+	return d.bolt.Update(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+}
+
+// View runs fn in a read-only transaction.
+func (d *DB) View(fn func(*Tx) error) (err error) {
+	defer recoverCorrupt(d.path, &err)
+	return d.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+}
+
+// Check runs bbolt's consistency check and returns every problem it finds.
+func (d *DB) Check() []error {
+	var errs []error
+	err := d.bolt.View(func(btx *bolt.Tx) error {
+		for e := range btx.Check() {
+			errs = append(errs, e)
+		}
+		return nil
+	})
+	if err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+// bbolt panics on some page corruptions instead of returning an error.
+func recoverCorrupt(path string, err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("journal %s: %w: panic: %v", path, errdef.ErrCorrupt, r)
+	}
+}
+
+// Tx is a journal transaction.
+type Tx struct{ tx *bolt.Tx }
+
+func (t *Tx) checkSchema() error {
+	m := t.tx.Bucket(bMeta)
+	if m == nil {
+		return fmt.Errorf("no meta bucket: %w", errdef.ErrCorrupt)
+	}
+	v := m.Get(kSchema)
+	if len(v) != 8 {
+		return fmt.Errorf("no schema version: %w", errdef.ErrCorrupt)
+	}
+	if got := binary.BigEndian.Uint64(v); got != SchemaVersion {
+		return fmt.Errorf("schema version %d, this build reads %d: %w", got, SchemaVersion, errdef.ErrCorrupt)
+	}
+	for _, b := range [][]byte{bIndexes, bPending, bRefs} {
+		if t.tx.Bucket(b) == nil {
+			return fmt.Errorf("no %s bucket: %w", b, errdef.ErrCorrupt)
+		}
+	}
+	return nil
+}
+
+// IndexDigest is the digest of the index.json last committed through the
+// journal, "" when none was.
+func (t *Tx) IndexDigest() digest.Digest {
+	return digest.Digest(t.tx.Bucket(bMeta).Get(kIndex))
+}
+
+// IndexBytes returns the stored copy of an index.json by digest.
+func (t *Tx) IndexBytes(d digest.Digest) ([]byte, bool) {
+	v := t.tx.Bucket(bIndexes).Get([]byte(d))
+	if v == nil {
+		return nil, false
+	}
+	return bytes.Clone(v), true
+}
+
+// SetCommittedIndex records b (with digest d) as the last committed index.json
+// and drops stored copies that neither it nor a pending record needs.
+func (t *Tx) SetCommittedIndex(d digest.Digest, b []byte) error {
+	if err := t.tx.Bucket(bMeta).Put(kIndex, []byte(d)); err != nil {
+		return err
+	}
+	ib := t.tx.Bucket(bIndexes)
+	if b != nil && ib.Get([]byte(d)) == nil {
+		if err := ib.Put([]byte(d), b); err != nil {
+			return err
+		}
+	}
+	keep := map[string]bool{string(d): true}
+	recs, err := t.Pending()
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		keep[string(r.NewIndex)] = true
+	}
+	var drop [][]byte
+	c := ib.Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		if !keep[string(k)] {
+			drop = append(drop, bytes.Clone(k))
+		}
+	}
+	for _, k := range drop {
+		if err := ib.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Pending returns the pending records in transaction order.
+func (t *Tx) Pending() ([]*Record, error) {
+	var out []*Record
+	err := t.tx.Bucket(bPending).ForEach(func(k, v []byte) error {
+		r, err := Decode(v)
+		if err != nil {
+			return fmt.Errorf("pending record %x: %w", k, err)
+		}
+		out = append(out, r)
+		return nil
+	})
+	return out, err
+}
+
+// AddPending assigns r an id, stores it and the new index bytes.
+func (t *Tx) AddPending(r *Record, newIndex []byte) error {
+	m := t.tx.Bucket(bMeta)
+	id := uint64(1)
+	if v := m.Get(kNextTxn); len(v) == 8 {
+		id = binary.BigEndian.Uint64(v)
+	}
+	if err := m.Put(kNextTxn, u64(id+1)); err != nil {
+		return err
+	}
+	r.ID = id
+	if err := t.tx.Bucket(bIndexes).Put([]byte(r.NewIndex), newIndex); err != nil {
+		return err
+	}
+	return t.tx.Bucket(bPending).Put(u64(id), r.Encode())
+}
+
+// DeletePending removes a record.
+func (t *Tx) DeletePending(id uint64) error {
+	return t.tx.Bucket(bPending).Delete(u64(id))
+}
+
+// Ref is one blob's entry in the refs bucket.
+type Ref struct {
+	Count    uint64
+	Size     int64
+	Expanded bool // its children were counted when it became live
+}
+
+// GetRef returns the stored refcount of d (zero Ref when it has none).
+func (t *Tx) GetRef(d digest.Digest) (Ref, error) {
+	v := t.tx.Bucket(bRefs).Get([]byte(d))
+	if v == nil {
+		return Ref{}, nil
+	}
+	return decodeRef(d, v)
+}
+
+// PutRef stores r, or deletes the key when r.Count is zero.
+func (t *Tx) PutRef(d digest.Digest, r Ref) error {
+	b := t.tx.Bucket(bRefs)
+	if r.Count == 0 {
+		return b.Delete([]byte(d))
+	}
+	return b.Put([]byte(d), encodeRef(r))
+}
+
+// ForEachRef calls fn for every stored refcount, in digest order.
+func (t *Tx) ForEachRef(fn func(digest.Digest, Ref) error) error {
+	return t.tx.Bucket(bRefs).ForEach(func(k, v []byte) error {
+		r, err := decodeRef(digest.Digest(k), v)
+		if err != nil {
+			return err
+		}
+		return fn(digest.Digest(k), r)
+	})
+}
+
+// ReplaceRefs drops every stored refcount and stores refs instead.
+func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
+	if err := t.tx.DeleteBucket(bRefs); err != nil {
+		return err
+	}
+	b, err := t.tx.CreateBucket(bRefs)
+	if err != nil {
+		return err
+	}
+	b.FillPercent = 1.0 // bulk load in key order below would be better; fine at this size
+	for d, r := range refs {
+		if r.Count == 0 {
+			continue
+		}
+		if err := b.Put([]byte(d), encodeRef(r)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func encodeRef(r Ref) []byte {
+	b := make([]byte, 0, 2*binary.MaxVarintLen64+1)
+	b = binary.AppendUvarint(b, r.Count)
+	b = binary.AppendUvarint(b, uint64(r.Size))
+	var f byte
+	if r.Expanded {
+		f = 1
+	}
+	return append(b, f)
+}
+
+func decodeRef(d digest.Digest, v []byte) (Ref, error) {
+	c, n := binary.Uvarint(v)
+	if n <= 0 {
+		return Ref{}, fmt.Errorf("refcount of %s: %w", d, errdef.ErrCorrupt)
+	}
+	s, m := binary.Uvarint(v[n:])
+	if m <= 0 || len(v) != n+m+1 || v[n+m] > 1 {
+		return Ref{}, fmt.Errorf("refcount of %s: %w", d, errdef.ErrCorrupt)
+	}
+	return Ref{Count: c, Size: int64(s), Expanded: v[n+m] == 1}, nil
+}
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)

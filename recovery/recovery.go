@@ -1,0 +1,330 @@
+// Package recovery finishes or undoes interrupted transactions, reconciles
+// index.json changes made by other tools, and checks a layout's invariants
+// (DESIGN.md §4 and §5). It runs on every store open, at the start of every
+// write transaction, and as `ocistore recover`.
+//
+// # The recovery table
+//
+// For each pending record, by the digest of index.json on disk:
+//
+//	== new index digest           roll forward: unlink what is left of the blob set, sync, clear
+//	== old index digest           replay: write the new index from the record, then as above
+//	missing, empty, unparseable   replay, as above
+//	anything else                 another tool changed index.json: drop the record, unlink
+//	                              nothing, recount the refcounts from disk
+//
+// When the old index is on disk we replay rather than roll back: the record's
+// refcounts were committed with it, the caller was never told either way, and
+// replaying needs no recount. Before any unlink the blob's count in the
+// journal (which matches the index now on disk) must be zero.
+//
+// With no pending record, an index.json whose digest differs from the last one
+// committed through the journal was written by another tool (or the journal is
+// new): the refcounts are recounted from disk and nothing is deleted.
+//
+// Every step is idempotent and is followed by the sync that makes it durable,
+// so recovery can itself be interrupted at any point and run again.
+package recovery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/refcount"
+	"github.com/ocistore/ocistore/journal"
+)
+
+// IngestDir holds blobs being written, relative to the layout root.
+const IngestDir = layout.StateDir + "/ingest"
+
+// Log attribute keys.
+const (
+	attrDigest = "digest"
+	attrPath   = "path"
+	attrTxn    = "txn"
+)
+
+// Env is what recovery works on.
+type Env struct {
+	FS  fsio.FS
+	Log *slog.Logger
+}
+
+// State is the layout after recovery: the index.json on disk.
+type State struct {
+	Index  *layout.Index
+	Bytes  []byte
+	Digest digest.Digest
+	// Actions lists what recovery did, for `ocistore recover`.
+	Actions []Action
+}
+
+// Action is one thing recovery did.
+type Action struct {
+	Kind   string `json:"kind"` // roll-forward, replay, roll-back, recount, temp-removed
+	Txn    uint64 `json:"txn,omitempty"`
+	Detail string `json:"detail"`
+}
+
+// ReadIndex reads and parses index.json. It returns the raw bytes even when
+// they do not parse (with the error), and nil bytes when the file is missing.
+func ReadIndex(fsys fsio.FS) ([]byte, *layout.Index, error) {
+	b, err := fsio.ReadFile(fsys, layout.IndexFile, layout.MaxIndexSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, fmt.Errorf("%s: %w", layout.IndexFile, errdef.ErrNotFound)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read %s: %w", layout.IndexFile, err)
+	}
+	ix, err := layout.ParseIndex(b)
+	return b, ix, err
+}
+
+// Run brings the layout and the journal to a consistent state (the table in
+// the package comment) and returns the index on disk. db must be open
+// read-write (it holds the writer lock).
+func Run(ctx context.Context, env Env, db *journal.DB) (*State, error) {
+	st := &State{}
+	if err := removeTemps(env, st); err != nil {
+		return nil, err
+	}
+	var recs []*journal.Record
+	var lastDigest digest.Digest
+	if err := db.View(func(tx *journal.Tx) error {
+		var err error
+		recs, err = tx.Pending()
+		lastDigest = tx.IndexDigest()
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("read pending records: %w", err)
+	}
+	raw, ix, ixErr := ReadIndex(env.FS)
+	recount := false
+	for _, rec := range recs {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		var newBytes []byte
+		_ = db.View(func(tx *journal.Tx) error { newBytes, _ = tx.IndexBytes(rec.NewIndex); return nil })
+		onDisk := digest.Digest("")
+		if raw != nil && ixErr == nil {
+			onDisk = layout.Sum(raw)
+		}
+		log := env.Log.With(slog.Uint64(attrTxn, rec.ID))
+		switch {
+		case onDisk == rec.NewIndex:
+			log.Info("recovery: rolling forward", "op", rec.Op)
+			st.Actions = append(st.Actions, Action{Kind: "roll-forward", Txn: rec.ID, Detail: rec.Op})
+		case newBytes != nil && (onDisk == "" || onDisk == rec.OldIndex):
+			log.Info("recovery: replaying", "op", rec.Op, "index", describe(raw, ixErr))
+			st.Actions = append(st.Actions, Action{Kind: "replay", Txn: rec.ID, Detail: rec.Op})
+			if err := WriteIndex(env.FS, newBytes); err != nil {
+				return nil, fmt.Errorf("replay txn %d: %w", rec.ID, err)
+			}
+			crash.Point(crash.RecoverReplayed)
+			raw, ix, ixErr = newBytes, nil, nil
+			if ix, ixErr = layout.ParseIndex(raw); ixErr != nil {
+				return nil, fmt.Errorf("replay txn %d: stored index: %w", rec.ID, ixErr)
+			}
+		default:
+			log.Warn("recovery: index.json changed by another tool; dropping the record and recounting", "op", rec.Op)
+			st.Actions = append(st.Actions, Action{Kind: "roll-back", Txn: rec.ID, Detail: rec.Op})
+			if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
+				return nil, fmt.Errorf("roll back txn %d: %w", rec.ID, err)
+			}
+			recount = true
+			continue
+		}
+		if err := Finish(env, db, rec, crash.RecoverUnlinked); err != nil {
+			return nil, err
+		}
+		lastDigest = rec.NewIndex
+	}
+	if ixErr != nil {
+		return nil, ixErr
+	}
+	st.Bytes, st.Index, st.Digest = raw, ix, layout.Sum(raw)
+	if recount || st.Digest != lastDigest {
+		if lastDigest != "" && !recount {
+			env.Log.Warn("index.json changed outside ocistore; recounting references", "was", lastDigest, "now", st.Digest)
+		}
+		n, err := Recount(env, db, st)
+		if err != nil {
+			return nil, err
+		}
+		st.Actions = append(st.Actions, Action{Kind: "recount", Detail: fmt.Sprintf("%d blobs referenced by %s", n, st.Digest)})
+	}
+	return st, nil
+}
+
+func describe(raw []byte, err error) string {
+	switch {
+	case raw == nil:
+		return "missing"
+	case err != nil:
+		return "unparseable"
+	}
+	return "old"
+}
+
+// Recount replaces the journal's refcounts with a count of st's graph and
+// records st as the committed index. It never deletes anything.
+func Recount(env Env, db *journal.DB, st *State) (int, error) {
+	m, problems := refcount.Recount(st.Index, layout.LoadChildren(env.FS))
+	for _, p := range problems {
+		env.Log.Warn("recount: cannot follow a manifest", "err", p)
+	}
+	crash.Point(crash.RecoverRecounted)
+	err := db.Update(func(tx *journal.Tx) error {
+		if err := tx.ReplaceRefs(m); err != nil {
+			return err
+		}
+		return tx.SetCommittedIndex(st.Digest, st.Bytes)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store recount: %w", err)
+	}
+	return len(m), nil
+}
+
+// WriteIndex replaces index.json atomically and durably: temp file in the
+// layout root, fsync, rename, fsync of the layout directory.
+func WriteIndex(fsys fsio.FS, b []byte) error {
+	if err := fsys.ReplaceFile(layout.IndexFile, ".", b, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", layout.IndexFile, err)
+	}
+	crash.Point(crash.IndexRenamed)
+	if err := fsys.SyncDir("."); err != nil {
+		return fmt.Errorf("write %s: %w", layout.IndexFile, &fsio.SyncError{Path: ".", Err: err})
+	}
+	return nil
+}
+
+// Apply runs steps 3 to 5 of a journaled transaction: write the new index,
+// then Finish. newIndex are the record's new index bytes.
+func Apply(env Env, db *journal.DB, rec *journal.Record, newIndex []byte) error {
+	if err := WriteIndex(env.FS, newIndex); err != nil {
+		return fmt.Errorf("txn %d: %w", rec.ID, err)
+	}
+	crash.Point(crash.IndexSynced)
+	return Finish(env, db, rec, crash.BlobUnlinked)
+}
+
+// Finish runs steps 4 and 5 once the record's new index is on disk: unlink
+// the blob set (skipping any blob the journal says is still referenced),
+// sync each touched blob directory, then clear the record.
+func Finish(env Env, db *journal.DB, rec *journal.Record, point string) error {
+	var paths []string
+	err := db.View(func(tx *journal.Tx) error {
+		for _, d := range rec.Unlink {
+			r, err := tx.GetRef(d)
+			if err != nil {
+				return err
+			}
+			if r.Count > 0 {
+				env.Log.Warn("not unlinking a blob that is still referenced", attrDigest, d, attrTxn, rec.ID)
+				continue
+			}
+			paths = append(paths, layout.BlobPath(d))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("txn %d: %w", rec.ID, err)
+	}
+	if err := fsio.RemoveFiles(env.FS, paths, func(p string) {
+		env.Log.Debug("unlinked", attrPath, p, attrTxn, rec.ID)
+		crash.Point(point)
+	}); err != nil {
+		return fmt.Errorf("txn %d: unlink: %w", rec.ID, err)
+	}
+	crash.Point(crash.BlobDirSynced)
+	err = db.Update(func(tx *journal.Tx) error {
+		if err := tx.DeletePending(rec.ID); err != nil {
+			return err
+		}
+		return tx.SetCommittedIndex(rec.NewIndex, nil)
+	})
+	if err != nil {
+		return fmt.Errorf("txn %d: clear record: %w", rec.ID, err)
+	}
+	crash.Point(crash.TxnCleared)
+	return nil
+}
+
+// IsIndexTemp reports whether a root entry is a temp file of renameio
+// (".index.json" followed by digits).
+func IsIndexTemp(name string) bool { return indexTemp.MatchString(name) }
+
+var indexTemp = regexp.MustCompile(`^\.` + regexp.QuoteMeta(layout.IndexFile) + `-?[0-9]+$`)
+
+// IngestTempPrefix is the name prefix of this process's ingest temp files.
+func IngestTempPrefix() string { return strconv.Itoa(os.Getpid()) + "-" }
+
+// staleIngest reports whether an ingest temp file belongs to a process that
+// is gone.
+func staleIngest(name string) bool {
+	pidStr, _, ok := strings.Cut(name, "-")
+	pid, err := strconv.Atoi(pidStr)
+	if !ok || err != nil || pid <= 0 {
+		return true
+	}
+	if pid == os.Getpid() {
+		return false
+	}
+	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}
+
+// Temps lists leftover temp files: renameio's in the root, and ingest files
+// of processes that are gone.
+func Temps(fsys fsio.FS) ([]string, error) {
+	var out []string
+	ents, err := fsys.ReadDir(".")
+	if err != nil {
+		return nil, fmt.Errorf("list layout root: %w", err)
+	}
+	for _, e := range ents {
+		if IsIndexTemp(e.Name()) && e.Type().IsRegular() {
+			out = append(out, e.Name())
+		}
+	}
+	ents, err = fsys.ReadDir(IngestDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("list %s: %w", IngestDir, err)
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() && staleIngest(e.Name()) {
+			out = append(out, IngestDir+"/"+e.Name())
+		}
+	}
+	return out, nil
+}
+
+func removeTemps(env Env, st *State) error {
+	temps, err := Temps(env.FS)
+	if err != nil || len(temps) == 0 {
+		return err
+	}
+	if err := fsio.RemoveFiles(env.FS, temps, nil); err != nil {
+		return fmt.Errorf("remove temp files: %w", err)
+	}
+	for _, t := range temps {
+		env.Log.Info("recovery: removed temp file", attrPath, t)
+		st.Actions = append(st.Actions, Action{Kind: "temp-removed", Detail: t})
+	}
+	return nil
+}

@@ -1,0 +1,106 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/recovery"
+)
+
+// Recover takes the writer lock and runs recovery (it also runs on Open and
+// before every transaction). It returns what it did.
+func (s *Store) Recover(ctx context.Context) ([]recovery.Action, error) {
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	db, err := s.openJournal()
+	if err != nil {
+		return nil, fmt.Errorf("recover: %w", err)
+	}
+	defer db.Close()
+	st, err := recovery.Run(ctx, s.env(), db)
+	if err != nil {
+		return nil, fmt.Errorf("recover: %w", err)
+	}
+	return st.Actions, nil
+}
+
+// Pending returns the journal's unfinished transaction records (there are
+// none between transactions of a healthy store).
+func (s *Store) Pending(ctx context.Context) ([]*journal.Record, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	return PendingRecords(s.dir, s.opts.LockTimeout)
+}
+
+// PendingRecords reads the pending records of the layout in dir without
+// opening it as a store (so without running recovery).
+func PendingRecords(dir string, lockTimeout time.Duration) ([]*journal.Record, error) {
+	db, err := journal.Open(filepath.Join(dir, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	defer db.Close()
+	var recs []*journal.Record
+	err = db.View(func(tx *journal.Tx) error {
+		var err error
+		recs, err = tx.Pending()
+		return err
+	})
+	return recs, err
+}
+
+// Check runs the quick consistency check of the layout (see recovery.Check)
+// under the writer lock, so that no transaction is half done while it looks.
+func (s *Store) Check(ctx context.Context) (*recovery.Report, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	db, err := s.openJournal()
+	if err != nil {
+		return nil, fmt.Errorf("check: %w", err)
+	}
+	defer db.Close()
+	return recovery.Check(ctx, s.fsys, db)
+}
+
+// CheckDir runs the quick consistency check on the layout in dir as it is,
+// without opening it as a store: no recovery runs first, so an interrupted
+// transaction shows as a pending record. It takes a shared lock on the
+// journal, waiting up to lockTimeout for a writer.
+func CheckDir(ctx context.Context, dir string, lockTimeout time.Duration) (*recovery.Report, error) {
+	fsys, err := fsio.OpenOS(dir)
+	if err != nil {
+		return nil, fmt.Errorf("check %s: %w", dir, err)
+	}
+	defer fsys.Close()
+	db, err := journal.Open(filepath.Join(dir, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+	switch {
+	case errors.Is(err, errdef.ErrNotFound):
+		db = nil
+	case errors.Is(err, errdef.ErrCorrupt):
+		rep, cerr := recovery.Check(ctx, fsys, nil)
+		if cerr != nil {
+			return nil, cerr
+		}
+		rep.Problems = append(rep.Problems[:len(rep.Problems)-1], recovery.Problem{Kind: recovery.KindJournalCorrupt, Path: JournalPath, Detail: err.Error()})
+		return rep, nil
+	case err != nil:
+		return nil, fmt.Errorf("check %s: %w", dir, err)
+	}
+	if db != nil {
+		defer db.Close()
+	}
+	return recovery.Check(ctx, fsys, db)
+}

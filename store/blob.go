@@ -1,0 +1,207 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/recovery"
+)
+
+// Exists reports whether the blob of desc is in the layout with desc's size.
+func (s *Store) Exists(ctx context.Context, desc v1.Descriptor) (bool, error) {
+	if err := s.readable(); err != nil {
+		return false, err
+	}
+	if err := layout.ValidateDigest(desc.Digest); err != nil {
+		return false, err
+	}
+	fi, err := s.fsys.Lstat(layout.BlobPath(desc.Digest))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("exists %s: %w", desc.Digest, err)
+	}
+	return fi.Mode().IsRegular() && fi.Size() == desc.Size, nil
+}
+
+// Fetch opens the blob of desc. The reader checks size and digest as it is
+// read: its last Read returns ErrSizeMismatch or ErrDigestMismatch instead of
+// io.EOF when the content is not what desc says.
+func (s *Store) Fetch(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	if err := layout.ValidateDigest(desc.Digest); err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	p := layout.BlobPath(desc.Digest)
+	f, err := s.fsys.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("fetch %s: %w", desc.Digest, errdef.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s (%s): %w", desc.Digest, p, err)
+	}
+	return &verifyingReadCloser{v: layout.NewVerifyReader(f, desc), c: f}, nil
+}
+
+type verifyingReadCloser struct {
+	v *layout.VerifyReader
+	c io.Closer
+}
+
+func (r *verifyingReadCloser) Read(p []byte) (int, error) {
+	n, err := r.v.Read(p)
+	if err == io.EOF {
+		if verr := r.v.Verify(); verr != nil {
+			return n, verr
+		}
+	}
+	return n, err
+}
+
+func (r *verifyingReadCloser) Close() error { return r.c.Close() }
+
+// PutBlob streams r into the layout as the blob of desc: into a temp file,
+// hashing while writing, then the digest and size are verified, the file is
+// synced, renamed into blobs/<alg>/<hex> and the directory synced. A blob
+// already present is not written again. desc.Size < 0 means unknown.
+// The blob is not referenced until a manifest that uses it is tagged.
+func (s *Store) PutBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) error {
+	if err := s.putBlob(ctx, desc, r); err != nil {
+		return fmt.Errorf("put blob %s: %w", desc.Digest, err)
+	}
+	return nil
+}
+
+func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) error {
+	if err := s.writable(); err != nil {
+		return err
+	}
+	if err := layout.ValidateDigest(desc.Digest); err != nil {
+		return err
+	}
+	final := layout.BlobPath(desc.Digest)
+	if fi, err := s.fsys.Lstat(final); err == nil && fi.Mode().IsRegular() && (desc.Size < 0 || fi.Size() == desc.Size) {
+		s.log.Debug("blob already present", attrDigest, desc.Digest)
+		return nil
+	}
+	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
+		return s.poisonIfSync(err)
+	}
+	if _, err := fsio.MkdirDurable(s.fsys, recovery.IngestDir); err != nil {
+		return s.poisonIfSync(err)
+	}
+	tmp, err := s.fsys.CreateTemp(recovery.IngestDir, recovery.IngestTempPrefix())
+	if err != nil {
+		return err
+	}
+	published := false
+	defer func() {
+		if !published {
+			tmp.Close()
+			if err := s.fsys.Remove(tmp.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				s.log.Warn("cannot remove ingest temp file", "path", tmp.Name(), "err", err)
+			}
+		}
+	}()
+	vr := layout.NewVerifyReader(&ctxReader{ctx: ctx, r: r}, desc)
+	if _, err := io.Copy(tmp, vr); err != nil {
+		return err
+	}
+	if err := vr.Verify(); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return s.poison(&fsio.SyncError{Path: tmp.Name(), Err: err})
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	crash.Point(crash.IngestWritten)
+	algDir := layout.BlobsDir + "/" + desc.Digest.Algorithm().String()
+	if _, err := fsio.MkdirDurable(s.fsys, layout.BlobsDir); err != nil {
+		return s.poisonIfSync(err)
+	}
+	if _, err := fsio.MkdirDurable(s.fsys, algDir); err != nil {
+		return s.poisonIfSync(err)
+	}
+	if err := s.fsys.Rename(tmp.Name(), final); err != nil {
+		return err
+	}
+	published = true
+	crash.Point(crash.IngestRenamed)
+	if err := s.fsys.SyncDir(algDir); err != nil {
+		return s.poison(&fsio.SyncError{Path: algDir, Err: err})
+	}
+	crash.Point(crash.IngestSynced)
+	s.log.Debug("blob written", attrDigest, desc.Digest, "size", vr.N())
+	return nil
+}
+
+// poisonIfSync poisons the handle when err is a failed fsync.
+func (s *Store) poisonIfSync(err error) error {
+	var se *fsio.SyncError
+	if errors.As(err, &se) {
+		return s.poison(err)
+	}
+	return err
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// PutManifest stores a manifest or index and, when names are given, tags it
+// in the same transaction. Every blob it references must already be in the
+// layout. It returns the manifest's descriptor.
+func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byte, names ...string) (v1.Descriptor, error) {
+	desc := v1.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(content), Size: int64(len(content))}
+	if !layout.IsManifest(mediaType) {
+		return desc, fmt.Errorf("put manifest: media type %q is not a manifest or index: %w", mediaType, errdef.ErrInvalidArgument)
+	}
+	kids, err := layout.ParseChildren("manifest "+desc.Digest.String(), content)
+	if err != nil {
+		return desc, fmt.Errorf("put manifest: %w", err)
+	}
+	if kids.MediaType != "" && kids.MediaType != mediaType {
+		return desc, fmt.Errorf("put manifest %s: content says media type %s, caller says %s: %w", desc.Digest, kids.MediaType, mediaType, errdef.ErrInvalidArgument)
+	}
+	for _, k := range kids.Refs {
+		if ok, err := s.Exists(ctx, k); err != nil || !ok {
+			if err == nil && len(k.URLs) > 0 {
+				continue
+			}
+			return desc, fmt.Errorf("put manifest %s: blob %s: %w", desc.Digest, k.Digest, errdef.ErrMissingDependency)
+		}
+	}
+	if err := s.PutBlob(ctx, desc, strings.NewReader(string(content))); err != nil {
+		return desc, fmt.Errorf("put manifest: %w", err)
+	}
+	if len(names) > 0 {
+		if err := s.Tag(ctx, desc, names...); err != nil {
+			return desc, fmt.Errorf("put manifest: %w", err)
+		}
+	}
+	return desc, nil
+}

@@ -1,0 +1,248 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/layout"
+)
+
+// Image is one entry of index.json.
+type Image struct {
+	// Name is the tag, "" for an untagged entry.
+	Name       string        `json:"name"`
+	Descriptor v1.Descriptor `json:"descriptor"`
+}
+
+// List returns the entries of index.json in file order.
+func (s *Store) List(ctx context.Context) ([]Image, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	sn, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Image, 0, len(sn.ix.Entries))
+	for _, e := range sn.ix.Entries {
+		out = append(out, Image{Name: e.Name(), Descriptor: e.Desc})
+	}
+	return out, nil
+}
+
+// Resolve returns the descriptor a reference (tag or digest) names in
+// index.json.
+func (s *Store) Resolve(ctx context.Context, ref string) (v1.Descriptor, error) {
+	if err := s.readable(); err != nil {
+		return v1.Descriptor{}, err
+	}
+	sn, err := s.current()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	pos, err := find(sn.ix, ref)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
+	}
+	return sn.ix.Entries[pos[0]].Desc, nil
+}
+
+// isDigestRef reports whether ref is meant as a digest (it has an algorithm
+// prefix), validating it.
+func isDigestRef(ref string) (digest.Digest, bool, error) {
+	alg, _, ok := strings.Cut(ref, ":")
+	if !ok || !digest.Algorithm(alg).Available() {
+		return "", false, nil
+	}
+	d := digest.Digest(ref)
+	if err := layout.ValidateDigest(d); err != nil {
+		return "", true, err
+	}
+	return d, true, nil
+}
+
+// find returns the positions of the entries ref names (at least one).
+func find(ix *layout.Index, ref string) ([]int, error) {
+	if ref == "" {
+		return nil, fmt.Errorf("empty reference: %w", errdef.ErrInvalidArgument)
+	}
+	d, isDigest, err := isDigestRef(ref)
+	if err != nil {
+		return nil, err
+	}
+	var pos []int
+	if isDigest {
+		for i, e := range ix.Entries {
+			if e.Desc.Digest == d {
+				pos = append(pos, i)
+			}
+		}
+	} else {
+		pos = ix.Find(ref)
+	}
+	if len(pos) == 0 {
+		return nil, errdef.ErrNotFound
+	}
+	return pos, nil
+}
+
+// ValidTag reports whether name can be a tag: not empty, no control
+// characters, not shaped like a digest.
+func ValidTag(name string) error {
+	if name == "" {
+		return fmt.Errorf("empty tag: %w", errdef.ErrInvalidArgument)
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("tag %q has a control character: %w", name, errdef.ErrInvalidArgument)
+		}
+	}
+	if _, isDigest, _ := isDigestRef(name); isDigest {
+		return fmt.Errorf("tag %q looks like a digest: %w", name, errdef.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Tag names desc in index.json, in one transaction. desc must be a manifest
+// or index whose whole graph is in the layout. A name that pointed elsewhere
+// moves; the manifest it left stays as an untagged entry if nothing else
+// holds it.
+func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) error {
+	if err := checkTagArgs(desc, names); err != nil {
+		return fmt.Errorf("tag %s: %w", desc.Digest, err)
+	}
+	_, err := s.update(ctx, "tag "+strings.Join(names, ","), func(cur *layout.Index) ([]layout.Entry, error) {
+		return withTags(cur.Entries, desc, names), nil
+	})
+	if err != nil {
+		return fmt.Errorf("tag %s as %s: %w", desc.Digest, strings.Join(names, ","), err)
+	}
+	return nil
+}
+
+func checkTagArgs(desc v1.Descriptor, names []string) error {
+	if err := layout.ValidateDigest(desc.Digest); err != nil {
+		return err
+	}
+	if !layout.IsManifest(desc.MediaType) {
+		return fmt.Errorf("media type %q is not a manifest or index: %w", desc.MediaType, errdef.ErrInvalidArgument)
+	}
+	if len(names) == 0 {
+		return fmt.Errorf("no tag given: %w", errdef.ErrInvalidArgument)
+	}
+	for _, n := range names {
+		if err := ValidTag(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// withTags returns entries with each name pointing at desc.
+func withTags(entries []layout.Entry, desc v1.Descriptor, names []string) []layout.Entry {
+	out := entries
+	for _, n := range names {
+		out = dropName(out, n)
+		// An untagged entry of the same manifest is now redundant.
+		kept := out[:0:0]
+		for _, e := range out {
+			if e.Name() == "" && e.Desc.Digest == desc.Digest {
+				continue
+			}
+			kept = append(kept, e)
+		}
+		out = append(kept, layout.NewEntry(desc, n))
+	}
+	return out
+}
+
+// dropName removes name from entries. An entry that loses its name becomes
+// untagged unless another entry holds the same manifest.
+func dropName(entries []layout.Entry, name string) []layout.Entry {
+	out := make([]layout.Entry, 0, len(entries))
+	var orphaned []layout.Entry
+	for _, e := range entries {
+		if e.Name() == name {
+			orphaned = append(orphaned, e)
+			continue
+		}
+		out = append(out, e)
+	}
+	for _, o := range orphaned {
+		held := false
+		for _, e := range out {
+			if e.Desc.Digest == o.Desc.Digest {
+				held = true
+				break
+			}
+		}
+		if !held {
+			out = append(out, layout.NewEntry(o.Desc, ""))
+		}
+	}
+	return out
+}
+
+// Untag removes names from index.json in one transaction. It never deletes
+// data: a manifest left without a name stays as an untagged entry. Every
+// name must exist, or nothing changes.
+func (s *Store) Untag(ctx context.Context, names ...string) error {
+	if len(names) == 0 {
+		return fmt.Errorf("untag: no tag given: %w", errdef.ErrInvalidArgument)
+	}
+	_, err := s.update(ctx, "untag "+strings.Join(names, ","), func(cur *layout.Index) ([]layout.Entry, error) {
+		out := cur.Entries
+		for _, n := range names {
+			if _, isDigest, _ := isDigestRef(n); isDigest {
+				return nil, fmt.Errorf("%s is a digest, not a tag: %w", n, errdef.ErrInvalidArgument)
+			}
+			if len(cur.Find(n)) == 0 {
+				return nil, fmt.Errorf("tag %s: %w", n, errdef.ErrNotFound)
+			}
+			out = dropName(out, n)
+		}
+		return out, nil
+	})
+	if err != nil {
+		return fmt.Errorf("untag %s: %w", strings.Join(names, ","), err)
+	}
+	return nil
+}
+
+// Delete removes references from index.json and unlinks every blob that only
+// they used, in one transaction: all of it or nothing. A tag removes that
+// entry (a manifest still named by another tag keeps its blobs); a digest
+// removes every entry of that manifest. Every reference must exist.
+func (s *Store) Delete(ctx context.Context, refs ...string) (*Result, error) {
+	if len(refs) == 0 {
+		return nil, fmt.Errorf("delete: no reference given: %w", errdef.ErrInvalidArgument)
+	}
+	res, err := s.update(ctx, "delete "+strings.Join(refs, ","), func(cur *layout.Index) ([]layout.Entry, error) {
+		drop := make([]bool, len(cur.Entries))
+		for _, r := range refs {
+			pos, err := find(cur, r)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", r, err)
+			}
+			for _, p := range pos {
+				drop[p] = true
+			}
+		}
+		out := make([]layout.Entry, 0, len(cur.Entries))
+		for i, e := range cur.Entries {
+			if !drop[i] {
+				out = append(out, e)
+			}
+		}
+		return out, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delete %s: %w", strings.Join(refs, ","), err)
+	}
+	return res, nil
+}

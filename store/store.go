@@ -1,0 +1,436 @@
+// Package store is ocistore's library: a crash-safe, transactional store for
+// an OCI image layout that other tools (skopeo, umoci, oras, crane, BuildKit)
+// keep reading and writing.
+//
+// # Basics
+//
+// Open a layout with Open (it is created when the directory is empty, and
+// adopted when another tool wrote it). Blobs go in with PutBlob, manifests
+// with PutManifest; Tag names a manifest in index.json, Untag removes names,
+// Delete removes images and every blob that only they used. Every change of
+// index.json is one journal transaction (see package recovery and DESIGN.md
+// §3): the plan is committed to the journal first, then index.json is replaced
+// atomically and durably, then the freed blobs are unlinked, then the record
+// is cleared. A crash at any point is finished or undone by the next Open.
+//
+// A Store is safe for concurrent use. Writers are serialized, in the process
+// by a mutex and across processes by the journal's file lock, held only for
+// the length of one transaction. Readers (Resolve, List, Fetch, Exists) never
+// wait for a writer: they see the last committed index.
+//
+// # References
+//
+// A reference is a tag (the org.opencontainers.image.ref.name annotation of
+// an index.json entry, matched exactly) or a digest ("sha256:..."), which
+// stands for every entry of that manifest.
+//
+// Removing a name never deletes data: Untag, and Tag moving a name to another
+// manifest, leave the old manifest in index.json as an untagged entry when no
+// other entry holds it (like Docker's dangling images). Delete is what frees
+// blobs.
+//
+// # Caveats
+//
+// Reference counts are persistent and updated per transaction, so a delete
+// costs the size of the image, not of the layout. When another tool changes
+// index.json, the next transaction notices (its digest differs from the
+// journal's) and recounts from disk before doing anything.
+//
+// Any failed fsync or journal commit poisons the handle: every later write
+// returns ErrPoisoned until the store is closed and opened again.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/recovery"
+)
+
+// Errors, for errors.Is. They are the sentinels of every layer.
+var (
+	ErrNotFound          = errdef.ErrNotFound
+	ErrInvalidDigest     = errdef.ErrInvalidDigest
+	ErrDigestMismatch    = errdef.ErrDigestMismatch
+	ErrSizeMismatch      = errdef.ErrSizeMismatch
+	ErrCorrupt           = errdef.ErrCorrupt
+	ErrLocked            = errdef.ErrLocked
+	ErrPoisoned          = errdef.ErrPoisoned
+	ErrClosed            = errdef.ErrClosed
+	ErrInvalidArgument   = errdef.ErrInvalidArgument
+	ErrMissingDependency = errdef.ErrMissingDependency
+	ErrTooLarge          = errdef.ErrTooLarge
+	ErrNotLayout         = errdef.ErrNotLayout
+)
+
+// Log attribute keys.
+const (
+	attrDigest = "digest"
+	attrRef    = "ref"
+	attrTxn    = "txn"
+	attrLayout = "layout"
+)
+
+// JournalPath is the journal database, relative to the layout root.
+const JournalPath = layout.StateDir + "/journal.db"
+
+// Options configure Open. A nil *Options means the defaults.
+type Options struct {
+	// Logger receives debug lines per operation and info lines for recovery
+	// actions. Nil discards.
+	Logger *slog.Logger
+	// LockTimeout is how long a writer waits for another process's lock
+	// before failing with ErrLocked. Zero means 30 seconds; negative fails at once.
+	LockTimeout time.Duration
+	// NoCreate makes Open fail with ErrNotLayout instead of creating a layout
+	// in an empty or missing directory.
+	NoCreate bool
+
+	// fs replaces the real file system (tests).
+	fs fsio.FS
+}
+
+// DefaultLockTimeout is the writer lock wait when Options.LockTimeout is zero.
+const DefaultLockTimeout = 30 * time.Second
+
+// Store is an open layout.
+type Store struct {
+	dir  string
+	fsys fsio.FS
+	log  *slog.Logger
+	opts Options
+
+	// wmu serializes writers in this process; the journal's file lock
+	// serializes them across processes.
+	wmu sync.Mutex
+
+	// snap is the last index this handle committed or read; readers load it
+	// without locks and writers swap it after their commit point.
+	snap atomic.Pointer[snapshot]
+
+	// mu guards the handle's life.
+	mu struct {
+		sync.Mutex
+		closed   bool
+		poisoned error // first durability failure; writes refuse until reopened
+	}
+}
+
+type snapshot struct {
+	ix     *layout.Index
+	digest digest.Digest
+	stamp  stamp
+}
+
+// stamp identifies one version of index.json on disk cheaply.
+type stamp struct {
+	ino, size    uint64
+	mtime, ctime int64
+}
+
+func stampOf(fi fs.FileInfo) stamp {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return stamp{size: uint64(fi.Size()), mtime: fi.ModTime().UnixNano()}
+	}
+	return stamp{ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+}
+
+// Open opens the layout in dir, creating it when dir is missing or empty, and
+// adopting it when another tool wrote it. It runs recovery before returning.
+func Open(ctx context.Context, dir string, o *Options) (*Store, error) {
+	var opts Options
+	if o != nil {
+		opts = *o
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.LockTimeout == 0 {
+		opts.LockTimeout = DefaultLockTimeout
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open layout %s: %w", dir, err)
+	}
+	s := &Store{dir: abs, log: opts.Logger.With(slog.String(attrLayout, abs)), opts: opts}
+	if opts.fs != nil {
+		s.fsys = opts.fs
+	} else {
+		if !opts.NoCreate {
+			if err := fsio.CreateRoot(abs); err != nil {
+				return nil, fmt.Errorf("open layout %s: %w", abs, err)
+			}
+		}
+		osfs, err := fsio.OpenOS(abs)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("open layout %s: %w", abs, errdef.ErrNotLayout)
+			}
+			return nil, fmt.Errorf("open layout %s: %w", abs, err)
+		}
+		s.fsys = osfs
+	}
+	if err := s.open(ctx); err != nil {
+		s.fsys.Close()
+		return nil, fmt.Errorf("open layout %s: %w", abs, err)
+	}
+	return s, nil
+}
+
+func (s *Store) open(ctx context.Context) error {
+	fresh, err := s.classify()
+	if err != nil {
+		return err
+	}
+	if fresh {
+		if s.opts.NoCreate {
+			return errdef.ErrNotLayout
+		}
+		if err := s.initLayout(); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+	} else {
+		b, err := fsio.ReadFile(s.fsys, layout.LayoutFile, 4096)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", layout.LayoutFile, err)
+		}
+		if err := layout.CheckLayoutFile(b); err != nil {
+			return err
+		}
+	}
+	db, _, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	return db.Close()
+}
+
+// Dir is the layout's absolute path.
+func (s *Store) Dir() string { return s.dir }
+
+// Close releases the store. It holds no lock between transactions, so Close
+// only marks the handle closed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return nil
+	}
+	s.mu.closed = true
+	s.wmu.Lock() // wait for a writer in flight
+	defer s.wmu.Unlock()
+	return s.fsys.Close()
+}
+
+// writable returns why writes are refused, if they are.
+func (s *Store) writable() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return errdef.ErrClosed
+	}
+	if s.mu.poisoned != nil {
+		return fmt.Errorf("%w (first failure: %v)", errdef.ErrPoisoned, s.mu.poisoned)
+	}
+	return nil
+}
+
+func (s *Store) readable() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.closed {
+		return errdef.ErrClosed
+	}
+	return nil
+}
+
+// poison records a durability failure; err is returned wrapped with ErrPoisoned's cause.
+func (s *Store) poison(err error) error {
+	s.mu.Lock()
+	if s.mu.poisoned == nil {
+		s.mu.poisoned = err
+	}
+	s.mu.Unlock()
+	s.log.Error("durability failure: refusing writes until reopened", "err", err)
+	return err
+}
+
+// classify reports whether dir needs a new layout: it has no oci-layout and
+// holds nothing but what an interrupted init leaves (empty blob
+// directories, an empty index.json, our state directory).
+func (s *Store) classify() (fresh bool, err error) {
+	ok, err := fsio.Exists(s.fsys, layout.LayoutFile)
+	if err != nil || ok {
+		return false, err
+	}
+	ents, err := s.fsys.ReadDir(".")
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ents {
+		switch n := e.Name(); {
+		case n == layout.StateDir:
+		case n == layout.BlobsDir && e.IsDir():
+			if nonEmpty, err := s.hasBlobs(); err != nil || nonEmpty {
+				return false, orNotLayout(err)
+			}
+		case n == layout.IndexFile:
+			b, err := fsio.ReadFile(s.fsys, layout.IndexFile, layout.MaxIndexSize)
+			if err != nil {
+				return false, err
+			}
+			if ix, err := layout.ParseIndex(b); err == nil && len(ix.Entries) > 0 {
+				return false, errdef.ErrNotLayout
+			}
+		case recovery.IsIndexTemp(n):
+		default:
+			return false, fmt.Errorf("%s holds %q but no %s: %w", s.dir, n, layout.LayoutFile, errdef.ErrNotLayout)
+		}
+	}
+	return true, nil
+}
+
+func orNotLayout(err error) error {
+	if err != nil {
+		return err
+	}
+	return errdef.ErrNotLayout
+}
+
+func (s *Store) hasBlobs() (bool, error) {
+	algs, err := s.fsys.ReadDir(layout.BlobsDir)
+	if err != nil {
+		return false, err
+	}
+	for _, a := range algs {
+		if !a.IsDir() {
+			return true, nil
+		}
+		files, err := s.fsys.ReadDir(layout.BlobsDir + "/" + a.Name())
+		if err != nil {
+			return false, err
+		}
+		if len(files) > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// initLayout writes a new empty layout. oci-layout goes last: a directory
+// without it is still "fresh" and init runs again after a crash.
+func (s *Store) initLayout() error {
+	for _, d := range []string{layout.BlobsDir, layout.BlobsDir + "/sha256"} {
+		if _, err := fsio.MkdirDurable(s.fsys, d); err != nil {
+			return err
+		}
+	}
+	if err := recovery.WriteIndex(s.fsys, layout.EmptyIndex()); err != nil {
+		return err
+	}
+	crash.Point(crash.LayoutInitialized)
+	if err := s.fsys.ReplaceFile(layout.LayoutFile, ".", append(layout.LayoutFileContent(), '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := s.fsys.SyncDir("."); err != nil {
+		return err
+	}
+	s.log.Info("created layout")
+	return nil
+}
+
+// openJournal opens the journal read-write, taking the layout's writer lock.
+// A missing or empty database is created (and its directory synced); a
+// corrupt one is moved aside and rebuilt from the layout by the recovery that
+// follows.
+func (s *Store) openJournal() (*journal.DB, error) {
+	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	path := filepath.Join(s.dir, JournalPath)
+	db, err := journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout})
+	if errors.Is(err, errdef.ErrCorrupt) {
+		aside := fmt.Sprintf("%s.corrupt-%d", JournalPath, time.Now().UnixNano())
+		s.log.Warn("journal is corrupt; keeping it aside and rebuilding from the layout", "err", err, "aside", aside)
+		if rerr := s.fsys.Rename(JournalPath, aside); rerr != nil {
+			return nil, fmt.Errorf("%w (moving it aside: %v)", err, rerr)
+		}
+		if serr := s.fsys.SyncDir(layout.StateDir); serr != nil {
+			return nil, s.poison(serr)
+		}
+		db, err = journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout})
+	}
+	if errors.Is(err, errdef.ErrLocked) {
+		return nil, fmt.Errorf("layout %s is locked by another process (waited %s): %w", s.dir, s.opts.LockTimeout, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if db.Created {
+		crash.Point(crash.JournalCreated)
+		if err := s.fsys.SyncDir(layout.StateDir); err != nil {
+			db.Close()
+			return nil, s.poison(&fsio.SyncError{Path: layout.StateDir, Err: err})
+		}
+		s.log.Info("journal created; counting references from the layout", "path", path)
+	}
+	return db, nil
+}
+
+// lock takes the writer lock, runs recovery and refreshes the snapshot. The
+// caller closes db to release the lock.
+func (s *Store) lock(ctx context.Context) (*journal.DB, *snapshot, error) {
+	db, err := s.openJournal()
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := recovery.Run(ctx, s.env(), db)
+	if err != nil {
+		db.Close()
+		return nil, nil, fmt.Errorf("recover: %w", err)
+	}
+	sn := &snapshot{ix: st.Index, digest: st.Digest}
+	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {
+		sn.stamp = stampOf(fi)
+	}
+	s.snap.Store(sn)
+	return db, sn, nil
+}
+
+func (s *Store) env() recovery.Env { return recovery.Env{FS: s.fsys, Log: s.log} }
+
+// current returns the index readers should see: the snapshot, reloaded when
+// index.json on disk is no longer the file it was read from (another process
+// or tool wrote it).
+func (s *Store) current() (*snapshot, error) {
+	sn := s.snap.Load()
+	fi, err := s.fsys.Lstat(layout.IndexFile)
+	if err != nil || stampOf(fi) == sn.stamp {
+		return sn, nil
+	}
+	raw, ix, err := recovery.ReadIndex(s.fsys)
+	if err != nil {
+		// Mid-replacement by a tool that writes in place: keep the last good one.
+		s.log.Debug("index.json unreadable, serving the last good copy", "err", err)
+		return sn, nil
+	}
+	nsn := &snapshot{ix: ix, digest: layout.Sum(raw), stamp: stampOf(fi)}
+	s.snap.CompareAndSwap(sn, nsn)
+	return nsn, nil
+}
