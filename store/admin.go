@@ -14,7 +14,8 @@ import (
 )
 
 // Recover takes the writer lock and runs recovery (it also runs on Open and
-// before every transaction). It returns what it did.
+// before every transaction). It returns what it did, including what the
+// recovery run by Open did.
 func (s *Store) Recover(ctx context.Context) ([]recovery.Action, error) {
 	if err := s.writable(); err != nil {
 		return nil, err
@@ -30,7 +31,7 @@ func (s *Store) Recover(ctx context.Context) ([]recovery.Action, error) {
 	if err != nil {
 		return nil, fmt.Errorf("recover: %w", err)
 	}
-	return st.Actions, nil
+	return append(append([]recovery.Action(nil), s.opened...), st.Actions...), nil
 }
 
 // Pending returns the journal's unfinished transaction records (there are

@@ -123,6 +123,9 @@ type Store struct {
 	// without locks and writers swap it after their commit point.
 	snap atomic.Pointer[snapshot]
 
+	// opened is what recovery did when the store was opened.
+	opened []recovery.Action
+
 	// mu guards the handle's life.
 	mu struct {
 		sync.Mutex
@@ -214,10 +217,11 @@ func (s *Store) open(ctx context.Context) error {
 			return err
 		}
 	}
-	db, _, err := s.lock(ctx)
+	db, st, err := s.lock(ctx)
 	if err != nil {
 		return err
 	}
+	s.opened = st.Actions
 	return db.Close()
 }
 
@@ -395,7 +399,7 @@ func (s *Store) openJournal() (*journal.DB, error) {
 
 // lock takes the writer lock, runs recovery and refreshes the snapshot. The
 // caller closes db to release the lock.
-func (s *Store) lock(ctx context.Context) (*journal.DB, *snapshot, error) {
+func (s *Store) lock(ctx context.Context) (*journal.DB, *recovery.State, error) {
 	db, err := s.openJournal()
 	if err != nil {
 		return nil, nil, err
@@ -410,7 +414,7 @@ func (s *Store) lock(ctx context.Context) (*journal.DB, *snapshot, error) {
 		sn.stamp = stampOf(fi)
 	}
 	s.snap.Store(sn)
-	return db, sn, nil
+	return db, st, nil
 }
 
 func (s *Store) env() recovery.Env { return recovery.Env{FS: s.fsys, Log: s.log} }

@@ -56,17 +56,17 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	defer db.Close()
 
 	// 1. Plan.
-	entries, err := plan(cur.ix)
+	entries, err := plan(cur.Index)
 	if err != nil {
 		return nil, err
 	}
-	next := cur.ix.With(entries)
+	next := cur.Index.With(entries)
 	newBytes := next.Marshal()
 	newDigest := layout.Sum(newBytes)
-	if newDigest == cur.digest {
+	if newDigest == cur.Digest {
 		return &Result{}, nil
 	}
-	added, removed := diffRoots(cur.ix.Entries, entries)
+	added, removed := diffRoots(cur.Index.Entries, entries)
 
 	// 2. Journal commit: refcounts and the record in one bbolt transaction.
 	var rec journal.Record
@@ -85,7 +85,7 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 			}
 		}
 		freed = c.Freed
-		rec = journal.Record{Op: op, Time: time.Now().UTC(), OldIndex: cur.digest, NewIndex: newDigest, Deltas: c.Deltas}
+		rec = journal.Record{Op: op, Time: time.Now().UTC(), OldIndex: cur.Digest, NewIndex: newDigest, Deltas: c.Deltas}
 		for _, f := range freed {
 			rec.Unlink = append(rec.Unlink, f.Digest)
 		}
