@@ -1,0 +1,440 @@
+package store_test
+
+// Crash tests: for each step of the protocol, a child process (this test
+// binary) runs one operation with that crash point armed and is SIGKILLed
+// there; the parent then opens the layout (running recovery), checks every
+// invariant of DESIGN.md §5 and that the operation is all there or all gone,
+// then checks that a second recovery does nothing.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/recovery"
+	"github.com/ocistore/ocistore/store"
+)
+
+const (
+	envChildOp  = "OCISTORE_TEST_CHILD_OP"
+	envChildDir = "OCISTORE_TEST_CHILD_DIR"
+	envChildArg = "OCISTORE_TEST_CHILD_ARG"
+)
+
+// TestCrashChild is the child side: it does nothing unless started by runChild.
+func TestCrashChild(t *testing.T) {
+	op := os.Getenv(envChildOp)
+	if op == "" {
+		return
+	}
+	ctx := context.Background()
+	dir := os.Getenv(envChildDir)
+	args := strings.Fields(os.Getenv(envChildArg))
+	s, err := store.Open(ctx, dir, nil)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child open:", err)
+		os.Exit(10)
+	}
+	switch op {
+	case "open":
+	case "delete":
+		_, err = s.Delete(ctx, args...)
+	case "untag":
+		err = s.Untag(ctx, args...)
+	case "tag": // tag SRC DST...
+		var d v1.Descriptor
+		if d, err = s.Resolve(ctx, args[0]); err == nil {
+			err = s.Tag(ctx, d, args[1:]...)
+		}
+	case "import": // import SRC REF...
+		_, err = s.Import(ctx, args[0], args[1:]...)
+	case "put": // put one new image, tagged args[0]
+		b := testutil.NewBuilder(t, s, 99)
+		m := b.Manifest(nil, 2)
+		err = s.Tag(ctx, m, args[0])
+	case "recover":
+		_, err = s.Recover(ctx)
+	default:
+		err = fmt.Errorf("unknown child op %q", op)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		os.Exit(11)
+	}
+	s.Close()
+	os.Exit(0)
+}
+
+// runChild runs op in a child process with point armed ("" for none). It
+// reports whether the child was killed at the point.
+func runChild(t *testing.T, dir, op, point string, args ...string) (killed bool) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envChildOp+"="+op, envChildDir+"="+dir, envChildArg+"="+strings.Join(args, " "))
+	if point != "" {
+		cmd.Env = append(cmd.Env, crash.EnvVar+"="+point)
+	}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL {
+			return true
+		}
+		t.Fatalf("child %s at %s: %v\n%s", op, point, err, out)
+	}
+	if err != nil {
+		t.Fatalf("child %s: %v\n%s", op, err, out)
+	}
+	return false
+}
+
+// fixture builds a layout of images sharing base layers; returns tag -> digest.
+func fixture(t *testing.T, dir string) map[string]string {
+	ctx := context.Background()
+	s, err := store.Open(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b := testutil.NewBuilder(t, s, 1)
+	base := []v1.Descriptor{b.Random(100), b.Random(200)}
+	for i := 0; i < 6; i++ {
+		m := b.Manifest(base, 2)
+		b.Tag(m, fmt.Sprintf("img%d", i))
+	}
+	// Two tags on one manifest, and a nested index sharing a manifest.
+	m := b.Manifest(base, 1)
+	b.Tag(m, "twin-a", "twin-b")
+	inner := b.Manifest(base[:1], 1)
+	b.Tag(b.Index(inner, b.Manifest(nil, 1)), "multi")
+	b.Tag(inner, "inner")
+	return tags(t, dir)
+}
+
+func tags(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	s, err := store.Open(context.Background(), dir, nil)
+	if err != nil {
+		t.Fatalf("open after crash: %v", err)
+	}
+	defer s.Close()
+	imgs, err := s.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, im := range imgs {
+		name := im.Name
+		if name == "" {
+			name = "<none>" + im.Descriptor.Digest.String()
+		}
+		out[name] = im.Descriptor.Digest.String()
+	}
+	return out
+}
+
+// files lists every file under dir except the journal's.
+func files(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() || strings.HasPrefix(rel, ".ocistore") {
+			return nil
+		}
+		out = append(out, rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// checkClean runs fsck on the layout as it is and fails on any problem,
+// except orphans when allowOrphans (an interrupted ingest leaves blobs that
+// only GC removes).
+func checkClean(t *testing.T, dir string, allowOrphans bool) {
+	t.Helper()
+	rep, err := store.CheckDir(context.Background(), dir, 0)
+	if err != nil {
+		t.Fatalf("fsck: %v", err)
+	}
+	for _, p := range rep.Problems {
+		if allowOrphans && p.Kind == recovery.KindOrphan {
+			continue
+		}
+		t.Errorf("fsck after recovery: %s", p)
+	}
+}
+
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	out, err := exec.Command("cp", "-a", src+"/.", dst).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+}
+
+type crashCase struct {
+	op     string
+	args   []string
+	points []string // each "NAME" or "NAME@K"
+	// after computes the expected tags once the operation took effect.
+	after        func(before map[string]string) map[string]string
+	allowOrphans bool // the operation writes blobs before its transaction
+	// durableFrom is the first point from which the operation must survive.
+	durableFrom string
+}
+
+var txnPoints = []string{
+	crash.TxnJournaled, crash.IndexTempWritten, crash.IndexRenamed, crash.IndexSynced,
+	crash.BlobUnlinked + "@1", crash.BlobUnlinked + "@3", crash.BlobDirSynced, crash.TxnCleared,
+}
+
+func without(m map[string]string, keys ...string) map[string]string {
+	out := map[string]string{}
+	for k, v := range m {
+		out[k] = v
+	}
+	for _, k := range keys {
+		delete(out, k)
+	}
+	return out
+}
+
+func TestCrashPoints(t *testing.T) {
+	gold := t.TempDir()
+	before := fixture(t, gold)
+	src := t.TempDir() // a layout to import from
+	func() {
+		s, err := store.Open(context.Background(), src, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		b := testutil.NewBuilder(t, s, 7)
+		b.Tag(b.Manifest([]v1.Descriptor{b.Random(300)}, 2), "imported")
+	}()
+	importedDigest := tags(t, src)["imported"]
+
+	cases := []crashCase{
+		{op: "delete", args: []string{"img1", "img2", "multi"}, points: txnPoints, durableFrom: crash.TxnJournaled,
+			after: func(b map[string]string) map[string]string { return without(b, "img1", "img2", "multi") }},
+		{op: "delete", args: []string{"twin-a"}, points: txnPoints[:4], durableFrom: crash.TxnJournaled,
+			after: func(b map[string]string) map[string]string { return without(b, "twin-a") }},
+		{op: "untag", args: []string{"img3"}, points: txnPoints[:4], durableFrom: crash.TxnJournaled,
+			after: func(b map[string]string) map[string]string {
+				out := without(b, "img3")
+				out["<none>"+b["img3"]] = b["img3"]
+				return out
+			}},
+		{op: "tag", args: []string{"img4", "img4-copy", "img5"}, points: slices.Concat(txnPoints[:4], []string{crash.TxnCleared}), durableFrom: crash.TxnJournaled,
+			after: func(b map[string]string) map[string]string {
+				out := map[string]string{}
+				for k, v := range b {
+					out[k] = v
+				}
+				out["img4-copy"], out["img5"] = b["img4"], b["img4"]
+				out["<none>"+b["img5"]] = b["img5"]
+				return out
+			}},
+		{op: "import", args: []string{src, "imported"}, allowOrphans: true, durableFrom: crash.TxnJournaled,
+			points: []string{crash.IngestWritten, crash.IngestRenamed + "@2", crash.IngestSynced + "@4", crash.TxnJournaled, crash.IndexRenamed, crash.IndexSynced, crash.TxnCleared},
+			after: func(b map[string]string) map[string]string {
+				out := without(b)
+				out["imported"] = importedDigest
+				return out
+			}},
+		{op: "put", args: []string{"fresh"}, allowOrphans: true, durableFrom: crash.TxnJournaled,
+			points: []string{crash.IngestWritten, crash.IngestRenamed, crash.IngestSynced + "@3", crash.TxnJournaled, crash.IndexSynced},
+			after:  nil},
+	}
+	for _, c := range cases {
+		for _, point := range c.points {
+			name := c.op + "/" + strings.Join(c.args[min(len(c.args)-1, 1):], ",") + "/" + point
+			if c.op == "import" {
+				name = "import/" + point
+			}
+			t.Run(name, func(t *testing.T) {
+				dir := t.TempDir()
+				copyDir(t, gold, dir)
+				killed := runChild(t, dir, c.op, point, c.args...)
+				if !killed {
+					t.Fatalf("crash point %s was never reached", point)
+				}
+				assertRecovered(t, dir, c, point, before)
+			})
+		}
+	}
+}
+
+func pointName(p string) string { n, _, _ := strings.Cut(p, "@"); return n }
+
+// order of the crash points along one transaction.
+var pointOrder = map[string]int{
+	crash.IngestWritten: 1, crash.IngestRenamed: 2, crash.IngestSynced: 3,
+	crash.TxnJournaled: 10, crash.IndexTempWritten: 11, crash.IndexRenamed: 12, crash.IndexSynced: 13,
+	crash.BlobUnlinked: 14, crash.BlobDirSynced: 15, crash.TxnCleared: 16,
+}
+
+func assertRecovered(t *testing.T, dir string, c crashCase, point string, before map[string]string) {
+	t.Helper()
+	got := tags(t, dir) // opens: runs recovery
+	durable := pointOrder[pointName(point)] >= pointOrder[c.durableFrom]
+	switch {
+	case c.after == nil: // put: the new tag is there iff durable
+		_, has := got["fresh"]
+		if has != durable {
+			t.Fatalf("after crash at %s: tag fresh present=%v, want %v", point, has, durable)
+		}
+		if !equalMaps(without(got, "fresh"), before) {
+			t.Fatalf("after crash at %s: other tags changed:\n got %v\nwant %v", point, got, before)
+		}
+	case durable:
+		if want := c.after(before); !equalMaps(got, want) {
+			t.Fatalf("after crash at %s: the journaled transaction was not completed:\n got %v\nwant %v", point, got, want)
+		}
+	default:
+		if !equalMaps(got, before) {
+			t.Fatalf("after crash at %s (before the journal commit): tags changed:\n got %v\nwant %v", point, got, before)
+		}
+	}
+	checkClean(t, dir, c.allowOrphans && !durable)
+	// Idempotence: a second recovery does nothing and changes no file.
+	filesBefore := files(t, dir)
+	s, err := store.Open(context.Background(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acts, err := s.Recover(context.Background())
+	s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(acts) != 0 {
+		t.Fatalf("second recovery did something: %+v", acts)
+	}
+	if fa := files(t, dir); strings.Join(fa, "\n") != strings.Join(filesBefore, "\n") {
+		t.Fatalf("second recovery changed files")
+	}
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestCrashDuringRecovery interrupts a delete after its journal commit, then
+// interrupts the recovery itself at each of its steps, then recovers for good.
+func TestCrashDuringRecovery(t *testing.T) {
+	gold := t.TempDir()
+	before := fixture(t, gold)
+	want := without(before, "img0", "img1")
+	for _, first := range []string{crash.TxnJournaled, crash.IndexSynced, crash.BlobUnlinked + "@2"} {
+		for _, second := range []string{crash.IndexTempWritten, crash.RecoverReplayed, crash.RecoverUnlinked + "@1", crash.RecoverUnlinked + "@2", crash.BlobDirSynced, crash.TxnCleared} {
+			t.Run(first+"/"+second, func(t *testing.T) {
+				dir := t.TempDir()
+				copyDir(t, gold, dir)
+				if !runChild(t, dir, "delete", first, "img0", "img1") {
+					t.Fatalf("first crash point %s not reached", first)
+				}
+				// The child's Open runs recovery; a point it never reaches
+				// (no replay needed once index.json is new) is fine.
+				runChild(t, dir, "open", second)
+				got := tags(t, dir)
+				if !equalMaps(got, want) {
+					t.Fatalf("got %v\nwant %v", got, want)
+				}
+				checkClean(t, dir, false)
+			})
+		}
+	}
+}
+
+// TestCrashAdoptInitRecount covers the crash points outside transactions:
+// creating the journal of an adopted layout, initializing a new layout, and
+// recounting after another tool changed index.json.
+func TestCrashAdoptInitRecount(t *testing.T) {
+	t.Run("adopt/"+crash.JournalCreated, func(t *testing.T) {
+		gold := t.TempDir()
+		before := fixture(t, gold)
+		if err := os.RemoveAll(filepath.Join(gold, ".ocistore")); err != nil {
+			t.Fatal(err)
+		}
+		if !runChild(t, gold, "open", crash.JournalCreated) {
+			t.Fatal("not reached")
+		}
+		if got := tags(t, gold); !equalMaps(got, before) {
+			t.Fatalf("got %v want %v", got, before)
+		}
+		checkClean(t, gold, false)
+	})
+	t.Run("init/"+crash.LayoutInitialized, func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "new")
+		if !runChild(t, dir, "open", crash.LayoutInitialized) {
+			t.Fatal("not reached")
+		}
+		if got := tags(t, dir); len(got) != 0 {
+			t.Fatalf("new layout has %v", got)
+		}
+		checkClean(t, dir, false)
+	})
+	t.Run("external/"+crash.RecoverRecounted, func(t *testing.T) {
+		dir := t.TempDir()
+		before := fixture(t, dir)
+		// Another tool adds a tag for img0's manifest by rewriting index.json.
+		ixPath := filepath.Join(dir, "index.json")
+		raw, err := os.ReadFile(ixPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := before["img0"]
+		entry := fmt.Sprintf(`,{"mediaType":%q,"digest":%q,"size":%d,"annotations":{"org.opencontainers.image.ref.name":"by-skopeo"}}]`, v1.MediaTypeImageManifest, d, blobSize(t, dir, d))
+		edited := strings.Replace(string(raw), "]", entry, 1)
+		if err := os.WriteFile(ixPath, []byte(edited), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if !runChild(t, dir, "delete", crash.RecoverRecounted, "img0") {
+			t.Fatal("not reached")
+		}
+		runChild(t, dir, "delete", "", "img0")
+		got := tags(t, dir)
+		if got["by-skopeo"] != d {
+			t.Fatalf("tag written by another tool lost: %v", got)
+		}
+		checkClean(t, dir, false)
+	})
+}
+
+func blobSize(t *testing.T, dir, d string) int64 {
+	alg, hex, _ := strings.Cut(d, ":")
+	fi, err := os.Stat(filepath.Join(dir, "blobs", alg, hex))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
