@@ -97,7 +97,13 @@ func ReadIndex(fsys fsio.FS) ([]byte, *layout.Index, error) {
 // Run brings the layout and the journal to a consistent state (the table in
 // the package comment) and returns the index on disk. db must be open
 // read-write (it holds the writer lock).
-func Run(ctx context.Context, env Env, db *journal.DB) (*State, error) {
+//
+// known, when not nil, is the index the caller last read or wrote, and the
+// caller vouches that index.json on disk is still that file (same inode,
+// size and change times). If the journal agrees (no pending record, same
+// committed digest), Run returns known without reading index.json: that keeps
+// a transaction's cost independent of the size of the layout.
+func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, error) {
 	st := &State{}
 	if err := removeTemps(env, st); err != nil {
 		return nil, err
@@ -111,6 +117,9 @@ func Run(ctx context.Context, env Env, db *journal.DB) (*State, error) {
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("read pending records: %w", err)
+	}
+	if known != nil && len(recs) == 0 && known.Digest == lastDigest {
+		return &State{Index: known.Index, Bytes: known.Bytes, Digest: known.Digest, Actions: st.Actions}, nil
 	}
 	raw, ix, ixErr := ReadIndex(env.FS)
 	recount := false

@@ -27,7 +27,7 @@ func (s *Store) Recover(ctx context.Context) ([]recovery.Action, error) {
 		return nil, fmt.Errorf("recover: %w", err)
 	}
 	defer db.Close()
-	st, err := recovery.Run(ctx, s.env(), db)
+	st, err := recovery.Run(ctx, s.env(), db, nil)
 	if err != nil {
 		return nil, fmt.Errorf("recover: %w", err)
 	}

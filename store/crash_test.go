@@ -438,3 +438,32 @@ func blobSize(t *testing.T, dir, d string) int64 {
 	}
 	return fi.Size()
 }
+
+// TestCrashThenExternalChange: a delete is journaled, the process dies, and
+// before ocistore runs again another tool rewrites index.json so that it
+// still uses the image being deleted. Recovery must roll back: drop the
+// record and unlink nothing (DESIGN.md §4, last row; invariant 8).
+func TestCrashThenExternalChange(t *testing.T) {
+	dir := t.TempDir()
+	before := fixture(t, dir)
+	if !runChild(t, dir, "delete", crash.TxnJournaled, "img1") {
+		t.Fatal("not reached")
+	}
+	ixPath := filepath.Join(dir, "index.json")
+	raw, err := os.ReadFile(ixPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := before["img1"]
+	entry := fmt.Sprintf(`,{"mediaType":%q,"digest":%q,"size":%d,"annotations":{"org.opencontainers.image.ref.name":"kept-by-other-tool"}}]`, v1.MediaTypeImageManifest, d, blobSize(t, dir, d))
+	if err := os.WriteFile(ixPath, []byte(strings.Replace(string(raw), "]", entry, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := tags(t, dir)
+	want := without(before)
+	want["kept-by-other-tool"] = d
+	if !equalMaps(got, want) {
+		t.Fatalf("got %v\nwant %v", got, want)
+	}
+	checkClean(t, dir, false)
+}

@@ -136,6 +136,7 @@ type Store struct {
 
 type snapshot struct {
 	ix     *layout.Index
+	raw    []byte // index.json bytes, nil when not kept
 	digest digest.Digest
 	stamp  stamp
 }
@@ -404,12 +405,18 @@ func (s *Store) lock(ctx context.Context) (*journal.DB, *recovery.State, error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	st, err := recovery.Run(ctx, s.env(), db)
+	var known *recovery.State
+	if sn := s.snap.Load(); sn != nil && sn.raw != nil {
+		if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil && stampOf(fi) == sn.stamp {
+			known = &recovery.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest}
+		}
+	}
+	st, err := recovery.Run(ctx, s.env(), db, known)
 	if err != nil {
 		db.Close()
 		return nil, nil, fmt.Errorf("recover: %w", err)
 	}
-	sn := &snapshot{ix: st.Index, digest: st.Digest}
+	sn := &snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest}
 	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {
 		sn.stamp = stampOf(fi)
 	}
@@ -434,7 +441,7 @@ func (s *Store) current() (*snapshot, error) {
 		s.log.Debug("index.json unreadable, serving the last good copy", "err", err)
 		return sn, nil
 	}
-	nsn := &snapshot{ix: ix, digest: layout.Sum(raw), stamp: stampOf(fi)}
+	nsn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw), stamp: stampOf(fi)}
 	s.snap.CompareAndSwap(sn, nsn)
 	return nsn, nil
 }

@@ -107,7 +107,7 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	if err := recovery.Apply(s.env(), db, &rec, newBytes); err != nil {
 		return nil, s.poison(err)
 	}
-	sn := &snapshot{ix: next, digest: newDigest}
+	sn := &snapshot{ix: next, raw: newBytes, digest: newDigest}
 	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {
 		sn.stamp = stampOf(fi)
 	}

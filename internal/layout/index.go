@@ -10,8 +10,8 @@ import (
 	"github.com/ocistore/ocistore/internal/errdef"
 )
 
-// Entry is one descriptor of index.json. Raw keeps the entry exactly as it
-// was read, so fields this package does not know survive a rewrite.
+// Entry is one descriptor of index.json. Raw keeps the entry as it was read
+// (compacted), so fields this package does not know survive a rewrite.
 type Entry struct {
 	Desc v1.Descriptor
 	Raw  json.RawMessage
@@ -86,7 +86,7 @@ func ParseIndex(b []byte) (*Index, error) {
 		if err := checkDescriptor(IndexFile, i, d); err != nil {
 			return nil, err
 		}
-		ix.Entries = append(ix.Entries, Entry{Desc: d, Raw: r})
+		ix.Entries = append(ix.Entries, Entry{Desc: d, Raw: compact(r)})
 	}
 	return ix, nil
 }
@@ -98,7 +98,15 @@ func (ix *Index) With(entries []Entry) *Index {
 
 // Marshal renders index.json. Entries keep their original bytes.
 func (ix *Index) Marshal() []byte {
+	n := 256
+	for _, e := range ix.Entries {
+		n += len(e.Raw) + 1
+	}
+	for _, v := range ix.top {
+		n += len(v) + 32
+	}
 	var buf bytes.Buffer
+	buf.Grow(n)
 	buf.WriteString("{")
 	// schemaVersion and mediaType first, like every other tool writes them.
 	first := true
@@ -120,16 +128,18 @@ func (ix *Index) Marshal() []byte {
 	if v, ok := ix.top["mediaType"]; ok {
 		field("mediaType", v)
 	}
-	var m bytes.Buffer
-	m.WriteByte('[')
+	if !first {
+		buf.WriteByte(',')
+	}
+	first = false
+	buf.WriteString(`"manifests":[`)
 	for i, e := range ix.Entries {
 		if i > 0 {
-			m.WriteByte(',')
+			buf.WriteByte(',')
 		}
-		m.Write(compact(e.Raw))
+		buf.Write(e.Raw)
 	}
-	m.WriteByte(']')
-	field("manifests", m.Bytes())
+	buf.WriteByte(']')
 	keys := make([]string, 0, len(ix.top))
 	for k := range ix.top {
 		if k != "schemaVersion" && k != "mediaType" {
