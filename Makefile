@@ -1,0 +1,60 @@
+# ocistore: `make demo` runs the main job on a demo layout, `make test` runs every test.
+GO        ?= go
+BIN       := bin/ocistore
+DEMO      ?= demo/layout
+DEMO_N    ?= 300
+PKGS      := ./...
+# Tools the interop tests drive; installed from Debian when missing.
+TOOLS     := skopeo umoci
+
+.PHONY: all build test test-short demo bench lint tools fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ocistore
+
+# tools installs the real programs the interop tests need (root + apt-get).
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing from Debian"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: tools
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+# demo: build the CLI, write a layout of $(DEMO_N) images sharing base layers
+# as another tool would, adopt it, remove some images, check it.
+demo: build
+	@rm -rf $(DEMO)
+	$(GO) run ./internal/cmd/gendemo -images $(DEMO_N) -repos 30 $(DEMO)
+	@echo
+	@echo "== ocistore ls (first 8 of $(DEMO_N) images)"
+	@$(BIN) -l $(DEMO) ls | head -9
+	@echo
+	@echo "== ocistore rm: 3 images in one transaction"
+	$(BIN) -l $(DEMO) rm example.com/repo1:v0 example.com/repo2:v0 example.com/repo3:v0
+	@echo
+	@echo "== ocistore untag (keeps the image as an untagged entry) and tag"
+	$(BIN) -l $(DEMO) tag example.com/repo4:v0 example.com/repo4:stable
+	$(BIN) -l $(DEMO) untag example.com/repo4:v0
+	@echo
+	@echo "== ocistore journal (no pending transaction between commands)"
+	$(BIN) -l $(DEMO) journal
+	@echo
+	@echo "== ocistore fsck"
+	$(BIN) -l $(DEMO) fsck
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 100x ./store/ | tee bench.out
+
+lint:
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@latest $(PKGS)
+
+clean:
+	rm -rf bin demo bench.out
