@@ -160,9 +160,19 @@ func (d *DB) Close() error { return d.bolt.Close() }
 
 // Update runs fn in a read-write transaction, committed (and fsynced) when fn
 // returns nil. A commit error must poison the caller's handle.
+// Errors of the commit itself wrap errdef.ErrDurability; errors of fn are
+// returned as they are (and nothing is committed).
 func (d *DB) Update(fn func(*Tx) error) (err error) {
 	defer recoverCorrupt(d.path, &err)
-	return d.bolt.Update(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+	var fnErr error
+	err = d.bolt.Update(func(btx *bolt.Tx) error {
+		fnErr = fn(&Tx{tx: btx})
+		return fnErr
+	})
+	if err != nil && fnErr == nil {
+		return fmt.Errorf("journal %s: commit: %w: %w", d.path, errdef.ErrDurability, err)
+	}
+	return err
 }
 
 // View runs fn in a read-only transaction.

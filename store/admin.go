@@ -29,7 +29,7 @@ func (s *Store) Recover(ctx context.Context) ([]recovery.Action, error) {
 	defer db.Close()
 	st, err := recovery.Run(ctx, s.env(), db, nil)
 	if err != nil {
-		return nil, fmt.Errorf("recover: %w", err)
+		return nil, s.check(fmt.Errorf("recover: %w", err))
 	}
 	return append(append([]recovery.Action(nil), s.opened...), st.Actions...), nil
 }

@@ -99,10 +99,10 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 		return nil
 	}
 	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
-		return s.poisonIfSync(err)
+		return s.check(err)
 	}
 	if _, err := fsio.MkdirDurable(s.fsys, recovery.IngestDir); err != nil {
-		return s.poisonIfSync(err)
+		return s.check(err)
 	}
 	tmp, err := s.fsys.CreateTemp(recovery.IngestDir, recovery.IngestTempPrefix())
 	if err != nil {
@@ -133,10 +133,10 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	crash.Point(crash.IngestWritten)
 	algDir := layout.BlobsDir + "/" + desc.Digest.Algorithm().String()
 	if _, err := fsio.MkdirDurable(s.fsys, layout.BlobsDir); err != nil {
-		return s.poisonIfSync(err)
+		return s.check(err)
 	}
 	if _, err := fsio.MkdirDurable(s.fsys, algDir); err != nil {
-		return s.poisonIfSync(err)
+		return s.check(err)
 	}
 	if err := s.fsys.Rename(tmp.Name(), final); err != nil {
 		return err
@@ -149,15 +149,6 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	crash.Point(crash.IngestSynced)
 	s.log.Debug("blob written", attrDigest, desc.Digest, "size", vr.N())
 	return nil
-}
-
-// poisonIfSync poisons the handle when err is a failed fsync.
-func (s *Store) poisonIfSync(err error) error {
-	var se *fsio.SyncError
-	if errors.As(err, &se) {
-		return s.poison(err)
-	}
-	return err
 }
 
 type ctxReader struct {

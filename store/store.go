@@ -233,12 +233,13 @@ func (s *Store) Dir() string { return s.dir }
 // only marks the handle closed.
 func (s *Store) Close() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.mu.closed {
+		s.mu.Unlock()
 		return nil
 	}
 	s.mu.closed = true
-	s.wmu.Lock() // wait for a writer in flight
+	s.mu.Unlock()
+	s.wmu.Lock() // wait for a writer in flight (it may poison: mu must be free)
 	defer s.wmu.Unlock()
 	return s.fsys.Close()
 }
@@ -265,7 +266,16 @@ func (s *Store) readable() error {
 	return nil
 }
 
-// poison records a durability failure; err is returned wrapped with ErrPoisoned's cause.
+// check poisons the handle when err is a durability failure (a failed fsync
+// or journal commit) and returns err.
+func (s *Store) check(err error) error {
+	if errors.Is(err, errdef.ErrDurability) {
+		return s.poison(err)
+	}
+	return err
+}
+
+// poison records a durability failure and returns err.
 func (s *Store) poison(err error) error {
 	s.mu.Lock()
 	if s.mu.poisoned == nil {
@@ -354,7 +364,7 @@ func (s *Store) initLayout() error {
 		return err
 	}
 	if err := s.fsys.SyncDir("."); err != nil {
-		return err
+		return &fsio.SyncError{Path: ".", Err: err}
 	}
 	s.log.Info("created layout")
 	return nil
@@ -366,7 +376,7 @@ func (s *Store) initLayout() error {
 // follows.
 func (s *Store) openJournal() (*journal.DB, error) {
 	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
-		return nil, fmt.Errorf("state directory: %w", err)
+		return nil, s.check(fmt.Errorf("state directory: %w", err))
 	}
 	path := filepath.Join(s.dir, JournalPath)
 	db, err := journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout})
@@ -377,7 +387,7 @@ func (s *Store) openJournal() (*journal.DB, error) {
 			return nil, fmt.Errorf("%w (moving it aside: %v)", err, rerr)
 		}
 		if serr := s.fsys.SyncDir(layout.StateDir); serr != nil {
-			return nil, s.poison(serr)
+			return nil, s.poison(&fsio.SyncError{Path: layout.StateDir, Err: serr})
 		}
 		db, err = journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout})
 	}
@@ -414,7 +424,7 @@ func (s *Store) lock(ctx context.Context) (*journal.DB, *recovery.State, error) 
 	st, err := recovery.Run(ctx, s.env(), db, known)
 	if err != nil {
 		db.Close()
-		return nil, nil, fmt.Errorf("recover: %w", err)
+		return nil, nil, s.check(fmt.Errorf("recover: %w", err))
 	}
 	sn := &snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest}
 	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {

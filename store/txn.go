@@ -71,7 +71,6 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	// 2. Journal commit: refcounts and the record in one bbolt transaction.
 	var rec journal.Record
 	var freed []v1.Descriptor
-	planned := false
 	err = db.Update(func(tx *journal.Tx) error {
 		c := &refcount.Counter{T: tx, Load: layout.LoadChildren(s.fsys), Present: s.present}
 		for _, d := range added {
@@ -89,23 +88,16 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 		for _, f := range freed {
 			rec.Unlink = append(rec.Unlink, f.Digest)
 		}
-		if err := tx.AddPending(&rec, newBytes); err != nil {
-			return err
-		}
-		planned = true
-		return nil
+		return tx.AddPending(&rec, newBytes)
 	})
 	if err != nil {
-		if planned { // the plan was fine; the commit itself failed
-			return nil, s.poison(fmt.Errorf("journal commit: %w", err))
-		}
-		return nil, err
+		return nil, s.check(err)
 	}
 	crash.Point(crash.TxnJournaled)
 
 	// 3-5. index.json, unlinks, clear.
 	if err := recovery.Apply(s.env(), db, &rec, newBytes); err != nil {
-		return nil, s.poison(err)
+		return nil, s.check(err)
 	}
 	sn := &snapshot{ix: next, raw: newBytes, digest: newDigest}
 	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {

@@ -19,6 +19,9 @@ var (
 	ErrCorrupt = errors.New("corrupt")
 	// ErrLocked: another process holds the layout's writer lock.
 	ErrLocked = errors.New("locked by another process")
+	// ErrDurability marks an error of an fsync or of a journal commit: the
+	// state on disk is unknown, and the handle that saw it must be poisoned.
+	ErrDurability = errors.New("durability failure")
 	// ErrPoisoned: an earlier fsync or journal commit failed; the handle refuses
 	// writes until it is closed and opened again.
 	ErrPoisoned = errors.New("store handle poisoned by an earlier durability failure; reopen it")

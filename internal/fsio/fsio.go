@@ -178,8 +178,13 @@ func (o *OS) ReplaceFile(name, tmpDir string, data []byte, perm fs.FileMode) err
 		return err
 	}
 	crash.Point(crash.IndexTempWritten)
-	// CloseAtomicallyReplace fsyncs the temp file, then renames it.
-	return pf.CloseAtomicallyReplace()
+	// CloseAtomicallyReplace fsyncs the temp file, then renames it. Its
+	// error cannot tell the fsync from the rename: either leaves the outcome
+	// unknown, so both count as durability failures.
+	if err := pf.CloseAtomicallyReplace(); err != nil {
+		return &SyncError{Path: name, Err: err}
+	}
+	return nil
 }
 
 func (o *OS) Rename(oldname, newname string) error { return o.root.Rename(oldname, newname) }

@@ -73,7 +73,10 @@ func MkdirDurable(fsys FS, name string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return true, fsys.SyncDir(Dir(name))
+	if err := fsys.SyncDir(Dir(name)); err != nil {
+		return true, &SyncError{Path: Dir(name), Err: err}
+	}
+	return true, nil
 }
 
 // Dir is path.Dir with "." for the root.
@@ -118,4 +121,6 @@ type SyncError struct {
 }
 
 func (e *SyncError) Error() string { return "fsync " + e.Path + ": " + e.Err.Error() }
-func (e *SyncError) Unwrap() error { return e.Err }
+
+// Unwrap gives the cause and errdef.ErrDurability, so callers test for either.
+func (e *SyncError) Unwrap() []error { return []error{e.Err, errdef.ErrDurability} }
