@@ -28,7 +28,9 @@ func TestSmoke(t *testing.T) {
 	mk := func(own string) v1.Descriptor {
 		cfg := put([]byte(`{"c":"`+own+`"}`), v1.MediaTypeImageConfig)
 		l := put([]byte(own), v1.MediaTypeImageLayerGzip)
-		m, _ := json.Marshal(v1.Manifest{Versioned: struct{ SchemaVersion int `json:"schemaVersion"` }{2}, MediaType: v1.MediaTypeImageManifest, Config: cfg, Layers: []v1.Descriptor{base, l}})
+		m, _ := json.Marshal(v1.Manifest{Versioned: struct {
+			SchemaVersion int `json:"schemaVersion"`
+		}{2}, MediaType: v1.MediaTypeImageManifest, Config: cfg, Layers: []v1.Descriptor{base, l}})
 		d, err := s.PutManifest(ctx, v1.MediaTypeImageManifest, m)
 		if err != nil {
 			t.Fatal(err)

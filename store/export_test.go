@@ -1,0 +1,6 @@
+package store
+
+import "github.com/ocistore/ocistore/internal/fsio"
+
+// SetTestFS makes Open use f instead of the real file system (tests only).
+func SetTestFS(o *Options, f fsio.FS) { o.fs = f }
