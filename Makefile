@@ -49,6 +49,14 @@ demo: build
 	@echo "== ocistore fsck"
 	$(BIN) -l $(DEMO) fsck
 
+FUZZTIME ?= 60s
+# fuzz runs each fuzz target for $(FUZZTIME); crashers are written under
+# fuzz/testdata/fuzz/ and must be committed.
+fuzz:
+	@for f in $$($(GO) test ./fuzz/ -list 'Fuzz.*' | grep ^Fuzz); do \
+		echo "== $$f"; $(GO) test ./fuzz/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
+
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 100x ./store/ | tee bench.out
 
