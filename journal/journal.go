@@ -121,6 +121,10 @@ func Open(path string, o Options) (*DB, error) {
 		}
 		return d, nil
 	}
+	// The common case, an initialized database, costs no write transaction.
+	if err := d.View(func(tx *Tx) error { return tx.checkSchema() }); err == nil {
+		return d, nil
+	}
 	err = bdb.Update(func(btx *bolt.Tx) error {
 		for _, b := range [][]byte{bMeta, bIndexes, bPending, bRefs} {
 			if _, err := btx.CreateBucketIfNotExists(b); err != nil {
