@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+const globalHelp = `Global flags (before COMMAND):
+  -l, --layout DIR          the OCI image layout to work on
+                            (default $OCISTORE_LAYOUT, or "." when it is unset)
+      --log-level LEVEL     debug, info, warn or error (default warn)
+      --log-format FORMAT   text or json (default text); logs go to stderr
+      --lock-timeout DUR    how long to wait for another process's writer lock,
+                            e.g. 200ms, 1m (default 30s; 0 means the default,
+                            a negative value fails at once)
+  -h, --help                show this help
+
+Exit codes:
+  0  success
+  1  error (including a layout locked by another process)
+  2  not found, or a usage error
+  3  fsck found problems
+`
+
+// usage prints the program's help.
+func (a *app) usage(w io.Writer) {
+	fmt.Fprint(w, `Usage: ocistore [global flags] COMMAND [flags] [args]
+
+ocistore manages an OCI image layout (index.json, blobs/) with crash-safe
+transactions: every change of index.json is journaled, so a crash at any
+point is finished or undone by the next command.
+
+Commands:
+`)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	for _, c := range commands {
+		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(tw, "  %s\t%s\n", "help", "show help for a command")
+	tw.Flush()
+	fmt.Fprintln(w)
+	fmt.Fprint(w, globalHelp)
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'ocistore COMMAND -h' for the flags and arguments of a command.")
+}
+
+// commandUsage prints the help of one command.
+func (a *app) commandUsage(w io.Writer, c *command) {
+	line := "ocistore [global flags] " + c.name
+	if c.format {
+		line += " [--format text|json]"
+	}
+	if c.args != "" {
+		line += " " + c.args
+	}
+	fmt.Fprintf(w, "Usage: %s\n\n%s\n", line, c.summary)
+	if h := strings.TrimSpace(c.help); h != "" {
+		fmt.Fprintf(w, "\n%s\n", h)
+	}
+	if c.format {
+		fmt.Fprint(w, `
+Flags:
+      --format FORMAT   text (default) or json
+      --json            same as --format json
+`)
+	}
+	fmt.Fprintln(w, "\nRun 'ocistore help' for the global flags and exit codes.")
+}
+
+// help runs "ocistore help [COMMAND]".
+func (a *app) help(args []string) int {
+	switch len(args) {
+	case 0:
+		a.usage(a.stdout)
+		return exitOK
+	case 1:
+		c := lookup(args[0])
+		if c == nil {
+			return a.fail(nil, usagef("help: unknown command %q", args[0]))
+		}
+		a.commandUsage(a.stdout, c)
+		return exitOK
+	}
+	return a.fail(nil, usagef("help: want at most one command, got %d", len(args)))
+}

@@ -1,0 +1,369 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/store"
+)
+
+// Commands on the images of index.json: ls, inspect, tag, untag, rm.
+
+var lsCmd = &command{
+	name:    "ls",
+	summary: "list the images of the layout",
+	help: `Prints one row per index.json entry: its tag (<none> when untagged), digest,
+media type and size. SIZE is the size of the image's whole graph: for an image
+manifest, manifest + config + layers; for an index, the index and every
+platform's graph, a blob shared by several counted once. It is computed from
+the descriptors; only manifests are read.
+
+JSON output is an array of {name, digest, mediaType, size, totalSize}: size is
+the manifest's own size, totalSize the graph's (absent when a manifest of the
+graph cannot be read; run ocistore fsck).`,
+	maxArgs: 0,
+	format:  true,
+	run:     runLs,
+}
+
+type lsRow struct {
+	Name      string `json:"name"`
+	Digest    string `json:"digest"`
+	MediaType string `json:"mediaType"`
+	Size      int64  `json:"size"`
+	TotalSize *int64 `json:"totalSize,omitempty"`
+}
+
+func runLs(ctx context.Context, a *app, _ []string) error {
+	return a.withStore(ctx, func(s *store.Store) error {
+		imgs, err := s.List(ctx)
+		if err != nil {
+			return err
+		}
+		g := newGraph(s)
+		rows := make([]lsRow, 0, len(imgs))
+		for _, im := range imgs {
+			d := im.Descriptor
+			r := lsRow{Name: im.Name, Digest: d.Digest.String(), MediaType: d.MediaType, Size: d.Size}
+			if _, total, err := g.size(ctx, d); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				a.log.Warn("cannot size image", "image", displayName(im.Name), "digest", d.Digest, "err", err)
+			} else {
+				r.TotalSize = &total
+			}
+			rows = append(rows, r)
+		}
+		if a.json() {
+			return a.printJSON(rows)
+		}
+		tw := a.table()
+		fmt.Fprintln(tw, "TAG\tDIGEST\tMEDIA TYPE\tSIZE")
+		for _, r := range rows {
+			size := "?"
+			if r.TotalSize != nil {
+				size = humanSize(*r.TotalSize)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", displayName(r.Name), r.Digest, r.MediaType, size)
+		}
+		return tw.Flush()
+	})
+}
+
+func displayName(name string) string {
+	if name == "" {
+		return "<none>"
+	}
+	return name
+}
+
+var inspectCmd = &command{
+	name:    "inspect",
+	args:    "REF",
+	summary: "show an image: its descriptor, config, layers or platforms, totals",
+	help: `REF is a tag or a digest (sha256:...). Prints the index.json descriptor, every
+tag of the same manifest, and the manifest summarized: for an image, its
+config and layers with sizes; for an index, its manifests with platform and
+the size of each one's graph. Totals count the distinct blobs of the graph.
+
+Exit status 2 when REF is not in index.json.`,
+	minArgs: 1,
+	maxArgs: 1,
+	format:  true,
+	run:     runInspect,
+}
+
+type inspectOutput struct {
+	Reference  string        `json:"reference"`
+	Tags       []string      `json:"tags"`
+	Descriptor v1.Descriptor `json:"descriptor"`
+	manifestDoc
+	// Sizes of each manifest's graph, for an index: digest -> total size.
+	ManifestSizes map[string]int64 `json:"manifestSizes,omitempty"`
+	TotalBlobs    int              `json:"totalBlobs"`
+	TotalSize     int64            `json:"totalSize"`
+}
+
+func runInspect(ctx context.Context, a *app, args []string) error {
+	ref := args[0]
+	if err := checkRef(ref); err != nil {
+		return err
+	}
+	return a.withStore(ctx, func(s *store.Store) error {
+		desc, err := s.Resolve(ctx, ref)
+		if err != nil {
+			return err
+		}
+		imgs, err := s.List(ctx)
+		if err != nil {
+			return err
+		}
+		out := inspectOutput{Reference: ref, Tags: []string{}, Descriptor: desc}
+		for _, im := range imgs {
+			if im.Descriptor.Digest == desc.Digest && im.Name != "" {
+				out.Tags = append(out.Tags, im.Name)
+			}
+		}
+		g := newGraph(s)
+		if layout.IsManifest(desc.MediaType) {
+			b, err := readManifest(ctx, s, desc)
+			if err != nil {
+				return err
+			}
+			doc, err := parseManifestDoc(desc, b)
+			if err != nil {
+				return err
+			}
+			out.manifestDoc = *doc
+		}
+		for _, m := range out.Manifests {
+			_, n, err := g.size(ctx, m)
+			if err != nil {
+				return err
+			}
+			if out.ManifestSizes == nil {
+				out.ManifestSizes = map[string]int64{}
+			}
+			out.ManifestSizes[m.Digest.String()] = n
+		}
+		if out.TotalBlobs, out.TotalSize, err = g.size(ctx, desc); err != nil {
+			return err
+		}
+		if a.json() {
+			return a.printJSON(out)
+		}
+		return printInspect(a, &out)
+	})
+}
+
+func printInspect(a *app, o *inspectOutput) error {
+	tw := a.table()
+	d := o.Descriptor
+	fmt.Fprintf(tw, "Reference:\t%s\n", o.Reference)
+	tags := strings.Join(o.Tags, ", ")
+	if tags == "" {
+		tags = "<none>"
+	}
+	fmt.Fprintf(tw, "Tags:\t%s\n", tags)
+	fmt.Fprintf(tw, "Digest:\t%s\n", d.Digest)
+	fmt.Fprintf(tw, "Media type:\t%s\n", d.MediaType)
+	if o.ArtifactType != "" {
+		fmt.Fprintf(tw, "Artifact type:\t%s\n", o.ArtifactType)
+	}
+	fmt.Fprintf(tw, "Size:\t%s\n", sizeWithBytes(d.Size))
+	if p := platformString(d.Platform); p != "" {
+		fmt.Fprintf(tw, "Platform:\t%s\n", p)
+	}
+	if o.Subject != nil {
+		fmt.Fprintf(tw, "Subject:\t%s\n", o.Subject.Digest)
+	}
+	if o.Config != nil {
+		fmt.Fprintf(tw, "Config:\t%s\t%s\t%s\n", o.Config.Digest, humanSize(o.Config.Size), o.Config.MediaType)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	list := func(title string, ds []v1.Descriptor, row func(v1.Descriptor) string) error {
+		if len(ds) == 0 {
+			return nil
+		}
+		fmt.Fprintf(a.stdout, "%s (%d):\n", title, len(ds))
+		tw := a.table()
+		for _, d := range ds {
+			fmt.Fprintf(tw, "  %s\n", row(d))
+		}
+		return tw.Flush()
+	}
+	blobRow := func(d v1.Descriptor) string {
+		return fmt.Sprintf("%s\t%s\t%s", d.Digest, humanSize(d.Size), d.MediaType)
+	}
+	if err := list("Layers", o.Layers, blobRow); err != nil {
+		return err
+	}
+	if err := list("Blobs", o.Blobs, blobRow); err != nil {
+		return err
+	}
+	err := list("Manifests", o.Manifests, func(d v1.Descriptor) string {
+		p := platformString(d.Platform)
+		if p == "" {
+			p = "-"
+		}
+		return fmt.Sprintf("%s\t%s\t%s\t%s", d.Digest, p, humanSize(o.ManifestSizes[d.Digest.String()]), d.MediaType)
+	})
+	if err != nil {
+		return err
+	}
+	if len(o.Annotations) > 0 {
+		keys := make([]string, 0, len(o.Annotations))
+		for k := range o.Annotations {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		fmt.Fprintln(a.stdout, "Annotations:")
+		for _, k := range keys {
+			fmt.Fprintf(a.stdout, "  %s=%s\n", k, o.Annotations[k])
+		}
+	}
+	_, err = fmt.Fprintf(a.stdout, "Total: %s, %s\n", plural(o.TotalBlobs, "blob", "blobs"), sizeWithBytes(o.TotalSize))
+	return err
+}
+
+// checkRef rejects a reference that is meant as a digest but is malformed, as
+// a usage error, before the store is opened.
+func checkRef(ref string) error {
+	if ref == "" {
+		return usagef("empty reference")
+	}
+	alg, _, ok := strings.Cut(ref, ":")
+	if ok && digest.Algorithm(alg).Available() {
+		if err := digest.Digest(ref).Validate(); err != nil {
+			return usagef("%q is not a valid digest: %v", ref, err)
+		}
+	}
+	return nil
+}
+
+func checkRefs(refs []string) error {
+	for _, r := range refs {
+		if err := checkRef(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var tagCmd = &command{
+	name:    "tag",
+	args:    "SRC DST...",
+	summary: "add tags to an image",
+	help: `SRC is a tag or a digest already in index.json; each DST becomes a tag of the
+same manifest, in one transaction. A DST that named another manifest moves;
+that manifest stays in index.json as an untagged entry (ocistore rm deletes it).`,
+	minArgs: 2,
+	maxArgs: -1,
+	run:     runTag,
+}
+
+func runTag(ctx context.Context, a *app, args []string) error {
+	src, dsts := args[0], args[1:]
+	if err := checkRef(src); err != nil {
+		return err
+	}
+	return a.withStore(ctx, func(s *store.Store) error {
+		desc, err := s.Resolve(ctx, src)
+		if err != nil {
+			return err
+		}
+		if err := s.Tag(ctx, desc, dsts...); err != nil {
+			return err
+		}
+		for _, d := range dsts {
+			fmt.Fprintf(a.stdout, "tagged %s as %s\n", desc.Digest, d)
+		}
+		return nil
+	})
+}
+
+var untagCmd = &command{
+	name:    "untag",
+	args:    "TAG...",
+	summary: "remove tags (never deletes data)",
+	help: `Removes each TAG from index.json, in one transaction; every TAG must exist or
+nothing changes. A manifest left without a tag stays in index.json as an
+untagged entry: use ocistore rm to delete images and free their blobs.`,
+	minArgs: 1,
+	maxArgs: -1,
+	run:     runUntag,
+}
+
+func runUntag(ctx context.Context, a *app, args []string) error {
+	return a.withStore(ctx, func(s *store.Store) error {
+		if err := s.Untag(ctx, args...); err != nil {
+			return err
+		}
+		for _, t := range args {
+			fmt.Fprintf(a.stdout, "untagged %s\n", t)
+		}
+		return nil
+	})
+}
+
+var rmCmd = &command{
+	name:    "rm",
+	args:    "REF...",
+	summary: "delete images and the blobs only they used",
+	help: `Removes each REF from index.json and unlinks every blob that no remaining
+image uses, in one transaction: all of it or nothing. A tag removes that entry
+(a manifest still named by another tag keeps its blobs); a digest removes
+every entry of that manifest. Every REF must exist: if one is not found,
+exit status is 2 and nothing is deleted.
+
+Prints the removed references, each freed blob with its size, and the total.`,
+	minArgs: 1,
+	maxArgs: -1,
+	format:  true,
+	run:     runRm,
+}
+
+type rmOutput struct {
+	Removed []string `json:"removed"`
+	store.Result
+}
+
+func runRm(ctx context.Context, a *app, args []string) error {
+	if err := checkRefs(args); err != nil {
+		return err
+	}
+	return a.withStore(ctx, func(s *store.Store) error {
+		res, err := s.Delete(ctx, args...)
+		if err != nil {
+			return err
+		}
+		out := rmOutput{Removed: args, Result: *res}
+		if out.Freed == nil {
+			out.Freed = []store.Blob{}
+		}
+		if a.json() {
+			return a.printJSON(out)
+		}
+		for _, r := range args {
+			fmt.Fprintf(a.stdout, "removed %s\n", r)
+		}
+		tw := a.table()
+		for _, b := range out.Freed {
+			fmt.Fprintf(tw, "freed\t%s\t%s\n", b.Digest, humanSize(b.Size))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(a.stdout, "freed %s, %s\n", plural(len(out.Freed), "blob", "blobs"), sizeWithBytes(out.BytesFreed))
+		return err
+	})
+}
