@@ -48,7 +48,7 @@ func (s *Store) Pending(ctx context.Context) ([]*journal.Record, error) {
 func PendingRecords(dir string, lockTimeout time.Duration) ([]*journal.Record, error) {
 	db, err := journal.Open(filepath.Join(dir, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
 	if err != nil {
-		return nil, fmt.Errorf("journal: %w", err)
+		return nil, lockedMessage(dir, lockTimeout, err)
 	}
 	defer db.Close()
 	var recs []*journal.Record
@@ -60,11 +60,23 @@ func PendingRecords(dir string, lockTimeout time.Duration) ([]*journal.Record, e
 	return recs, err
 }
 
+// lockedMessage words a lock timeout of a read-only journal open the way
+// writers word theirs.
+func lockedMessage(dir string, waited time.Duration, err error) error {
+	if errors.Is(err, errdef.ErrLocked) {
+		return fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", dir, waited, JournalPath, errdef.ErrLocked)
+	}
+	return err
+}
+
 // Check runs the quick consistency check of the layout (see recovery.Check)
 // under the writer lock, so that no transaction is half done while it looks.
 func (s *Store) Check(ctx context.Context) (*recovery.Report, error) {
 	if err := s.readable(); err != nil {
 		return nil, err
+	}
+	if s.opts.ReadOnly {
+		return CheckDir(ctx, s.dir, s.opts.LockTimeout)
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -98,7 +110,7 @@ func CheckDir(ctx context.Context, dir string, lockTimeout time.Duration) (*reco
 		rep.Problems = append(rep.Problems[:len(rep.Problems)-1], recovery.Problem{Kind: recovery.KindJournalCorrupt, Path: JournalPath, Detail: err.Error()})
 		return rep, nil
 	case err != nil:
-		return nil, fmt.Errorf("check %s: %w", dir, err)
+		return nil, fmt.Errorf("check: %w", lockedMessage(dir, lockTimeout, err))
 	}
 	if db != nil {
 		defer db.Close()

@@ -2,7 +2,9 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -19,20 +21,40 @@ type ImportResult struct {
 	BytesCopied int64   `json:"bytesCopied"`
 }
 
+// ImportOptions tune ImportWith. A nil *ImportOptions means the defaults.
+type ImportOptions struct {
+	// Progress, when set, is called before the first copy and after each
+	// blob with the number of blobs copied so far and the number to copy.
+	Progress func(done, total int)
+}
+
 // Import copies images from the OCI layout in src: the entries named by refs
 // (tags or digests), or every entry when refs is empty. Blobs are copied
 // (verified and synced) first; then all the entries are added in one
 // transaction, keeping their names. Untagged entries of src stay untagged.
-// A crash leaves either all of them or none in index.json.
+// A crash leaves either all of them or none in index.json (blobs already
+// copied stay, unreferenced, until GC).
 func (s *Store) Import(ctx context.Context, src string, refs ...string) (*ImportResult, error) {
-	res, err := s.importLayout(ctx, src, refs)
+	return s.ImportWith(ctx, src, refs, nil)
+}
+
+// ImportWith is Import with options.
+func (s *Store) ImportWith(ctx context.Context, src string, refs []string, o *ImportOptions) (*ImportResult, error) {
+	var opts ImportOptions
+	if o != nil {
+		opts = *o
+	}
+	res, err := s.importLayout(ctx, src, refs, opts)
 	if err != nil {
 		return nil, fmt.Errorf("import %s: %w", src, err)
 	}
 	return res, nil
 }
 
-func (s *Store) importLayout(ctx context.Context, src string, refs []string) (*ImportResult, error) {
+func (s *Store) importLayout(ctx context.Context, src string, refs []string, opts ImportOptions) (*ImportResult, error) {
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
 	sfs, err := fsio.OpenOS(src)
 	if err != nil {
 		return nil, err
@@ -60,11 +82,13 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string) (*I
 			picked = append(picked, six.Entries[p])
 		}
 	}
-	res := &ImportResult{}
+	// Walk the graphs first (manifests are read and verified), children
+	// before parents, then copy what is missing here.
 	seen := map[string]bool{}
+	var todo []v1.Descriptor
 	load := layout.LoadChildren(sfs)
-	var copyGraph func(d v1.Descriptor, depth int) error
-	copyGraph = func(d v1.Descriptor, depth int) error {
+	var walk func(d v1.Descriptor, depth int) error
+	walk = func(d v1.Descriptor, depth int) error {
 		if seen[d.Digest.String()] {
 			return nil
 		}
@@ -78,7 +102,7 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string) (*I
 				return err
 			}
 			for _, k := range kids.Refs {
-				if err := copyGraph(k, depth+1); err != nil {
+				if err := walk(k, depth+1); err != nil {
 					return err
 				}
 			}
@@ -86,25 +110,28 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string) (*I
 		if ok, err := s.Exists(ctx, d); err != nil || ok {
 			return err
 		}
-		f, err := sfs.Open(layout.BlobPath(d.Digest))
-		if err != nil {
-			if len(d.URLs) > 0 {
-				return nil // a foreign layer the source does not have either
-			}
-			return fmt.Errorf("source blob %s: %w", d.Digest, err)
-		}
-		defer f.Close()
-		if err := s.PutBlob(ctx, d, f); err != nil {
-			return err
-		}
-		res.BlobsCopied++
-		res.BytesCopied += d.Size
+		todo = append(todo, d)
 		return nil
 	}
 	for _, e := range picked {
-		if err := copyGraph(e.Desc, 0); err != nil {
+		if err := walk(e.Desc, 0); err != nil {
 			return nil, err
 		}
+	}
+	res := &ImportResult{}
+	progress := func() {
+		if opts.Progress != nil {
+			opts.Progress(res.BlobsCopied, len(todo))
+		}
+	}
+	progress()
+	for _, d := range todo {
+		if err := s.copyBlob(ctx, sfs, d); err != nil {
+			return nil, err
+		}
+		res.BlobsCopied++
+		res.BytesCopied += d.Size
+		progress()
 	}
 	_, err = s.update(ctx, fmt.Sprintf("import %d from %s", len(picked), src), func(cur *layout.Index) ([]layout.Entry, error) {
 		out := cur.Entries
@@ -132,4 +159,17 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string) (*I
 		res.Images = append(res.Images, Image{Name: e.Name(), Descriptor: e.Desc})
 	}
 	return res, nil
+}
+
+// copyBlob copies one blob of the layout sfs into the store.
+func (s *Store) copyBlob(ctx context.Context, sfs fsio.FS, d v1.Descriptor) error {
+	f, err := sfs.Open(layout.BlobPath(d.Digest))
+	if err != nil {
+		if len(d.URLs) > 0 && errors.Is(err, fs.ErrNotExist) {
+			return nil // a foreign layer the source does not have either
+		}
+		return fmt.Errorf("source blob %s: %w", d.Digest, err)
+	}
+	defer f.Close()
+	return s.PutBlob(ctx, d, f)
 }

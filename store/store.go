@@ -76,6 +76,8 @@ var (
 	ErrMissingDependency = errdef.ErrMissingDependency
 	ErrTooLarge          = errdef.ErrTooLarge
 	ErrNotLayout         = errdef.ErrNotLayout
+	ErrReadOnly          = errdef.ErrReadOnly
+	ErrDurability        = errdef.ErrDurability
 )
 
 // Log attribute keys.
@@ -100,6 +102,11 @@ type Options struct {
 	// NoCreate makes Open fail with ErrNotLayout instead of creating a layout
 	// in an empty or missing directory.
 	NoCreate bool
+	// ReadOnly opens for reading only: no layout is created, no lock is
+	// taken and no recovery runs, so it never waits for a writer and never
+	// changes a file. Readers see index.json as it is on disk; every write
+	// returns ErrReadOnly.
+	ReadOnly bool
 
 	// fs replaces the real file system (tests).
 	fs fsio.FS
@@ -176,7 +183,7 @@ func Open(ctx context.Context, dir string, o *Options) (*Store, error) {
 	if opts.fs != nil {
 		s.fsys = opts.fs
 	} else {
-		if !opts.NoCreate {
+		if !opts.NoCreate && !opts.ReadOnly {
 			if err := fsio.CreateRoot(abs); err != nil {
 				return nil, fmt.Errorf("open layout %s: %w", abs, err)
 			}
@@ -198,6 +205,9 @@ func Open(ctx context.Context, dir string, o *Options) (*Store, error) {
 }
 
 func (s *Store) open(ctx context.Context) error {
+	if s.opts.ReadOnly {
+		return s.openReadOnly()
+	}
 	fresh, err := s.classify()
 	if err != nil {
 		return err
@@ -226,6 +236,29 @@ func (s *Store) open(ctx context.Context) error {
 	return db.Close()
 }
 
+func (s *Store) openReadOnly() error {
+	b, err := fsio.ReadFile(s.fsys, layout.LayoutFile, 4096)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("no %s: %w", layout.LayoutFile, errdef.ErrNotLayout)
+	}
+	if err != nil {
+		return fmt.Errorf("read %s: %w", layout.LayoutFile, err)
+	}
+	if err := layout.CheckLayoutFile(b); err != nil {
+		return err
+	}
+	raw, ix, err := recovery.ReadIndex(s.fsys)
+	if err != nil {
+		return err
+	}
+	sn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw)}
+	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {
+		sn.stamp = stampOf(fi)
+	}
+	s.snap.Store(sn)
+	return nil
+}
+
 // Dir is the layout's absolute path.
 func (s *Store) Dir() string { return s.dir }
 
@@ -250,6 +283,9 @@ func (s *Store) writable() error {
 	defer s.mu.Unlock()
 	if s.mu.closed {
 		return errdef.ErrClosed
+	}
+	if s.opts.ReadOnly {
+		return errdef.ErrReadOnly
 	}
 	if s.mu.poisoned != nil {
 		return fmt.Errorf("%w (first failure: %v)", errdef.ErrPoisoned, s.mu.poisoned)
@@ -392,7 +428,7 @@ func (s *Store) openJournal() (*journal.DB, error) {
 		db, err = journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout})
 	}
 	if errors.Is(err, errdef.ErrLocked) {
-		return nil, fmt.Errorf("layout %s is locked by another process (waited %s): %w", s.dir, s.opts.LockTimeout, err)
+		return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", s.dir, s.opts.LockTimeout, JournalPath, errdef.ErrLocked)
 	}
 	if err != nil {
 		return nil, err

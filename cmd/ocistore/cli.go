@@ -242,7 +242,19 @@ func (a *app) storeOptions(create bool) *store.Options {
 
 // withStore opens the layout (running recovery), runs fn and closes it.
 func (a *app) withStore(ctx context.Context, fn func(s *store.Store) error) error {
-	s, err := store.Open(ctx, a.layout, a.storeOptions(false))
+	return a.withStoreOpts(ctx, a.storeOptions(false), fn)
+}
+
+// withReadStore opens the layout read-only: no lock, no recovery, so reading
+// commands never wait for a writer (they see index.json as it is on disk).
+func (a *app) withReadStore(ctx context.Context, fn func(s *store.Store) error) error {
+	o := a.storeOptions(false)
+	o.ReadOnly = true
+	return a.withStoreOpts(ctx, o, fn)
+}
+
+func (a *app) withStoreOpts(ctx context.Context, o *store.Options, fn func(s *store.Store) error) error {
+	s, err := store.Open(ctx, a.layout, o)
 	if err != nil {
 		return err
 	}

@@ -705,10 +705,13 @@ func TestLocked(t *testing.T) {
 	}
 	defer db.Close()
 	index := readFile(t, filepath.Join(f.dir, "index.json"))
+	// Reading commands take no lock: they work while a writer holds it.
+	for _, args := range [][]string{{"ls"}, {"inspect", "a"}} {
+		must(t, 0, append([]string{"-l", f.dir, "--lock-timeout", "200ms"}, args...)...)
+	}
 	for _, args := range [][]string{
 		{"tag", "a", "x"},
 		{"rm", "b"},
-		{"ls"},
 		{"fsck"},
 		{"journal"},
 	} {

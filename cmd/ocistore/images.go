@@ -41,7 +41,7 @@ type lsRow struct {
 }
 
 func runLs(ctx context.Context, a *app, _ []string) error {
-	return a.withStore(ctx, func(s *store.Store) error {
+	return a.withReadStore(ctx, func(s *store.Store) error {
 		imgs, err := s.List(ctx)
 		if err != nil {
 			return err
@@ -116,7 +116,7 @@ func runInspect(ctx context.Context, a *app, args []string) error {
 	if err := checkRef(ref); err != nil {
 		return err
 	}
-	return a.withStore(ctx, func(s *store.Store) error {
+	return a.withReadStore(ctx, func(s *store.Store) error {
 		desc, err := s.Resolve(ctx, ref)
 		if err != nil {
 			return err

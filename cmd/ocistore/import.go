@@ -31,10 +31,10 @@ func runImport(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	return a.withStore(ctx, func(s *store.Store) error {
-		// store.Import has no progress hook yet: the line shows elapsed time
-		// only. When it gets one, feed it to p.Set(blobsDone, blobsTotal).
 		p := startProgress(a.stderr, isTerminal(a.stderr), "importing from "+src)
-		res, err := s.Import(ctx, src, refs...)
+		res, err := s.ImportWith(ctx, src, refs, &store.ImportOptions{
+			Progress: func(done, total int) { p.Set(int64(done), int64(total)) },
+		})
 		p.Stop()
 		if err != nil {
 			return err

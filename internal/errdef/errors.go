@@ -27,6 +27,8 @@ var (
 	ErrPoisoned = errors.New("store handle poisoned by an earlier durability failure; reopen it")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store closed")
+	// ErrReadOnly: a write on a store opened read-only.
+	ErrReadOnly = errors.New("store opened read-only")
 	// ErrInvalidArgument: a caller passed something unusable (empty reference, bad tag).
 	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrMissingDependency: a manifest refers to a blob that is not in the layout.
