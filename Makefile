@@ -46,6 +46,14 @@ demo: build
 	@echo "== ocistore journal (no pending transaction between commands)"
 	$(BIN) -l $(DEMO) journal
 	@echo
+	@echo "== power cut: rm killed (SIGKILL) right after its journal commit, at the crash point txn-journaled"
+	-OCISTORE_CRASHPOINT=txn-journaled $(BIN) -l $(DEMO) rm example.com/repo5:v0 example.com/repo6:v0
+	$(BIN) -l $(DEMO) journal
+	-$(BIN) -l $(DEMO) fsck
+	@echo
+	@echo "== ocistore recover: finishes the journaled transaction"
+	$(BIN) -l $(DEMO) recover
+	@echo
 	@echo "== ocistore fsck"
 	$(BIN) -l $(DEMO) fsck
 
