@@ -69,6 +69,9 @@ type State struct {
 	Index  *layout.Index
 	Bytes  []byte
 	Digest digest.Digest
+	// Stamp is index.json's stamp, taken before Bytes were read (or after
+	// they were written): if the file still has it, it still holds Bytes.
+	Stamp fsio.Stamp
 	// Actions lists what recovery did, for `ocistore recover`.
 	Actions []Action
 }
@@ -119,8 +122,9 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 		return nil, fmt.Errorf("read pending records: %w", err)
 	}
 	if known != nil && len(recs) == 0 && known.Digest == lastDigest {
-		return &State{Index: known.Index, Bytes: known.Bytes, Digest: known.Digest, Actions: st.Actions}, nil
+		return &State{Index: known.Index, Bytes: known.Bytes, Digest: known.Digest, Stamp: known.Stamp, Actions: st.Actions}, nil
 	}
+	stamp := fsio.StampFile(env.FS, layout.IndexFile)
 	raw, ix, ixErr := ReadIndex(env.FS)
 	recount := false
 	for _, rec := range recs {
@@ -145,6 +149,7 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 				return nil, fmt.Errorf("replay txn %d: %w", rec.ID, err)
 			}
 			crash.Point(crash.RecoverReplayed)
+			stamp = fsio.StampFile(env.FS, layout.IndexFile)
 			raw, ix, ixErr = newBytes, nil, nil
 			if ix, ixErr = layout.ParseIndex(raw); ixErr != nil {
 				return nil, fmt.Errorf("replay txn %d: stored index: %w", rec.ID, ixErr)
@@ -158,7 +163,7 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 			recount = true
 			continue
 		}
-		if err := Finish(env, db, rec, crash.RecoverUnlinked); err != nil {
+		if err := Finish(env, db, rec, stamp, crash.RecoverUnlinked); err != nil {
 			return nil, err
 		}
 		lastDigest = rec.NewIndex
@@ -166,7 +171,7 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 	if ixErr != nil {
 		return nil, ixErr
 	}
-	st.Bytes, st.Index, st.Digest = raw, ix, layout.Sum(raw)
+	st.Bytes, st.Index, st.Digest, st.Stamp = raw, ix, layout.Sum(raw), stamp
 	if recount || st.Digest != lastDigest {
 		if lastDigest != "" && !recount {
 			env.Log.Warn("index.json changed outside ocistore; recounting references", "was", lastDigest, "now", st.Digest)
@@ -224,19 +229,48 @@ func WriteIndex(fsys fsio.FS, b []byte) error {
 }
 
 // Apply runs steps 3 to 5 of a journaled transaction: write the new index,
-// then Finish. newIndex are the record's new index bytes.
-func Apply(env Env, db *journal.DB, rec *journal.Record, newIndex []byte) error {
+// then Finish. newIndex are the record's new index bytes. It returns the
+// stamp of the index.json it wrote.
+func Apply(env Env, db *journal.DB, rec *journal.Record, newIndex []byte) (fsio.Stamp, error) {
 	if err := WriteIndex(env.FS, newIndex); err != nil {
-		return fmt.Errorf("txn %d: %w", rec.ID, err)
+		return fsio.Stamp{}, fmt.Errorf("txn %d: %w", rec.ID, err)
 	}
+	stamp := fsio.StampFile(env.FS, layout.IndexFile)
 	crash.Point(crash.IndexSynced)
-	return Finish(env, db, rec, crash.BlobUnlinked)
+	return stamp, Finish(env, db, rec, stamp, crash.BlobUnlinked)
+}
+
+// indexStill checks that index.json on disk is the record's new index: by
+// its stamp when it still has the one taken when it was known to be, else
+// by reading and hashing it.
+func indexStill(fsys fsio.FS, want digest.Digest, stamp fsio.Stamp) error {
+	if fsio.StampFile(fsys, layout.IndexFile) == stamp && stamp != (fsio.Stamp{}) {
+		return nil
+	}
+	raw, _, err := ReadIndex(fsys)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errdef.ErrConflict, err)
+	}
+	if got := layout.Sum(raw); got != want {
+		return fmt.Errorf("%w: %s is %s, expected %s", errdef.ErrConflict, layout.IndexFile, got, want)
+	}
+	return nil
 }
 
 // Finish runs steps 4 and 5 once the record's new index is on disk: unlink
-// the blob set (skipping any blob the journal says is still referenced),
-// sync each touched blob directory, then clear the record.
-func Finish(env Env, db *journal.DB, rec *journal.Record, point string) error {
+// the blob set, sync each touched blob directory, then clear the record.
+// Before any unlink it checks that index.json is still the record's new
+// index (stamp: see indexStill) and that the journal's count of each blob,
+// which describes that index, is zero: so no blob the index on disk reaches
+// is unlinked. If another tool changed index.json meanwhile, it unlinks
+// nothing and returns ErrConflict, leaving the record to recovery (which
+// then rolls it back).
+func Finish(env Env, db *journal.DB, rec *journal.Record, stamp fsio.Stamp, point string) error {
+	if len(rec.Unlink) > 0 {
+		if err := indexStill(env.FS, rec.NewIndex, stamp); err != nil {
+			return fmt.Errorf("txn %d: %w", rec.ID, err)
+		}
+	}
 	var paths []string
 	err := db.View(func(tx *journal.Tx) error {
 		for _, d := range rec.Unlink {

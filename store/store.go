@@ -49,7 +49,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -78,6 +77,7 @@ var (
 	ErrNotLayout         = errdef.ErrNotLayout
 	ErrReadOnly          = errdef.ErrReadOnly
 	ErrDurability        = errdef.ErrDurability
+	ErrConflict          = errdef.ErrConflict
 )
 
 // Log attribute keys.
@@ -145,21 +145,7 @@ type snapshot struct {
 	ix     *layout.Index
 	raw    []byte // index.json bytes, nil when not kept
 	digest digest.Digest
-	stamp  stamp
-}
-
-// stamp identifies one version of index.json on disk cheaply.
-type stamp struct {
-	ino, size    uint64
-	mtime, ctime int64
-}
-
-func stampOf(fi fs.FileInfo) stamp {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return stamp{size: uint64(fi.Size()), mtime: fi.ModTime().UnixNano()}
-	}
-	return stamp{ino: st.Ino, size: uint64(st.Size), mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+	stamp  fsio.Stamp
 }
 
 // Open opens the layout in dir, creating it when dir is missing or empty, and
@@ -253,7 +239,7 @@ func (s *Store) openReadOnly() error {
 	}
 	sn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw)}
 	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {
-		sn.stamp = stampOf(fi)
+		sn.stamp = fsio.StampOf(fi)
 	}
 	s.snap.Store(sn)
 	return nil
@@ -452,21 +438,15 @@ func (s *Store) lock(ctx context.Context) (*journal.DB, *recovery.State, error) 
 		return nil, nil, err
 	}
 	var known *recovery.State
-	if sn := s.snap.Load(); sn != nil && sn.raw != nil {
-		if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil && stampOf(fi) == sn.stamp {
-			known = &recovery.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest}
-		}
+	if sn := s.snap.Load(); sn != nil && sn.raw != nil && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
+		known = &recovery.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest, Stamp: sn.stamp}
 	}
 	st, err := recovery.Run(ctx, s.env(), db, known)
 	if err != nil {
 		db.Close()
 		return nil, nil, s.check(fmt.Errorf("recover: %w", err))
 	}
-	sn := &snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest}
-	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {
-		sn.stamp = stampOf(fi)
-	}
-	s.snap.Store(sn)
+	s.snap.Store(&snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest, stamp: st.Stamp})
 	return db, st, nil
 }
 
@@ -478,7 +458,7 @@ func (s *Store) env() recovery.Env { return recovery.Env{FS: s.fsys, Log: s.log}
 func (s *Store) current() (*snapshot, error) {
 	sn := s.snap.Load()
 	fi, err := s.fsys.Lstat(layout.IndexFile)
-	if err != nil || stampOf(fi) == sn.stamp {
+	if err != nil || fsio.StampOf(fi) == sn.stamp {
 		return sn, nil
 	}
 	raw, ix, err := recovery.ReadIndex(s.fsys)
@@ -487,7 +467,7 @@ func (s *Store) current() (*snapshot, error) {
 		s.log.Debug("index.json unreadable, serving the last good copy", "err", err)
 		return sn, nil
 	}
-	nsn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw), stamp: stampOf(fi)}
+	nsn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw), stamp: fsio.StampOf(fi)}
 	s.snap.CompareAndSwap(sn, nsn)
 	return nsn, nil
 }

@@ -96,14 +96,11 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	crash.Point(crash.TxnJournaled)
 
 	// 3-5. index.json, unlinks, clear.
-	if err := recovery.Apply(s.env(), db, &rec, newBytes); err != nil {
+	stamp, err := recovery.Apply(s.env(), db, &rec, newBytes)
+	if err != nil {
 		return nil, s.check(err)
 	}
-	sn := &snapshot{ix: next, raw: newBytes, digest: newDigest}
-	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {
-		sn.stamp = stampOf(fi)
-	}
-	s.snap.Store(sn)
+	s.snap.Store(&snapshot{ix: next, raw: newBytes, digest: newDigest, stamp: stamp})
 
 	res := &Result{Txn: rec.ID}
 	for _, f := range freed {

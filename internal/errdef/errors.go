@@ -27,6 +27,9 @@ var (
 	ErrPoisoned = errors.New("store handle poisoned by an earlier durability failure; reopen it")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store closed")
+	// ErrConflict: another tool changed index.json during a transaction; the
+	// transaction's unlinks were not done and recovery rolls it back.
+	ErrConflict = errors.New("index.json changed by another tool during the transaction")
 	// ErrReadOnly: a write on a store opened read-only.
 	ErrReadOnly = errors.New("store opened read-only")
 	// ErrInvalidArgument: a caller passed something unusable (empty reference, bad tag).
