@@ -1,6 +1,7 @@
 package journal
 
 import (
+	_ "crypto/sha512" // Decode validates sha384 and sha512 digests: go-digest needs them registered
 	"encoding/binary"
 	"encoding/json"
 	"fmt"

@@ -91,17 +91,62 @@ func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*Report, error) {
 
 	// The closure, walked once; children are kept for the recount.
 	reach := map[digest.Digest]bool{}
+	sizes := map[digest.Digest]int64{} // size of the first descriptor of each blob
 	kids := map[digest.Digest]layout.Children{}
 	bad := map[digest.Digest]error{}
+	ok := map[digest.Digest]bool{} // on disk with the first descriptor's size
 	var walk func(d v1.Descriptor, depth int) error
+	// expand reads a manifest or index and walks its children.
+	expand := func(d v1.Descriptor, depth int, p string) error {
+		if depth > layout.MaxDepth {
+			r.add(KindManifestCorrupt, d.Digest, p, "nested deeper than %d", layout.MaxDepth)
+			return nil
+		}
+		c, err := layout.LoadChildren(fsys)(d)
+		if err != nil && layout.Sniffed(d, err) {
+			bad[d.Digest] = err // the recount sees the same leaf
+			return nil
+		}
+		if err != nil {
+			bad[d.Digest] = err
+			kind := KindManifestCorrupt
+			if errors.Is(err, errdef.ErrDigestMismatch) {
+				kind = KindDigestMismatch
+			}
+			r.add(kind, d.Digest, p, "%v", err)
+			return nil
+		}
+		kids[d.Digest] = c
+		for _, k := range c.Refs {
+			if err := walk(k, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	walk = func(d v1.Descriptor, depth int) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if reach[d.Digest] {
+			// Another descriptor of the same blob may say another size.
+			if d.Size != sizes[d.Digest] {
+				p := layout.BlobPath(d.Digest)
+				if fi, err := fsys.Lstat(p); err == nil && fi.Size() != d.Size {
+					r.add(KindSizeMismatch, d.Digest, p, "%d bytes on disk, a descriptor says %d", fi.Size(), d.Size)
+				}
+			}
+			// First met under a leaf media type, now as a manifest: its
+			// children are reachable too (the refcounts expand it as well).
+			_, done := kids[d.Digest]
+			_, failed := bad[d.Digest]
+			if ok[d.Digest] && !done && !failed && layout.IsManifest(d.MediaType) {
+				return expand(d, depth, layout.BlobPath(d.Digest))
+			}
 			return nil
 		}
 		reach[d.Digest] = true
+		sizes[d.Digest] = d.Size
 		p := layout.BlobPath(d.Digest)
 		fi, err := fsys.Lstat(p)
 		switch {
@@ -122,30 +167,11 @@ func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*Report, error) {
 		}
 		r.Blobs++
 		r.Bytes += d.Size
-		if !layout.IsManifest(d.MediaType) {
+		ok[d.Digest] = true
+		if !layout.Parsed(d, depth == 0) {
 			return nil
 		}
-		if depth > layout.MaxDepth {
-			r.add(KindManifestCorrupt, d.Digest, p, "nested deeper than %d", layout.MaxDepth)
-			return nil
-		}
-		c, err := layout.LoadChildren(fsys)(d)
-		if err != nil {
-			bad[d.Digest] = err
-			kind := KindManifestCorrupt
-			if errors.Is(err, errdef.ErrDigestMismatch) {
-				kind = KindDigestMismatch
-			}
-			r.add(kind, d.Digest, p, "%v", err)
-			return nil
-		}
-		kids[d.Digest] = c
-		for _, k := range c.Refs {
-			if err := walk(k, depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
+		return expand(d, depth, p)
 	}
 	if ix != nil {
 		r.Images = len(ix.Entries)

@@ -87,6 +87,8 @@ func (s *Store) PutBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 }
 
 func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) error {
+	s.ingests.RLock()
+	defer s.ingests.RUnlock()
 	if err := s.writable(); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ package store_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -466,4 +467,62 @@ func TestCrashThenExternalChange(t *testing.T) {
 		t.Fatalf("got %v\nwant %v", got, want)
 	}
 	checkClean(t, dir, false)
+}
+
+// TestRecoveryTable walks the rows of DESIGN.md §4 for a journaled delete
+// whose process died: index.json on disk is the new one, the old one,
+// missing, empty, torn, or written by another tool.
+func TestRecoveryTable(t *testing.T) {
+	gold := t.TempDir()
+	before := fixture(t, gold)
+	after := without(before, "img0", "img4")
+	for _, tc := range []struct {
+		name   string
+		point  string
+		damage func(t *testing.T, ix string)
+		want   map[string]string
+	}{
+		{"new-on-disk", crash.IndexSynced, nil, after},
+		{"old-on-disk", crash.TxnJournaled, nil, after},
+		{"missing", crash.TxnJournaled, func(t *testing.T, ix string) { must(t, os.Remove(ix)) }, after},
+		{"empty", crash.TxnJournaled, func(t *testing.T, ix string) { must(t, os.Truncate(ix, 0)) }, after},
+		{"torn", crash.TxnJournaled, func(t *testing.T, ix string) {
+			raw, err := os.ReadFile(ix)
+			must(t, err)
+			must(t, os.WriteFile(ix, raw[:len(raw)/2], 0o644))
+		}, after},
+		{"other-tool", crash.TxnJournaled, func(t *testing.T, ix string) {
+			// Another tool removed img1 (and so wrote a different index).
+			raw, err := os.ReadFile(ix)
+			must(t, err)
+			var doc map[string]any
+			must(t, json.Unmarshal(raw, &doc))
+			var kept []any
+			for _, m := range doc["manifests"].([]any) {
+				if m.(map[string]any)["annotations"].(map[string]any)["org.opencontainers.image.ref.name"] != "img1" {
+					kept = append(kept, m)
+				}
+			}
+			doc["manifests"] = kept
+			out, _ := json.Marshal(doc)
+			must(t, os.WriteFile(ix, out, 0o644))
+		}, without(before, "img1")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			copyDir(t, gold, dir)
+			if !runChild(t, dir, "delete", tc.point, "img0", "img4") {
+				t.Fatal("not reached")
+			}
+			if tc.damage != nil {
+				tc.damage(t, filepath.Join(dir, "index.json"))
+			}
+			if got := tags(t, dir); !equalMaps(got, tc.want) {
+				t.Fatalf("got %v\nwant %v", got, tc.want)
+			}
+			// img1's blobs are orphans after the other tool's removal (that
+			// tool does not collect them); everything else must be clean.
+			checkClean(t, dir, tc.name == "other-tool")
+		})
+	}
 }

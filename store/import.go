@@ -96,9 +96,9 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string, opt
 		if depth > layout.MaxDepth {
 			return fmt.Errorf("blob %s: nested deeper than %d: %w", d.Digest, layout.MaxDepth, errdef.ErrCorrupt)
 		}
-		if layout.IsManifest(d.MediaType) {
+		if layout.Parsed(d, depth == 0) {
 			kids, err := load(d)
-			if err != nil {
+			if err != nil && !layout.Sniffed(d, err) {
 				return err
 			}
 			for _, k := range kids.Refs {

@@ -117,6 +117,12 @@ func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) er
 		return fmt.Errorf("tag %s: %w", desc.Digest, err)
 	}
 	_, err := s.update(ctx, "tag "+strings.Join(names, ","), func(cur *layout.Index) ([]layout.Entry, error) {
+		// The refcounts only look at a manifest's blob when it becomes live:
+		// check desc against it here, or a second entry of a live manifest
+		// could carry a wrong size into index.json.
+		if err := s.present(desc); err != nil {
+			return nil, err
+		}
 		return withTags(cur.Entries, desc, names), nil
 	})
 	if err != nil {

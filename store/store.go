@@ -126,6 +126,11 @@ type Store struct {
 	// serializes them across processes.
 	wmu sync.Mutex
 
+	// ingests is held shared by each PutBlob for its whole length and
+	// exclusively by Close, so that Close never closes the file system
+	// under an ingest (which then could not remove its temp file).
+	ingests sync.RWMutex
+
 	// snap is the last index this handle committed or read; readers load it
 	// without locks and writers swap it after their commit point.
 	snap atomic.Pointer[snapshot]
@@ -258,6 +263,8 @@ func (s *Store) Close() error {
 	}
 	s.mu.closed = true
 	s.mu.Unlock()
+	s.ingests.Lock() // wait for ingests in flight
+	defer s.ingests.Unlock()
 	s.wmu.Lock() // wait for a writer in flight (it may poison: mu must be free)
 	defer s.wmu.Unlock()
 	return s.fsys.Close()

@@ -40,16 +40,35 @@ const (
 const (
 	MediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
 	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+	// The artifact manifest of the image-spec 1.1 release candidates, which
+	// oras-go 2.0 wrote: its "blobs" are children.
+	MediaTypeArtifactManifest = "application/vnd.oci.artifact.manifest.v1+json"
 )
 
 // IsManifest reports whether mt is a media type whose blob lists children.
 func IsManifest(mt string) bool {
 	switch mt {
 	case v1.MediaTypeImageManifest, v1.MediaTypeImageIndex,
-		MediaTypeDockerManifest, MediaTypeDockerManifestList:
+		MediaTypeDockerManifest, MediaTypeDockerManifestList, MediaTypeArtifactManifest:
 		return true
 	}
 	return false
+}
+
+// Parsed reports whether d's blob is read for children: always for a
+// manifest or index media type; for an index.json entry (root) with an empty
+// or unknown media type too, when it is small enough to be a manifest, since
+// some tools omit the media type and a root is a manifest of some kind. A
+// sniffed blob that does not parse (ErrCorrupt from LoadChildren) is a leaf:
+// see Sniffed. Blobs below the roots with unknown media types are leaves.
+func Parsed(d v1.Descriptor, root bool) bool {
+	return IsManifest(d.MediaType) || root && d.Size <= MaxManifestSize
+}
+
+// Sniffed reports whether a load error of a blob that Parsed chose to read
+// means "not a manifest, a leaf" rather than a broken manifest.
+func Sniffed(d v1.Descriptor, loadErr error) bool {
+	return !IsManifest(d.MediaType) && errors.Is(loadErr, errdef.ErrCorrupt)
 }
 
 // IsIndex reports whether mt is an image index or Docker manifest list.

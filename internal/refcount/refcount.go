@@ -69,16 +69,24 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 	}
 	r.Count++
 	c.delta(d.Digest, 1)
-	if r.Count > 1 {
+	// A live blob is expanded at most once; one first met under a leaf media
+	// type is expanded when a reference says it is a manifest, or its
+	// children would go uncounted (and be freed under it) depending on the
+	// order of the references.
+	if r.Count > 1 && (r.Expanded || !layout.IsManifest(d.MediaType)) {
 		return c.T.PutRef(d.Digest, r)
 	}
-	r.Size = d.Size
+	if r.Count == 1 {
+		r.Size = d.Size
+	}
 	var kids layout.Children
-	if layout.IsManifest(d.MediaType) {
+	if layout.Parsed(d, depth == 0) {
 		kids, err = c.Load(d)
 		switch {
 		case err == nil:
 			r.Expanded = true
+		case layout.Sniffed(d, err): // a root that is not a manifest: a leaf
+			kids = layout.Children{}
 		case c.Lenient:
 			c.Problems = append(c.Problems, err)
 		default:
@@ -103,9 +111,9 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 }
 
 // Dec removes one reference to d; at zero, d is Freed and its children released.
-func (c *Counter) Dec(d v1.Descriptor) error { return c.dec(d.Digest, 0) }
+func (c *Counter) Dec(d v1.Descriptor) error { return c.dec(d.Digest, d.MediaType, 0) }
 
-func (c *Counter) dec(d digest.Digest, depth int) error {
+func (c *Counter) dec(d digest.Digest, mt string, depth int) error {
 	if depth > layout.MaxDepth {
 		return fmt.Errorf("blob %s: nesting deeper than %d: %w", d, layout.MaxDepth, errdef.ErrCorrupt)
 	}
@@ -126,6 +134,15 @@ func (c *Counter) dec(d digest.Digest, depth int) error {
 	}
 	c.Freed = append(c.Freed, v1.Descriptor{Digest: d, Size: r.Size})
 	if !r.Expanded {
+		// Its children were never counted: it could not be read when it
+		// became live. A manifest that still cannot be read is refused, as
+		// when an expanded one cannot be: its image is broken, and freeing
+		// it would hide that and strand its children.
+		if layout.IsManifest(mt) {
+			if _, err := c.Load(v1.Descriptor{MediaType: mt, Digest: d, Size: r.Size}); err != nil {
+				return fmt.Errorf("release %s: %w", d, err)
+			}
+		}
 		return nil
 	}
 	kids, err := c.Load(v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: d, Size: r.Size})
@@ -133,7 +150,7 @@ func (c *Counter) dec(d digest.Digest, depth int) error {
 		return fmt.Errorf("release children of %s: %w", d, err)
 	}
 	for _, k := range kids.Refs {
-		if err := c.dec(k.Digest, depth+1); err != nil {
+		if err := c.dec(k.Digest, k.MediaType, depth+1); err != nil {
 			return err
 		}
 	}

@@ -1,0 +1,246 @@
+package journal_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/journal"
+)
+
+func open(t *testing.T, path string, o journal.Options) *journal.DB {
+	t.Helper()
+	db, err := journal.Open(path, o)
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestOpenCreateReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "journal.db")
+	if _, err := journal.Open(path, journal.Options{ReadOnly: true}); !errors.Is(err, errdef.ErrNotFound) {
+		t.Fatalf("read-only open of a missing journal = %v, want ErrNotFound", err)
+	}
+	db := open(t, path, journal.Options{})
+	if !db.Created || db.Path() != path {
+		t.Errorf("Created=%v Path=%q", db.Created, db.Path())
+	}
+	if errs := db.Check(); len(errs) != 0 {
+		t.Errorf("Check: %v", errs)
+	}
+	db.Close()
+	db = open(t, path, journal.Options{})
+	if db.Created {
+		t.Error("reopen says Created")
+	}
+	db.Close()
+	ro := open(t, path, journal.Options{ReadOnly: true})
+	if err := ro.Update(func(*journal.Tx) error { return nil }); err == nil {
+		t.Error("Update on a read-only journal succeeded")
+	}
+	ro.Close()
+
+	// An empty file (a crash right after creation) is initialized.
+	empty := filepath.Join(t.TempDir(), "empty.db")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if db := open(t, empty, journal.Options{}); !db.Created {
+		t.Error("an empty file is not reported as Created")
+	}
+}
+
+func TestOpenCorrupt(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string][]byte{
+		"garbage": bytes.Repeat([]byte("not a bbolt database "), 1000),
+		"zeros":   make([]byte, 16384),
+	}
+	for name, content := range cases {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for _, ro := range []bool{false, true} {
+			db, err := journal.Open(path, journal.Options{ReadOnly: ro, LockTimeout: time.Second})
+			if err == nil {
+				db.Close()
+				t.Errorf("%s (read-only %v): Open succeeded", name, ro)
+				continue
+			}
+			if !errors.Is(err, errdef.ErrCorrupt) {
+				t.Errorf("%s (read-only %v): Open = %v, want ErrCorrupt", name, ro, err)
+			}
+		}
+	}
+	// A directory where the file should be.
+	if _, err := journal.Open(dir, journal.Options{}); err == nil {
+		t.Error("Open of a directory succeeded")
+	}
+}
+
+func TestLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "journal.db")
+	db := open(t, path, journal.Options{})
+	start := time.Now()
+	_, err := journal.Open(path, journal.Options{LockTimeout: -1})
+	if !errors.Is(err, errdef.ErrLocked) {
+		t.Errorf("second writer = %v, want ErrLocked", err)
+	}
+	_, err = journal.Open(path, journal.Options{LockTimeout: 30 * time.Millisecond})
+	if !errors.Is(err, errdef.ErrLocked) {
+		t.Errorf("second writer with a timeout = %v, want ErrLocked", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("lock timeouts not honoured: %s", time.Since(start))
+	}
+	db.Close()
+	open(t, path, journal.Options{LockTimeout: -1})
+}
+
+func TestPendingRecords(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "journal.db"), journal.Options{})
+	old, n1, n2 := digest.FromString("old"), digest.FromString("new1"), digest.FromString("new2")
+	var r1, r2 journal.Record
+	err := db.Update(func(tx *journal.Tx) error {
+		if tx.IndexDigest() != "" {
+			t.Errorf("fresh journal has index %s", tx.IndexDigest())
+		}
+		if err := tx.SetCommittedIndex(old, []byte("old index")); err != nil {
+			return err
+		}
+		r1 = journal.Record{Op: "delete x", OldIndex: old, NewIndex: n1, Unlink: []digest.Digest{digest.FromString("blob")}}
+		if err := tx.AddPending(&r1, []byte("new index 1")); err != nil {
+			return err
+		}
+		r2 = journal.Record{Op: "tag y", OldIndex: n1, NewIndex: n2}
+		return tx.AddPending(&r2, []byte("new index 2"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.ID == 0 || r2.ID != r1.ID+1 {
+		t.Errorf("ids %d, %d", r1.ID, r2.ID)
+	}
+	err = db.View(func(tx *journal.Tx) error {
+		recs, err := tx.Pending()
+		if err != nil {
+			return err
+		}
+		if len(recs) != 2 || recs[0].ID != r1.ID || recs[1].ID != r2.ID || recs[0].Op != "delete x" || len(recs[0].Unlink) != 1 {
+			t.Errorf("pending %+v", recs)
+		}
+		for d, want := range map[digest.Digest]string{old: "old index", n1: "new index 1", n2: "new index 2"} {
+			if b, ok := tx.IndexBytes(d); !ok || string(b) != want {
+				t.Errorf("IndexBytes(%s) = %q, %v", d, b, ok)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Finishing r1: its record goes, the committed index moves, copies that
+	// nothing needs are dropped, the pending r2's copy stays.
+	err = db.Update(func(tx *journal.Tx) error {
+		if err := tx.DeletePending(r1.ID); err != nil {
+			return err
+		}
+		return tx.SetCommittedIndex(n1, nil)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *journal.Tx) error {
+		if tx.IndexDigest() != n1 {
+			t.Errorf("committed index %s, want %s", tx.IndexDigest(), n1)
+		}
+		if _, ok := tx.IndexBytes(old); ok {
+			t.Error("the old index copy was kept")
+		}
+		if _, ok := tx.IndexBytes(n2); !ok {
+			t.Error("a pending record's index copy was dropped")
+		}
+		recs, _ := tx.Pending()
+		if len(recs) != 1 || recs[0].ID != r2.ID {
+			t.Errorf("pending %+v", recs)
+		}
+		return nil
+	})
+	// A failed Update leaves nothing behind, and ids are not reused after a commit.
+	boom := errors.New("boom")
+	err = db.Update(func(tx *journal.Tx) error {
+		r := journal.Record{NewIndex: digest.FromString("never")}
+		if err := tx.AddPending(&r, []byte("x")); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Update = %v", err)
+	}
+	db.Update(func(tx *journal.Tx) error {
+		recs, _ := tx.Pending()
+		if len(recs) != 1 {
+			t.Errorf("a rolled-back record is pending: %+v", recs)
+		}
+		r := journal.Record{NewIndex: digest.FromString("n3")}
+		if err := tx.AddPending(&r, []byte("3")); err != nil {
+			return err
+		}
+		if r.ID != r2.ID+1 {
+			t.Errorf("id %d after %d", r.ID, r2.ID)
+		}
+		return nil
+	})
+	if errs := db.Check(); len(errs) != 0 {
+		t.Errorf("Check: %v", errs)
+	}
+}
+
+func TestRefs(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "journal.db"), journal.Options{})
+	a, b, c := digest.FromString("a"), digest.FromString("b"), digest.SHA512.FromString("c")
+	err := db.Update(func(tx *journal.Tx) error {
+		if r, err := tx.GetRef(a); err != nil || r != (journal.Ref{}) {
+			t.Errorf("GetRef of an uncounted blob = %+v, %v", r, err)
+		}
+		for d, r := range map[digest.Digest]journal.Ref{a: {Count: 2, Size: 10, Expanded: true}, b: {Count: 1, Size: 5}, c: {Count: 7, Size: 1 << 40}} {
+			if err := tx.PutRef(d, r); err != nil {
+				return err
+			}
+		}
+		return tx.PutRef(b, journal.Ref{}) // count 0: the key goes
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[digest.Digest]journal.Ref{}
+	db.View(func(tx *journal.Tx) error {
+		return tx.ForEachRef(func(d digest.Digest, r journal.Ref) error { got[d] = r; return nil })
+	})
+	if len(got) != 2 || got[a] != (journal.Ref{Count: 2, Size: 10, Expanded: true}) || got[c].Count != 7 || got[c].Size != 1<<40 {
+		t.Errorf("refs %+v", got)
+	}
+	err = db.Update(func(tx *journal.Tx) error {
+		return tx.ReplaceRefs(map[digest.Digest]journal.Ref{b: {Count: 1, Size: 3}, c: {Count: 0}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = map[digest.Digest]journal.Ref{}
+	db.View(func(tx *journal.Tx) error {
+		return tx.ForEachRef(func(d digest.Digest, r journal.Ref) error { got[d] = r; return nil })
+	})
+	if len(got) != 1 || got[b].Count != 1 {
+		t.Errorf("after ReplaceRefs: %+v", got)
+	}
+}

@@ -1,0 +1,187 @@
+package journal
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+)
+
+var (
+	dA = digest.FromString("a")
+	dB = digest.FromString("b")
+	dC = digest.SHA512.FromString("c")
+)
+
+func sampleRecords() []Record {
+	return []Record{
+		{NewIndex: dA},
+		{ID: 1, Op: "delete img1,img2", Time: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC), OldIndex: dA, NewIndex: dB},
+		{ID: math.MaxUint64, Op: "tag ünïcode ✓", Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), OldIndex: dA, NewIndex: dB,
+			Unlink: []digest.Digest{dA, dB, dC}, Deltas: map[digest.Digest]int64{dA: -1, dB: 2, dC: math.MinInt64}},
+		{ID: 7, Op: "", NewIndex: dC, Unlink: []digest.Digest{}},
+	}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	for i, r := range sampleRecords() {
+		b := r.Encode()
+		if b[0] != RecordVersion {
+			t.Errorf("%d: version byte %d", i, b[0])
+		}
+		got, err := Decode(b)
+		if err != nil {
+			t.Fatalf("%d: Decode = %v", i, err)
+		}
+		want := r
+		if len(want.Unlink) == 0 {
+			want.Unlink = nil
+		}
+		if len(got.Unlink) == 0 {
+			got.Unlink = nil
+		}
+		if !reflect.DeepEqual(*got, want) {
+			t.Errorf("%d: round trip\n got %+v\nwant %+v", i, *got, want)
+		}
+		if !bytes.Equal(got.Encode(), b) {
+			t.Errorf("%d: encoding is not stable", i)
+		}
+	}
+}
+
+// reseal recomputes the checksum of a record whose payload was changed.
+func reseal(b []byte) []byte {
+	out := bytes.Clone(b)
+	binary.BigEndian.PutUint32(out[1:5], crc32.Checksum(out[5:], castagnoli))
+	return out
+}
+
+func TestDecodeCorrupt(t *testing.T) {
+	r := sampleRecords()[2]
+	good := r.Encode()
+	type tc struct {
+		name string
+		b    []byte
+	}
+	cases := []tc{
+		{"nil", nil},
+		{"empty", []byte{}},
+		{"version only", []byte{RecordVersion}},
+		{"header only", good[:5]},
+		{"version 0", append([]byte{0}, good[1:]...)},
+		{"version 2", append([]byte{2}, good[1:]...)},
+		{"version 255", append([]byte{255}, good[1:]...)},
+		{"appended byte", append(bytes.Clone(good), '}')},
+		{"payload not JSON", reseal(append(bytes.Clone(good[:5]), "not json"...))},
+		{"payload JSON array", reseal(append(bytes.Clone(good[:5]), "[]"...))},
+		{"bad new index digest", reseal(append(bytes.Clone(good[:5]), `{"id":1,"newIndex":"sha256:zz"}`...))},
+		{"no new index", reseal(append(bytes.Clone(good[:5]), `{"id":1}`...))},
+		{"bad old index digest", reseal(append(bytes.Clone(good[:5]), `{"id":1,"newIndex":"`+dA.String()+`","oldIndex":"x"}`...))},
+		{"escaping unlink digest", reseal(append(bytes.Clone(good[:5]), `{"id":1,"newIndex":"`+dA.String()+`","unlink":["sha256:../../x"]}`...))},
+		{"wrong field type", reseal(append(bytes.Clone(good[:5]), `{"id":"one","newIndex":"`+dA.String()+`"}`...))},
+	}
+	for i := 1; i < 5; i++ {
+		b := bytes.Clone(good)
+		b[i] ^= 0x01
+		cases = append(cases, tc{"checksum byte flipped", b})
+	}
+	for _, i := range []int{5, 6, len(good) / 2, len(good) - 1} {
+		b := bytes.Clone(good)
+		b[i] ^= 0x40
+		cases = append(cases, tc{"payload byte flipped", b})
+	}
+	for n := 0; n < len(good); n++ {
+		cases = append(cases, tc{"truncated", good[:n]})
+	}
+	for _, c := range cases {
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Errorf("%s (%d bytes): Decode panicked: %v", c.name, len(c.b), p)
+				}
+			}()
+			got, err := Decode(c.b)
+			if !errors.Is(err, errdef.ErrCorrupt) {
+				t.Errorf("%s (%d bytes): Decode = %+v, %v; want ErrCorrupt", c.name, len(c.b), got, err)
+			}
+		}()
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, r := range sampleRecords() {
+		f.Add(r.Encode())
+	}
+	f.Add([]byte{})
+	f.Add([]byte{RecordVersion, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := Decode(b)
+		if err != nil {
+			if !errors.Is(err, errdef.ErrCorrupt) {
+				t.Fatalf("error without ErrCorrupt: %v", err)
+			}
+			return
+		}
+		again, err := Decode(r.Encode())
+		if err != nil {
+			t.Fatalf("re-encoded record does not decode: %v", err)
+		}
+		if again.ID != r.ID || again.NewIndex != r.NewIndex || len(again.Unlink) != len(r.Unlink) {
+			t.Fatalf("round trip changed the record: %+v -> %+v", r, again)
+		}
+	})
+}
+
+func TestRefEncoding(t *testing.T) {
+	for _, r := range []Ref{
+		{Count: 1},
+		{Count: 1, Size: 0, Expanded: true},
+		{Count: 3, Size: 12345, Expanded: true},
+		{Count: math.MaxUint64, Size: math.MaxInt64},
+		{Count: 127, Size: 128},
+	} {
+		b := encodeRef(r)
+		got, err := decodeRef(dA, b)
+		if err != nil || got != r {
+			t.Errorf("decodeRef(encodeRef(%+v)) = %+v, %v", r, got, err)
+		}
+	}
+	good := encodeRef(Ref{Count: 300, Size: 70000, Expanded: true})
+	bad := [][]byte{
+		nil,
+		{},
+		{0x80},                         // unterminated count
+		{0x01},                         // no size, no flag
+		{0x01, 0x05},                   // no flag
+		{0x01, 0x05, 0x02},             // unknown flag
+		{0x01, 0x05, 0x00, 0x00},       // trailing byte
+		{0x01, 0x80},                   // unterminated size
+		bytes.Repeat([]byte{0xff}, 11), // varint overflow
+	}
+	for n := 0; n < len(good); n++ {
+		bad = append(bad, good[:n])
+	}
+	for _, b := range bad {
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Errorf("decodeRef(%x) panicked: %v", b, p)
+				}
+			}()
+			if r, err := decodeRef(dA, b); !errors.Is(err, errdef.ErrCorrupt) {
+				t.Errorf("decodeRef(%x) = %+v, %v; want ErrCorrupt", b, r, err)
+			} else if !strings.Contains(err.Error(), dA.String()) {
+				t.Errorf("decodeRef error %q does not name the digest", err)
+			}
+		}()
+	}
+}
