@@ -109,7 +109,9 @@ func ValidTag(name string) error {
 }
 
 // Tag names desc in index.json, in one transaction. desc must be a manifest
-// or index whose whole graph is in the layout. A name that pointed elsewhere
+// or index whose whole graph is in the layout, or a descriptor of another
+// media type (or none, as some tools write) that index.json already holds as
+// an entry with that media type. A name that pointed elsewhere
 // moves; the manifest it left stays as an untagged entry if nothing else
 // holds it.
 func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) error {
@@ -120,6 +122,9 @@ func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) er
 		// The refcounts only look at a manifest's blob when it becomes live:
 		// check desc against it here, or a second entry of a live manifest
 		// could carry a wrong size into index.json.
+		if !layout.IsManifest(desc.MediaType) && !holds(cur, desc) {
+			return nil, fmt.Errorf("media type %q is not a manifest or index: %w", desc.MediaType, errdef.ErrInvalidArgument)
+		}
 		if err := s.present(desc); err != nil {
 			return nil, err
 		}
@@ -131,12 +136,19 @@ func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) er
 	return nil
 }
 
+// holds reports whether an entry of ix has d's digest and media type.
+func holds(ix *layout.Index, d v1.Descriptor) bool {
+	for _, e := range ix.Entries {
+		if e.Desc.Digest == d.Digest && e.Desc.MediaType == d.MediaType {
+			return true
+		}
+	}
+	return false
+}
+
 func checkTagArgs(desc v1.Descriptor, names []string) error {
 	if err := layout.ValidateDigest(desc.Digest); err != nil {
 		return err
-	}
-	if !layout.IsManifest(desc.MediaType) {
-		return fmt.Errorf("media type %q is not a manifest or index: %w", desc.MediaType, errdef.ErrInvalidArgument)
 	}
 	if len(names) == 0 {
 		return fmt.Errorf("no tag given: %w", errdef.ErrInvalidArgument)
