@@ -1,12 +1,12 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -173,6 +173,11 @@ func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byt
 	if !layout.IsManifest(mediaType) {
 		return desc, fmt.Errorf("put manifest: media type %q is not a manifest or index: %w", mediaType, errdef.ErrInvalidArgument)
 	}
+	for _, n := range names {
+		if err := ValidTag(n); err != nil {
+			return desc, fmt.Errorf("put manifest %s: %w", desc.Digest, err)
+		}
+	}
 	kids, err := layout.ParseChildren("manifest "+desc.Digest.String(), content)
 	if err != nil {
 		return desc, fmt.Errorf("put manifest: %w", err)
@@ -188,7 +193,7 @@ func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byt
 			return desc, fmt.Errorf("put manifest %s: blob %s: %w", desc.Digest, k.Digest, errdef.ErrMissingDependency)
 		}
 	}
-	if err := s.PutBlob(ctx, desc, strings.NewReader(string(content))); err != nil {
+	if err := s.PutBlob(ctx, desc, bytes.NewReader(content)); err != nil {
 		return desc, fmt.Errorf("put manifest: %w", err)
 	}
 	if len(names) > 0 {
