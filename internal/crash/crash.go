@@ -6,10 +6,15 @@
 // A process is armed through the environment variable OCISTORE_CRASHPOINT,
 // read once at start: "NAME" kills the process (SIGKILL, no deferred code, no
 // buffered output) the first time Point(NAME) is reached; "NAME@K" kills it at
-// the K-th time (1-based). Tests in the same process use Arm instead.
+// the K-th time (1-based). With the suffix ":pause" ("NAME@K:pause") the
+// process instead writes "ocistore: crashpoint NAME reached\n" to stderr and
+// blocks forever, so that a test can cut the power under it (power-loss
+// tests on a real file system) before killing it. Tests in the same process
+// use Arm instead.
 package crash
 
 import (
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -56,16 +61,28 @@ var (
 	hook  func(string)
 )
 
+// PausedMessage is what a paused crash point writes to stderr, with its name.
+const PausedMessage = "ocistore: crashpoint %s reached\n"
+
 func init() {
 	if v := os.Getenv(EnvVar); v != "" {
+		var fn func(string)
+		if p, ok := strings.CutSuffix(v, ":pause"); ok {
+			v, fn = p, pause
+		}
 		n, k := v, 1
 		if i := strings.LastIndexByte(v, '@'); i >= 0 {
 			if c, err := strconv.Atoi(v[i+1:]); err == nil && c > 0 {
 				n, k = v[:i], c
 			}
 		}
-		Arm(n, k, nil)
+		Arm(n, k, fn)
 	}
+}
+
+func pause(name string) {
+	fmt.Fprintf(os.Stderr, PausedMessage, name)
+	select {} // the test cuts the power, then kills us
 }
 
 // Arm makes the k-th call of Point(n) run fn (or kill the process when fn is
