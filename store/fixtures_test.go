@@ -683,3 +683,82 @@ func TestFixtureImport(t *testing.T) {
 		})
 	}
 }
+
+// TestFixtureUntagKeepsEntryFields: removing the last name of an entry
+// written by another tool keeps the entry where it was with every field it
+// had (an unknown vendor field; no mediaType where it had none), only the
+// name annotation gone.
+func TestFixtureUntagKeepsEntryFields(t *testing.T) {
+	ctx := context.Background()
+	dir := fxCopy(t, "no-media-type")
+	s, err := store.Open(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Untag(ctx, "normal", "bare"); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Manifests []map[string]json.RawMessage `json:"manifests"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Manifests) != 2 {
+		t.Fatalf("entries: %s", raw)
+	}
+	bare, normal := doc.Manifests[0], doc.Manifests[1]
+	if _, ok := bare["mediaType"]; ok {
+		t.Errorf("untag added a mediaType to an entry that had none: %s", raw)
+	}
+	if _, ok := normal["io.example.vendor-extension"]; !ok {
+		t.Errorf("untag dropped an unknown entry field: %s", raw)
+	}
+	for i, e := range doc.Manifests {
+		if _, ok := e["annotations"]; ok {
+			t.Errorf("entry %d still has annotations (only the name was there): %s", i, raw)
+		}
+	}
+}
+
+// TestFixtureForeignLayerNotCounted: a foreign layer (with urls) that was
+// never on disk is neither reported as freed nor counted as copied.
+func TestFixtureForeignLayerNotCounted(t *testing.T) {
+	ctx := context.Background()
+	src := fxCopy(t, "docker-schema2")
+	dst := t.TempDir()
+	s, err := store.Open(ctx, dst, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	res, err := s.Import(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(fxBlobFiles(t, dst)); res.BlobsCopied != n {
+		t.Errorf("import reports %d blobs copied, %d are on disk", res.BlobsCopied, n)
+	}
+	imgs, err := s.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	for _, im := range imgs {
+		r, err := s.Delete(ctx, im.Descriptor.Digest.String())
+		if err != nil && !errors.Is(err, store.ErrNotFound) { // a digest may have gone with an earlier one
+			t.Fatal(err)
+		}
+		if r != nil {
+			total += r.BytesFreed
+		}
+	}
+	if total != res.BytesCopied {
+		t.Errorf("freed %d bytes in all, copied %d", total, res.BytesCopied)
+	}
+}

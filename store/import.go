@@ -119,35 +119,31 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string, opt
 		}
 	}
 	res := &ImportResult{}
-	progress := func() {
-		if opts.Progress != nil {
-			opts.Progress(res.BlobsCopied, len(todo))
-		}
+	if opts.Progress != nil {
+		opts.Progress(0, len(todo))
 	}
-	progress()
-	for _, d := range todo {
-		if err := s.copyBlob(ctx, sfs, d); err != nil {
+	for i, d := range todo {
+		copied, err := s.copyBlob(ctx, sfs, d)
+		if err != nil {
 			return nil, err
 		}
-		res.BlobsCopied++
-		res.BytesCopied += d.Size
-		progress()
+		if copied {
+			res.BlobsCopied++
+			res.BytesCopied += d.Size
+		}
+		if opts.Progress != nil {
+			opts.Progress(i+1, len(todo))
+		}
 	}
 	_, err = s.update(ctx, fmt.Sprintf("import %d from %s", len(picked), src), func(cur *layout.Index) ([]layout.Entry, error) {
 		out := cur.Entries
 		for _, e := range picked {
 			if n := e.Name(); n != "" {
-				out = withTags(out, e.Desc, []string{n})
+				out = withTags(out, e, []string{n})
 				continue
 			}
-			held := false
-			for _, o := range out {
-				if o.Desc.Digest == e.Desc.Digest {
-					held = true
-				}
-			}
-			if !held {
-				out = append(out, layout.NewEntry(e.Desc, ""))
+			if !holds(out, e.Desc) {
+				out = append(out, e)
 			}
 		}
 		return out, nil
@@ -161,15 +157,16 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string, opt
 	return res, nil
 }
 
-// copyBlob copies one blob of the layout sfs into the store.
-func (s *Store) copyBlob(ctx context.Context, sfs fsio.FS, d v1.Descriptor) error {
+// copyBlob copies one blob of the layout sfs into the store. It reports
+// false for a foreign layer that the source does not have either.
+func (s *Store) copyBlob(ctx context.Context, sfs fsio.FS, d v1.Descriptor) (bool, error) {
 	f, err := sfs.Open(layout.BlobPath(d.Digest))
 	if err != nil {
 		if len(d.URLs) > 0 && errors.Is(err, fs.ErrNotExist) {
-			return nil // a foreign layer the source does not have either
+			return false, nil
 		}
-		return fmt.Errorf("source blob %s: %w", d.Digest, err)
+		return false, fmt.Errorf("source blob %s: %w", d.Digest, err)
 	}
 	defer f.Close()
-	return s.PutBlob(ctx, d, f)
+	return true, s.PutBlob(ctx, d, f)
 }

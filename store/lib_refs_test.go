@@ -36,9 +36,10 @@ func TestTag(t *testing.T) {
 	if got, want := l.index(), []string{"a=" + as, "latest=" + bs}; !slices.Equal(got, want) {
 		t.Fatalf("after move: index %v, want %v", got, want)
 	}
-	// Move a's last tag away: a stays as an untagged entry with all its blobs.
+	// Move a's last tag away: a stays, where it was, as an untagged entry
+	// with all its blobs.
 	l.tag(b, "a")
-	if got, want := l.index(), []string{"latest=" + bs, "=" + as, "a=" + bs}; !slices.Equal(got, want) {
+	if got, want := l.index(), []string{"=" + as, "latest=" + bs, "a=" + bs}; !slices.Equal(got, want) {
 		t.Fatalf("after moving a's last tag: index %v, want %v", got, want)
 	}
 	l.wantBlobs(true, l.graph(a)...)
@@ -225,7 +226,7 @@ func TestList(t *testing.T) {
 	a, b := l.image(nil, 1), l.image(nil, 1)
 	l.tag(a, "x")
 	l.tag(b, "y", "z")
-	l.tag(b, "x") // a loses its only tag
+	l.tag(b, "x") // a loses its only tag: its entry stays where it was, untagged
 	imgs, err := l.s.List(l.ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +234,7 @@ func TestList(t *testing.T) {
 	want := []struct {
 		name string
 		d    digest.Digest
-	}{{"y", b.Digest}, {"z", b.Digest}, {"", a.Digest}, {"x", b.Digest}}
+	}{{"", a.Digest}, {"y", b.Digest}, {"z", b.Digest}, {"x", b.Digest}}
 	if len(imgs) != len(want) {
 		t.Fatalf("List = %v", imgs)
 	}

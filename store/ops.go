@@ -122,13 +122,13 @@ func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) er
 		// The refcounts only look at a manifest's blob when it becomes live:
 		// check desc against it here, or a second entry of a live manifest
 		// could carry a wrong size into index.json.
-		if !layout.IsManifest(desc.MediaType) && !holds(cur, desc) {
+		if !layout.IsManifest(desc.MediaType) && !holds(cur.Entries, desc) {
 			return nil, fmt.Errorf("media type %q is not a manifest or index: %w", desc.MediaType, errdef.ErrInvalidArgument)
 		}
 		if err := s.present(desc); err != nil {
 			return nil, err
 		}
-		return withTags(cur.Entries, desc, names), nil
+		return withTags(cur.Entries, layout.NewEntry(desc, ""), names), nil
 	})
 	if err != nil {
 		return fmt.Errorf("tag %s as %s: %w", desc.Digest, strings.Join(names, ","), err)
@@ -136,9 +136,9 @@ func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) er
 	return nil
 }
 
-// holds reports whether an entry of ix has d's digest and media type.
-func holds(ix *layout.Index, d v1.Descriptor) bool {
-	for _, e := range ix.Entries {
+// holds reports whether one of entries has d's digest and media type.
+func holds(entries []layout.Entry, d v1.Descriptor) bool {
+	for _, e := range entries {
 		if e.Desc.Digest == d.Digest && e.Desc.MediaType == d.MediaType {
 			return true
 		}
@@ -161,46 +161,44 @@ func checkTagArgs(desc v1.Descriptor, names []string) error {
 	return nil
 }
 
-// withTags returns entries with each name pointing at desc.
-func withTags(entries []layout.Entry, desc v1.Descriptor, names []string) []layout.Entry {
+// withTags returns entries with each name on an entry like src (src's
+// fields, the name set), appended at the end.
+func withTags(entries []layout.Entry, src layout.Entry, names []string) []layout.Entry {
 	out := entries
 	for _, n := range names {
 		out = dropName(out, n)
 		// An untagged entry of the same manifest is now redundant.
-		kept := out[:0:0]
+		kept := make([]layout.Entry, 0, len(out)+1)
 		for _, e := range out {
-			if e.Name() == "" && e.Desc.Digest == desc.Digest {
+			if e.Name() == "" && e.Desc.Digest == src.Desc.Digest {
 				continue
 			}
 			kept = append(kept, e)
 		}
-		out = append(kept, layout.NewEntry(desc, n))
+		out = append(kept, src.Renamed(n))
 	}
 	return out
 }
 
-// dropName removes name from entries. An entry that loses its name becomes
-// untagged unless another entry holds the same manifest.
+// dropName removes name from entries. An entry that loses its name stays
+// where it is, untagged with its other fields kept, unless another entry
+// holds the same manifest (then it goes).
 func dropName(entries []layout.Entry, name string) []layout.Entry {
-	out := make([]layout.Entry, 0, len(entries))
-	var orphaned []layout.Entry
+	held := map[string]bool{}
 	for _, e := range entries {
-		if e.Name() == name {
-			orphaned = append(orphaned, e)
+		if e.Name() != name {
+			held[e.Desc.Digest.String()] = true
+		}
+	}
+	out := make([]layout.Entry, 0, len(entries))
+	for _, e := range entries {
+		if e.Name() != name {
+			out = append(out, e)
 			continue
 		}
-		out = append(out, e)
-	}
-	for _, o := range orphaned {
-		held := false
-		for _, e := range out {
-			if e.Desc.Digest == o.Desc.Digest {
-				held = true
-				break
-			}
-		}
-		if !held {
-			out = append(out, layout.NewEntry(o.Desc, ""))
+		if d := e.Desc.Digest.String(); !held[d] {
+			held[d] = true
+			out = append(out, e.Renamed(""))
 		}
 	}
 	return out

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/crash"
@@ -94,6 +95,12 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 		return nil, s.check(err)
 	}
 	crash.Point(crash.TxnJournaled)
+	present := map[digest.Digest]bool{}
+	for _, f := range freed {
+		if _, err := s.fsys.Lstat(layout.BlobPath(f.Digest)); err == nil {
+			present[f.Digest] = true
+		}
+	}
 
 	// 3-5. index.json, unlinks, clear.
 	stamp, err := recovery.Apply(s.env(), db, &rec, newBytes)
@@ -104,6 +111,9 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 
 	res := &Result{Txn: rec.ID}
 	for _, f := range freed {
+		if !present[f.Digest] {
+			continue // never on disk (a foreign layer): nothing was freed
+		}
 		res.Freed = append(res.Freed, Blob{Digest: f.Digest.String(), Size: f.Size})
 		res.BytesFreed += f.Size
 	}

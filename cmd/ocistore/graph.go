@@ -49,9 +49,10 @@ func readManifest(ctx context.Context, s *store.Store, d v1.Descriptor) ([]byte,
 
 // children returns the descriptors a manifest or index references (config,
 // layers, manifests, blobs; not the subject, which is a weak reference), or
-// nil for a leaf.
-func (g *graph) children(ctx context.Context, d v1.Descriptor) ([]v1.Descriptor, error) {
-	if !layout.IsManifest(d.MediaType) {
+// nil for a leaf. A root (an index.json entry) is read whatever its media
+// type says, as the store counts it (layout.Parsed).
+func (g *graph) children(ctx context.Context, d v1.Descriptor, root bool) ([]v1.Descriptor, error) {
+	if !layout.Parsed(d, root) {
 		return nil, nil
 	}
 	if k, ok := g.kids[d.Digest]; ok {
@@ -62,6 +63,9 @@ func (g *graph) children(ctx context.Context, d v1.Descriptor) ([]v1.Descriptor,
 		return nil, err
 	}
 	c, err := layout.ParseChildren("manifest "+d.Digest.String(), b)
+	if err != nil && layout.Sniffed(d, err) {
+		c, err = layout.Children{}, nil // a root that is not a manifest: a leaf
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +90,7 @@ func (g *graph) size(ctx context.Context, d v1.Descriptor) (blobs int, bytes int
 		seen[d.Digest] = true
 		blobs++
 		bytes += d.Size
-		kids, err := g.children(ctx, d)
+		kids, err := g.children(ctx, d, depth == 0)
 		if err != nil {
 			return err
 		}

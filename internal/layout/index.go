@@ -44,6 +44,34 @@ func NewEntry(desc v1.Descriptor, name string) Entry {
 	return Entry{Desc: d, Raw: raw}
 }
 
+// Renamed returns e with its tag set to name, or removed when name is "".
+// Every other field of the entry, known or not, is kept.
+func (e Entry) Renamed(name string) Entry {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(e.Raw, &fields) != nil || fields == nil {
+		return NewEntry(e.Desc, name) // cannot happen for a parsed entry
+	}
+	ann := map[string]string{}
+	if a, ok := fields["annotations"]; ok {
+		_ = json.Unmarshal(a, &ann) // parsed before: a map of strings
+	}
+	if name == "" {
+		delete(ann, v1.AnnotationRefName)
+	} else {
+		ann[v1.AnnotationRefName] = name
+	}
+	if len(ann) == 0 {
+		delete(fields, "annotations")
+		ann = nil
+	} else {
+		fields["annotations"], _ = json.Marshal(ann)
+	}
+	raw, _ := json.Marshal(fields)
+	d := e.Desc
+	d.Annotations = ann
+	return Entry{Desc: d, Raw: raw}
+}
+
 // Index is a parsed index.json. It is immutable once built: writers make a new
 // one with With.
 type Index struct {
