@@ -68,8 +68,9 @@ var (
 
 // DB is an open journal. It holds the layout's writer lock until Close.
 type DB struct {
-	bolt *bolt.DB
-	path string
+	bolt        *bolt.DB
+	path        string
+	afterCommit func()
 	// Created is true when Open found no database (or an empty file) and
 	// initialized it: it holds no state for the layout yet.
 	Created bool
@@ -82,6 +83,10 @@ type Options struct {
 	LockTimeout time.Duration
 	// ReadOnly opens with a shared lock and no writes; the file must exist.
 	ReadOnly bool
+	// AfterCommit, when set, is called after every durable change of the
+	// file: each committed Update, and the initialization of a new
+	// database. Crash tests use it to snapshot the journal between steps.
+	AfterCommit func()
 }
 
 // Open opens or creates the journal at path.
@@ -113,7 +118,7 @@ func Open(path string, o Options) (*DB, error) {
 	if err != nil {
 		return nil, classifyOpenErr(path, err)
 	}
-	d := &DB{bolt: bdb, path: path, Created: created}
+	d := &DB{bolt: bdb, path: path, Created: created, afterCommit: o.AfterCommit}
 	if o.ReadOnly {
 		if err := d.View(func(tx *Tx) error { return tx.checkSchema() }); err != nil {
 			bdb.Close()
@@ -141,6 +146,9 @@ func Open(path string, o Options) (*DB, error) {
 	if err != nil {
 		bdb.Close()
 		return nil, fmt.Errorf("journal %s: %w", path, err)
+	}
+	if d.afterCommit != nil {
+		d.afterCommit()
 	}
 	return d, nil
 }
@@ -175,6 +183,9 @@ func (d *DB) Update(fn func(*Tx) error) (err error) {
 	})
 	if err != nil && fnErr == nil {
 		return fmt.Errorf("journal %s: commit: %w: %w", d.path, errdef.ErrDurability, err)
+	}
+	if err == nil && d.afterCommit != nil {
+		d.afterCommit()
 	}
 	return err
 }

@@ -222,8 +222,8 @@ func WriteIndex(fsys fsio.FS, b []byte) error {
 		return fmt.Errorf("write %s: %w", layout.IndexFile, err)
 	}
 	crash.Point(crash.IndexRenamed)
-	if err := fsys.SyncDir("."); err != nil {
-		return fmt.Errorf("write %s: %w", layout.IndexFile, &fsio.SyncError{Path: ".", Err: err})
+	if err := fsio.SyncDirFor(fsys, fsio.SyncLayoutDir, "."); err != nil {
+		return fmt.Errorf("write %s: %w", layout.IndexFile, err)
 	}
 	return nil
 }
@@ -289,7 +289,7 @@ func Finish(env Env, db *journal.DB, rec *journal.Record, stamp fsio.Stamp, poin
 	if err != nil {
 		return fmt.Errorf("txn %d: %w", rec.ID, err)
 	}
-	if err := fsio.RemoveFiles(env.FS, paths, func(p string) {
+	if err := fsio.RemoveFiles(env.FS, fsio.SyncBlobDir, paths, func(p string) {
 		env.Log.Debug("unlinked", attrPath, p, attrTxn, rec.ID)
 		crash.Point(point)
 	}); err != nil {
@@ -362,7 +362,7 @@ func removeTemps(env Env, st *State) error {
 	if err != nil || len(temps) == 0 {
 		return err
 	}
-	if err := fsio.RemoveFiles(env.FS, temps, nil); err != nil {
+	if err := fsio.RemoveFiles(env.FS, "temp-files", temps, nil); err != nil {
 		return fmt.Errorf("remove temp files: %w", err)
 	}
 	for _, t := range temps {

@@ -126,8 +126,10 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	if err := vr.Verify(); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		return s.poison(&fsio.SyncError{Path: tmp.Name(), Err: err})
+	if !fsio.SyncSkipped(fsio.SyncIngestFile) {
+		if err := tmp.Sync(); err != nil {
+			return s.poison(&fsio.SyncError{Path: tmp.Name(), Err: err})
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return err
@@ -145,8 +147,8 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	}
 	published = true
 	crash.Point(crash.IngestRenamed)
-	if err := s.fsys.SyncDir(algDir); err != nil {
-		return s.poison(&fsio.SyncError{Path: algDir, Err: err})
+	if err := fsio.SyncDirFor(s.fsys, fsio.SyncIngestDir, algDir); err != nil {
+		return s.poison(err)
 	}
 	crash.Point(crash.IngestSynced)
 	s.log.Debug("blob written", attrDigest, desc.Digest, "size", vr.N())

@@ -110,6 +110,8 @@ type Options struct {
 
 	// fs replaces the real file system (tests).
 	fs fsio.FS
+	// journalHook is passed to the journal as AfterCommit (crash tests).
+	journalHook func()
 }
 
 // DefaultLockTimeout is the writer lock wait when Options.LockTimeout is zero.
@@ -392,8 +394,8 @@ func (s *Store) initLayout() error {
 	if err := s.fsys.ReplaceFile(layout.LayoutFile, ".", append(layout.LayoutFileContent(), '\n'), 0o644); err != nil {
 		return err
 	}
-	if err := s.fsys.SyncDir("."); err != nil {
-		return &fsio.SyncError{Path: ".", Err: err}
+	if err := fsio.SyncDirFor(s.fsys, fsio.SyncLayoutDir, "."); err != nil {
+		return err
 	}
 	s.log.Info("created layout")
 	return nil
@@ -408,7 +410,7 @@ func (s *Store) openJournal() (*journal.DB, error) {
 		return nil, s.check(fmt.Errorf("state directory: %w", err))
 	}
 	path := filepath.Join(s.dir, JournalPath)
-	db, err := journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout})
+	db, err := journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout, AfterCommit: s.opts.journalHook})
 	if errors.Is(err, errdef.ErrCorrupt) {
 		aside := fmt.Sprintf("%s.corrupt-%d", JournalPath, time.Now().UnixNano())
 		s.log.Warn("journal is corrupt; keeping it aside and rebuilding from the layout", "err", err, "aside", aside)
@@ -418,7 +420,7 @@ func (s *Store) openJournal() (*journal.DB, error) {
 		if serr := s.fsys.SyncDir(layout.StateDir); serr != nil {
 			return nil, s.poison(&fsio.SyncError{Path: layout.StateDir, Err: serr})
 		}
-		db, err = journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout})
+		db, err = journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout, AfterCommit: s.opts.journalHook})
 	}
 	if errors.Is(err, errdef.ErrLocked) {
 		return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", s.dir, s.opts.LockTimeout, JournalPath, errdef.ErrLocked)
@@ -428,9 +430,9 @@ func (s *Store) openJournal() (*journal.DB, error) {
 	}
 	if db.Created {
 		crash.Point(crash.JournalCreated)
-		if err := s.fsys.SyncDir(layout.StateDir); err != nil {
+		if err := fsio.SyncDirFor(s.fsys, fsio.SyncJournalDir, layout.StateDir); err != nil {
 			db.Close()
-			return nil, s.poison(&fsio.SyncError{Path: layout.StateDir, Err: err})
+			return nil, s.poison(err)
 		}
 		s.log.Info("journal created; counting references from the layout", "path", path)
 	}

@@ -83,10 +83,11 @@ func MkdirDurable(fsys FS, name string) (bool, error) {
 func Dir(name string) string { return path.Dir(name) }
 
 // RemoveFiles unlinks every name (a missing file counts as removed), calling
-// after(name) after each unlink, then syncs each directory it touched, once.
+// after(name) after each unlink, then syncs each directory it touched, once,
+// for purpose (see SyncDirFor).
 // It stops at the first error other than "does not exist"; directories touched
 // so far are still synced, so what was removed is durable.
-func RemoveFiles(fsys FS, names []string, after func(string)) error {
+func RemoveFiles(fsys FS, purpose string, names []string, after func(string)) error {
 	touched := map[string]bool{}
 	var order []string
 	var firstErr error
@@ -106,8 +107,8 @@ func RemoveFiles(fsys FS, names []string, after func(string)) error {
 		}
 	}
 	for _, d := range order {
-		if err := fsys.SyncDir(d); err != nil {
-			return &SyncError{Path: d, Err: err}
+		if err := SyncDirFor(fsys, purpose, d); err != nil {
+			return err
 		}
 	}
 	return firstErr

@@ -1,0 +1,590 @@
+package store_test
+
+// Tier 1 of the crash proof: exhaustive crash-state enumeration in process.
+//
+// A scenario of operations runs on a store over memfs (a strict in-memory
+// file system that knows what was synced) with the journal's commits
+// snapshotted. After every file mutation and every journal commit (a crash
+// point), the harness builds every state a crash there could leave: what was
+// synced plus each subset of what was not (directory entries changed since
+// their directory's last sync, file data blocks); the journal as of its last
+// commit (a commit is atomic, and a crash point lies on each side of it).
+// On each state it opens a store (recovery runs), then checks the invariants
+// of DESIGN.md §5, that every operation acknowledged before the crash is
+// there in full and the one in flight is all there or all gone, and that a
+// second recovery changes nothing. Then it crashes that recovery at each of
+// its own steps and recovers again: same result.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/memfs"
+	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/recovery"
+	"github.com/ocistore/ocistore/store"
+)
+
+// crashFull is set by OCISTORE_CRASH_FULL=1 (make crash): exhaustive up to
+// 10 unsynced items and 200 random subsets beyond, instead of the bounded
+// sizes `make test` uses.
+var crashFull = os.Getenv("OCISTORE_CRASH_FULL") == "1"
+
+type t1Sizes struct {
+	exhaustive int // enumerate every subset up to this many items
+	random     int // random subsets beyond
+	nested     int // states per crash point whose recovery is itself crashed
+}
+
+func t1Size() t1Sizes {
+	if crashFull {
+		return t1Sizes{exhaustive: 10, random: 200, nested: 4}
+	}
+	return t1Sizes{exhaustive: 5, random: 12, nested: 1}
+}
+
+const journalRel = ".ocistore/journal.db"
+
+// t1Event is one crash point: the file system and journal right after a
+// mutation or a commit, during operation op.
+type t1Event struct {
+	what    string
+	op      int
+	crash   *memfs.Crash
+	journal []byte // nil: no journal committed yet
+}
+
+// t1Recorder snapshots a memfs and the journal at every change.
+type t1Recorder struct {
+	mem     *memfs.FS
+	dir     string // real directory holding the journal
+	op      int
+	journal []byte
+	events  []t1Event
+	off     bool
+}
+
+func newRecorder(mem *memfs.FS, dir string) *t1Recorder {
+	r := &t1Recorder{mem: mem, dir: dir}
+	mem.OnMutation = func(what string) { r.record(what) }
+	return r
+}
+
+func (r *t1Recorder) record(what string) {
+	if r.off {
+		return
+	}
+	r.events = append(r.events, t1Event{what: what, op: r.op, crash: r.mem.Snapshot(), journal: r.journal})
+}
+
+// commit is the journal's AfterCommit hook.
+func (r *t1Recorder) commit() {
+	b, err := os.ReadFile(filepath.Join(r.dir, journalRel))
+	if err != nil {
+		panic(err)
+	}
+	r.mem.AddExternal(journalRel) // the db file's directory entry, unsynced until .ocistore is
+	r.journal = b
+	r.record("journal commit")
+}
+
+func (r *t1Recorder) options() *store.Options {
+	o := &store.Options{LockTimeout: -1}
+	store.SetTestFS(o, r.mem)
+	store.SetTestJournalHook(o, r.commit)
+	return o
+}
+
+// t1Op is one operation of the scenario.
+type t1Op struct {
+	name string
+	run  func(ctx context.Context, s *store.Store) (*store.Result, error)
+	// reopen makes the harness close the store and open a new one as the
+	// operation (adoption, recovery).
+	reopen bool
+}
+
+// t1Expect is what the scenario's uninterrupted run leaves after each op.
+type t1Expect struct {
+	tags     map[string]string
+	ingested map[digest.Digest]bool // blobs written by this op
+	freed    map[digest.Digest]bool // blobs this op freed
+}
+
+type t1Stats struct {
+	ops, points, states, violations int
+	messages                        []string
+}
+
+func (st *t1Stats) violation(format string, args ...any) {
+	st.violations++
+	if len(st.messages) < 20 {
+		st.messages = append(st.messages, fmt.Sprintf(format, args...))
+	}
+}
+
+// t1Scenario builds the starting layout (written as another tool would) and
+// the operations. Every blob content is unique to the op that writes it, so
+// the blobs an op ingests are known.
+func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string) []t1Op {
+	blobs := map[digest.Digest][]byte{}
+	shared := []byte("shared base layer")
+	var entries []v1.Descriptor
+	for i := 0; i < 5; i++ {
+		d := testutil.RawImage(blobs, []byte(fmt.Sprintf(`{"n":%d}`, i)), shared, []byte(fmt.Sprintf("own layer %d", i)))
+		entries = append(entries, testutil.Named(d, fmt.Sprintf("img%d", i)))
+	}
+	raw := t.TempDir()
+	testutil.WriteRawLayout(t, raw, blobs, entries)
+	if err := filepath.WalkDir(raw, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(raw, p)
+		if rel == "." {
+			return nil
+		}
+		if d.IsDir() {
+			if err := mem.Mkdir(rel, 0o755); err != nil {
+				return err
+			}
+			return mem.SyncDir(filepath.Dir(rel))
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return mem.WriteFile(rel, b)
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	var fresh v1.Descriptor
+	layer := []byte("a layer of the fresh image, bigger than one block: " + strings.Repeat("x", 5000))
+	return []t1Op{
+		{name: "adopt", reopen: true},
+		// A delete right after adoption: the journal's directory entry is
+		// not yet made durable by anything but the journal-dir fsync.
+		{name: "delete-one", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			return s.Delete(ctx, "img2")
+		}},
+		{name: "put-blob", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			return nil, s.PutBlob(ctx, testutil.Blob(layer, v1.MediaTypeImageLayer), bytes.NewReader(layer))
+		}},
+		{name: "put-manifest", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			cfg := []byte(`{"fresh":true}`)
+			cd := testutil.Blob(cfg, v1.MediaTypeImageConfig)
+			if err := s.PutBlob(ctx, cd, bytes.NewReader(cfg)); err != nil {
+				return nil, err
+			}
+			m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
+				v1.MediaTypeImageManifest, cd.MediaType, cd.Digest, cd.Size, v1.MediaTypeImageLayer, digest.FromBytes(layer), len(layer))
+			var err error
+			fresh, err = s.PutManifest(ctx, v1.MediaTypeImageManifest, []byte(m))
+			return nil, err
+		}},
+		{name: "tag", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			return nil, s.Tag(ctx, fresh, "fresh", "fresh-too")
+		}},
+		{name: "untag", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			return nil, s.Untag(ctx, "img1")
+		}},
+		{name: "delete-batch", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			return s.Delete(ctx, "img3", "fresh", "fresh-too", "img0")
+		}},
+		{name: "import", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			_, err := s.Import(ctx, importSrc, "imported")
+			return nil, err
+		}},
+		{name: "reopen", reopen: true},
+	}
+}
+
+func t1ImportSource(t *testing.T) string {
+	src := t.TempDir()
+	blobs := map[digest.Digest][]byte{}
+	d := testutil.RawImage(blobs, []byte(`{"imported":1}`), []byte("shared base layer"), []byte("imported own layer"))
+	testutil.WriteRawLayout(t, src, blobs, []v1.Descriptor{testutil.Named(d, "imported")})
+	return src
+}
+
+// runTier1 runs the scenario once, recording every crash point, then checks
+// every crash state of every point.
+func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mem := memfs.New(dir)
+	ops := t1Scenario(t, mem, t1ImportSource(t))
+	rec := newRecorder(mem, dir)
+
+	// The uninterrupted run, recording crash points and what each op leaves.
+	expects := make([]t1Expect, len(ops))
+	var s *store.Store
+	var err error
+	for i, op := range ops {
+		rec.op = i
+		blobsBefore := blobSet(mem)
+		var res *store.Result
+		if op.reopen {
+			if s != nil {
+				s.Close()
+			}
+			s, err = store.Open(ctx, dir, rec.options())
+		} else {
+			res, err = op.run(ctx, s)
+		}
+		if err != nil {
+			t.Fatalf("op %s: %v", op.name, err)
+		}
+		e := t1Expect{tags: listTags(t, s), ingested: map[digest.Digest]bool{}, freed: map[digest.Digest]bool{}}
+		for d := range blobSet(mem) {
+			if !blobsBefore[d] {
+				e.ingested[d] = true
+			}
+		}
+		if res != nil {
+			for _, f := range res.Freed {
+				e.freed[digest.Digest(f.Digest)] = true
+			}
+		}
+		expects[i] = e
+	}
+	s.Close()
+	rec.off = true
+
+	start := t1Expect{tags: map[string]string{}}
+	for k, v := range expects[0].tags { // adoption changes no tag
+		start.tags[k] = v
+	}
+	stats := &t1Stats{ops: len(ops)}
+	rng := rand.New(rand.NewPCG(seed, seed+7))
+	scratch := t.TempDir()
+	for k, ev := range rec.events {
+		stats.points++
+		acked := ev.op // ops before ev.op are acknowledged
+		var ok []map[string]string
+		if acked == 0 {
+			ok = append(ok, start.tags)
+		} else {
+			ok = append(ok, expects[acked-1].tags)
+		}
+		ok = append(ok, expects[acked].tags)
+		allowed, must := map[digest.Digest]bool{}, map[digest.Digest]bool{}
+		for i := 0; i <= acked; i++ {
+			for d := range expects[i].ingested {
+				allowed[d] = true
+				if i < acked {
+					must[d] = true
+				}
+			}
+		}
+		for i := 0; i <= acked; i++ {
+			for d := range expects[i].freed {
+				if i < acked {
+					delete(allowed, d)
+				}
+				delete(must, d)
+			}
+		}
+		where := fmt.Sprintf("point %d (%s, during %s)", k, ev.what, ops[ev.op].name)
+		for _, keep := range subsets(ev.crash.Items(), sizes, rng) {
+			stats.states++
+			if _, msg := checkState(ctx, scratch, ev, keep, ok, allowed, must); msg != "" {
+				stats.violation("%s, kept %s: %s", where, describeKeep(ev.crash, keep), msg)
+			}
+		}
+		// Crash the recovery of a few of these states at each of its steps.
+		for n, keep := range subsets(ev.crash.Items(), t1Sizes{exhaustive: 0, random: sizes.nested}, rng) {
+			if n >= sizes.nested {
+				break
+			}
+			stats.states += crashRecovery(ctx, scratch, ev, keep, ok, allowed, must, stats, where)
+		}
+	}
+	return stats
+}
+
+func describeKeep(c *memfs.Crash, keep []bool) string {
+	var kept []string
+	for i, k := range keep {
+		if k {
+			kept = append(kept, c.Describe(i))
+		}
+	}
+	return fmt.Sprintf("%d of %d unsynced items %v", len(kept), len(keep), kept)
+}
+
+// subsets lists the choices of surviving items: all of them when there are
+// few, else the two extremes plus random ones.
+func subsets(n int, sizes t1Sizes, rng *rand.Rand) [][]bool {
+	var out [][]bool
+	if n <= sizes.exhaustive {
+		for m := 0; m < 1<<n; m++ {
+			keep := make([]bool, n)
+			for i := range keep {
+				keep[i] = m&(1<<i) != 0
+			}
+			out = append(out, keep)
+		}
+		return out
+	}
+	none, all := make([]bool, n), make([]bool, n)
+	for i := range all {
+		all[i] = true
+	}
+	out = append(out, none, all)
+	for r := 0; r < sizes.random; r++ {
+		keep := make([]bool, n)
+		for i := range keep {
+			keep[i] = rng.IntN(2) == 1
+		}
+		out = append(out, keep)
+	}
+	return out
+}
+
+// materialize prepares the crash state: the file system, and the journal
+// file in scratch when its directory entry survived.
+func materialize(scratch string, ev t1Event, keep []bool) (*memfs.FS, error) {
+	mem, ext := ev.crash.Materialize(scratch, keep)
+	jp := filepath.Join(scratch, journalRel)
+	if err := os.MkdirAll(filepath.Dir(jp), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(jp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	has := false
+	for _, e := range ext {
+		has = has || e == journalRel
+	}
+	if has && ev.journal != nil {
+		if err := os.WriteFile(jp, ev.journal, 0o644); err != nil {
+			return nil, err
+		}
+	} else if has {
+		// Created, no commit yet: an empty file, as bbolt leaves it.
+		if err := os.WriteFile(jp, nil, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return mem, nil
+}
+
+// checkState recovers one crash state and checks it; it returns the tags
+// recovery left, or a description of the violation.
+func checkState(ctx context.Context, scratch string, ev t1Event, keep []bool, ok []map[string]string, allowed, must map[digest.Digest]bool) (map[string]string, string) {
+	mem, err := materialize(scratch, ev, keep)
+	if err != nil {
+		return nil, "harness: " + err.Error()
+	}
+	return verifyRecovered(ctx, scratch, mem, nil, ok, allowed, must)
+}
+
+// verifyRecovered opens (recovering) mem and checks the invariants. A
+// recorder, when given, traces the recovery's own crash points.
+func verifyRecovered(ctx context.Context, scratch string, mem *memfs.FS, rec *t1Recorder, ok []map[string]string, allowed, must map[digest.Digest]bool) (map[string]string, string) {
+	o := &store.Options{LockTimeout: -1}
+	store.SetTestFS(o, mem)
+	if rec != nil {
+		store.SetTestJournalHook(o, rec.commit)
+	}
+	s, err := store.Open(ctx, scratch, o)
+	if err != nil {
+		return nil, "recovery failed: " + err.Error()
+	}
+	defer s.Close()
+	if rec != nil {
+		rec.off = true
+	}
+	imgs, err := s.List(ctx)
+	if err != nil {
+		return nil, "list: " + err.Error()
+	}
+	got := map[string]string{}
+	for _, im := range imgs {
+		name := im.Name
+		if name == "" {
+			name = "<none>" + im.Descriptor.Digest.String()
+		}
+		got[name] = im.Descriptor.Digest.String()
+	}
+	match := false
+	for _, w := range ok {
+		match = match || equalMaps(got, w)
+	}
+	if !match {
+		return got, fmt.Sprintf("tags %v are neither of %v (atomicity or durability)", sortedKeys(got), keysOf(ok))
+	}
+	rep, err := s.Check(ctx)
+	if err != nil {
+		return got, "check: " + err.Error()
+	}
+	for _, p := range rep.Problems {
+		if p.Kind == recovery.KindOrphan && allowed[digest.Digest(p.Digest)] {
+			continue
+		}
+		return got, "invariant: " + p.String()
+	}
+	for d := range must {
+		if _, err := mem.Lstat(layout.BlobPath(d)); err != nil {
+			return got, fmt.Sprintf("acknowledged blob %s lost", d)
+		}
+	}
+	before := mem.Tree()
+	if _, err := s.Recover(ctx); err != nil {
+		return got, "second recovery: " + err.Error()
+	}
+	if after := mem.Tree(); !sameTree(before, after) {
+		return got, "second recovery changed the layout (not idempotent)"
+	}
+	return got, ""
+}
+
+// crashRecovery recovers a crash state while recording the recovery's own
+// crash points, then for each of them recovers that crash (keeping nothing
+// unsynced, then everything) and requires the same final tags.
+func crashRecovery(ctx context.Context, scratch string, ev t1Event, keep []bool, ok []map[string]string, allowed, must map[digest.Digest]bool, stats *t1Stats, where string) int {
+	mem, err := materialize(scratch, ev, keep)
+	if err != nil {
+		stats.violation("%s: harness: %v", where, err)
+		return 0
+	}
+	rec := newRecorder(mem, scratch)
+	rec.journal, _ = os.ReadFile(filepath.Join(scratch, journalRel))
+	if len(rec.journal) == 0 {
+		rec.journal = nil
+	}
+	want, msg := verifyRecovered(ctx, scratch, mem, rec, ok, allowed, must)
+	if msg != "" {
+		stats.violation("%s (traced recovery): %s", where, msg)
+		return 1
+	}
+	n := 1
+	for i, rev := range rec.events {
+		for _, all := range []bool{false, true} {
+			k := make([]bool, rev.crash.Items())
+			for j := range k {
+				k[j] = all
+			}
+			n++
+			m2, err := materialize(scratch, rev, k)
+			if err != nil {
+				stats.violation("%s: harness: %v", where, err)
+				continue
+			}
+			got, msg := verifyRecovered(ctx, scratch, m2, nil, ok, allowed, must)
+			if msg == "" && !equalMaps(got, want) {
+				msg = fmt.Sprintf("tags %v differ from an uninterrupted recovery's %v", sortedKeys(got), sortedKeys(want))
+			}
+			if msg != "" {
+				stats.violation("%s, recovery crashed at its step %d (%s), kept all=%v: %s", where, i, rev.what, all, msg)
+			}
+		}
+	}
+	return n
+}
+
+func sameTree(a, b map[string][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		w, ok := b[k]
+		if !ok || !bytes.Equal(v, w) {
+			return false
+		}
+	}
+	return true
+}
+
+func blobSet(mem *memfs.FS) map[digest.Digest]bool {
+	out := map[digest.Digest]bool{}
+	for p := range mem.Tree() {
+		parts := strings.Split(p, "/")
+		if len(parts) == 3 && parts[0] == "blobs" {
+			if d, ok := layout.ParseBlobPath(parts[1], parts[2]); ok {
+				out[d] = true
+			}
+		}
+	}
+	return out
+}
+
+func listTags(t *testing.T, s *store.Store) map[string]string {
+	imgs, err := s.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, im := range imgs {
+		name := im.Name
+		if name == "" {
+			name = "<none>" + im.Descriptor.Digest.String()
+		}
+		out[name] = im.Descriptor.Digest.String()
+	}
+	return out
+}
+
+func sortedKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func keysOf(ms []map[string]string) [][]string {
+	var out [][]string
+	for _, m := range ms {
+		out = append(out, sortedKeys(m))
+	}
+	return out
+}
+
+// TestTier1CrashStates is the enumeration; `make crash` runs it at full size.
+func TestTier1CrashStates(t *testing.T) {
+	st := runTier1(t, t1Size(), 1)
+	fmt.Printf("tier1: ops=%d crashpoints=%d states=%d violations=%d\n", st.ops, st.points, st.states, st.violations)
+	for _, m := range st.messages {
+		t.Error(m)
+	}
+	if st.violations > 0 {
+		t.Fatalf("%d violations", st.violations)
+	}
+}
+
+// TestTier1FindsMissingFsync proves the harness can fail: with any one fsync
+// of the protocol turned off, the enumeration must find a violation.
+func TestTier1FindsMissingFsync(t *testing.T) {
+	for _, purpose := range fsio.SyncPurposes {
+		t.Run(purpose, func(t *testing.T) {
+			restore := fsio.DisableSync(purpose)
+			defer restore()
+			st := runTier1(t, t1Sizes{exhaustive: 6, random: 24}, 2)
+			if st.violations == 0 {
+				t.Fatalf("with the %s fsync off, %d crash states over %d points showed no violation: the harness cannot see this fsync", purpose, st.states, st.points)
+			}
+			t.Logf("%s off: %d violations in %d states, e.g. %s", purpose, st.violations, st.states, st.messages[0])
+		})
+	}
+}
