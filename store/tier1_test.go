@@ -45,6 +45,7 @@ import (
 var crashFull = os.Getenv("OCISTORE_CRASH_FULL") == "1"
 
 type t1Sizes struct {
+	images     int // images in the starting layout (at least 4)
 	exhaustive int // enumerate every subset up to this many items
 	random     int // random subsets beyond
 	nested     int // states per crash point whose recovery is itself crashed
@@ -52,9 +53,9 @@ type t1Sizes struct {
 
 func t1Size() t1Sizes {
 	if crashFull {
-		return t1Sizes{exhaustive: 10, random: 200, nested: 4}
+		return t1Sizes{images: 12, exhaustive: 10, random: 200, nested: 4}
 	}
-	return t1Sizes{exhaustive: 5, random: 12, nested: 1}
+	return t1Sizes{images: 5, exhaustive: 5, random: 12, nested: 1}
 }
 
 const journalRel = ".ocistore/journal.db"
@@ -140,11 +141,11 @@ func (st *t1Stats) violation(format string, args ...any) {
 // t1Scenario builds the starting layout (written as another tool would) and
 // the operations. Every blob content is unique to the op that writes it, so
 // the blobs an op ingests are known.
-func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string) []t1Op {
+func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1Op {
 	blobs := map[digest.Digest][]byte{}
 	shared := []byte("shared base layer")
 	var entries []v1.Descriptor
-	for i := 0; i < 5; i++ {
+	for i := 0; i < images; i++ {
 		d := testutil.RawImage(blobs, []byte(fmt.Sprintf(`{"n":%d}`, i)), shared, []byte(fmt.Sprintf("own layer %d", i)))
 		entries = append(entries, testutil.Named(d, fmt.Sprintf("img%d", i)))
 	}
@@ -204,7 +205,11 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string) []t1Op {
 			return nil, s.Untag(ctx, "img1")
 		}},
 		{name: "delete-batch", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
-			return s.Delete(ctx, "img3", "fresh", "fresh-too", "img0")
+			batch := []string{"fresh", "fresh-too", "img0"}
+			for i := 3; i < images; i++ {
+				batch = append(batch, fmt.Sprintf("img%d", i))
+			}
+			return s.Delete(ctx, batch...)
 		}},
 		{name: "import", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
 			_, err := s.Import(ctx, importSrc, "imported")
@@ -231,7 +236,7 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 		t.Fatal(err)
 	}
 	mem := memfs.New(dir)
-	ops := t1Scenario(t, mem, t1ImportSource(t))
+	ops := t1Scenario(t, mem, t1ImportSource(t), max(sizes.images, 4))
 	rec := newRecorder(mem, dir)
 
 	// The uninterrupted run, recording crash points and what each op leaves.
@@ -580,7 +585,7 @@ func TestTier1FindsMissingFsync(t *testing.T) {
 		t.Run(purpose, func(t *testing.T) {
 			restore := fsio.DisableSync(purpose)
 			defer restore()
-			st := runTier1(t, t1Sizes{exhaustive: 6, random: 24}, 2)
+			st := runTier1(t, t1Sizes{images: 5, exhaustive: 6, random: 24}, 2)
 			if st.violations == 0 {
 				t.Fatalf("with the %s fsync off, %d crash states over %d points showed no violation: the harness cannot see this fsync", purpose, st.states, st.points)
 			}
