@@ -43,6 +43,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"sort"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -372,12 +373,19 @@ func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
 	if err != nil {
 		return err
 	}
-	b.FillPercent = 1.0 // bulk load in key order below would be better; fine at this size
+	// Keys go in sorted order: bbolt keeps a node's keys in one slice until
+	// the commit splits it, so random order costs a memmove per insert
+	// (quadratic: 20 s for 80,000 blobs), sorted order an append.
+	b.FillPercent = 1.0
+	keys := make([]string, 0, len(refs))
 	for d, r := range refs {
-		if r.Count == 0 {
-			continue
+		if r.Count > 0 {
+			keys = append(keys, string(d))
 		}
-		if err := b.Put([]byte(d), encodeRef(r)); err != nil {
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := b.Put([]byte(k), encodeRef(refs[digest.Digest(k)])); err != nil {
 			return err
 		}
 	}
