@@ -1,10 +1,10 @@
 // Package journal is ocistore's intent log and derived state: a bbolt database
 // inside the layout, at .ocistore/journal.db.
 //
-// # Schema (version 1)
+// # Schema (version 2)
 //
 //	meta/                      bucket
-//	  "schema"        -> uint64 big endian: schema version (1)
+//	  "schema"        -> uint64 big endian: schema version (2)
 //	  "index"         -> digest of the index.json last committed through the journal
 //	  "next-txn"      -> uint64 big endian: id of the next transaction record
 //	indexes/                   bucket: copies of index.json contents
@@ -14,6 +14,16 @@
 //	  <txn id, u64 BE> -> Record (see Encode: version byte, crc32c, JSON)
 //	refs/                      bucket: persistent reference counts
 //	  <digest>        -> Ref: uvarint count, uvarint size, flag byte
+//	leases/                    bucket (v2): one nested bucket per lease
+//	  <lease id>/              bucket
+//	    "created"     -> int64 big endian: Unix nanoseconds
+//	    "expires"     -> int64 big endian: Unix nanoseconds
+//	    "blobs"/      -> bucket: <digest> -> empty; the blobs the lease protects
+//
+// Version 1 had no leases bucket. Open upgrades a version 1 database in place
+// (one write transaction: the missing buckets are created and the version is
+// set to 2); a read-only open reads it as it is, with no leases. A database
+// of a newer version than this build knows is refused as corrupt.
 //
 // A blob's count is the number of references to it: one per index.json entry
 // that names it, plus one per reference from each live manifest or index blob
@@ -54,13 +64,23 @@ import (
 )
 
 // SchemaVersion is the version of the bucket layout above.
-const SchemaVersion = 1
+const SchemaVersion = 2
+
+// minSchemaVersion is the oldest version Open upgrades in place.
+const minSchemaVersion = 1
 
 var (
 	bMeta    = []byte("meta")
 	bIndexes = []byte("indexes")
 	bPending = []byte("pending")
 	bRefs    = []byte("refs")
+	bLeases  = []byte("leases")
+
+	// v1Buckets exist in every version; newBuckets were added since and are
+	// created by the upgrade (a read-only open of an old database reads
+	// them as empty).
+	v1Buckets  = [][]byte{bMeta, bIndexes, bPending, bRefs}
+	newBuckets = [][]byte{bLeases}
 
 	kSchema  = []byte("schema")
 	kIndex   = []byte("index")
@@ -128,21 +148,27 @@ func Open(path string, o Options) (*DB, error) {
 		return d, nil
 	}
 	// The common case, an initialized database, costs no write transaction.
-	if err := d.View(func(tx *Tx) error { return tx.checkSchema() }); err == nil {
+	if err := d.View(func(tx *Tx) error { return tx.checkCurrent() }); err == nil {
 		return d, nil
 	}
 	err = bdb.Update(func(btx *bolt.Tx) error {
-		for _, b := range [][]byte{bMeta, bIndexes, bPending, bRefs} {
+		m := btx.Bucket(bMeta)
+		fresh := m == nil || m.Get(kSchema) == nil
+		if !fresh {
+			// Initialized: an older version is upgraded, a newer one refused.
+			if err := (&Tx{tx: btx}).checkSchema(); err != nil {
+				return err
+			}
+		}
+		for _, b := range append(append([][]byte(nil), v1Buckets...), newBuckets...) {
 			if _, err := btx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		m := btx.Bucket(bMeta)
-		if m.Get(kSchema) == nil {
+		if fresh {
 			d.Created = true
-			return m.Put(kSchema, u64(SchemaVersion))
 		}
-		return (&Tx{tx: btx}).checkSchema()
+		return btx.Bucket(bMeta).Put(kSchema, u64(SchemaVersion))
 	})
 	if err != nil {
 		bdb.Close()
@@ -231,15 +257,40 @@ func (t *Tx) checkSchema() error {
 	if len(v) != 8 {
 		return fmt.Errorf("no schema version: %w", errdef.ErrCorrupt)
 	}
-	if got := binary.BigEndian.Uint64(v); got != SchemaVersion {
-		return fmt.Errorf("schema version %d, this build reads %d: %w", got, SchemaVersion, errdef.ErrCorrupt)
+	if got := binary.BigEndian.Uint64(v); got < minSchemaVersion || got > SchemaVersion {
+		return fmt.Errorf("schema version %d, this build reads %d to %d: %w", got, minSchemaVersion, SchemaVersion, errdef.ErrCorrupt)
 	}
-	for _, b := range [][]byte{bIndexes, bPending, bRefs} {
+	for _, b := range v1Buckets[1:] {
 		if t.tx.Bucket(b) == nil {
 			return fmt.Errorf("no %s bucket: %w", b, errdef.ErrCorrupt)
 		}
 	}
 	return nil
+}
+
+// errUpgrade says that a readable database needs the in-place upgrade.
+var errUpgrade = errors.New("journal needs an upgrade")
+
+// checkCurrent is checkSchema, and errUpgrade unless the database is of the
+// current version with every bucket.
+func (t *Tx) checkCurrent() error {
+	if err := t.checkSchema(); err != nil {
+		return err
+	}
+	if binary.BigEndian.Uint64(t.tx.Bucket(bMeta).Get(kSchema)) != SchemaVersion {
+		return errUpgrade
+	}
+	for _, b := range newBuckets {
+		if t.tx.Bucket(b) == nil {
+			return errUpgrade
+		}
+	}
+	return nil
+}
+
+// SchemaVersion returns the schema version of the open database.
+func (t *Tx) SchemaVersion() uint64 {
+	return binary.BigEndian.Uint64(t.tx.Bucket(bMeta).Get(kSchema))
 }
 
 // IndexDigest is the digest of the index.json last committed through the

@@ -85,7 +85,14 @@ func (s *Store) Check(ctx context.Context) (*recovery.Report, error) {
 		return nil, fmt.Errorf("check: %w", err)
 	}
 	defer db.Close()
-	return recovery.Check(ctx, s.fsys, db)
+	rep, err := recovery.Check(ctx, s.fsys, db)
+	if err != nil {
+		return nil, err
+	}
+	if err := dropLeasedOrphans(rep, db, s.now()); err != nil {
+		return nil, fmt.Errorf("check: leases: %w", err)
+	}
+	return rep, nil
 }
 
 // CheckDir runs the quick consistency check on the layout in dir as it is,
@@ -115,5 +122,12 @@ func CheckDir(ctx context.Context, dir string, lockTimeout time.Duration) (*reco
 	if db != nil {
 		defer db.Close()
 	}
-	return recovery.Check(ctx, fsys, db)
+	rep, err := recovery.Check(ctx, fsys, db)
+	if err != nil {
+		return nil, err
+	}
+	if err := dropLeasedOrphans(rep, db, time.Now()); err != nil {
+		return nil, fmt.Errorf("check: leases: %w", err)
+	}
+	return rep, nil
 }

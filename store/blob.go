@@ -78,7 +78,9 @@ func (r *verifyingReadCloser) Close() error { return r.c.Close() }
 // hashing while writing, then the digest and size are verified, the file is
 // synced, renamed into blobs/<alg>/<hex> and the directory synced. A blob
 // already present is not written again. desc.Size < 0 means unknown.
-// The blob is not referenced until a manifest that uses it is tagged.
+// The blob is not referenced until a manifest that uses it is tagged: under
+// a lease (WithLease), it is added to the lease first, so that no GC or
+// prune deletes it before then.
 func (s *Store) PutBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) error {
 	if err := s.putBlob(ctx, desc, r); err != nil {
 		return fmt.Errorf("put blob %s: %w", desc.Digest, err)
@@ -94,6 +96,13 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	}
 	if err := layout.ValidateDigest(desc.Digest); err != nil {
 		return err
+	}
+	// Under a lease, the blob is in the lease before it can be seen (or,
+	// when present, before anyone may delete it in the meantime).
+	if id, ok := LeaseFromContext(ctx); ok {
+		if err := s.leaseBlobs(ctx, id, []digest.Digest{desc.Digest}); err != nil {
+			return err
+		}
 	}
 	final := layout.BlobPath(desc.Digest)
 	if fi, err := s.fsys.Lstat(final); err == nil && fi.Mode().IsRegular() && (desc.Size < 0 || fi.Size() == desc.Size) {
@@ -186,6 +195,16 @@ func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byt
 	}
 	if kids.MediaType != "" && kids.MediaType != mediaType {
 		return desc, fmt.Errorf("put manifest %s: content says media type %s, caller says %s: %w", desc.Digest, kids.MediaType, mediaType, errdef.ErrInvalidArgument)
+	}
+	if id, ok := LeaseFromContext(ctx); ok {
+		// The manifest and its children in one commit, before they are checked.
+		ds := []digest.Digest{desc.Digest}
+		for _, k := range kids.Refs {
+			ds = append(ds, k.Digest)
+		}
+		if err := s.leaseBlobs(ctx, id, ds); err != nil {
+			return desc, fmt.Errorf("put manifest %s: %w", desc.Digest, err)
+		}
 	}
 	for _, k := range kids.Refs {
 		if ok, err := s.Exists(ctx, k); err != nil || !ok {

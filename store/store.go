@@ -86,6 +86,7 @@ const (
 	attrRef    = "ref"
 	attrTxn    = "txn"
 	attrLayout = "layout"
+	attrLease  = "lease"
 )
 
 // JournalPath is the journal database, relative to the layout root.
@@ -110,6 +111,8 @@ type Options struct {
 
 	// fs replaces the real file system (tests).
 	fs fsio.FS
+	// now replaces the clock (tests: lease expiry, ages).
+	now func() time.Time
 	// journalHook is passed to the journal as AfterCommit (crash tests).
 	journalHook func()
 }
@@ -140,6 +143,13 @@ type Store struct {
 	// opened is what recovery did when the store was opened.
 	opened []recovery.Action
 
+	// leaseMu guards the leases this handle knows are durable, so that a
+	// PutBlob under a lease that already holds the blob costs no commit.
+	leaseMu struct {
+		sync.Mutex
+		known map[string]*knownLease
+	}
+
 	// mu guards the handle's life.
 	mu struct {
 		sync.Mutex
@@ -167,6 +177,9 @@ func Open(ctx context.Context, dir string, o *Options) (*Store, error) {
 	}
 	if opts.LockTimeout == 0 {
 		opts.LockTimeout = DefaultLockTimeout
+	}
+	if opts.now == nil {
+		opts.now = time.Now
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {

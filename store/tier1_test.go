@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -175,7 +176,9 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1O
 	}
 
 	var fresh v1.Descriptor
+	var lease *store.Lease
 	layer := []byte("a layer of the fresh image, bigger than one block: " + strings.Repeat("x", 5000))
+	leased := []byte("a blob written under a lease")
 	return []t1Op{
 		{name: "adopt", reopen: true},
 		// A delete right after adoption: the journal's directory entry is
@@ -214,6 +217,25 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1O
 		{name: "import", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
 			_, err := s.Import(ctx, importSrc, "imported")
 			return nil, err
+		}},
+		// A lease holding a new blob and the imported image's own layer:
+		// the delete that drops that layer's last reference keeps it.
+		{name: "lease-put", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			var err error
+			if lease, err = s.Lease(ctx, time.Hour); err != nil {
+				return nil, err
+			}
+			own := []byte("imported own layer")
+			if err := lease.Add(ctx, testutil.Blob(own, v1.MediaTypeImageLayerGzip)); err != nil {
+				return nil, err
+			}
+			return nil, s.PutBlob(lease.Context(ctx), testutil.Blob(leased, v1.MediaTypeImageLayer), bytes.NewReader(leased))
+		}},
+		{name: "delete-leased", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			return s.Delete(ctx, "imported")
+		}},
+		{name: "release", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			return nil, lease.Release(ctx)
 		}},
 		{name: "reopen", reopen: true},
 	}

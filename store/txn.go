@@ -72,7 +72,13 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	// 2. Journal commit: refcounts and the record in one bbolt transaction.
 	var rec journal.Record
 	var freed []v1.Descriptor
+	var swept []journal.Lease
 	err = db.Update(func(tx *journal.Tx) error {
+		now := s.now()
+		var err error
+		if swept, err = s.sweepLeases(tx, now); err != nil {
+			return err
+		}
 		c := &refcount.Counter{T: tx, Load: layout.LoadChildren(s.fsys), Present: s.present}
 		for _, d := range added {
 			if err := c.Inc(d); err != nil {
@@ -84,7 +90,10 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 				return err
 			}
 		}
-		freed = c.Freed
+		// Blobs a live lease holds stay, unreferenced, until it ends (GC).
+		if freed, err = withoutLeased(tx, c.Freed, now); err != nil {
+			return err
+		}
 		rec = journal.Record{Op: op, Time: time.Now().UTC(), OldIndex: cur.Digest, NewIndex: newDigest, Deltas: c.Deltas}
 		for _, f := range freed {
 			rec.Unlink = append(rec.Unlink, f.Digest)
@@ -94,6 +103,7 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	if err != nil {
 		return nil, s.check(err)
 	}
+	s.logSwept(swept)
 	crash.Point(crash.TxnJournaled)
 	present := map[digest.Digest]bool{}
 	for _, f := range freed {
@@ -119,6 +129,24 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	}
 	s.log.Debug("transaction committed", "op", op, attrTxn, rec.ID, "freed", len(freed), "bytes", res.BytesFreed, "took", time.Since(start))
 	return res, nil
+}
+
+// withoutLeased returns freed without the blobs that leases live at now hold.
+func withoutLeased(tx *journal.Tx, freed []v1.Descriptor, now time.Time) ([]v1.Descriptor, error) {
+	if len(freed) == 0 {
+		return nil, nil
+	}
+	leased, err := tx.Leased(now)
+	if err != nil || len(leased) == 0 {
+		return freed, err
+	}
+	out := make([]v1.Descriptor, 0, len(freed))
+	for _, f := range freed {
+		if !leased[f.Digest] {
+			out = append(out, f)
+		}
+	}
+	return out, nil
 }
 
 // present checks that a leaf blob that becomes referenced is on disk with the

@@ -1,0 +1,402 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/recovery"
+)
+
+// Lease protects blobs that nothing references yet: while it has not been
+// released and has not expired, no transaction (Delete, Prune) and no GC
+// deletes a blob added to it, in this process or any other. A pull writes
+// its layers under a lease, tags the manifest, then releases the lease.
+//
+// Leases are stored in the journal: they survive a restart, and a process
+// that knows a lease's ID keeps using it with WithLease. Expired leases are
+// swept by the next write.
+type Lease struct {
+	ID      string    `json:"id"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+
+	s *Store
+}
+
+type leaseCtxKey struct{}
+
+// WithLease returns a context under which PutBlob, PutManifest and Import
+// add every blob they write, or find already present, to the lease id
+// (before the blob becomes visible). A lease that does not exist or has
+// expired makes them fail with ErrNotFound.
+func WithLease(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, leaseCtxKey{}, id)
+}
+
+// LeaseFromContext returns the lease id WithLease put in ctx.
+func LeaseFromContext(ctx context.Context) (string, bool) {
+	id, ok := ctx.Value(leaseCtxKey{}).(string)
+	return id, ok && id != ""
+}
+
+// knownLease is what a handle knows is durable in a lease.
+type knownLease struct {
+	expires time.Time
+	blobs   map[digest.Digest]bool
+}
+
+// Lease creates a lease that expires after ttl (which must be positive), in
+// one journal commit.
+func (s *Store) Lease(ctx context.Context, ttl time.Duration) (*Lease, error) {
+	if ttl <= 0 {
+		return nil, fmt.Errorf("lease: ttl %s: %w", ttl, errdef.ErrInvalidArgument)
+	}
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	now := s.now()
+	l := journal.Lease{ID: hex.EncodeToString(raw[:]), Created: now, Expires: now.Add(ttl)}
+	if err := s.journalWrite(ctx, func(tx *journal.Tx) error { return tx.PutLease(l) }); err != nil {
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	s.leaseMu.Lock()
+	if s.leaseMu.known == nil {
+		s.leaseMu.known = map[string]*knownLease{}
+	}
+	s.leaseMu.known[l.ID] = &knownLease{expires: l.Expires, blobs: map[digest.Digest]bool{}}
+	s.leaseMu.Unlock()
+	s.log.Debug("lease created", attrLease, l.ID, "expires", l.Expires)
+	return s.leaseOf(l), nil
+}
+
+func (s *Store) leaseOf(l journal.Lease) *Lease {
+	return &Lease{ID: l.ID, Created: l.Created, Expires: l.Expires, s: s}
+}
+
+// Leases lists the stored leases that have not expired.
+func (s *Store) Leases(ctx context.Context) ([]*Lease, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	var out []*Lease
+	now := s.now()
+	err := s.journalRead(func(tx *journal.Tx) error {
+		ls, err := tx.Leases()
+		for _, l := range ls {
+			if !l.Expired(now) {
+				out = append(out, s.leaseOf(l))
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("leases: %w", err)
+	}
+	return out, nil
+}
+
+// Context returns ctx carrying the lease (see WithLease).
+func (l *Lease) Context(ctx context.Context) context.Context { return WithLease(ctx, l.ID) }
+
+// Add adds the blobs of descs to the lease, in one commit, whether they are
+// in the layout yet or not: a pull can protect every blob of a manifest
+// before it looks which ones it has.
+func (l *Lease) Add(ctx context.Context, descs ...v1.Descriptor) error {
+	ds := make([]digest.Digest, 0, len(descs))
+	for _, d := range descs {
+		if err := layout.ValidateDigest(d.Digest); err != nil {
+			return fmt.Errorf("lease %s: add: %w", l.ID, err)
+		}
+		ds = append(ds, d.Digest)
+	}
+	if err := l.s.leaseBlobs(ctx, l.ID, ds); err != nil {
+		return fmt.Errorf("lease %s: add: %w", l.ID, err)
+	}
+	return nil
+}
+
+// Renew makes the lease expire ttl from now. An expired lease cannot be
+// renewed (it may have been swept, and what it protected deleted).
+func (l *Lease) Renew(ctx context.Context, ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("lease %s: renew: ttl %s: %w", l.ID, ttl, errdef.ErrInvalidArgument)
+	}
+	var exp time.Time
+	err := l.s.journalWrite(ctx, func(tx *journal.Tx) error {
+		cur, err := liveLease(tx, l.ID, l.s.now())
+		if err != nil {
+			return err
+		}
+		cur.Expires = l.s.now().Add(ttl)
+		exp = cur.Expires
+		return tx.PutLease(cur)
+	})
+	if err != nil {
+		return fmt.Errorf("lease %s: renew: %w", l.ID, err)
+	}
+	l.Expires = exp
+	l.s.leaseMu.Lock()
+	if k := l.s.leaseMu.known[l.ID]; k != nil {
+		k.expires = exp
+	}
+	l.s.leaseMu.Unlock()
+	return nil
+}
+
+// Release ends the lease: its blobs are no longer protected (a blob that
+// nothing references is then GC's). Releasing a lease that is gone is no
+// error.
+func (l *Lease) Release(ctx context.Context) error {
+	l.s.leaseMu.Lock()
+	delete(l.s.leaseMu.known, l.ID)
+	l.s.leaseMu.Unlock()
+	if err := l.s.journalWrite(ctx, func(tx *journal.Tx) error { return tx.DeleteLease(l.ID) }); err != nil {
+		return fmt.Errorf("lease %s: release: %w", l.ID, err)
+	}
+	l.s.log.Debug("lease released", attrLease, l.ID)
+	return nil
+}
+
+// liveLease returns the lease id unless it is missing or expired at now.
+func liveLease(tx *journal.Tx, id string, now time.Time) (journal.Lease, error) {
+	l, ok, err := tx.GetLease(id)
+	switch {
+	case err != nil:
+		return l, err
+	case !ok:
+		return l, fmt.Errorf("lease %s: %w", id, errdef.ErrNotFound)
+	case l.Expired(now):
+		return l, fmt.Errorf("lease %s expired at %s: %w", id, l.Expires.Format(time.RFC3339), errdef.ErrNotFound)
+	}
+	return l, nil
+}
+
+// leaseBlobs makes ds durable in the lease id, skipping the commit when
+// this handle already made all of them durable in it.
+func (s *Store) leaseBlobs(ctx context.Context, id string, ds []digest.Digest) error {
+	if err := journal.ValidLeaseID(id); err != nil {
+		return err
+	}
+	now := s.now()
+	var need []digest.Digest
+	s.leaseMu.Lock()
+	k := s.leaseMu.known[id]
+	for _, d := range ds {
+		if k == nil || !now.Before(k.expires) || !k.blobs[d] {
+			need = append(need, d)
+		}
+	}
+	s.leaseMu.Unlock()
+	if len(need) == 0 {
+		return nil
+	}
+	var l journal.Lease
+	err := s.journalWrite(ctx, func(tx *journal.Tx) error {
+		var err error
+		if l, err = liveLease(tx, id, now); err != nil {
+			return err
+		}
+		return tx.AddLeaseBlobs(id, need...)
+	})
+	if err != nil {
+		return err
+	}
+	s.leaseMu.Lock()
+	if s.leaseMu.known == nil {
+		s.leaseMu.known = map[string]*knownLease{}
+	}
+	k = s.leaseMu.known[id]
+	if k == nil {
+		k = &knownLease{blobs: map[digest.Digest]bool{}}
+		s.leaseMu.known[id] = k
+	}
+	k.expires = l.Expires
+	for _, d := range need {
+		k.blobs[d] = true
+	}
+	s.leaseMu.Unlock()
+	return nil
+}
+
+// sweepLeases deletes the leases expired at now, in tx, and returns them.
+func (s *Store) sweepLeases(tx *journal.Tx, now time.Time) ([]journal.Lease, error) {
+	gone, err := tx.SweepLeases(now)
+	if err != nil {
+		return nil, fmt.Errorf("sweep leases: %w", err)
+	}
+	return gone, nil
+}
+
+// logSwept reports leases swept by a committed transaction.
+func (s *Store) logSwept(gone []journal.Lease) {
+	for _, l := range gone {
+		s.log.Info("expired lease swept", attrLease, l.ID, "expired", l.Expires)
+	}
+	if len(gone) == 0 {
+		return
+	}
+	s.leaseMu.Lock()
+	for _, l := range gone {
+		delete(s.leaseMu.known, l.ID)
+	}
+	s.leaseMu.Unlock()
+}
+
+// journalWrite runs fn in one journal commit under the writer lock, after
+// recovery (so that no pending record is left to finish under a lease it
+// did not know about). Expired leases are swept in the same commit.
+func (s *Store) journalWrite(ctx context.Context, fn func(tx *journal.Tx) error) error {
+	if err := s.writable(); err != nil {
+		return err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.writable(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	db, _, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var gone []journal.Lease
+	err = db.Update(func(tx *journal.Tx) error {
+		var err error
+		if gone, err = s.sweepLeases(tx, s.now()); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
+	if err != nil {
+		return s.check(err)
+	}
+	s.logSwept(gone)
+	return nil
+}
+
+// journalRead runs fn in a read transaction of the journal, opened
+// read-only (a shared lock: it waits for a writer of another process, up to
+// the lock timeout, but never blocks one for longer than fn).
+func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
+	db, err := openJournalReadOnly(s.dir, s.opts.LockTimeout)
+	if errors.Is(err, errdef.ErrNotFound) {
+		return nil // a layout not adopted yet (read-only handle): no state
+	}
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.View(fn)
+}
+
+func openJournalReadOnly(dir string, timeout time.Duration) (*journal.DB, error) {
+	db, err := journal.Open(dir+"/"+JournalPath, journal.Options{ReadOnly: true, LockTimeout: timeout})
+	if err != nil {
+		return nil, lockedMessage(dir, timeout, err)
+	}
+	return db, nil
+}
+
+// dropLeasedOrphans removes from rep the orphans that a live lease protects:
+// they are not garbage (DESIGN.md §5.3: blobs == closure plus leased blobs).
+func dropLeasedOrphans(rep *recovery.Report, db *journal.DB, now time.Time) error {
+	if db == nil {
+		return nil
+	}
+	var leased map[digest.Digest]bool
+	if err := db.View(func(tx *journal.Tx) error {
+		var err error
+		leased, err = tx.Leased(now)
+		return err
+	}); err != nil {
+		return err
+	}
+	if len(leased) == 0 {
+		return nil
+	}
+	kept := rep.Problems[:0]
+	for _, p := range rep.Problems {
+		if p.Kind == recovery.KindOrphan && leased[digest.Digest(p.Digest)] {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	rep.Problems = kept
+	return nil
+}
+
+// now is the store's clock.
+func (s *Store) now() time.Time { return s.opts.now() }
+
+// importLeaseTTL is the life of the lease an operation takes for itself; it
+// is renewed at half-life while the operation runs, and released at its end
+// (or, after a crash, expires).
+const importLeaseTTL = time.Hour
+
+// heldBlobs protects blobs for the length of one operation.
+type heldBlobs struct {
+	s       *Store
+	lease   *Lease // nil: the caller's lease holds them
+	renewed time.Time
+}
+
+// holdBlobs puts ds in the lease of ctx, or in a new lease of its own, in
+// one commit.
+func (s *Store) holdBlobs(ctx context.Context, ds []digest.Digest) (*heldBlobs, error) {
+	if id, ok := LeaseFromContext(ctx); ok {
+		if err := s.leaseBlobs(ctx, id, ds); err != nil {
+			return nil, err
+		}
+		return &heldBlobs{s: s}, nil
+	}
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return nil, err
+	}
+	now := s.now()
+	l := journal.Lease{ID: "op-" + hex.EncodeToString(raw[:]), Created: now, Expires: now.Add(importLeaseTTL)}
+	err := s.journalWrite(ctx, func(tx *journal.Tx) error {
+		if err := tx.PutLease(l); err != nil {
+			return err
+		}
+		return tx.AddLeaseBlobs(l.ID, ds...)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	return &heldBlobs{s: s, lease: s.leaseOf(l), renewed: now}, nil
+}
+
+// keepAlive renews the operation's own lease when half its life is gone.
+func (h *heldBlobs) keepAlive(ctx context.Context) error {
+	if h.lease == nil || h.s.now().Before(h.renewed.Add(importLeaseTTL/2)) {
+		return nil
+	}
+	h.renewed = h.s.now()
+	return h.lease.Renew(ctx, importLeaseTTL)
+}
+
+// release ends the operation's own lease. A failure is logged: the lease
+// then expires by itself.
+func (h *heldBlobs) release() {
+	if h.lease == nil {
+		return
+	}
+	if err := h.lease.Release(context.Background()); err != nil {
+		h.s.log.Warn("cannot release an operation's lease; it will expire", attrLease, h.lease.ID, "expires", h.lease.Expires, "err", err)
+	}
+}
