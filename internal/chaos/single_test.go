@@ -1,0 +1,410 @@
+package chaos
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Kill classes.
+const (
+	classBefore = "before" // no journal record yet: index.json is the before-set
+	classDuring = "during" // the journal holds the record: recovery must finish it
+	classAfter  = "after"  // the record is cleared (or the process exited first)
+)
+
+// trialOp is one operation of a single-writer trial.
+type trialOp struct {
+	kind   string   // rm, import, import-all, prune
+	args   []string // the command line after the global flags
+	batch  int
+	before []entry // sorted
+	after  []entry // sorted; nil: the uninterrupted run says
+}
+
+func runSingle(t *testing.T, h *harness, cfg config, st *stats) {
+	rng := rand.New(rand.NewPCG(cfg.seed, 0x5eed))
+	kinds := []string{"rm", "import"}
+	if h.prune != nil {
+		kinds = append(kinds, "prune")
+	}
+	for i := range cfg.kills {
+		kind := kinds[rng.IntN(len(kinds))]
+		h.trial(t, i+1, rng, kind, st)
+		if h.prune == nil && slices.Contains(kinds, "prune") {
+			kinds = kinds[:2] // prune turned out unusable: see the log
+		}
+	}
+}
+
+// planOp draws the operation of one trial on the copy dir.
+func (h *harness) planOp(t *testing.T, rng *rand.Rand, kind, dir string) *trialOp {
+	op := &trialOp{kind: kind, before: h.tplEntries}
+	switch kind {
+	case "rm":
+		op.batch = 1 + rng.IntN(maxRmBatch)
+		drop := map[string]bool{}
+		op.args = []string{"rm"}
+		for _, i := range rng.Perm(len(h.tplTags))[:op.batch] {
+			op.args = append(op.args, h.tplTags[i])
+			drop[h.tplTags[i]] = true
+		}
+		for _, e := range h.tplEntries {
+			if !drop[e.Name] {
+				op.after = append(op.after, e)
+			}
+		}
+	case "import":
+		op.args = []string{"import", h.src}
+		picked := h.srcEntries
+		if rng.IntN(10) == 0 {
+			op.kind = "import-all"
+		} else {
+			picked = nil
+			for _, i := range rng.Perm(len(h.srcEntries))[:1+rng.IntN(maxImpBatch)] {
+				picked = append(picked, h.srcEntries[i])
+				op.args = append(op.args, h.srcEntries[i].Name)
+			}
+		}
+		op.batch = len(picked)
+		op.after = sortEntries(slices.Concat(h.tplEntries, picked))
+	case "prune":
+		// Give prune something to do: untag a batch first (acknowledged,
+		// part of the before-state). Its result comes from the oracle.
+		op.batch = 1 + rng.IntN(maxRmBatch)
+		untag := []string{"untag"}
+		for _, i := range rng.Perm(len(h.tplTags))[:op.batch] {
+			untag = append(untag, h.tplTags[i])
+		}
+		if r := h.exec(dir, untag...); r.code != 0 {
+			t.Fatalf("prune trial set-up: %s", r)
+		}
+		s, err := readLayout(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		op.before, op.args = s.entries, h.prune
+	default:
+		t.Fatalf("unknown operation %q", kind)
+	}
+	return op
+}
+
+// trialLog collects what a trial saw, for the log line and a violation
+// report.
+type trialLog struct {
+	n        int
+	op       *trialOp
+	draw     string // uniform, txn
+	window   string
+	delay, T time.Duration
+	class    string
+	exited   bool // the process exited before the signal
+	problems []string
+	context  []string
+}
+
+func (l *trialLog) fail(format string, args ...any) {
+	l.problems = append(l.problems, fmt.Sprintf(format, args...))
+}
+func (l *trialLog) note(s string) { l.context = append(l.context, s) }
+
+func (h *harness) trial(t *testing.T, n int, rng *rand.Rand, kind string, st *stats) {
+	t.Helper()
+	dir := h.fresh(t, "trial")
+	defer os.RemoveAll(dir)
+	op := h.planOp(t, rng, kind, dir)
+	l := &trialLog{n: n, op: op}
+
+	// The uninterrupted run on a sibling copy: calibration and oracle.
+	oracle := dir + "-oracle"
+	if err := copyLayout(dir, oracle); err != nil {
+		t.Fatal(err)
+	}
+	oc := h.start(oracle, slices.Concat([]string{"--log-level", "debug", "--log-format", "json"}, op.args)...)
+	ro := oc.wait(-1, nil)
+	if ro.code != 0 || ro.suspicious() {
+		if op.kind == "prune" {
+			t.Logf("prune does not run uninterrupted here (%s); prune trials are skipped from now on", strings.TrimSpace(ro.stderr))
+			h.prune = nil
+			os.RemoveAll(oracle)
+			return
+		}
+		l.fail("uninterrupted run failed:\n%s", ro)
+	}
+	if s, err := readLayout(oracle); err != nil {
+		l.fail("uninterrupted run left index.json unreadable: %v", err)
+	} else if op.after == nil {
+		op.after = s.entries
+	} else if !slices.Equal(s.entries, op.after) {
+		l.fail("the uninterrupted run's entries differ from the computed after-set: %s", diffEntries(op.after, s.entries))
+	}
+	os.RemoveAll(oracle)
+	if len(l.problems) > 0 {
+		h.report(t, dir, l, st)
+		return
+	}
+	// Odd trials: uniformly in [0, 1.2*T]. The journaled part of a
+	// transaction (record committed .. record cleared) is only a few ms at
+	// the end of a run that mostly opens the store and plans, so even
+	// trials draw uniformly over the end of the transaction as the oracle's
+	// debug log places it: "transaction committed" at `to`, after `took`.
+	// Measured with the :pause crash points, the record is committed in the
+	// last 15-30% of `took` and cleared just before `to`: the window is
+	// [to - 0.4*took, to + 0.1*took], which puts kills on every side of both.
+	l.T, l.draw = ro.dur, "uniform"
+	lo, hi := time.Duration(0), l.T*12/10
+	if from, to, ok := txnWindow(ro.stderr, oc.begin); ok && n%2 == 0 {
+		took := to - from
+		l.draw, lo, hi = "txn", max(0, to-took*4/10), to+took/10
+		l.window = fmt.Sprintf(" txn %s-%s", from.Round(10*time.Microsecond), to.Round(10*time.Microsecond))
+	}
+	l.delay = lo + time.Duration(rng.Int64N(int64(hi-lo)+1))
+
+	// The killed run.
+	rk := h.start(dir, op.args...).wait(l.delay, nil)
+	l.exited = !rk.killed
+	l.note(rk.String())
+	switch {
+	case rk.suspicious():
+		l.fail("the killed run reported a race, panic or fatal error")
+	case !rk.killed && rk.code != 0:
+		l.fail("the run exited %d before the kill (the same run succeeded uninterrupted)", rk.code)
+	}
+
+	// Classify from the layout as the kill left it.
+	pend, rj, err := h.pending(dir)
+	if err != nil {
+		l.fail("reading the journal after the kill: %v\n%s", err, rj)
+	}
+	pre, err := readLayout(dir)
+	switch {
+	case err != nil:
+		l.fail("index.json after the kill, before recovery: %v", err)
+	case pend > 0:
+		l.class = classDuring
+		switch {
+		case slices.Equal(pre.entries, op.before):
+			st.duringOld++
+		case slices.Equal(pre.entries, op.after):
+			st.duringNew++
+		default:
+			l.fail("with a pending record, index.json is neither the before- nor the after-set: %s", diffEntries(op.before, pre.entries))
+		}
+	case slices.Equal(pre.entries, op.before):
+		l.class = classBefore
+	case slices.Equal(pre.entries, op.after):
+		l.class = classAfter
+	default:
+		l.fail("no pending record, and index.json is a mix of the before- and after-sets: %s", diffEntries(op.before, pre.entries))
+	}
+	if !rk.killed && rk.code == 0 && l.class != classAfter {
+		l.fail("the run exited 0 before the kill but left the layout %q (want after)", l.class)
+	}
+	if l.class == "" {
+		l.class = "unknown"
+	}
+
+	// Recover, then check.
+	acts, rr, err := h.recover(dir)
+	l.note(fmt.Sprintf("recover actions: %v", acts))
+	if err != nil {
+		l.fail("recover: %v\n%s", err, rr)
+	} else if rr.suspicious() {
+		l.fail("recover reported a race, panic or fatal error:\n%s", rr)
+	}
+	orphansOK := op.kind != "rm" && op.kind != "prune" && l.class == classBefore
+	rep, rf, err := h.fsck(dir)
+	if err != nil {
+		l.fail("%v\n%s", err, rf)
+	} else {
+		for _, p := range rep.Problems {
+			if p.Kind == "orphan" && orphansOK {
+				continue
+			}
+			l.fail("fsck after recovery: %s %s %s: %s", p.Kind, p.Digest, p.Path, p.Detail)
+		}
+	}
+	post, orphans, probs := h.audit(dir)
+	for _, p := range probs {
+		l.fail("audit after recovery: %s", p)
+	}
+	if post != nil {
+		want := op.after
+		if l.class == classBefore {
+			want = op.before
+		}
+		switch {
+		case slices.Equal(post.entries, want):
+		case slices.Equal(post.entries, op.before), slices.Equal(post.entries, op.after):
+			l.fail("killed %s, recovery left the other state: %s", l.class, diffEntries(want, post.entries))
+		default:
+			l.fail("after recovery index.json is a mix of before and after: %s", diffEntries(want, post.entries))
+		}
+	}
+	if len(orphans) > 0 {
+		if orphansOK {
+			st.orphanTrials++
+		} else {
+			l.fail("orphan blobs after recovery: %v", short(orphans))
+		}
+		for _, d := range orphans {
+			if !h.srcBlobs[d] {
+				l.fail("orphan %s is not a blob of the import source", d)
+			}
+		}
+		if rep != nil && len(rep.Problems) == 0 {
+			l.fail("the audit found %d orphans, fsck none", len(orphans))
+		}
+	}
+
+	// A second recovery does nothing.
+	before2, err := files(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acts2, rr2, err := h.recover(dir)
+	if err != nil {
+		l.fail("second recover: %v\n%s", err, rr2)
+	} else if len(acts2) > 0 {
+		l.fail("second recover did something: %v", acts2)
+	}
+	after2, err := files(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := diffFiles(before2, after2); d != "" {
+		l.fail("second recover changed files: %s", d)
+	}
+	if s, err := readLayout(dir); err == nil && post != nil && s.digest != post.digest {
+		l.fail("second recover changed index.json")
+	}
+
+	st.kills++
+	switch l.class {
+	case classBefore:
+		st.before++
+	case classDuring:
+		st.during++
+	case classAfter:
+		st.after++
+		if !rk.killed {
+			st.exited++
+		}
+	}
+	st.byKind[op.kind+" "+l.class]++
+	st.byDraw[l.draw+" "+l.class]++
+	h.report(t, dir, l, st)
+}
+
+// txnWindow finds the transaction in the JSON debug log of a run started at
+// begin: it ends at the "transaction committed" line and lasted its "took".
+func txnWindow(log string, begin time.Time) (from, to time.Duration, ok bool) {
+	for _, line := range strings.Split(log, "\n") {
+		var m struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+			Took int64     `json:"took"`
+		}
+		if json.Unmarshal([]byte(line), &m) != nil || m.Msg != "transaction committed" || m.Took <= 0 {
+			continue
+		}
+		to = m.Time.Sub(begin)
+		return to - time.Duration(m.Took), to, to > 0
+	}
+	return 0, 0, false
+}
+
+// report logs one line per trial, and the whole story of a violation.
+func (h *harness) report(t *testing.T, dir string, l *trialLog, st *stats) {
+	t.Helper()
+	how := "killed"
+	if l.exited {
+		how = "exited first"
+	}
+	t.Logf("trial %3d: %-10s batch %3d  %-7s kill at %8s of %8s%s  %-6s %s", l.n, l.op.kind, l.op.batch, l.draw,
+		l.delay.Round(10*time.Microsecond), l.T.Round(10*time.Microsecond), l.window, l.class, how)
+	if len(l.problems) == 0 {
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "trial %d: ocistore %s (batch %d), SIGKILL after %s (%s draw) of an uninterrupted %s%s, kill landed %s\n",
+		l.n, strings.Join(abbrev(l.op.args), " "), l.op.batch, l.delay, l.draw, l.T, l.window, l.class)
+	for _, p := range l.problems {
+		fmt.Fprintf(&b, "  - %s\n", p)
+	}
+	for _, c := range l.context {
+		fmt.Fprintf(&b, "  %s\n", strings.ReplaceAll(strings.TrimSpace(c), "\n", "\n  "))
+	}
+	if rep, r, err := h.fsck(dir); err == nil {
+		fmt.Fprintf(&b, "  fsck now: %d problems\n  %s\n", len(rep.Problems), strings.ReplaceAll(tail(r.stdout, 3000), "\n", "\n  "))
+	}
+	fmt.Fprintf(&b, "  layout kept at %s", h.keep(dir))
+	st.violation(b.String())
+}
+
+// diffEntries says what b has that a has not and the reverse.
+func diffEntries(a, b []entry) string {
+	in := func(es []entry) map[entry]bool {
+		m := map[entry]bool{}
+		for _, e := range es {
+			m[e] = true
+		}
+		return m
+	}
+	ma, mb := in(a), in(b)
+	var plus, minus []string
+	for _, e := range b {
+		if !ma[e] {
+			plus = append(plus, e.String())
+		}
+	}
+	for _, e := range a {
+		if !mb[e] {
+			minus = append(minus, e.String())
+		}
+	}
+	return fmt.Sprintf("%d entries vs %d; missing %d %v; extra %d %v", len(a), len(b), len(minus), head(minus), len(plus), head(plus))
+}
+
+func head(s []string) []string {
+	if len(s) > 6 {
+		return append(slices.Clone(s[:6]), "...")
+	}
+	return s
+}
+
+func short(ds []digest.Digest) []string {
+	var out []string
+	for _, d := range ds {
+		out = append(out, d.String())
+	}
+	return head(out)
+}
+
+// abbrev shortens the source path of an import for messages.
+func abbrev(args []string) []string {
+	out := slices.Clone(args)
+	for i, a := range out {
+		if filepath.IsAbs(a) {
+			out[i] = filepath.Base(a)
+		}
+	}
+	if len(out) > 8 {
+		out = append(out[:8], fmt.Sprintf("... (%d more)", len(out)-8))
+	}
+	return out
+}
+
+func sorted(s []string) []string {
+	slices.Sort(s)
+	return s
+}
