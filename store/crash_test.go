@@ -67,6 +67,8 @@ func TestCrashChild(t *testing.T) {
 		err = s.Tag(ctx, m, args[0])
 	case "recover":
 		_, err = s.Recover(ctx)
+	case "gc":
+		_, err = s.GC(ctx, store.GCOptions{})
 	default:
 		err = fmt.Errorf("unknown child op %q", op)
 	}

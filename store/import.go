@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 
+	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/errdef"
@@ -33,7 +34,9 @@ type ImportOptions struct {
 // (verified and synced) first; then all the entries are added in one
 // transaction, keeping their names. Untagged entries of src stay untagged.
 // A crash leaves either all of them or none in index.json (blobs already
-// copied stay, unreferenced, until GC).
+// copied stay, unreferenced, until GC). Until the transaction commits, the
+// blobs are held by the lease of ctx (WithLease) or by a lease of the
+// import's own, so that a concurrent GC does not take them.
 func (s *Store) Import(ctx context.Context, src string, refs ...string) (*ImportResult, error) {
 	return s.ImportWith(ctx, src, refs, nil)
 }
@@ -118,11 +121,26 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string, opt
 			return nil, err
 		}
 	}
+	// Every blob of the picked graphs is leased until the transaction has
+	// committed: a concurrent GC must not remove what was copied, or found
+	// here unreferenced, before index.json references it.
+	ds := make([]digest.Digest, 0, len(seen))
+	for k := range seen {
+		ds = append(ds, digest.Digest(k))
+	}
+	hold, err := s.holdBlobs(ctx, ds)
+	if err != nil {
+		return nil, err
+	}
+	defer hold.release()
 	res := &ImportResult{}
 	if opts.Progress != nil {
 		opts.Progress(0, len(todo))
 	}
 	for i, d := range todo {
+		if err := hold.keepAlive(ctx); err != nil {
+			return nil, err
+		}
 		copied, err := s.copyBlob(ctx, sfs, d)
 		if err != nil {
 			return nil, err

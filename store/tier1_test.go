@@ -237,6 +237,18 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1O
 		{name: "release", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
 			return nil, lease.Release(ctx)
 		}},
+		// GC of the blobs the lease held and the delete left: one record,
+		// unlinks, clear.
+		{name: "gc", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			res, err := s.GC(ctx, store.GCOptions{Grace: time.Hour})
+			if err != nil {
+				return nil, err
+			}
+			if len(res.Freed) != 2 {
+				return nil, fmt.Errorf("gc removed %v, want the 2 blobs the lease held", res.Freed)
+			}
+			return &res.Result, nil
+		}},
 		{name: "reopen", reopen: true},
 	}
 }

@@ -43,14 +43,18 @@ type command struct {
 	minArgs int
 	maxArgs int  // -1: no upper limit
 	format  bool // takes --format text|json (and --json)
-	run     func(ctx context.Context, a *app, args []string) error
+	// flags, when set, defines the command's own flags on fs, storing
+	// their values in a.opts; flagHelp documents them for -h.
+	flags    func(fs *flag.FlagSet, a *app)
+	flagHelp string
+	run      func(ctx context.Context, a *app, args []string) error
 }
 
 // commands lists every subcommand in the order "ocistore help" shows them.
 // "help" itself is handled by run.
 var commands = []*command{
 	initCmd, lsCmd, inspectCmd, tagCmd, untagCmd, rmCmd, importCmd,
-	fsckCmd, recoverCmd, journalCmd, versionCmd,
+	gcCmd, duCmd, fsckCmd, recoverCmd, journalCmd, versionCmd,
 }
 
 func lookup(name string) *command {
@@ -71,6 +75,7 @@ type app struct {
 	lockTimeout time.Duration
 
 	format outputFormat // the command's --format
+	opts   cmdOpts      // the command's other flags
 
 	stdout, stderr io.Writer
 	getenv         func(string) string
@@ -179,6 +184,9 @@ func (a *app) commandFlags(c *command) *flag.FlagSet {
 			a.format = formatJSON
 			return nil
 		})
+	}
+	if c.flags != nil {
+		c.flags(fs, a)
 	}
 	return fs
 }

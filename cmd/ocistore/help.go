@@ -49,6 +49,9 @@ Commands:
 // commandUsage prints the help of one command.
 func (a *app) commandUsage(w io.Writer, c *command) {
 	line := "ocistore [global flags] " + c.name
+	if c.flags != nil {
+		line += " [flags]"
+	}
 	if c.format {
 		line += " [--format text|json]"
 	}
@@ -59,10 +62,14 @@ func (a *app) commandUsage(w io.Writer, c *command) {
 	if h := strings.TrimSpace(c.help); h != "" {
 		fmt.Fprintf(w, "\n%s\n", h)
 	}
+	if c.format || c.flagHelp != "" {
+		fmt.Fprint(w, "\nFlags:\n")
+		if c.flagHelp != "" {
+			fmt.Fprint(w, strings.TrimRight(c.flagHelp, "\n")+"\n")
+		}
+	}
 	if c.format {
-		fmt.Fprint(w, `
-Flags:
-      --format FORMAT   text (default) or json
+		fmt.Fprint(w, `      --format FORMAT   text (default) or json
       --json            same as --format json
 `)
 	}

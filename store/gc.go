@@ -1,0 +1,199 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/recovery"
+)
+
+// GCOptions tune GC.
+type GCOptions struct {
+	// Grace keeps blobs whose file was modified less than Grace ago: a blob
+	// another process just wrote, and is about to tag without a lease, is
+	// not garbage yet. Zero keeps none back.
+	Grace time.Duration
+	// DryRun reports what would be removed and changes nothing.
+	DryRun bool
+}
+
+// GCResult describes a GC. Freed lists the blobs removed (or, for a dry
+// run, that would be).
+type GCResult struct {
+	Result
+	DryRun  bool `json:"dryRun"`
+	Scanned int  `json:"scanned"` // blob files looked at
+	Young   int  `json:"young"`   // unreferenced, kept: newer than the grace period
+	Leased  int  `json:"leased"`  // unreferenced, kept: held by a live lease
+}
+
+// gcCandidate is an unreferenced-looking blob file found by the listing.
+type gcCandidate struct {
+	d     digest.Digest
+	size  int64
+	young bool // modified within the grace period
+}
+
+// GC removes the blob files that nothing reachable from index.json uses
+// (left by another tool, by an ingest whose manifest was never tagged, by a
+// crash, or kept by a lease that has ended), unless a live lease holds them
+// or they are younger than the grace period. It lists blobs/<alg>/ and
+// reads no blob content: the journal's reference counts say what is used.
+//
+// It is one journal transaction like every other deletion: a record
+// listing the blobs (index.json unchanged), then the unlinks and one sync
+// per blob directory, then the record is cleared. Recovery finishes an
+// interrupted GC, checking again that each blob is unreferenced.
+func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
+	res, err := s.gc(ctx, o)
+	if err != nil {
+		return nil, fmt.Errorf("gc: %w", err)
+	}
+	return res, nil
+}
+
+// errRollback makes a journal Update commit nothing.
+var errRollback = errors.New("rollback")
+
+func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
+	if o.Grace < 0 {
+		o.Grace = 0
+	}
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	db, cur, err := s.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+
+	now := s.now()
+	res := &GCResult{DryRun: o.DryRun}
+	cands, err := s.listBlobs(ctx, now.Add(-o.Grace), res)
+	if err != nil {
+		return nil, err
+	}
+
+	var rec journal.Record
+	var swept []journal.Lease
+	var unlink []gcCandidate
+	err = db.Update(func(tx *journal.Tx) error {
+		var err error
+		if swept, err = s.sweepLeases(tx, now); err != nil {
+			return err
+		}
+		leased, err := tx.Leased(now)
+		if err != nil {
+			return err
+		}
+		for _, c := range cands {
+			r, err := tx.GetRef(c.d)
+			if err != nil {
+				return err
+			}
+			switch {
+			case r.Count > 0:
+			case leased[c.d]:
+				res.Leased++
+			case c.young:
+				res.Young++
+			default:
+				unlink = append(unlink, c)
+			}
+		}
+		if o.DryRun {
+			return errRollback
+		}
+		if len(unlink) == 0 {
+			return nil // commits the sweep, if any
+		}
+		rec = journal.Record{Op: "gc", Time: now.UTC(), OldIndex: cur.Digest, NewIndex: cur.Digest}
+		for _, c := range unlink {
+			rec.Unlink = append(rec.Unlink, c.d)
+		}
+		return tx.AddPending(&rec, cur.Bytes)
+	})
+	if err != nil && !errors.Is(err, errRollback) {
+		return nil, s.check(err)
+	}
+	if !o.DryRun {
+		s.logSwept(swept)
+	}
+	for _, c := range unlink {
+		res.Freed = append(res.Freed, Blob{Digest: c.d.String(), Size: c.size})
+		res.BytesFreed += c.size
+	}
+	if o.DryRun || len(unlink) == 0 {
+		return res, nil
+	}
+	crash.Point(crash.TxnJournaled)
+	// index.json is not rewritten: the record's new index is the one on
+	// disk, so Finish (steps 4 and 5) is all there is to do.
+	if err := recovery.Finish(s.env(), db, &rec, cur.Stamp, crash.BlobUnlinked); err != nil {
+		return nil, s.check(err)
+	}
+	res.Txn = rec.ID
+	s.log.Info("gc", attrTxn, rec.ID, "removed", len(unlink), "bytes", res.BytesFreed, "leased", res.Leased, "young", res.Young, "took", time.Since(start))
+	return res, nil
+}
+
+// listBlobs lists the blob files of the layout, marking those modified
+// after cutoff young, and counts them in res. Files not named by a digest,
+// and anything that is not a regular file, are left alone.
+func (s *Store) listBlobs(ctx context.Context, cutoff time.Time, res *GCResult) ([]gcCandidate, error) {
+	algs, err := s.fsys.ReadDir(layout.BlobsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", layout.BlobsDir, err)
+	}
+	var out []gcCandidate
+	for _, a := range algs {
+		if !a.IsDir() {
+			continue
+		}
+		dir := layout.BlobsDir + "/" + a.Name()
+		files, err := s.fsys.ReadDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("list %s: %w", dir, err)
+		}
+		for _, f := range files {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			d, ok := layout.ParseBlobPath(a.Name(), f.Name())
+			if !ok || !f.Type().IsRegular() {
+				continue
+			}
+			fi, err := f.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed meanwhile (by another tool)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("stat %s/%s: %w", dir, f.Name(), err)
+			}
+			res.Scanned++
+			out = append(out, gcCandidate{d: d, size: fi.Size(), young: fi.ModTime().After(cutoff)})
+		}
+	}
+	return out, nil
+}
