@@ -1,0 +1,289 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/journal"
+)
+
+// UntaggedRepository is the repository of index.json entries without a
+// name (Repository's result for "").
+const UntaggedRepository = "<none>"
+
+// Repository returns the repository an index.json entry's name belongs to:
+// the part before the tag ("example.com/app" for "example.com/app:1.0"),
+// "" for a name without a tag part ("latest", "localhost:5000/app": a ':'
+// before the last '/' is a port), and UntaggedRepository for an untagged
+// entry. Names without a tag part form one group, the layout's own. A
+// digest reference ("app@sha256:...") belongs to the repository before '@'.
+func Repository(name string) string {
+	if name == "" {
+		return UntaggedRepository
+	}
+	repo, _, byDigest := strings.Cut(name, "@")
+	if byDigest && repo != "" {
+		name = repo // a digest reference, "app@sha256:...", maybe "app:1@sha256:..."
+	}
+	i := strings.LastIndexByte(name, ':')
+	switch {
+	case i >= 0 && i > strings.LastIndexByte(name, '/'):
+		return name[:i]
+	case byDigest && repo != "":
+		return repo
+	}
+	return ""
+}
+
+// UsageOptions tune Usage.
+type UsageOptions struct {
+	// Grace is GC's grace period, for ReclaimableBytes.
+	Grace time.Duration
+}
+
+// Usage is the space a layout takes, by blob file.
+type Usage struct {
+	Images int `json:"images"` // distinct manifests of index.json
+	Blobs  int `json:"blobs"`  // blob files on disk
+	// TotalBytes is the size of every blob file: ReferencedBytes + OrphanBytes.
+	TotalBytes      int64 `json:"totalBytes"`
+	ReferencedBytes int64 `json:"referencedBytes"` // blobs reachable from index.json
+	// UniqueBytes are reachable blobs used by exactly one image (manifest),
+	// SharedBytes those used by several: they sum to ReferencedBytes.
+	UniqueBytes int64 `json:"uniqueBytes"`
+	SharedBytes int64 `json:"sharedBytes"`
+	// OrphanBytes are blobs nothing reachable uses; of them, LeasedBytes a
+	// live lease holds, YoungBytes are within the grace period, and the
+	// rest, ReclaimableBytes, is what GC with that grace removes.
+	OrphanBytes      int64             `json:"orphanBytes"`
+	LeasedBytes      int64             `json:"leasedBytes"`
+	YoungBytes       int64             `json:"youngBytes"`
+	ReclaimableBytes int64             `json:"reclaimableBytes"`
+	Repositories     []RepositoryUsage `json:"repositories"`
+	// Unreadable lists manifests that could not be read (fsck tells why):
+	// their children are not counted.
+	Unreadable []string `json:"unreadable,omitempty"`
+}
+
+// RepositoryUsage is the space of one repository's images.
+type RepositoryUsage struct {
+	Name   string `json:"name"`   // see Repository
+	Tags   int    `json:"tags"`   // index.json entries
+	Images int    `json:"images"` // distinct manifests
+	// TotalBytes counts each blob of its images once; UniqueBytes only the
+	// blobs no other repository uses (what removing the repository frees);
+	// SharedBytes the rest.
+	TotalBytes  int64 `json:"totalBytes"`
+	UniqueBytes int64 `json:"uniqueBytes"`
+	SharedBytes int64 `json:"sharedBytes"`
+}
+
+// Usage measures the layout: every manifest reachable from index.json is
+// read (as ls does), the blob directories are listed, no other blob is read.
+// It takes no lock: it describes the last committed index.json.
+func (s *Store) Usage(ctx context.Context, o UsageOptions) (*Usage, error) {
+	u, err := s.usage(ctx, o)
+	if err != nil {
+		return nil, fmt.Errorf("usage: %w", err)
+	}
+	return u, nil
+}
+
+// blobUse is what the walk knows of one reachable blob.
+type blobUse struct {
+	image, repo      int // first image and repository that use it
+	images, repos    bool
+	imageSeen, repoS int // last image / repository that counted it (1-based)
+}
+
+func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	sn, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	var gr GCResult
+	files, err := s.listBlobs(ctx, now.Add(-o.Grace), &gr)
+	if err != nil {
+		return nil, err
+	}
+	onDisk := make(map[digest.Digest]gcCandidate, len(files))
+	u := &Usage{Blobs: len(files), Repositories: []RepositoryUsage{}}
+	for _, f := range files {
+		onDisk[f.d] = f
+		u.TotalBytes += f.size
+	}
+
+	// Repositories and their distinct images, in index order.
+	repoIdx := map[string]int{}
+	type image struct {
+		desc v1.Descriptor
+		repo int
+	}
+	var images []image
+	seenImage := map[string]bool{} // repo index + digest
+	seenDigest := map[digest.Digest]bool{}
+	for _, e := range sn.ix.Entries {
+		name := Repository(e.Name())
+		ri, ok := repoIdx[name]
+		if !ok {
+			ri = len(u.Repositories)
+			repoIdx[name] = ri
+			u.Repositories = append(u.Repositories, RepositoryUsage{Name: name})
+		}
+		u.Repositories[ri].Tags++
+		k := fmt.Sprintf("%d %s", ri, e.Desc.Digest)
+		if seenImage[k] {
+			continue
+		}
+		seenImage[k] = true
+		u.Repositories[ri].Images++
+		images = append(images, image{desc: e.Desc, repo: ri})
+		if !seenDigest[e.Desc.Digest] {
+			seenDigest[e.Desc.Digest] = true
+			u.Images++
+		}
+	}
+
+	// Walk each image's graph once; a blob remembers the first image and
+	// repository that used it and whether another did.
+	uses := map[digest.Digest]*blobUse{}
+	kids := map[digest.Digest][]v1.Descriptor{}
+	load := layout.LoadChildren(s.fsys)
+	imageNo := map[digest.Digest]int{} // an image tagged in two repositories is one image
+	for i, im := range images {
+		no, ok := imageNo[im.desc.Digest]
+		if !ok {
+			no = i + 1
+			imageNo[im.desc.Digest] = no
+		}
+		rno := im.repo + 1
+		var walk func(d v1.Descriptor, depth int) error
+		walk = func(d v1.Descriptor, depth int) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			b := uses[d.Digest]
+			if b == nil {
+				b = &blobUse{image: no, repo: rno}
+				uses[d.Digest] = b
+			}
+			if b.imageSeen == no && b.repoS == rno {
+				return nil // this image already went through here
+			}
+			if b.image != no {
+				b.images = true
+			}
+			if b.repo != rno {
+				b.repos = true
+			}
+			b.imageSeen, b.repoS = no, rno
+			if depth > layout.MaxDepth || !layout.Parsed(d, depth == 0) {
+				return nil
+			}
+			ks, ok := kids[d.Digest]
+			if !ok {
+				c, err := load(d)
+				if err != nil && !layout.Sniffed(d, err) {
+					u.Unreadable = append(u.Unreadable, d.Digest.String())
+					s.log.Warn("usage: cannot read a manifest; its children are not counted", attrDigest, d.Digest, "err", err)
+				}
+				ks = c.Refs
+				kids[d.Digest] = ks
+			}
+			for _, k := range ks {
+				if err := walk(k, depth+1); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if err := walk(im.desc, 0); err != nil {
+			return nil, err
+		}
+	}
+
+	// Per repository totals need each blob once per repository: a second
+	// pass over the graphs, from the cached children.
+	perRepo := make([]map[digest.Digest]bool, len(u.Repositories))
+	for i := range perRepo {
+		perRepo[i] = map[digest.Digest]bool{}
+	}
+	for _, im := range images {
+		seen := perRepo[im.repo]
+		var walk func(d v1.Descriptor, depth int)
+		walk = func(d v1.Descriptor, depth int) {
+			if seen[d.Digest] || depth > layout.MaxDepth {
+				return
+			}
+			seen[d.Digest] = true
+			for _, k := range kids[d.Digest] {
+				walk(k, depth+1)
+			}
+		}
+		walk(im.desc, 0)
+	}
+	for ri, blobs := range perRepo {
+		r := &u.Repositories[ri]
+		for d := range blobs {
+			f, ok := onDisk[d]
+			if !ok {
+				continue // a foreign layer, or missing (fsck says so)
+			}
+			r.TotalBytes += f.size
+			if uses[d].repos {
+				r.SharedBytes += f.size
+			} else {
+				r.UniqueBytes += f.size
+			}
+		}
+	}
+	for d, b := range uses {
+		f, ok := onDisk[d]
+		if !ok {
+			continue
+		}
+		u.ReferencedBytes += f.size
+		if b.images {
+			u.SharedBytes += f.size
+		} else {
+			u.UniqueBytes += f.size
+		}
+	}
+
+	// Orphans, and what of them GC would take.
+	var leased map[digest.Digest]bool
+	if err := s.journalRead(func(tx *journal.Tx) error {
+		var err error
+		leased, err = tx.Leased(now)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("leases: %w", err)
+	}
+	for _, f := range files {
+		if _, ok := uses[f.d]; ok {
+			continue
+		}
+		u.OrphanBytes += f.size
+		switch {
+		case leased[f.d]:
+			u.LeasedBytes += f.size
+		case f.young:
+			u.YoungBytes += f.size
+		default:
+			u.ReclaimableBytes += f.size
+		}
+	}
+	sort.SliceStable(u.Repositories, func(i, j int) bool { return u.Repositories[i].Name < u.Repositories[j].Name })
+	return u, nil
+}
