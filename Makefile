@@ -7,7 +7,7 @@ PKGS      := ./...
 # Tools the interop tests drive; installed from Debian when missing.
 TOOLS     := skopeo umoci
 
-.PHONY: all build test test-short demo bench lint tools fuzz clean
+.PHONY: all build test test-short demo bench lint tools fuzz crash clean
 
 all: build
 
@@ -56,6 +56,16 @@ demo: build
 	@echo
 	@echo "== ocistore fsck"
 	$(BIN) -l $(DEMO) fsck
+
+# crash runs every crash-consistency tier at full size (OCISTORE_CRASH_FULL=1)
+# and prints one summary line per tier, then the totals. Tier 2 needs root.
+crash: tools
+	@OCISTORE_CRASH_FULL=1 $(GO) test -count=1 -timeout 60m -v \
+		-run '^(TestTier1CrashStates|TestTier1FindsMissingFsync|TestRapidStateMachine|TestRapidFindsMissingFsync|TestCrashPoints|TestCrashDuringRecovery|TestRecoveryTable|TestChaos|TestPowerCut)$$' \
+		./store/ ./internal/chaos/ ./internal/powercut/ > crash.out 2>&1 || { grep -E '^(tier|---|FAIL)|violation' crash.out; exit 1; }
+	@grep -E '^tier[0-9]:' crash.out
+	@grep -E '^tier[0-9]:' crash.out | awk '{ for (i = 2; i <= NF; i++) { split($$i, kv, "="); if (kv[1] == "violations") v += kv[2] } } END { printf "total: tiers=%d violations=%d\n", NR, v; exit v > 0 }'
+	@grep -cE '^    --- PASS: TestCrash' crash.out | xargs printf 'crash points killed in child processes: %s\n'
 
 FUZZTIME ?= 60s
 # fuzz runs each fuzz target for $(FUZZTIME); crashers are written under
