@@ -142,7 +142,9 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 		case onDisk == rec.NewIndex:
 			log.Info("recovery: rolling forward", "op", rec.Op)
 			st.Actions = append(st.Actions, Action{Kind: "roll-forward", Txn: rec.ID, Detail: rec.Op})
-		case newBytes != nil && (onDisk == "" || onDisk == rec.OldIndex):
+		case newBytes != nil && layout.Sum(newBytes) == rec.NewIndex && (onDisk == "" || onDisk == rec.OldIndex):
+			// Replay only bytes that are the record's new index: a damaged
+			// journal must never replace a valid index.json.
 			log.Info("recovery: replaying", "op", rec.Op, "index", describe(raw, ixErr))
 			st.Actions = append(st.Actions, Action{Kind: "replay", Txn: rec.ID, Detail: rec.Op})
 			if err := WriteIndex(env.FS, newBytes); err != nil {

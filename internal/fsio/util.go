@@ -107,7 +107,10 @@ func RemoveFiles(fsys FS, purpose string, names []string, after func(string)) er
 		}
 	}
 	for _, d := range order {
-		if err := SyncDirFor(fsys, purpose, d); err != nil {
+		// Synced even when every unlink there found nothing: an unlink by a
+		// process that crashed may be in the cache and not yet durable.
+		// A directory that does not exist holds nothing to make durable.
+		if err := SyncDirFor(fsys, purpose, d); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
