@@ -219,7 +219,7 @@ func runConcurrent(t *testing.T, h *harness, cfg config, st *stats) {
 			select {
 			case <-stop:
 				return
-			case <-time.After(time.Duration(rng.Int64N(int64(2*T) + 1))):
+			case <-time.After(time.Duration(rng.Int64N(int64(4*T) + 1))):
 			}
 			ws[rng.IntN(len(ws))].kill()
 		}
@@ -254,7 +254,7 @@ func runConcurrent(t *testing.T, h *harness, cfg config, st *stats) {
 	for k, n := range kinds {
 		ks = append(ks, fmt.Sprintf("%s=%d", k, n))
 	}
-	t.Logf("concurrent: 2 writers x %d ops in %s, killer every U[0, %s]: %s", cfg.concOps, elapsed.Round(time.Millisecond), (2 * T).Round(time.Millisecond), strings.Join(sorted(ks), " "))
+	t.Logf("concurrent: 2 writers x %d ops in %s, killer every U[0, %s]: %s", cfg.concOps, elapsed.Round(time.Millisecond), (4 * T).Round(time.Millisecond), strings.Join(sorted(ks), " "))
 
 	var probs []string
 	probs = append(probs, bad...)

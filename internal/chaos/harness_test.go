@@ -253,9 +253,9 @@ func (h *harness) fresh(t *testing.T, what string) string {
 	return dir
 }
 
-// copyLayout copies the layout src to dst (which must not exist): blob files
-// are hard links, everything else (index.json, oci-layout, the journal and
-// its directory) real copies.
+// copyLayout copies the layout src to dst (which must not exist): blobs/
+// with hard links (cp -al), everything else (index.json, oci-layout, the
+// journal and its directory) as real copies.
 //
 // Linking blobs is safe because ocistore never writes a blob file in place:
 // a blob is published by renaming a new temp file over its name (the old
@@ -265,13 +265,22 @@ func (h *harness) fresh(t *testing.T, what string) string {
 // would also share the writer lock between trials). checkTemplate verifies
 // the assumption at the end of the run.
 func copyLayout(src, dst string) error {
+	if err := os.Mkdir(dst, 0o755); err != nil {
+		return err
+	}
+	if out, err := exec.Command("cp", "-al", filepath.Join(src, "blobs"), filepath.Join(dst, "blobs")).CombinedOutput(); err != nil {
+		return fmt.Errorf("cp -al: %v: %s", err, out)
+	}
 	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		rel, err := filepath.Rel(src, p)
-		if err != nil {
+		if err != nil || rel == "." {
 			return err
+		}
+		if rel == "blobs" {
+			return filepath.SkipDir
 		}
 		target := filepath.Join(dst, rel)
 		info, err := d.Info()
@@ -283,8 +292,6 @@ func copyLayout(src, dst string) error {
 			return os.Mkdir(target, info.Mode().Perm())
 		case !d.Type().IsRegular():
 			return fmt.Errorf("copy %s: not a regular file", p)
-		case strings.HasPrefix(filepath.ToSlash(rel), "blobs/"):
-			return os.Link(p, target)
 		}
 		return copyFile(p, target, info.Mode().Perm())
 	})
