@@ -85,7 +85,7 @@ func TestDefectD1ForeignSHA512Layer(t *testing.T) {
 		t.Fatal(err)
 	}
 	foreign := v1.Descriptor{
-		MediaType: v1.MediaTypeImageLayerNonDistributableGzip, //nolint:staticcheck // foreign layers still exist in the wild
+		MediaType: "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", // a foreign layer type: deprecated by the spec, still found in layouts
 		Digest:    digest.SHA512.FromString("a foreign layer"), Size: 15,
 		URLs: []string{"https://example.com/layer"},
 	}
