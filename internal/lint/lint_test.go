@@ -27,7 +27,7 @@ var mutators = map[string]bool{
 // allowed are the packages that may mutate files directly: the I/O package,
 // and the tools and test helpers that write fixture layouts the way other
 // tools do (they are not the engine).
-var allowed = []string{"internal/fsio/", "internal/gen/", "internal/cmd/", "internal/testutil/"}
+var allowed = []string{"internal/fsio/", "internal/gen/", "internal/cmd/", "internal/testutil/", "internal/powercut/"}
 
 func TestFileMutationsOnlyInFsio(t *testing.T) {
 	root := moduleRoot(t)
