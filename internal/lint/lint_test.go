@@ -25,8 +25,9 @@ var mutators = map[string]bool{
 }
 
 // allowed are the packages that may mutate files directly: the I/O package,
-// and the tools and test helpers that write fixture layouts the way other
-// tools do (they are not the engine).
+// the tools and test helpers that write fixture layouts the way other tools
+// do, and the power-cut rig that builds real file systems (none is the
+// engine).
 var allowed = []string{"internal/fsio/", "internal/gen/", "internal/cmd/", "internal/testutil/", "internal/powercut/"}
 
 func TestFileMutationsOnlyInFsio(t *testing.T) {
