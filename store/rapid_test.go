@@ -15,11 +15,17 @@ package store_test
 // the working directory and replays every file it finds there on each run.
 // TestRapidStateMachine changes to the module root first, so that they live
 // in the repository's testdata/rapid/ (commit them: they are regression
-// cases).
+// cases). A fail file that no longer fails because the engine was fixed
+// shows as "no longer valid" (the run goes past the failing step and runs
+// out of recorded draws).
+//
+// Known engine defects are accepted where they apply, and only there,
+// unless OCISTORE_STRICT=1 (see tagRefused; fuzz/defects_test.go lists all).
 //
 //	go test ./store/ -run Rapid                      # 100 checks, about 30 steps each
 //	go test ./store/ -run Rapid -rapid.checks=5000   # more
 //	OCISTORE_CRASH_FULL=1 go test ./store/ -run Rapid # 1,000 checks of about 100 steps
+//	OCISTORE_STRICT=1 go test ./store/ -run Rapid     # known defects fail
 
 import (
 	"bytes"
@@ -234,25 +240,36 @@ func (m *rpMachine) canTag(d digest.Digest) bool {
 // tagRefused checks the error of a Tag (or a PutManifest with names) of d,
 // whose graph is not all present: it must be ErrMissingDependency.
 //
-// Known defect (see testdata/rapid/TestRapidStateMachine/*-tag-missing-child-manifest.fail):
-// when the missing blob is a child manifest or index rather than a leaf,
-// the refcount walk returns the loader's ErrNotFound unwrapped, so Tag says
-// "not found" instead of ErrMissingDependency. Accepted here, only in that
-// case, until the engine wraps it.
+// Known defect D4 (minimal case: TestRapidRegressionTagMissingChildManifest
+// and testdata/rapid/TestRapidStateMachine/*-tag-missing-child-manifest.fail,
+// which replays it with OCISTORE_STRICT=1): when the missing blob is a
+// child manifest or index rather than a leaf, the refcount walk returns the
+// loader's ErrNotFound as is, so Tag fails with "not found" instead of
+// ErrMissingDependency. Accepted in exactly that case unless
+// OCISTORE_STRICT=1.
 func (m *rpMachine) tagRefused(t *rapid.T, op string, d digest.Digest, err error) {
 	rpStats.add(op + "(refused)")
 	if errors.Is(err, store.ErrMissingDependency) {
 		return
 	}
-	if errors.Is(err, store.ErrNotFound) && d != "" {
-		for b := range m.closure(map[digest.Digest]bool{d: true}) {
-			if !m.m.present[b] && b != d && layout.IsManifest(m.blobs[b].desc.MediaType) {
-				return
-			}
-		}
+	if !rpStrict && errors.Is(err, store.ErrNotFound) && m.missingChildManifest(d) {
+		return
 	}
 	m.fail(t, "%s of %s, whose graph is not all present: got %v, want ErrMissingDependency", op, rpShort(d), err)
 }
+
+// missingChildManifest reports whether a manifest or index below d is missing.
+func (m *rpMachine) missingChildManifest(d digest.Digest) bool {
+	for b := range m.closure(map[digest.Digest]bool{d: true}) {
+		if !m.m.present[b] && b != d && layout.IsManifest(m.blobs[b].desc.MediaType) {
+			return true
+		}
+	}
+	return false
+}
+
+// rpStrict makes known engine defects fail the tests (to check a fix).
+var rpStrict = os.Getenv("OCISTORE_STRICT") == "1"
 
 func (m *rpMachine) remember(b *rpBlob) {
 	if _, ok := m.blobs[b.desc.Digest]; ok {
@@ -272,7 +289,7 @@ func (m *rpMachine) remember(b *rpBlob) {
 // (and "present again after it was freed") common.
 func (m *rpMachine) PutBlob(t *rapid.T) {
 	id := rapid.IntRange(0, 15).Draw(t, "blob")
-	big := rapid.IntRange(0, 9).Draw(t, "big") == 0 // more than one 4 KiB block
+	big := rapid.IntRange(0, 9).Draw(t, "big") == 9 // more than one 4 KiB block
 	content := []byte(fmt.Sprintf("layer %d\n", id))
 	if big {
 		content = append(content, bytes.Repeat([]byte("x"), 5000)...)
@@ -296,7 +313,7 @@ func (m *rpMachine) PutManifest(t *rapid.T) {
 	var content []byte
 	var mt string
 	var kids []v1.Descriptor
-	if len(m.manifests) > 0 && rapid.IntRange(0, 3).Draw(t, "index") == 0 {
+	if len(m.manifests) > 0 && rapid.IntRange(0, 3).Draw(t, "index") == 3 {
 		mt = v1.MediaTypeImageIndex
 		n := rapid.IntRange(1, 3).Draw(t, "manifests")
 		for i := 0; i < n; i++ {
@@ -311,7 +328,7 @@ func (m *rpMachine) PutManifest(t *rapid.T) {
 		cfg := m.blobs[m.draw(t, m.raw, "config")].desc
 		cfg.MediaType = v1.MediaTypeImageConfig
 		var layers []v1.Descriptor
-		// Sometimes the layers of an earlier image plus one: shared layers.
+		// Sometimes the layers of an earlier image, plus more: shared layers.
 		if base := m.imageManifests(); len(base) > 0 && rapid.Bool().Draw(t, "extend") {
 			layers = append(layers, m.blobs[rapid.SampledFrom(base).Draw(t, "base")].kids[1:]...)
 		}
@@ -776,6 +793,19 @@ func rpProp(base string) func(*rapid.T) {
 	}
 }
 
+// rpTempDir is a directory for the journals (real files, fsynced by bbolt
+// on every commit), on tmpfs when the machine has /dev/shm: the file system
+// under test is memfs, the journal's durability is bbolt's.
+func rpTempDir(t *testing.T) string {
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		if dir, err := os.MkdirTemp("/dev/shm", "ocistore-rapid-"); err == nil {
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			return dir
+		}
+	}
+	return t.TempDir()
+}
+
 // rpSetFlags sets rapid's command-line flags for the length of a test.
 func rpSetFlags(t *testing.T, kv map[string]string) {
 	t.Helper()
@@ -812,7 +842,7 @@ func TestRapidStateMachine(t *testing.T) {
 	if crashFull && !rpFlagGiven("rapid.steps", "RAPID_STEPS") {
 		rpSetFlags(t, map[string]string{"rapid.steps": "100"})
 	}
-	base := t.TempDir()
+	base := rpTempDir(t)
 	t.Chdir("..") // the module root: fail files in testdata/rapid/
 	rpStats = rpCounter{}
 	rapid.Check(t, rpProp(base))
@@ -863,7 +893,7 @@ func TestRapidFindsMissingFsync(t *testing.T) {
 			restore := fsio.DisableSync(purpose)
 			defer restore()
 			tb := &rpTB{name: t.Name()}
-			rapid.Check(tb, rpProp(t.TempDir()))
+			rapid.Check(tb, rpProp(rpTempDir(t)))
 			if !tb.failed {
 				t.Fatalf("with the %s fsync off, 100 runs of the machine found no violation", purpose)
 			}
@@ -879,4 +909,58 @@ func TestRapidFindsMissingFsync(t *testing.T) {
 func rpFirstLines(s string, n int) string {
 	lines := strings.SplitN(s, "\n", n+1)
 	return strings.Join(lines[:min(n, len(lines))], "\n")
+}
+
+// TestRapidRegressionTagMissingChildManifest is the minimal case rapid found
+// for defect D4: tagging an index whose child manifest was freed must fail
+// with ErrMissingDependency (as for a missing layer) and change nothing.
+// Today it fails with ErrNotFound: accepted, and logged, unless
+// OCISTORE_STRICT=1.
+func TestRapidRegressionTagMissingChildManifest(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := store.Open(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	layer := bytes.Repeat([]byte("x"), 100)
+	ld := v1.Descriptor{MediaType: v1.MediaTypeImageLayer, Digest: digest.FromBytes(layer), Size: int64(len(layer))}
+	if err := s.PutBlob(ctx, ld, bytes.NewReader(layer)); err != nil {
+		t.Fatal(err)
+	}
+	cfg := ld
+	cfg.MediaType = v1.MediaTypeImageConfig
+	mb, _ := json.Marshal(v1.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageManifest, Config: cfg, Layers: []v1.Descriptor{ld}})
+	md, err := s.PutManifest(ctx, v1.MediaTypeImageManifest, mb, "latest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib, _ := json.Marshal(v1.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageIndex, Manifests: []v1.Descriptor{md}})
+	id, err := s.PutManifest(ctx, v1.MediaTypeImageIndex, ib) // untagged: the manifest's blobs are the tag's only
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Delete(ctx, "latest"); err != nil { // frees the manifest and its layer
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(filepath.Join(dir, layout.IndexFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Tag(ctx, id, "latest")
+	switch {
+	case errors.Is(err, store.ErrMissingDependency):
+	case errors.Is(err, store.ErrNotFound) && !rpStrict:
+		t.Logf("known defect D4: tag of an index whose child manifest is missing: %v (want ErrMissingDependency)", err)
+	default:
+		t.Fatalf("tag of an index whose child manifest is missing: got %v, want ErrMissingDependency", err)
+	}
+	after, err := os.ReadFile(filepath.Join(dir, layout.IndexFile))
+	if err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("a refused tag changed index.json (%v)", err)
+	}
+	if imgs, err := s.List(ctx); err != nil || len(imgs) != 0 {
+		t.Fatalf("after a refused tag: %v, %v", imgs, err)
+	}
 }
