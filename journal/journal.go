@@ -14,16 +14,27 @@
 //	  <txn id, u64 BE> -> Record (see Encode: version byte, crc32c, JSON)
 //	refs/                      bucket: persistent reference counts
 //	  <digest>        -> Ref: uvarint count, uvarint size, flag byte
+//	  "live-bytes"    -> uint64 big endian (v2): total size of the blobs in refs/
+//	  "images-index"  -> digest of the index.json whose roots images/ and
+//	                     referrers/ describe (v2)
+//	images/                    bucket (v2): one key per root manifest of index.json
+//	  <digest>        -> ImageMeta: version byte, then firstSeen, created,
+//	                     lastUsed, subject, labels (see encodeImage)
+//	referrers/                 bucket (v2): roots that are OCI 1.1 referrers
+//	  <subject digest> " " <referrer digest> -> empty
 //	leases/                    bucket (v2): one nested bucket per lease
 //	  <lease id>/              bucket
 //	    "created"     -> int64 big endian: Unix nanoseconds
 //	    "expires"     -> int64 big endian: Unix nanoseconds
 //	    "blobs"/      -> bucket: <digest> -> empty; the blobs the lease protects
 //
-// Version 1 had no leases bucket. Open upgrades a version 1 database in place
-// (one write transaction: the missing buckets are created and the version is
-// set to 2); a read-only open reads it as it is, with no leases. A database
-// of a newer version than this build knows is refused as corrupt.
+// Version 1 had none of the buckets and keys marked (v2). Open upgrades a
+// version 1 database in place (one write transaction: the missing buckets
+// are created, live-bytes is summed from refs/, the version is set to 2); a
+// read-only open reads it as it is, with no leases and no image metadata.
+// The store fills images/ from index.json when images-index is not the
+// digest of the index on disk. A database of a newer version than this
+// build knows is refused as corrupt.
 //
 // A blob's count is the number of references to it: one per index.json entry
 // that names it, plus one per reference from each live manifest or index blob
@@ -53,6 +64,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"runtime/debug"
 	"sort"
 	"time"
 
@@ -80,7 +92,7 @@ var (
 	// created by the upgrade (a read-only open of an old database reads
 	// them as empty).
 	v1Buckets  = [][]byte{bMeta, bIndexes, bPending, bRefs}
-	newBuckets = [][]byte{bLeases}
+	newBuckets = [][]byte{bLeases, bImages, bReferrers}
 
 	kSchema  = []byte("schema")
 	kIndex   = []byte("index")
@@ -119,6 +131,11 @@ func Open(path string, o Options) (*DB, error) {
 		return nil, fmt.Errorf("journal %s: %w", path, errors.New("not a regular file"))
 	case statErr == nil:
 		created = fi.Size() == 0
+		if created && o.ReadOnly {
+			// A read-only bbolt open of an empty file fails writing its
+			// first pages: an empty journal holds nothing, as a missing one.
+			return nil, fmt.Errorf("journal %s is empty: %w", path, errdef.ErrNotFound)
+		}
 	case errors.Is(statErr, os.ErrNotExist):
 		if o.ReadOnly {
 			return nil, fmt.Errorf("journal %s: %w", path, errdef.ErrNotFound)
@@ -127,11 +144,14 @@ func Open(path string, o Options) (*DB, error) {
 	default:
 		return nil, fmt.Errorf("journal %s: %w", path, statErr)
 	}
+	if err := checkFile(path); err != nil {
+		return nil, err
+	}
 	timeout := o.LockTimeout
 	if timeout < 0 {
 		timeout = time.Nanosecond
 	}
-	bdb, err := bolt.Open(path, 0o644, &bolt.Options{
+	bdb, err := openBolt(path, &bolt.Options{
 		Timeout:      timeout,
 		ReadOnly:     o.ReadOnly,
 		FreelistType: bolt.FreelistMapType,
@@ -151,7 +171,8 @@ func Open(path string, o Options) (*DB, error) {
 	if err := d.View(func(tx *Tx) error { return tx.checkCurrent() }); err == nil {
 		return d, nil
 	}
-	err = bdb.Update(func(btx *bolt.Tx) error {
+	err = d.bolt.Update(func(btx *bolt.Tx) (err error) {
+		defer recoverCorrupt(path, &err)
 		m := btx.Bucket(bMeta)
 		fresh := m == nil || m.Get(kSchema) == nil
 		if !fresh {
@@ -167,6 +188,9 @@ func Open(path string, o Options) (*DB, error) {
 		}
 		if fresh {
 			d.Created = true
+		}
+		if err := initLiveBytes(btx); err != nil {
+			return err
 		}
 		return btx.Bucket(bMeta).Put(kSchema, u64(SchemaVersion))
 	})
@@ -203,9 +227,13 @@ func (d *DB) Close() error { return d.bolt.Close() }
 // returned as they are (and nothing is committed).
 func (d *DB) Update(fn func(*Tx) error) (err error) {
 	defer recoverCorrupt(d.path, &err)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	var fnErr error
 	err = d.bolt.Update(func(btx *bolt.Tx) error {
-		fnErr = fn(&Tx{tx: btx})
+		t := &Tx{tx: btx}
+		if fnErr = fn(t); fnErr == nil {
+			fnErr = t.flush()
+		}
 		return fnErr
 	})
 	if err != nil && fnErr == nil {
@@ -220,12 +248,18 @@ func (d *DB) Update(fn func(*Tx) error) (err error) {
 // View runs fn in a read-only transaction.
 func (d *DB) View(fn func(*Tx) error) (err error) {
 	defer recoverCorrupt(d.path, &err)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	return d.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
 }
 
 // Check runs bbolt's consistency check and returns every problem it finds.
-func (d *DB) Check() []error {
-	var errs []error
+func (d *DB) Check() (errs []error) {
+	defer func() {
+		if r := recover(); r != nil {
+			errs = append(errs, fmt.Errorf("journal %s: %w: panic: %v", d.path, errdef.ErrCorrupt, r))
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	err := d.bolt.View(func(btx *bolt.Tx) error {
 		for e := range btx.Check() {
 			errs = append(errs, e)
@@ -246,7 +280,17 @@ func recoverCorrupt(path string, err *error) {
 }
 
 // Tx is a journal transaction.
-type Tx struct{ tx *bolt.Tx }
+type Tx struct {
+	tx *bolt.Tx
+	// last is the refcount last read or written, so that PutRef after
+	// GetRef of the same blob (what the counter does) reads it once.
+	last struct {
+		d  digest.Digest
+		r  Ref
+		ok bool
+	}
+	liveDelta int64 // change of live-bytes not yet stored (see flush)
+}
 
 func (t *Tx) checkSchema() error {
 	m := t.tx.Bucket(bMeta)
@@ -284,6 +328,9 @@ func (t *Tx) checkCurrent() error {
 		if t.tx.Bucket(b) == nil {
 			return errUpgrade
 		}
+	}
+	if len(t.tx.Bucket(bMeta).Get(kLiveBytes)) != 8 {
+		return errUpgrade
 	}
 	return nil
 }
@@ -388,20 +435,48 @@ type Ref struct {
 
 // GetRef returns the stored refcount of d (zero Ref when it has none).
 func (t *Tx) GetRef(d digest.Digest) (Ref, error) {
+	if t.last.ok && t.last.d == d {
+		return t.last.r, nil
+	}
 	v := t.tx.Bucket(bRefs).Get([]byte(d))
 	if v == nil {
+		t.last.d, t.last.r, t.last.ok = d, Ref{}, true
 		return Ref{}, nil
 	}
-	return decodeRef(d, v)
+	r, err := decodeRef(d, v)
+	if err == nil {
+		t.last.d, t.last.r, t.last.ok = d, r, true
+	}
+	return r, err
 }
 
-// PutRef stores r, or deletes the key when r.Count is zero.
+// PutRef stores r, or deletes the key when r.Count is zero, and keeps
+// live-bytes.
 func (t *Tx) PutRef(d digest.Digest, r Ref) error {
-	b := t.tx.Bucket(bRefs)
-	if r.Count == 0 {
-		return b.Delete([]byte(d))
+	old, err := t.GetRef(d)
+	if err != nil {
+		return err
 	}
-	return b.Put([]byte(d), encodeRef(r))
+	var delta int64
+	if old.Count > 0 {
+		delta -= old.Size
+	}
+	if r.Count > 0 {
+		delta += r.Size
+	}
+	t.addLiveBytes(delta)
+	t.last.ok = false
+	b := t.tx.Bucket(bRefs)
+	err = nil
+	if r.Count == 0 {
+		err = b.Delete([]byte(d))
+	} else {
+		err = b.Put([]byte(d), encodeRef(r))
+	}
+	if err == nil {
+		t.last.d, t.last.r, t.last.ok = d, r, true
+	}
+	return err
 }
 
 // ForEachRef calls fn for every stored refcount, in digest order.
@@ -417,6 +492,7 @@ func (t *Tx) ForEachRef(fn func(digest.Digest, Ref) error) error {
 
 // ReplaceRefs drops every stored refcount and stores refs instead.
 func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
+	t.last.ok, t.liveDelta = false, 0
 	if err := t.tx.DeleteBucket(bRefs); err != nil {
 		return err
 	}
@@ -435,12 +511,15 @@ func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
 		}
 	}
 	sort.Strings(keys)
+	var live int64
 	for _, k := range keys {
-		if err := b.Put([]byte(k), encodeRef(refs[digest.Digest(k)])); err != nil {
+		r := refs[digest.Digest(k)]
+		live += r.Size
+		if err := b.Put([]byte(k), encodeRef(r)); err != nil {
 			return err
 		}
 	}
-	return nil
+	return t.tx.Bucket(bMeta).Put(kLiveBytes, i64(live))
 }
 
 func encodeRef(r Ref) []byte {

@@ -3,7 +3,10 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ocistore/ocistore/internal/gen"
@@ -70,5 +73,76 @@ func BenchmarkOpen(b *testing.B) {
 				s.Close()
 			}
 		})
+	}
+}
+
+// BenchmarkPruneHalf prunes half of a layout of N images (10 shared base
+// sets, 4 blobs of each image's own: manifest, config, 2 layers) in one
+// call, every fsync in place: keep-last over 10 repositories. Each
+// iteration works on a copy of an adopted template (blobs hard-linked).
+// Run it alone with a small -benchtime (3x): a copy per iteration.
+func BenchmarkPruneHalf(b *testing.B) {
+	for _, n := range []int{5000, 20000} {
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			tmpl := filepath.Join(b.TempDir(), "template")
+			if _, err := gen.Write(tmpl, gen.Spec{Images: n, Repos: 10, Seed: uint64(n)}); err != nil {
+				b.Fatal(err)
+			}
+			s, err := store.Open(ctx, tmpl, nil) // adoption: journal and image metadata
+			if err != nil {
+				b.Fatal(err)
+			}
+			s.Close()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				dir := filepath.Join(b.TempDir(), "layout")
+				linkCopy(b, tmpl, dir)
+				s, err := store.Open(ctx, dir, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				res, err := s.Prune(ctx, store.Policy{KeepLast: n / 20})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if len(res.Removed) != n/2 {
+					b.Fatalf("pruned %d of %d", len(res.Removed), n)
+				}
+				b.ReportMetric(float64(len(res.Freed)), "blobs/op")
+				s.Close()
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// linkCopy copies the layout src to dst: blobs as hard links (an unlink in
+// dst leaves src's), every other file (index.json, the journal) as a copy.
+func linkCopy(b *testing.B, src, dst string) {
+	b.Helper()
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		out := filepath.Join(dst, rel)
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(out, 0o755)
+		case strings.HasPrefix(rel, "blobs"+string(filepath.Separator)):
+			return os.Link(p, out)
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(out, raw, 0o644)
+	})
+	if err != nil {
+		b.Fatal(err)
 	}
 }

@@ -54,6 +54,9 @@ func (s *Store) Fetch(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, e
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s (%s): %w", desc.Digest, p, err)
 	}
+	if layout.IsManifest(desc.MediaType) {
+		s.recordUse(desc.Digest) // kept when it is a root: prune's last use
+	}
 	return &verifyingReadCloser{v: layout.NewVerifyReader(f, desc), c: f}, nil
 }
 

@@ -153,7 +153,7 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string, opt
 			opts.Progress(i+1, len(todo))
 		}
 	}
-	_, err = s.update(ctx, fmt.Sprintf("import %d from %s", len(picked), src), func(cur *layout.Index) ([]layout.Entry, error) {
+	_, err = s.update(ctx, fmt.Sprintf("import %d from %s", len(picked), src), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
 		out := cur.Entries
 		for _, e := range picked {
 			if n := e.Name(); n != "" {

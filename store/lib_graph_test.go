@@ -277,8 +277,9 @@ func TestSHA512(t *testing.T) {
 }
 
 // TestReferrer: a manifest whose subject is an image (a signature or an
-// SBOM). The subject is a weak reference: deleting the image does not delete
-// the referrer, and the referrer does not keep the image alive. Both stay
+// SBOM). The subject is a weak reference: the referrer does not keep the
+// image alive, and with KeepReferrers deleting the image does not delete
+// the referrer (by default it does: see TestReferrerCascade). Both stay
 // consistent.
 func TestReferrer(t *testing.T) {
 	l := newLib(t)
@@ -294,7 +295,9 @@ func TestReferrer(t *testing.T) {
 		t.Errorf("image count %d: the subject must not count", rc[img.Digest])
 	}
 	l.clean()
-	l.del("app")
+	if _, err := l.s.DeleteWith(l.ctx, []string{"app"}, &store.DeleteOptions{KeepReferrers: true}); err != nil {
+		t.Fatal(err)
+	}
 	l.wantBlobs(false, ig...)
 	l.wantBlobs(true, sg...)
 	if d, err := l.s.Resolve(l.ctx, "app.sig"); err != nil || d.Digest != sig.Digest {

@@ -49,7 +49,9 @@ func (s *Store) Resolve(ctx context.Context, ref string) (v1.Descriptor, error) 
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
 	}
-	return sn.ix.Entries[pos[0]].Desc, nil
+	d := sn.ix.Entries[pos[0]].Desc
+	s.recordUse(d.Digest)
+	return d, nil
 }
 
 // isDigestRef reports whether ref is meant as a digest (it has an algorithm
@@ -118,7 +120,7 @@ func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) er
 	if err := checkTagArgs(desc, names); err != nil {
 		return fmt.Errorf("tag %s: %w", desc.Digest, err)
 	}
-	_, err := s.update(ctx, "tag "+strings.Join(names, ","), func(cur *layout.Index) ([]layout.Entry, error) {
+	_, err := s.update(ctx, "tag "+strings.Join(names, ","), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
 		// The refcounts only look at a manifest's blob when it becomes live:
 		// check desc against it here, or a second entry of a live manifest
 		// could carry a wrong size into index.json.
@@ -211,7 +213,7 @@ func (s *Store) Untag(ctx context.Context, names ...string) error {
 	if len(names) == 0 {
 		return fmt.Errorf("untag: no tag given: %w", errdef.ErrInvalidArgument)
 	}
-	_, err := s.update(ctx, "untag "+strings.Join(names, ","), func(cur *layout.Index) ([]layout.Entry, error) {
+	_, err := s.update(ctx, "untag "+strings.Join(names, ","), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
 		out := cur.Entries
 		for _, n := range names {
 			if _, isDigest, _ := isDigestRef(n); isDigest {
@@ -230,35 +232,65 @@ func (s *Store) Untag(ctx context.Context, names ...string) error {
 	return nil
 }
 
+// DeleteOptions tune DeleteWith. A nil *DeleteOptions means the defaults.
+type DeleteOptions struct {
+	// KeepReferrers keeps the OCI 1.1 referrers (signatures, SBOMs) of the
+	// deleted images in index.json; by default they are deleted with them.
+	KeepReferrers bool
+}
+
 // Delete removes references from index.json and unlinks every blob that only
 // they used, in one transaction: all of it or nothing. A tag removes that
 // entry (a manifest still named by another tag keeps its blobs); a digest
 // removes every entry of that manifest. Every reference must exist.
+// The referrers of every manifest that leaves the layout (entries whose
+// subject it is: signatures, SBOMs) go too, and theirs; Result.Referrers
+// lists them. DeleteWith can keep them.
 func (s *Store) Delete(ctx context.Context, refs ...string) (*Result, error) {
+	return s.DeleteWith(ctx, refs, nil)
+}
+
+// DeleteWith is Delete with options.
+func (s *Store) DeleteWith(ctx context.Context, refs []string, o *DeleteOptions) (*Result, error) {
+	var opts DeleteOptions
+	if o != nil {
+		opts = *o
+	}
 	if len(refs) == 0 {
 		return nil, fmt.Errorf("delete: no reference given: %w", errdef.ErrInvalidArgument)
 	}
-	res, err := s.update(ctx, "delete "+strings.Join(refs, ","), func(cur *layout.Index) ([]layout.Entry, error) {
-		drop := make([]bool, len(cur.Entries))
+	var cascaded []Image
+	res, err := s.update(ctx, "delete "+strings.Join(refs, ","), func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
+		dr := newDropper(t, cur.Entries, !opts.KeepReferrers)
 		for _, r := range refs {
 			pos, err := find(cur, r)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", r, err)
 			}
 			for _, p := range pos {
-				drop[p] = true
+				if dr.cascade {
+					if err := dr.remove(p, ""); err != nil {
+						return nil, err
+					}
+				} else {
+					dr.drop[p] = true // no simulation needed
+				}
 			}
 		}
-		out := make([]layout.Entry, 0, len(cur.Entries))
+		if err := dr.follow(); err != nil {
+			return nil, err
+		}
+		cascaded = nil
 		for i, e := range cur.Entries {
-			if !drop[i] {
-				out = append(out, e)
+			if dr.reason[i] == ReasonReferrer {
+				cascaded = append(cascaded, Image{Name: e.Name(), Descriptor: e.Desc})
 			}
 		}
-		return out, nil
+		return dr.kept(), nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("delete %s: %w", strings.Join(refs, ","), err)
 	}
+	res.Referrers = cascaded
 	return res, nil
 }

@@ -26,8 +26,17 @@
 //
 // Removing a name never deletes data: Untag, and Tag moving a name to another
 // manifest, leave the old manifest in index.json as an untagged entry when no
-// other entry holds it (like Docker's dangling images). Delete is what frees
-// blobs.
+// other entry holds it (like Docker's dangling images). Delete and Prune are
+// what free blobs; both also remove the OCI 1.1 referrers (signatures,
+// SBOMs) of every image that leaves the layout, unless told to keep them.
+//
+// # Reclaiming space
+//
+// Prune removes images by policy (keep the newest N per repository, age,
+// size budget with least-recently-used eviction, filters) in one
+// transaction. GC removes blob files nothing reachable uses. A Lease
+// protects blobs not referenced yet (a pull in progress) from both, across
+// processes and restarts. Usage measures the layout.
 //
 // # Caveats
 //
@@ -148,6 +157,14 @@ type Store struct {
 	leaseMu struct {
 		sync.Mutex
 		known map[string]*knownLease
+	}
+
+	// lastUse holds the uses of images (Resolve, Fetch of a manifest) not
+	// yet in the journal: they go with the next transaction, or on Close,
+	// never one commit per read.
+	lastUse struct {
+		sync.Mutex
+		m map[digest.Digest]time.Time
 	}
 
 	// mu guards the handle's life.
@@ -282,6 +299,7 @@ func (s *Store) Close() error {
 	defer s.ingests.Unlock()
 	s.wmu.Lock() // wait for a writer in flight (it may poison: mu must be free)
 	defer s.wmu.Unlock()
+	s.persistLastUse()
 	return s.fsys.Close()
 }
 
@@ -425,13 +443,8 @@ func (s *Store) openJournal() (*journal.DB, error) {
 	path := filepath.Join(s.dir, JournalPath)
 	db, err := journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout, AfterCommit: s.opts.journalHook})
 	if errors.Is(err, errdef.ErrCorrupt) {
-		aside := fmt.Sprintf("%s.corrupt-%d", JournalPath, time.Now().UnixNano())
-		s.log.Warn("journal is corrupt; keeping it aside and rebuilding from the layout", "err", err, "aside", aside)
-		if rerr := s.fsys.Rename(JournalPath, aside); rerr != nil {
-			return nil, fmt.Errorf("%w (moving it aside: %v)", err, rerr)
-		}
-		if serr := s.fsys.SyncDir(layout.StateDir); serr != nil {
-			return nil, s.poison(&fsio.SyncError{Path: layout.StateDir, Err: serr})
+		if _, aerr := s.moveJournalAside(err); aerr != nil {
+			return nil, aerr
 		}
 		db, err = journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout, AfterCommit: s.opts.journalHook})
 	}
@@ -467,6 +480,10 @@ func (s *Store) lock(ctx context.Context) (*journal.DB, *recovery.State, error) 
 	if err != nil {
 		db.Close()
 		return nil, nil, s.check(fmt.Errorf("recover: %w", err))
+	}
+	if err := s.syncImages(db, st); err != nil {
+		db.Close()
+		return nil, nil, s.check(err)
 	}
 	s.snap.Store(&snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest, stamp: st.Stamp})
 	return db, st, nil

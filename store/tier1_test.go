@@ -18,6 +18,7 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/fsio"
@@ -237,6 +239,23 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1O
 		{name: "release", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
 			return nil, lease.Release(ctx)
 		}},
+		// Two images of one repository and a signature of the older, in
+		// one transaction; then a prune keeping the newest, whose one
+		// transaction also takes the signature (referrer cascade).
+		{name: "import-repo", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			_, err := s.Import(ctx, importSrc, "app:1", "app:2", "sig:1")
+			return nil, err
+		}},
+		{name: "prune", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			res, err := s.Prune(ctx, store.Policy{KeepLast: 1, Refs: []string{"app:*"}})
+			if err != nil {
+				return nil, err
+			}
+			if len(res.Removed) != 2 {
+				return nil, fmt.Errorf("prune removed %+v, want app:1 and its signature", res.Removed)
+			}
+			return &res.Result, nil
+		}},
 		// GC of the blobs the lease held and the delete left: one record,
 		// unlinks, clear.
 		{name: "gc", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
@@ -257,8 +276,35 @@ func t1ImportSource(t *testing.T) string {
 	src := t.TempDir()
 	blobs := map[digest.Digest][]byte{}
 	d := testutil.RawImage(blobs, []byte(`{"imported":1}`), []byte("shared base layer"), []byte("imported own layer"))
-	testutil.WriteRawLayout(t, src, blobs, []v1.Descriptor{testutil.Named(d, "imported")})
+	entries := []v1.Descriptor{testutil.Named(d, "imported")}
+	entries = append(entries, t1PruneImages(t, blobs)...)
+	testutil.WriteRawLayout(t, src, blobs, entries)
 	return src
+}
+
+// t1PruneImages adds to blobs app:1 and app:2 (created on days 1 and 2, by
+// annotation) and a signature of app:1, tagged sig:1, for the prune op. They
+// reuse the blobs of "imported": three new blobs, few crash points.
+func t1PruneImages(t *testing.T, blobs map[digest.Digest][]byte) []v1.Descriptor {
+	cfg := testutil.Blob([]byte(`{"imported":1}`), v1.MediaTypeImageConfig)
+	base := testutil.Blob([]byte("shared base layer"), v1.MediaTypeImageLayerGzip)
+	put := func(m v1.Manifest, name string) v1.Descriptor {
+		m.Versioned, m.MediaType = specs.Versioned{SchemaVersion: 2}, v1.MediaTypeImageManifest
+		b, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs[digest.FromBytes(b)] = b
+		return testutil.Named(testutil.Blob(b, v1.MediaTypeImageManifest), name)
+	}
+	var out []v1.Descriptor
+	for i := 1; i <= 2; i++ {
+		out = append(out, put(v1.Manifest{Config: cfg, Layers: []v1.Descriptor{base},
+			Annotations: map[string]string{v1.AnnotationCreated: fmt.Sprintf("2026-01-0%dT00:00:00Z", i)}}, fmt.Sprintf("app:%d", i)))
+	}
+	subject := out[0]
+	subject.Annotations = nil
+	return append(out, put(v1.Manifest{Config: cfg, Layers: []v1.Descriptor{base}, Subject: &subject}, "sig:1"))
 }
 
 // runTier1 runs the scenario once, recording every crash point, then checks

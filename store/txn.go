@@ -12,6 +12,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
 	"github.com/ocistore/ocistore/journal"
@@ -29,11 +30,26 @@ type Result struct {
 	Txn        uint64 `json:"txn,omitempty"` // journal record id; 0 when nothing changed
 	Freed      []Blob `json:"freed"`         // blobs unlinked, in unlink order
 	BytesFreed int64  `json:"bytesFreed"`
+	// Referrers are the entries deleted with their subject (Delete).
+	Referrers []Image `json:"referrers,omitempty"`
+}
+
+// txn is what a plan may read: the journal transaction the record will be
+// committed in (its refcounts, image metadata and leases describe the
+// current index), a loader of manifests cached for the transaction, and
+// the time.
+type txn struct {
+	tx   *journal.Tx
+	load refcount.Loader
+	now  time.Time
 }
 
 // planFunc computes the new index entries from the current ones. It must not
-// modify cur.
-type planFunc func(cur *layout.Index) ([]layout.Entry, error)
+// modify cur, nor write to t.tx.
+type planFunc func(cur *layout.Index, t *txn) ([]layout.Entry, error)
+
+// errNoChange rolls back a transaction whose plan changes nothing.
+var errNoChange = errors.New("no change")
 
 // update runs one journal transaction (DESIGN.md §3): plan under the writer
 // lock, journal commit, index.json, unlinks, clear.
@@ -56,30 +72,38 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	}
 	defer db.Close()
 
-	// 1. Plan.
-	entries, err := plan(cur.Index)
-	if err != nil {
-		return nil, err
-	}
-	next := cur.Index.With(entries)
-	newBytes := next.Marshal()
-	newDigest := layout.Sum(newBytes)
-	if newDigest == cur.Digest {
-		return &Result{}, nil
-	}
-	added, removed := diffRoots(cur.Index.Entries, entries)
-
-	// 2. Journal commit: refcounts and the record in one bbolt transaction.
-	var rec journal.Record
-	var freed []v1.Descriptor
-	var swept []journal.Lease
+	// 1. Plan and 2. journal commit: the plan, the refcounts, the image
+	// metadata and the record in one bbolt transaction.
+	var (
+		rec       journal.Record
+		freed     []v1.Descriptor
+		swept     []journal.Lease
+		used      map[digest.Digest]time.Time
+		next      *layout.Index
+		newBytes  []byte
+		newDigest digest.Digest
+	)
 	err = db.Update(func(tx *journal.Tx) error {
-		now := s.now()
+		t := &txn{tx: tx, load: cachedLoader(layout.LoadChildren(s.fsys)), now: s.now()}
 		var err error
-		if swept, err = s.sweepLeases(tx, now); err != nil {
+		if swept, err = s.sweepLeases(tx, t.now); err != nil {
 			return err
 		}
-		c := &refcount.Counter{T: tx, Load: layout.LoadChildren(s.fsys), Present: s.present}
+		if used, err = s.flushLastUse(tx); err != nil {
+			return err
+		}
+		entries, err := plan(cur.Index, t)
+		if err != nil {
+			return err
+		}
+		next = cur.Index.With(entries)
+		newBytes = next.Marshal()
+		newDigest = layout.Sum(newBytes)
+		if newDigest == cur.Digest {
+			return errNoChange
+		}
+		added, removed := diffRoots(cur.Index.Entries, entries)
+		c := &refcount.Counter{T: tx, Load: t.load, Present: s.present}
 		for _, d := range added {
 			if err := c.Inc(d); err != nil {
 				return err
@@ -91,7 +115,10 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 			}
 		}
 		// Blobs a live lease holds stay, unreferenced, until it ends (GC).
-		if freed, err = withoutLeased(tx, c.Freed, now); err != nil {
+		if freed, err = withoutLeased(tx, c.Freed, t.now); err != nil {
+			return err
+		}
+		if err := s.trackImages(t, cur.Digest, newDigest, entries, added, removed); err != nil {
 			return err
 		}
 		rec = journal.Record{Op: op, Time: time.Now().UTC(), OldIndex: cur.Digest, NewIndex: newDigest, Deltas: c.Deltas}
@@ -100,15 +127,23 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 		}
 		return tx.AddPending(&rec, newBytes)
 	})
+	if errors.Is(err, errNoChange) {
+		return &Result{}, nil
+	}
 	if err != nil {
 		return nil, s.check(err)
 	}
 	s.logSwept(swept)
+	s.flushedLastUse(used)
 	crash.Point(crash.TxnJournaled)
 	present := map[digest.Digest]bool{}
-	for _, f := range freed {
-		if _, err := s.fsys.Lstat(layout.BlobPath(f.Digest)); err == nil {
-			present[f.Digest] = true
+	paths := make([]string, len(freed))
+	for i, f := range freed {
+		paths[i] = layout.BlobPath(f.Digest)
+	}
+	for i, fi := range fsio.LstatFiles(s.fsys, paths) {
+		if fi != nil {
+			present[freed[i].Digest] = true
 		}
 	}
 
@@ -129,6 +164,29 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	}
 	s.log.Debug("transaction committed", "op", op, attrTxn, rec.ID, "freed", len(freed), "bytes", res.BytesFreed, "took", time.Since(start))
 	return res, nil
+}
+
+// cachedLoader remembers what load returned for each manifest, for the
+// length of one transaction (a plan and the refcounts read the same ones).
+func cachedLoader(load refcount.Loader) refcount.Loader {
+	type result struct {
+		c   layout.Children
+		err error
+	}
+	type key struct {
+		d    digest.Digest
+		size int64 // a descriptor with another size must fail as it would uncached
+	}
+	m := map[key]result{}
+	return func(d v1.Descriptor) (layout.Children, error) {
+		k := key{d.Digest, d.Size}
+		if r, ok := m[k]; ok {
+			return r.c, r.err
+		}
+		c, err := load(d)
+		m[k] = result{c, err}
+		return c, err
+	}
 }
 
 // withoutLeased returns freed without the blobs that leases live at now hold.

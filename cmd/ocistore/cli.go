@@ -54,7 +54,7 @@ type command struct {
 // "help" itself is handled by run.
 var commands = []*command{
 	initCmd, lsCmd, inspectCmd, tagCmd, untagCmd, rmCmd, importCmd,
-	gcCmd, duCmd, fsckCmd, recoverCmd, journalCmd, versionCmd,
+	pruneCmd, gcCmd, duCmd, fsckCmd, recoverCmd, journalCmd, versionCmd,
 }
 
 func lookup(name string) *command {
@@ -76,6 +76,7 @@ type app struct {
 
 	format outputFormat // the command's --format
 	opts   cmdOpts      // the command's other flags
+	fsck   fsckOpts     // fsck's flags
 
 	stdout, stderr io.Writer
 	getenv         func(string) string

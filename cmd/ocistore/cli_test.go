@@ -34,7 +34,7 @@ func TestUsage(t *testing.T) {
 		{"help", []string{"help"}, 0, []string{"Usage: ocistore", "Commands:", "Global flags", "Exit codes"}, nil},
 		{"-h", []string{"-h"}, 0, []string{"Usage: ocistore", "--layout"}, nil},
 		{"--help", []string{"--help"}, 0, []string{"Usage: ocistore"}, nil},
-		{"help rm", []string{"help", "rm"}, 0, []string{"Usage: ocistore [global flags] rm [--format text|json] REF..."}, nil},
+		{"help rm", []string{"help", "rm"}, 0, []string{"Usage: ocistore [global flags] rm [flags] [--format text|json] REF..."}, nil},
 		{"help unknown", []string{"help", "frob"}, 2, nil, []string{`unknown command "frob"`}},
 		{"unknown command", []string{"frob"}, 2, nil, []string{`ocistore: unknown command "frob"`, "ocistore help"}},
 		{"unknown global flag", []string{"--frob", "ls"}, 2, nil, []string{"frob"}},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"sort"
 	"strings"
@@ -325,11 +326,19 @@ image uses, in one transaction: all of it or nothing. A tag removes that entry
 every entry of that manifest. Every REF must exist: if one is not found,
 exit status is 2 and nothing is deleted.
 
+The OCI 1.1 referrers of every image that leaves the layout (signatures,
+SBOMs: manifests whose subject it is) are removed with it, and theirs, unless
+--keep-referrers.
+
 Prints the removed references, each freed blob with its size, and the total.`,
-	minArgs: 1,
-	maxArgs: -1,
-	format:  true,
-	run:     runRm,
+	flagHelp: `      --keep-referrers  keep the referrers (signatures, SBOMs) of removed images`,
+	minArgs:  1,
+	maxArgs:  -1,
+	format:   true,
+	flags: func(fs *flag.FlagSet, a *app) {
+		fs.BoolVar(&a.opts.keepReferrers, "keep-referrers", false, "keep referrers")
+	},
+	run: runRm,
 }
 
 type rmOutput struct {
@@ -342,7 +351,7 @@ func runRm(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	return a.withStore(ctx, func(s *store.Store) error {
-		res, err := s.Delete(ctx, args...)
+		res, err := s.DeleteWith(ctx, args, &store.DeleteOptions{KeepReferrers: a.opts.keepReferrers})
 		if err != nil {
 			return err
 		}
@@ -355,6 +364,9 @@ func runRm(ctx context.Context, a *app, args []string) error {
 		}
 		for _, r := range args {
 			fmt.Fprintf(a.stdout, "removed %s\n", r)
+		}
+		for _, r := range res.Referrers {
+			fmt.Fprintf(a.stdout, "removed referrer %s (%s)\n", displayName(r.Name), r.Descriptor.Digest)
 		}
 		tw := a.table()
 		for _, b := range out.Freed {

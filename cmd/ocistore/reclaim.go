@@ -16,8 +16,10 @@ import (
 
 // cmdOpts holds the values of command flags other than --format.
 type cmdOpts struct {
-	grace  time.Duration
-	dryRun bool
+	grace         time.Duration
+	dryRun        bool
+	keepReferrers bool
+	policy        store.Policy
 }
 
 // defaultGrace is gc's --grace when not given: a blob written in the last
@@ -193,4 +195,193 @@ func shortDuration(d time.Duration) string {
 		s = s[:len(s)-2]
 	}
 	return s
+}
+
+var pruneCmd = &command{
+	name:    "prune",
+	summary: "remove images by policy: keep-last, age, size budget, filters",
+	help: `Removes the images a policy chooses, and every blob only they used, in ONE
+transaction whatever their number (one journal record, one index.json write).
+Filters choose the candidates; rules choose among them; give at least one rule.
+
+Rules:
+  --keep-last N        keep the newest N images of each repository; alone it
+                       removes the others, with another rule it protects them
+  --older-than DUR     remove images created more than DUR ago (720h, 30d)
+  --filter until=TIME  remove images created before TIME (RFC 3339, a date
+                       2006-01-02, Unix seconds, or a duration ago: 24h)
+  --max-size SIZE      then remove least recently used images until the layout
+                       keeps at most SIZE bytes (20GiB, 500MB, 1G, 12345)
+
+Filters (repeatable; an image must match every label and one ref):
+  --filter ref=GLOB    tags matching GLOB (path.Match: * does not cross /);
+                       untagged entries never match
+  --filter label=K=V   config label K has value V (label=K: K is set)
+
+A repository is the part of the tag before ':' ("example.com/app" for
+"example.com/app:1.0"); tags without one form one group, untagged entries
+another. An image's age is its config's "created", else when the store first
+saw it; its last use is the last resolve or manifest read through the
+library, else when the store first saw it. An image with several tags counts
+once. Referrers (signatures, SBOMs: manifests with a subject) are never chosen
+by a rule: they go with their subject, unless --keep-referrers.
+
+Prints each removed reference with the rule that removed it, then the blobs
+and bytes freed and the size kept. JSON output: {txn, freed, bytesFreed,
+dryRun, removed: [{name, digest, repository, reason}], sizeBefore,
+sizeAfter, overBudget}.`,
+	flagHelp: `      --keep-last N       keep the newest N images per repository
+      --older-than DUR    remove images older than DUR
+      --max-size SIZE     keep at most SIZE bytes, least recently used go first
+      --filter KEY=VALUE  until=TIME, ref=GLOB or label=K[=V]; repeatable
+      --keep-referrers    do not remove referrers with their subjects
+      --dry-run           show what would be removed; change nothing`,
+	maxArgs: 0,
+	format:  true,
+	flags: func(fs *flag.FlagSet, a *app) {
+		p := &a.opts.policy
+		fs.Func("keep-last", "keep the newest N per repository", func(s string) error {
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 {
+				return errors.New("want a whole number of images, at least 1")
+			}
+			p.KeepLast = n
+			return nil
+		})
+		fs.Func("older-than", "remove images older than this", func(s string) error {
+			d, err := parseDuration(s)
+			if err != nil {
+				return err
+			}
+			if d <= 0 {
+				return errors.New("want a positive duration")
+			}
+			p.OlderThan = d
+			return nil
+		})
+		fs.Func("max-size", "size budget", func(s string) error {
+			n, err := parseSize(s)
+			if err != nil {
+				return err
+			}
+			if n <= 0 {
+				return errors.New("want a positive size")
+			}
+			p.MaxSize = n
+			return nil
+		})
+		fs.Func("filter", "until=TIME, ref=GLOB, label=K[=V]", func(s string) error {
+			return addFilter(p, s, time.Now())
+		})
+		fs.BoolVar(&p.KeepReferrers, "keep-referrers", false, "keep referrers")
+		fs.BoolVar(&p.DryRun, "dry-run", false, "change nothing")
+	},
+	run: runPrune,
+}
+
+// addFilter applies one --filter KEY=VALUE to p.
+func addFilter(p *store.Policy, s string, now time.Time) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || v == "" {
+		return fmt.Errorf("want KEY=VALUE, got %q", s)
+	}
+	switch k {
+	case "until":
+		t, err := parseTime(v, now)
+		if err != nil {
+			return err
+		}
+		p.Until = t
+	case "ref", "reference":
+		p.Refs = append(p.Refs, v)
+	case "label":
+		p.Labels = append(p.Labels, v)
+	default:
+		return fmt.Errorf("unknown filter %q (want until, ref or label)", k)
+	}
+	return nil
+}
+
+// parseTime reads an RFC 3339 time, a date, Unix seconds, or a duration
+// before now (as docker's until filter does).
+func parseTime(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
+	}
+	for _, layout := range []string{"2006-01-02T15:04:05", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.UTC); err == nil {
+			return t, nil
+		}
+	}
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.Unix(n, 0).UTC(), nil
+	}
+	if d, err := parseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d), nil
+	}
+	return time.Time{}, fmt.Errorf("invalid time %q (want RFC 3339, 2006-01-02, Unix seconds or a duration)", s)
+}
+
+// parseSize reads a byte count: a number with an optional unit, binary
+// (KiB, MiB, GiB, TiB, or K, M, G, T) or decimal (KB, MB, GB, TB).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || num == "" {
+		return 0, fmt.Errorf("invalid size %q", s)
+	}
+	mult := map[string]float64{
+		"": 1, "b": 1,
+		"k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40,
+		"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+	}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("invalid size %q: unknown unit %q", s, unit)
+	}
+	n := v * mult
+	if n >= 1<<63 {
+		return 0, fmt.Errorf("invalid size %q: too large", s)
+	}
+	return int64(n), nil
+}
+
+func runPrune(ctx context.Context, a *app, _ []string) error {
+	if err := a.opts.policy.Validate(); err != nil {
+		return &usageError{err}
+	}
+	return a.withStore(ctx, func(s *store.Store) error {
+		res, err := s.Prune(ctx, a.opts.policy)
+		if err != nil {
+			return err
+		}
+		if res.Freed == nil {
+			res.Freed = []store.Blob{}
+		}
+		if a.json() {
+			return a.printJSON(res)
+		}
+		verb, freed := "removed", "freed"
+		if res.DryRun {
+			verb, freed = "would remove", "would free"
+		}
+		tw := a.table()
+		for _, r := range res.Removed {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", verb, displayName(r.Name), r.Digest, r.Reason)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "%s %s; %s %s, %s; size %s -> %s\n", verb, plural(len(res.Removed), "reference", "references"),
+			freed, plural(len(res.Freed), "blob", "blobs"), sizeWithBytes(res.BytesFreed), humanSize(res.SizeBefore), humanSize(res.SizeAfter))
+		if res.OverBudget {
+			fmt.Fprintf(a.stdout, "over budget: %s kept, more than --max-size %s; what is left is protected by --keep-last or not matched by the filters\n",
+				humanSize(res.SizeAfter), humanSize(a.opts.policy.MaxSize))
+		}
+		return nil
+	})
 }

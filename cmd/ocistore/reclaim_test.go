@@ -1,6 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -148,4 +153,231 @@ func TestShortDuration(t *testing.T) {
 			t.Errorf("shortDuration(%s) = %q, want %q", d, got, want)
 		}
 	}
+}
+
+// pruneFixture: app:1..4 (app:4 newest: same created, later entries are
+// newer), db:1, a signature of app:1 tagged sigs:1.
+func pruneFixture(t *testing.T) (dir string, app []v1.Descriptor, sig v1.Descriptor) {
+	t.Helper()
+	dir = t.TempDir()
+	s, err := store.Open(context.Background(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b := testutil.NewBuilder(t, s, 11)
+	base := b.Random(1500)
+	for i := 1; i <= 4; i++ {
+		d := b.Manifest([]v1.Descriptor{base}, 1)
+		b.Tag(d, fmt.Sprintf("app:%d", i))
+		app = append(app, d)
+	}
+	b.Tag(b.Manifest(nil, 1), "db:1")
+	sig = b.Artifact("application/vnd.dev.cosign.artifact.sig.v1+json", &app[0], "application/vnd.dev.cosign.simplesigning.v1+json")
+	b.Tag(sig, "sigs:1")
+	return dir, app, sig
+}
+
+func TestPruneCommand(t *testing.T) {
+	t.Parallel()
+	dir, app, sig := pruneFixture(t)
+	ls := func() string { return must(t, 0, "-l", dir, "ls").stdout }
+	before := ls()
+
+	for _, args := range [][]string{
+		{"prune"},                          // no rule
+		{"prune", "--filter", "ref=app:*"}, // filters only
+		{"prune", "--keep-last", "0"},      //
+		{"prune", "--keep-last", "x"},      //
+		{"prune", "--older-than", "-1h"},   //
+		{"prune", "--max-size", "12XB"},    //
+		{"prune", "--max-size", "0"},       //
+		{"prune", "--keep-last", "1", "--filter", "bogus=1"},
+		{"prune", "--keep-last", "1", "--filter", "until=yesterday-ish"},
+		{"prune", "--keep-last", "1", "--filter", "ref=app:["},
+		{"prune", "--keep-last", "1", "--filter", "label="},
+		{"prune", "--keep-last", "1", "extra-arg"},
+	} {
+		r := cli(t, append([]string{"-l", dir}, args...)...)
+		if r.code != exitUsage {
+			t.Errorf("%v: want exit 2:\n%s", args, r)
+		}
+	}
+	if ls() != before {
+		t.Fatal("a refused prune changed the layout")
+	}
+
+	// Dry run, JSON: keep 2 of app; app:1's signature goes with it.
+	r := must(t, 0, "-l", dir, "prune", "--keep-last", "2", "--filter", "ref=app:*", "--dry-run", "--format", "json")
+	res := decodeJSON[store.PruneResult](t, r)
+	got := map[string]string{}
+	for _, im := range res.Removed {
+		got[im.Name] = im.Reason
+	}
+	want := map[string]string{"app:1": store.ReasonKeepLast, "app:2": store.ReasonKeepLast, "sigs:1": store.ReasonReferrer}
+	if !res.DryRun || res.Txn != 0 || len(got) != 3 || got["app:1"] != want["app:1"] || got["app:2"] != want["app:2"] || got["sigs:1"] != want["sigs:1"] || res.BytesFreed <= 0 {
+		t.Errorf("dry run: %+v", res)
+	}
+	if ls() != before {
+		t.Fatal("a dry run changed the layout")
+	}
+	r = must(t, 0, "-l", dir, "prune", "--keep-last", "2", "--filter", "ref=app:*", "--dry-run")
+	wantContains(t, "stdout", r.stdout, "would remove", "app:1", "keep-last", "sigs:1", "referrer", "would remove 3 references; would free")
+
+	// For real, keeping the referrers.
+	r = must(t, 0, "-l", dir, "prune", "--keep-last", "2", "--filter", "ref=app:*", "--keep-referrers")
+	wantContains(t, "stdout", r.stdout, "removed", "app:1", app[0].Digest.String(), "app:2", "removed 2 references; freed")
+	wantNotContains(t, "stdout", r.stdout, "sigs:1")
+	must(t, 0, "-l", dir, "inspect", "sigs:1")
+	must(t, 2, "-l", dir, "inspect", "app:1")
+	must(t, 0, "-l", dir, "fsck")
+	// The signature's subject is gone: a prune that matches it takes it.
+	r = must(t, 0, "-l", dir, "prune", "--keep-last", "5", "--json")
+	if res := decodeJSON[store.PruneResult](t, r); len(res.Removed) != 1 || res.Removed[0].Name != "sigs:1" || res.Removed[0].Reason != store.ReasonDanglingReferrer || res.Txn == 0 {
+		t.Errorf("dangling referrer: %+v", res)
+	}
+	if exists(filepath.Join(dir, "blobs", "sha256", sig.Digest.Encoded())) {
+		t.Error("the signature's blob is still there")
+	}
+	// Created before 2025-12-31: none (the configs say 2026-01-01).
+	r = must(t, 0, "-l", dir, "prune", "--filter", "until=2025-12-31", "--json")
+	if res := decodeJSON[store.PruneResult](t, r); len(res.Removed) != 0 || res.Txn != 0 {
+		t.Errorf("until before every image: %+v", res)
+	}
+	// A budget below one image, keeping the newest of each repository.
+	r = must(t, 0, "-l", dir, "prune", "--max-size", "1", "--keep-last", "1")
+	wantContains(t, "stdout", r.stdout, "app:3", "max-size", "over budget")
+	if res := decodeJSON[store.PruneResult](t, must(t, 0, "-l", dir, "prune", "--max-size", "1", "--json")); res.OverBudget || res.SizeAfter != 0 || len(res.Removed) != 2 {
+		t.Errorf("prune to nothing: %+v", res)
+	}
+	must(t, 0, "-l", dir, "fsck")
+	r = must(t, 0, "prune", "-h")
+	wantContains(t, "stdout", r.stdout, "--keep-last N", "--older-than", "--max-size", "--filter KEY=VALUE", "--keep-referrers", "--dry-run")
+}
+
+func TestRmReferrers(t *testing.T) {
+	t.Parallel()
+	dir, _, sig := pruneFixture(t)
+	r := must(t, 0, "-l", dir, "rm", "app:1", "--keep-referrers")
+	wantNotContains(t, "stdout", r.stdout, "referrer")
+	must(t, 0, "-l", dir, "inspect", "sigs:1")
+	dir, _, sig = pruneFixture(t)
+	r = must(t, 0, "-l", dir, "rm", "app:1")
+	wantContains(t, "stdout", r.stdout, "removed app:1\n", "removed referrer sigs:1 ("+sig.Digest.String()+")")
+	must(t, 2, "-l", dir, "inspect", "sigs:1")
+	must(t, 0, "-l", dir, "fsck")
+}
+
+func TestParseSizeTime(t *testing.T) {
+	for in, want := range map[string]int64{
+		"12345": 12345, "1K": 1024, "1KiB": 1024, "1kb": 1000, "20GiB": 20 << 30, "500MB": 500e6, "1.5G": 3 << 29, "2T": 2 << 40, "7 B": 7,
+	} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "G", "12XB", "1e3", "-1", "99999999999T"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) succeeded", in)
+		}
+	}
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	for in, want := range map[string]time.Time{
+		"2026-01-02T03:04:05Z":      time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+		"2026-01-02T03:04:05+02:00": time.Date(2026, 1, 2, 1, 4, 5, 0, time.UTC),
+		"2026-01-02":                time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC),
+		"2026-01-02T03:04:05":       time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+		"1700000000":                time.Unix(1700000000, 0),
+		"24h":                       now.Add(-24 * time.Hour),
+		"7d":                        now.Add(-7 * 24 * time.Hour),
+	} {
+		if got, err := parseTime(in, now); err != nil || !got.Equal(want) {
+			t.Errorf("parseTime(%q) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "soon", "2026-13-01", "-1h"} {
+		if _, err := parseTime(in, now); err == nil {
+			t.Errorf("parseTime(%q) succeeded", in)
+		}
+	}
+	var p store.Policy
+	for _, f := range []string{"ref=a:*", "reference=b:*", "label=k=v", "label=k", "until=2026-01-01"} {
+		if err := addFilter(&p, f, now); err != nil {
+			t.Errorf("addFilter(%q): %v", f, err)
+		}
+	}
+	if len(p.Refs) != 2 || len(p.Labels) != 2 || p.Labels[0] != "k=v" || p.Until.IsZero() {
+		t.Errorf("policy %+v", p)
+	}
+	for _, f := range []string{"ref", "ref=", "color=red"} {
+		if err := addFilter(&p, f, now); err == nil {
+			t.Errorf("addFilter(%q) succeeded", f)
+		}
+	}
+}
+
+// TestLeaseAcrossProcesses: a lease taken by one process (a cache that
+// embeds the store) protects its blobs from gc and prune run by another
+// (cron), until it is released.
+func TestLeaseAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	dir, app, _ := pruneFixture(t)
+	ctx := context.Background()
+	s, err := store.Open(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lease, err := s.Lease(ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pulled := []byte("a layer a pull wrote, not tagged yet")
+	pd := testutil.Blob(pulled, v1.MediaTypeImageLayerGzip)
+	if err := s.PutBlob(lease.Context(ctx), pd, bytes.NewReader(pulled)); err != nil {
+		t.Fatal(err)
+	}
+	// The pull also reuses app:1's own layer, which the prune below frees.
+	var m v1.Manifest
+	if err := json.Unmarshal(readFile(t, filepath.Join(dir, "blobs", "sha256", app[0].Digest.Encoded())), &m); err != nil {
+		t.Fatal(err)
+	}
+	own := m.Layers[len(m.Layers)-1]
+	if err := lease.Add(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+
+	r := must(t, 0, "-l", dir, "gc", "--grace", "0s", "--json")
+	if res := decodeJSON[store.GCResult](t, r); len(res.Freed) != 0 || res.Leased != 1 {
+		t.Errorf("gc under a lease: %+v", res)
+	}
+	r = must(t, 0, "-l", dir, "prune", "--keep-last", "3", "--filter", "ref=app:*", "--json")
+	res := decodeJSON[store.PruneResult](t, r)
+	if len(res.Removed) != 2 { // app:1 and its signature
+		t.Errorf("prune: %+v", res)
+	}
+	for _, f := range res.Freed {
+		if f.Digest == own.Digest.String() {
+			t.Error("prune freed a leased layer")
+		}
+	}
+	for _, d := range []digest.Digest{pd.Digest, own.Digest} {
+		if !exists(filepath.Join(dir, "blobs", "sha256", d.Encoded())) {
+			t.Errorf("leased blob %s removed by another process", d)
+		}
+	}
+	must(t, 0, "-l", dir, "fsck") // leased blobs are not orphans
+	r = must(t, 0, "-l", dir, "du", "--grace", "0s", "--json")
+	if u := decodeJSON[store.Usage](t, r); u.LeasedBytes != int64(len(pulled))+own.Size || u.ReclaimableBytes != 0 {
+		t.Errorf("du under a lease: %+v", u)
+	}
+
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r = must(t, 0, "-l", dir, "gc", "--grace", "0s", "--json")
+	if res := decodeJSON[store.GCResult](t, r); len(res.Freed) != 2 {
+		t.Errorf("gc after release: %+v", res)
+	}
+	must(t, 0, "-l", dir, "fsck")
 }

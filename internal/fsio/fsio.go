@@ -81,6 +81,21 @@ type FS interface {
 	Close() error
 }
 
+// DirHandle is a directory opened once for a batch of operations on its entries
+// (a transaction's unlinks): each then costs one system call, not one per
+// path element. It is for one batch only: a directory that another tool
+// replaces meanwhile keeps the old one's handle.
+type DirHandle interface {
+	Remove(name string) error
+	Lstat(name string) (fs.FileInfo, error)
+	Close() error
+}
+
+// DirOpener is implemented by file systems that can open a DirHandle.
+type DirOpener interface {
+	OpenDir(name string) (DirHandle, error)
+}
+
 // OS is the real file system, confined to one directory with os.Root.
 type OS struct {
 	root *os.Root
@@ -190,6 +205,10 @@ func (o *OS) ReplaceFile(name, tmpDir string, data []byte, perm fs.FileMode) err
 func (o *OS) Rename(oldname, newname string) error { return o.root.Rename(oldname, newname) }
 
 func (o *OS) Remove(name string) error { return o.root.Remove(name) }
+
+// OpenDir opens a directory under the root as a DirHandle (an os.Root of its own:
+// its entries stay confined to it).
+func (o *OS) OpenDir(name string) (DirHandle, error) { return o.root.OpenRoot(name) }
 
 func (o *OS) SyncDir(name string) error {
 	d, err := o.root.Open(name)

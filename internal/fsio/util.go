@@ -9,6 +9,7 @@ import (
 	"path"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/ocistore/ocistore/internal/errdef"
 )
@@ -91,8 +92,10 @@ func RemoveFiles(fsys FS, purpose string, names []string, after func(string)) er
 	touched := map[string]bool{}
 	var order []string
 	var firstErr error
+	dirs := newDirCache(fsys)
+	defer dirs.close()
 	for _, n := range names {
-		err := fsys.Remove(n)
+		err := dirs.remove(n)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			firstErr = err
 			break
@@ -128,3 +131,89 @@ func (e *SyncError) Error() string { return "fsync " + e.Path + ": " + e.Err.Err
 
 // Unwrap gives the cause and errdef.ErrDurability, so callers test for either.
 func (e *SyncError) Unwrap() []error { return []error{e.Err, errdef.ErrDurability} }
+
+// dirCache opens each directory of a batch once, when the file system can
+// (see DirOpener), and otherwise goes through the FS path by path.
+type dirCache struct {
+	fsys   FS
+	opener DirOpener
+	dirs   map[string]DirHandle
+}
+
+func newDirCache(fsys FS) *dirCache {
+	opener, _ := fsys.(DirOpener)
+	return &dirCache{fsys: fsys, opener: opener}
+}
+
+// dir returns the open directory of name and name's last element, or nil.
+func (c *dirCache) dir(name string) (DirHandle, string) {
+	d, base := path.Split(name)
+	d = strings.TrimSuffix(d, "/")
+	if c.opener == nil || d == "" || base == "" {
+		return nil, ""
+	}
+	if h, ok := c.dirs[d]; ok {
+		return h, base
+	}
+	h, err := c.opener.OpenDir(d)
+	if err != nil {
+		h = nil // the path-by-path call reports the error
+	}
+	if c.dirs == nil {
+		c.dirs = map[string]DirHandle{}
+	}
+	c.dirs[d] = h
+	return h, base
+}
+
+func (c *dirCache) remove(name string) error {
+	if h, base := c.dir(name); h != nil {
+		if err := h.Remove(base); err != nil {
+			return &fs.PathError{Op: "remove", Path: name, Err: cause(err)}
+		}
+		return nil
+	}
+	return c.fsys.Remove(name)
+}
+
+func (c *dirCache) lstat(name string) (fs.FileInfo, error) {
+	if h, base := c.dir(name); h != nil {
+		fi, err := h.Lstat(base)
+		if err != nil {
+			return nil, &fs.PathError{Op: "lstat", Path: name, Err: cause(err)}
+		}
+		return fi, nil
+	}
+	return c.fsys.Lstat(name)
+}
+
+func (c *dirCache) close() {
+	for _, h := range c.dirs {
+		if h != nil {
+			h.Close()
+		}
+	}
+}
+
+// LstatFiles describes each of names (nil where it does not exist or
+// cannot be described), opening each directory once.
+func LstatFiles(fsys FS, names []string) []fs.FileInfo {
+	dirs := newDirCache(fsys)
+	defer dirs.close()
+	out := make([]fs.FileInfo, len(names))
+	for i, n := range names {
+		if fi, err := dirs.lstat(n); err == nil {
+			out[i] = fi
+		}
+	}
+	return out
+}
+
+// cause is the error a *fs.PathError wraps, or err.
+func cause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -80,10 +81,40 @@ func IsIndex(mt string) bool {
 // (sha256, sha384, sha512) with the right hex length, so that BlobPath can
 // never leave the blob directory.
 func ValidateDigest(d digest.Digest) error {
+	if wellFormed(d) {
+		return nil // the common case, without go-digest's regexp
+	}
 	if err := d.Validate(); err != nil {
 		return fmt.Errorf("%q: %w: %v", string(d), errdef.ErrInvalidDigest, err)
 	}
 	return nil
+}
+
+// wellFormed reports whether d is a sha256, sha384 or sha512 digest with an
+// encoded part of the right length in lowercase hex: exactly what
+// digest.Validate accepts for those algorithms.
+func wellFormed(d digest.Digest) bool {
+	s := string(d)
+	var n int
+	switch {
+	case strings.HasPrefix(s, "sha256:"):
+		s, n = s[7:], 64
+	case strings.HasPrefix(s, "sha512:"):
+		s, n = s[7:], 128
+	case strings.HasPrefix(s, "sha384:"):
+		s, n = s[7:], 96
+	default:
+		return false
+	}
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // BlobPath is the path of a blob relative to the layout root. d must be valid.
@@ -115,17 +146,21 @@ type Children struct {
 	MediaType string
 	Refs      []v1.Descriptor
 	Subject   *v1.Descriptor
-	Created   string
+	// Config is the config descriptor of an image manifest (also in Refs).
+	Config *v1.Descriptor
+	// Created is the org.opencontainers.image.created annotation, "" if none.
+	Created string
 }
 
 type anyManifest struct {
-	SchemaVersion int             `json:"schemaVersion"`
-	MediaType     string          `json:"mediaType"`
-	Config        *v1.Descriptor  `json:"config"`
-	Layers        []v1.Descriptor `json:"layers"`
-	Manifests     []v1.Descriptor `json:"manifests"`
-	Blobs         []v1.Descriptor `json:"blobs"`
-	Subject       *v1.Descriptor  `json:"subject"`
+	SchemaVersion int               `json:"schemaVersion"`
+	MediaType     string            `json:"mediaType"`
+	Config        *v1.Descriptor    `json:"config"`
+	Layers        []v1.Descriptor   `json:"layers"`
+	Manifests     []v1.Descriptor   `json:"manifests"`
+	Blobs         []v1.Descriptor   `json:"blobs"`
+	Subject       *v1.Descriptor    `json:"subject"`
+	Annotations   map[string]string `json:"annotations"`
 }
 
 // ParseChildren parses a manifest, index, Docker manifest or manifest list,
@@ -135,7 +170,7 @@ func ParseChildren(where string, b []byte) (Children, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return Children{}, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
 	}
-	c := Children{MediaType: m.MediaType, Subject: m.Subject}
+	c := Children{MediaType: m.MediaType, Subject: m.Subject, Config: m.Config, Created: m.Annotations[v1.AnnotationCreated]}
 	if m.Config != nil {
 		c.Refs = append(c.Refs, *m.Config)
 	}

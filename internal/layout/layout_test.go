@@ -492,3 +492,21 @@ func FuzzParseIndex(f *testing.F) {
 		}
 	})
 }
+
+// TestValidateDigestFastPath: the fast path accepts exactly what
+// go-digest's Validate accepts.
+func TestValidateDigestFastPath(t *testing.T) {
+	h := strings.Repeat("0123456789abcdef", 8)
+	cases := []string{
+		"sha256:" + h[:64], "sha512:" + h, "sha384:" + h[:96],
+		"sha256:" + h[:63], "sha256:" + h[:65], "sha256:" + strings.ToUpper(h[:64]), "sha256:" + h[:63] + "g",
+		"sha512:" + h[:64], "sha384:" + h[:64], "sha1:" + h[:40], "md5:" + h[:32], "sha256", "sha256:", ":" + h[:64],
+		"sha256:../../" + h[:58], "SHA256:" + h[:64], "sha256+b64:" + h[:64], "",
+	}
+	for _, c := range cases {
+		want := digest.Digest(c).Validate() == nil
+		if got := layout.ValidateDigest(digest.Digest(c)) == nil; got != want {
+			t.Errorf("ValidateDigest(%q) ok=%v, go-digest says %v", c, got, want)
+		}
+	}
+}

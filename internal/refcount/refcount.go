@@ -183,3 +183,26 @@ func Recount(ix *layout.Index, load Loader) (Map, []error) {
 	}
 	return m, c.Problems
 }
+
+// Overlay is a Table that reads through to Base and keeps its writes to
+// itself: a plan simulates a transaction's decrements on it (what would be
+// freed) without changing the journal.
+type Overlay struct {
+	Base Table
+	m    map[digest.Digest]journal.Ref
+}
+
+func (o *Overlay) GetRef(d digest.Digest) (journal.Ref, error) {
+	if r, ok := o.m[d]; ok {
+		return r, nil
+	}
+	return o.Base.GetRef(d)
+}
+
+func (o *Overlay) PutRef(d digest.Digest, r journal.Ref) error {
+	if o.m == nil {
+		o.m = map[digest.Digest]journal.Ref{}
+	}
+	o.m[d] = r
+	return nil
+}

@@ -1,0 +1,288 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/recovery"
+)
+
+// Image metadata (journal images/ and referrers/): for every root manifest
+// of index.json, when the store first saw it, its creation time and labels
+// from its config, its last use, and its subject. It is kept with every
+// transaction (added roots are described, roots that leave index.json are
+// forgotten), so that a prune reads no manifest but those it removes.
+// When the journal's images-index is not the index on disk (adoption,
+// another tool's change, a journal from before), the next writer fills it
+// in: first-seen is then that moment.
+
+// Limits on what is kept of a config.
+const (
+	maxLabels     = 256
+	maxLabelBytes = 4096
+)
+
+// imageConfig is what a config (OCI or Docker) says that prune uses.
+type imageConfig struct {
+	Created string `json:"created"`
+	Config  struct {
+		Labels map[string]string `json:"Labels"`
+	} `json:"config"`
+}
+
+// describeImage builds the metadata of a new root. What cannot be read is
+// left out: the image is then aged from now.
+func (s *Store) describeImage(t *txn, d v1.Descriptor) journal.ImageMeta {
+	m := journal.ImageMeta{FirstSeen: t.now.UTC()}
+	if !layout.Parsed(d, true) {
+		return m
+	}
+	c, err := t.load(d)
+	if err != nil {
+		return m
+	}
+	if c.Subject != nil {
+		m.Subject = c.Subject.Digest
+	}
+	if c.Created != "" {
+		if ts, err := time.Parse(time.RFC3339Nano, c.Created); err == nil {
+			m.Created = ts.UTC()
+		}
+	}
+	if c.Config == nil || c.Config.Size > layout.MaxManifestSize {
+		return m
+	}
+	b, err := layout.ReadBlob(s.fsys, *c.Config, layout.MaxManifestSize)
+	if err != nil {
+		return m
+	}
+	var cfg imageConfig
+	if json.Unmarshal(b, &cfg) != nil {
+		return m
+	}
+	if ts, err := time.Parse(time.RFC3339Nano, cfg.Created); err == nil && cfg.Created != "" {
+		m.Created = ts.UTC() // the config's created wins over the annotation
+	}
+	for k, v := range cfg.Config.Labels {
+		if len(m.Labels) >= maxLabels || len(k)+len(v) > maxLabelBytes {
+			continue
+		}
+		if m.Labels == nil {
+			m.Labels = map[string]string{}
+		}
+		m.Labels[k] = v
+	}
+	return m
+}
+
+// trackImages keeps the image metadata with a transaction from index old to
+// index new (entries): added roots are described, roots that are gone
+// forgotten. When the metadata did not describe old, it is rebuilt for new.
+func (s *Store) trackImages(t *txn, old, new digest.Digest, entries []layout.Entry, added, removed []v1.Descriptor) error {
+	if t.tx.ImagesIndex() != old {
+		return s.reconcileImages(t, entries, new)
+	}
+	var roots map[digest.Digest]bool
+	for _, d := range removed {
+		if roots == nil {
+			roots = make(map[digest.Digest]bool, len(entries))
+			for _, e := range entries {
+				roots[e.Desc.Digest] = true
+			}
+		}
+		if roots[d.Digest] {
+			continue
+		}
+		if err := t.tx.DeleteImage(d.Digest); err != nil {
+			return err
+		}
+	}
+	for _, d := range added {
+		if _, ok, err := t.tx.GetImage(d.Digest); err != nil || ok {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		if err := t.tx.PutImage(d.Digest, s.describeImage(t, d)); err != nil {
+			return err
+		}
+	}
+	return t.tx.SetImagesIndex(new)
+}
+
+// reconcileImages makes the metadata describe the roots of entries (index
+// ix): roots without metadata are described, metadata of other manifests
+// dropped.
+func (s *Store) reconcileImages(t *txn, entries []layout.Entry, ix digest.Digest) error {
+	roots := make(map[digest.Digest]bool, len(entries))
+	added := 0
+	for _, e := range entries {
+		if roots[e.Desc.Digest] {
+			continue
+		}
+		roots[e.Desc.Digest] = true
+		_, ok, err := t.tx.GetImage(e.Desc.Digest)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if err := t.tx.PutImage(e.Desc.Digest, s.describeImage(t, e.Desc)); err != nil {
+				return err
+			}
+			added++
+		}
+	}
+	var stale []digest.Digest
+	if err := t.tx.ForEachImage(func(d digest.Digest, _ journal.ImageMeta) error {
+		if !roots[d] {
+			stale = append(stale, d)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, d := range stale {
+		if err := t.tx.DeleteImage(d); err != nil {
+			return err
+		}
+	}
+	if added > 0 || len(stale) > 0 {
+		s.log.Info("image metadata brought up to date with index.json", "described", added, "dropped", len(stale))
+	}
+	return t.tx.SetImagesIndex(ix)
+}
+
+// syncImages brings the image metadata up to date with the index on disk,
+// when it is not (run by the writer after recovery).
+func (s *Store) syncImages(db *journal.DB, st *recovery.State) error {
+	inSync := false
+	if err := db.View(func(tx *journal.Tx) error {
+		inSync = tx.ImagesIndex() == st.Digest
+		return nil
+	}); err != nil || inSync {
+		return err
+	}
+	err := db.Update(func(tx *journal.Tx) error {
+		t := &txn{tx: tx, load: cachedLoader(layout.LoadChildren(s.fsys)), now: s.now()}
+		return s.reconcileImages(t, st.Index.Entries, st.Digest)
+	})
+	if err != nil {
+		return fmt.Errorf("image metadata: %w", err)
+	}
+	return nil
+}
+
+// recordUse notes that the image d was used now (Resolve, Fetch of a
+// manifest). Nothing is written: uses go to the journal with the next
+// transaction, or on Close.
+func (s *Store) recordUse(d digest.Digest) {
+	if s.opts.ReadOnly {
+		return
+	}
+	now := s.now().UTC()
+	s.lastUse.Lock()
+	if s.lastUse.m == nil {
+		s.lastUse.m = map[digest.Digest]time.Time{}
+	}
+	if now.After(s.lastUse.m[d]) {
+		s.lastUse.m[d] = now
+	}
+	s.lastUse.Unlock()
+}
+
+// flushLastUse writes the recorded uses of root manifests into tx and
+// returns what it wrote (forget it with flushedLastUse once committed).
+func (s *Store) flushLastUse(tx *journal.Tx) (map[digest.Digest]time.Time, error) {
+	s.lastUse.Lock()
+	if len(s.lastUse.m) == 0 {
+		s.lastUse.Unlock()
+		return nil, nil
+	}
+	used := make(map[digest.Digest]time.Time, len(s.lastUse.m))
+	for d, t := range s.lastUse.m {
+		used[d] = t
+	}
+	s.lastUse.Unlock()
+	for d, t := range used {
+		m, ok, err := tx.GetImage(d)
+		if err != nil {
+			return nil, err
+		}
+		if !ok || !t.After(m.LastUsed) {
+			continue // not a root (a platform manifest), or nothing new
+		}
+		m.LastUsed = t
+		if err := tx.PutImage(d, m); err != nil {
+			return nil, err
+		}
+	}
+	return used, nil
+}
+
+// flushedLastUse forgets the uses a committed transaction wrote, unless a
+// newer use came meanwhile.
+func (s *Store) flushedLastUse(used map[digest.Digest]time.Time) {
+	if len(used) == 0 {
+		return
+	}
+	s.lastUse.Lock()
+	for d, t := range used {
+		if s.lastUse.m[d].Equal(t) {
+			delete(s.lastUse.m, d)
+		}
+	}
+	s.lastUse.Unlock()
+}
+
+// closeLockTimeout bounds how long Close waits for another process's lock
+// to persist the last uses; they are a hint, dropped when it is busy.
+const closeLockTimeout = time.Second
+
+// persistLastUse writes the recorded uses on Close, in one commit, without
+// recovery (it touches nothing but image metadata). The caller holds wmu.
+func (s *Store) persistLastUse() {
+	s.lastUse.Lock()
+	n := len(s.lastUse.m)
+	s.lastUse.Unlock()
+	if n == 0 || s.opts.ReadOnly {
+		return
+	}
+	s.mu.Lock()
+	poisoned := s.mu.poisoned != nil
+	s.mu.Unlock()
+	if poisoned {
+		return
+	}
+	path := filepath.Join(s.dir, JournalPath)
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	timeout := min(s.opts.LockTimeout, closeLockTimeout)
+	db, err := journal.Open(path, journal.Options{LockTimeout: timeout, AfterCommit: s.opts.journalHook})
+	if err != nil {
+		s.log.Debug("last uses not persisted on close", "images", n, "err", err)
+		return
+	}
+	defer db.Close()
+	var used map[digest.Digest]time.Time
+	if err := db.Update(func(tx *journal.Tx) error {
+		var err error
+		used, err = s.flushLastUse(tx)
+		return err
+	}); err != nil {
+		s.log.Warn("last uses not persisted on close", "images", n, "err", err)
+		return
+	}
+	s.flushedLastUse(used)
+}

@@ -1,0 +1,458 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/refcount"
+	"github.com/ocistore/ocistore/journal"
+)
+
+// Policy says what Prune removes. Filters (Refs, Labels) choose the
+// candidates; rules (KeepLast, OlderThan/Until, MaxSize) choose among them.
+// At least one rule must be given. An image is a manifest: entries of one
+// manifest (several tags) share its age, labels and last use.
+//
+//   - KeepLast alone removes every candidate but the KeepLast newest images
+//     of each repository (see Repository). With another rule it only
+//     protects them: the others rules remove what they choose among the rest.
+//   - OlderThan or Until removes the candidates created before the cutoff
+//     (both given: before both).
+//   - MaxSize then removes more candidates, least recently used first, until
+//     the bytes index.json keeps are at most MaxSize. What KeepLast protects
+//     stays, so the budget may stay unmet (PruneResult.OverBudget).
+//
+// An image's age is its config's "created" (or its
+// org.opencontainers.image.created annotation), else when the store first
+// saw it; its last use is the last Resolve or manifest Fetch, else when the
+// store first saw it. Ties go to the position in index.json: a later entry
+// is newer.
+//
+// OCI 1.1 referrers (manifests with a subject: signatures, SBOMs) are never
+// chosen by a rule: they go with their subject (cascade), and a candidate
+// referrer whose subject is no longer in the layout goes too, unless
+// KeepReferrers.
+type Policy struct {
+	KeepLast  int           // keep the newest N images per repository; 0: no such rule
+	OlderThan time.Duration // remove images older than this; 0: no such rule
+	Until     time.Time     // remove images created before this; zero: no such rule
+	MaxSize   int64         // keep the referenced bytes at most this; 0: no budget
+
+	// Refs are globs (path.Match) on tags: an entry whose tag matches none
+	// is not a candidate, and untagged entries match none. Empty: every
+	// entry is a candidate.
+	Refs []string
+	// Labels are "key=value" (or "key": present with any value) that the
+	// image config's labels must all match.
+	Labels []string
+
+	KeepReferrers bool // do not remove referrers with their subjects
+	DryRun        bool // report what would go, change nothing
+}
+
+// Reasons a prune removes an entry.
+const (
+	ReasonKeepLast         = "keep-last"         // not among the newest KeepLast of its repository
+	ReasonOlderThan        = "older-than"        // created before the cutoff
+	ReasonMaxSize          = "max-size"          // evicted to meet the size budget
+	ReasonReferrer         = "referrer"          // its subject was removed
+	ReasonDanglingReferrer = "dangling-referrer" // its subject is not in the layout
+)
+
+// PrunedImage is an entry a prune removed.
+type PrunedImage struct {
+	Name       string `json:"name"` // "" for an untagged entry
+	Digest     string `json:"digest"`
+	Repository string `json:"repository"`
+	Reason     string `json:"reason"`
+}
+
+// PruneResult describes a prune. Freed lists the blobs unlinked (or, for a
+// dry run, that would be); blobs a lease holds are not among them.
+type PruneResult struct {
+	Result
+	DryRun  bool          `json:"dryRun"`
+	Removed []PrunedImage `json:"removed"`
+	// SizeBefore and SizeAfter are the bytes index.json keeps (what
+	// MaxSize budgets) before and after.
+	SizeBefore int64 `json:"sizeBefore"`
+	SizeAfter  int64 `json:"sizeAfter"`
+	// OverBudget is set when MaxSize could not be met by removing what
+	// the policy allows.
+	OverBudget bool `json:"overBudget,omitempty"`
+}
+
+// errDryRun rolls back a dry run after its plan.
+var errDryRun = errors.New("dry run")
+
+// Validate checks that p can be applied.
+func (p *Policy) Validate() error {
+	switch {
+	case p.KeepLast < 0:
+		return fmt.Errorf("keep-last %d: %w", p.KeepLast, errdef.ErrInvalidArgument)
+	case p.OlderThan < 0:
+		return fmt.Errorf("older-than %s: %w", p.OlderThan, errdef.ErrInvalidArgument)
+	case p.MaxSize < 0:
+		return fmt.Errorf("max-size %d: %w", p.MaxSize, errdef.ErrInvalidArgument)
+	case p.KeepLast == 0 && p.OlderThan == 0 && p.Until.IsZero() && p.MaxSize == 0:
+		return fmt.Errorf("no rule: give keep-last, older-than, until or max-size: %w", errdef.ErrInvalidArgument)
+	}
+	for _, r := range p.Refs {
+		if _, err := path.Match(r, ""); err != nil {
+			return fmt.Errorf("ref filter %q: %w: %v", r, errdef.ErrInvalidArgument, err)
+		}
+	}
+	for _, l := range p.Labels {
+		if k, _, _ := strings.Cut(l, "="); k == "" {
+			return fmt.Errorf("label filter %q: no key: %w", l, errdef.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// Prune removes the images the policy chooses, with every blob only they
+// used, in ONE transaction whatever their number: one journal record, one
+// index.json write, one sync per touched directory. It reads the journal's
+// image metadata, not the manifests, except those of the images it removes.
+func (s *Store) Prune(ctx context.Context, p Policy) (*PruneResult, error) {
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	out := &PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}}
+	res, err := s.update(ctx, "prune", func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
+		*out = PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}} // a retry starts over
+		entries, err := s.planPrune(cur, t, &p, out)
+		if err != nil {
+			return nil, err
+		}
+		if p.DryRun {
+			return nil, errDryRun
+		}
+		return entries, nil
+	})
+	switch {
+	case errors.Is(err, errDryRun):
+		return out, nil
+	case err != nil:
+		return nil, fmt.Errorf("prune: %w", err)
+	}
+	out.Result = *res
+	if len(out.Removed) > 0 {
+		s.log.Info("pruned", attrTxn, res.Txn, "images", len(out.Removed), "blobs", len(res.Freed), "bytes", res.BytesFreed)
+	}
+	return out, nil
+}
+
+// pruneEntry is what the plan knows of one index.json entry.
+type pruneEntry struct {
+	repo      string
+	meta      journal.ImageMeta
+	age, used time.Time
+	candidate bool // matches the filters
+}
+
+func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult) ([]layout.Entry, error) {
+	entries := cur.Entries
+	info := make([]pruneEntry, len(entries))
+	metas := map[digest.Digest]journal.ImageMeta{}
+	for i, e := range entries {
+		m, ok := metas[e.Desc.Digest]
+		if !ok {
+			var err error
+			if m, ok, err = t.tx.GetImage(e.Desc.Digest); err != nil {
+				return nil, err
+			}
+			if !ok {
+				m = s.describeImage(t, e.Desc) // cannot happen: the writer keeps them
+			}
+			metas[e.Desc.Digest] = m
+		}
+		pe := pruneEntry{repo: Repository(e.Name()), meta: m, age: m.Created, used: m.LastUsed}
+		if pe.age.IsZero() {
+			pe.age = m.FirstSeen
+		}
+		if pe.used.IsZero() {
+			pe.used = m.FirstSeen
+		}
+		pe.candidate = matchRefs(p.Refs, e.Name()) && matchLabels(p.Labels, m.Labels)
+		info[i] = pe
+	}
+
+	// Keep-last: the newest KeepLast images (distinct manifests) of each
+	// repository, among the candidates that are not referrers.
+	protected := map[string]bool{} // repo + " " + digest
+	if p.KeepLast > 0 {
+		type img struct {
+			d   digest.Digest
+			age time.Time
+			pos int // last position in index.json
+		}
+		byRepo := map[string][]*img{}
+		seen := map[string]*img{}
+		for i, e := range entries {
+			pe := &info[i]
+			if !pe.candidate || pe.meta.Subject != "" {
+				continue
+			}
+			k := pe.repo + " " + e.Desc.Digest.String()
+			if im := seen[k]; im != nil {
+				im.pos = i
+				continue
+			}
+			im := &img{d: e.Desc.Digest, age: pe.age, pos: i}
+			seen[k] = im
+			byRepo[pe.repo] = append(byRepo[pe.repo], im)
+		}
+		for repo, ims := range byRepo {
+			sort.Slice(ims, func(a, b int) bool {
+				if !ims[a].age.Equal(ims[b].age) {
+					return ims[a].age.After(ims[b].age)
+				}
+				return ims[a].pos > ims[b].pos
+			})
+			for _, im := range ims[:min(p.KeepLast, len(ims))] {
+				protected[repo+" "+im.d.String()] = true
+			}
+		}
+	}
+	isProtected := func(i int) bool { return protected[info[i].repo+" "+entries[i].Desc.Digest.String()] }
+
+	dr := newDropper(t, entries, !p.KeepReferrers)
+	// The age and keep-last rules.
+	hasAge := p.OlderThan > 0 || !p.Until.IsZero()
+	var cutoff time.Time
+	if p.OlderThan > 0 {
+		cutoff = t.now.Add(-p.OlderThan)
+	}
+	if !p.Until.IsZero() && (cutoff.IsZero() || p.Until.Before(cutoff)) {
+		cutoff = p.Until
+	}
+	for i := range entries {
+		pe := &info[i]
+		if !pe.candidate || pe.meta.Subject != "" || isProtected(i) {
+			continue
+		}
+		var err error
+		switch {
+		case hasAge && pe.age.Before(cutoff):
+			err = dr.remove(i, ReasonOlderThan)
+		case !hasAge && p.MaxSize == 0 && p.KeepLast > 0:
+			err = dr.remove(i, ReasonKeepLast)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	// Referrers left dangling before this prune.
+	if !p.KeepReferrers {
+		for i := range entries {
+			pe := &info[i]
+			if !pe.candidate || pe.meta.Subject == "" || dr.drop[i] {
+				continue
+			}
+			r, err := t.tx.GetRef(pe.meta.Subject)
+			if err != nil {
+				return nil, err
+			}
+			if r.Count == 0 {
+				if err := dr.remove(i, ReasonDanglingReferrer); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	if err := dr.follow(); err != nil {
+		return nil, err
+	}
+
+	// The budget: least recently used first.
+	live, err := t.tx.LiveBytes()
+	if err != nil {
+		return nil, err
+	}
+	if p.MaxSize > 0 && live-dr.freedBytes() > p.MaxSize {
+		var lru []int
+		for i := range entries {
+			pe := &info[i]
+			if pe.candidate && pe.meta.Subject == "" && !isProtected(i) && !dr.drop[i] {
+				lru = append(lru, i)
+			}
+		}
+		sort.SliceStable(lru, func(a, b int) bool {
+			x, y := &info[lru[a]], &info[lru[b]]
+			if !x.used.Equal(y.used) {
+				return x.used.Before(y.used)
+			}
+			if !x.age.Equal(y.age) {
+				return x.age.Before(y.age)
+			}
+			return lru[a] < lru[b]
+		})
+		for _, i := range lru {
+			if live-dr.freedBytes() <= p.MaxSize {
+				break
+			}
+			if err := dr.remove(i, ReasonMaxSize); err != nil {
+				return nil, err
+			}
+			if err := dr.follow(); err != nil {
+				return nil, err
+			}
+		}
+		out.OverBudget = live-dr.freedBytes() > p.MaxSize
+	}
+
+	out.SizeBefore, out.SizeAfter = live, live-dr.freedBytes()
+	for i, e := range entries {
+		if dr.drop[i] {
+			out.Removed = append(out.Removed, PrunedImage{Name: e.Name(), Digest: e.Desc.Digest.String(), Repository: info[i].repo, Reason: dr.reason[i]})
+		}
+	}
+	if p.DryRun {
+		if err := s.wouldFree(t, dr.sim.Freed, &out.Result); err != nil {
+			return nil, err
+		}
+	}
+	return dr.kept(), nil
+}
+
+// wouldFree fills res with what unlinking freed would free: not the blobs
+// a lease holds, nor those not on disk.
+func (s *Store) wouldFree(t *txn, freed []v1.Descriptor, res *Result) error {
+	kept, err := withoutLeased(t.tx, freed, t.now)
+	if err != nil {
+		return err
+	}
+	res.Freed = nil
+	paths := make([]string, len(kept))
+	for i, f := range kept {
+		paths[i] = layout.BlobPath(f.Digest)
+	}
+	infos := fsio.LstatFiles(s.fsys, paths)
+	for i, f := range kept {
+		if infos[i] == nil {
+			continue
+		}
+		res.Freed = append(res.Freed, Blob{Digest: f.Digest.String(), Size: f.Size})
+		res.BytesFreed += f.Size
+	}
+	return nil
+}
+
+func matchRefs(globs []string, name string) bool {
+	if len(globs) == 0 {
+		return true
+	}
+	if name == "" {
+		return false
+	}
+	for _, g := range globs {
+		if ok, _ := path.Match(g, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func matchLabels(filters []string, labels map[string]string) bool {
+	for _, f := range filters {
+		k, v, hasValue := strings.Cut(f, "=")
+		got, ok := labels[k]
+		if !ok || hasValue && got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// dropper removes entries from an index plan and simulates the refcount
+// decrements on an overlay of the journal, so that the plan knows what the
+// removals free: for the size budget, and to find the referrers whose
+// subject goes with them.
+type dropper struct {
+	t        *txn
+	entries  []layout.Entry
+	drop     []bool
+	reason   []string
+	byDigest map[digest.Digest][]int
+	sim      *refcount.Counter
+	cascade  bool
+	followed int   // sim.Freed entries already looked at for referrers
+	counted  int   // sim.Freed entries summed into freed
+	freed    int64 // bytes of sim.Freed[:counted]
+}
+
+func newDropper(t *txn, entries []layout.Entry, cascade bool) *dropper {
+	return &dropper{
+		t: t, entries: entries, drop: make([]bool, len(entries)), reason: make([]string, len(entries)),
+		sim:     &refcount.Counter{T: &refcount.Overlay{Base: t.tx}, Load: t.load},
+		cascade: cascade && t.tx.HasReferrers(),
+	}
+}
+
+// remove drops entry i for reason.
+func (d *dropper) remove(i int, reason string) error {
+	if d.drop[i] {
+		return nil
+	}
+	d.drop[i], d.reason[i] = true, reason
+	return d.sim.Dec(d.entries[i].Desc)
+}
+
+// follow drops the referrers of every manifest freed so far (and theirs),
+// when cascading.
+func (d *dropper) follow() error {
+	if !d.cascade {
+		return nil
+	}
+	for ; d.followed < len(d.sim.Freed); d.followed++ {
+		refs := d.t.tx.Referrers(d.sim.Freed[d.followed].Digest)
+		if len(refs) == 0 {
+			continue
+		}
+		if d.byDigest == nil {
+			d.byDigest = map[digest.Digest][]int{}
+			for i, e := range d.entries {
+				d.byDigest[e.Desc.Digest] = append(d.byDigest[e.Desc.Digest], i)
+			}
+		}
+		for _, r := range refs {
+			for _, i := range d.byDigest[r] {
+				if err := d.remove(i, ReasonReferrer); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// freedBytes is the size of what the removals so far free.
+func (d *dropper) freedBytes() int64 {
+	for ; d.counted < len(d.sim.Freed); d.counted++ {
+		d.freed += d.sim.Freed[d.counted].Size
+	}
+	return d.freed
+}
+
+// kept returns the entries not dropped, in order.
+func (d *dropper) kept() []layout.Entry {
+	out := make([]layout.Entry, 0, len(d.entries))
+	for i, e := range d.entries {
+		if !d.drop[i] {
+			out = append(out, e)
+		}
+	}
+	return out
+}
