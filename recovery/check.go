@@ -62,6 +62,8 @@ type Report struct {
 	Blobs    int       `json:"blobs"`    // blobs reachable from index.json
 	Bytes    int64     `json:"bytes"`    // their total size
 	Problems []Problem `json:"problems"` // empty when the layout is consistent
+	// Deep describes the hashing of a deep check; nil for a quick one.
+	Deep *DeepStats `json:"deep,omitempty"`
 }
 
 // OK reports whether no problem was found.
@@ -75,6 +77,15 @@ func (r *Report) add(kind string, d digest.Digest, path, format string, args ...
 // (manifests are read, since the graph runs through them). db may be nil when
 // the layout has no journal. It changes nothing.
 func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*Report, error) {
+	return CheckWith(ctx, fsys, db, nil)
+}
+
+// CheckWith is Check with options: with o.Deep it also re-hashes every blob
+// file (see CheckOptions). A nil o is the quick check.
+func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOptions) (*Report, error) {
+	if o == nil {
+		o = &CheckOptions{}
+	}
 	r := &Report{Problems: []Problem{}}
 	if b, err := fsio.ReadFile(fsys, layout.LayoutFile, 4096); err != nil {
 		r.add(KindLayoutCorrupt, "", layout.LayoutFile, "%v", err)
@@ -159,7 +170,7 @@ func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*Report, error) {
 			r.add(KindNotRegular, d.Digest, p, "%v", err)
 			return nil
 		case !fi.Mode().IsRegular():
-			r.add(KindNotRegular, d.Digest, p, "is %s, not a regular file", fi.Mode().Type())
+			r.add(KindNotRegular, d.Digest, p, "is %s, not a regular file", typeName(fi.Mode().Type()))
 			return nil
 		case fi.Size() != d.Size:
 			r.add(KindSizeMismatch, d.Digest, p, "%d bytes on disk, descriptor says %d", fi.Size(), d.Size)
@@ -181,8 +192,20 @@ func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*Report, error) {
 			}
 		}
 	}
-	if err := checkBlobFiles(fsys, reach, r, ix != nil); err != nil {
+	files, err := checkBlobFiles(fsys, reach, r, ix != nil, o.Deep)
+	if err != nil {
 		return nil, err
+	}
+	if o.Deep {
+		known := map[digest.Digest]bool{}
+		for _, p := range r.Problems {
+			if p.Kind == KindDigestMismatch {
+				known[digest.Digest(p.Digest)] = true
+			}
+		}
+		if err := deepCheck(ctx, fsys, files, known, o, r); err != nil {
+			return nil, err
+		}
 	}
 	temps, err := Temps(fsys)
 	if err != nil {
@@ -199,14 +222,18 @@ func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*Report, error) {
 	return r, nil
 }
 
-func checkBlobFiles(fsys fsio.FS, reach map[digest.Digest]bool, r *Report, orphans bool) error {
+// checkBlobFiles lists blobs/, reporting orphans (when orphans is true) and
+// files not named by a digest. With sizes, it returns the regular files
+// named by a digest, with their sizes, for hashing.
+func checkBlobFiles(fsys fsio.FS, reach map[digest.Digest]bool, r *Report, orphans, sizes bool) ([]blobFile, error) {
 	algs, err := fsys.ReadDir(layout.BlobsDir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("list %s: %w", layout.BlobsDir, err)
+		return nil, fmt.Errorf("list %s: %w", layout.BlobsDir, err)
 	}
+	var out []blobFile
 	for _, a := range algs {
 		dir := layout.BlobsDir + "/" + a.Name()
 		if !a.IsDir() {
@@ -215,7 +242,7 @@ func checkBlobFiles(fsys fsio.FS, reach map[digest.Digest]bool, r *Report, orpha
 		}
 		files, err := fsys.ReadDir(dir)
 		if err != nil {
-			return fmt.Errorf("list %s: %w", dir, err)
+			return nil, fmt.Errorf("list %s: %w", dir, err)
 		}
 		for _, f := range files {
 			p := dir + "/" + f.Name()
@@ -224,12 +251,31 @@ func checkBlobFiles(fsys fsio.FS, reach map[digest.Digest]bool, r *Report, orpha
 				r.add(KindUnknownFile, "", p, "not named by a valid digest")
 				continue
 			}
+			if !f.Type().IsRegular() {
+				// A reachable one was reported by the walk. GC leaves
+				// these alone; repair moves them to quarantine.
+				if orphans && !reach[d] {
+					r.add(KindNotRegular, d, p, "is %s, not a regular file (and nothing reaches it)", typeName(f.Type()))
+				}
+				continue
+			}
 			if orphans && !reach[d] {
 				r.add(KindOrphan, d, p, "no index.json entry reaches this blob")
 			}
+			if !sizes {
+				continue
+			}
+			fi, err := f.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed meanwhile
+			}
+			if err != nil {
+				return nil, fmt.Errorf("stat %s: %w", p, err)
+			}
+			out = append(out, blobFile{d: d, path: p, size: fi.Size()})
 		}
 	}
-	return nil
+	return out, nil
 }
 
 func checkJournal(db *journal.DB, ix *layout.Index, raw []byte, kids map[digest.Digest]layout.Children, bad map[digest.Digest]error, r *Report) {
@@ -293,4 +339,21 @@ func checkJournal(db *journal.DB, ix *layout.Index, raw []byte, kids map[digest.
 	for _, d := range diffs {
 		r.add(KindRefcount, d, "", "stored count %d, recount %d", stored[d].Count, want[d].Count)
 	}
+}
+
+// typeName words a file type for a problem's detail.
+func typeName(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "a special file"
 }

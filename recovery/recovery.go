@@ -311,11 +311,12 @@ func Finish(env Env, db *journal.DB, rec *journal.Record, stamp fsio.Stamp, poin
 	return nil
 }
 
-// IsIndexTemp reports whether a root entry is a temp file of renameio
-// (".index.json" followed by digits).
+// IsIndexTemp reports whether a root entry is a temp file of renameio:
+// ".index.json" (or ".oci-layout", which init and repair write the same
+// way) followed by digits.
 func IsIndexTemp(name string) bool { return indexTemp.MatchString(name) }
 
-var indexTemp = regexp.MustCompile(`^\.` + regexp.QuoteMeta(layout.IndexFile) + `-?[0-9]+$`)
+var indexTemp = regexp.MustCompile(`^\.(` + regexp.QuoteMeta(layout.IndexFile) + `|` + regexp.QuoteMeta(layout.LayoutFile) + `)-?[0-9]+$`)
 
 // IngestTempPrefix is the name prefix of this process's ingest temp files.
 func IngestTempPrefix() string { return strconv.Itoa(os.Getpid()) + "-" }
@@ -334,8 +335,8 @@ func staleIngest(name string) bool {
 	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
-// Temps lists leftover temp files: renameio's in the root, and ingest files
-// of processes that are gone.
+// Temps lists leftover temp files: renameio's in the root, ingest files of
+// processes that are gone, and partial copies of an interrupted repair.
 func Temps(fsys fsio.FS) ([]string, error) {
 	var out []string
 	ents, err := fsys.ReadDir(".")
@@ -347,6 +348,11 @@ func Temps(fsys fsio.FS) ([]string, error) {
 			out = append(out, e.Name())
 		}
 	}
+	// A .ocistore that is not a directory (a symlink) is not ours to list:
+	// fsck reports it.
+	if fi, err := fsys.Lstat(layout.StateDir); err != nil || !fi.IsDir() {
+		return out, nil
+	}
 	ents, err = fsys.ReadDir(IngestDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("list %s: %w", IngestDir, err)
@@ -354,6 +360,17 @@ func Temps(fsys fsio.FS) ([]string, error) {
 	for _, e := range ents {
 		if e.Type().IsRegular() && staleIngest(e.Name()) {
 			out = append(out, IngestDir+"/"+e.Name())
+		}
+	}
+	// Copies repair was keeping when it was interrupted (KeepCopy; written
+	// under the writer lock, which whoever removes temps holds).
+	ents, err = fsys.ReadDir(QuarantineDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("list %s: %w", QuarantineDir, err)
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), partialPrefix) {
+			out = append(out, QuarantineDir+"/"+e.Name())
 		}
 	}
 	return out, nil

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"time"
 
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/journal"
 	"github.com/ocistore/ocistore/recovery"
 )
@@ -46,6 +48,15 @@ func (s *Store) Pending(ctx context.Context) ([]*journal.Record, error) {
 // PendingRecords reads the pending records of the layout in dir without
 // opening it as a store (so without running recovery).
 func PendingRecords(dir string, lockTimeout time.Duration) ([]*journal.Record, error) {
+	fsys, err := fsio.OpenOS(dir)
+	if err != nil {
+		return nil, err
+	}
+	bad, detail := journalNotRegular(fsys)
+	fsys.Close()
+	if bad != "" {
+		return nil, fmt.Errorf("%s: %w", detail, errdef.ErrCorrupt)
+	}
 	db, err := journal.Open(filepath.Join(dir, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
 	if err != nil {
 		return nil, lockedMessage(dir, lockTimeout, err)
@@ -72,11 +83,17 @@ func lockedMessage(dir string, waited time.Duration, err error) error {
 // Check runs the quick consistency check of the layout (see recovery.Check)
 // under the writer lock, so that no transaction is half done while it looks.
 func (s *Store) Check(ctx context.Context) (*recovery.Report, error) {
+	return s.CheckWith(ctx, nil)
+}
+
+// CheckWith is Check with options (o.Deep re-hashes every blob: see
+// recovery.CheckOptions). A nil o is the quick check.
+func (s *Store) CheckWith(ctx context.Context, o *recovery.CheckOptions) (*recovery.Report, error) {
 	if err := s.readable(); err != nil {
 		return nil, err
 	}
 	if s.opts.ReadOnly {
-		return CheckDir(ctx, s.dir, s.opts.LockTimeout)
+		return CheckDirWith(ctx, s.dir, s.opts.LockTimeout, o)
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -85,7 +102,7 @@ func (s *Store) Check(ctx context.Context) (*recovery.Report, error) {
 		return nil, fmt.Errorf("check: %w", err)
 	}
 	defer db.Close()
-	rep, err := recovery.Check(ctx, s.fsys, db)
+	rep, err := recovery.CheckWith(ctx, s.fsys, db, o)
 	if err != nil {
 		return nil, err
 	}
@@ -100,17 +117,33 @@ func (s *Store) Check(ctx context.Context) (*recovery.Report, error) {
 // transaction shows as a pending record. It takes a shared lock on the
 // journal, waiting up to lockTimeout for a writer.
 func CheckDir(ctx context.Context, dir string, lockTimeout time.Duration) (*recovery.Report, error) {
+	return CheckDirWith(ctx, dir, lockTimeout, nil)
+}
+
+// CheckDirWith is CheckDir with options (see Store.CheckWith).
+func CheckDirWith(ctx context.Context, dir string, lockTimeout time.Duration, o *recovery.CheckOptions) (*recovery.Report, error) {
 	fsys, err := fsio.OpenOS(dir)
 	if err != nil {
 		return nil, fmt.Errorf("check %s: %w", dir, err)
 	}
 	defer fsys.Close()
+	// bbolt opens the journal by path, outside os.Root: a .ocistore or a
+	// journal.db that is not what it should be (a symlink out of the layout)
+	// is reported, never opened.
+	if bad, detail := journalNotRegular(fsys); bad != "" {
+		rep, err := recovery.CheckWith(ctx, fsys, nil, o)
+		if err != nil {
+			return nil, err
+		}
+		rep.Problems = append(rep.Problems[:len(rep.Problems)-1], recovery.Problem{Kind: recovery.KindJournalCorrupt, Path: bad, Detail: detail})
+		return rep, nil
+	}
 	db, err := journal.Open(filepath.Join(dir, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
 	switch {
 	case errors.Is(err, errdef.ErrNotFound):
 		db = nil
 	case errors.Is(err, errdef.ErrCorrupt):
-		rep, cerr := recovery.Check(ctx, fsys, nil)
+		rep, cerr := recovery.CheckWith(ctx, fsys, nil, o)
 		if cerr != nil {
 			return nil, cerr
 		}
@@ -122,7 +155,7 @@ func CheckDir(ctx context.Context, dir string, lockTimeout time.Duration) (*reco
 	if db != nil {
 		defer db.Close()
 	}
-	rep, err := recovery.Check(ctx, fsys, db)
+	rep, err := recovery.CheckWith(ctx, fsys, db, o)
 	if err != nil {
 		return nil, err
 	}
@@ -130,4 +163,29 @@ func CheckDir(ctx context.Context, dir string, lockTimeout time.Duration) (*reco
 		return nil, fmt.Errorf("check: leases: %w", err)
 	}
 	return rep, nil
+}
+
+// journalNotRegular returns the path of .ocistore or of the journal when it
+// exists but is not a directory, or not a regular file, with why.
+func journalNotRegular(fsys fsio.FS) (string, string) {
+	for _, c := range []struct {
+		path string
+		ok   func(fs.FileMode) bool
+		want string
+	}{
+		{layout.StateDir, fs.FileMode.IsDir, "a directory"},
+		{JournalPath, fs.FileMode.IsRegular, "a regular file"},
+	} {
+		fi, err := fsys.Lstat(c.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", ""
+		}
+		if err != nil {
+			return c.path, err.Error()
+		}
+		if !c.ok(fi.Mode()) {
+			return c.path, fmt.Sprintf("%s is %s, not %s: not opened", c.path, kindOf(fi.Mode()), c.want)
+		}
+	}
+	return "", ""
 }

@@ -69,6 +69,8 @@ func TestCrashChild(t *testing.T) {
 		_, err = s.Recover(ctx)
 	case "gc":
 		_, err = s.GC(ctx, store.GCOptions{})
+	case "prune": // keep the newest image of each repository among the tags matching args
+		_, err = s.Prune(ctx, store.Policy{KeepLast: 1, Refs: args})
 	default:
 		err = fmt.Errorf("unknown child op %q", op)
 	}

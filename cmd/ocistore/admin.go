@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -57,7 +59,7 @@ func runInit(ctx context.Context, a *app, _ []string) error {
 
 var fsckCmd = &command{
 	name:    "fsck",
-	summary: "check the layout's consistency (changes nothing)",
+	summary: "check the layout's consistency; --repair fixes what it can",
 	help: `Checks the layout as it is on disk, without running recovery first (an
 interrupted transaction shows as a pending record): oci-layout and index.json
 parse; every blob reachable from index.json is present with the size its
@@ -65,19 +67,125 @@ descriptor says; no orphan blobs or leftover temp files; the journal is sound
 and its reference counts match a recount. Blob contents other than manifests
 are not read.
 
+With --deep every blob file under blobs/ (reachable or not) is also read and
+hashed, on every core, streamed (memory does not grow with blob size); a blob
+whose bytes do not hash to its name is a digest-mismatch. A progress line is
+drawn on a terminal. --max stops the hashing after a duration; the output
+then says how much was hashed.
+
 Text output: one line per problem, "KIND DIGEST PATH: DETAIL", then a
 summary. JSON output: the report {images, blobs, bytes, problems: [{kind,
-digest, path, detail}]}.
+digest, path, detail}], deep: {files, bytes, hashedFiles, hashedBytes,
+stopped}}.
 
-Exit status 3 when a problem is found. ocistore recover fixes what an
-interrupted transaction left; other problems need a person.`,
+With --repair the layout is brought back to a consistent state, keeping
+whatever can be kept, then checked again: recovery runs (interrupted
+transactions, temp files, reference counts); a journal that is missing,
+empty, truncated or corrupt is rebuilt from the layout (the damaged file is
+kept aside as .ocistore/journal.db.corrupt-TIME, and the pending records it
+still holds are honoured first); index.json, when missing or unreadable, is
+restored from the journal's copy of the last committed index (never replaced
+by an empty one); blobs whose bytes do not match their digest, and symlinks
+or directories where blobs should be, are moved to .ocistore/quarantine/
+(never followed, never deleted); unreferenced blobs are removed in one
+journaled transaction unless --keep-orphans; index.json entries whose blobs
+are missing or damaged are reported, and removed only with --drop-broken
+(one journaled transaction; the blobs only they used are freed). Output: what
+was done, the broken entries left, then the check. JSON output: {actions:
+[{kind, txn, detail}], broken: [{pos, name, digest, reason}], invalid,
+report}.
+
+Exit status 0 when the layout is consistent (after --repair: when nothing is
+left), 3 when a problem is found (or left), 1 when the check or repair could
+not run. ocistore recover fixes what an interrupted transaction left.`,
+	flagHelp: `      --deep            also re-hash every blob (digest-mismatch)
+      --max DURATION    stop hashing after DURATION (e.g. 10m); with --deep
+      --workers N       blobs hashed at once (default: one per core)
+      --repair          repair what can be repaired without losing data
+      --keep-orphans    with --repair: remove no unreferenced blob
+      --drop-broken     with --repair: remove from index.json the entries
+                        whose blobs are missing or damaged
+      --grace DURATION  with --repair: keep unreferenced blobs modified
+                        within DURATION (default 0)`,
 	maxArgs: 0,
 	format:  true,
+	flags:   fsckFlags,
 	run:     runFsck,
 }
 
+// fsckOpts are fsck's flags.
+type fsckOpts struct {
+	deep    bool
+	max     time.Duration
+	workers int
+
+	repair, keepOrphans, dropBroken bool
+	grace                           time.Duration
+	graceSet                        bool
+}
+
+func fsckFlags(fs *flag.FlagSet, a *app) {
+	fs.BoolVar(&a.fsck.repair, "repair", false, "repair")
+	fs.BoolVar(&a.fsck.keepOrphans, "keep-orphans", false, "remove no unreferenced blob")
+	fs.BoolVar(&a.fsck.dropBroken, "drop-broken", false, "remove broken entries from index.json")
+	fs.Func("grace", "keep unreferenced blobs modified within this duration", func(s string) error {
+		d, err := parseDuration(s)
+		if err != nil {
+			return err
+		}
+		if d < 0 {
+			return errors.New("must not be negative")
+		}
+		a.fsck.grace, a.fsck.graceSet = d, true
+		return nil
+	})
+	fs.BoolVar(&a.fsck.deep, "deep", false, "re-hash every blob")
+	fs.Func("max", "stop hashing after this duration", func(s string) error {
+		d, err := parseDuration(s)
+		if err != nil {
+			return err
+		}
+		if d <= 0 {
+			return errors.New("must be positive")
+		}
+		a.fsck.max = d
+		return nil
+	})
+	fs.Func("workers", "blobs hashed at once", func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return errors.New("want a positive number")
+		}
+		a.fsck.workers = n
+		return nil
+	})
+}
+
+// checkOptions are the recovery.CheckOptions fsck's flags ask for, with a
+// progress line on a terminal for a deep check. Stop the progress when done.
+func (a *app) checkOptions() (*recovery.CheckOptions, *progress) {
+	o := &recovery.CheckOptions{Deep: a.fsck.deep, Max: a.fsck.max, Workers: a.fsck.workers}
+	if !o.Deep {
+		return o, nil
+	}
+	p := startProgress(a.stderr, isTerminal(a.stderr), "fsck: hashing blobs (MiB)")
+	o.Progress = func(done, total int64) { p.Set(done>>20, total>>20) }
+	return o, p
+}
+
 func runFsck(ctx context.Context, a *app, _ []string) error {
-	rep, err := store.CheckDir(ctx, a.layout, a.lockTimeout)
+	if a.fsck.max > 0 && !a.fsck.deep {
+		return usagef("--max limits the hashing of --deep")
+	}
+	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet) {
+		return usagef("--keep-orphans, --drop-broken and --grace go with --repair")
+	}
+	if a.fsck.repair {
+		return a.runRepair(ctx)
+	}
+	o, p := a.checkOptions()
+	rep, err := store.CheckDirWith(ctx, a.layout, a.lockTimeout, o)
+	p.Stop()
 	if err != nil {
 		return lockedHint(a, err)
 	}
@@ -86,23 +194,78 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 	} else {
-		for _, p := range rep.Problems {
-			line := p.Kind
-			if p.Digest != "" {
-				line += " " + p.Digest
-			}
-			if p.Path != "" {
-				line += " " + p.Path
-			}
-			fmt.Fprintf(a.stdout, "%s: %s\n", line, p.Detail)
-		}
-		fmt.Fprintf(a.stdout, "%s, %s, %s, %s\n", plural(rep.Images, "image", "images"), plural(rep.Blobs, "blob", "blobs"),
-			sizeWithBytes(rep.Bytes), plural(len(rep.Problems), "problem", "problems"))
+		a.printReport(rep)
 	}
 	if !rep.OK() {
 		return exitStatus(exitProblems)
 	}
 	return nil
+}
+
+func (a *app) runRepair(ctx context.Context) error {
+	o, p := a.checkOptions()
+	res, err := store.Repair(ctx, a.layout, &store.RepairOptions{Check: *o, KeepOrphans: a.fsck.keepOrphans,
+		DropBroken: a.fsck.dropBroken, Grace: a.fsck.grace, Logger: a.log, LockTimeout: a.lockTimeout})
+	p.Stop()
+	if err != nil {
+		return lockedHint(a, err)
+	}
+	if a.json() {
+		if err := a.printJSON(res); err != nil {
+			return err
+		}
+	} else {
+		for _, act := range res.Actions {
+			line := act.Kind
+			if act.Txn != 0 {
+				line += fmt.Sprintf(" txn %d", act.Txn)
+			}
+			fmt.Fprintf(a.stdout, "%s: %s\n", line, act.Detail)
+		}
+		if len(res.Actions) == 0 {
+			fmt.Fprintln(a.stdout, "nothing to repair")
+		}
+		for _, b := range res.Invalid {
+			fmt.Fprintf(a.stdout, "invalid entry manifests[%d] %s: %s (--drop-broken removes it)\n", b.Pos, b.Raw, b.Err)
+		}
+		for _, b := range res.Broken {
+			name := b.Name
+			if name == "" {
+				name = "<none>"
+			}
+			fmt.Fprintf(a.stdout, "broken %s %s: %s (--drop-broken removes it)\n", name, b.Digest, b.Reason)
+		}
+		fmt.Fprintln(a.stdout, "after repair:")
+		a.printReport(res.Report)
+	}
+	if !res.OK() {
+		return exitStatus(exitProblems)
+	}
+	return nil
+}
+
+// printReport writes a check report as text: one line per problem, the
+// deep check's figures, then a summary line.
+func (a *app) printReport(rep *recovery.Report) {
+	for _, p := range rep.Problems {
+		line := p.Kind
+		if p.Digest != "" {
+			line += " " + p.Digest
+		}
+		if p.Path != "" {
+			line += " " + p.Path
+		}
+		fmt.Fprintf(a.stdout, "%s: %s\n", line, p.Detail)
+	}
+	if d := rep.Deep; d != nil {
+		fmt.Fprintf(a.stdout, "deep: %d of %s hashed, %s of %s", d.HashedFiles, plural(d.Files, "blob", "blobs"), humanSize(d.HashedBytes), humanSize(d.Bytes))
+		if d.Stopped {
+			fmt.Fprintf(a.stdout, ": STOPPED EARLY (--max %s); the rest was not checked", a.fsck.max)
+		}
+		fmt.Fprintln(a.stdout)
+	}
+	fmt.Fprintf(a.stdout, "%s, %s, %s, %s\n", plural(rep.Images, "image", "images"), plural(rep.Blobs, "blob", "blobs"),
+		sizeWithBytes(rep.Bytes), plural(len(rep.Problems), "problem", "problems"))
 }
 
 // lockedHint makes a lock timeout of a read-only open say which layout is

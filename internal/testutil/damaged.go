@@ -1,0 +1,294 @@
+package testutil
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ocistore/ocistore/recovery"
+	"github.com/ocistore/ocistore/store"
+)
+
+// The damaged-layout corpus (testdata/damaged, written by
+// internal/cmd/mkdamaged): helpers shared by the golden tests of the library
+// and of the CLI.
+
+// DamagedCase is one case of the corpus.
+type DamagedCase struct {
+	Name string
+	Dir  string // testdata/damaged/<name>
+	Spec DamagedSpec
+}
+
+// DamagedSpec is a case's case.json.
+type DamagedSpec struct {
+	Description string `json:"description"`
+	Repair      struct {
+		DropBroken  bool `json:"dropBroken"`
+		KeepOrphans bool `json:"keepOrphans"`
+	} `json:"repair"`
+	SparseIndex int64 `json:"sparseIndex"`
+}
+
+// DamagedCases reads the cases under root (testdata/damaged).
+func DamagedCases(t testing.TB, root string) []DamagedCase {
+	t.Helper()
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []DamagedCase
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		c := DamagedCase{Name: e.Name(), Dir: filepath.Join(root, e.Name())}
+		b, err := os.ReadFile(filepath.Join(c.Dir, "case.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(b, &c.Spec); err != nil {
+			t.Fatalf("%s/case.json: %v", c.Name, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		t.Fatalf("no cases under %s", root)
+	}
+	return out
+}
+
+// canaryContent is what the file next to every materialized layout holds.
+const canaryContent = "canary: nothing may read, write or remove this file\n"
+
+// Materialize copies the case's layout (symlinks as symlinks) to a new
+// directory, next to a canary file that the corpus's symlinks point at,
+// and applies what could not be committed (a sparse index.json). It
+// returns the layout directory and a function that fails the test if
+// anything outside the layout changed: the canary's content, mode and
+// times, or a new file beside it.
+func (c DamagedCase) Materialize(t testing.TB) (string, func()) {
+	t.Helper()
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "layout")
+	canary := filepath.Join(parent, "canary")
+	if err := os.WriteFile(canary, []byte(canaryContent), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := os.Chtimes(canary, old, old); err != nil {
+		t.Fatal(err)
+	}
+	CopyTree(t, filepath.Join(c.Dir, "layout"), dir)
+	if c.Spec.SparseIndex > 0 {
+		if err := os.Truncate(filepath.Join(dir, "index.json"), c.Spec.SparseIndex); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := os.Stat(canary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir, func() {
+		t.Helper()
+		fi, err := os.Stat(canary)
+		if err != nil {
+			t.Fatalf("the canary outside the layout is gone: %v", err)
+		}
+		b, _ := os.ReadFile(canary)
+		if string(b) != canaryContent || fi.Mode() != before.Mode() || !fi.ModTime().Equal(before.ModTime()) || fi.Size() != before.Size() {
+			t.Errorf("the canary outside the layout changed: %q, %v, %v", b, fi.Mode(), fi.ModTime())
+		}
+		ents, _ := os.ReadDir(parent)
+		if len(ents) != 2 {
+			var names []string
+			for _, e := range ents {
+				names = append(names, e.Name())
+			}
+			t.Errorf("files appeared next to the layout: %v", names)
+		}
+	}
+}
+
+// CopyTree copies the tree src to dst: directories, regular files (with
+// their modes) and symlinks (as symlinks, never followed).
+func CopyTree(t testing.TB, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		to := filepath.Join(dst, rel)
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(target, to)
+		case d.IsDir():
+			return os.MkdirAll(to, 0o755)
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		in, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, in); err != nil {
+			out.Close()
+			return err
+		}
+		return out.Close()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+var asideName = regexp.MustCompile(`journal\.db\.corrupt-[0-9]+`)
+
+// NormalizeDamaged makes output that names the layout directory or the
+// time a journal was moved aside comparable across runs.
+func NormalizeDamaged(s, dir string) string {
+	s = strings.ReplaceAll(s, filepath.Dir(dir), "$TMP")
+	return asideName.ReplaceAllString(s, "journal.db.corrupt-N")
+}
+
+// LayoutState lists the files of the layout in dir (type, size and sha256
+// of regular files; the target of symlinks; journals by name only: bbolt's
+// bytes are not reproducible), then index.json's content.
+func LayoutState(t testing.TB, dir string) string {
+	t.Helper()
+	var lines []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		rel = filepath.ToSlash(rel)
+		if rel == "." {
+			return nil
+		}
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			lines = append(lines, fmt.Sprintf("l %s -> %s", rel, target))
+		case d.IsDir():
+			lines = append(lines, "d "+rel+"/")
+		case strings.HasPrefix(rel, ".ocistore/journal.db"):
+			lines = append(lines, "f "+rel+" (journal)")
+		default:
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			if fi.Size() > 1<<20 {
+				lines = append(lines, fmt.Sprintf("f %s %d bytes", rel, fi.Size()))
+				return nil
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			h := sha256.Sum256(b)
+			lines = append(lines, fmt.Sprintf("f %s %d %s", rel, len(b), hex.EncodeToString(h[:6])))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(lines)
+	out := strings.Join(NormalizeLines(lines), "\n") + "\n--- index.json\n"
+	fi, err := os.Lstat(filepath.Join(dir, "index.json"))
+	switch {
+	case err != nil:
+		out += "(" + err.Error() + ")\n"
+	case !fi.Mode().IsRegular() || fi.Size() > 1<<20:
+		out += fmt.Sprintf("(%s, %d bytes)\n", fi.Mode(), fi.Size())
+	default:
+		b, _ := os.ReadFile(filepath.Join(dir, "index.json"))
+		out += string(b)
+		if !strings.HasSuffix(out, "\n") {
+			out += "\n"
+		}
+	}
+	return NormalizeDamaged(out, dir)
+}
+
+// NormalizeLines sorts nothing and changes journal aside names only.
+func NormalizeLines(lines []string) []string {
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = asideName.ReplaceAllString(l, "journal.db.corrupt-N")
+	}
+	return out
+}
+
+// RenderRepair renders what a repair did and left, then the layout's state:
+// the content of a case's repaired.txt.
+func RenderRepair(t testing.TB, dir string, res *store.RepairResult) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("--- actions\n")
+	for _, a := range res.Actions {
+		if a.Txn != 0 {
+			fmt.Fprintf(&b, "%s txn %d: %s\n", a.Kind, a.Txn, a.Detail)
+		} else {
+			fmt.Fprintf(&b, "%s: %s\n", a.Kind, a.Detail)
+		}
+	}
+	b.WriteString("--- broken\n")
+	for _, e := range res.Broken {
+		fmt.Fprintf(&b, "%q %s: %s\n", e.Name, e.Digest, e.Reason)
+	}
+	if len(res.Invalid) > 0 {
+		b.WriteString("--- invalid\n")
+		for _, e := range res.Invalid {
+			fmt.Fprintf(&b, "manifests[%d] %s: %s\n", e.Pos, e.Raw, e.Err)
+		}
+	}
+	b.WriteString("--- problems left\n")
+	b.WriteString(RenderProblems(res.Report))
+	b.WriteString("--- files\n")
+	return NormalizeDamaged(b.String(), dir) + LayoutState(t, dir)
+}
+
+// RenderProblems renders a report's problems, one a line, and its counts.
+func RenderProblems(r *recovery.Report) string {
+	var b strings.Builder
+	for _, p := range r.Problems {
+		fmt.Fprintln(&b, p.String())
+	}
+	fmt.Fprintf(&b, "(%d images, %d blobs, %d bytes)\n", r.Images, r.Blobs, r.Bytes)
+	return b.String()
+}
+
+// ReportJSON renders a check report as the golden fsck.json holds it.
+func ReportJSON(t testing.TB, dir string, r *recovery.Report) string {
+	t.Helper()
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NormalizeDamaged(string(b), dir) + "\n"
+}

@@ -1,0 +1,320 @@
+package recovery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
+)
+
+// Building blocks of `ocistore fsck --repair` (store.Repair): they never
+// delete data. What cannot be kept in place is moved to the quarantine
+// folder inside the layout, durably.
+
+// QuarantineDir holds what repair took out of the layout, relative to the
+// layout root: blobs whose bytes do not match their digest (as
+// <alg>/<hex>), entries of blobs/ that are not regular files, unreadable
+// index.json files. Nothing in it is read by ocistore or by other tools.
+const QuarantineDir = layout.StateDir + "/quarantine"
+
+// Action kinds of a repair (besides recovery's own: roll-forward, replay,
+// roll-back, recount, temp-removed).
+const (
+	ActionQuarantined    = "quarantined"          // a blob, or index.json, moved to the quarantine folder
+	ActionIndexRestored  = "index-restored"       // index.json written from the journal's copy
+	ActionJournalCreated = "journal-created"      // no journal (or an empty one): counted from the layout
+	ActionJournalRebuilt = "journal-rebuilt"      // a damaged journal moved aside and built again from the layout
+	ActionLayoutFile     = "layout-file-restored" // oci-layout written again
+	ActionEntryDropped   = "entry-dropped"        // an index.json entry removed (--drop-broken)
+	ActionOrphansFreed   = "orphans-removed"      // unreferenced blobs removed (a journaled GC)
+	ActionKept           = "kept"                 // a copy of a file kept in the quarantine folder
+)
+
+// CrashQuarantineRenamed is the crash point of a move (or copy) into the
+// quarantine folder: renamed, directories not synced yet.
+const CrashQuarantineRenamed = "quarantine-renamed"
+
+// quarantineName returns a free name for as under the quarantine folder:
+// as itself, or as.1, as.2, ... when taken (a second repair never
+// overwrites what the first kept).
+func quarantineName(fsys fsio.FS, as string) (string, error) {
+	base := QuarantineDir + "/" + as
+	for i := 0; i < 10000; i++ {
+		name := base
+		if i > 0 {
+			name += "." + strconv.Itoa(i)
+		}
+		ok, err := fsio.Exists(fsys, name)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("quarantine %s: %w", base, fs.ErrExist)
+}
+
+// quarantineDir makes the directory of a quarantine name, each new level
+// durable.
+func quarantineDir(fsys fsio.FS, name string) error {
+	dir := fsio.Dir(name)
+	var chain []string
+	for d := dir; d != "." && d != layout.StateDir; d = fsio.Dir(d) {
+		chain = append([]string{d}, chain...)
+	}
+	for _, d := range append([]string{layout.StateDir}, chain...) {
+		if _, err := fsio.MkdirDurable(fsys, d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Quarantine moves name (a file, or a symlink or directory, which is
+// moved as it is: a symlink is never followed) into the quarantine folder
+// as as (e.g. "sha256/<hex>", "index.json"), under a free name, and
+// returns that name. The move is one rename, made durable by syncing the
+// quarantine directory and then name's directory: after a crash the entry
+// is in one place or the other, never lost.
+func Quarantine(fsys fsio.FS, name, as string) (string, error) {
+	dest, err := quarantineName(fsys, as)
+	if err != nil {
+		return "", err
+	}
+	if err := quarantineDir(fsys, dest); err != nil {
+		return "", fmt.Errorf("quarantine %s: %w", name, err)
+	}
+	if err := fsys.Rename(name, dest); err != nil {
+		return "", fmt.Errorf("quarantine %s: %w", name, err)
+	}
+	crash.Point(CrashQuarantineRenamed)
+	for _, d := range []string{fsio.Dir(dest), fsio.Dir(name)} {
+		if err := fsys.SyncDir(d); err != nil {
+			return "", &fsio.SyncError{Path: d, Err: err}
+		}
+	}
+	return dest, nil
+}
+
+// partialPrefix starts the name of a copy KeepCopy is writing.
+const partialPrefix = ".partial-"
+
+// KeepCopy writes data durably into the quarantine folder as as (under a
+// free name) and returns that name: a copy of a file that is about to be
+// replaced.
+func KeepCopy(fsys fsio.FS, as string, data []byte) (string, error) {
+	dest, err := quarantineName(fsys, as)
+	if err != nil {
+		return "", err
+	}
+	if err := quarantineDir(fsys, dest); err != nil {
+		return "", fmt.Errorf("keep a copy of %s: %w", as, err)
+	}
+	tmp, err := fsys.CreateTemp(fsio.Dir(dest), partialPrefix)
+	if err != nil {
+		return "", fmt.Errorf("keep a copy of %s: %w", as, err)
+	}
+	_, werr := tmp.Write(data)
+	if werr == nil {
+		if serr := tmp.Sync(); serr != nil {
+			werr = &fsio.SyncError{Path: tmp.Name(), Err: serr}
+		}
+	}
+	if cerr := tmp.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = fsys.Rename(tmp.Name(), dest)
+		crash.Point(CrashQuarantineRenamed)
+	}
+	if werr != nil {
+		_ = fsys.Remove(tmp.Name())
+		return "", fmt.Errorf("keep a copy of %s: %w", as, werr)
+	}
+	if err := fsys.SyncDir(fsio.Dir(dest)); err != nil {
+		return "", &fsio.SyncError{Path: fsio.Dir(dest), Err: err}
+	}
+	return dest, nil
+}
+
+// BadEntry is an entry of index.json that cannot be used: it does not
+// decode as a descriptor, its digest is malformed, of an unknown algorithm
+// or tries to leave the blob directory, or its size is negative.
+type BadEntry struct {
+	Pos int    `json:"pos"` // position in manifests[]
+	Raw string `json:"raw"` // the entry as it was, compacted (at most 512 bytes)
+	Err string `json:"error"`
+}
+
+// ParseIndexLenient parses index.json like layout.ParseIndex, but sets the
+// entries that do not validate aside instead of failing on the first: the
+// index it returns holds the others. err is set when the file as a whole is
+// not an image index (nothing can be kept then).
+func ParseIndexLenient(b []byte) (*layout.Index, []BadEntry, error) {
+	ix, err := layout.ParseIndex(b)
+	if err == nil {
+		return ix, nil, nil
+	}
+	var top map[string]json.RawMessage
+	if json.Unmarshal(b, &top) != nil || top == nil {
+		return nil, nil, err
+	}
+	var raws []json.RawMessage
+	if m, ok := top["manifests"]; ok {
+		if json.Unmarshal(m, &raws) != nil {
+			return nil, nil, err
+		}
+	}
+	var good []json.RawMessage
+	var bad []BadEntry
+	for i, r := range raws {
+		one, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []json.RawMessage{r}})
+		if _, eerr := layout.ParseIndex(one); eerr != nil {
+			raw := string(r)
+			if len(raw) > 512 {
+				raw = raw[:512] + "..."
+			}
+			bad = append(bad, BadEntry{Pos: i, Raw: raw, Err: eerr.Error()})
+			continue
+		}
+		good = append(good, r)
+	}
+	if len(bad) == 0 {
+		return nil, nil, err // the entries are fine: the file is not
+	}
+	if good == nil {
+		good = []json.RawMessage{}
+	}
+	top["manifests"], _ = json.Marshal(good)
+	rebuilt, _ := json.Marshal(top)
+	ix, err2 := layout.ParseIndex(rebuilt)
+	if err2 != nil {
+		return nil, nil, err
+	}
+	return ix, bad, nil
+}
+
+// Broken is an entry of index.json whose closure is not whole: a blob of
+// its graph is missing (and has no URLs), not a regular file, of another
+// size than its descriptor says, or a manifest of it cannot be read.
+type Broken struct {
+	Pos    int           `json:"pos"`  // position in manifests[]
+	Name   string        `json:"name"` // the tag, "" for an untagged entry
+	Digest digest.Digest `json:"digest"`
+	Reason string        `json:"reason"` // the first problem found in its graph
+}
+
+// BrokenEntries walks the graph of every entry of ix and returns those
+// whose closure is not whole. Blob contents are not hashed (a quick
+// check), except manifests, which are read and verified.
+func BrokenEntries(ctx context.Context, fsys fsio.FS, ix *layout.Index) ([]Broken, error) {
+	type key struct {
+		d    digest.Digest
+		size int64
+		node bool // read as a manifest
+	}
+	memo := map[key]string{}
+	load := layout.LoadChildren(fsys)
+	var reason func(d v1.Descriptor, depth int) (string, error)
+	reason = func(d v1.Descriptor, depth int) (string, error) {
+		if err := ctx.Err(); err != nil {
+			return "", err
+		}
+		node := layout.Parsed(d, depth == 0)
+		k := key{d.Digest, d.Size, node}
+		if r, ok := memo[k]; ok {
+			return r, nil
+		}
+		memo[k] = "" // a (hostile) cycle ends here; depth bounds it anyway
+		r, err := func() (string, error) {
+			if depth > layout.MaxDepth {
+				return fmt.Sprintf("%s: nested deeper than %d", d.Digest, layout.MaxDepth), nil
+			}
+			p := layout.BlobPath(d.Digest)
+			fi, err := fsys.Lstat(p)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				if len(d.URLs) > 0 {
+					return "", nil // a foreign layer
+				}
+				return fmt.Sprintf("blob %s (%s) is missing", d.Digest, p), nil
+			case err != nil:
+				return fmt.Sprintf("blob %s (%s): %v", d.Digest, p, err), nil
+			case !fi.Mode().IsRegular():
+				return fmt.Sprintf("blob %s (%s) is %s", d.Digest, p, typeName(fi.Mode().Type())), nil
+			case fi.Size() != d.Size:
+				return fmt.Sprintf("blob %s (%s) is %d bytes, its descriptor says %d", d.Digest, p, fi.Size(), d.Size), nil
+			}
+			if !node {
+				return "", nil
+			}
+			c, err := load(d)
+			if err != nil {
+				if layout.Sniffed(d, err) {
+					return "", nil
+				}
+				return fmt.Sprintf("manifest %s: %v", d.Digest, err), nil
+			}
+			for _, kid := range c.Refs {
+				r, err := reason(kid, depth+1)
+				if err != nil || r != "" {
+					return r, err
+				}
+			}
+			return "", nil
+		}()
+		if err != nil {
+			return "", err
+		}
+		memo[k] = r
+		return r, nil
+	}
+	var out []Broken
+	for i, e := range ix.Entries {
+		r, err := reason(e.Desc, 0)
+		if err != nil {
+			return nil, err
+		}
+		if r != "" {
+			out = append(out, Broken{Pos: i, Name: e.Name(), Digest: e.Desc.Digest, Reason: r})
+		}
+	}
+	return out, nil
+}
+
+// HashBlob hashes the blob file of d (not following a symlink) and
+// returns what its content hashes to, with the file's stamp from before
+// it was read: if the file still has that stamp, it still holds what was
+// hashed.
+func HashBlob(ctx context.Context, fsys fsio.FS, d digest.Digest) (digest.Digest, fsio.Stamp, error) {
+	if err := layout.ValidateDigest(d); err != nil {
+		return "", fsio.Stamp{}, err
+	}
+	p := layout.BlobPath(d)
+	fi, err := fsys.Lstat(p)
+	if err != nil {
+		return "", fsio.Stamp{}, err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fsio.Stamp{}, &fs.PathError{Op: "hash", Path: p, Err: fsio.ErrNotRegular}
+	}
+	stamp := fsio.StampOf(fi)
+	got, err := hashFile(ctx, fsys, blobFile{d: d, path: p, size: fi.Size()}, make([]byte, 256<<10), func(int) {})
+	if errors.Is(err, errStopped) {
+		err = ctx.Err()
+	}
+	if err != nil {
+		return "", fsio.Stamp{}, fmt.Errorf("hash %s: %w", p, err)
+	}
+	return got, stamp, nil
+}

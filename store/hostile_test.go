@@ -1,0 +1,128 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/recovery"
+	"github.com/ocistore/ocistore/store"
+)
+
+// hostileCopy materializes the clean case of the damaged corpus (a canary
+// file next to it) and returns the layout and a directory outside it that
+// holds a journal with a pending record: a journal no check may read.
+func hostileCopy(t *testing.T) (dir, outsideDir string, outside func()) {
+	t.Helper()
+	var clean testutil.DamagedCase
+	for _, c := range testutil.DamagedCases(t, damagedRoot) {
+		if c.Name == "pending-replay" {
+			clean = c
+		}
+	}
+	dir, outside = clean.Materialize(t)
+	outsideDir = filepath.Join(t.TempDir(), "elsewhere")
+	testutil.CopyTree(t, filepath.Join(dir, ".ocistore"), outsideDir)
+	return dir, outsideDir, outside
+}
+
+// TestHostileStateDir: .ocistore, or the journal in it, is a symlink to a
+// directory or file outside the layout (holding a journal with a pending
+// record). fsck reports it and never opens what it points at; repair
+// refuses to run (exit 1), naming it; nothing outside the layout changes.
+func TestHostileStateDir(t *testing.T) {
+	for _, which := range []string{".ocistore", ".ocistore/journal.db"} {
+		t.Run(which, func(t *testing.T) {
+			ctx := context.Background()
+			dir, elsewhere, outside := hostileCopy(t)
+			target := elsewhere
+			if which != ".ocistore" {
+				target = filepath.Join(elsewhere, "journal.db")
+			}
+			if err := os.RemoveAll(filepath.Join(dir, which)); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(target, filepath.Join(dir, which)); err != nil {
+				t.Fatal(err)
+			}
+			before := testutil.Snapshot(t, elsewhere)
+			rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var found bool
+			for _, p := range rep.Problems {
+				if p.Kind == recovery.KindPending {
+					t.Errorf("fsck read the journal outside the layout: %v", p)
+				}
+				if p.Kind == recovery.KindJournalCorrupt && p.Path == which && strings.Contains(p.Detail, "symlink") {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("the symlink is not reported: %v", rep.Problems)
+			}
+			if _, err := store.PendingRecords(dir, time.Second); !errors.Is(err, store.ErrCorrupt) {
+				t.Errorf("PendingRecords = %v", err)
+			}
+			res, err := store.Repair(ctx, dir, nil)
+			if which == ".ocistore" {
+				if err == nil || !strings.Contains(err.Error(), ".ocistore") {
+					t.Errorf("repair with .ocistore a symlink = %v, %v", res, err)
+				}
+			} else if err != nil || !strings.Contains(res.Actions[0].Detail, "symlink") {
+				t.Errorf("repair with the journal a symlink = %+v, %v", res, err)
+			}
+			testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, elsewhere))
+			if after := testutil.Snapshot(t, elsewhere); len(after) != len(before) {
+				t.Errorf("files appeared outside the layout: %v", after)
+			}
+			outside()
+		})
+	}
+}
+
+// TestHostileBlobsDir: blobs/ or blobs/sha256 is a symlink out of the
+// layout: fsck and repair fail with an error naming it (os.Root refuses to
+// leave the layout), and nothing outside changes.
+func TestHostileBlobsDir(t *testing.T) {
+	for _, which := range []string{"blobs", "blobs/sha256"} {
+		t.Run(which, func(t *testing.T) {
+			ctx := context.Background()
+			dir, _, outside := hostileCopy(t)
+			elsewhere := filepath.Join(t.TempDir(), "blobs")
+			testutil.CopyTree(t, filepath.Join(dir, which), elsewhere)
+			before := testutil.Snapshot(t, elsewhere)
+			if err := os.RemoveAll(filepath.Join(dir, which)); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(elsewhere, filepath.Join(dir, which)); err != nil {
+				t.Fatal(err)
+			}
+			// blobs/ itself cannot be listed: an error; blobs/sha256 is an
+			// entry of blobs/ that is not a directory: problems.
+			rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true})
+			switch {
+			case which == "blobs" && (err == nil || !strings.Contains(err.Error(), "blobs")):
+				t.Errorf("fsck = %v, want an error naming blobs", err)
+			case which != "blobs" && (err != nil || !strings.Contains(fmt.Sprint(rep.Problems), "blobs/sha256")):
+				t.Errorf("fsck = %v, %v, want problems naming blobs/sha256", rep, err)
+			}
+			if _, err := store.Repair(ctx, dir, &store.RepairOptions{DropBroken: true}); err == nil || !strings.Contains(err.Error(), "blobs") {
+				t.Errorf("repair = %v, want an error naming blobs", err)
+			}
+			after := testutil.Snapshot(t, elsewhere)
+			testutil.AssertNothingRemoved(t, before, after)
+			if len(after) != len(before) {
+				t.Errorf("files appeared outside the layout")
+			}
+			outside()
+		})
+	}
+}
