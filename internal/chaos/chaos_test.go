@@ -12,14 +12,20 @@
 //	ocistore rm TAG...              1-50 random tags
 //	ocistore import SRC [REF...]    1-50 images of a second generated layout
 //	                                (some of its blobs are the template's), or all
-//	ocistore prune ARGS             only when the CLI has prune; ARGS from
-//	                                OCISTORE_CHAOS_PRUNE_ARGS
+//	ocistore prune RULE             only when the CLI has prune: --keep-last N,
+//	                                alone or with --filter ref=GLOB, or
+//	                                --filter until=TIME --filter ref=GLOB
+//	                                (OCISTORE_CHAOS_PRUNE_ARGS fixes the arguments)
 //
 // First uninterrupted on a sibling copy: that run is the calibration (its
 // wall time T) and the oracle (its result must be the after-set the test
 // computes: the before-set minus the batch for rm, plus the imported entries
-// for import). Then on the trial copy, SIGKILLed after a delay drawn
-// uniformly in [0, 1.2*T]. Before recovery the kill is classified from the
+// for import; for prune the oracle's result is the after-set). Then on the trial copy, SIGKILLed: in odd trials after a
+// delay drawn uniformly in [0, 1.2*T]; since the journaled part of a
+// transaction is only a few ms at the end of the run, even trials watch the
+// layout root and kill a delay drawn uniformly in [0, 1.2*(T-E)] after the
+// new index.json appears (E: when it appeared in the oracle run; it is
+// written only after the journal commit). Before recovery the kill is classified from the
 // layout as it was left: "during" when the journal holds a pending record,
 // else "before" (index.json is the before-set) or "after" (the after-set, or
 // the process had exited). Then `ocistore recover`, `ocistore fsck --format

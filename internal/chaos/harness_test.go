@@ -84,7 +84,7 @@ type harness struct {
 	concSrc        [2]string // one import source per concurrent writer
 	concSrcEntries [2][]entry
 
-	prune []string // "prune" and its arguments; nil when the CLI has none
+	prune []string // "prune" [fixed arguments]; nil when the CLI has none
 	seq   int
 
 	cache *blobCache
@@ -201,10 +201,15 @@ func newHarness(t *testing.T, cfg config) *harness {
 	t.Logf("template: %d images, %d blobs; import sources: %d images, %d blobs (%d shared with the template); set up in %s",
 		st.Images, len(tplBlobs), srcImages, len(h.srcBlobs), shared, time.Since(start).Round(time.Millisecond))
 
-	// prune, if the CLI has it by now.
+	// prune, if the CLI has it by now: a rule drawn per trial, or the
+	// arguments of OCISTORE_CHAOS_PRUNE_ARGS.
 	if r := h.exec(h.tpl, "prune", "-h"); r.code == 0 {
 		h.prune = append([]string{"prune"}, strings.Fields(os.Getenv(envPruneArgs))...)
-		t.Logf("the CLI has prune: prune trials run %q", strings.Join(h.prune, " "))
+		if len(h.prune) == 1 {
+			t.Logf("the CLI has prune: prune trials draw a rule (keep-last, keep-last with a ref filter, until with a ref filter)")
+		} else {
+			t.Logf("the CLI has prune: prune trials run %q", strings.Join(h.prune, " "))
+		}
 	} else {
 		t.Logf("the CLI has no prune command (exit %d): prune trials skipped", r.code)
 	}

@@ -1,13 +1,14 @@
 package chaos
 
 import (
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,21 +76,21 @@ func (h *harness) planOp(t *testing.T, rng *rand.Rand, kind, dir string) *trialO
 		op.batch = len(picked)
 		op.after = sortEntries(slices.Concat(h.tplEntries, picked))
 	case "prune":
-		// Give prune something to do: untag a batch first (acknowledged,
-		// part of the before-state). Its result comes from the oracle.
-		op.batch = 1 + rng.IntN(maxRmBatch)
-		untag := []string{"untag"}
-		for _, i := range rng.Perm(len(h.tplTags))[:op.batch] {
-			untag = append(untag, h.tplTags[i])
+		// The template has 40 repositories of 25 images, created at
+		// distinct seconds: each rule removes a real batch, up to 960
+		// images in one transaction. Its result comes from the oracle.
+		op.args = h.prune
+		if len(op.args) == 1 {
+			glob := fmt.Sprintf("ref=example.com/repo%d*", rng.IntN(10))
+			switch rng.IntN(3) {
+			case 0:
+				op.args = []string{"prune", "--keep-last", fmt.Sprint(1 + rng.IntN(24))}
+			case 1:
+				op.args = []string{"prune", "--keep-last", fmt.Sprint(1 + rng.IntN(24)), "--filter", glob}
+			default:
+				op.args = []string{"prune", "--filter", fmt.Sprintf("until=2026-01-01T00:00:%02dZ", 1+rng.IntN(59)), "--filter", glob}
+			}
 		}
-		if r := h.exec(dir, untag...); r.code != 0 {
-			t.Fatalf("prune trial set-up: %s", r)
-		}
-		s, err := readLayout(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		op.before, op.args = s.entries, h.prune
 	default:
 		t.Fatalf("unknown operation %q", kind)
 	}
@@ -101,7 +102,7 @@ func (h *harness) planOp(t *testing.T, rng *rand.Rand, kind, dir string) *trialO
 type trialLog struct {
 	n        int
 	op       *trialOp
-	draw     string // uniform, txn
+	draw     string // uniform, event
 	window   string
 	delay, T time.Duration
 	class    string
@@ -116,7 +117,8 @@ func (l *trialLog) fail(format string, args ...any) {
 func (l *trialLog) note(s string) { l.context = append(l.context, s) }
 
 // trial runs one kill. It returns false, having done nothing, when the
-// operation is prune and prune does not run uninterrupted here.
+// operation is prune and the CLI's prune refuses its arguments as a usage
+// error.
 func (h *harness) trial(t *testing.T, n int, rng *rand.Rand, kind string, st *stats) bool {
 	t.Helper()
 	dir := h.fresh(t, "trial")
@@ -129,11 +131,11 @@ func (h *harness) trial(t *testing.T, n int, rng *rand.Rand, kind string, st *st
 	if err := copyLayout(dir, oracle); err != nil {
 		t.Fatal(err)
 	}
-	oc := h.start(oracle, slices.Concat([]string{"--log-level", "debug", "--log-format", "json"}, op.args)...)
-	ro := oc.wait(-1, nil)
+	ro, oracleEvent := h.watched(oracle, op.args, -1)
 	if ro.code != 0 || ro.suspicious() {
-		if op.kind == "prune" {
-			t.Logf("prune does not run uninterrupted here (%s); prune trials are skipped from now on", strings.TrimSpace(ro.stderr))
+		if op.kind == "prune" && ro.code == 2 && !ro.suspicious() {
+			// A usage error: the CLI's prune is not the one this test knows.
+			t.Logf("prune refuses %q (%s); prune trials are skipped from now on", strings.Join(op.args, " "), strings.TrimSpace(ro.stderr))
 			h.prune = nil
 			os.RemoveAll(oracle)
 			return false
@@ -144,6 +146,7 @@ func (h *harness) trial(t *testing.T, n int, rng *rand.Rand, kind string, st *st
 		l.fail("uninterrupted run left index.json unreadable: %v", err)
 	} else if op.after == nil {
 		op.after = s.entries
+		op.batch = len(op.before) - len(op.after)
 	} else if !slices.Equal(s.entries, op.after) {
 		l.fail("the uninterrupted run's entries differ from the computed after-set: %s", diffEntries(op.after, s.entries))
 	}
@@ -152,25 +155,29 @@ func (h *harness) trial(t *testing.T, n int, rng *rand.Rand, kind string, st *st
 		h.report(t, dir, l, st)
 		return true
 	}
-	// Odd trials: uniformly in [0, 1.2*T]. The journaled part of a
-	// transaction (record committed .. record cleared) is only a few ms at
-	// the end of a run that mostly opens the store and plans, so even
-	// trials draw uniformly over the end of the transaction as the oracle's
-	// debug log places it: "transaction committed" at `to`, after `took`.
-	// Measured with the :pause crash points, the record is committed in the
-	// last 15-30% of `took` and cleared just before `to`: the window is
-	// [to - 0.4*took, to + 0.1*took], which puts kills on every side of both.
+	// Odd trials: SIGKILL after a delay drawn uniformly in [0, 1.2*T]. The
+	// journaled part of a transaction (record committed .. record cleared)
+	// is only a few ms at the end of a run that mostly opens the store and
+	// plans, and the run time jitters by more than that, so even trials
+	// aim at it by watching: the kill comes a delay drawn uniformly in
+	// [0, 1.2*(T-E)] after the new index.json appears (E: when it appeared
+	// in the oracle run), which only happens once the record is committed.
 	l.T, l.draw = ro.dur, "uniform"
-	lo, hi := time.Duration(0), l.T*12/10
-	if from, to, ok := txnWindow(ro.stderr, oc.begin); ok && n%2 == 0 {
-		took := to - from
-		l.draw, lo, hi = "txn", max(0, to-took*4/10), to+took/10
-		l.window = fmt.Sprintf(" txn %s-%s", from.Round(10*time.Microsecond), to.Round(10*time.Microsecond))
+	var rk *run
+	if oracleEvent > 0 && n%2 == 0 {
+		l.draw = "event"
+		after := time.Duration(rng.Int64N(int64(ro.dur-oracleEvent)*12/10 + 1))
+		var at time.Duration
+		rk, at = h.watched(dir, op.args, after)
+		l.window = fmt.Sprintf(" (index seen at %s, oracle %s)", at.Round(10*time.Microsecond), oracleEvent.Round(10*time.Microsecond))
+		l.delay = at + after
+		if at == 0 {
+			l.delay = after // never seen: the process ended first
+		}
+	} else {
+		l.delay = time.Duration(rng.Int64N(int64(l.T)*12/10 + 1))
+		rk = h.start(dir, op.args...).wait(l.delay, nil)
 	}
-	l.delay = lo + time.Duration(rng.Int64N(int64(hi-lo)+1))
-
-	// The killed run.
-	rk := h.start(dir, op.args...).wait(l.delay, nil)
 	l.exited = !rk.killed
 	l.note(rk.String())
 	switch {
@@ -313,22 +320,54 @@ func (h *harness) trial(t *testing.T, n int, rng *rand.Rand, kind string, st *st
 	return true
 }
 
-// txnWindow finds the transaction in the JSON debug log of a run started at
-// begin: it ends at the "transaction committed" line and lasted its "took".
-func txnWindow(log string, begin time.Time) (from, to time.Duration, ok bool) {
-	for _, line := range strings.Split(log, "\n") {
-		var m struct {
-			Time time.Time `json:"time"`
-			Msg  string    `json:"msg"`
-			Took int64     `json:"took"`
-		}
-		if json.Unmarshal([]byte(line), &m) != nil || m.Msg != "transaction committed" || m.Took <= 0 {
-			continue
-		}
-		to = m.Time.Sub(begin)
-		return to - time.Duration(m.Took), to, to > 0
+// watched runs the binary on dir while polling the layout root for the new
+// index.json: a renameio temp file (".index.json*") or a new inode of
+// index.json, both written only after the journal commit. With kill >= 0 it
+// SIGKILLs the process that long after it saw one. It returns the run and
+// when (since the start) the new index was seen, 0 if never.
+func (h *harness) watched(dir string, args []string, kill time.Duration) (*run, time.Duration) {
+	var ino uint64
+	if fi, err := os.Lstat(filepath.Join(dir, "index.json")); err == nil {
+		ino = fi.Sys().(*syscall.Stat_t).Ino
 	}
-	return 0, 0, false
+	c := h.start(dir, args...)
+	stop := make(chan struct{})
+	var seen time.Duration
+	var wg sync.WaitGroup
+	r := c.wait(-1, func(p *os.Process) {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if newIndex(dir, ino) {
+					seen = time.Since(c.begin)
+					if kill >= 0 {
+						time.Sleep(kill)
+						_ = p.Signal(syscall.SIGKILL) // ErrProcessDone when it exited first
+					}
+					return
+				}
+				time.Sleep(20 * time.Microsecond)
+			}
+		})
+	})
+	close(stop)
+	wg.Wait()
+	return r, seen
+}
+
+func newIndex(dir string, ino uint64) bool {
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".index.json") {
+			return true
+		}
+	}
+	fi, err := os.Lstat(filepath.Join(dir, "index.json"))
+	return err == nil && fi.Sys().(*syscall.Stat_t).Ino != ino
 }
 
 // report logs one line per trial, and the whole story of a violation.
