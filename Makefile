@@ -75,8 +75,19 @@ fuzz:
 		echo "== $$f"; $(GO) test ./fuzz/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
 	done
 
+# bench: the micro benchmarks of ./store, then the bench/ module (its own
+# go.mod: ocistore against containers/image, oras-go and go-containerregistry
+# on the same generated layouts) at a quick size, every size with
+# BENCH_FULL=1; rewrites BENCHMARKS.md with both.
+# The micro benchmarks run adaptively (-benchtime 1s) in the quick mode and
+# 10 iterations each with BENCH_FULL=1 (BenchmarkPruneHalf generates and
+# adopts a layout of up to 20,000 images per iteration).
+BENCH_FULL ?=
+BENCH_MICRO ?= $(if $(filter-out 0,$(BENCH_FULL)),-benchtime 10x -timeout 60m,-benchtime 1s -timeout 30m)
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 100x ./store/ | tee bench.out
+	$(GO) test -run '^$$' -bench . $(BENCH_MICRO) ./store/ > bench.out 2>&1 || { cat bench.out; exit 1; }
+	@cat bench.out
+	cd bench && $(GO) build -o bench . && ./bench $(if $(filter-out 0,$(BENCH_FULL)),-full) -micro ../bench.out -out ../BENCHMARKS.md
 
 # lint: gofmt, go vet and staticcheck must be clean.
 lint:

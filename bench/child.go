@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// childResult is what one child process measured, printed as JSON on stdout.
+type childResult struct {
+	OpenMs  float64   `json:"open_ms"`
+	OpsMs   []float64 `json:"ops_ms,omitempty"` // one per operation
+	TotalMs float64   `json:"total_ms"`         // the measured section
+	Errors  int       `json:"errors"`
+	// Attempted are the tags the child tried to delete (delete-one and
+	// concurrent stop starting deletes once their budget is spent).
+	Attempted []string `json:"attempted,omitempty"`
+	// PeakKiB is this process's peak RSS (VmHWM of /proc/self/status).
+	PeakKiB int64  `json:"peak_kib"`
+	ErrMsg  string `json:"err_msg,omitempty"`
+}
+
+const (
+	scDeleteOne  = "delete-one"
+	scDeleteHalf = "delete-half"
+	scOpen       = "open"
+	scAdopt      = "adopt"
+	scIngest     = "ingest"
+	scConcurrent = "concurrent"
+)
+
+// Which tags each scenario deletes (the parent checks the same lists).
+func pickSpread(n, k int) []string {
+	if k > n {
+		k = n
+	}
+	out := make([]string, 0, k)
+	for i := 0; i < k; i++ {
+		out = append(out, tagOf((i*n)/k+(n/k)/2))
+	}
+	return out
+}
+
+func pickHalf(n int) []string {
+	out := make([]string, 0, n/2+1)
+	for i := 0; i < n; i += 2 {
+		out = append(out, tagOf(i))
+	}
+	return out
+}
+
+func remaining(n int, gone []string) []string {
+	g := make(map[string]bool, len(gone))
+	for _, t := range gone {
+		g[t] = true
+	}
+	var keep []string
+	for i := 0; i < n; i++ {
+		if !g[tagOf(i)] {
+			keep = append(keep, tagOf(i))
+		}
+	}
+	return keep
+}
+
+func (r *childResult) fail(err error) {
+	r.Errors++
+	if r.ErrMsg == "" {
+		r.ErrMsg = err.Error()
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
+
+// childMain runs one scenario once, for one peer, in this process (so that
+// the parent reads this process's peak RSS), and prints a childResult.
+func childMain(args []string) error {
+	fs := flag.NewFlagSet("child", flag.ContinueOnError)
+	scenario := fs.String("scenario", "", "scenario")
+	peerName := fs.String("peer", "", "peer")
+	dir := fs.String("dir", "", "layout")
+	n := fs.Int("n", 0, "images in the layout")
+	k := fs.Int("k", 0, "images to delete")
+	workers := fs.Int("workers", 8, "goroutines (concurrent)")
+	size := fs.Int64("size", 0, "blob size (ingest)")
+	seed := fs.Uint64("seed", 1, "blob seed (ingest)")
+	dg := fs.String("digest", "", "blob digest (ingest)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measured section")
+	budget := fs.Duration("budget", 0, "delete-one, concurrent: start no delete after this long (0: no limit; at least one delete runs)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	res := &childResult{}
+	startProfile := func() func() {
+		if *cpuprofile == "" {
+			return func() {}
+		}
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			res.fail(err)
+			return func() {}
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			res.fail(err)
+			return func() {}
+		}
+		return func() { pprof.StopCPUProfile(); f.Close() }
+	}
+
+	switch *scenario {
+	case scIngest:
+		mk, ok := ingesters[*peerName]
+		if !ok {
+			return fmt.Errorf("no ingester %q", *peerName)
+		}
+		put, done, err := mk(ctx, *dir)
+		if err != nil {
+			return err
+		}
+		src := newBlobStream(*size, *seed)
+		stop := startProfile()
+		t0 := time.Now()
+		err = put(ctx, digest.Digest(*dg), *size, src)
+		res.TotalMs = ms(time.Since(t0))
+		stop()
+		done()
+		if err != nil {
+			res.fail(err)
+		}
+	default:
+		p, err := peerByName(*peerName)
+		if err != nil {
+			return err
+		}
+		var stop func()
+		if *scenario == scOpen || *scenario == scAdopt {
+			stop = startProfile()
+		}
+		t0 := time.Now()
+		h, err := p.open(ctx, *dir)
+		res.OpenMs = ms(time.Since(t0))
+		if err != nil {
+			return fmt.Errorf("open: %w", err)
+		}
+		switch *scenario {
+		case scOpen, scAdopt:
+			stop()
+			res.TotalMs = res.OpenMs
+		case scDeleteOne:
+			stop = startProfile()
+			t1 := time.Now()
+			for i, t := range pickSpread(*n, *k) {
+				if i > 0 && *budget > 0 && time.Since(t1) > *budget {
+					break
+				}
+				res.Attempted = append(res.Attempted, t)
+				t2 := time.Now()
+				if err := h.deleteOne(ctx, t); err != nil {
+					res.fail(fmt.Errorf("%s: %w", t, err))
+				}
+				res.OpsMs = append(res.OpsMs, ms(time.Since(t2)))
+			}
+			res.TotalMs = ms(time.Since(t1))
+			stop()
+		case scDeleteHalf:
+			stop = startProfile()
+			t1 := time.Now()
+			if err := h.deleteBatch(ctx, pickHalf(*n)); err != nil {
+				res.fail(err)
+			}
+			res.TotalMs = ms(time.Since(t1))
+			stop()
+		case scConcurrent:
+			tags := pickSpread(*n, *k)
+			var mu sync.Mutex
+			var wg sync.WaitGroup
+			stop = startProfile()
+			t1 := time.Now()
+			for w := 0; w < *workers; w++ {
+				wg.Add(1)
+				go func(w int) {
+					defer wg.Done()
+					for i := w; i < len(tags); i += *workers {
+						if i >= *workers && *budget > 0 && time.Since(t1) > *budget {
+							return
+						}
+						mu.Lock()
+						res.Attempted = append(res.Attempted, tags[i])
+						mu.Unlock()
+						t2 := time.Now()
+						err := h.deleteOne(ctx, tags[i])
+						d := ms(time.Since(t2))
+						mu.Lock()
+						res.OpsMs = append(res.OpsMs, d)
+						if err != nil {
+							res.fail(fmt.Errorf("%s: %w", tags[i], err))
+						}
+						mu.Unlock()
+					}
+				}(w)
+			}
+			wg.Wait()
+			res.TotalMs = ms(time.Since(t1))
+			stop()
+		default:
+			return fmt.Errorf("unknown scenario %q", *scenario)
+		}
+		if err := h.close(); err != nil {
+			res.fail(err)
+		}
+	}
+	res.PeakKiB = vmHWM()
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// vmHWM reads this process's peak resident set size, in KiB.
+func vmHWM() int64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return 0
+}

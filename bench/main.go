@@ -1,0 +1,197 @@
+// Command bench measures ocistore against containers/image, oras-go and
+// go-containerregistry on the same generated OCI layouts, in one run, and
+// writes BENCHMARKS.md (issue 6). It is its own module so that the main
+// module never depends on the peers.
+//
+//	bench [-full] [-out ../BENCHMARKS.md] [-micro ../bench.out]   every scenario, then the report
+//	bench one -scenario S -peer P -n N [-k K] [-cpuprofile F]   one run of one cell
+//	bench gen -n N [-layer-size B] DIR                           write a layout
+//	bench child ...                                              (internal: one run, in its own process)
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+func main() {
+	var err error
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "child":
+			err = childMain(os.Args[2:])
+		case "gen":
+			err = genMain(os.Args[2:])
+		case "one":
+			err = oneMain(os.Args[2:])
+		default:
+			err = benchMain(os.Args[1:])
+		}
+	} else {
+		err = benchMain(nil)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func newRunner(p plan, work string) (*runner, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return nil, err
+	}
+	work, err = filepath.Abs(work)
+	if err != nil {
+		return nil, err
+	}
+	return &runner{plan: p, self: self, work: work, log: os.Stderr,
+		templates: map[int]string{}, adopted: map[int]string{}, genTime: map[int]time.Duration{}}, nil
+}
+
+func benchMain(args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	full := fs.Bool("full", os.Getenv("BENCH_FULL") != "" && os.Getenv("BENCH_FULL") != "0", "all sizes (default: quick; also BENCH_FULL=1)")
+	out := fs.String("out", "../BENCHMARKS.md", "report to write")
+	micro := fs.String("micro", "", "micro benchmark output to append to the report")
+	work := fs.String("work", ".work", "scratch directory for the layouts (removed at the end)")
+	keep := fs.Bool("keep", false, "keep the scratch directory")
+	runs := fs.Int("runs", 0, "runs per cell (0: the mode's)")
+	repo := fs.String("repo", "..", "the main module's checkout (for its commit)")
+	jsonOut := fs.String("json", "", "also write every run's raw result as JSON here")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	p := quickPlan()
+	if *full {
+		p = fullPlan()
+	}
+	if *runs > 0 {
+		p.Runs = *runs
+	}
+	r, err := newRunner(p, *work)
+	if err != nil {
+		return err
+	}
+	if !*keep {
+		defer os.RemoveAll(r.work)
+	}
+	started := time.Now()
+	r.logf("bench: %s mode, %d runs per cell, layouts under %s", map[bool]string{false: "quick", true: "full"}[p.Full], p.Runs, r.work)
+	if err := r.runAll(); err != nil {
+		return err
+	}
+	if *jsonOut != "" {
+		raw, _ := json.MarshalIndent(r.results, "", " ")
+		if err := os.WriteFile(*jsonOut, raw, 0o644); err != nil {
+			return err
+		}
+	}
+	wall := time.Since(started)
+	if err := r.writeReport(*out, reportInfo{started: started, wall: wall, micro: *micro, repo: *repo}); err != nil {
+		return err
+	}
+	r.logf("wrote %s (%s)", *out, wall.Round(time.Second))
+	return nil
+}
+
+// oneMain runs one cell once (for profiling a scenario): it generates the
+// layout, copies it and runs the child with the given flags, printing the
+// child's result and its peak RSS.
+func oneMain(args []string) error {
+	fs := flag.NewFlagSet("one", flag.ContinueOnError)
+	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, ingest, concurrent, adopt")
+	peerName := fs.String("peer", pOcistore, "peer")
+	n := fs.Int("n", 1000, "images")
+	k := fs.Int("k", 10, "images to delete")
+	size := fs.Int64("size", 1<<30, "blob size (ingest)")
+	cpuprofile := fs.String("cpuprofile", "", "CPU profile of the measured section")
+	work := fs.String("work", ".work-one", "scratch directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	p := quickPlan()
+	r, err := newRunner(p, *work)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(r.work)
+	var extra []string
+	if *cpuprofile != "" {
+		abs, err := filepath.Abs(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		extra = append(extra, "-cpuprofile", abs)
+	}
+	dir := filepath.Join(r.work, "run")
+	switch *scenario {
+	case scIngest:
+		dg, err := streamDigest(*size, 7)
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		extra = append(extra, "-size", strconv.FormatInt(*size, 10), "-seed", "7", "-digest", dg)
+	case scAdopt:
+		if _, err := r.template(*n, pCImage); err != nil {
+			return err
+		}
+		if err := copyLayout(r.templates[*n], dir); err != nil {
+			return err
+		}
+	default:
+		tmpl, err := r.template(*n, *peerName)
+		if err != nil {
+			return err
+		}
+		if err := copyLayout(tmpl, dir); err != nil {
+			return err
+		}
+	}
+	rr := r.child(*scenario, *peerName, *n, *k, 1, dir, extra)
+	if *scenario != scIngest {
+		var gone []string
+		switch *scenario {
+		case scDeleteOne, scConcurrent:
+			gone = pickSpread(*n, *k)
+		case scDeleteHalf:
+			gone = pickHalf(*n)
+		}
+		if chk, err := checkLayout(dir, remaining(*n, gone), gone); err == nil {
+			rr.Check = chk
+		}
+	}
+	raw, _ := json.MarshalIndent(rr, "", " ")
+	fmt.Println(string(raw))
+	return nil
+}
+
+func genMain(args []string) error {
+	fs := flag.NewFlagSet("gen", flag.ContinueOnError)
+	n := fs.Int("n", 100, "images")
+	layer := fs.Int("layer-size", 256, "bytes per layer (large-blob mode: e.g. 67108864)")
+	seed := fs.Uint64("seed", 1, "seed")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return fmt.Errorf("usage: bench gen [-n N] [-layer-size B] DIR")
+	}
+	st, err := generate(fs.Arg(0), genSpec{Images: *n, LayerSize: *layer, Seed: *seed})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d images, %d blobs, %d bytes\n", st.Images, st.Blobs, st.Bytes)
+	return nil
+}

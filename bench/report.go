@@ -1,0 +1,676 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+)
+
+const targetRSSMiB = 256
+
+// sel returns the results of one scenario, peer and N (n < 0: any N).
+func (r *runner) sel(scenario, peerName string, n int) []runResult {
+	var out []runResult
+	for _, x := range r.results {
+		if x.Scenario == scenario && x.Peer == peerName && (n < 0 || x.N == n) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// group summarizes the runs of one cell.
+type group struct {
+	runs    []runResult
+	ok      []runResult // runs that completed without error
+	note    string
+	errMsg  string
+	rssMiB  float64 // max over runs
+	checks  string
+	errors  int
+	skipped bool
+}
+
+func summarize(runs []runResult) group {
+	g := group{runs: runs}
+	var checks []string
+	seen := map[string]bool{}
+	for _, x := range runs {
+		if x.Note != "" && g.note == "" {
+			g.note = x.Note
+		}
+		if x.WallMs == 0 && x.Note != "" { // not run
+			g.skipped = true
+			continue
+		}
+		if x.Err == "" && x.Res.Errors == 0 {
+			g.ok = append(g.ok, x)
+		}
+		if x.Err != "" && g.errMsg == "" {
+			g.errMsg = x.Err
+		}
+		if x.Res.Errors > 0 {
+			g.errors += x.Res.Errors
+			if g.errMsg == "" {
+				g.errMsg = x.Res.ErrMsg
+			}
+		}
+		if mib := float64(x.MaxRSSKiB) / 1024; mib > g.rssMiB {
+			g.rssMiB = mib
+		}
+		if x.Check != nil {
+			c := x.Check.short()
+			if !seen[c] {
+				seen[c] = true
+				checks = append(checks, c)
+			}
+		}
+	}
+	g.checks = strings.Join(checks, "; ")
+	if g.checks == "" {
+		g.checks = "—"
+	}
+	return g
+}
+
+func (g group) values(f func(runResult) float64) dist {
+	var d dist
+	for _, x := range g.ok {
+		d = append(d, f(x))
+	}
+	return d
+}
+
+func (g group) rss() string {
+	if g.rssMiB == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f", g.rssMiB)
+}
+
+func (g group) status() string {
+	switch {
+	case g.skipped:
+		return g.note
+	case g.errMsg != "":
+		return "FAILED: " + trunc(g.errMsg, 120)
+	case g.note != "":
+		return g.note
+	}
+	return ""
+}
+
+func trunc(s string, n int) string {
+	s = strings.ReplaceAll(s, "|", "/")
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+func perDelete(x runResult) float64 {
+	if x.K == 0 {
+		return math.NaN()
+	}
+	return x.Res.TotalMs / float64(x.K)
+}
+func openMs(x runResult) float64  { return x.Res.OpenMs }
+func totalMs(x runResult) float64 { return x.Res.TotalMs }
+func totalS(x runResult) float64  { return x.Res.TotalMs / 1000 }
+
+// medianOf is the median of f over the completed runs of a cell (NaN if none).
+func (r *runner) medianOf(scenario, peerName string, n int, f func(runResult) float64) float64 {
+	g := summarize(r.sel(scenario, peerName, n))
+	return g.values(f).median()
+}
+
+// best returns the fastest peer other than ocistore for a cell, by f's median.
+func (r *runner) best(scenario string, n int, f func(runResult) float64, among []string) (string, float64) {
+	bn, bv := "", math.NaN()
+	for _, p := range among {
+		v := r.medianOf(scenario, p, n, f)
+		if !math.IsNaN(v) && (math.IsNaN(bv) || v < bv) {
+			bn, bv = p, v
+		}
+	}
+	return bn, bv
+}
+
+var otherPeers = []string{pCImage, pOras, pOrasGC, pGGCR}
+
+// ratioLine words ocistore's median against another's.
+func ratioLine(ours, theirs float64, who string) string {
+	if math.IsNaN(ours) || math.IsNaN(theirs) || ours == 0 {
+		return "not measured"
+	}
+	r := ours / theirs
+	if r <= 1 {
+		return fmt.Sprintf("ocistore / %s = %.3g (ocistore %.3g× faster)", who, r, 1/r)
+	}
+	return fmt.Sprintf("ocistore / %s = %.3g (ocistore %.3g× slower)", who, r, r)
+}
+
+type reportInfo struct {
+	started time.Time
+	wall    time.Duration
+	micro   string // path of the micro benchmark output, "" if none
+	repo    string // the main module's checkout
+}
+
+func (r *runner) writeReport(path string, info reportInfo) error {
+	var b strings.Builder
+	p := r.plan
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	mode := "quick (default)"
+	if p.Full {
+		mode = "full (`BENCH_FULL=1`)"
+	}
+	w("# Benchmarks\n\n")
+	w("Written by `make bench` (the `bench/` module; issue 6) on %s, mode %s, in %s of wall time. ",
+		info.started.UTC().Format("2006-01-02 15:04 UTC"), mode, info.wall.Round(time.Second))
+	w("Every number below was measured in this one run, on this machine, with every peer on an identical copy (`cp -a`) of the same generated layout. ")
+	w("Do not edit: `make bench` rewrites this file (`BENCH_FULL=1 make bench` for all sizes).\n\n")
+
+	w("## Machine\n\n")
+	for _, kv := range machineInfo(r.work) {
+		w("- %s: %s\n", kv[0], kv[1])
+	}
+	if len(r.loads) > 0 {
+		w("- load average (1 min) at the start of each run: median %.1f, max %.1f on %d cores", r.loads.median(), r.loads.max(), runtime.NumCPU())
+		if r.loads.median() > float64(runtime.NumCPU()) {
+			w(" — **the machine was shared during this run** (other processes kept the cores busy): times are inflated and noisy, the spreads show by how much; CPU-bound peers suffer most, fsync-bound work less")
+		}
+		w("\n")
+	}
+	w("\n## Peers\n\n")
+	w("| peer | module | version | single delete | batch (delete half) | fsync |\n|---|---|---|---|---|---|\n")
+	vers := moduleVersions(info.repo)
+	for _, pp := range peers {
+		mod := peerModule[pp.name]
+		w("| %s | `%s` | %s | %s | %s | %s |\n", pp.name, mod, vers[mod], pp.api, pp.batch, fsyncs[pp.name])
+	}
+	w("\nOnly ocistore makes its work durable: it fsyncs the journal, the new `index.json` and the layout directory before unlinking, and each touched `blobs/<alg>` directory after. The peers that do not fsync leave their writes in the page cache, so their times are those of a machine that never loses power; they are charged nothing for durability.\n")
+
+	w("\n## Summary: ocistore against the best peer\n\n")
+	for _, l := range r.summaryLines() {
+		w("- %s\n", l)
+	}
+	w("\n## Targets (issue 6)\n\n| target | measured | |\n|---|---|---|\n")
+	for _, t := range r.targets() {
+		w("| %s | %s | %s |\n", t[0], t[1], t[2])
+	}
+
+	// 1
+	w("\n## 1. Delete one image at a time\n\n")
+	w("K images spread over the layout, deleted one call at a time, each call a complete delete (entry removed, the blobs only it used unlinked). ")
+	w("ms per delete is the run's total over K; median [min–max] over runs. Open is timed apart (containers/image and go-containerregistry keep no state: they re-read index.json and the manifests in every delete). ")
+	w("Check: dangling descriptors / orphan blobs after the run (independent check: parse index.json, walk the graph, list blobs).\n\n")
+	w("| N | K | peer | ms per delete | open ms | peak RSS MiB | check | runs | note |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, sk := range p.DeleteOne {
+		for _, pp := range peers {
+			g := summarize(r.sel(scDeleteOne, pp.name, sk.N))
+			open := "—"
+			if pp.opens {
+				open = g.values(openMs).spread()
+			}
+			val := g.values(perDelete).spread()
+			if g.skipped {
+				val = r.estimate(scDeleteOne, pp.name, sk.N)
+			}
+			w("| %d | %d | %s | %s | %s | %s | %s | %d | %s |\n", sk.N, sk.K, pp.name, val, open, g.rss(), g.checks, len(g.ok), g.status())
+		}
+	}
+
+	// 2
+	w("\n## 2. Delete half of the layout and reclaim space\n\n")
+	w("Every other image (N/2) in each peer's best batch path (see Peers). Seconds for the delete and the reclaim, open apart; median [min–max].\n\n")
+	w("| N | peer | s | open ms | peak RSS MiB | check | runs | note |\n|---|---|---|---|---|---|---|---|\n")
+	for _, n := range p.DeleteHalf {
+		for _, pp := range peers {
+			g := summarize(r.sel(scDeleteHalf, pp.name, n))
+			open := "—"
+			if pp.opens {
+				open = g.values(openMs).spread()
+			}
+			val := g.values(totalS).spread()
+			note := g.status()
+			if g.skipped {
+				val = r.estimate(scDeleteHalf, pp.name, n)
+			}
+			w("| %d | %s | %s | %s | %s | %s | %d | %s |\n", n, pp.name, val, open, g.rss(), g.checks, len(g.ok), note)
+		}
+	}
+
+	// 3
+	w("\n## 3. Open a layout with no pending work\n\n")
+	w("One open per process (a CLI's case), the page cache warm. ocistore: `store.Open` of a layout it already manages (lock, recovery check: no pending record, index.json digest against the journal). oras-go: `oci.NewWithContext` (reads every manifest into its graph). containers/image and go-containerregistry have no open worth the name (`layout.FromPath` is a stat): they pay for the whole layout in every delete instead (section 1).\n\n")
+	w("| N | peer | ms | peak RSS MiB | check | runs |\n|---|---|---|---|---|---|\n")
+	for _, pp := range peers {
+		if !pp.opens || pp.name == pOrasGC {
+			continue
+		}
+		g := summarize(r.sel(scOpen, pp.name, p.OpenN))
+		w("| %d | %s | %s | %s | %s | %d |\n", p.OpenN, pp.name, g.values(openMs).spread(), g.rss(), g.checks, len(g.ok))
+	}
+	w("\nocistore's first open of a layout another tool wrote (adoption: reads every manifest once, builds the journal's reference counts), one run per size:\n\n| N | ms | peak RSS MiB |\n|---|---|---|\n")
+	for _, x := range r.sel(scAdopt, pOcistore, -1) {
+		w("| %d | %s | %.0f |\n", x.N, fmtNum(x.Res.OpenMs), float64(x.MaxRSSKiB)/1024)
+	}
+
+	// 4
+	w("\n## 4. Ingest one %d MiB blob\n\n", p.IngestSize>>20)
+	w("The same bytes for every peer (incompressible, streamed from a generator, not held in memory); the store opened before the clock starts. ")
+	w("The limit is this machine's in the same run: one pass of sha256 and write(2) of 1 MiB buffers to a temp file, fsync, rename, fsync of the directory. Runs alternate between peers; the file system is synced between runs.\n\n")
+	w("| peer | hashes | fsync | s | MB/s | of the limit | peak RSS MiB | runs | note |\n|---|---|---|---|---|---|---|---|---|\n")
+	limit := r.medianOf(scIngest, "limit", 0, totalS)
+	for _, name := range ingestOrder {
+		g := summarize(r.sel(scIngest, name, 0))
+		d := g.values(totalS)
+		mbs, pct := math.NaN(), math.NaN()
+		if med := d.median(); !math.IsNaN(med) {
+			mbs = float64(p.IngestSize) / 1e6 / med
+			pct = 100 * limit / med
+		}
+		w("| %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", name, ingestHashes[name], ingestFsync[name], d.spread(), fmtNum(mbs), pctStr(pct), g.rss(), len(g.ok), g.status())
+	}
+
+	// 5
+	w("\n## 5. %d goroutines deleting concurrently\n\n", p.Workers)
+	w("One handle shared by %d goroutines, K images (disjoint tags) deleted one per call. containers/image and go-containerregistry have no lock: their concurrent writers lose updates, which the check shows (tags deleted but still listed, dangling descriptors).\n\n", p.Workers)
+	w("| N | K | peer | wall s | deletes/s | op ms p50 / max | peak RSS MiB | check | errors | runs |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, sk := range p.Concurrent {
+		for _, pp := range peers {
+			g := summarize(r.sel(scConcurrent, pp.name, sk.N))
+			var ops, walls, rates dist
+			errs := 0
+			for _, x := range g.runs {
+				if x.Err != "" || x.WallMs == 0 {
+					continue
+				}
+				ops = append(ops, x.Res.OpsMs...)
+				walls = append(walls, x.Res.TotalMs/1000)
+				rates = append(rates, float64(x.K)/(x.Res.TotalMs/1000))
+				errs += x.Res.Errors
+			}
+			rate := rates.median()
+			opsS := "—"
+			if len(ops) > 0 {
+				opsS = fmt.Sprintf("%s / %s", fmtNum(ops.median()), fmtNum(ops.max()))
+			}
+			errS := fmt.Sprint(errs)
+			if errs > 0 {
+				errS += ": " + trunc(g.errMsg, 80)
+			}
+			if g.skipped {
+				errS = g.note
+			} else if g.note != "" {
+				errS += "; " + g.note
+			}
+			w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | %d |\n", sk.N, sk.K, pp.name, walls.spread(), fmtNum(rate), opsS, g.rss(), g.checks, errS, len(walls))
+		}
+	}
+
+	// 6
+	w("\n## 6. Peak memory (max RSS of the process, MiB, worst run)\n\n")
+	w("Each run is its own child process; its peak RSS is its VmHWM (`/proc/self/status`) read at its end (ru_maxrss from `ProcessState.SysUsage` is no good here: a child started with vfork keeps its parent's high-water mark across exec). It includes the Go runtime and all four libraries linked into the one benchmark binary (about 10 MiB at rest).\n\n")
+	w("| scenario | N | %s |\n|---|---|%s\n", strings.Join(peerNames(), " | "), strings.Repeat("---|", len(peers)))
+	memRow := func(label, scenario string, n int) {
+		var cells []string
+		for _, pp := range peers {
+			cells = append(cells, summarize(r.sel(scenario, pp.name, n)).rss())
+		}
+		w("| %s | %d | %s |\n", label, n, strings.Join(cells, " | "))
+	}
+	for _, sk := range p.DeleteOne {
+		memRow("1. delete one", scDeleteOne, sk.N)
+	}
+	for _, n := range p.DeleteHalf {
+		memRow("2. delete half", scDeleteHalf, n)
+	}
+	memRow("3. open", scOpen, p.OpenN)
+	for _, sk := range p.Concurrent {
+		memRow("5. concurrent", scConcurrent, sk.N)
+	}
+	var ing []string
+	for _, name := range ingestOrder {
+		ing = append(ing, name+" "+summarize(r.sel(scIngest, name, 0)).rss())
+	}
+	w("\n4. ingest of %d MiB: %s.\n", p.IngestSize>>20, strings.Join(ing, ", "))
+	w("Adoption (ocistore's first open of a foreign layout): %s.\n", r.adoptMem())
+
+	w("\n## Method\n\n")
+	w("- Layouts: `bench/gen.go`, the shape of `internal/gen`: N images tagged `img0…`, each a manifest, a config and 5 layers of 256 random bytes, 3 of them from one of 10 shared base sets and 2 its own (4N+30 blobs). One template per N, generated once per run; every peer and every run works on a fresh `cp -a` copy, the file system synced (`syncfs`) after the copy so that no peer pays for another's dirty pages.\n")
+	w("- ocistore runs on the copy of a template it has already opened once (its journal built), as a layout it manages would be; that first open is reported apart (adoption, section 3).\n")
+	w("- Each run is a child process of `bench` (`bench child …`): the parent copies, starts it, reads its peak RSS, then runs the consistency check on what it left.\n")
+	w("- Medians and [min–max] are over runs (%d per cell, fewer where a single run took over %s: the note says so).\n", p.Runs, p.Budget)
+	w("- The consistency check is the benchmark's own (`bench/check.go`, no peer's code): dangling = distinct digests the graph from index.json names but the blob store lacks; orphans = blobs present but unreachable; tags lost = tags that should remain but are gone; not deleted = tags deleted but still listed.\n")
+	w("- Reproduce one cell, with a CPU profile: `cd bench && go run . one -scenario delete-one -peer ocistore -n 5000 -k 10 -cpuprofile cpu.out && go tool pprof -top cpu.out`.\n")
+
+	if info.micro != "" {
+		if raw, err := os.ReadFile(info.micro); err == nil {
+			w("\n## Micro benchmarks (`go test -run '^$' -bench . -benchtime 100x ./store/`)\n\n```\n%s\n```\n", strings.TrimSpace(string(raw)))
+		}
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+func pctStr(v float64) string {
+	if math.IsNaN(v) {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f%%", v)
+}
+
+func peerNames() []string {
+	var out []string
+	for _, p := range peers {
+		out = append(out, p.name)
+	}
+	return out
+}
+
+func (r *runner) adoptMem() string {
+	var parts []string
+	for _, x := range r.sel(scAdopt, pOcistore, -1) {
+		parts = append(parts, fmt.Sprintf("N=%d %.0f MiB", x.N, float64(x.MaxRSSKiB)/1024))
+	}
+	return strings.Join(parts, ", ")
+}
+
+var ingestHashes = map[string]string{
+	"limit":   "yes",
+	pOcistore: "yes, verifies",
+	pCImage:   "yes (no digest passed in)",
+	pOras:     "yes, verifies",
+	pGGCR:     "no (trusts the caller)",
+}
+
+var ingestFsync = map[string]string{
+	"limit":   "file + dir",
+	pOcistore: "file + dir",
+	pCImage:   "file",
+	pOras:     "none",
+	pGGCR:     "none",
+}
+
+var peerModule = map[string]string{
+	pOcistore: "github.com/ocistore/ocistore",
+	pCImage:   "go.podman.io/image/v5",
+	pOras:     "oras.land/oras-go/v2",
+	pOrasGC:   "oras.land/oras-go/v2",
+	pGGCR:     "github.com/google/go-containerregistry",
+}
+
+// estimate words a cell that was not run: containers/image's delete-half
+// from its single-delete cost at the same N (each DeleteImage costs in
+// proportion to the images left, 3N/4 on average over the batch);
+// go-containerregistry's from its largest measured single delete, scaled by
+// N² (its GarbageCollect is quadratic: see the profile in the note).
+func (r *runner) estimate(scenario, peerName string, n int) string {
+	switch {
+	case peerName == pCImage && scenario == scDeleteHalf:
+		per := r.medianOf(scDeleteOne, pCImage, n, perDelete)
+		if math.IsNaN(per) {
+			return "—"
+		}
+		return fmt.Sprintf("≈%s (estimate: %d × %s ms × 3/4)", fmtNum(per*float64(n/2)*0.75/1000), n/2, fmtNum(per))
+	case peerName == pGGCR && (scenario == scDeleteOne || scenario == scDeleteHalf):
+		n0, per := 0, math.NaN()
+		for _, sk := range r.plan.DeleteOne {
+			if v := r.medianOf(scDeleteOne, pGGCR, sk.N, perDelete); !math.IsNaN(v) && sk.N > n0 {
+				n0, per = sk.N, v
+			}
+		}
+		if n0 == 0 {
+			return "—"
+		}
+		if scenario == scDeleteOne {
+			f := float64(n) / float64(n0)
+			return fmt.Sprintf("≈%s (estimate: %s ms at N=%d × (N/%d)²)", fmtNum(per*f*f), fmtNum(per), n0, n0)
+		}
+		f := float64(n/2) / float64(n0)
+		return fmt.Sprintf("≈%s (estimate: one GC over N/2 images, %s ms at N=%d × (N/2/%d)²)", fmtNum(per*f*f/1000), fmtNum(per), n0, n0)
+	}
+	return "—"
+}
+
+func (r *runner) summaryLines() []string {
+	p := r.plan
+	var out []string
+	for _, sk := range p.DeleteOne {
+		ours := r.medianOf(scDeleteOne, pOcistore, sk.N, perDelete)
+		bn, bv := r.best(scDeleteOne, sk.N, perDelete, otherPeers)
+		ci := r.medianOf(scDeleteOne, pCImage, sk.N, perDelete)
+		out = append(out, fmt.Sprintf("1. delete one, N=%d: %s; containers/image / ocistore = %.3g×", sk.N, ratioLine(ours, bv, bn), ci/ours))
+	}
+	for _, n := range p.DeleteHalf {
+		ours := r.medianOf(scDeleteHalf, pOcistore, n, totalMs)
+		bn, bv := r.best(scDeleteHalf, n, totalMs, otherPeers)
+		out = append(out, fmt.Sprintf("2. delete half, N=%d: %s", n, ratioLine(ours, bv, bn)))
+	}
+	{
+		ours := r.medianOf(scOpen, pOcistore, p.OpenN, openMs)
+		ov := r.medianOf(scOpen, pOras, p.OpenN, openMs)
+		out = append(out, fmt.Sprintf("3. open, N=%d: ocistore %s ms; %s (oras-go is the one peer that loads state at open)",
+			p.OpenN, fmtNum(ours), ratioLine(ours, ov, pOras)))
+	}
+	{
+		ours := r.medianOf(scIngest, pOcistore, 0, totalMs)
+		lim := r.medianOf(scIngest, "limit", 0, totalMs)
+		bn, bv := r.best(scIngest, 0, totalMs, []string{pCImage, pOras, pGGCR})
+		out = append(out, fmt.Sprintf("4. ingest %d MiB: ocistore at %s of the machine's limit; %s (no peer but containers/image fsyncs its blob)", p.IngestSize>>20, pctStr(100*lim/ours), ratioLine(ours, bv, bn)))
+	}
+	for _, sk := range p.Concurrent {
+		ours := r.medianOf(scConcurrent, pOcistore, sk.N, totalMs)
+		bn, bv := r.best(scConcurrent, sk.N, totalMs, otherPeers)
+		out = append(out, fmt.Sprintf("5. %d goroutines, N=%d, K=%d: %s", p.Workers, sk.N, sk.K, ratioLine(ours, bv, bn)))
+	}
+	{
+		worst, where := 0.0, ""
+		for _, x := range r.results {
+			if x.Peer == pOcistore {
+				if mib := float64(x.MaxRSSKiB) / 1024; mib > worst {
+					worst, where = mib, fmt.Sprintf("%s N=%d", x.Scenario, x.N)
+				}
+			}
+		}
+		out = append(out, fmt.Sprintf("6. peak memory: ocistore's worst run %.0f MiB (%s)", worst, where))
+	}
+	return out
+}
+
+// targets returns rows: target, measured, verdict.
+func (r *runner) targets() [][3]string {
+	var rows [][3]string
+	verdict := func(ok bool, measured bool) string {
+		switch {
+		case !measured:
+			return "not measured in this mode"
+		case ok:
+			return "met"
+		}
+		return "**missed**"
+	}
+	for _, c := range []struct {
+		n   int
+		fac float64
+	}{{5000, 20}, {20000, 50}} {
+		ours := r.medianOf(scDeleteOne, pOcistore, c.n, perDelete)
+		ci := r.medianOf(scDeleteOne, pCImage, c.n, perDelete)
+		m := !math.IsNaN(ours) && !math.IsNaN(ci)
+		bn, bv := r.best(scDeleteOne, c.n, perDelete, []string{pOras, pOrasGC})
+		if !m {
+			rows = append(rows, [3]string{fmt.Sprintf("single delete ≥%.0f× faster than containers/image at N=%d", c.fac, c.n), "—", verdict(false, false)},
+				[3]string{fmt.Sprintf("single delete faster than oras-go at N=%d", c.n), "—", verdict(false, false)})
+			continue
+		}
+		rows = append(rows, [3]string{fmt.Sprintf("single delete ≥%.0f× faster than containers/image at N=%d", c.fac, c.n),
+			fmt.Sprintf("%.3g× (ocistore %s ms, containers/image %s ms)", ci/ours, fmtNum(ours), fmtNum(ci)), verdict(ci/ours >= c.fac, m)})
+		rows = append(rows, [3]string{fmt.Sprintf("single delete faster than oras-go at N=%d", c.n),
+			fmt.Sprintf("%.3g× (ocistore %s ms, %s %s ms)", bv/ours, fmtNum(ours), bn, fmtNum(bv)), verdict(ours < bv, m && !math.IsNaN(bv))})
+	}
+	{
+		ours := r.medianOf(scDeleteHalf, pOcistore, 5000, totalMs)
+		bn, bv := r.best(scDeleteHalf, 5000, totalMs, []string{pOras, pOrasGC})
+		m := !math.IsNaN(ours) && !math.IsNaN(bv)
+		rows = append(rows, [3]string{"delete half ≥3× faster than oras-go's fastest path at N=5000",
+			fmt.Sprintf("%.3g× (ocistore %s s, %s %s s)", bv/ours, fmtNum(ours/1000), bn, fmtNum(bv/1000)), verdict(bv/ours >= 3, m)})
+	}
+	{
+		n := r.plan.OpenN
+		ours := r.medianOf(scOpen, pOcistore, n, openMs)
+		label := "open at N=20000 under 20 ms"
+		v := verdict(ours < 20, n == 20000 && !math.IsNaN(ours))
+		if n != 20000 {
+			v += fmt.Sprintf(" (at N=%d: %s)", n, map[bool]string{true: "under 20 ms", false: "over 20 ms"}[ours < 20])
+		}
+		rows = append(rows, [3]string{label, fmt.Sprintf("%s ms at N=%d", fmtNum(ours), n), v})
+	}
+	{
+		ours := r.medianOf(scIngest, pOcistore, 0, totalMs)
+		lim := r.medianOf(scIngest, "limit", 0, totalMs)
+		pct := 100 * lim / ours
+		rows = append(rows, [3]string{"ingest ≥90% of the machine's limit", fmt.Sprintf("%s (%s s vs limit %s s)", pctStr(pct), fmtNum(ours/1000), fmtNum(lim/1000)), verdict(pct >= 90, !math.IsNaN(pct))})
+	}
+	{
+		worst, where, maxN := 0.0, "", 0
+		for _, x := range r.results {
+			if x.N > maxN {
+				maxN = x.N
+			}
+		}
+		for _, x := range r.results {
+			if x.Peer == pOcistore && (x.N == maxN || x.Scenario == scIngest) {
+				if mib := float64(x.MaxRSSKiB) / 1024; mib > worst {
+					worst, where = mib, fmt.Sprintf("%s N=%d", x.Scenario, x.N)
+				}
+			}
+		}
+		v := verdict(worst <= targetRSSMiB, maxN >= 20000)
+		if maxN < 20000 {
+			v += fmt.Sprintf(" (at N=%d: %s)", maxN, map[bool]string{true: "within", false: "over"}[worst <= targetRSSMiB])
+		}
+		rows = append(rows, [3]string{"no scenario above 256 MiB at N=20000 (ocistore)", fmt.Sprintf("%.0f MiB (%s)", worst, where), v})
+	}
+	return rows
+}
+
+// machineInfo describes the machine and the file system of dir.
+func machineInfo(dir string) [][2]string {
+	var out [][2]string
+	out = append(out, [2]string{"cores (nproc)", fmt.Sprint(runtime.NumCPU())})
+	out = append(out, [2]string{"CPU", firstField("/proc/cpuinfo", "model name")})
+	if mem := firstField("/proc/meminfo", "MemTotal"); mem != "" {
+		out = append(out, [2]string{"memory", mem})
+	}
+	if k, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		out = append(out, [2]string{"kernel", "Linux " + strings.TrimSpace(string(k))})
+	}
+	out = append(out, [2]string{"file system of the layouts", mountOf(dir)})
+	out = append(out, [2]string{"Go", runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH})
+	return out
+}
+
+func firstField(path, key string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(k) == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}
+
+// mountOf finds the mount holding dir in /proc/self/mountinfo: fs type,
+// source and options.
+func mountOf(dir string) string {
+	abs, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		abs = dir
+	}
+	raw, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "unknown"
+	}
+	best, bestLen := "unknown", -1
+	for _, line := range strings.Split(string(raw), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(pre)
+		g := strings.Fields(post)
+		if len(f) < 6 || len(g) < 3 {
+			continue
+		}
+		mp := f[4]
+		if (abs == mp || strings.HasPrefix(abs, strings.TrimSuffix(mp, "/")+"/")) && len(mp) > bestLen {
+			bestLen = len(mp)
+			best = fmt.Sprintf("%s on %s (%s, mounted at %s; %s)", g[0], g[1], f[5], mp, g[2])
+		}
+	}
+	return best
+}
+
+// moduleVersions returns the version of each module linked into this binary,
+// and for ocistore the checkout's commit. Where the Go module proxy serves a
+// newer version (asked with `go list -m -u`), it says so.
+func moduleVersions(repo string) map[string]string {
+	out := map[string]string{}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			out[d.Path] = "`" + d.Version + "`"
+		}
+	}
+	rev := "working tree"
+	if b, err := exec.Command("git", "-C", repo, "rev-parse", "--short", "HEAD").Output(); err == nil {
+		rev = "commit `" + strings.TrimSpace(string(b)) + "`"
+		if s, err := exec.Command("git", "-C", repo, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(s))) > 0 {
+			rev += " plus uncommitted changes"
+		}
+	}
+	out["github.com/ocistore/ocistore"] = "this checkout (`replace => ../`), " + rev
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-u", "-json", "go.podman.io/image/v5", "oras.land/oras-go/v2", "github.com/google/go-containerregistry")
+	cmd.Dir = filepath.Join(repo, "bench")
+	raw, err := cmd.Output()
+	if err != nil {
+		for _, m := range []string{"go.podman.io/image/v5", "oras.land/oras-go/v2", "github.com/google/go-containerregistry"} {
+			out[m] += " (newest not checked: `go list -m -u` failed)"
+		}
+		return out
+	}
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	for dec.More() {
+		var m struct {
+			Path   string
+			Update *struct{ Version string }
+		}
+		if dec.Decode(&m) != nil {
+			break
+		}
+		if m.Update != nil {
+			out[m.Path] += fmt.Sprintf(" (**%s is served: update bench/go.mod**)", m.Update.Version)
+		} else {
+			out[m.Path] += " (the newest the Go module proxy serves)"
+		}
+	}
+	return out
+}
