@@ -38,9 +38,15 @@ package fuzz
 //	    blobs the replayed index reaches. Needs a journal that contradicts
 //	    itself, which the engine never writes. Case:
 //	    d3-refcounts-not-committed.
-//	D4  open: see store/rapid_test.go (tagRefused): Tag of an index whose
-//	    child manifest is missing fails with ErrNotFound, not
-//	    ErrMissingDependency.
+//	D4  fixed: Tag (or PutManifest with names) of an index whose child
+//	    manifest or index is missing failed with ErrNotFound (the loader's
+//	    error, returned as is by the refcount walk), not
+//	    ErrMissingDependency as for a missing leaf. refcount.Counter.inc
+//	    now reports a manifest that cannot be found, while it verifies a
+//	    graph that becomes live (Present set), as a missing dependency.
+//	    Regression: store/rapid_test.go TestRapidRegressionTagMissingChildManifest
+//	    and testdata/rapid/TestRapidStateMachine/*-d4-tag-missing-child-manifest.fail
+//	    (tagRefused is strict).
 
 import (
 	"bytes"

@@ -19,13 +19,12 @@ package store_test
 // shows as "no longer valid" (the run goes past the failing step and runs
 // out of recorded draws).
 //
-// Known engine defects are accepted where they apply, and only there,
-// unless OCISTORE_STRICT=1 (see tagRefused; fuzz/defects_test.go lists all).
+// Every check is strict: the engine defects this test found are fixed,
+// each kept as a regression case (fuzz/defects_test.go lists them).
 //
 //	go test ./store/ -run Rapid                      # 100 checks, about 30 steps each
 //	go test ./store/ -run Rapid -rapid.checks=5000   # more
 //	OCISTORE_CRASH_FULL=1 go test ./store/ -run Rapid # 1,000 checks of about 100 steps
-//	OCISTORE_STRICT=1 go test ./store/ -run Rapid     # known defects fail
 
 import (
 	"bytes"
@@ -240,36 +239,17 @@ func (m *rpMachine) canTag(d digest.Digest) bool {
 // tagRefused checks the error of a Tag (or a PutManifest with names) of d,
 // whose graph is not all present: it must be ErrMissingDependency.
 //
-// Known defect D4 (minimal case: TestRapidRegressionTagMissingChildManifest
-// and testdata/rapid/TestRapidStateMachine/*-tag-missing-child-manifest.fail,
-// which replays it with OCISTORE_STRICT=1): when the missing blob is a
-// child manifest or index rather than a leaf, the refcount walk returns the
-// loader's ErrNotFound as is, so Tag fails with "not found" instead of
-// ErrMissingDependency. Accepted in exactly that case unless
-// OCISTORE_STRICT=1.
+// Also when the missing blob is a child manifest or index rather than a
+// leaf (defect D4, fixed: it failed with ErrNotFound; regression cases
+// TestRapidRegressionTagMissingChildManifest and
+// testdata/rapid/TestRapidStateMachine/*-tag-missing-child-manifest.fail).
 func (m *rpMachine) tagRefused(t *rapid.T, op string, d digest.Digest, err error) {
 	rpStats.add(op + "(refused)")
 	if errors.Is(err, store.ErrMissingDependency) {
 		return
 	}
-	if !rpStrict && errors.Is(err, store.ErrNotFound) && m.missingChildManifest(d) {
-		return
-	}
 	m.fail(t, "%s of %s, whose graph is not all present: got %v, want ErrMissingDependency", op, rpShort(d), err)
 }
-
-// missingChildManifest reports whether a manifest or index below d is missing.
-func (m *rpMachine) missingChildManifest(d digest.Digest) bool {
-	for b := range m.closure(map[digest.Digest]bool{d: true}) {
-		if !m.m.present[b] && b != d && layout.IsManifest(m.blobs[b].desc.MediaType) {
-			return true
-		}
-	}
-	return false
-}
-
-// rpStrict makes known engine defects fail the tests (to check a fix).
-var rpStrict = os.Getenv("OCISTORE_STRICT") == "1"
 
 func (m *rpMachine) remember(b *rpBlob) {
 	if _, ok := m.blobs[b.desc.Digest]; ok {
@@ -914,8 +894,7 @@ func rpFirstLines(s string, n int) string {
 // TestRapidRegressionTagMissingChildManifest is the minimal case rapid found
 // for defect D4: tagging an index whose child manifest was freed must fail
 // with ErrMissingDependency (as for a missing layer) and change nothing.
-// Today it fails with ErrNotFound: accepted, and logged, unless
-// OCISTORE_STRICT=1.
+// Regression test: it failed with ErrNotFound.
 func TestRapidRegressionTagMissingChildManifest(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -949,11 +928,7 @@ func TestRapidRegressionTagMissingChildManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = s.Tag(ctx, id, "latest")
-	switch {
-	case errors.Is(err, store.ErrMissingDependency):
-	case errors.Is(err, store.ErrNotFound) && !rpStrict:
-		t.Logf("known defect D4: tag of an index whose child manifest is missing: %v (want ErrMissingDependency)", err)
-	default:
+	if !errors.Is(err, store.ErrMissingDependency) || errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("tag of an index whose child manifest is missing: got %v, want ErrMissingDependency", err)
 	}
 	after, err := os.ReadFile(filepath.Join(dir, layout.IndexFile))

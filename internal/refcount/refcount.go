@@ -10,6 +10,7 @@
 package refcount
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
@@ -89,6 +90,11 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 			kids = layout.Children{}
 		case c.Lenient:
 			c.Problems = append(c.Problems, err)
+		case c.Present != nil && errors.Is(err, errdef.ErrNotFound):
+			// Verifying a graph that becomes live (Tag, PutManifest): a
+			// missing manifest or index below it is a missing dependency,
+			// as a missing leaf is (Present), not a reference not found.
+			return fmt.Errorf("blob %s (%s): %w", d.Digest, layout.BlobPath(d.Digest), errdef.ErrMissingDependency)
 		default:
 			return err
 		}
