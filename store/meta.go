@@ -174,7 +174,7 @@ func (s *Store) syncImages(db *journal.DB, st *recovery.State) error {
 		return err
 	}
 	err := db.Update(func(tx *journal.Tx) error {
-		t := &txn{tx: tx, load: cachedLoader(layout.LoadChildren(s.fsys)), now: s.now()}
+		t := s.newTxn(tx)
 		return s.reconcileImages(t, st.Index.Entries, st.Digest)
 	})
 	if err != nil {

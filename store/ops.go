@@ -93,6 +93,49 @@ func find(ix *layout.Index, ref string) ([]int, error) {
 	return pos, nil
 }
 
+// finder returns find over ix, with the names and digests of ix mapped once
+// when n references are to be looked up (a linear scan each is quadratic
+// for a batch).
+func finder(ix *layout.Index, n int) func(ref string) ([]int, error) {
+	if n <= 8 {
+		return func(ref string) ([]int, error) { return find(ix, ref) }
+	}
+	byName := make(map[string][]int, len(ix.Entries))
+	byDigest := make(map[digest.Digest][]int, len(ix.Entries))
+	for i, e := range ix.Entries {
+		if name := e.Name(); name != "" {
+			byName[name] = append(byName[name], i)
+		}
+		byDigest[e.Desc.Digest] = append(byDigest[e.Desc.Digest], i)
+	}
+	return func(ref string) ([]int, error) {
+		if ref == "" {
+			return nil, fmt.Errorf("empty reference: %w", errdef.ErrInvalidArgument)
+		}
+		d, isDigest, err := isDigestRef(ref)
+		if err != nil {
+			return nil, err
+		}
+		pos := byName[ref]
+		if isDigest {
+			pos = byDigest[d]
+		}
+		if len(pos) == 0 {
+			return nil, errdef.ErrNotFound
+		}
+		return pos, nil
+	}
+}
+
+// opName describes an operation on refs for its journal record: the
+// references themselves when they are few, else their number and the first.
+func opName(op string, refs []string) string {
+	if len(refs) <= 8 {
+		return op + " " + strings.Join(refs, ",")
+	}
+	return fmt.Sprintf("%s %s and %d more", op, refs[0], len(refs)-1)
+}
+
 // ValidTag reports whether name can be a tag: not empty, no control
 // characters, not shaped like a digest.
 func ValidTag(name string) error {
@@ -260,21 +303,31 @@ func (s *Store) DeleteWith(ctx context.Context, refs []string, o *DeleteOptions)
 		return nil, fmt.Errorf("delete: no reference given: %w", errdef.ErrInvalidArgument)
 	}
 	var cascaded []Image
-	res, err := s.update(ctx, "delete "+strings.Join(refs, ","), func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
+	res, err := s.update(ctx, opName("delete", refs), func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
 		dr := newDropper(t, cur.Entries, !opts.KeepReferrers)
+		lookup := finder(cur, len(refs))
+		var chosen []int
 		for _, r := range refs {
-			pos, err := find(cur, r)
+			pos, err := lookup(r)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", r, err)
 			}
-			for _, p := range pos {
-				if dr.cascade {
-					if err := dr.remove(p, ""); err != nil {
-						return nil, err
-					}
-				} else {
-					dr.drop[p] = true // no simulation needed
-				}
+			chosen = append(chosen, pos...)
+		}
+		if dr.cascade {
+			descs := make([]v1.Descriptor, len(chosen))
+			for j, p := range chosen {
+				descs[j] = cur.Entries[p].Desc
+			}
+			t.prefetch(descs)
+		}
+		for _, p := range chosen {
+			if !dr.cascade {
+				dr.drop[p] = true // no simulation needed
+				continue
+			}
+			if err := dr.remove(p, ""); err != nil {
+				return nil, err
 			}
 		}
 		if err := dr.follow(); err != nil {

@@ -238,19 +238,27 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 	if !p.Until.IsZero() && (cutoff.IsZero() || p.Until.Before(cutoff)) {
 		cutoff = p.Until
 	}
+	var chosen []int
+	var reasons []string
 	for i := range entries {
 		pe := &info[i]
 		if !pe.candidate || pe.meta.Subject != "" || isProtected(i) {
 			continue
 		}
-		var err error
 		switch {
 		case hasAge && pe.age.Before(cutoff):
-			err = dr.remove(i, ReasonOlderThan)
+			chosen, reasons = append(chosen, i), append(reasons, ReasonOlderThan)
 		case !hasAge && p.MaxSize == 0 && p.KeepLast > 0:
-			err = dr.remove(i, ReasonKeepLast)
+			chosen, reasons = append(chosen, i), append(reasons, ReasonKeepLast)
 		}
-		if err != nil {
+	}
+	descs := make([]v1.Descriptor, len(chosen))
+	for j, i := range chosen {
+		descs[j] = entries[i].Desc
+	}
+	t.prefetch(descs)
+	for j, i := range chosen {
+		if err := dr.remove(i, reasons[j]); err != nil {
 			return nil, err
 		}
 	}

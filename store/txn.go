@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -39,9 +41,16 @@ type Result struct {
 // current index), a loader of manifests cached for the transaction, and
 // the time.
 type txn struct {
-	tx   *journal.Tx
-	load refcount.Loader
-	now  time.Time
+	tx       *journal.Tx
+	load     refcount.Loader
+	prefetch func([]v1.Descriptor) // warms load for a batch of roots
+	now      time.Time
+}
+
+// newTxn starts what a plan reads in tx.
+func (s *Store) newTxn(tx *journal.Tx) *txn {
+	mc := newManifestCache(layout.LoadChildren(s.fsys))
+	return &txn{tx: tx, load: mc.Load, prefetch: mc.Prefetch, now: s.now()}
 }
 
 // planFunc computes the new index entries from the current ones. It must not
@@ -84,7 +93,7 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 		newDigest digest.Digest
 	)
 	err = db.Update(func(tx *journal.Tx) error {
-		t := &txn{tx: tx, load: cachedLoader(layout.LoadChildren(s.fsys)), now: s.now()}
+		t := s.newTxn(tx)
 		var err error
 		if swept, err = s.sweepLeases(tx, t.now); err != nil {
 			return err
@@ -103,6 +112,7 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 			return errNoChange
 		}
 		added, removed := diffRoots(cur.Index.Entries, entries)
+		t.prefetch(append(added[:len(added):len(added)], removed...))
 		c := &refcount.Counter{T: tx, Load: t.load, Present: s.present}
 		for _, d := range added {
 			if err := c.Inc(d); err != nil {
@@ -166,27 +176,74 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	return res, nil
 }
 
-// cachedLoader remembers what load returned for each manifest, for the
-// length of one transaction (a plan and the refcounts read the same ones).
-func cachedLoader(load refcount.Loader) refcount.Loader {
-	type result struct {
-		c   layout.Children
-		err error
+// manifestCache remembers what load returned for each manifest, for the
+// length of one transaction (a plan and the refcounts read the same ones);
+// Prefetch fills it on every core.
+type manifestCache struct {
+	load refcount.Loader
+	mu   sync.Mutex
+	m    map[manifestKey]manifestResult
+}
+
+type manifestKey struct {
+	d    digest.Digest
+	size int64 // a descriptor with another size must fail as it would uncached
+}
+
+type manifestResult struct {
+	c   layout.Children
+	err error
+}
+
+func newManifestCache(load refcount.Loader) *manifestCache {
+	return &manifestCache{load: load, m: map[manifestKey]manifestResult{}}
+}
+
+// Load returns what load returns for d, reading it once.
+func (c *manifestCache) Load(d v1.Descriptor) (layout.Children, error) {
+	k := manifestKey{d.Digest, d.Size}
+	c.mu.Lock()
+	r, ok := c.m[k]
+	c.mu.Unlock()
+	if ok {
+		return r.c, r.err
 	}
-	type key struct {
-		d    digest.Digest
-		size int64 // a descriptor with another size must fail as it would uncached
+	kids, err := c.load(d)
+	c.mu.Lock()
+	c.m[k] = manifestResult{kids, err}
+	c.mu.Unlock()
+	return kids, err
+}
+
+// prefetchMin is the batch below which reading manifests in parallel is
+// not worth its goroutines.
+const prefetchMin = 64
+
+// Prefetch reads the manifests among ds (the roots a batch adds or
+// removes) in parallel, so that the refcount walk that follows, which is
+// sequential, finds them parsed. Errors are cached, to be met by the walk
+// where it would have met them.
+func (c *manifestCache) Prefetch(ds []v1.Descriptor) {
+	workers := runtime.GOMAXPROCS(0)
+	if len(ds) < prefetchMin || workers < 2 {
+		return
 	}
-	m := map[key]result{}
-	return func(d v1.Descriptor) (layout.Children, error) {
-		k := key{d.Digest, d.Size}
-		if r, ok := m[k]; ok {
-			return r.c, r.err
+	next := make(chan v1.Descriptor)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for d := range next {
+				_, _ = c.Load(d)
+			}
+		})
+	}
+	for _, d := range ds {
+		if layout.Parsed(d, true) {
+			next <- d
 		}
-		c, err := load(d)
-		m[k] = result{c, err}
-		return c, err
 	}
+	close(next)
+	wg.Wait()
 }
 
 // withoutLeased returns freed without the blobs that leases live at now hold.
@@ -231,12 +288,23 @@ func errorsIsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
 
 // diffRoots compares two entry lists as multisets of root descriptors.
 func diffRoots(old, new []layout.Entry) (added, removed []v1.Descriptor) {
-	count := map[string]int{}
+	// Plans keep the order of the entries they keep: skip the common prefix
+	// and suffix, so that a change of one entry costs no map of them all.
+	p := 0
+	for p < len(old) && p < len(new) && old[p].Desc.Digest == new[p].Desc.Digest {
+		p++
+	}
+	q := 0
+	for q < len(old)-p && q < len(new)-p && old[len(old)-1-q].Desc.Digest == new[len(new)-1-q].Desc.Digest {
+		q++
+	}
+	old, new = old[p:len(old)-q], new[p:len(new)-q]
+	count := make(map[digest.Digest]int, len(old))
 	for _, e := range old {
-		count[e.Desc.Digest.String()]++
+		count[e.Desc.Digest]++
 	}
 	for _, e := range new {
-		k := e.Desc.Digest.String()
+		k := e.Desc.Digest
 		if count[k] > 0 {
 			count[k]--
 			continue
@@ -244,7 +312,7 @@ func diffRoots(old, new []layout.Entry) (added, removed []v1.Descriptor) {
 		added = append(added, e.Desc)
 	}
 	for _, e := range old {
-		k := e.Desc.Digest.String()
+		k := e.Desc.Digest
 		if count[k] > 0 {
 			count[k]--
 			removed = append(removed, e.Desc)
