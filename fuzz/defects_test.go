@@ -24,13 +24,13 @@ package fuzz
 //	    bytes that do not (a damaged journal) replaced a valid index.json;
 //	    when they did not parse, recovery then failed, on every open.
 //	    Regression: d2-stored-bytes-garbage.
-//	D2b open (the rest of D2): bytes that do hash to NewIndex but are not
+//	D2b fixed (the rest of D2): bytes that do hash to NewIndex but are not
 //	    an index (a record the engine never writes: it renders a parsed
-//	    index) are still written over a valid index.json before they are
-//	    parsed; recovery then fails on every open. Fix: parse the stored
-//	    bytes before WriteIndex, and treat bytes that do not parse like no
-//	    bytes (roll back when the old index is on disk). Case:
-//	    d2b-stored-bytes-not-an-index.
+//	    index) were written over a valid index.json before they were
+//	    parsed; recovery then failed on every open. recovery.Run now parses
+//	    the stored bytes before WriteIndex and treats bytes that do not
+//	    parse like no bytes (roll back when the old index is on disk).
+//	    Regression: d2b-stored-bytes-not-an-index.
 //	D3  open: before unlinking, recovery (Finish) trusts the journal's
 //	    refcounts, not the index on disk (DESIGN.md §4 asks for a re-check
 //	    against the index on disk, §5.8 "whatever the journal says"): a

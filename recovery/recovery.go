@@ -15,8 +15,13 @@
 //
 // When the old index is on disk we replay rather than roll back: the record's
 // refcounts were committed with it, the caller was never told either way, and
-// replaying needs no recount. Before any unlink the blob's count in the
-// journal (which matches the index now on disk) must be zero.
+// replaying needs no recount. Replay (in both rows) writes only index bytes
+// stored with the record that hash to its new index digest and parse as an
+// index; a record without such bytes is treated as having none: rolled back
+// (dropped, refcounts recounted) when the old index is on disk, and with
+// index.json missing or unparseable recovery fails, changing nothing.
+// Before any unlink the blob's count in the journal (which matches the index
+// now on disk) must be zero.
 //
 // With no pending record, an index.json whose digest differs from the last one
 // committed through the journal was written by another tool (or the journal is
@@ -131,20 +136,20 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		var newBytes []byte
-		_ = db.View(func(tx *journal.Tx) error { newBytes, _ = tx.IndexBytes(rec.NewIndex); return nil })
+		log := env.Log.With(slog.Uint64(attrTxn, rec.ID))
+		newBytes, newIx := storedIndex(db, rec, log)
 		onDisk := digest.Digest("")
 		if raw != nil && ixErr == nil {
 			onDisk = layout.Sum(raw)
 		}
-		log := env.Log.With(slog.Uint64(attrTxn, rec.ID))
 		switch {
 		case onDisk == rec.NewIndex:
 			log.Info("recovery: rolling forward", "op", rec.Op)
 			st.Actions = append(st.Actions, Action{Kind: "roll-forward", Txn: rec.ID, Detail: rec.Op})
-		case newBytes != nil && layout.Sum(newBytes) == rec.NewIndex && (onDisk == "" || onDisk == rec.OldIndex):
-			// Replay only bytes that are the record's new index: a damaged
-			// journal must never replace a valid index.json.
+		case newIx != nil && (onDisk == "" || onDisk == rec.OldIndex):
+			// Replay only bytes that are the record's new index and parse
+			// as one (storedIndex): a damaged journal must never replace
+			// index.json.
 			log.Info("recovery: replaying", "op", rec.Op, "index", describe(raw, ixErr))
 			st.Actions = append(st.Actions, Action{Kind: "replay", Txn: rec.ID, Detail: rec.Op})
 			if err := WriteIndex(env.FS, newBytes); err != nil {
@@ -152,12 +157,13 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 			}
 			crash.Point(crash.RecoverReplayed)
 			stamp = fsio.StampFile(env.FS, layout.IndexFile)
-			raw, ix, ixErr = newBytes, nil, nil
-			if ix, ixErr = layout.ParseIndex(raw); ixErr != nil {
-				return nil, fmt.Errorf("replay txn %d: stored index: %w", rec.ID, ixErr)
-			}
+			raw, ix, ixErr = newBytes, newIx, nil
 		default:
-			log.Warn("recovery: index.json changed by another tool; dropping the record and recounting", "op", rec.Op)
+			if onDisk == "" || onDisk == rec.OldIndex {
+				log.Warn("recovery: the record's new index is not in the journal; dropping the record and recounting", "op", rec.Op, "index", describe(raw, ixErr))
+			} else {
+				log.Warn("recovery: index.json changed by another tool; dropping the record and recounting", "op", rec.Op)
+			}
 			st.Actions = append(st.Actions, Action{Kind: "roll-back", Txn: rec.ID, Detail: rec.Op})
 			if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
 				return nil, fmt.Errorf("roll back txn %d: %w", rec.ID, err)
@@ -185,6 +191,28 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 		st.Actions = append(st.Actions, Action{Kind: "recount", Detail: fmt.Sprintf("%d blobs referenced by %s", n, st.Digest)})
 	}
 	return st, nil
+}
+
+// storedIndex returns the index bytes stored with rec, and their parse,
+// when they are rec's new index: they hash to NewIndex and parse as an
+// index. Anything else (none, other bytes, bytes that are no index: a
+// damaged journal) is no bytes: nil, nil.
+func storedIndex(db *journal.DB, rec *journal.Record, log *slog.Logger) ([]byte, *layout.Index) {
+	var b []byte
+	_ = db.View(func(tx *journal.Tx) error { b, _ = tx.IndexBytes(rec.NewIndex); return nil })
+	if b == nil {
+		return nil, nil
+	}
+	if got := layout.Sum(b); got != rec.NewIndex {
+		log.Warn("recovery: the index stored with the record does not hash to its new index", "want", rec.NewIndex, "got", got)
+		return nil, nil
+	}
+	ix, err := layout.ParseIndex(b)
+	if err != nil {
+		log.Warn("recovery: the index stored with the record does not parse", "err", err)
+		return nil, nil
+	}
+	return b, ix
 }
 
 func describe(raw []byte, err error) string {
