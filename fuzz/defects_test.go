@@ -4,11 +4,8 @@ package fuzz
 // (store/rapid_test.go), each kept with its minimal case: the corpus files
 // testdata/fuzz/FuzzRecoverRecord/d*-* and the tests below.
 //
-// A check that meets a defect still open accepts either the correct
-// behaviour or exactly the defective one, and logs "known defect Dn"; with
-// OCISTORE_STRICT=1 it accepts only the correct behaviour (to verify a
-// fix). A fixed defect has no tolerance left: its case is a regression
-// test.
+// Every defect listed is fixed and has no tolerance left: the checks are
+// strict and each minimal case is a regression test.
 //
 //	D1  fixed (be78c0d): fsio.RemoveFiles synced every blobs/<alg>
 //	    directory named by the unlink set, also one that does not exist:
@@ -31,12 +28,16 @@ package fuzz
 //	    the stored bytes before WriteIndex and treats bytes that do not
 //	    parse like no bytes (roll back when the old index is on disk).
 //	    Regression: d2b-stored-bytes-not-an-index.
-//	D3  open: before unlinking, recovery (Finish) trusts the journal's
+//	D3  fixed: before unlinking, recovery (Finish) trusted the journal's
 //	    refcounts, not the index on disk (DESIGN.md §4 asks for a re-check
 //	    against the index on disk, §5.8 "whatever the journal says"): a
-//	    record whose refcount changes were not committed with it unlinks
+//	    record whose refcount changes were not committed with it unlinked
 //	    blobs the replayed index reaches. Needs a journal that contradicts
-//	    itself, which the engine never writes. Case:
+//	    itself, which the engine never writes. For a record recovery finds
+//	    pending, it now walks the graph of index.json on disk before any
+//	    unlink, never unlinks what the walk reaches, and recounts when the
+//	    journal's refcounts disagree with it (recovery.finishRecovered; the
+//	    forward path of a transaction does not walk). Regression:
 //	    d3-refcounts-not-committed.
 //	D4  fixed: Tag (or PutManifest with names) of an index whose child
 //	    manifest or index is missing failed with ErrNotFound (the loader's
@@ -52,8 +53,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"os"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -62,18 +61,6 @@ import (
 
 	"github.com/ocistore/ocistore/store"
 )
-
-var strictDefects = os.Getenv("OCISTORE_STRICT") == "1"
-
-// knownDefect accepts defect id (logging it) unless OCISTORE_STRICT=1.
-func knownDefect(t *testing.T, id, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf("known defect %s: %s", id, fmt.Sprintf(format, args...))
-	if strictDefects {
-		t.Fatal(msg)
-	}
-	t.Log(msg)
-}
 
 // TestDefectD1ForeignSHA512Layer (regression for D1): deleting an image
 // whose foreign layer is a sha512 digest, in a layout with no blobs/sha512,

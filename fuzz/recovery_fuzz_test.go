@@ -23,11 +23,10 @@ package fuzz
 //     before still parses (the layout files are the truth: a failed
 //     recovery must not destroy them).
 //
-// Defects D1, D2 and D2b (see defects_test.go), found here and fixed, are
-// checked strictly. D3, still open, is accepted and logged only where it
-// applies (a journal that contradicts itself: refcounts not changed with
-// the record), unless OCISTORE_STRICT=1; with a self-consistent record
-// every check is strict.
+// Defects D1, D2, D2b and D3 (see defects_test.go), found here and
+// fixed, are checked strictly, also for a journal that contradicts itself
+// (stored bytes that are not an index, refcounts not changed with the
+// record): the layout files are the truth, whatever the journal says.
 
 import (
 	"bytes"
@@ -176,7 +175,7 @@ func FuzzRecoverRecord(f *testing.F) {
 	// bytes (8), a random digest (9), then "" for old, a malformed digest
 	// for new (10). stored picks (modulo 10): the bytes matching new (0),
 	// else candidate stored-1 (the input's bytes are 9). The minimal cases
-	// of the known defects are in testdata/fuzz/FuzzRecoverRecord/d*.
+	// of the defects found here are in testdata/fuzz/FuzzRecoverRecord/d*.
 	f.Add(uint32(0), uint8(0), uint8(1), uint8(0), uint8(rfDamageNone), uint8(rfApplyRefs|rfUnlinkFreed), uint8(0), []byte(nil))   // a real delete, crashed after the journal commit
 	f.Add(uint32(0), uint8(0), uint8(3), uint8(0), uint8(rfDamageRemove), uint8(rfApplyRefs|rfUnlinkFreed), uint8(0), []byte(nil)) // delete all, index.json lost
 	f.Add(uint32(0), uint8(0), uint8(1), uint8(0), uint8(rfDamageTruncate), uint8(rfApplyRefs|rfUnlinkFreed), uint8(0), []byte(nil))
@@ -254,12 +253,10 @@ func rfRun(t *testing.T, fx *rfFixture, in rfInput) {
 	}
 
 	// The journal as the input says, and what it knew before recovery.
-	consistent := newBytes != nil && digest.FromBytes(newBytes) == rec.NewIndex && in.flags&rfApplyRefs != 0
 	refsBefore := map[digest.Digest]uint64{}
 	if err := rfCommit(dir, rec, newBytes, in.flags, refsBefore); err != nil {
 		// The counter refuses what the store would refuse (a missing blob):
 		// then the store would not have committed this record either.
-		consistent = false
 		if err := rfCommit(dir, rec, newBytes, in.flags&^(rfApplyRefs|rfUnlinkFreed), refsBefore); err != nil {
 			t.Fatalf("%v: commit the record: %v", in, err)
 		}
@@ -285,23 +282,14 @@ func rfRun(t *testing.T, fx *rfFixture, in rfInput) {
 	after := testutil.Snapshot(t, dir, layout.StateDir)
 	rawAfter, _ := os.ReadFile(ixPath)
 
-	// known accepts a defect that needs a self-contradicting journal.
-	known := func(id, format string, args ...any) {
-		t.Helper()
-		if consistent {
-			t.Fatalf("%v: %s", in, fmt.Sprintf(format, args...))
-		}
-		knownDefect(t, id, "%v: %s", in, fmt.Sprintf(format, args...))
-	}
-
-	// Safety: nothing the index on disk reaches was unlinked.
+	// Safety: nothing the index on disk reaches was unlinked (D3).
 	for d := range rfReachable(dir, rawAfter) {
 		p := layout.BlobPath(d)
 		if _, was := before[p]; !was {
 			continue
 		}
 		if _, is := after[p]; !is {
-			known("D3", "blob %s, reachable from the index.json recovery left, was unlinked (journal refcount before recovery: %d)", d, refsBefore[d])
+			t.Fatalf("%v: blob %s, reachable from the index.json recovery left, was unlinked (journal refcount before recovery: %d)", in, d, refsBefore[d])
 		}
 	}
 

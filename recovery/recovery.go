@@ -20,8 +20,14 @@
 // index; a record without such bytes is treated as having none: rolled back
 // (dropped, refcounts recounted) when the old index is on disk, and with
 // index.json missing or unparseable recovery fails, changing nothing.
-// Before any unlink the blob's count in the journal (which matches the index
-// now on disk) must be zero.
+//
+// Before unlinking anything for a record it found pending, recovery walks
+// the graph of the index.json now on disk (from the files, not the
+// journal): no blob that walk reaches is unlinked, and when the journal's
+// refcounts disagree with it they are recounted first. A blob is unlinked
+// only when the walk does not reach it and its journal count is zero. The
+// forward path of a transaction (Apply, Finish) does not walk: there the
+// journal's counts were just computed for the index it wrote.
 //
 // With no pending record, an index.json whose digest differs from the last one
 // committed through the journal was written by another tool (or the journal is
@@ -171,8 +177,13 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 			recount = true
 			continue
 		}
-		if err := Finish(env, db, rec, stamp, crash.RecoverUnlinked); err != nil {
+		on := &State{Index: ix, Bytes: raw, Digest: rec.NewIndex, Stamp: stamp}
+		recounted, err := finishRecovered(env, db, rec, on)
+		if err != nil {
 			return nil, err
+		}
+		if recounted {
+			st.Actions = append(st.Actions, Action{Kind: "recount", Txn: rec.ID, Detail: "the journal's refcounts did not match " + string(rec.NewIndex)})
 		}
 		lastDigest = rec.NewIndex
 	}
@@ -232,6 +243,12 @@ func Recount(env Env, db *journal.DB, st *State) (int, error) {
 	for _, p := range problems {
 		env.Log.Warn("recount: cannot follow a manifest", "err", p)
 	}
+	return storeCounts(db, st, m)
+}
+
+// storeCounts stores m, a recount of st's graph, as the journal's refcounts
+// and st as the committed index.
+func storeCounts(db *journal.DB, st *State, m refcount.Map) (int, error) {
 	crash.Point(crash.RecoverRecounted)
 	err := db.Update(func(tx *journal.Tx) error {
 		if err := tx.ReplaceRefs(m); err != nil {
@@ -301,6 +318,57 @@ func Finish(env Env, db *journal.DB, rec *journal.Record, stamp fsio.Stamp, poin
 			return fmt.Errorf("txn %d: %w", rec.ID, err)
 		}
 	}
+	return finish(env, db, rec, point, nil, false)
+}
+
+// finishRecovered is Finish for a record recovery found pending, whose new
+// index on is now on disk. The journal that left the record behind is not
+// trusted (DESIGN.md §4, §5.8): the graph of the index on disk is walked
+// from the files, no blob it reaches is unlinked, and when the journal's
+// refcounts disagree with the walk they are replaced by it (a recount)
+// before anything is unlinked. If a manifest the index reaches cannot be
+// read, what it reaches is unknown: nothing is unlinked (GC collects what
+// is left once the layout is whole). It reports whether it recounted.
+// Only recovery pays for the walk; a transaction's own Finish does not.
+func finishRecovered(env Env, db *journal.DB, rec *journal.Record, on *State) (bool, error) {
+	if err := indexStill(env.FS, rec.NewIndex, on.Stamp); err != nil {
+		return false, fmt.Errorf("txn %d: %w", rec.ID, err)
+	}
+	walk, problems := refcount.Recount(on.Index, layout.LoadChildren(env.FS))
+	for _, p := range problems {
+		env.Log.Warn("recovery: cannot follow a manifest of index.json; unlinking nothing", "err", p, attrTxn, rec.ID)
+	}
+	agree := true
+	err := db.View(func(tx *journal.Tx) error {
+		n := 0
+		err := tx.ForEachRef(func(d digest.Digest, r journal.Ref) error {
+			n++
+			if walk[d].Count != r.Count {
+				agree = false
+			}
+			return nil
+		})
+		if n != len(walk) {
+			agree = false
+		}
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("txn %d: read refcounts: %w", rec.ID, err)
+	}
+	if !agree {
+		env.Log.Warn("recovery: the journal's refcounts do not match index.json on disk; recounting", attrTxn, rec.ID, "index", rec.NewIndex)
+		if _, err := storeCounts(db, on, walk); err != nil {
+			return false, fmt.Errorf("txn %d: %w", rec.ID, err)
+		}
+	}
+	return !agree, finish(env, db, rec, crash.RecoverUnlinked, walk, len(problems) > 0)
+}
+
+// finish unlinks rec's blob set but for the blobs the journal counts as
+// referenced, those in reached, or all of them when keepAll, syncs each
+// touched blob directory, and clears the record.
+func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached refcount.Map, keepAll bool) error {
 	var paths []string
 	err := db.View(func(tx *journal.Tx) error {
 		for _, d := range rec.Unlink {
@@ -308,8 +376,11 @@ func Finish(env Env, db *journal.DB, rec *journal.Record, stamp fsio.Stamp, poin
 			if err != nil {
 				return err
 			}
-			if r.Count > 0 {
+			if r.Count > 0 || reached[d].Count > 0 {
 				env.Log.Warn("not unlinking a blob that is still referenced", attrDigest, d, attrTxn, rec.ID)
+				continue
+			}
+			if keepAll {
 				continue
 			}
 			paths = append(paths, layout.BlobPath(d))
