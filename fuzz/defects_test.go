@@ -21,15 +21,15 @@ package fuzz
 //	    bytes that do not (a damaged journal) replaced a valid index.json;
 //	    when they did not parse, recovery then failed, on every open.
 //	    Regression: d2-stored-bytes-garbage.
-//	D2b fixed (the rest of D2): bytes that do hash to NewIndex but are not
-//	    an index (a record the engine never writes: it renders a parsed
-//	    index) were written over a valid index.json before they were
+//	D2b fixed (bb7b3a3; the rest of D2): bytes that do hash to NewIndex
+//	    but are not an index (a record the engine never writes: it renders
+//	    a parsed index) were written over a valid index.json before they were
 //	    parsed; recovery then failed on every open. recovery.Run now parses
 //	    the stored bytes before WriteIndex and treats bytes that do not
 //	    parse like no bytes (roll back when the old index is on disk).
 //	    Regression: d2b-stored-bytes-not-an-index.
-//	D3  fixed: before unlinking, recovery (Finish) trusted the journal's
-//	    refcounts, not the index on disk (DESIGN.md §4 asks for a re-check
+//	D3  fixed (1311674): before unlinking, recovery (Finish) trusted the
+//	    journal's refcounts, not the index on disk (DESIGN.md §4 asks for a re-check
 //	    against the index on disk, §5.8 "whatever the journal says"): a
 //	    record whose refcount changes were not committed with it unlinked
 //	    blobs the replayed index reaches. Needs a journal that contradicts
@@ -39,8 +39,8 @@ package fuzz
 //	    journal's refcounts disagree with it (recovery.finishRecovered; the
 //	    forward path of a transaction does not walk). Regression:
 //	    d3-refcounts-not-committed.
-//	D4  fixed: Tag (or PutManifest with names) of an index whose child
-//	    manifest or index is missing failed with ErrNotFound (the loader's
+//	D4  fixed (3873f11): Tag (or PutManifest with names) of an index whose
+//	    child manifest or index is missing failed with ErrNotFound (the loader's
 //	    error, returned as is by the refcount walk), not
 //	    ErrMissingDependency as for a missing leaf. refcount.Counter.inc
 //	    now reports a manifest that cannot be found, while it verifies a
