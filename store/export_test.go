@@ -14,3 +14,18 @@ func SetTestJournalHook(o *Options, fn func()) { o.journalHook = fn }
 
 // SetTestClock makes the store read the time from now.
 func SetTestClock(o *Options, now func() time.Time) { o.now = now }
+
+// HoldWriter takes the store's writer mutex, as a transaction in flight
+// would, until release is called: changes made meanwhile queue for group
+// commit.
+func HoldWriter(s *Store) (release func()) {
+	s.wmu.Lock()
+	return s.wmu.Unlock
+}
+
+// QueuedChanges is the number of changes waiting for group commit.
+func QueuedChanges(s *Store) int {
+	s.group.Lock()
+	defer s.group.Unlock()
+	return len(s.group.queue)
+}

@@ -163,7 +163,7 @@ func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) er
 	if err := checkTagArgs(desc, names); err != nil {
 		return fmt.Errorf("tag %s: %w", desc.Digest, err)
 	}
-	_, err := s.update(ctx, "tag "+strings.Join(names, ","), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
+	_, err := s.updateGrouped(ctx, "tag "+strings.Join(names, ","), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
 		// The refcounts only look at a manifest's blob when it becomes live:
 		// check desc against it here, or a second entry of a live manifest
 		// could carry a wrong size into index.json.
@@ -256,7 +256,7 @@ func (s *Store) Untag(ctx context.Context, names ...string) error {
 	if len(names) == 0 {
 		return fmt.Errorf("untag: no tag given: %w", errdef.ErrInvalidArgument)
 	}
-	_, err := s.update(ctx, "untag "+strings.Join(names, ","), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
+	_, err := s.updateGrouped(ctx, "untag "+strings.Join(names, ","), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
 		out := cur.Entries
 		for _, n := range names {
 			if _, isDigest, _ := isDigestRef(n); isDigest {
@@ -303,7 +303,7 @@ func (s *Store) DeleteWith(ctx context.Context, refs []string, o *DeleteOptions)
 		return nil, fmt.Errorf("delete: no reference given: %w", errdef.ErrInvalidArgument)
 	}
 	var cascaded []Image
-	res, err := s.update(ctx, opName("delete", refs), func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
+	res, err := s.updateGrouped(ctx, opName("delete", refs), func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
 		dr := newDropper(t, cur.Entries, !opts.KeepReferrers)
 		lookup := finder(cur, len(refs))
 		var chosen []int

@@ -139,6 +139,11 @@ type Store struct {
 	// wmu serializes writers in this process; the journal's file lock
 	// serializes them across processes.
 	wmu sync.Mutex
+	// group queues the changes that wait for wmu (group commit).
+	group struct {
+		sync.Mutex
+		queue []*change
+	}
 
 	// ingests is held shared by each PutBlob for its whole length and
 	// exclusively by Close, so that Close never closes the file system

@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -209,8 +210,25 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1O
 		{name: "untag", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
 			return nil, s.Untag(ctx, "img1")
 		}},
+		// Group commit: four changes queued behind a writer, committed as
+		// one transaction; the one that fails changes nothing.
+		{name: "group", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
+			errs, err := groupCommit(s, []func() (*store.Result, error){
+				func() (*store.Result, error) { return nil, s.Tag(ctx, fresh, "grouped-1") },
+				func() (*store.Result, error) { return nil, s.Tag(ctx, fresh, "grouped-2") },
+				func() (*store.Result, error) { return nil, s.Untag(ctx, "grouped-1") },
+				func() (*store.Result, error) { return s.Delete(ctx, "no-such-tag") },
+			})
+			if err != nil {
+				return nil, err
+			}
+			if errs[0] != nil || errs[1] != nil || errs[2] != nil || !errors.Is(errs[3], store.ErrNotFound) {
+				return nil, fmt.Errorf("group commit: %v", errs)
+			}
+			return nil, nil
+		}},
 		{name: "delete-batch", run: func(ctx context.Context, s *store.Store) (*store.Result, error) {
-			batch := []string{"fresh", "fresh-too", "img0"}
+			batch := []string{"fresh", "fresh-too", fresh.Digest.String(), "img0"}
 			for i := 3; i < images; i++ {
 				batch = append(batch, fmt.Sprintf("img%d", i))
 			}
@@ -270,6 +288,29 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1O
 		}},
 		{name: "reopen", reopen: true},
 	}
+}
+
+// groupCommit queues calls, in order, behind a held writer, so that they
+// are committed as one group, and returns each call's error.
+func groupCommit(s *store.Store, calls []func() (*store.Result, error)) ([]error, error) {
+	release := store.HoldWriter(s)
+	errs := make([]error, len(calls))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i, call := range calls {
+		wg.Go(func() { _, errs[i] = call() })
+		deadline := time.Now().Add(10 * time.Second)
+		for store.QueuedChanges(s) < i+1 {
+			if time.Now().After(deadline) {
+				release()
+				return nil, fmt.Errorf("only %d of %d changes queued", store.QueuedChanges(s), len(calls))
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+	release()
+	wg.Wait()
+	return errs, nil
 }
 
 func t1ImportSource(t *testing.T) string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -68,29 +69,98 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if err := s.writable(); err != nil { // closed or poisoned while we waited
-		return nil, err
+	c := &change{ctx: ctx, op: op, plan: plan}
+	s.commit(ctx, []*change{c})
+	return c.res, c.err
+}
+
+// change is one caller's part of a transaction.
+type change struct {
+	ctx  context.Context
+	op   string
+	plan planFunc
+	res  *Result
+	err  error
+	done chan struct{} // closed when res or err is set (group commit)
+}
+
+// errSolo rolls back a group whose member at index solo failed while its
+// refcounts were applied: the others are retried without it, then it runs
+// alone (so that its outcome is the one it would have had alone).
+type errSolo struct{ solo int }
+
+func (e errSolo) Error() string { return fmt.Sprintf("change %d must run alone", e.solo) }
+
+// commit runs changes, in order, as ONE journal transaction: each plan sees
+// the index the previous ones made and the refcounts they left; a plan that
+// fails changes nothing and gets its error. The caller holds wmu.
+func (s *Store) commit(ctx context.Context, changes []*change) {
+	for len(changes) > 0 {
+		solo := -1
+		err := s.commitOnce(ctx, changes)
+		var es errSolo
+		if errors.As(err, &es) {
+			solo = es.solo
+		} else if err != nil {
+			for _, c := range changes {
+				if c.res == nil && c.err == nil {
+					c.err = err
+				}
+			}
+		}
+		if solo < 0 {
+			return
+		}
+		rest := append(append([]*change(nil), changes[:solo]...), changes[solo+1:]...)
+		for _, c := range rest {
+			c.res, c.err = nil, nil
+		}
+		s.commit(ctx, rest)
+		changes = changes[solo : solo+1]
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+}
+
+// commitOnce is one attempt of commit; errSolo asks for another.
+func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
+	if err := s.writable(); err != nil { // closed or poisoned while we waited
+		return err
+	}
+	var live []*change
+	for _, c := range changes {
+		if err := c.ctx.Err(); err != nil {
+			c.err = err
+			continue
+		}
+		live = append(live, c)
+	}
+	if len(live) == 0 {
+		return nil
 	}
 	start := time.Now()
-	db, cur, err := s.lock(ctx)
+	// A group waits for the lock as long as the lock timeout says, not
+	// as long as the context of whoever leads it.
+	lockCtx := live[0].ctx
+	if len(live) > 1 {
+		lockCtx = context.WithoutCancel(ctx)
+	}
+	db, cur, err := s.lock(lockCtx)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer db.Close()
 
-	// 1. Plan and 2. journal commit: the plan, the refcounts, the image
+	// 1. Plan and 2. journal commit: the plans, the refcounts, the image
 	// metadata and the record in one bbolt transaction.
 	var (
 		rec       journal.Record
 		freed     []v1.Descriptor
+		owner     map[digest.Digest]*change // who freed each blob
 		swept     []journal.Lease
 		used      map[digest.Digest]time.Time
 		next      *layout.Index
 		newBytes  []byte
 		newDigest digest.Digest
+		ops       []string
 	)
 	err = db.Update(func(tx *journal.Tx) error {
 		t := s.newTxn(tx)
@@ -101,47 +171,107 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 		if used, err = s.flushLastUse(tx); err != nil {
 			return err
 		}
-		entries, err := plan(cur.Index, t)
-		if err != nil {
-			return err
+		c := &refcount.Counter{T: tx, Load: t.load, Present: s.present}
+		owner = map[digest.Digest]*change{}
+		ops = ops[:0]
+		prev := cur.Index.Entries
+		for _, ch := range live {
+			ch.err = nil
+			entries, err := ch.plan(cur.Index.With(prev), t)
+			if err != nil {
+				if len(live) == 1 {
+					return err
+				}
+				ch.err = err // its plan changed nothing: the others go on
+				continue
+			}
+			added, removed := diffRoots(prev, entries)
+			t.prefetch(append(added[:len(added):len(added)], removed...))
+			from := len(c.Freed)
+			for _, d := range added {
+				if err = c.Inc(d); err != nil {
+					break
+				}
+			}
+			for _, d := range removed {
+				if err != nil {
+					break
+				}
+				err = c.Dec(d)
+			}
+			if err != nil {
+				if len(live) == 1 {
+					return err
+				}
+				return errSolo{solo: indexOf(changes, ch)}
+			}
+			for _, f := range c.Freed[from:] {
+				owner[f.Digest] = ch
+			}
+			prev = entries
+			ops = append(ops, ch.op)
 		}
-		next = cur.Index.With(entries)
+		if len(ops) == 0 {
+			return errNoChange // every plan failed
+		}
+		next = cur.Index.With(prev)
 		newBytes = next.Marshal()
 		newDigest = layout.Sum(newBytes)
 		if newDigest == cur.Digest {
 			return errNoChange
 		}
-		added, removed := diffRoots(cur.Index.Entries, entries)
-		t.prefetch(append(added[:len(added):len(added)], removed...))
-		c := &refcount.Counter{T: tx, Load: t.load, Present: s.present}
-		for _, d := range added {
-			if err := c.Inc(d); err != nil {
-				return err
+		// A blob freed by one change and used again by a later one stays.
+		var gone []v1.Descriptor
+		seen := map[digest.Digest]bool{}
+		for _, f := range c.Freed {
+			if seen[f.Digest] {
+				continue
 			}
-		}
-		for _, d := range removed {
-			if err := c.Dec(d); err != nil {
-				return err
+			seen[f.Digest] = true
+			if len(live) > 1 {
+				r, err := tx.GetRef(f.Digest)
+				if err != nil {
+					return err
+				}
+				if r.Count > 0 {
+					continue
+				}
 			}
+			gone = append(gone, f)
 		}
 		// Blobs a live lease holds stay, unreferenced, until it ends (GC).
-		if freed, err = withoutLeased(tx, c.Freed, t.now); err != nil {
+		if freed, err = withoutLeased(tx, gone, t.now); err != nil {
 			return err
 		}
-		if err := s.trackImages(t, cur.Digest, newDigest, entries, added, removed); err != nil {
+		added, removed := diffRoots(cur.Index.Entries, prev)
+		if err := s.trackImages(t, cur.Digest, newDigest, prev, added, removed); err != nil {
 			return err
 		}
-		rec = journal.Record{Op: op, Time: time.Now().UTC(), OldIndex: cur.Digest, NewIndex: newDigest, Deltas: c.Deltas}
+		rec = journal.Record{Op: groupOp(ops), Time: time.Now().UTC(), OldIndex: cur.Digest, NewIndex: newDigest, Deltas: c.Deltas}
 		for _, f := range freed {
 			rec.Unlink = append(rec.Unlink, f.Digest)
 		}
 		return tx.AddPending(&rec, newBytes)
 	})
 	if errors.Is(err, errNoChange) {
-		return &Result{}, nil
+		for _, c := range live {
+			if c.err == nil {
+				c.res = &Result{}
+			}
+		}
+		return nil
 	}
 	if err != nil {
-		return nil, s.check(err)
+		var es errSolo
+		if errors.As(err, &es) {
+			return err
+		}
+		err = s.check(err)
+		if len(live) == 1 {
+			live[0].err = err
+			return nil
+		}
+		return err
 	}
 	s.logSwept(swept)
 	s.flushedLastUse(used)
@@ -160,20 +290,83 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	// 3-5. index.json, unlinks, clear.
 	stamp, err := recovery.Apply(s.env(), db, &rec, newBytes)
 	if err != nil {
-		return nil, s.check(err)
+		return s.check(err)
 	}
 	s.snap.Store(&snapshot{ix: next, raw: newBytes, digest: newDigest, stamp: stamp})
 
-	res := &Result{Txn: rec.ID}
+	for _, c := range live {
+		if c.err == nil {
+			c.res = &Result{Txn: rec.ID}
+		}
+	}
+	var bytes int64
 	for _, f := range freed {
 		if !present[f.Digest] {
 			continue // never on disk (a foreign layer): nothing was freed
 		}
+		res := owner[f.Digest].res
 		res.Freed = append(res.Freed, Blob{Digest: f.Digest.String(), Size: f.Size})
 		res.BytesFreed += f.Size
+		bytes += f.Size
 	}
-	s.log.Debug("transaction committed", "op", op, attrTxn, rec.ID, "freed", len(freed), "bytes", res.BytesFreed, "took", time.Since(start))
-	return res, nil
+	s.log.Debug("transaction committed", "op", rec.Op, attrTxn, rec.ID, "changes", len(ops), "freed", len(freed), "bytes", bytes, "took", time.Since(start))
+	return nil
+}
+
+func indexOf(changes []*change, c *change) int {
+	for i, x := range changes {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// groupOp names a transaction of several changes in its journal record.
+func groupOp(ops []string) string {
+	if len(ops) == 1 {
+		return ops[0]
+	}
+	const show = 4
+	out := fmt.Sprintf("group of %d: %s", len(ops), strings.Join(ops[:min(show, len(ops))], "; "))
+	if len(ops) > show {
+		out += fmt.Sprintf("; and %d more", len(ops)-show)
+	}
+	return out
+}
+
+// updateGrouped is update for the small changes many goroutines make at
+// once (Tag, Untag, Delete): calls that arrive while a transaction runs are
+// queued, and the next writer to get the lock commits them all in one
+// transaction (group commit, in the spirit of bbolt's Batch, with no added
+// delay: an uncontended call runs alone at once). Each caller gets its own
+// result: its error when its plan fails (the others still commit), the
+// blobs its change freed.
+func (s *Store) updateGrouped(ctx context.Context, op string, plan planFunc) (*Result, error) {
+	if err := s.writable(); err != nil {
+		return nil, err
+	}
+	c := &change{ctx: ctx, op: op, plan: plan, done: make(chan struct{})}
+	s.group.Lock()
+	s.group.queue = append(s.group.queue, c)
+	s.group.Unlock()
+
+	// Every queued change has its caller here or leading: whoever gets wmu
+	// commits the whole queue, so no change waits for a leader that left.
+	s.wmu.Lock()
+	s.group.Lock()
+	batch := s.group.queue
+	s.group.queue = nil
+	s.group.Unlock()
+	if len(batch) > 0 {
+		s.commit(ctx, batch)
+		for _, b := range batch {
+			close(b.done)
+		}
+	}
+	s.wmu.Unlock()
+	<-c.done
+	return c.res, c.err
 }
 
 // manifestCache remembers what load returned for each manifest, for the
