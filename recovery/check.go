@@ -37,6 +37,10 @@ const (
 	KindRefcount        = "refcount"         // a stored reference count differs from a recount
 )
 
+// journalFile is the journal database, relative to the layout root (the
+// store's JournalPath): the path of journal problems.
+const journalFile = layout.StateDir + "/journal.db"
+
 // Problem is one finding of Check.
 type Problem struct {
 	Kind   string `json:"kind"`
@@ -87,6 +91,32 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		o = &CheckOptions{}
 	}
 	r := &Report{Problems: []Problem{}}
+	// What does not depend on index.json is read meanwhile: the listing of
+	// blobs/ and the journal.
+	listing := make(chan blobListing, 1)
+	go func() {
+		algs, err := listBlobFiles(fsys)
+		listing <- blobListing{algs, err}
+	}()
+	var journalc chan journalState
+	if db != nil {
+		journalc = make(chan journalState, 1)
+		go func() { journalc <- readJournal(db) }()
+	}
+	// Both are waited for on every return.
+	var list blobListing
+	var jst journalState
+	listed := false
+	wait := func() {
+		if !listed {
+			list = <-listing
+			if journalc != nil {
+				jst = <-journalc
+			}
+			listed = true
+		}
+	}
+	defer wait()
 	if b, err := fsio.ReadFile(fsys, layout.LayoutFile, 4096); err != nil {
 		r.add(KindLayoutCorrupt, "", layout.LayoutFile, "%v", err)
 	} else if err := layout.CheckLayoutFile(b); err != nil {
@@ -100,26 +130,36 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		r.add(KindIndexCorrupt, "", layout.IndexFile, "%v", err)
 	}
 
-	// The closure, walked once; children are kept for the recount.
-	reach := map[digest.Digest]bool{}
-	sizes := map[digest.Digest]int64{} // size of the first descriptor of each blob
-	kids := map[digest.Digest]layout.Children{}
-	bad := map[digest.Digest]error{}
-	ok := map[digest.Digest]bool{} // on disk with the first descriptor's size
+	// The closure, walked once; children are kept for the recount. What it
+	// reads from the disk is read ahead on every core first.
+	var nodes map[digest.Digest]*node
+	if ix != nil {
+		if nodes, err = readAheadClosure(ctx, fsys, ix); err != nil {
+			return nil, err
+		}
+	}
+	get := func(d digest.Digest) *node {
+		n := nodes[d]
+		if n == nil {
+			n = &node{}
+			nodes[d] = n
+		}
+		return n
+	}
 	var walk func(d v1.Descriptor, depth int) error
 	// expand reads a manifest or index and walks its children.
-	expand := func(d v1.Descriptor, depth int, p string) error {
+	expand := func(n *node, d v1.Descriptor, depth int, p string) error {
 		if depth > layout.MaxDepth {
 			r.add(KindManifestCorrupt, d.Digest, p, "nested deeper than %d", layout.MaxDepth)
 			return nil
 		}
-		c, err := layout.LoadChildren(fsys)(d)
+		c, err := n.load(fsys, d)
 		if err != nil && layout.Sniffed(d, err) {
-			bad[d.Digest] = err // the recount sees the same leaf
+			n.bad, n.failed = err, true // the recount sees the same leaf
 			return nil
 		}
 		if err != nil {
-			bad[d.Digest] = err
+			n.bad, n.failed = err, true
 			kind := KindManifestCorrupt
 			if errors.Is(err, errdef.ErrDigestMismatch) {
 				kind = KindDigestMismatch
@@ -127,7 +167,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 			r.add(kind, d.Digest, p, "%v", err)
 			return nil
 		}
-		kids[d.Digest] = c
+		n.kids, n.expanded = c, true
 		for _, k := range c.Refs {
 			if err := walk(k, depth+1); err != nil {
 				return err
@@ -139,27 +179,26 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if reach[d.Digest] {
+		n := get(d.Digest)
+		if n.reached {
 			// Another descriptor of the same blob may say another size.
-			if d.Size != sizes[d.Digest] {
+			if d.Size != n.size {
 				p := layout.BlobPath(d.Digest)
-				if fi, err := fsys.Lstat(p); err == nil && fi.Size() != d.Size {
-					r.add(KindSizeMismatch, d.Digest, p, "%d bytes on disk, a descriptor says %d", fi.Size(), d.Size)
+				if fi, err := n.lstat(fsys, d.Digest); err == nil && fi.size != d.Size {
+					r.add(KindSizeMismatch, d.Digest, p, "%d bytes on disk, a descriptor says %d", fi.size, d.Size)
 				}
 			}
 			// First met under a leaf media type, now as a manifest: its
 			// children are reachable too (the refcounts expand it as well).
-			_, done := kids[d.Digest]
-			_, failed := bad[d.Digest]
-			if ok[d.Digest] && !done && !failed && layout.IsManifest(d.MediaType) {
-				return expand(d, depth, layout.BlobPath(d.Digest))
+			if n.ok && !n.expanded && !n.failed && layout.IsManifest(d.MediaType) {
+				return expand(n, d, depth, layout.BlobPath(d.Digest))
 			}
 			return nil
 		}
-		reach[d.Digest] = true
-		sizes[d.Digest] = d.Size
+		n.reached = true
+		n.size = d.Size
 		p := layout.BlobPath(d.Digest)
-		fi, err := fsys.Lstat(p)
+		fi, err := n.lstat(fsys, d.Digest)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			if len(d.URLs) == 0 {
@@ -169,20 +208,20 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		case err != nil:
 			r.add(KindNotRegular, d.Digest, p, "%v", err)
 			return nil
-		case !fi.Mode().IsRegular():
-			r.add(KindNotRegular, d.Digest, p, "is %s, not a regular file", typeName(fi.Mode().Type()))
+		case !fi.mode.IsRegular():
+			r.add(KindNotRegular, d.Digest, p, "is %s, not a regular file", typeName(fi.mode.Type()))
 			return nil
-		case fi.Size() != d.Size:
-			r.add(KindSizeMismatch, d.Digest, p, "%d bytes on disk, descriptor says %d", fi.Size(), d.Size)
+		case fi.size != d.Size:
+			r.add(KindSizeMismatch, d.Digest, p, "%d bytes on disk, descriptor says %d", fi.size, d.Size)
 			return nil
 		}
 		r.Blobs++
 		r.Bytes += d.Size
-		ok[d.Digest] = true
+		n.ok = true
 		if !layout.Parsed(d, depth == 0) {
 			return nil
 		}
-		return expand(d, depth, p)
+		return expand(n, d, depth, p)
 	}
 	if ix != nil {
 		r.Images = len(ix.Entries)
@@ -192,7 +231,24 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 			}
 		}
 	}
-	files, err := checkBlobFiles(fsys, reach, r, ix != nil, o.Deep)
+	wait()
+	if list.err != nil {
+		return nil, list.err
+	}
+	// The journal is compared with the closure meanwhile; its problems
+	// come last.
+	var jr Report
+	jdone := make(chan struct{})
+	if db != nil {
+		go func() {
+			defer close(jdone)
+			checkJournal(jst, ix, raw, nodes, &jr)
+		}()
+	} else {
+		close(jdone)
+	}
+	defer func() { <-jdone }()
+	files, err := checkBlobFiles(list.algs, nodes, r, ix != nil, o.Deep)
 	if err != nil {
 		return nil, err
 	}
@@ -215,17 +271,28 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		r.add(KindTempFile, "", t, "leftover temp file")
 	}
 	if db == nil {
-		r.add(KindJournalMissing, "", "", "no journal: the layout was not adopted by ocistore yet")
+		r.add(KindJournalMissing, "", journalFile, "no journal: the layout was not adopted by ocistore yet")
 		return r, nil
 	}
-	checkJournal(db, ix, raw, kids, bad, r)
+	<-jdone
+	r.Problems = append(r.Problems, jr.Problems...)
 	return r, nil
 }
 
-// checkBlobFiles lists blobs/, reporting orphans (when orphans is true) and
-// files not named by a digest. With sizes, it returns the regular files
-// named by a digest, with their sizes, for hashing.
-func checkBlobFiles(fsys fsio.FS, reach map[digest.Digest]bool, r *Report, orphans, sizes bool) ([]blobFile, error) {
+// blobListing is what listBlobFiles found under blobs/.
+type blobListing struct {
+	algs []algDir
+	err  error
+}
+
+// algDir is an entry of blobs/ and, when it is a directory, its entries.
+type algDir struct {
+	entry fs.DirEntry
+	files []fs.DirEntry
+}
+
+// listBlobFiles lists blobs/ and each directory in it.
+func listBlobFiles(fsys fsio.FS) ([]algDir, error) {
 	algs, err := fsys.ReadDir(layout.BlobsDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -233,20 +300,45 @@ func checkBlobFiles(fsys fsio.FS, reach map[digest.Digest]bool, r *Report, orpha
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", layout.BlobsDir, err)
 	}
-	var out []blobFile
+	out := make([]algDir, 0, len(algs))
 	for _, a := range algs {
+		ad := algDir{entry: a}
+		if a.IsDir() {
+			dir := layout.BlobsDir + "/" + a.Name()
+			if ad.files, err = fsys.ReadDir(dir); err != nil {
+				return nil, fmt.Errorf("list %s: %w", dir, err)
+			}
+		}
+		out = append(out, ad)
+	}
+	return out, nil
+}
+
+// parseBlobName is layout.ParseBlobPath without go-digest's regular
+// expression for the algorithms the layout knows (it accepts the same
+// names).
+func parseBlobName(alg, name string) (digest.Digest, bool) {
+	d := digest.NewDigestFromEncoded(digest.Algorithm(alg), name)
+	return d, layout.ValidateDigest(d) == nil
+}
+
+// checkBlobFiles goes through the listing of blobs/, reporting orphans
+// (when orphans is true) and files not named by a digest. With sizes, it
+// returns the regular files named by a digest, with their sizes, for
+// hashing.
+func checkBlobFiles(algs []algDir, nodes map[digest.Digest]*node, r *Report, orphans, sizes bool) ([]blobFile, error) {
+	reach := func(d digest.Digest) bool { n := nodes[d]; return n != nil && n.reached }
+	var out []blobFile
+	for _, ad := range algs {
+		a := ad.entry
 		dir := layout.BlobsDir + "/" + a.Name()
 		if !a.IsDir() {
 			r.add(KindUnknownFile, "", dir, "not an algorithm directory")
 			continue
 		}
-		files, err := fsys.ReadDir(dir)
-		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", dir, err)
-		}
-		for _, f := range files {
+		for _, f := range ad.files {
 			p := dir + "/" + f.Name()
-			d, ok := layout.ParseBlobPath(a.Name(), f.Name())
+			d, ok := parseBlobName(a.Name(), f.Name())
 			if !ok {
 				r.add(KindUnknownFile, "", p, "not named by a valid digest")
 				continue
@@ -254,12 +346,12 @@ func checkBlobFiles(fsys fsio.FS, reach map[digest.Digest]bool, r *Report, orpha
 			if !f.Type().IsRegular() {
 				// A reachable one was reported by the walk. GC leaves
 				// these alone; repair moves them to quarantine.
-				if orphans && !reach[d] {
+				if orphans && !reach(d) {
 					r.add(KindNotRegular, d, p, "is %s, not a regular file (and nothing reaches it)", typeName(f.Type()))
 				}
 				continue
 			}
-			if orphans && !reach[d] {
+			if orphans && !reach(d) {
 				r.add(KindOrphan, d, p, "no index.json entry reaches this blob")
 			}
 			if !sizes {
@@ -278,32 +370,45 @@ func checkBlobFiles(fsys fsio.FS, reach map[digest.Digest]bool, r *Report, orpha
 	return out, nil
 }
 
-func checkJournal(db *journal.DB, ix *layout.Index, raw []byte, kids map[digest.Digest]layout.Children, bad map[digest.Digest]error, r *Report) {
-	for _, e := range db.Check() {
-		r.add(KindJournalCorrupt, "", "", "%v", e)
-	}
-	stored := refcount.Map{}
-	var last digest.Digest
-	pending := 0
-	err := db.View(func(tx *journal.Tx) error {
+// journalState is what checkJournal compares with the layout, read from
+// the journal while the closure is walked.
+type journalState struct {
+	checkErrs []error // bbolt's consistency check
+	pending   []*journal.Record
+	last      digest.Digest
+	stored    refcount.Map
+	err       error // reading the journal failed
+}
+
+func readJournal(db *journal.DB) journalState {
+	st := journalState{checkErrs: db.Check(), stored: refcount.Map{}}
+	st.err = db.View(func(tx *journal.Tx) error {
 		recs, err := tx.Pending()
 		if err != nil {
 			return err
 		}
-		pending = len(recs)
-		for _, rec := range recs {
-			r.add(KindPending, "", "", "transaction %d (%s) of %s is unfinished: run ocistore recover", rec.ID, rec.Op, rec.Time.Format("2006-01-02T15:04:05Z"))
-		}
-		last = tx.IndexDigest()
+		st.pending = recs
+		st.last = tx.IndexDigest()
 		return tx.ForEachRef(func(d digest.Digest, ref journal.Ref) error {
-			stored[d] = ref
+			st.stored[d] = ref
 			return nil
 		})
 	})
-	if err != nil {
-		r.add(KindJournalCorrupt, "", "", "%v", err)
+	return st
+}
+
+func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[digest.Digest]*node, r *Report) {
+	for _, e := range st.checkErrs {
+		r.add(KindJournalCorrupt, "", journalFile, "%v", e)
+	}
+	for _, rec := range st.pending {
+		r.add(KindPending, "", journalFile, "transaction %d (%s) of %s is unfinished: run ocistore recover", rec.ID, rec.Op, rec.Time.Format("2006-01-02T15:04:05Z"))
+	}
+	if st.err != nil {
+		r.add(KindJournalCorrupt, "", journalFile, "%v", st.err)
 		return
 	}
+	stored, last, pending := st.stored, st.last, len(st.pending)
 	if ix == nil || pending > 0 {
 		// The refcounts of a pending record already describe its new
 		// index: comparing them with the index on disk says nothing more.
@@ -313,15 +418,16 @@ func checkJournal(db *journal.DB, ix *layout.Index, raw []byte, kids map[digest.
 		r.add(KindExternalChange, now, layout.IndexFile, "index.json changed outside ocistore (journal has %s): the next write recounts", last)
 		return
 	}
+	// The recount expands what the walk expanded, from what it read.
 	cached := func(d v1.Descriptor) (layout.Children, error) {
-		if err, ok := bad[d.Digest]; ok {
-			return layout.Children{}, err
-		}
-		c, ok := kids[d.Digest]
-		if !ok {
+		n := nodes[d.Digest]
+		switch {
+		case n != nil && n.failed:
+			return layout.Children{}, n.bad
+		case n == nil || !n.expanded:
 			return layout.Children{}, fmt.Errorf("blob %s: %w", d.Digest, errdef.ErrNotFound)
 		}
-		return c, nil
+		return n.kids, nil
 	}
 	want, _ := refcount.Recount(ix, cached)
 	var diffs []digest.Digest

@@ -93,6 +93,19 @@ func TestDamagedCorpus(t *testing.T) {
 				t.Fatalf("check: %v", err)
 			}
 			golden(t, c, "fsck.json", testutil.ReportJSON(t, dir, rep))
+			testutil.CheckProblemList(t, rep.Problems)
+			// The quick check finds the same, but what only hashing finds,
+			// and reads no blob but manifests (TestQuickReadsNoLayer).
+			quick, err := store.CheckDir(ctx, dir, 10*time.Second)
+			if err != nil {
+				t.Fatalf("quick check: %v", err)
+			}
+			if got, want := testutil.ProblemLines(quick.Problems), testutil.ProblemLines(testutil.WithoutDeepOnly(rep.Problems)); got != want {
+				t.Errorf("the quick check reports:\n%s\nthe deep check, less what only hashing finds:\n%s", got, want)
+			}
+			if quick.Deep != nil || quick.Images != rep.Images || quick.Blobs != rep.Blobs || quick.Bytes != rep.Bytes {
+				t.Errorf("quick check %+v, deep %+v", quick, rep)
+			}
 			if c.Name == "clean" && !rep.OK() {
 				t.Errorf("the clean layout has problems: %v", rep.Problems)
 			}
@@ -106,6 +119,7 @@ func TestDamagedCorpus(t *testing.T) {
 				t.Fatalf("repair: %v", err)
 			}
 			golden(t, c, "repaired.txt", testutil.RenderRepair(t, dir, res))
+			testutil.CheckProblemList(t, res.Report.Problems)
 			outside()
 
 			after := contents(t, dir)

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/ocistore/ocistore/internal/testutil"
@@ -27,6 +30,23 @@ func TestDamagedCorpusCLI(t *testing.T) {
 			if got, want := testutil.ReportJSON(t, dir, &rep), string(readFile(t, c.Dir+"/fsck.json")); got != want {
 				t.Errorf("fsck --deep --json differs from %s/fsck.json:\n%s\n--- want:\n%s", c.Dir, got, want)
 			}
+			// The text output lists the same problems, one a line.
+			text := cli(t, "-l", dir, "fsck", "--deep")
+			if text.code != r.code {
+				t.Errorf("fsck --deep: exit %d, with --json %d", text.code, r.code)
+			}
+			if got, want := problemLinesOf(text.stdout), textLines(rep.Problems); got != want {
+				t.Errorf("fsck --deep lists:\n%s\n--json lists:\n%s", got, want)
+			}
+			// The quick check: the same, but what only hashing finds.
+			qr := cli(t, "-l", dir, "fsck", "--format", "json")
+			quick := decodeJSON[recovery.Report](t, qr)
+			if got, want := testutil.ProblemLines(quick.Problems), testutil.ProblemLines(testutil.WithoutDeepOnly(rep.Problems)); got != want {
+				t.Errorf("fsck --json reports:\n%s\nfsck --deep --json, less what only hashing finds:\n%s", got, want)
+			}
+			if want := map[bool]int{true: 0, false: 3}[quick.OK()]; qr.code != want || quick.Deep != nil {
+				t.Errorf("fsck: exit %d, want %d (deep %+v)", qr.code, want, quick.Deep)
+			}
 			args := []string{"-l", dir, "fsck", "--repair", "--deep", "--json"}
 			if c.Spec.Repair.DropBroken {
 				args = append(args, "--drop-broken")
@@ -48,4 +68,35 @@ func TestDamagedCorpusCLI(t *testing.T) {
 			outside()
 		})
 	}
+}
+
+// problemLinesOf keeps the problem lines of fsck's text output: all but
+// the deep check's figures and the summary.
+func problemLinesOf(stdout string) string {
+	var b strings.Builder
+	for _, l := range strings.SplitAfter(stdout, "\n") {
+		if l == "" || strings.HasPrefix(l, "deep: ") || summaryLine.MatchString(l) {
+			continue
+		}
+		b.WriteString(l)
+	}
+	return b.String()
+}
+
+var summaryLine = regexp.MustCompile(`^[0-9]+ images?, [0-9]+ blobs?, .*, [0-9]+ problems?\n$`)
+
+// textLines renders problems as fsck's text output does.
+func textLines(ps []recovery.Problem) string {
+	var b strings.Builder
+	for _, p := range ps {
+		line := p.Kind
+		if p.Digest != "" {
+			line += " " + p.Digest
+		}
+		if p.Path != "" {
+			line += " " + p.Path
+		}
+		fmt.Fprintf(&b, "%s: %s\n", line, p.Detail)
+	}
+	return b.String()
 }

@@ -292,3 +292,48 @@ func ReportJSON(t testing.TB, dir string, r *recovery.Report) string {
 	}
 	return NormalizeDamaged(string(b), dir) + "\n"
 }
+
+// ProblemLines renders problems one a line (Problem.String), for comparing
+// two reports' lists.
+func ProblemLines(ps []recovery.Problem) string {
+	var b strings.Builder
+	for _, p := range ps {
+		fmt.Fprintln(&b, p.String())
+	}
+	return b.String()
+}
+
+// DeepOnly reports whether only the deep check can find p: a blob whose
+// bytes do not hash to its name (the walk verifies manifests only, and
+// words it otherwise), or one that cannot be read to the end.
+func DeepOnly(p recovery.Problem) bool {
+	return p.Kind == recovery.KindUnreadable || p.Kind == recovery.KindDigestMismatch && strings.HasPrefix(p.Detail, "content (")
+}
+
+// WithoutDeepOnly returns the problems of ps a quick check finds too.
+func WithoutDeepOnly(ps []recovery.Problem) []recovery.Problem {
+	var out []recovery.Problem
+	for _, p := range ps {
+		if !DeepOnly(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// CheckProblemList fails the test unless every problem of ps names a file
+// or a digest, and none is reported twice (same kind, digest and path).
+func CheckProblemList(t testing.TB, ps []recovery.Problem) {
+	t.Helper()
+	seen := map[recovery.Problem]bool{}
+	for _, p := range ps {
+		if p.Kind == "" || p.Detail == "" || p.Path == "" && p.Digest == "" {
+			t.Errorf("a problem without a kind, a detail, or a file or digest: %+v", p)
+		}
+		k := recovery.Problem{Kind: p.Kind, Digest: p.Digest, Path: p.Path}
+		if seen[k] {
+			t.Errorf("reported twice: %s %s %s", p.Kind, p.Digest, p.Path)
+		}
+		seen[k] = true
+	}
+}
