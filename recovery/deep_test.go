@@ -153,7 +153,7 @@ func TestDeepManifestReportedOnce(t *testing.T) {
 	var manifest digest.Digest
 	for _, d := range blobFiles(t, dir) {
 		b, _ := os.ReadFile(filepath.Join(dir, filepath.FromSlash(layout.BlobPath(d))))
-		if strings.Contains(string(b), `"layers"`) {
+		if strings.Contains(string(b), `"schemaVersion"`) { // configs have none
 			manifest = d
 		}
 	}
@@ -162,7 +162,8 @@ func TestDeepManifestReportedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mm := kinds(rep, recovery.KindDigestMismatch); len(mm) != 1 || mm[0].Digest != manifest.String() {
+	// Reported by the walk (which reads manifests), not by the hashing.
+	if mm := kinds(rep, recovery.KindDigestMismatch); len(mm) != 1 || mm[0].Digest != manifest.String() || strings.HasPrefix(mm[0].Detail, "content (") {
 		t.Fatalf("digest-mismatch %v", mm)
 	}
 }
