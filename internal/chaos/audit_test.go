@@ -150,3 +150,32 @@ func TestTagModel(t *testing.T) {
 		t.Errorf("untouched: %q %v", v, ok)
 	}
 }
+
+// TestSettledClass: a run that exited 0 is "after" also when the operation
+// changed no entry (before-set == after-set). Regression: full run, seed
+// 20260127, trial 174, "prune --filter until=2026-01-01T00:00:06Z --filter
+// ref=example.com/repo7*" matched nothing, exited 0, and was reported as a
+// violation ("exited 0 ... but left the layout before").
+func TestSettledClass(t *testing.T) {
+	a, b := entry{"a", "sha256:1"}, entry{"b", "sha256:2"}
+	noop := &trialOp{before: []entry{a, b}, after: []entry{a, b}}
+	rm := &trialOp{before: []entry{a, b}, after: []entry{a}}
+	for _, c := range []struct {
+		op       *trialOp
+		entries  []entry
+		exitedOK bool
+		want     string
+	}{
+		{noop, []entry{a, b}, true, classAfter},
+		{noop, []entry{a, b}, false, classBefore},
+		{rm, []entry{a, b}, false, classBefore},
+		{rm, []entry{a, b}, true, classBefore}, // then flagged: exited 0 but not after
+		{rm, []entry{a}, false, classAfter},
+		{rm, []entry{a}, true, classAfter},
+		{rm, []entry{b}, true, ""},
+	} {
+		if got := settledClass(c.entries, c.op, c.exitedOK); got != c.want {
+			t.Errorf("before %v after %v, entries %v, exited 0 %v: %q, want %q", c.op.before, c.op.after, c.entries, c.exitedOK, got, c.want)
+		}
+	}
+}
