@@ -7,6 +7,9 @@
 //	  "schema"        -> uint64 big endian: schema version (2)
 //	  "index"         -> digest of the index.json last committed through the journal
 //	  "next-txn"      -> uint64 big endian: id of the next transaction record
+//	  "index-stamp"   -> digest, NUL, stamp: the stamp (inode, size, mtime,
+//	                     ctime; opaque here) that index.json had when it was
+//	                     known to hold that digest (optional; v2)
 //	indexes/                   bucket: copies of index.json contents
 //	  <digest>        -> index.json bytes; holds the last committed index (meta "index")
 //	                     and the new index of every pending record, nothing else
@@ -97,6 +100,7 @@ var (
 	kSchema  = []byte("schema")
 	kIndex   = []byte("index")
 	kNextTxn = []byte("next-txn")
+	kStamp   = []byte("index-stamp")
 )
 
 // DB is an open journal. It holds the layout's writer lock until Close.
@@ -388,6 +392,26 @@ func (t *Tx) SetCommittedIndex(d digest.Digest, b []byte) error {
 		}
 	}
 	return nil
+}
+
+// SetIndexStamp records that the index.json file with stamp (opaque bytes)
+// held the index d. The store writes it when it wrote or read that file, so
+// that an open can tell, by a stat, that index.json is still that file.
+func (t *Tx) SetIndexStamp(d digest.Digest, stamp []byte) error {
+	v := make([]byte, 0, len(d)+1+len(stamp))
+	v = append(append(append(v, d...), 0), stamp...)
+	return t.tx.Bucket(bMeta).Put(kStamp, v)
+}
+
+// IndexStamp returns what SetIndexStamp recorded last ("" and nil if
+// nothing).
+func (t *Tx) IndexStamp() (digest.Digest, []byte) {
+	v := t.tx.Bucket(bMeta).Get(kStamp)
+	d, stamp, ok := bytes.Cut(v, []byte{0})
+	if !ok {
+		return "", nil
+	}
+	return digest.Digest(d), bytes.Clone(stamp)
 }
 
 // Pending returns the pending records in transaction order.

@@ -39,6 +39,7 @@ package recovery
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -48,6 +49,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -118,16 +120,37 @@ func ReadIndex(fsys fsio.FS) ([]byte, *layout.Index, error) {
 // committed digest), Run returns known without reading index.json: that keeps
 // a transaction's cost independent of the size of the layout.
 func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, error) {
+	return run(ctx, env, db, known, false)
+}
+
+// RunLazy is Run for an open: when no record is pending and index.json
+// still has the stamp it had when the journal last committed or counted it
+// (same inode, size, modification and change times), the layout is
+// consistent as it is and RunLazy returns without reading index.json: the
+// State has the committed digest and the stamp but no Index nor Bytes, and
+// the caller reads the file when it needs it. Otherwise it is Run. This
+// makes an open with no pending work cost a stat, whatever the size of the
+// layout.
+func RunLazy(ctx context.Context, env Env, db *journal.DB) (*State, error) {
+	return run(ctx, env, db, nil, true)
+}
+
+func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) (*State, error) {
 	st := &State{}
 	if err := removeTemps(env, st); err != nil {
 		return nil, err
 	}
 	var recs []*journal.Record
 	var lastDigest digest.Digest
+	var stamp fsio.Stamp
+	trust := stampNo
 	if err := db.View(func(tx *journal.Tx) error {
 		var err error
 		recs, err = tx.Pending()
 		lastDigest = tx.IndexDigest()
+		if lazy && err == nil && len(recs) == 0 {
+			stamp, trust = stamped(env, tx, lastDigest)
+		}
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("read pending records: %w", err)
@@ -135,7 +158,21 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 	if known != nil && len(recs) == 0 && known.Digest == lastDigest {
 		return &State{Index: known.Index, Bytes: known.Bytes, Digest: known.Digest, Stamp: known.Stamp, Actions: st.Actions}, nil
 	}
-	stamp := fsio.StampFile(env.FS, layout.IndexFile)
+	if trust == stampRacy {
+		// Hash without parsing; once it matches, the stamp is taken
+		// again, now long enough after the change to be trusted.
+		raw, err := fsio.ReadFile(env.FS, layout.IndexFile, layout.MaxIndexSize)
+		if err == nil && layout.Sum(raw) == lastDigest && fsio.StampFile(env.FS, layout.IndexFile) == stamp {
+			if err := db.Update(func(tx *journal.Tx) error { return setStamp(tx, lastDigest, stamp) }); err != nil {
+				return nil, fmt.Errorf("note the stamp of %s: %w", layout.IndexFile, err)
+			}
+			trust = stampTrusted
+		}
+	}
+	if trust == stampTrusted {
+		return &State{Digest: lastDigest, Stamp: stamp, Actions: st.Actions}, nil
+	}
+	stamp = fsio.StampFile(env.FS, layout.IndexFile)
 	raw, ix, ixErr := ReadIndex(env.FS)
 	recount := false
 	for _, rec := range recs {
@@ -200,8 +237,74 @@ func Run(ctx context.Context, env Env, db *journal.DB, known *State) (*State, er
 			return nil, err
 		}
 		st.Actions = append(st.Actions, Action{Kind: "recount", Detail: fmt.Sprintf("%d blobs referenced by %s", n, st.Digest)})
+		return st, nil
+	}
+	// Consistent: note the stamp, for the next open (RunLazy), unless the
+	// journal has it already (then this costs no write).
+	if err := db.View(func(tx *journal.Tx) error {
+		_, trust := stamped(env, tx, st.Digest)
+		if trust != stampNo || st.Stamp.IsZero() || fsio.StampFile(env.FS, layout.IndexFile) != st.Stamp {
+			return errStamped
+		}
+		return nil
+	}); err == nil {
+		if err := db.Update(func(tx *journal.Tx) error { return setStamp(tx, st.Digest, st.Stamp) }); err != nil {
+			return nil, fmt.Errorf("note the stamp of %s: %w", layout.IndexFile, err)
+		}
+	} else if !errors.Is(err, errStamped) {
+		return nil, err
 	}
 	return st, nil
+}
+
+// errStamped ends a read of the journal that found no stamp to write.
+var errStamped = errors.New("stamp known")
+
+// setStamp records that index.json with stamp held the index d, so that a
+// later open can skip reading it (RunLazy), with the time it was taken.
+// Nothing when the stamp is unknown.
+func setStamp(tx *journal.Tx, d digest.Digest, stamp fsio.Stamp) error {
+	if stamp.IsZero() {
+		return nil
+	}
+	b, _ := stamp.MarshalBinary()
+	b = binary.BigEndian.AppendUint64(b, uint64(time.Now().UnixNano()))
+	return tx.SetIndexStamp(d, b)
+}
+
+// racyWindow is how close to the moment a stamp was taken the file's change
+// time may be for the stamp to be trusted without reading the file: a file
+// changed again within the time-stamp granularity of the file system (a
+// jiffy on ext4 without fine-grained times, 2 s on FAT) can keep its stamp
+// (the "racy git" problem).
+var racyWindow = 2 * time.Second
+
+// stampTrust is what a recorded stamp says of index.json on disk.
+type stampTrust int
+
+const (
+	stampNo      stampTrust = iota // no stamp, another digest, or another file
+	stampRacy                      // the same stamp, taken too soon after the file changed: read it to be sure
+	stampTrusted                   // the same file, unchanged since the journal counted it
+)
+
+// stamped compares index.json's stamp on disk with the one the journal
+// recorded for the committed index d.
+func stamped(env Env, tx *journal.Tx, d digest.Digest) (fsio.Stamp, stampTrust) {
+	sd, sb := tx.IndexStamp()
+	var want fsio.Stamp
+	if d == "" || sd != d || len(sb) != 40 || want.UnmarshalBinary(sb[:32]) != nil || want.IsZero() {
+		return fsio.Stamp{}, stampNo
+	}
+	got := fsio.StampFile(env.FS, layout.IndexFile)
+	if got != want {
+		return got, stampNo
+	}
+	taken := int64(binary.BigEndian.Uint64(sb[32:]))
+	if max(got.Ctime, got.Mtime) >= taken-int64(racyWindow) {
+		return got, stampRacy
+	}
+	return got, stampTrusted
 }
 
 // storedIndex returns the index bytes stored with rec, and their parse,
@@ -254,7 +357,10 @@ func storeCounts(db *journal.DB, st *State, m refcount.Map) (int, error) {
 		if err := tx.ReplaceRefs(m); err != nil {
 			return err
 		}
-		return tx.SetCommittedIndex(st.Digest, st.Bytes)
+		if err := tx.SetCommittedIndex(st.Digest, st.Bytes); err != nil {
+			return err
+		}
+		return setStamp(tx, st.Digest, st.Stamp)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("store recount: %w", err)
@@ -318,7 +424,7 @@ func Finish(env Env, db *journal.DB, rec *journal.Record, stamp fsio.Stamp, poin
 			return fmt.Errorf("txn %d: %w", rec.ID, err)
 		}
 	}
-	return finish(env, db, rec, point, nil, false)
+	return finish(env, db, rec, point, nil, false, stamp)
 }
 
 // finishRecovered is Finish for a record recovery found pending, whose new
@@ -362,13 +468,14 @@ func finishRecovered(env Env, db *journal.DB, rec *journal.Record, on *State) (b
 			return false, fmt.Errorf("txn %d: %w", rec.ID, err)
 		}
 	}
-	return !agree, finish(env, db, rec, crash.RecoverUnlinked, walk, len(problems) > 0)
+	return !agree, finish(env, db, rec, crash.RecoverUnlinked, walk, len(problems) > 0, on.Stamp)
 }
 
 // finish unlinks rec's blob set but for the blobs the journal counts as
 // referenced, those in reached, or all of them when keepAll, syncs each
-// touched blob directory, and clears the record.
-func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached refcount.Map, keepAll bool) error {
+// touched blob directory, and clears the record. stamp is index.json's
+// stamp when it was known to hold rec's new index (zero if unknown).
+func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached refcount.Map, keepAll bool, stamp fsio.Stamp) error {
 	var paths []string
 	err := db.View(func(tx *journal.Tx) error {
 		for _, d := range rec.Unlink {
@@ -401,7 +508,10 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 		if err := tx.DeletePending(rec.ID); err != nil {
 			return err
 		}
-		return tx.SetCommittedIndex(rec.NewIndex, nil)
+		if err := tx.SetCommittedIndex(rec.NewIndex, nil); err != nil {
+			return err
+		}
+		return setStamp(tx, rec.NewIndex, stamp)
 	})
 	if err != nil {
 		return fmt.Errorf("txn %d: clear record: %w", rec.ID, err)

@@ -268,7 +268,7 @@ func (s *Store) journalWrite(ctx context.Context, fn func(tx *journal.Tx) error)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	db, _, err := s.lock(ctx)
+	db, _, err := s.lockLazy(ctx)
 	if err != nil {
 		return err
 	}

@@ -166,11 +166,7 @@ func (s *Store) reconcileImages(t *txn, entries []layout.Entry, ix digest.Digest
 // syncImages brings the image metadata up to date with the index on disk,
 // when it is not (run by the writer after recovery).
 func (s *Store) syncImages(db *journal.DB, st *recovery.State) error {
-	inSync := false
-	if err := db.View(func(tx *journal.Tx) error {
-		inSync = tx.ImagesIndex() == st.Digest
-		return nil
-	}); err != nil || inSync {
+	if inSync, err := s.imagesInSync(db, st.Digest); err != nil || inSync {
 		return err
 	}
 	err := db.Update(func(tx *journal.Tx) error {
@@ -181,6 +177,16 @@ func (s *Store) syncImages(db *journal.DB, st *recovery.State) error {
 		return fmt.Errorf("image metadata: %w", err)
 	}
 	return nil
+}
+
+// imagesInSync reports whether the image metadata describes the index d.
+func (s *Store) imagesInSync(db *journal.DB, d digest.Digest) (bool, error) {
+	inSync := false
+	err := db.View(func(tx *journal.Tx) error {
+		inSync = tx.ImagesIndex() == d
+		return nil
+	})
+	return inSync, err
 }
 
 // recordUse notes that the image d was used now (Resolve, Fetch of a

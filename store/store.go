@@ -256,7 +256,7 @@ func (s *Store) open(ctx context.Context) error {
 			return err
 		}
 	}
-	db, st, err := s.lock(ctx)
+	db, st, err := s.lockLazy(ctx)
 	if err != nil {
 		return err
 	}
@@ -473,24 +473,52 @@ func (s *Store) openJournal() (*journal.DB, error) {
 // lock takes the writer lock, runs recovery and refreshes the snapshot. The
 // caller closes db to release the lock.
 func (s *Store) lock(ctx context.Context) (*journal.DB, *recovery.State, error) {
+	return s.lockWith(ctx, false)
+}
+
+// lockLazy is lock for a caller that does not need the index: when the
+// journal vouches for index.json by its stamp (recovery.RunLazy), the file
+// is not read, and the State has no Index; the snapshot then loads it when
+// a reader first needs it.
+func (s *Store) lockLazy(ctx context.Context) (*journal.DB, *recovery.State, error) {
+	return s.lockWith(ctx, true)
+}
+
+func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery.State, error) {
 	db, err := s.openJournal()
 	if err != nil {
 		return nil, nil, err
 	}
+	sn := s.snap.Load()
 	var known *recovery.State
-	if sn := s.snap.Load(); sn != nil && sn.raw != nil && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
+	if sn != nil && sn.ix != nil && sn.raw != nil && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
 		known = &recovery.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest, Stamp: sn.stamp}
 	}
-	st, err := recovery.Run(ctx, s.env(), db, known)
+	var st *recovery.State
+	if lazy && known == nil {
+		st, err = recovery.RunLazy(ctx, s.env(), db)
+		if err == nil && st.Index == nil {
+			var inSync bool
+			if inSync, err = s.imagesInSync(db, st.Digest); err == nil && !inSync {
+				st, err = recovery.Run(ctx, s.env(), db, nil) // the image metadata needs the entries
+			}
+		}
+	} else {
+		st, err = recovery.Run(ctx, s.env(), db, known)
+	}
 	if err != nil {
 		db.Close()
 		return nil, nil, s.check(fmt.Errorf("recover: %w", err))
 	}
-	if err := s.syncImages(db, st); err != nil {
-		db.Close()
-		return nil, nil, s.check(err)
+	if st.Index != nil {
+		if err := s.syncImages(db, st); err != nil {
+			db.Close()
+			return nil, nil, s.check(err)
+		}
 	}
-	s.snap.Store(&snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest, stamp: st.Stamp})
+	if st.Index != nil || sn == nil || sn.digest != st.Digest || sn.stamp != st.Stamp {
+		s.snap.Store(&snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest, stamp: st.Stamp})
+	}
 	return db, st, nil
 }
 
@@ -498,20 +526,30 @@ func (s *Store) env() recovery.Env { return recovery.Env{FS: s.fsys, Log: s.log}
 
 // current returns the index readers should see: the snapshot, reloaded when
 // index.json on disk is no longer the file it was read from (another process
-// or tool wrote it).
+// or tool wrote it), or read the first time it is needed (an open that did
+// not read it: lockLazy).
 func (s *Store) current() (*snapshot, error) {
 	sn := s.snap.Load()
 	fi, err := s.fsys.Lstat(layout.IndexFile)
-	if err != nil || fsio.StampOf(fi) == sn.stamp {
+	if sn.ix != nil && (err != nil || fsio.StampOf(fi) == sn.stamp) {
 		return sn, nil
 	}
-	raw, ix, err := recovery.ReadIndex(s.fsys)
-	if err != nil {
+	raw, ix, rerr := recovery.ReadIndex(s.fsys)
+	if rerr != nil {
+		if sn.ix == nil {
+			return nil, rerr
+		}
 		// Mid-replacement by a tool that writes in place: keep the last good one.
-		s.log.Debug("index.json unreadable, serving the last good copy", "err", err)
+		s.log.Debug("index.json unreadable, serving the last good copy", "err", rerr)
 		return sn, nil
 	}
-	nsn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw), stamp: fsio.StampOf(fi)}
+	nsn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw)}
+	if err == nil {
+		nsn.stamp = fsio.StampOf(fi)
+	}
+	if sn.ix == nil && nsn.digest != sn.digest {
+		s.log.Warn("index.json is not the index the journal committed; the next write recounts", "committed", sn.digest, "now", nsn.digest)
+	}
 	s.snap.CompareAndSwap(sn, nsn)
 	return nsn, nil
 }

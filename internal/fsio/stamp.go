@@ -1,6 +1,8 @@
 package fsio
 
 import (
+	"encoding/binary"
+	"fmt"
 	"io/fs"
 	"syscall"
 )
@@ -29,4 +31,31 @@ func StampFile(fsys FS, name string) Stamp {
 		return Stamp{}
 	}
 	return StampOf(fi)
+}
+
+// IsZero reports whether s is no stamp (a file that could not be read).
+func (s Stamp) IsZero() bool { return s == Stamp{} }
+
+// MarshalBinary encodes s in 32 bytes, big endian.
+func (s Stamp) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 32)
+	binary.BigEndian.PutUint64(b[0:], s.Ino)
+	binary.BigEndian.PutUint64(b[8:], s.Size)
+	binary.BigEndian.PutUint64(b[16:], uint64(s.Mtime))
+	binary.BigEndian.PutUint64(b[24:], uint64(s.Ctime))
+	return b, nil
+}
+
+// UnmarshalBinary decodes what MarshalBinary encoded.
+func (s *Stamp) UnmarshalBinary(b []byte) error {
+	if len(b) != 32 {
+		return fmt.Errorf("stamp: %d bytes, want 32", len(b))
+	}
+	*s = Stamp{
+		Ino:   binary.BigEndian.Uint64(b[0:]),
+		Size:  binary.BigEndian.Uint64(b[8:]),
+		Mtime: int64(binary.BigEndian.Uint64(b[16:])),
+		Ctime: int64(binary.BigEndian.Uint64(b[24:])),
+	}
+	return nil
 }
