@@ -351,12 +351,13 @@ func (t *Tx) IndexDigest() digest.Digest {
 }
 
 // IndexBytes returns the stored copy of an index.json by digest.
+// A copy stored as a delta whose chain is broken is no copy.
 func (t *Tx) IndexBytes(d digest.Digest) ([]byte, bool) {
-	v := t.tx.Bucket(bIndexes).Get([]byte(d))
-	if v == nil {
+	b, err := resolveIndex(t.tx.Bucket(bIndexes).Get, d)
+	if err != nil || b == nil {
 		return nil, false
 	}
-	return bytes.Clone(v), true
+	return b, true
 }
 
 // SetCommittedIndex records b (with digest d) as the last committed index.json
@@ -371,13 +372,22 @@ func (t *Tx) SetCommittedIndex(d digest.Digest, b []byte) error {
 			return err
 		}
 	}
-	keep := map[string]bool{string(d): true}
+	keep := map[string]bool{}
+	// Keep d, the new index of every pending record, and the bases their
+	// deltas need.
+	hold := func(k digest.Digest) {
+		for i := 0; k != "" && !keep[string(k)] && i <= maxDeltaDepth; i++ {
+			keep[string(k)] = true
+			k = deltaBase(ib.Get([]byte(k)))
+		}
+	}
+	hold(d)
 	recs, err := t.Pending()
 	if err != nil {
 		return err
 	}
 	for _, r := range recs {
-		keep[string(r.NewIndex)] = true
+		hold(r.NewIndex)
 	}
 	var drop [][]byte
 	c := ib.Cursor()
@@ -430,6 +440,14 @@ func (t *Tx) Pending() ([]*Record, error) {
 
 // AddPending assigns r an id, stores it and the new index bytes.
 func (t *Tx) AddPending(r *Record, newIndex []byte) error {
+	return t.AddPendingFrom(r, newIndex, nil)
+}
+
+// AddPendingFrom is AddPending for a record whose old index is the
+// committed one and whose bytes the caller has (baseBytes: they must be the
+// committed index's): the new index is stored as a delta against it when
+// that is smaller (see indexdelta.go).
+func (t *Tx) AddPendingFrom(r *Record, newIndex, baseBytes []byte) error {
 	m := t.tx.Bucket(bMeta)
 	id := uint64(1)
 	if v := m.Get(kNextTxn); len(v) == 8 {
@@ -439,7 +457,14 @@ func (t *Tx) AddPending(r *Record, newIndex []byte) error {
 		return err
 	}
 	r.ID = id
-	if err := t.tx.Bucket(bIndexes).Put([]byte(r.NewIndex), newIndex); err != nil {
+	ib := t.tx.Bucket(bIndexes)
+	v := newIndex
+	if base := t.IndexDigest(); base != "" && base != r.NewIndex && baseBytes != nil && ib.Get([]byte(r.NewIndex)) == nil {
+		if bv := ib.Get([]byte(base)); bv != nil {
+			v = makeDelta(newIndex, base, baseBytes, bv)
+		}
+	}
+	if err := ib.Put([]byte(r.NewIndex), v); err != nil {
 		return err
 	}
 	return t.tx.Bucket(bPending).Put(u64(id), r.Encode())

@@ -117,14 +117,25 @@ func salvageTx(tx *bolt.Tx, s *Salvaged) {
 		if b == nil {
 			return
 		}
+		raw := map[string][]byte{}
 		c := b.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
+			raw[string(k)] = bytes.Clone(v)
+		}
+		get := func(k []byte) []byte { return raw[string(k)] }
+		keys := make([]string, 0, len(raw))
+		for k := range raw {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
 			d := digest.Digest(k)
-			if d.Validate() != nil || d.Algorithm().FromBytes(v) != d {
+			v, err := resolveIndex(get, d)
+			if err != nil || d.Validate() != nil || d.Algorithm().FromBytes(v) != d {
 				s.Problems = append(s.Problems, fmt.Errorf("stored index %q does not hash to its key: %w", k, errdef.ErrCorrupt))
 				continue
 			}
-			s.Indexes[d] = bytes.Clone(v)
+			s.Indexes[d] = v
 		}
 	})
 }

@@ -251,7 +251,11 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		for _, f := range freed {
 			rec.Unlink = append(rec.Unlink, f.Digest)
 		}
-		return tx.AddPending(&rec, newBytes)
+		var base []byte
+		if tx.IndexDigest() == cur.Digest {
+			base = cur.Bytes // stored as a delta against it
+		}
+		return tx.AddPendingFrom(&rec, newBytes, base)
 	})
 	if errors.Is(err, errNoChange) {
 		for _, c := range live {
