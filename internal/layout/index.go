@@ -84,19 +84,28 @@ func ParseIndex(b []byte) (*Index, error) {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return nil, fmt.Errorf("%s: empty: %w", IndexFile, errdef.ErrCorrupt)
 	}
+	if top, entries, ok := parseIndexFast(b); ok {
+		if err := checkIndexTop(top); err != nil {
+			return nil, err
+		}
+		for i, e := range entries {
+			if err := checkDescriptor(IndexFile, i, e.Desc); err != nil {
+				return nil, err
+			}
+		}
+		return &Index{top: top, Entries: entries}, nil
+	}
+	return parseIndexSlow(b)
+}
+
+// parseIndexSlow is ParseIndex by encoding/json, for any index.
+func parseIndexSlow(b []byte) (*Index, error) {
 	var top map[string]json.RawMessage
 	if err := json.Unmarshal(b, &top); err != nil {
 		return nil, fmt.Errorf("%s: %w: %v", IndexFile, errdef.ErrCorrupt, err)
 	}
-	var sv int
-	if err := json.Unmarshal(top["schemaVersion"], &sv); err != nil || sv != 2 {
-		return nil, fmt.Errorf("%s: schemaVersion is not 2: %w", IndexFile, errdef.ErrCorrupt)
-	}
-	if mt, ok := top["mediaType"]; ok {
-		var s string
-		if err := json.Unmarshal(mt, &s); err != nil || (s != "" && s != v1.MediaTypeImageIndex) {
-			return nil, fmt.Errorf("%s: mediaType %s is not an image index: %w", IndexFile, mt, errdef.ErrCorrupt)
-		}
+	if err := checkIndexTop(top); err != nil {
+		return nil, err
 	}
 	var raws []json.RawMessage
 	if m, ok := top["manifests"]; ok && !bytes.Equal(bytes.TrimSpace(m), []byte("null")) {
@@ -117,6 +126,21 @@ func ParseIndex(b []byte) (*Index, error) {
 		ix.Entries = append(ix.Entries, Entry{Desc: d, Raw: compact(r)})
 	}
 	return ix, nil
+}
+
+// checkIndexTop checks the top-level fields of index.json.
+func checkIndexTop(top map[string]json.RawMessage) error {
+	var sv int
+	if err := json.Unmarshal(top["schemaVersion"], &sv); err != nil || sv != 2 {
+		return fmt.Errorf("%s: schemaVersion is not 2: %w", IndexFile, errdef.ErrCorrupt)
+	}
+	if mt, ok := top["mediaType"]; ok {
+		var s string
+		if err := json.Unmarshal(mt, &s); err != nil || (s != "" && s != v1.MediaTypeImageIndex) {
+			return fmt.Errorf("%s: mediaType %s is not an image index: %w", IndexFile, mt, errdef.ErrCorrupt)
+		}
+	}
+	return nil
 }
 
 // With returns a copy of ix with entries replaced.

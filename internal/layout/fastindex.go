@@ -1,0 +1,353 @@
+package layout
+
+import (
+	"bytes"
+	"encoding/json"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// parseIndexFast parses the index.json that tools write (ASCII strings
+// without escapes, descriptors of the known fields, integer sizes) in one
+// pass, about ten times faster than encoding/json. It gives up (ok false)
+// on anything else, for ParseIndex to parse the slow way: so its result,
+// when it has one, is the one encoding/json gives (FuzzParseIndexFast
+// checks it). It does not validate descriptors (ParseIndex does).
+func parseIndexFast(b []byte) (top map[string]json.RawMessage, entries []Entry, ok bool) {
+	p := &fastParser{b: b}
+	p.ws()
+	if !p.eat('{') {
+		return nil, nil, false
+	}
+	top = map[string]json.RawMessage{}
+	seenManifests := false
+	for first := true; ; first = false {
+		p.ws()
+		if p.eat('}') {
+			break
+		}
+		if !first && !(p.eat(',') && p.wsThen()) {
+			return nil, nil, false
+		}
+		key, ok := p.str()
+		if !ok {
+			return nil, nil, false
+		}
+		p.ws()
+		if !p.eat(':') {
+			return nil, nil, false
+		}
+		p.ws()
+		if key == "manifests" {
+			if seenManifests { // a duplicate: encoding/json keeps the last
+				return nil, nil, false
+			}
+			seenManifests = true
+			if entries, ok = p.entries(); !ok {
+				return nil, nil, false
+			}
+			continue
+		}
+		if _, dup := top[key]; dup || bytes.EqualFold([]byte(key), []byte("manifests")) {
+			return nil, nil, false
+		}
+		start := p.i
+		if !p.skipValue() {
+			return nil, nil, false
+		}
+		top[key] = json.RawMessage(bytes.Clone(b[start:p.i]))
+	}
+	p.ws()
+	if p.i != len(b) {
+		return nil, nil, false
+	}
+	if entries == nil {
+		entries = []Entry{}
+	}
+	return top, entries, true
+}
+
+type fastParser struct {
+	b      []byte
+	i      int
+	space  bool              // white space met inside the current entry
+	intern map[string]string // the strings every entry repeats: media types, keys
+}
+
+// istr is str for a string that many entries repeat: one copy of each.
+func (p *fastParser) istr() (string, bool) {
+	if !p.eat('"') {
+		return "", false
+	}
+	start := p.i
+	for p.i < len(p.b) {
+		c := p.b[p.i]
+		switch {
+		case c == '"':
+			raw := p.b[start:p.i]
+			p.i++
+			if s, ok := p.intern[string(raw)]; ok {
+				return s, true
+			}
+			s := string(raw)
+			if len(p.intern) < 4096 {
+				if p.intern == nil {
+					p.intern = map[string]string{}
+				}
+				p.intern[s] = s
+			}
+			return s, true
+		case c == '\\' || c < 0x20 || c >= 0x7f:
+			return "", false
+		}
+		p.i++
+	}
+	return "", false
+}
+
+func (p *fastParser) ws() {
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.space = true
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+// wsThen skips white space and reports true (for use in conditions).
+func (p *fastParser) wsThen() bool { p.ws(); return true }
+
+func (p *fastParser) eat(c byte) bool {
+	if p.i < len(p.b) && p.b[p.i] == c {
+		p.i++
+		return true
+	}
+	return false
+}
+
+// str reads a string of printable ASCII without escapes.
+func (p *fastParser) str() (string, bool) {
+	if !p.eat('"') {
+		return "", false
+	}
+	start := p.i
+	for p.i < len(p.b) {
+		c := p.b[p.i]
+		switch {
+		case c == '"':
+			s := string(p.b[start:p.i])
+			p.i++
+			return s, true
+		case c == '\\' || c < 0x20 || c >= 0x7f:
+			return "", false
+		}
+		p.i++
+	}
+	return "", false
+}
+
+// int reads a JSON integer that fits an int64.
+func (p *fastParser) int() (int64, bool) {
+	neg := p.eat('-')
+	start := p.i
+	var n int64
+	for p.i < len(p.b) && p.b[p.i] >= '0' && p.b[p.i] <= '9' {
+		if n > (1<<63-1-9)/10 {
+			return 0, false
+		}
+		n = n*10 + int64(p.b[p.i]-'0')
+		p.i++
+	}
+	digits := p.i - start
+	if digits == 0 || (digits > 1 && p.b[start] == '0') {
+		return 0, false
+	}
+	if p.i < len(p.b) && (p.b[p.i] == '.' || p.b[p.i] == 'e' || p.b[p.i] == 'E') {
+		return 0, false
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// skipValue skips one JSON value, which must be valid.
+func (p *fastParser) skipValue() bool {
+	start := p.i
+	dec := json.NewDecoder(bytes.NewReader(p.b[p.i:]))
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return false
+	}
+	p.i = start + int(dec.InputOffset())
+	return true
+}
+
+// strings reads an array of strings.
+func (p *fastParser) strings() ([]string, bool) {
+	if !p.eat('[') {
+		return nil, false
+	}
+	out := []string{}
+	for first := true; ; first = false {
+		p.ws()
+		if p.eat(']') {
+			return out, true
+		}
+		if !first && !(p.eat(',') && p.wsThen()) {
+			return nil, false
+		}
+		s, ok := p.str()
+		if !ok {
+			return nil, false
+		}
+		out = append(out, s)
+	}
+}
+
+// object calls field for each key of an object; field reads the value.
+func (p *fastParser) object(field func(key string) bool) bool {
+	if !p.eat('{') {
+		return false
+	}
+	for first := true; ; first = false {
+		p.ws()
+		if p.eat('}') {
+			return true
+		}
+		if !first && !(p.eat(',') && p.wsThen()) {
+			return false
+		}
+		key, ok := p.istr()
+		if !ok {
+			return false
+		}
+		p.ws()
+		if !p.eat(':') {
+			return false
+		}
+		p.ws()
+		if !field(key) {
+			return false
+		}
+	}
+}
+
+// known are the JSON keys of a descriptor and of a platform: a key that is
+// none of them but equal to one of them under case folding would be matched
+// by encoding/json, so the fast parser gives up on it.
+var known = []string{"mediaType", "digest", "size", "urls", "annotations", "data", "platform", "artifactType",
+	"architecture", "os", "os.version", "os.features", "variant"}
+
+// knownBit is the bit of a descriptor key in a set of seen keys, 0 for
+// another key.
+func knownBit(key string) uint16 {
+	for i, k := range known[:8] {
+		if k == key {
+			return 1 << i
+		}
+	}
+	return 0
+}
+
+func foldsToKnown(key string) bool {
+	for _, k := range known {
+		if k != key && bytes.EqualFold([]byte(k), []byte(key)) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *fastParser) entries() ([]Entry, bool) {
+	if !p.eat('[') {
+		return nil, false
+	}
+	out := []Entry{}
+	for first := true; ; first = false {
+		p.ws()
+		if p.eat(']') {
+			return out, true
+		}
+		if !first && !(p.eat(',') && p.wsThen()) {
+			return nil, false
+		}
+		p.space = false
+		start := p.i
+		var d v1.Descriptor
+		var seen uint16
+		ok := p.object(func(key string) bool {
+			// A repeated field merges into the first in encoding/json
+			// (maps, the platform): the slow way.
+			if bit := knownBit(key); bit != 0 {
+				if seen&bit != 0 {
+					return false
+				}
+				seen |= bit
+			}
+			var ok bool
+			switch key {
+			case "mediaType":
+				d.MediaType, ok = p.istr()
+			case "artifactType":
+				d.ArtifactType, ok = p.istr()
+			case "digest":
+				var s string
+				s, ok = p.str()
+				d.Digest = digest.Digest(s)
+			case "size":
+				d.Size, ok = p.int()
+			case "urls":
+				d.URLs, ok = p.strings()
+			case "annotations":
+				m := map[string]string{}
+				ok = p.object(func(k string) bool {
+					v, ok := p.str()
+					m[k] = v
+					return ok
+				})
+				d.Annotations = m
+			case "platform":
+				pl := &v1.Platform{}
+				ok = p.object(func(k string) bool {
+					var ok bool
+					switch k {
+					case "architecture":
+						pl.Architecture, ok = p.istr()
+					case "os":
+						pl.OS, ok = p.istr()
+					case "os.version":
+						pl.OSVersion, ok = p.istr()
+					case "variant":
+						pl.Variant, ok = p.istr()
+					case "os.features":
+						pl.OSFeatures, ok = p.strings()
+					default:
+						return !foldsToKnown(k) && p.skipValue()
+					}
+					return ok
+				})
+				d.Platform = pl
+			case "data":
+				return false // base64: the slow way
+			default:
+				return !foldsToKnown(key) && p.skipValue()
+			}
+			return ok
+		})
+		if !ok {
+			return nil, false
+		}
+		// Raw shares b's memory when it is already compact: b, the file's
+		// bytes, is kept (and never written) by whoever keeps the index.
+		raw := p.b[start:p.i:p.i]
+		if p.space {
+			raw = compact(raw)
+		}
+		out = append(out, Entry{Desc: d, Raw: raw})
+	}
+}
