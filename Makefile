@@ -68,12 +68,13 @@ crash: tools
 	@grep -cE '^    --- PASS: TestCrash' crash.out | xargs printf 'crash points killed in child processes: %s\n'
 
 FUZZTIME ?= 60s
-# fuzz runs each fuzz target for $(FUZZTIME); crashers are written under
-# fuzz/testdata/fuzz/ and must be committed.
+# fuzz runs each fuzz target of $(FUZZPKGS) for $(FUZZTIME); crashers are
+# written under each package's testdata/fuzz/ and must be committed.
+FUZZPKGS ?= ./fuzz/ ./internal/layout/ ./journal/
 fuzz:
-	@for f in $$($(GO) test ./fuzz/ -list 'Fuzz.*' | grep ^Fuzz); do \
-		echo "== $$f"; $(GO) test ./fuzz/ -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
-	done
+	@for p in $(FUZZPKGS); do for f in $$($(GO) test $$p -list 'Fuzz.*' | grep ^Fuzz); do \
+		echo "== $$p $$f"; $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done; done
 
 # bench: the micro benchmarks of ./store, then the bench/ module (its own
 # go.mod: ocistore against containers/image, oras-go and go-containerregistry
