@@ -88,7 +88,8 @@ BENCH_MICRO ?= $(if $(filter-out 0,$(BENCH_FULL)),-benchtime 10x -timeout 60m,-b
 bench:
 	$(GO) test -run '^$$' -bench . $(BENCH_MICRO) ./store/ > bench.out 2>&1 || { cat bench.out; exit 1; }
 	@cat bench.out
-	cd bench && $(GO) build -o bench . && ./bench $(if $(filter-out 0,$(BENCH_FULL)),-full) -micro ../bench.out -out ../BENCHMARKS.md
+	cd bench && $(GO) build -o bench . && ./bench $(if $(filter-out 0,$(BENCH_FULL)),-full) \
+		-micro ../bench.out -micro-cmd "go test -run '^$$' -bench . $(BENCH_MICRO) ./store/" -out ../BENCHMARKS.md
 
 # lint: gofmt, go vet and staticcheck must be clean.
 lint:

@@ -17,10 +17,14 @@ import (
 
 // childResult is what one child process measured, printed as JSON on stdout.
 type childResult struct {
-	OpenMs  float64   `json:"open_ms"`
-	OpsMs   []float64 `json:"ops_ms,omitempty"` // one per operation
-	TotalMs float64   `json:"total_ms"`         // the measured section
-	Errors  int       `json:"errors"`
+	OpenMs float64 `json:"open_ms"`
+	// LookupMs (open scenarios) is the first lookup after open: one
+	// Resolve of a tag, for the peers that have one. ocistore's lazy open
+	// leaves index.json unread: its first lookup parses it.
+	LookupMs float64   `json:"lookup_ms,omitempty"`
+	OpsMs    []float64 `json:"ops_ms,omitempty"` // one per operation
+	TotalMs  float64   `json:"total_ms"`         // the measured section
+	Errors   int       `json:"errors"`
 	// Attempted are the tags the child tried to delete (delete-one and
 	// concurrent stop starting deletes once their budget is spent).
 	Attempted []string `json:"attempted,omitempty"`
@@ -33,6 +37,7 @@ const (
 	scDeleteOne  = "delete-one"
 	scDeleteHalf = "delete-half"
 	scOpen       = "open"
+	scOpenCold   = "open-cold" // ocistore's first open of a fresh copy: index.json's stamp unknown
 	scAdopt      = "adopt"
 	scIngest     = "ingest"
 	scConcurrent = "concurrent"
@@ -143,7 +148,7 @@ func childMain(args []string) error {
 			return err
 		}
 		var stop func()
-		if *scenario == scOpen || *scenario == scAdopt {
+		if *scenario == scOpen || *scenario == scOpenCold || *scenario == scAdopt {
 			stop = startProfile()
 		}
 		t0 := time.Now()
@@ -153,9 +158,16 @@ func childMain(args []string) error {
 			return fmt.Errorf("open: %w", err)
 		}
 		switch *scenario {
-		case scOpen, scAdopt:
+		case scOpen, scOpenCold, scAdopt:
 			stop()
 			res.TotalMs = res.OpenMs
+			if lr, ok := h.(resolver); ok && *scenario != scAdopt {
+				t1 := time.Now()
+				if err := lr.resolve(ctx, tagOf(*n/2)); err != nil {
+					res.fail(fmt.Errorf("resolve: %w", err))
+				}
+				res.LookupMs = ms(time.Since(t1))
+			}
 		case scDeleteOne:
 			stop = startProfile()
 			t1 := time.Now()

@@ -5,6 +5,7 @@
 //
 //	bench [-full] [-out ../BENCHMARKS.md] [-micro ../bench.out]   every scenario, then the report
 //	bench one -scenario S -peer P -n N [-k K] [-cpuprofile F]   one run of one cell
+//	bench report -from results.json [-out ...] [-micro ...]      rewrite the report from a run's saved results
 //	bench gen -n N [-layer-size B] DIR                           write a layout
 //	bench child ...                                              (internal: one run, in its own process)
 package main
@@ -29,6 +30,8 @@ func main() {
 			err = genMain(os.Args[2:])
 		case "one":
 			err = oneMain(os.Args[2:])
+		case "report":
+			err = reportMain(os.Args[2:])
 		default:
 			err = benchMain(os.Args[1:])
 		}
@@ -62,11 +65,13 @@ func benchMain(args []string) error {
 	full := fs.Bool("full", os.Getenv("BENCH_FULL") != "" && os.Getenv("BENCH_FULL") != "0", "all sizes (default: quick; also BENCH_FULL=1)")
 	out := fs.String("out", "../BENCHMARKS.md", "report to write")
 	micro := fs.String("micro", "", "micro benchmark output to append to the report")
+	microCmd := fs.String("micro-cmd", "", "the command that wrote -micro (for the report)")
+	analysis := fs.String("analysis", "analysis.md", "hand-written analysis of missed targets to include (\"\": none)")
 	work := fs.String("work", ".work", "scratch directory for the layouts (removed at the end)")
 	keep := fs.Bool("keep", false, "keep the scratch directory")
 	runs := fs.Int("runs", 0, "runs per cell (0: the mode's)")
 	repo := fs.String("repo", "..", "the main module's checkout (for its commit)")
-	jsonOut := fs.String("json", "", "also write every run's raw result as JSON here")
+	jsonOut := fs.String("json", "results.json", "also write the run's raw results as JSON here (for `bench report`; \"\": none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -85,18 +90,19 @@ func benchMain(args []string) error {
 		defer os.RemoveAll(r.work)
 	}
 	started := time.Now()
+	vers := moduleVersions(*repo) // the commit measured: the one checked out at the start
 	r.logf("bench: %s mode, %d runs per cell, layouts under %s", map[bool]string{false: "quick", true: "full"}[p.Full], p.Runs, r.work)
 	if err := r.runAll(); err != nil {
 		return err
 	}
+	wall := time.Since(started)
 	if *jsonOut != "" {
-		raw, _ := json.MarshalIndent(r.results, "", " ")
+		raw, _ := json.MarshalIndent(savedRun{Full: p.Full, Runs: p.Runs, Started: started, WallNs: int64(wall), Versions: vers, Loads: r.loads, Results: r.results}, "", " ")
 		if err := os.WriteFile(*jsonOut, raw, 0o644); err != nil {
 			return err
 		}
 	}
-	wall := time.Since(started)
-	if err := r.writeReport(*out, reportInfo{started: started, wall: wall, micro: *micro, repo: *repo}); err != nil {
+	if err := r.writeReport(*out, reportInfo{started: started, wall: wall, micro: *micro, microCmd: *microCmd, analysis: *analysis, versions: vers}); err != nil {
 		return err
 	}
 	r.logf("wrote %s (%s)", *out, wall.Round(time.Second))
@@ -108,7 +114,7 @@ func benchMain(args []string) error {
 // child's result and its peak RSS.
 func oneMain(args []string) error {
 	fs := flag.NewFlagSet("one", flag.ContinueOnError)
-	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, ingest, concurrent, adopt")
+	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, open-cold, ingest, concurrent, adopt")
 	peerName := fs.String("peer", pOcistore, "peer")
 	n := fs.Int("n", 1000, "images")
 	k := fs.Int("k", 10, "images to delete")
@@ -155,7 +161,7 @@ func oneMain(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := copyLayout(tmpl, dir); err != nil {
+		if err := r.copyFor(*peerName, tmpl, dir, *scenario == scOpenCold); err != nil {
 			return err
 		}
 	}
@@ -194,4 +200,52 @@ func genMain(args []string) error {
 	}
 	fmt.Printf("%d images, %d blobs, %d bytes\n", st.Images, st.Blobs, st.Bytes)
 	return nil
+}
+
+// savedRun is what a run writes with -json: enough to write its report
+// again (bench report), with the same numbers.
+type savedRun struct {
+	Full    bool      `json:"full"`
+	Runs    int       `json:"runs"`
+	Started time.Time `json:"started"`
+	WallNs  int64     `json:"wall_ns"`
+	// Versions of the modules measured, and the checkout's commit.
+	Versions map[string]string `json:"versions"`
+	Loads    dist              `json:"loads"`
+	Results  []runResult       `json:"results"`
+}
+
+// reportMain rewrites the report from a saved run (to add the analysis of
+// missed targets after the run, without measuring again).
+func reportMain(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	from := fs.String("from", "results.json", "saved run (bench -json)")
+	out := fs.String("out", "../BENCHMARKS.md", "report to write")
+	micro := fs.String("micro", "", "micro benchmark output to append to the report")
+	microCmd := fs.String("micro-cmd", "", "the command that wrote -micro (for the report)")
+	analysis := fs.String("analysis", "analysis.md", "hand-written analysis of missed targets to include (\"\": none)")
+	work := fs.String("work", ".work", "where the layouts were (for the file system line)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	raw, err := os.ReadFile(*from)
+	if err != nil {
+		return err
+	}
+	var sr savedRun
+	if err := json.Unmarshal(raw, &sr); err != nil {
+		return fmt.Errorf("%s: %w", *from, err)
+	}
+	p := quickPlan()
+	if sr.Full {
+		p = fullPlan()
+	}
+	p.Runs = sr.Runs
+	r, err := newRunner(p, *work)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(r.work) // only if empty: newRunner made it
+	r.results, r.loads = sr.Results, sr.Loads
+	return r.writeReport(*out, reportInfo{started: sr.Started, wall: time.Duration(sr.WallNs), micro: *micro, microCmd: *microCmd, analysis: *analysis, versions: sr.Versions})
 }
