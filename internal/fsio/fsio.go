@@ -25,6 +25,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"strings"
 	"syscall"
 
@@ -117,11 +118,33 @@ func (o *OS) Root() string { return o.abs }
 
 func (o *OS) Close() error { return o.root.Close() }
 
+// Open opens name's directory through the root (a symlink among the
+// directories is followed only while it stays inside the layout), then
+// name itself with O_NOFOLLOW: os.Root resolves a final symlink that stays
+// inside the root itself, whatever the flags say. O_NONBLOCK keeps a named
+// pipe from blocking the open until a writer comes (it is then refused as
+// not a regular file); reads of a regular file ignore it.
 func (o *OS) Open(name string) (File, error) {
-	f, err := o.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	dir, base := path.Split(name)
+	if base == "" || base == "." || base == ".." {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
+	}
+	if dir == "" {
+		dir = "."
+	}
+	d, err := o.root.Open(strings.TrimSuffix(dir, "/"))
 	if err != nil {
 		return nil, err
 	}
+	fd, err := syscall.Openat(int(d.Fd()), base, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	d.Close()
+	switch {
+	case err == syscall.ELOOP:
+		return nil, &fs.PathError{Op: "open", Path: name, Err: errSymlink}
+	case err != nil:
+		return nil, &fs.PathError{Op: "openat", Path: name, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), name)
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
@@ -136,6 +159,8 @@ func (o *OS) Open(name string) (File, error) {
 
 // ErrNotRegular: a path that must be a regular file is a directory, a device or a symlink.
 var ErrNotRegular = errors.New("not a regular file")
+
+var errSymlink = fmt.Errorf("is a symlink: %w", ErrNotRegular)
 
 func (o *OS) Lstat(name string) (fs.FileInfo, error) { return o.root.Lstat(name) }
 
