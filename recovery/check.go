@@ -35,6 +35,7 @@ const (
 	KindJournalCorrupt  = "journal-corrupt"  // the journal database fails bbolt's check or cannot be read
 	KindExternalChange  = "external-change"  // index.json differs from the last one committed through the journal
 	KindRefcount        = "refcount"         // a stored reference count differs from a recount
+	KindNotDirectory    = "not-directory"    // .ocistore/ingest or .ocistore/quarantine is a symlink or a file
 )
 
 // journalFile is the journal database, relative to the layout root (the
@@ -263,7 +264,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 			return nil, err
 		}
 	}
-	temps, err := Temps(fsys)
+	temps, err := Temps(stateDirs(fsys, r))
 	if err != nil {
 		return nil, err
 	}
@@ -277,6 +278,43 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	<-jdone
 	r.Problems = append(r.Problems, jr.Problems...)
 	return r, nil
+}
+
+// stateDirs reports the directories of .ocistore that Temps lists when
+// they are not directories (a symlink, in or out of the layout, or a
+// file), and returns fsys with those left unlisted: Temps then finds no
+// temp file in them instead of failing, or listing another directory.
+// Repair moves them aside.
+func stateDirs(fsys fsio.FS, r *Report) fsio.FS {
+	if fi, err := fsys.Lstat(layout.StateDir); err != nil || !fi.IsDir() {
+		return fsys // not ours to look into: the journal's check reports it
+	}
+	skip := map[string]bool{}
+	for _, dir := range []string{IngestDir, QuarantineDir} {
+		fi, err := fsys.Lstat(dir)
+		if err != nil || fi.IsDir() {
+			continue // missing, or Temps says why it cannot list it
+		}
+		r.add(KindNotDirectory, "", dir, "is %s, not a directory: not looked into", typeName(fi.Mode().Type()))
+		skip[dir] = true
+	}
+	if len(skip) == 0 {
+		return fsys
+	}
+	return unlisted{fsys, skip}
+}
+
+// unlisted is an FS whose directories in skip read as missing.
+type unlisted struct {
+	fsio.FS
+	skip map[string]bool
+}
+
+func (u unlisted) ReadDir(name string) ([]fs.DirEntry, error) {
+	if u.skip[name] {
+		return nil, &fs.PathError{Op: "readdir", Path: name, Err: fs.ErrNotExist}
+	}
+	return u.FS.ReadDir(name)
 }
 
 // blobListing is what listBlobFiles found under blobs/.

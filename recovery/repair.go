@@ -37,6 +37,7 @@ const (
 	ActionEntryDropped   = "entry-dropped"        // an index.json entry removed (--drop-broken)
 	ActionOrphansFreed   = "orphans-removed"      // unreferenced blobs removed (a journaled GC)
 	ActionKept           = "kept"                 // a copy of a file kept in the quarantine folder
+	ActionMovedAside     = "moved-aside"          // a state directory that is not one renamed out of the way
 )
 
 // CrashQuarantineRenamed is the crash point of a move (or copy) into the

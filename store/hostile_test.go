@@ -52,6 +52,7 @@ func TestHostileStateDir(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := testutil.Snapshot(t, elsewhere)
+			watch := testutil.WatchFiles(t, elsewhere, filepath.Join(elsewhere, "journal.db"))
 			rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true})
 			if err != nil {
 				t.Fatal(err)
@@ -79,6 +80,7 @@ func TestHostileStateDir(t *testing.T) {
 			} else if err != nil || !strings.Contains(res.Actions[0].Detail, "symlink") {
 				t.Errorf("repair with the journal a symlink = %+v, %v", res, err)
 			}
+			watch.Check(t) // nothing outside was opened, read or written
 			testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, elsewhere))
 			if after := testutil.Snapshot(t, elsewhere); len(after) != len(before) {
 				t.Errorf("files appeared outside the layout: %v", after)
@@ -105,6 +107,7 @@ func TestHostileBlobsDir(t *testing.T) {
 			if err := os.Symlink(elsewhere, filepath.Join(dir, which)); err != nil {
 				t.Fatal(err)
 			}
+			watch := testutil.WatchFiles(t, elsewhere)
 			// blobs/ itself cannot be listed: an error; blobs/sha256 is an
 			// entry of blobs/ that is not a directory: problems.
 			rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true})
@@ -117,6 +120,7 @@ func TestHostileBlobsDir(t *testing.T) {
 			if _, err := store.Repair(ctx, dir, &store.RepairOptions{DropBroken: true}); err == nil || !strings.Contains(err.Error(), "blobs") {
 				t.Errorf("repair = %v, want an error naming blobs", err)
 			}
+			watch.Check(t) // nothing outside was opened, read or written
 			after := testutil.Snapshot(t, elsewhere)
 			testutil.AssertNothingRemoved(t, before, after)
 			if len(after) != len(before) {
@@ -125,4 +129,53 @@ func TestHostileBlobsDir(t *testing.T) {
 			outside()
 		})
 	}
+}
+
+// TestHostileQuarantineDir: the quarantine folder is a symlink to a
+// directory out of the layout, and a layer is damaged. fsck reports the
+// link and does not look into it; repair moves the link aside (never
+// following it), quarantines the layer in a new folder inside the layout,
+// and nothing outside is opened or written.
+func TestHostileQuarantineDir(t *testing.T) {
+	ctx := context.Background()
+	var c testutil.DamagedCase
+	for _, dc := range testutil.DamagedCases(t, damagedRoot) {
+		if dc.Name == "digest-mismatch-layer" {
+			c = dc
+		}
+	}
+	dir, outside := c.Materialize(t)
+	elsewhere := t.TempDir()
+	if err := os.Symlink(elsewhere, filepath.Join(dir, recovery.QuarantineDir)); err != nil {
+		t.Fatal(err)
+	}
+	watch := testutil.WatchFiles(t, elsewhere)
+	rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ProblemLines(rep.Problems); !strings.Contains(got, "not-directory (.ocistore/quarantine): is a symlink") || !strings.Contains(got, "digest-mismatch") {
+		t.Errorf("fsck:\n%s", got)
+	}
+	res, err := store.Repair(ctx, dir, &store.RepairOptions{Check: recovery.CheckOptions{Deep: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Actions) < 2 || res.Actions[0].Kind != recovery.ActionMovedAside || res.Actions[1].Kind != recovery.ActionQuarantined {
+		t.Errorf("actions %v", res.Actions)
+	}
+	fi, err := os.Lstat(filepath.Join(dir, recovery.QuarantineDir))
+	if err != nil || !fi.IsDir() {
+		t.Errorf("quarantine folder: %v, %v", fi, err)
+	}
+	if links, _ := filepath.Glob(filepath.Join(dir, recovery.QuarantineDir+".corrupt-*")); len(links) != 1 {
+		t.Errorf("the link was not moved aside: %v", links)
+	} else if target, _ := os.Readlink(links[0]); target != elsewhere {
+		t.Errorf("moved aside: %s -> %s", links[0], target)
+	}
+	watch.Check(t)
+	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+		t.Errorf("repair wrote outside the layout: %v", ents)
+	}
+	outside()
 }

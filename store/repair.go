@@ -184,6 +184,9 @@ func (s *Store) repairOffline(ctx context.Context, res *RepairResult, o *RepairO
 		return false, err
 	}
 	defer db.Close()
+	if err := s.repairStateDirs(res); err != nil {
+		return false, err
+	}
 	ok, err := s.repairIndex(ctx, db, res, o)
 	if err != nil || !ok {
 		return false, err
@@ -330,6 +333,33 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.
 		res.act(s.log, recovery.ActionJournalRebuilt, "%v; kept aside as %s (%d pending records salvaged); rebuilt from the layout", why, aside, n)
 	}
 	return s.openJournal()
+}
+
+// repairStateDirs renames .ocistore/ingest and .ocistore/quarantine out of
+// the way (to <name>.corrupt-<unix nanoseconds>) when they are not
+// directories: a symlink (never followed, in or out of the layout) or a
+// file. Recovery lists them and repair moves damaged files into the
+// quarantine; both make a new directory when they need one. The writer
+// lock is held.
+func (s *Store) repairStateDirs(res *RepairResult) error {
+	for _, dir := range []string{recovery.IngestDir, recovery.QuarantineDir} {
+		fi, err := s.fsys.Lstat(dir)
+		if errors.Is(err, fs.ErrNotExist) || err == nil && fi.IsDir() {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		aside := fmt.Sprintf("%s.corrupt-%d", dir, time.Now().UnixNano())
+		if err := s.fsys.Rename(dir, aside); err != nil {
+			return fmt.Errorf("move %s aside: %w", dir, err)
+		}
+		if err := s.fsys.SyncDir(layout.StateDir); err != nil {
+			return s.poison(&fsio.SyncError{Path: layout.StateDir, Err: err})
+		}
+		res.act(s.log, recovery.ActionMovedAside, "%s is %s, not a directory: moved aside as %s", dir, kindOf(fi.Mode()), aside)
+	}
+	return nil
 }
 
 // moveJournalAside renames the damaged journal to
@@ -736,6 +766,8 @@ func kindOf(m fs.FileMode) string {
 		return "a symlink"
 	case m.IsDir():
 		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
 	}
 	return "a special file"
 }

@@ -3,10 +3,12 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"testing"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/testutil"
 	"github.com/ocistore/ocistore/recovery"
 )
 
@@ -60,5 +62,75 @@ func TestFsckDeep(t *testing.T) {
 		if r.code != 2 {
 			t.Errorf("fsck %v: want exit 2:\n%s", args, r)
 		}
+	}
+}
+
+// damagedCase materializes one case of testdata/damaged.
+func damagedCase(t *testing.T, name string) (string, func()) {
+	t.Helper()
+	for _, c := range testutil.DamagedCases(t, "../../testdata/damaged") {
+		if c.Name == name {
+			return c.Materialize(t)
+		}
+	}
+	t.Fatalf("no damaged case %s", name)
+	return "", nil
+}
+
+// TestFsckRepairText: the text output of fsck --repair says what was done,
+// which entries are broken and how to remove them, then the check after;
+// exit 3 while a problem is left, 0 once none is.
+func TestFsckRepairText(t *testing.T) {
+	t.Parallel()
+	dir, outside := damagedCase(t, "dangling-layer")
+	r := must(t, 3, "-l", dir, "fsck", "--repair")
+	wantContains(t, "stdout", r.stdout, "nothing to repair\n", "broken app:2 sha256:", "(--drop-broken removes it)\n",
+		"after repair:\ndangling sha256:", "1 problem\n")
+	r = must(t, 0, "-l", dir, "fsck", "--repair", "--drop-broken")
+	wantContains(t, "stdout", r.stdout, "entry-dropped txn ", "app:2", "orphans-removed txn ", "after repair:\n3 images, ", "0 problems\n")
+	wantNotContains(t, "stdout", r.stdout, "broken ")
+	r = must(t, 0, "-l", dir, "fsck", "--repair")
+	wantContains(t, "stdout", r.stdout, "nothing to repair\n", "0 problems\n")
+	outside()
+}
+
+// TestFsckRepairCannotRun: a repair that cannot run (.ocistore is a
+// symlink out of the layout) exits 1 with an error naming it; fsck still
+// reports (exit 3); nothing outside the layout is opened or written. A
+// quarantine folder that is a symlink out of the layout is moved aside by
+// the repair, which then goes on.
+func TestFsckRepairCannotRun(t *testing.T) {
+	t.Parallel()
+	for _, which := range []string{".ocistore", ".ocistore/quarantine"} {
+		t.Run(which, func(t *testing.T) {
+			t.Parallel()
+			dir, outside := damagedCase(t, "digest-mismatch-layer")
+			elsewhere := t.TempDir()
+			if which == ".ocistore" {
+				if err := os.Rename(filepath.Join(dir, which), filepath.Join(elsewhere, "state")); err != nil {
+					t.Fatal(err)
+				}
+				elsewhere = filepath.Join(elsewhere, "state")
+			}
+			if err := os.Symlink(elsewhere, filepath.Join(dir, which)); err != nil {
+				t.Fatal(err)
+			}
+			before := testutil.Snapshot(t, elsewhere)
+			watch := testutil.WatchFiles(t, elsewhere)
+			r := must(t, 3, "-l", dir, "fsck", "--deep")
+			wantContains(t, "stdout", r.stdout, recovery.KindDigestMismatch)
+			if which == ".ocistore" {
+				wantContains(t, "stdout", r.stdout, recovery.KindJournalCorrupt+" .ocistore: .ocistore is a symlink")
+				r = must(t, 1, "-l", dir, "fsck", "--repair", "--deep", "--drop-broken")
+				wantContains(t, "stderr", r.stderr, "ocistore: fsck: repair ", which)
+			} else {
+				wantContains(t, "stdout", r.stdout, recovery.KindNotDirectory+" .ocistore/quarantine: is a symlink")
+				r = must(t, 0, "-l", dir, "fsck", "--repair", "--deep", "--drop-broken")
+				wantContains(t, "stdout", r.stdout, "moved-aside: .ocistore/quarantine is a symlink", "quarantined: ", "entry-dropped", "0 problems\n")
+			}
+			watch.Check(t)
+			watch.Ignore(t, func() { testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, elsewhere)) })
+			outside()
+		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,7 +38,8 @@ type DamagedSpec struct {
 		DropBroken  bool `json:"dropBroken"`
 		KeepOrphans bool `json:"keepOrphans"`
 	} `json:"repair"`
-	SparseIndex int64 `json:"sparseIndex"`
+	SparseIndex int64    `json:"sparseIndex"`
+	Fifos       []string `json:"fifos"`
 }
 
 // DamagedCases reads the cases under root (testdata/damaged).
@@ -73,10 +75,12 @@ const canaryContent = "canary: nothing may read, write or remove this file\n"
 
 // Materialize copies the case's layout (symlinks as symlinks) to a new
 // directory, next to a canary file that the corpus's symlinks point at,
-// and applies what could not be committed (a sparse index.json). It
+// and applies what could not be committed (a sparse index.json, named
+// pipes). It
 // returns the layout directory and a function that fails the test if
-// anything outside the layout changed: the canary's content, mode and
-// times, or a new file beside it.
+// anything outside the layout was touched since the layout was made: the
+// canary opened, read, written or renamed by any process (inotify), its
+// content, mode or times changed, or a new file beside it.
 func (c DamagedCase) Materialize(t testing.TB) (string, func()) {
 	t.Helper()
 	parent := t.TempDir()
@@ -95,17 +99,26 @@ func (c DamagedCase) Materialize(t testing.TB) (string, func()) {
 			t.Fatal(err)
 		}
 	}
+	for _, f := range c.Spec.Fifos {
+		if err := syscall.Mkfifo(filepath.Join(dir, filepath.FromSlash(f)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	before, err := os.Stat(canary)
 	if err != nil {
 		t.Fatal(err)
 	}
+	w := WatchFiles(t, canary)
 	return dir, func() {
 		t.Helper()
-		fi, err := os.Stat(canary)
-		if err != nil {
-			t.Fatalf("the canary outside the layout is gone: %v", err)
-		}
-		b, _ := os.ReadFile(canary)
+		var fi os.FileInfo
+		var b []byte
+		w.Ignore(t, func() {
+			if fi, err = os.Stat(canary); err != nil {
+				t.Fatalf("the canary outside the layout is gone: %v", err)
+			}
+			b, _ = os.ReadFile(canary)
+		})
 		if string(b) != canaryContent || fi.Mode() != before.Mode() || !fi.ModTime().Equal(before.ModTime()) || fi.Size() != before.Size() {
 			t.Errorf("the canary outside the layout changed: %q, %v, %v", b, fi.Mode(), fi.ModTime())
 		}
@@ -164,13 +177,13 @@ func CopyTree(t testing.TB, src, dst string) {
 	}
 }
 
-var asideName = regexp.MustCompile(`journal\.db\.corrupt-[0-9]+`)
+var asideName = regexp.MustCompile(`(journal\.db|ingest|quarantine)\.corrupt-[0-9]+`)
 
 // NormalizeDamaged makes output that names the layout directory or the
 // time a journal was moved aside comparable across runs.
 func NormalizeDamaged(s, dir string) string {
 	s = strings.ReplaceAll(s, filepath.Dir(dir), "$TMP")
-	return asideName.ReplaceAllString(s, "journal.db.corrupt-N")
+	return asideName.ReplaceAllString(s, "$1.corrupt-N")
 }
 
 // LayoutState lists the files of the layout in dir (type, size and sha256
@@ -194,6 +207,8 @@ func LayoutState(t testing.TB, dir string) string {
 			lines = append(lines, fmt.Sprintf("l %s -> %s", rel, target))
 		case d.IsDir():
 			lines = append(lines, "d "+rel+"/")
+		case !d.Type().IsRegular():
+			lines = append(lines, fmt.Sprintf("%s %s", d.Type(), rel)) // never opened: a pipe would block
 		case strings.HasPrefix(rel, ".ocistore/journal.db"):
 			lines = append(lines, "f "+rel+" (journal)")
 		default:
@@ -239,7 +254,7 @@ func LayoutState(t testing.TB, dir string) string {
 func NormalizeLines(lines []string) []string {
 	out := make([]string, len(lines))
 	for i, l := range lines {
-		out[i] = asideName.ReplaceAllString(l, "journal.db.corrupt-N")
+		out[i] = asideName.ReplaceAllString(l, "$1.corrupt-N")
 	}
 	return out
 }

@@ -30,6 +30,9 @@ type Spec struct {
 	// SparseIndex, when set, makes the test replace index.json by a sparse
 	// file of this many bytes (too large to commit).
 	SparseIndex int64 `json:"sparseIndex,omitempty"`
+	// Fifos are paths (relative to the layout) where the test makes named
+	// pipes (git cannot hold them); nothing is committed there.
+	Fifos []string `json:"fifos,omitempty"`
 }
 
 // RepairFlags mirror the repair options.
@@ -302,6 +305,44 @@ func scribbleFreelistOf(p string) error {
 	return nil
 }
 
+// freeLivePage adds the root page of the newest meta's tree to that meta's
+// freelist page (4 KiB pages): the file still opens, read-only or not, but
+// a page is both in use and free, which bbolt's tx.Check reports.
+func freeLivePage(p string) error {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	le := binary.LittleEndian
+	// Meta: a 16-byte page header, then magic, version, page size, flags
+	// (u32 each), root bucket page and sequence, freelist page, high-water
+	// mark and txid (u64 each).
+	meta := 0
+	if le.Uint64(b[4096+16+48:]) > le.Uint64(b[16+48:]) {
+		meta = 4096
+	}
+	root, fl := le.Uint64(b[meta+16+16:]), le.Uint64(b[meta+16+32:])
+	page := b[fl*4096 : (fl+1)*4096]
+	if flags := le.Uint16(page[8:]); flags != 0x10 {
+		return fmt.Errorf("page %d is not a freelist page (flags %#x)", fl, flags)
+	}
+	count := int(le.Uint16(page[10:]))
+	ids := []uint64{root}
+	for i := 0; i < count; i++ {
+		ids = append(ids, le.Uint64(page[16+8*i:]))
+	}
+	for i := 1; i < len(ids); i++ {
+		for j := i; j > 0 && ids[j] < ids[j-1]; j-- {
+			ids[j], ids[j-1] = ids[j-1], ids[j]
+		}
+	}
+	le.PutUint16(page[10:], uint16(len(ids)))
+	for i, id := range ids {
+		le.PutUint64(page[16+8*i:], id)
+	}
+	return os.WriteFile(p, b, 0o644)
+}
+
 // mutate rewrites a blob file of the layout in dir with fn.
 func mutate(dir string, d v1.Descriptor, fn func([]byte) []byte) error {
 	c, err := readFile(dir, layout.BlobPath(d.Digest))
@@ -363,6 +404,8 @@ func Cases() []Case {
 			Build: steps(healthy, func(dir string) error {
 				return os.WriteFile(journalFile(dir), bytes.Repeat([]byte("not a bbolt database "), 500), 0o644)
 			})},
+		{Name: "journal-page-freed-in-use", Spec: Spec{Description: "the journal opens, but its freelist also lists a page in use (the next write could overwrite live data): bbolt's consistency check finds it; repair keeps the journal aside and rebuilds it"},
+			Build: steps(healthy, func(dir string) error { return freeLivePage(journalFile(dir)) })},
 		{Name: "journal-bad-freelist-pending-torn-index", Spec: Spec{Description: "a delete was journaled, index.json was then torn, and the journal's freelist pages are scribbled on (it cannot be opened read-write): the record is salvaged read-only and replayed first, then the journal is rebuilt and the blobs the delete freed are removed as orphans"},
 			Build: steps(writeBase, func(dir string) error {
 				if _, err := adopt(dir, &pending{op: "delete app:1", keep: without("app:1")}); err != nil {
@@ -469,6 +512,21 @@ func Cases() []Case {
 				}
 				return symlink(dir, layout.IndexFile, "../canary")
 			})},
+		{Name: "index-symlink-inside", Spec: Spec{Description: "index.json is a symlink to multi:1's index blob, inside the layout: never followed (it would read as a valid index.json); the link is quarantined, index.json restored"},
+			Build: steps(healthy, func(dir string) error {
+				if err := remove(dir, layout.IndexFile); err != nil {
+					return err
+				}
+				return symlink(dir, layout.IndexFile, layout.BlobPath(n["multi"].Digest))
+			})},
+		{Name: "named-pipes", Spec: Spec{Description: "index.json and tool:latest's layer are named pipes (made by the test): never opened (an open would wait for a writer forever); the pipes are quarantined, index.json restored; tool:latest dropped", Repair: drop,
+			Fifos: []string{layout.IndexFile, layout.BlobPath(n["tool-layer"].Digest)}},
+			Build: steps(healthy, func(dir string) error {
+				if err := remove(dir, layout.IndexFile); err != nil {
+					return err
+				}
+				return remove(dir, layout.BlobPath(n["tool-layer"].Digest))
+			})},
 		{Name: "index-huge-sparse", Spec: Spec{Description: "index.json is a 2 GiB sparse file: never read (over the size limit), quarantined by a rename, restored", SparseIndex: 2 << 30},
 			Build: healthy},
 		{Name: "index-invalid-entries", Spec: Spec{Description: "another tool added entries with a path-traversal digest, a malformed digest, an unknown algorithm and a negative size: reported; the store refuses to open the layout", Repair: RepairFlags{}},
@@ -544,6 +602,16 @@ func Cases() []Case {
 				}
 				return symlink(dir, layout.BlobPath(digest.FromString("a link")), canary)
 			})},
+		{Name: "blob-symlink-inside", Spec: Spec{Description: "symlinks that stay inside the layout: tool:latest's layer links to app:1's layer, an unreferenced blob name links to index.json: never followed; both links (not what they point at) are moved to quarantine; tool:latest dropped, app:1 and index.json untouched", Repair: drop},
+			Build: steps(healthy, func(dir string) error {
+				if err := remove(dir, layout.BlobPath(n["tool-layer"].Digest)); err != nil {
+					return err
+				}
+				if err := symlink(dir, layout.BlobPath(n["tool-layer"].Digest), n["app1-layer"].Digest.Encoded()); err != nil {
+					return err
+				}
+				return symlink(dir, layout.BlobPath(digest.FromString("index.json")), "../../"+layout.IndexFile)
+			})},
 		{Name: "blob-directory", Spec: Spec{Description: "a directory where app:1's layer should be: moved to quarantine whole; app:1 dropped", Repair: drop},
 			Build: steps(healthy, func(dir string) error {
 				p := layout.BlobPath(n["app1-layer"].Digest)
@@ -612,6 +680,16 @@ func Cases() []Case {
 				}
 				return lb.write(dir)
 			}, adopted)},
+		{Name: "state-dir-symlinks", Spec: Spec{Description: ".ocistore/ingest is a symlink to blobs/sha256 and .ocistore/quarantine one to a file outside the layout, and a layer's bit flipped: neither is looked into or followed; repair moves both links aside, then quarantines the layer in a new quarantine folder"},
+			Build: steps(healthy, func(dir string) error {
+				if err := symlink(dir, ".ocistore/ingest", "../blobs/sha256"); err != nil {
+					return err
+				}
+				if err := symlink(dir, ".ocistore/quarantine", "../../canary"); err != nil {
+					return err
+				}
+				return mutate(dir, n["tool-layer"], func(c []byte) []byte { c[0] ^= 0x20; return c })
+			})},
 		{Name: "unknown-files", Spec: Spec{Description: "files under blobs/ not named by a digest (an unknown algorithm, a stray name): reported, never touched"},
 			Build: steps(healthy, func(dir string) error {
 				if err := writeFile(dir, "blobs/md5/d41d8cd98f00b204e9800998ecf8427e", nil); err != nil {
@@ -621,6 +699,13 @@ func Cases() []Case {
 			})},
 		{Name: "oci-layout-missing", Spec: Spec{Description: "oci-layout deleted: written again"},
 			Build: steps(healthy, func(dir string) error { return remove(dir, layout.LayoutFile) })},
+		{Name: "oci-layout-symlink", Spec: Spec{Description: "oci-layout is a symlink to a file outside the layout: never followed; the link is moved to quarantine, oci-layout written again"},
+			Build: steps(healthy, func(dir string) error {
+				if err := remove(dir, layout.LayoutFile); err != nil {
+					return err
+				}
+				return symlink(dir, layout.LayoutFile, "../canary")
+			})},
 		{Name: "oci-layout-garbage", Spec: Spec{Description: "oci-layout does not parse: moved to quarantine, written again"},
 			Build: steps(healthy, func(dir string) error { return writeFile(dir, layout.LayoutFile, []byte("{oops")) })},
 	}
