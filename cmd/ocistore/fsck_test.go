@@ -1,12 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/ocistore/ocistore/internal/testutil"
 	"github.com/ocistore/ocistore/recovery"
@@ -132,5 +141,84 @@ func TestFsckRepairCannotRun(t *testing.T) {
 			watch.Ignore(t, func() { testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, elsewhere)) })
 			outside()
 		})
+	}
+}
+
+// openPty opens a pseudo-terminal pair, or skips the test without one.
+func openPty(t *testing.T) (ptmx, pts *os.File) {
+	t.Helper()
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	t.Cleanup(func() { ptmx.Close() })
+	if err := unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Skipf("unlockpt: %v", err)
+	}
+	n, err := unix.IoctlGetUint32(int(ptmx.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Skipf("ptsname: %v", err)
+	}
+	pts, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("open pts: %v", err)
+	}
+	return ptmx, pts
+}
+
+// TestFsckDeepProgress: with stderr on a terminal, fsck --deep draws a
+// progress line (the label, the seconds, MiB hashed of the total) over and
+// over and clears it at the end; on a pipe it draws nothing. The layout
+// holds a 4 GiB blob (sparse: no disk used) that --max stops hashing.
+func TestFsckDeepProgress(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	big := digest.FromString("a big sparse orphan")
+	bf, err := os.Create(f.blobPath(big))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bf.Truncate(4 << 30); err != nil {
+		t.Fatal(err)
+	}
+	bf.Close()
+
+	ptmx, pts := openPty(t)
+	cmd := exec.Command(bin, "-l", f.dir, "fsck", "--deep", "--max", "1s", "--workers", "1")
+	var stdout bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, pts
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pts.Close()
+	var tty bytes.Buffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			tty.Write(buf[:n])
+			if err != nil {
+				return // EIO once the child is gone
+			}
+		}
+	}()
+	err = cmd.Wait()
+	<-done
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 { // the orphan
+		t.Fatalf("fsck: %v\n%s", err, stdout.String())
+	}
+	out := tty.String()
+	draws := regexp.MustCompile(`\r\x1b\[Kfsck: hashing blobs \(MiB\) [0-9.]+s [0-9]+/[0-9]+`).FindAllString(out, -1)
+	if len(draws) < 2 || !strings.HasSuffix(out, "\r\x1b[K") || !strings.Contains(draws[len(draws)-1], "/4096") {
+		t.Errorf("progress on the terminal: %q", out)
+	}
+	wantContains(t, "stdout", stdout.String(), "STOPPED EARLY (--max 1s)")
+
+	r := must(t, 3, "-l", f.dir, "fsck", "--deep", "--max", "300ms", "--workers", "1")
+	if r.stderr != "" {
+		t.Errorf("progress drawn on a pipe: %q", r.stderr)
 	}
 }
