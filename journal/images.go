@@ -147,7 +147,7 @@ func decodeImage(d digest.Digest, v []byte) (ImageMeta, error) {
 
 // GetImage returns the metadata of the root manifest d, and whether there is any.
 func (t *Tx) GetImage(d digest.Digest) (ImageMeta, bool, error) {
-	b := t.tx.Bucket(bImages)
+	b := t.sb(bImages)
 	if b == nil {
 		return ImageMeta{}, false, nil
 	}
@@ -162,7 +162,7 @@ func (t *Tx) GetImage(d digest.Digest) (ImageMeta, bool, error) {
 // PutImage stores the metadata of the root manifest d, and indexes it under
 // its subject when it has one. The subject must not change.
 func (t *Tx) PutImage(d digest.Digest, m ImageMeta) error {
-	b := t.tx.Bucket(bImages)
+	b := t.sb(bImages)
 	if b == nil {
 		return fmt.Errorf("no images bucket: %w", errdef.ErrReadOnly)
 	}
@@ -170,7 +170,7 @@ func (t *Tx) PutImage(d digest.Digest, m ImageMeta) error {
 		return err
 	}
 	if m.Subject != "" {
-		return t.tx.Bucket(bReferrers).Put(referrerKey(m.Subject, d), nil)
+		return t.sb(bReferrers).Put(referrerKey(m.Subject, d), nil)
 	}
 	return nil
 }
@@ -182,16 +182,16 @@ func (t *Tx) DeleteImage(d digest.Digest) error {
 		return err
 	}
 	if m.Subject != "" {
-		if err := t.tx.Bucket(bReferrers).Delete(referrerKey(m.Subject, d)); err != nil {
+		if err := t.sb(bReferrers).Delete(referrerKey(m.Subject, d)); err != nil {
 			return err
 		}
 	}
-	return t.tx.Bucket(bImages).Delete([]byte(d))
+	return t.sb(bImages).Delete([]byte(d))
 }
 
 // ForEachImage calls fn for every image's metadata, in digest order.
 func (t *Tx) ForEachImage(fn func(digest.Digest, ImageMeta) error) error {
-	b := t.tx.Bucket(bImages)
+	b := t.sb(bImages)
 	if b == nil {
 		return nil
 	}
@@ -210,7 +210,7 @@ func referrerKey(subject, d digest.Digest) []byte {
 
 // Referrers returns the root manifests whose subject is d.
 func (t *Tx) Referrers(d digest.Digest) []digest.Digest {
-	b := t.tx.Bucket(bReferrers)
+	b := t.sb(bReferrers)
 	if b == nil {
 		return nil
 	}
@@ -225,7 +225,7 @@ func (t *Tx) Referrers(d digest.Digest) []digest.Digest {
 
 // HasReferrers reports whether any root manifest is a referrer.
 func (t *Tx) HasReferrers() bool {
-	b := t.tx.Bucket(bReferrers)
+	b := t.sb(bReferrers)
 	if b == nil {
 		return false
 	}
@@ -236,12 +236,12 @@ func (t *Tx) HasReferrers() bool {
 // ImagesIndex is the digest of the index.json whose roots the images and
 // referrers buckets describe, "" when they describe none.
 func (t *Tx) ImagesIndex() digest.Digest {
-	return digest.Digest(t.tx.Bucket(bMeta).Get(kImagesIndex))
+	return digest.Digest(t.sb(bMeta).Get(kImagesIndex))
 }
 
 // SetImagesIndex records that the images bucket describes index d.
 func (t *Tx) SetImagesIndex(d digest.Digest) error {
-	return t.tx.Bucket(bMeta).Put(kImagesIndex, []byte(d))
+	return t.sb(bMeta).Put(kImagesIndex, []byte(d))
 }
 
 // LiveBytes is the total size of the blobs whose count is above zero: the

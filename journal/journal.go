@@ -97,6 +97,11 @@ var (
 	v1Buckets  = [][]byte{bMeta, bIndexes, bPending, bRefs}
 	newBuckets = [][]byte{bLeases, bImages, bReferrers}
 
+	// bLayouts holds one bucket per layout of a shared journal, each with
+	// its own scopedBuckets.
+	bLayouts      = []byte("layouts")
+	scopedBuckets = [][]byte{bMeta, bIndexes, bPending, bImages, bReferrers}
+
 	kSchema  = []byte("schema")
 	kIndex   = []byte("index")
 	kNextTxn = []byte("next-txn")
@@ -108,6 +113,7 @@ type DB struct {
 	bolt        *bolt.DB
 	path        string
 	afterCommit func()
+	scope       []byte
 	// Created is true when Open found no database (or an empty file) and
 	// initialized it: it holds no state for the layout yet.
 	Created bool
@@ -120,6 +126,11 @@ type Options struct {
 	LockTimeout time.Duration
 	// ReadOnly opens with a shared lock and no writes; the file must exist.
 	ReadOnly bool
+	// Scope, when set, keeps the layout's own state (committed index,
+	// pending records, image metadata) under layouts/<Scope>/ in a journal
+	// that several layouts share with their blob directory; refcounts,
+	// leases and live bytes stay shared (see the package comment).
+	Scope string
 	// AfterCommit, when set, is called after every durable change of the
 	// file: each committed Update, and the initialization of a new
 	// database. Crash tests use it to snapshot the journal between steps.
@@ -164,8 +175,20 @@ func Open(path string, o Options) (*DB, error) {
 		return nil, classifyOpenErr(path, err)
 	}
 	d := &DB{bolt: bdb, path: path, Created: created, afterCommit: o.AfterCommit}
+	if o.Scope != "" {
+		d.scope = []byte(o.Scope)
+	}
 	if o.ReadOnly {
-		if err := d.View(func(tx *Tx) error { return tx.checkSchema() }); err != nil {
+		err := d.View(func(tx *Tx) error {
+			if err := tx.checkSchema(); err != nil {
+				return err
+			}
+			if tx.scope != nil && tx.sb(bMeta) == nil {
+				return fmt.Errorf("journal %s holds no state for layout %s: %w", path, o.Scope, errdef.ErrNotFound)
+			}
+			return nil
+		})
+		if err != nil {
 			bdb.Close()
 			return nil, err
 		}
@@ -192,6 +215,21 @@ func Open(path string, o Options) (*DB, error) {
 		}
 		if fresh {
 			d.Created = true
+		}
+		if d.scope != nil {
+			l, err := btx.CreateBucketIfNotExists(bLayouts)
+			if err != nil {
+				return err
+			}
+			sc, err := l.CreateBucketIfNotExists(d.scope)
+			if err != nil {
+				return err
+			}
+			for _, b := range scopedBuckets {
+				if _, err := sc.CreateBucketIfNotExists(b); err != nil {
+					return err
+				}
+			}
 		}
 		if err := initLiveBytes(btx); err != nil {
 			return err
@@ -222,6 +260,16 @@ func classifyOpenErr(path string, err error) error {
 // Path is the database file.
 func (d *DB) Path() string { return d.path }
 
+// WithScope returns the database seen from another layout of a shared
+// journal (see Options.Scope): the same open file and lock, that layout's
+// own state. It must not outlive d.
+func (d *DB) WithScope(scope string) *DB {
+	o := *d
+	o.scope = []byte(scope)
+	o.Created = false
+	return &o
+}
+
 // Close releases the database and its lock.
 func (d *DB) Close() error { return d.bolt.Close() }
 
@@ -234,7 +282,7 @@ func (d *DB) Update(fn func(*Tx) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	var fnErr error
 	err = d.bolt.Update(func(btx *bolt.Tx) error {
-		t := &Tx{tx: btx}
+		t := &Tx{tx: btx, scope: d.scope}
 		if fnErr = fn(t); fnErr == nil {
 			fnErr = t.flush()
 		}
@@ -253,7 +301,7 @@ func (d *DB) Update(fn func(*Tx) error) (err error) {
 func (d *DB) View(fn func(*Tx) error) (err error) {
 	defer recoverCorrupt(d.path, &err)
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	return d.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx}) })
+	return d.bolt.View(func(btx *bolt.Tx) error { return fn(&Tx{tx: btx, scope: d.scope}) })
 }
 
 // Check runs bbolt's consistency check and returns every problem it finds.
@@ -285,7 +333,8 @@ func recoverCorrupt(path string, err *error) {
 
 // Tx is a journal transaction.
 type Tx struct {
-	tx *bolt.Tx
+	tx    *bolt.Tx
+	scope []byte // the layout's state in a shared journal; nil: top level
 	// last is the refcount last read or written, so that PutRef after
 	// GetRef of the same blob (what the counter does) reads it once.
 	last struct {
@@ -336,7 +385,69 @@ func (t *Tx) checkCurrent() error {
 	if len(t.tx.Bucket(bMeta).Get(kLiveBytes)) != 8 {
 		return errUpgrade
 	}
+	if t.scope != nil {
+		for _, b := range scopedBuckets {
+			if t.sb(b) == nil {
+				return errUpgrade // the layout joins the shared journal
+			}
+		}
+	}
 	return nil
+}
+
+// sb returns the bucket name of the transaction's layout: the top-level
+// one, or the one under layouts/<scope>/ in a shared journal (nil when the
+// layout has no state there yet).
+func (t *Tx) sb(name []byte) *bolt.Bucket {
+	if t.scope == nil {
+		return t.tx.Bucket(name)
+	}
+	l := t.tx.Bucket(bLayouts)
+	if l == nil {
+		return nil
+	}
+	s := l.Bucket(t.scope)
+	if s == nil {
+		return nil
+	}
+	return s.Bucket(name)
+}
+
+// Layouts lists the layouts that keep state in a shared journal (their
+// scopes), sorted.
+func (t *Tx) Layouts() []string {
+	var out []string
+	if l := t.tx.Bucket(bLayouts); l != nil {
+		_ = l.ForEachBucket(func(k []byte) error {
+			out = append(out, string(k))
+			return nil
+		})
+	}
+	return out
+}
+
+// LayoutIndex returns the index the layout scope last committed in a shared
+// journal and its stored copy (nil when there is none).
+func (t *Tx) LayoutIndex(scope string) (digest.Digest, []byte) {
+	o := &Tx{tx: t.tx, scope: []byte(scope)}
+	m := o.sb(bMeta)
+	if m == nil {
+		return "", nil
+	}
+	d := digest.Digest(m.Get(kIndex))
+	b, _ := o.IndexBytes(d)
+	return d, b
+}
+
+// In returns the transaction seen from the layout scope of a shared
+// journal (one of Layouts), to read or set that layout's own state; nil
+// when the journal holds no state for it.
+func (t *Tx) In(scope string) *Tx {
+	o := &Tx{tx: t.tx, scope: []byte(scope)}
+	if o.sb(bMeta) == nil {
+		return nil
+	}
+	return o
 }
 
 // SchemaVersion returns the schema version of the open database.
@@ -347,13 +458,13 @@ func (t *Tx) SchemaVersion() uint64 {
 // IndexDigest is the digest of the index.json last committed through the
 // journal, "" when none was.
 func (t *Tx) IndexDigest() digest.Digest {
-	return digest.Digest(t.tx.Bucket(bMeta).Get(kIndex))
+	return digest.Digest(t.sb(bMeta).Get(kIndex))
 }
 
 // IndexBytes returns the stored copy of an index.json by digest.
 // A copy stored as a delta whose chain is broken is no copy.
 func (t *Tx) IndexBytes(d digest.Digest) ([]byte, bool) {
-	b, err := resolveIndex(t.tx.Bucket(bIndexes).Get, d)
+	b, err := resolveIndex(t.sb(bIndexes).Get, d)
 	if err != nil || b == nil {
 		return nil, false
 	}
@@ -363,10 +474,10 @@ func (t *Tx) IndexBytes(d digest.Digest) ([]byte, bool) {
 // SetCommittedIndex records b (with digest d) as the last committed index.json
 // and drops stored copies that neither it nor a pending record needs.
 func (t *Tx) SetCommittedIndex(d digest.Digest, b []byte) error {
-	if err := t.tx.Bucket(bMeta).Put(kIndex, []byte(d)); err != nil {
+	if err := t.sb(bMeta).Put(kIndex, []byte(d)); err != nil {
 		return err
 	}
-	ib := t.tx.Bucket(bIndexes)
+	ib := t.sb(bIndexes)
 	if b != nil && ib.Get([]byte(d)) == nil {
 		if err := ib.Put([]byte(d), b); err != nil {
 			return err
@@ -410,13 +521,13 @@ func (t *Tx) SetCommittedIndex(d digest.Digest, b []byte) error {
 func (t *Tx) SetIndexStamp(d digest.Digest, stamp []byte) error {
 	v := make([]byte, 0, len(d)+1+len(stamp))
 	v = append(append(append(v, d...), 0), stamp...)
-	return t.tx.Bucket(bMeta).Put(kStamp, v)
+	return t.sb(bMeta).Put(kStamp, v)
 }
 
 // IndexStamp returns what SetIndexStamp recorded last ("" and nil if
 // nothing).
 func (t *Tx) IndexStamp() (digest.Digest, []byte) {
-	v := t.tx.Bucket(bMeta).Get(kStamp)
+	v := t.sb(bMeta).Get(kStamp)
 	d, stamp, ok := bytes.Cut(v, []byte{0})
 	if !ok {
 		return "", nil
@@ -427,7 +538,7 @@ func (t *Tx) IndexStamp() (digest.Digest, []byte) {
 // Pending returns the pending records in transaction order.
 func (t *Tx) Pending() ([]*Record, error) {
 	var out []*Record
-	err := t.tx.Bucket(bPending).ForEach(func(k, v []byte) error {
+	err := t.sb(bPending).ForEach(func(k, v []byte) error {
 		r, err := Decode(v)
 		if err != nil {
 			return fmt.Errorf("pending record %x: %w", k, err)
@@ -448,7 +559,7 @@ func (t *Tx) AddPending(r *Record, newIndex []byte) error {
 // committed index's): the new index is stored as a delta against it when
 // that is smaller (see indexdelta.go).
 func (t *Tx) AddPendingFrom(r *Record, newIndex, baseBytes []byte) error {
-	m := t.tx.Bucket(bMeta)
+	m := t.sb(bMeta)
 	id := uint64(1)
 	if v := m.Get(kNextTxn); len(v) == 8 {
 		id = binary.BigEndian.Uint64(v)
@@ -457,7 +568,7 @@ func (t *Tx) AddPendingFrom(r *Record, newIndex, baseBytes []byte) error {
 		return err
 	}
 	r.ID = id
-	ib := t.tx.Bucket(bIndexes)
+	ib := t.sb(bIndexes)
 	v := newIndex
 	if base := t.IndexDigest(); base != "" && base != r.NewIndex && baseBytes != nil && ib.Get([]byte(r.NewIndex)) == nil {
 		if bv := ib.Get([]byte(base)); bv != nil {
@@ -467,12 +578,12 @@ func (t *Tx) AddPendingFrom(r *Record, newIndex, baseBytes []byte) error {
 	if err := ib.Put([]byte(r.NewIndex), v); err != nil {
 		return err
 	}
-	return t.tx.Bucket(bPending).Put(u64(id), r.Encode())
+	return t.sb(bPending).Put(u64(id), r.Encode())
 }
 
 // DeletePending removes a record.
 func (t *Tx) DeletePending(id uint64) error {
-	return t.tx.Bucket(bPending).Delete(u64(id))
+	return t.sb(bPending).Delete(u64(id))
 }
 
 // Ref is one blob's entry in the refs bucket.

@@ -133,9 +133,16 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 
 	// The closure, walked once; children are kept for the recount. What it
 	// reads from the disk is read ahead on every core first.
+	// With a shared blob directory, the closure is that of every layout
+	// sharing it (the refcounts count them all; a blob only another
+	// layout uses is no orphan).
+	walkIx := ix
+	if ix != nil && len(o.Peers) > 0 {
+		walkIx = ix.With(append(append([]layout.Entry(nil), ix.Entries...), o.Peers...))
+	}
 	var nodes map[digest.Digest]*node
 	if ix != nil {
-		if nodes, err = readAheadClosure(ctx, fsys, ix); err != nil {
+		if nodes, err = readAheadClosure(ctx, fsys, walkIx); err != nil {
 			return nil, err
 		}
 	}
@@ -226,7 +233,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	}
 	if ix != nil {
 		r.Images = len(ix.Entries)
-		for _, e := range ix.Entries {
+		for _, e := range walkIx.Entries {
 			if err := walk(e.Desc, 0); err != nil {
 				return nil, err
 			}
@@ -243,7 +250,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	if db != nil {
 		go func() {
 			defer close(jdone)
-			checkJournal(jst, ix, raw, nodes, &jr)
+			checkJournal(jst, walkIx, raw, nodes, &jr)
 		}()
 	} else {
 		close(jdone)

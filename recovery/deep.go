@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
 )
 
 // KindUnreadable: a blob file could not be read to the end (an I/O error:
@@ -37,6 +38,10 @@ type CheckOptions struct {
 	// Progress, when set, is called as blob bytes are hashed with the
 	// bytes hashed so far and the total, from several goroutines at once.
 	Progress func(done, total int64)
+	// Peers are the root entries of the other layouts sharing the blob
+	// directory (set by the store): their graphs count in the refcounts
+	// and their blobs are no orphans.
+	Peers []layout.Entry
 }
 
 // DeepStats describes the hashing of a deep check.

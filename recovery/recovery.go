@@ -45,6 +45,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -75,6 +76,26 @@ const (
 type Env struct {
 	FS  fsio.FS
 	Log *slog.Logger
+	// Peers, set for a layout whose blob directory other layouts share,
+	// returns the root entries of every other layout sharing it (their
+	// index.json on disk): the journal's refcounts count the references of
+	// all of them, so recounts and the walk before unlinking count them
+	// too.
+	Peers func() ([]layout.Entry, error)
+}
+
+// withPeers returns ix with the root entries of the peers added: the graph
+// whose counts the journal keeps.
+func (env Env) withPeers(ix *layout.Index) (*layout.Index, error) {
+	if env.Peers == nil {
+		return ix, nil
+	}
+	peers, err := env.Peers()
+	if err != nil {
+		return nil, fmt.Errorf("layouts sharing the blob directory: %w", err)
+	}
+	all := make([]layout.Entry, 0, len(ix.Entries)+len(peers))
+	return ix.With(append(append(all, ix.Entries...), peers...)), nil
 }
 
 // State is the layout after recovery: the index.json on disk.
@@ -307,6 +328,110 @@ func stamped(env Env, tx *journal.Tx, d digest.Digest) (fsio.Stamp, stampTrust) 
 	return got, stampTrusted
 }
 
+// PeerChange is another layout of a shared blob directory whose index.json
+// is not the index the journal last committed for it.
+type PeerChange struct {
+	Dir       string        // the layout (its scope in the journal)
+	Committed digest.Digest // what the journal has
+	Now       digest.Digest // what index.json holds
+	raw       []byte
+	stamp     fsio.Stamp
+}
+
+// PeerChanges checks the index.json of every other layout registered in a
+// shared journal (self is this layout's scope) against the index the
+// journal last committed for it: by stamp, else by hashing it. A layout
+// whose index.json cannot be read is not reported (its committed index
+// keeps counting, see the store's peer entries).
+func PeerChanges(db *journal.DB, self string) ([]PeerChange, error) {
+	type peer struct {
+		dir       string
+		committed digest.Digest
+		stamp     []byte
+	}
+	var peers []peer
+	if err := db.View(func(tx *journal.Tx) error {
+		for _, sc := range tx.Layouts() {
+			if sc == self {
+				continue
+			}
+			if o := tx.In(sc); o != nil {
+				sd, sb := o.IndexStamp()
+				if sd != o.IndexDigest() {
+					sb = nil
+				}
+				peers = append(peers, peer{dir: sc, committed: o.IndexDigest(), stamp: sb})
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var out []PeerChange
+	for _, p := range peers {
+		fi, err := os.Lstat(filepath.Join(p.dir, layout.IndexFile))
+		if err != nil {
+			continue
+		}
+		now := fsio.StampOf(fi)
+		var want fsio.Stamp
+		if len(p.stamp) == 40 && want.UnmarshalBinary(p.stamp[:32]) == nil && want == now &&
+			max(now.Ctime, now.Mtime) < int64(binary.BigEndian.Uint64(p.stamp[32:]))-int64(racyWindow) {
+			continue // the file the journal counted
+		}
+		pfs, err := fsio.OpenOS(p.dir)
+		if err != nil {
+			continue
+		}
+		raw, err := fsio.ReadFile(pfs, layout.IndexFile, layout.MaxIndexSize)
+		pfs.Close()
+		if err != nil {
+			continue
+		}
+		if d := layout.Sum(raw); d != p.committed {
+			if _, err := layout.ParseIndex(raw); err != nil {
+				continue // torn or foreign: the committed index keeps counting
+			}
+			out = append(out, PeerChange{Dir: p.dir, Committed: p.committed, Now: d, raw: raw, stamp: now})
+		}
+	}
+	return out, nil
+}
+
+// ReconcilePeers recounts the refcounts of a shared blob directory after
+// other layouts' index.json changed outside ocistore (changes, from
+// PeerChanges; st is this layout's state, with its Index), so that no blob
+// another layout's index.json now reaches is freed, and records each
+// changed index as committed for its layout (unless that layout has a
+// pending record: its own recovery comes first), so that the change is
+// counted once.
+func ReconcilePeers(env Env, db *journal.DB, st *State, changes []PeerChange) error {
+	for _, c := range changes {
+		env.Log.Warn("a layout sharing the blob directory changed outside ocistore; recounting references", "peer", c.Dir, "was", c.Committed, "now", c.Now)
+	}
+	if _, err := Recount(env, db, st); err != nil {
+		return err
+	}
+	return db.Update(func(tx *journal.Tx) error {
+		for _, c := range changes {
+			o := tx.In(c.Dir)
+			if o == nil {
+				continue
+			}
+			if recs, err := o.Pending(); err != nil || len(recs) > 0 {
+				continue
+			}
+			if err := o.SetCommittedIndex(c.Now, c.raw); err != nil {
+				return err
+			}
+			if err := setStamp(o, c.Now, c.stamp); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // storedIndex returns the index bytes stored with rec, and their parse,
 // when they are rec's new index: they hash to NewIndex and parse as an
 // index. Anything else (none, other bytes, bytes that are no index: a
@@ -342,7 +467,11 @@ func describe(raw []byte, err error) string {
 // Recount replaces the journal's refcounts with a count of st's graph and
 // records st as the committed index. It never deletes anything.
 func Recount(env Env, db *journal.DB, st *State) (int, error) {
-	m, problems := refcount.Recount(st.Index, layout.LoadChildren(env.FS))
+	all, err := env.withPeers(st.Index)
+	if err != nil {
+		return 0, err
+	}
+	m, problems := refcount.Recount(all, layout.LoadChildren(env.FS))
 	for _, p := range problems {
 		env.Log.Warn("recount: cannot follow a manifest", "err", p)
 	}
@@ -440,12 +569,16 @@ func finishRecovered(env Env, db *journal.DB, rec *journal.Record, on *State) (b
 	if err := indexStill(env.FS, rec.NewIndex, on.Stamp); err != nil {
 		return false, fmt.Errorf("txn %d: %w", rec.ID, err)
 	}
-	walk, problems := refcount.Recount(on.Index, layout.LoadChildren(env.FS))
+	all, err := env.withPeers(on.Index)
+	if err != nil {
+		return false, fmt.Errorf("txn %d: %w", rec.ID, err)
+	}
+	walk, problems := refcount.Recount(all, layout.LoadChildren(env.FS))
 	for _, p := range problems {
 		env.Log.Warn("recovery: cannot follow a manifest of index.json; unlinking nothing", "err", p, attrTxn, rec.ID)
 	}
 	agree := true
-	err := db.View(func(tx *journal.Tx) error {
+	err = db.View(func(tx *journal.Tx) error {
 		n := 0
 		err := tx.ForEachRef(func(d digest.Digest, r journal.Ref) error {
 			n++

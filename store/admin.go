@@ -29,7 +29,7 @@ func (s *Store) Recover(ctx context.Context) ([]recovery.Action, error) {
 		return nil, fmt.Errorf("recover: %w", err)
 	}
 	defer db.Close()
-	st, err := recovery.Run(ctx, s.env(), db, nil)
+	st, err := recovery.Run(ctx, s.envFor(db), db, nil)
 	if err != nil {
 		return nil, s.check(fmt.Errorf("recover: %w", err))
 	}
@@ -93,6 +93,9 @@ func (s *Store) CheckWith(ctx context.Context, o *recovery.CheckOptions) (*recov
 		return nil, err
 	}
 	if s.opts.ReadOnly {
+		if s.scope != "" {
+			return nil, fmt.Errorf("check: a read-only check of a layout with a shared blob directory: %w", errdef.ErrInvalidArgument)
+		}
 		return CheckDirWith(ctx, s.dir, s.opts.LockTimeout, o)
 	}
 	s.wmu.Lock()
@@ -102,6 +105,16 @@ func (s *Store) CheckWith(ctx context.Context, o *recovery.CheckOptions) (*recov
 		return nil, fmt.Errorf("check: %w", err)
 	}
 	defer db.Close()
+	if s.scope != "" {
+		var opts recovery.CheckOptions
+		if o != nil {
+			opts = *o
+		}
+		if opts.Peers, err = s.peerEntries(db); err != nil {
+			return nil, fmt.Errorf("check: %w", err)
+		}
+		o = &opts
+	}
 	rep, err := recovery.CheckWith(ctx, s.fsys, db, o)
 	if err != nil {
 		return nil, err
@@ -122,6 +135,15 @@ func CheckDir(ctx context.Context, dir string, lockTimeout time.Duration) (*reco
 
 // CheckDirWith is CheckDir with options (see Store.CheckWith).
 func CheckDirWith(ctx context.Context, dir string, lockTimeout time.Duration, o *recovery.CheckOptions) (*recovery.Report, error) {
+	if shared, err := SharedBlobDirOf(dir); err != nil {
+		return nil, fmt.Errorf("check %s: %w", dir, err)
+	} else if shared != "" {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return nil, err
+		}
+		return checkSharedDir(ctx, abs, shared, lockTimeout, o)
+	}
 	fsys, err := fsio.OpenOS(dir)
 	if err != nil {
 		return nil, fmt.Errorf("check %s: %w", dir, err)

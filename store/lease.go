@@ -292,7 +292,10 @@ func (s *Store) journalWrite(ctx context.Context, fn func(tx *journal.Tx) error)
 // read-only (a shared lock: it waits for a writer of another process, up to
 // the lock timeout, but never blocks one for longer than fn).
 func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
-	db, err := openJournalReadOnly(s.dir, s.opts.LockTimeout)
+	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.scope})
+	if err != nil {
+		err = lockedMessage(s.dir, s.opts.LockTimeout, err)
+	}
 	if errors.Is(err, errdef.ErrNotFound) {
 		return nil // a layout not adopted yet (read-only handle): no state
 	}
@@ -301,14 +304,6 @@ func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
 	}
 	defer db.Close()
 	return db.View(fn)
-}
-
-func openJournalReadOnly(dir string, timeout time.Duration) (*journal.DB, error) {
-	db, err := journal.Open(dir+"/"+JournalPath, journal.Options{ReadOnly: true, LockTimeout: timeout})
-	if err != nil {
-		return nil, lockedMessage(dir, timeout, err)
-	}
-	return db, nil
 }
 
 // dropLeasedOrphans removes from rep the orphans that a live lease protects:

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -270,12 +269,11 @@ func (s *Store) persistLastUse() {
 	if poisoned {
 		return
 	}
-	path := filepath.Join(s.dir, JournalPath)
+	path := s.journalPath()
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return
 	}
-	timeout := min(s.opts.LockTimeout, closeLockTimeout)
-	db, err := journal.Open(path, journal.Options{LockTimeout: timeout, AfterCommit: s.opts.journalHook})
+	db, err := journal.Open(path, s.journalOptions(min(s.opts.LockTimeout, closeLockTimeout)))
 	if err != nil {
 		s.log.Debug("last uses not persisted on close", "images", n, "err", err)
 		return

@@ -121,6 +121,12 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 	if err != nil {
 		return nil, fmt.Errorf("repair %s: %w", dir, err)
 	}
+	if shared, err := SharedBlobDirOf(abs); err != nil || shared != "" {
+		if err == nil {
+			err = fmt.Errorf("its blobs are in the shared blob directory %s, which repair does not handle yet (fsck without --repair and recover do): %w", shared, errdef.ErrInvalidArgument)
+		}
+		return nil, fmt.Errorf("repair %s: %w", abs, err)
+	}
 	fsys, err := fsio.OpenOS(abs)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -130,7 +136,7 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 	}
 	defer fsys.Close()
 	log := opts.Logger.With(slog.String(attrLayout, abs))
-	s := &Store{dir: abs, fsys: fsys, log: log, opts: Options{Logger: log, LockTimeout: opts.LockTimeout, NoCreate: true, now: time.Now}}
+	s := &Store{dir: abs, stateRoot: abs, fsys: fsys, log: log, opts: Options{Logger: log, LockTimeout: opts.LockTimeout, NoCreate: true, now: time.Now}}
 	res := &RepairResult{Actions: []recovery.Action{}, Broken: []recovery.Broken{}}
 
 	openable, err := s.repairOffline(ctx, res, &opts)
@@ -191,7 +197,7 @@ func (s *Store) repairOffline(ctx context.Context, res *RepairResult, o *RepairO
 	if err != nil || !ok {
 		return false, err
 	}
-	st, err := recovery.Run(ctx, s.env(), db, nil)
+	st, err := recovery.Run(ctx, s.envFor(db), db, nil)
 	if err != nil {
 		return false, s.check(fmt.Errorf("recover: %w", err))
 	}
@@ -672,7 +678,7 @@ func (s *Store) recount(ctx context.Context, res *RepairResult) error {
 		return err
 	}
 	defer db.Close()
-	n, err := recovery.Recount(s.env(), db, cur)
+	n, err := recovery.Recount(s.envFor(db), db, cur)
 	if err != nil {
 		return s.check(err)
 	}

@@ -112,6 +112,15 @@ type Options struct {
 	// NoCreate makes Open fail with ErrNotLayout instead of creating a layout
 	// in an empty or missing directory.
 	NoCreate bool
+	// SharedBlobDir, when set, is a directory of blobs (<alg>/<hex>, the
+	// layout of skopeo's --shared-blob-dir) that this layout uses in place
+	// of its blobs/ and that other layouts may share. The journal then
+	// lives in that directory (SharedBlobDir/.ocistore/journal.db), so
+	// that the refcounts count the references of every layout that shares
+	// it: a shared blob is freed when, and only when, no layout uses it.
+	// Every layout opened with the same directory is registered in that
+	// journal (by its absolute path); the writer lock is the directory's.
+	SharedBlobDir string
 	// ReadOnly opens for reading only: no layout is created, no lock is
 	// taken and no recovery runs, so it never waits for a writer and never
 	// changes a file. Readers see index.json as it is on disk; every write
@@ -131,10 +140,14 @@ const DefaultLockTimeout = 30 * time.Second
 
 // Store is an open layout.
 type Store struct {
-	dir  string
-	fsys fsio.FS
-	log  *slog.Logger
-	opts Options
+	dir string
+	// stateRoot holds .ocistore: dir, or the shared blob directory.
+	stateRoot string
+	// scope is the layout's name in a shared journal ("" when not shared).
+	scope string
+	fsys  fsio.FS
+	log   *slog.Logger
+	opts  Options
 
 	// wmu serializes writers in this process; the journal's file lock
 	// serializes them across processes.
@@ -207,8 +220,18 @@ func Open(ctx context.Context, dir string, o *Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open layout %s: %w", dir, err)
 	}
-	s := &Store{dir: abs, log: opts.Logger.With(slog.String(attrLayout, abs)), opts: opts}
-	if opts.fs != nil {
+	if opts.SharedBlobDir == "" && opts.fs == nil {
+		// A layout that was opened with a shared blob directory says so.
+		if opts.SharedBlobDir, err = SharedBlobDirOf(abs); err != nil {
+			return nil, fmt.Errorf("open layout %s: %w", abs, err)
+		}
+	}
+	s := &Store{dir: abs, stateRoot: abs, log: opts.Logger.With(slog.String(attrLayout, abs)), opts: opts}
+	if opts.SharedBlobDir != "" {
+		if err := s.openShared(); err != nil {
+			return nil, fmt.Errorf("open layout %s: %w", abs, err)
+		}
+	} else if opts.fs != nil {
 		s.fsys = opts.fs
 	} else {
 		if !opts.NoCreate && !opts.ReadOnly {
@@ -445,13 +468,13 @@ func (s *Store) openJournal() (*journal.DB, error) {
 	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
 		return nil, s.check(fmt.Errorf("state directory: %w", err))
 	}
-	path := filepath.Join(s.dir, JournalPath)
-	db, err := journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout, AfterCommit: s.opts.journalHook})
+	path := s.journalPath()
+	db, err := journal.Open(path, s.journalOptions(s.opts.LockTimeout))
 	if errors.Is(err, errdef.ErrCorrupt) {
 		if _, aerr := s.moveJournalAside(err); aerr != nil {
 			return nil, aerr
 		}
-		db, err = journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout, AfterCommit: s.opts.journalHook})
+		db, err = journal.Open(path, s.journalOptions(s.opts.LockTimeout))
 	}
 	if errors.Is(err, errdef.ErrLocked) {
 		return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", s.dir, s.opts.LockTimeout, JournalPath, errdef.ErrLocked)
@@ -494,17 +517,26 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery
 	if sn != nil && sn.ix != nil && sn.raw != nil && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
 		known = &recovery.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest, Stamp: sn.stamp}
 	}
+	if s.scope != "" {
+		if err := s.recoverPeers(ctx, db); err != nil {
+			db.Close()
+			return nil, nil, s.check(err)
+		}
+	}
 	var st *recovery.State
 	if lazy && known == nil {
-		st, err = recovery.RunLazy(ctx, s.env(), db)
+		st, err = recovery.RunLazy(ctx, s.envFor(db), db)
 		if err == nil && st.Index == nil {
 			var inSync bool
 			if inSync, err = s.imagesInSync(db, st.Digest); err == nil && !inSync {
-				st, err = recovery.Run(ctx, s.env(), db, nil) // the image metadata needs the entries
+				st, err = recovery.Run(ctx, s.envFor(db), db, nil) // the image metadata needs the entries
 			}
 		}
 	} else {
-		st, err = recovery.Run(ctx, s.env(), db, known)
+		st, err = recovery.Run(ctx, s.envFor(db), db, known)
+	}
+	if err == nil && s.scope != "" {
+		st, err = s.reconcilePeers(ctx, db, st)
 	}
 	if err != nil {
 		db.Close()

@@ -52,7 +52,8 @@ type UsageOptions struct {
 type Usage struct {
 	Images int `json:"images"` // distinct manifests of index.json
 	Blobs  int `json:"blobs"`  // blob files on disk
-	// TotalBytes is the size of every blob file: ReferencedBytes + OrphanBytes.
+	// TotalBytes is the size of every blob file: ReferencedBytes +
+	// OrphanBytes (+ OtherLayoutsBytes with a shared blob directory).
 	TotalBytes      int64 `json:"totalBytes"`
 	ReferencedBytes int64 `json:"referencedBytes"` // blobs reachable from index.json
 	// UniqueBytes are reachable blobs used by exactly one image (manifest),
@@ -62,11 +63,14 @@ type Usage struct {
 	// OrphanBytes are blobs nothing reachable uses; of them, LeasedBytes a
 	// live lease holds, YoungBytes are within the grace period, and the
 	// rest, ReclaimableBytes, is what GC with that grace removes.
-	OrphanBytes      int64             `json:"orphanBytes"`
-	LeasedBytes      int64             `json:"leasedBytes"`
-	YoungBytes       int64             `json:"youngBytes"`
-	ReclaimableBytes int64             `json:"reclaimableBytes"`
-	Repositories     []RepositoryUsage `json:"repositories"`
+	OrphanBytes int64 `json:"orphanBytes"`
+	// OtherLayoutsBytes are blobs of a shared blob directory that this
+	// layout does not use and other layouts sharing it do (not orphans).
+	OtherLayoutsBytes int64             `json:"otherLayoutsBytes,omitempty"`
+	LeasedBytes       int64             `json:"leasedBytes"`
+	YoungBytes        int64             `json:"youngBytes"`
+	ReclaimableBytes  int64             `json:"reclaimableBytes"`
+	Repositories      []RepositoryUsage `json:"repositories"`
 	// Unreadable lists manifests that could not be read (fsck tells why):
 	// their children are not counted.
 	Unreadable []string `json:"unreadable,omitempty"`
@@ -263,15 +267,32 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 
 	// Orphans, and what of them GC would take.
 	var leased map[digest.Digest]bool
+	others := map[digest.Digest]bool{} // used by other layouts sharing the blob directory
 	if err := s.journalRead(func(tx *journal.Tx) error {
 		var err error
-		leased, err = tx.Leased(now)
-		return err
+		if leased, err = tx.Leased(now); err != nil || s.scope == "" {
+			return err
+		}
+		for _, f := range files {
+			if _, ok := uses[f.d]; ok {
+				continue
+			}
+			r, err := tx.GetRef(f.d)
+			if err != nil {
+				return err
+			}
+			others[f.d] = r.Count > 0
+		}
+		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("leases: %w", err)
 	}
 	for _, f := range files {
 		if _, ok := uses[f.d]; ok {
+			continue
+		}
+		if others[f.d] {
+			u.OtherLayoutsBytes += f.size
 			continue
 		}
 		u.OrphanBytes += f.size

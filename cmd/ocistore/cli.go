@@ -34,6 +34,10 @@ const (
 // EnvLayout names the environment variable that gives the default --layout.
 const EnvLayout = "OCISTORE_LAYOUT"
 
+// EnvSharedBlobDir names the environment variable that gives the default
+// --shared-blob-dir.
+const EnvSharedBlobDir = "OCISTORE_SHARED_BLOB_DIR"
+
 // command is one subcommand: its usage text and what it runs.
 type command struct {
 	name    string
@@ -70,6 +74,7 @@ func lookup(name string) *command {
 // streams and the logger.
 type app struct {
 	layout      string
+	sharedBlobs string // --shared-blob-dir
 	logLevel    slog.Level
 	logFormat   string
 	lockTimeout time.Duration
@@ -147,6 +152,7 @@ func (a *app) globalFlags() *flag.FlagSet {
 	}
 	fs.StringVar(&a.layout, "layout", def, "layout directory")
 	fs.StringVar(&a.layout, "l", def, "layout directory")
+	fs.StringVar(&a.sharedBlobs, "shared-blob-dir", a.getenv(EnvSharedBlobDir), "blob directory shared by several layouts")
 	a.logLevel = slog.LevelWarn
 	fs.Func("log-level", "debug|info|warn|error", func(s string) error {
 		switch strings.ToLower(s) {
@@ -246,7 +252,7 @@ func isTerminal(w io.Writer) bool {
 // storeOptions are the store.Options the global flags ask for. Only init
 // creates a layout; every other command fails on a directory that is not one.
 func (a *app) storeOptions(create bool) *store.Options {
-	return &store.Options{Logger: a.log, LockTimeout: a.lockTimeout, NoCreate: !create}
+	return &store.Options{Logger: a.log, LockTimeout: a.lockTimeout, NoCreate: !create, SharedBlobDir: a.sharedBlobs}
 }
 
 // withStore opens the layout (running recovery), runs fn and closes it.

@@ -10,6 +10,11 @@ import (
 const globalHelp = `Global flags (before COMMAND):
   -l, --layout DIR          the OCI image layout to work on
                             (default $OCISTORE_LAYOUT, or "." when it is unset)
+      --shared-blob-dir DIR the blobs (<alg>/<hex>) are in DIR, which other
+                            layouts may share, as skopeo's --shared-blob-dir;
+                            refcounts and the writer lock live there (default
+                            $OCISTORE_SHARED_BLOB_DIR; a layout opened with it
+                            once remembers it)
       --log-level LEVEL     debug, info, warn or error (default warn)
       --log-format FORMAT   text or json (default text); logs go to stderr
       --lock-timeout DUR    how long to wait for another process's writer lock,

@@ -177,6 +177,9 @@ func runDu(ctx context.Context, a *app, _ []string) error {
 		fmt.Fprintf(tw, "Total:\t%s in %s, %s\n", sizeWithBytes(u.TotalBytes), plural(u.Blobs, "blob", "blobs"), plural(u.Images, "image", "images"))
 		fmt.Fprintf(tw, "Referenced:\t%s (unique %s, shared %s)\n", sizeWithBytes(u.ReferencedBytes), humanSize(u.UniqueBytes), humanSize(u.SharedBytes))
 		fmt.Fprintf(tw, "Orphaned:\t%s (leased %s, within the grace period %s)\n", sizeWithBytes(u.OrphanBytes), humanSize(u.LeasedBytes), humanSize(u.YoungBytes))
+		if u.OtherLayoutsBytes > 0 {
+			fmt.Fprintf(tw, "Other layouts:\t%s (used by the layouts sharing the blob directory)\n", sizeWithBytes(u.OtherLayoutsBytes))
+		}
 		fmt.Fprintf(tw, "Reclaimable:\t%s (ocistore gc --grace %s)\n", sizeWithBytes(u.ReclaimableBytes), shortDuration(a.opts.grace))
 		if len(u.Unreadable) > 0 {
 			fmt.Fprintf(tw, "Unreadable:\t%s not counted (run ocistore fsck)\n", plural(len(u.Unreadable), "manifest", "manifests"))
