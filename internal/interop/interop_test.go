@@ -12,6 +12,7 @@ package interop
 
 import (
 	"encoding/json"
+	"errors"
 	"maps"
 	"os"
 	"path/filepath"
@@ -531,4 +532,52 @@ func sorted(s []string) []string {
 	s = slices.Clone(s)
 	sort.Strings(s)
 	return s
+}
+
+// TestSkopeoSharedBlobDir: skopeo copies two images into two layouts with
+// --dest-shared-blob-dir (their common base layer stored once); ocistore
+// adopts both with --shared-blob-dir; rm in one layout keeps the base
+// layer the other still uses, and skopeo still copies the other image out
+// of the shared directory, whole; the last rm frees the base layer.
+func TestSkopeoSharedBlobDir(t *testing.T) {
+	requireTools(t)
+	t.Parallel()
+	tmp := t.TempDir()
+	src := mkdir(t, tmp, "src")
+	l := filepath.Join(tmp, "L")
+	buildBase(t, l, src)
+	tg := tags(t, l)
+	baseLayer := fixtureBaseLayer(t, l, tg, "app1", "app2")
+	shared := filepath.Join(tmp, "shared")
+	x, y := filepath.Join(tmp, "X"), filepath.Join(tmp, "Y")
+	mustSkopeo(t, "copy", "-q", "--dest-shared-blob-dir", shared, ociRef(l, "app1"), ociRef(x, "app1"))
+	mustSkopeo(t, "copy", "-q", "--dest-shared-blob-dir", shared, ociRef(l, "app2"), ociRef(y, "app2"))
+	blob := func(d string) string { return filepath.Join(shared, "sha256", strings.TrimPrefix(d, "sha256:")) }
+	if _, err := os.Stat(blob(baseLayer)); err != nil {
+		t.Fatalf("skopeo did not store the base layer in the shared directory: %v", err)
+	}
+	for _, dir := range []string{x, y} {
+		mustOcistore(t, dir, "--shared-blob-dir", shared, "recover") // adoption
+	}
+	for _, dir := range []string{x, y} {
+		if r := ocistore(t, dir, "fsck"); r.code != 0 {
+			t.Fatalf("fsck of %s after adoption:\n%v", dir, r)
+		}
+	}
+	mustOcistore(t, x, "rm", "app1")
+	if _, err := os.Stat(blob(baseLayer)); err != nil {
+		t.Fatalf("rm app1 in X freed the base layer app2 in Y still uses: %v", err)
+	}
+	out := filepath.Join(tmp, "out")
+	mustSkopeo(t, "copy", "-q", "--src-shared-blob-dir", shared, ociRef(y, "app2"), ociRef(out, "app2"))
+	skopeoInspect(t, out, "app2", tags(t, y)["app2"])
+	mustOcistore(t, y, "rm", "app2")
+	if _, err := os.Stat(blob(baseLayer)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the base layer outlived its last user: %v", err)
+	}
+	for _, dir := range []string{x, y} {
+		if r := ocistore(t, dir, "fsck"); r.code != 0 {
+			t.Errorf("fsck of %s at the end:\n%v", dir, r)
+		}
+	}
 }
