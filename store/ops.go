@@ -208,9 +208,26 @@ func checkTagArgs(desc v1.Descriptor, names []string) error {
 
 // withTags returns entries with each name on an entry like src (src's
 // fields, the name set), appended at the end.
+// already reports whether the only entry named name is of manifest d.
+func already(entries []layout.Entry, name string, d digest.Digest) bool {
+	found := false
+	for _, e := range entries {
+		if e.Name() == name {
+			if e.Desc.Digest != d || found {
+				return false
+			}
+			found = true
+		}
+	}
+	return found
+}
+
 func withTags(entries []layout.Entry, src layout.Entry, names []string) []layout.Entry {
 	out := entries
 	for _, n := range names {
+		if already(out, n, src.Desc.Digest) {
+			continue // a tag that names this manifest already: nothing to do
+		}
 		out = dropName(out, n)
 		// An untagged entry of the same manifest is now redundant.
 		kept := make([]layout.Entry, 0, len(out)+1)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -669,5 +670,44 @@ func TestCrashPrune(t *testing.T) {
 			}
 			checkClean(t, dir, false)
 		})
+	}
+}
+
+// TestNoOpChangesNothing: on a layout another tool wrote (its own JSON
+// style), a prune that matches nothing, an untag of an untagged entry's
+// absent name and a tag that exists already commit no transaction and
+// leave index.json byte for byte as it was.
+func TestNoOpChangesNothing(t *testing.T) {
+	l := newLib(t)
+	d := l.imageWith(day(1), nil, nil, 1)
+	l.tag(d, "app:1")
+	l.s.Close()
+	idx := filepath.Join(l.dir, "index.json")
+	styled := fmt.Sprintf("{\n  \"schemaVersion\": 2,\n  \"manifests\": [\n    {\"mediaType\": %q, \"digest\": %q, \"size\": %d, \"annotations\": {\"org.opencontainers.image.ref.name\": \"app:1\"}}\n  ]\n}\n",
+		d.MediaType, d.Digest, d.Size)
+	if err := os.WriteFile(idx, []byte(styled), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := &store.Options{}
+	commits := atomic.Int64{}
+	store.SetTestJournalHook(o, func() { commits.Add(1) })
+	s, err := store.Open(l.ctx, l.dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	commits.Store(0)
+	res, err := s.Prune(l.ctx, store.Policy{KeepLast: 1, Refs: []string{"nothing:*"}})
+	if err != nil || len(res.Removed) != 0 || res.Txn != 0 {
+		t.Fatalf("prune matching nothing: %+v, %v", res, err)
+	}
+	if err := s.Tag(l.ctx, d, "app:1"); err != nil {
+		t.Fatal(err)
+	}
+	if c := commits.Load(); c != 0 {
+		t.Errorf("%d journal commits for changes that change nothing", c)
+	}
+	if b, _ := os.ReadFile(idx); string(b) != styled {
+		t.Errorf("index.json rewritten:\n%s", b)
 	}
 }

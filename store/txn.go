@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -211,8 +212,8 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 			prev = entries
 			ops = append(ops, ch.op)
 		}
-		if len(ops) == 0 {
-			return errNoChange // every plan failed
+		if len(ops) == 0 || sameEntries(cur.Index.Entries, prev) {
+			return errNoChange // every plan failed, or none changed an entry
 		}
 		next = cur.Index.With(prev)
 		newBytes = next.Marshal()
@@ -315,6 +316,21 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 	}
 	s.log.Debug("transaction committed", "op", rec.Op, attrTxn, rec.ID, "changes", len(ops), "freed", len(freed), "bytes", bytes, "took", time.Since(start))
 	return nil
+}
+
+// sameEntries reports whether a and b are the same entries, byte for byte:
+// then a transaction has nothing to commit (and index.json written by
+// another tool is not rewritten in ocistore's form for nothing).
+func sameEntries(a, b []layout.Entry) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !bytes.Equal(a[i].Raw, b[i].Raw) {
+			return false
+		}
+	}
+	return true
 }
 
 func indexOf(changes []*change, c *change) int {
