@@ -11,8 +11,10 @@
 //	                     ctime; opaque here) that index.json had when it was
 //	                     known to hold that digest (optional; v2)
 //	indexes/                   bucket: copies of index.json contents
-//	  <digest>        -> index.json bytes; holds the last committed index (meta "index")
-//	                     and the new index of every pending record, nothing else
+//	  <digest>        -> index.json bytes, or a delta against another copy (see
+//	                     indexdelta.go); holds the last committed index (meta
+//	                     "index"), the new index of every pending record, and
+//	                     the copies their deltas need, nothing else
 //	pending/                   bucket: transaction records not yet fully applied
 //	  <txn id, u64 BE> -> Record (see Encode: version byte, crc32c, JSON)
 //	refs/                      bucket: persistent reference counts
@@ -30,6 +32,14 @@
 //	    "created"     -> int64 big endian: Unix nanoseconds
 //	    "expires"     -> int64 big endian: Unix nanoseconds
 //	    "blobs"/      -> bucket: <digest> -> empty; the blobs the lease protects
+//
+//	layouts/                   bucket, only in a journal that several layouts
+//	                           share with their blob directory (Options.Scope):
+//	  <layout path>/           bucket: that layout's own meta/ ("index",
+//	                           "index-stamp", "next-txn", "images-index"),
+//	                           indexes/, pending/, images/ and referrers/, as
+//	                           above; refs/, leases/ and the top-level meta
+//	                           ("schema", "live-bytes") count every layout
 //
 // Version 1 had none of the buckets and keys marked (v2). Open upgrades a
 // version 1 database in place (one write transaction: the missing buckets
