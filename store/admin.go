@@ -48,6 +48,11 @@ func (s *Store) Pending(ctx context.Context) ([]*journal.Record, error) {
 // PendingRecords reads the pending records of the layout in dir without
 // opening it as a store (so without running recovery).
 func PendingRecords(dir string, lockTimeout time.Duration) ([]*journal.Record, error) {
+	if shared, err := SharedBlobDirOf(dir); err != nil {
+		return nil, err
+	} else if shared != "" {
+		return sharedPending(dir, shared, lockTimeout)
+	}
 	fsys, err := fsio.OpenOS(dir)
 	if err != nil {
 		return nil, err

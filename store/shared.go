@@ -296,3 +296,31 @@ func (s *Store) recoverPeers(ctx context.Context, db *journal.DB) error {
 	}
 	return nil
 }
+
+// sharedPending is PendingRecords for a layout with a shared blob
+// directory: its records in the shared journal.
+func sharedPending(dir, shared string, lockTimeout time.Duration) ([]*journal.Record, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	scope, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, err
+	}
+	db, err := journal.Open(filepath.Join(shared, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: scope})
+	if errors.Is(err, errdef.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, lockedMessage(dir, lockTimeout, err)
+	}
+	defer db.Close()
+	var recs []*journal.Record
+	err = db.View(func(tx *journal.Tx) error {
+		var err error
+		recs, err = tx.Pending()
+		return err
+	})
+	return recs, err
+}

@@ -77,6 +77,8 @@ func TestSharedBlobDirCLI(t *testing.T) {
 	// x uses nothing now: what is left is z's, not orphans.
 	r = must(t, 0, "-l", dirs[0], "du")
 	wantContains(t, "stdout", r.stdout, "Other layouts:   1.4 KiB", "Orphaned:        0 B", "Reclaimable:     0 B")
+	r = must(t, 0, "-l", dirs[1], "journal")
+	wantContains(t, "stdout", r.stdout, "no pending")
 	r = must(t, 0, "-l", dirs[2], "ls")
 	wantContains(t, "stdout", r.stdout, "other:1")
 	r = cli(t, "-l", dirs[2], "fsck", "--repair")
