@@ -56,6 +56,14 @@ demo: build
 	@echo
 	@echo "== ocistore fsck"
 	$(BIN) -l $(DEMO) fsck
+	@echo
+	@echo "== ocistore prune: keep the newest 5 images of each repository, in ONE transaction (dry run, then for real)"
+	$(BIN) -l $(DEMO) prune --keep-last 5 --dry-run | tail -3
+	$(BIN) -l $(DEMO) prune --keep-last 5 | tail -3
+	@echo
+	@echo "== ocistore du"
+	$(BIN) -l $(DEMO) du | tail -6
+	$(BIN) -l $(DEMO) fsck
 
 # crash runs every crash-consistency tier at full size (OCISTORE_CRASH_FULL=1)
 # and prints one summary line per tier, then the totals. Tier 2 needs root.
