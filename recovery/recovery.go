@@ -655,10 +655,11 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 
 // IsIndexTemp reports whether a root entry is a temp file of renameio:
 // ".index.json" (or ".oci-layout", which init and repair write the same
-// way) followed by digits.
+// way, or ".shared-blob-dir", the marker of a layout with a shared blob
+// directory) followed by digits.
 func IsIndexTemp(name string) bool { return indexTemp.MatchString(name) }
 
-var indexTemp = regexp.MustCompile(`^\.(` + regexp.QuoteMeta(layout.IndexFile) + `|` + regexp.QuoteMeta(layout.LayoutFile) + `)-?[0-9]+$`)
+var indexTemp = regexp.MustCompile(`^\.(` + regexp.QuoteMeta(layout.IndexFile) + `|` + regexp.QuoteMeta(layout.LayoutFile) + `|shared-blob-dir)-?[0-9]+$`)
 
 // IngestTempPrefix is the name prefix of this process's ingest temp files.
 func IngestTempPrefix() string { return strconv.Itoa(os.Getpid()) + "-" }

@@ -29,3 +29,7 @@ func QueuedChanges(s *Store) int {
 	defer s.group.Unlock()
 	return len(s.group.queue)
 }
+
+// SetTestSharedFS makes Open, with SharedBlobDir set, use layout and blobs
+// instead of the real directories (tests only).
+func SetTestSharedFS(o *Options, layout, blobs fsio.FS) { o.sharedFS = [2]fsio.FS{layout, blobs} }

@@ -28,6 +28,14 @@ func (s *Store) openShared() error {
 	if err != nil {
 		return fmt.Errorf("shared blob directory %s: %w", s.opts.SharedBlobDir, err)
 	}
+	if t := s.opts.sharedFS; t[0] != nil {
+		s.fsys = &fsio.Shared{Layout: t[0], Blobs: t[1]}
+		s.stateRoot, s.scope = shared, s.dir
+		if s.opts.ReadOnly {
+			return nil
+		}
+		return writeSharedMarker(t[0], shared)
+	}
 	if !s.opts.ReadOnly {
 		if err := fsio.CreateRoot(shared); err != nil {
 			return fmt.Errorf("shared blob directory %s: %w", shared, err)

@@ -129,6 +129,9 @@ type Options struct {
 
 	// fs replaces the real file system (tests).
 	fs fsio.FS
+	// sharedFS replaces the layout's and the shared blob directory's file
+	// systems when SharedBlobDir is set (tests).
+	sharedFS [2]fsio.FS
 	// now replaces the clock (tests: lease expiry, ages).
 	now func() time.Time
 	// journalHook is passed to the journal as AfterCommit (crash tests).

@@ -64,6 +64,45 @@ func t1Size() t1Sizes {
 
 const journalRel = ".ocistore/journal.db"
 
+// t1Shared runs the scenario on a layout with a shared blob directory:
+// the layout in the memfs's "layout/", its blobs and journal in "shared/"
+// (one memfs, so one crash state covers both). Set by
+// TestTier1SharedBlobDir for its run only (the tier-1 tests are not
+// parallel).
+var t1Shared bool
+
+// t1JournalRel is the journal's path under the memfs root.
+func t1JournalRel() string {
+	if t1Shared {
+		return "shared/" + journalRel
+	}
+	return journalRel
+}
+
+// t1BlobPath is the memfs path of blob d.
+func t1BlobPath(d digest.Digest) string {
+	if t1Shared {
+		return "shared/" + strings.TrimPrefix(layout.BlobPath(d), "blobs/")
+	}
+	return layout.BlobPath(d)
+}
+
+// t1Open opens the scenario's layout on mem; dir is the real directory
+// that mem stands for (the journal is a real file under it).
+func t1Open(ctx context.Context, dir string, mem *memfs.FS, hook func()) (*store.Store, error) {
+	o := &store.Options{LockTimeout: -1}
+	if hook != nil {
+		store.SetTestJournalHook(o, hook)
+	}
+	if !t1Shared {
+		store.SetTestFS(o, mem)
+		return store.Open(ctx, dir, o)
+	}
+	o.SharedBlobDir = filepath.Join(dir, "shared")
+	store.SetTestSharedFS(o, mem.Sub("layout"), mem.Sub("shared"))
+	return store.Open(ctx, filepath.Join(dir, "layout"), o)
+}
+
 // t1Event is one crash point: the file system and journal right after a
 // mutation or a commit, during operation op.
 type t1Event struct {
@@ -98,20 +137,13 @@ func (r *t1Recorder) record(what string) {
 
 // commit is the journal's AfterCommit hook.
 func (r *t1Recorder) commit() {
-	b, err := os.ReadFile(filepath.Join(r.dir, journalRel))
+	b, err := os.ReadFile(filepath.Join(r.dir, t1JournalRel()))
 	if err != nil {
 		panic(err)
 	}
-	r.mem.AddExternal(journalRel) // the db file's directory entry, unsynced until .ocistore is
+	r.mem.AddExternal(t1JournalRel()) // the db file's directory entry, unsynced until .ocistore is
 	r.journal = b
 	r.record("journal commit")
-}
-
-func (r *t1Recorder) options() *store.Options {
-	o := &store.Options{LockTimeout: -1}
-	store.SetTestFS(o, r.mem)
-	store.SetTestJournalHook(o, r.commit)
-	return o
 }
 
 // t1Op is one operation of the scenario.
@@ -155,6 +187,16 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1O
 	}
 	raw := t.TempDir()
 	testutil.WriteRawLayout(t, raw, blobs, entries)
+	if t1Shared {
+		for _, d := range []string{"layout", "shared"} {
+			if err := mem.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := mem.SyncDir("."); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := filepath.WalkDir(raw, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -162,6 +204,16 @@ func t1Scenario(t *testing.T, mem *memfs.FS, importSrc string, images int) []t1O
 		rel, _ := filepath.Rel(raw, p)
 		if rel == "." {
 			return nil
+		}
+		if t1Shared { // blobs/ is the shared directory, the rest the layout
+			if b, ok := strings.CutPrefix(rel, "blobs"); ok {
+				if b == "" {
+					return nil // the shared directory exists
+				}
+				rel = "shared" + b
+			} else {
+				rel = "layout/" + rel
+			}
 		}
 		if d.IsDir() {
 			if err := mem.Mkdir(rel, 0o755); err != nil {
@@ -353,7 +405,7 @@ func t1PruneImages(t *testing.T, blobs map[digest.Digest][]byte) []v1.Descriptor
 func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 	ctx := context.Background()
 	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, t1JournalRel())), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	mem := memfs.New(dir)
@@ -372,7 +424,7 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 			if s != nil {
 				s.Close()
 			}
-			s, err = store.Open(ctx, dir, rec.options())
+			s, err = t1Open(ctx, dir, mem, rec.commit)
 		} else {
 			res, err = op.run(ctx, s)
 		}
@@ -402,6 +454,11 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 	stats := &t1Stats{ops: len(ops)}
 	rng := rand.New(rand.NewPCG(seed, seed+7))
 	scratch := t.TempDir()
+	if t1Shared {
+		// A shared journal knows the layout by its path: the crash states
+		// are recovered where the layout was.
+		scratch = dir
+	}
 	for k, ev := range rec.events {
 		stats.points++
 		acked := ev.op // ops before ev.op are acknowledged
@@ -490,7 +547,7 @@ func subsets(n int, sizes t1Sizes, rng *rand.Rand) [][]bool {
 // file in scratch when its directory entry survived.
 func materialize(scratch string, ev t1Event, keep []bool) (*memfs.FS, error) {
 	mem, ext := ev.crash.Materialize(scratch, keep)
-	jp := filepath.Join(scratch, journalRel)
+	jp := filepath.Join(scratch, t1JournalRel())
 	if err := os.MkdirAll(filepath.Dir(jp), 0o755); err != nil {
 		return nil, err
 	}
@@ -499,7 +556,7 @@ func materialize(scratch string, ev t1Event, keep []bool) (*memfs.FS, error) {
 	}
 	has := false
 	for _, e := range ext {
-		has = has || e == journalRel
+		has = has || e == t1JournalRel()
 	}
 	if has && ev.journal != nil {
 		if err := os.WriteFile(jp, ev.journal, 0o644); err != nil {
@@ -527,12 +584,11 @@ func checkState(ctx context.Context, scratch string, ev t1Event, keep []bool, ok
 // verifyRecovered opens (recovering) mem and checks the invariants. A
 // recorder, when given, traces the recovery's own crash points.
 func verifyRecovered(ctx context.Context, scratch string, mem *memfs.FS, rec *t1Recorder, ok []map[string]string, allowed, must map[digest.Digest]bool) (map[string]string, string) {
-	o := &store.Options{LockTimeout: -1}
-	store.SetTestFS(o, mem)
+	var hook func()
 	if rec != nil {
-		store.SetTestJournalHook(o, rec.commit)
+		hook = rec.commit
 	}
-	s, err := store.Open(ctx, scratch, o)
+	s, err := t1Open(ctx, scratch, mem, hook)
 	if err != nil {
 		return nil, "recovery failed: " + err.Error()
 	}
@@ -570,7 +626,7 @@ func verifyRecovered(ctx context.Context, scratch string, mem *memfs.FS, rec *t1
 		return got, "invariant: " + p.String()
 	}
 	for d := range must {
-		if _, err := mem.Lstat(layout.BlobPath(d)); err != nil {
+		if _, err := mem.Lstat(t1BlobPath(d)); err != nil {
 			return got, fmt.Sprintf("acknowledged blob %s lost", d)
 		}
 	}
@@ -594,7 +650,7 @@ func crashRecovery(ctx context.Context, scratch string, ev t1Event, keep []bool,
 		return 0
 	}
 	rec := newRecorder(mem, scratch)
-	rec.journal, _ = os.ReadFile(filepath.Join(scratch, journalRel))
+	rec.journal, _ = os.ReadFile(filepath.Join(scratch, t1JournalRel()))
 	if len(rec.journal) == 0 {
 		rec.journal = nil
 	}
@@ -645,7 +701,7 @@ func blobSet(mem *memfs.FS) map[digest.Digest]bool {
 	out := map[digest.Digest]bool{}
 	for p := range mem.Tree() {
 		parts := strings.Split(p, "/")
-		if len(parts) == 3 && parts[0] == "blobs" {
+		if len(parts) == 3 && parts[0] == "blobs" && !t1Shared || len(parts) == 3 && parts[0] == "shared" && t1Shared {
 			if d, ok := layout.ParseBlobPath(parts[1], parts[2]); ok {
 				out[d] = true
 			}
@@ -701,6 +757,22 @@ func TestTier1CrashStates(t *testing.T) {
 
 // TestTier1FindsMissingFsync proves the harness can fail: with any one fsync
 // of the protocol turned off, the enumeration must find a violation.
+// TestTier1SharedBlobDir is the same enumeration on a layout whose blobs
+// and journal are in a shared blob directory (every operation, every crash
+// point, every crash state across both directories).
+func TestTier1SharedBlobDir(t *testing.T) {
+	t1Shared = true
+	t.Cleanup(func() { t1Shared = false })
+	st := runTier1(t, t1Size(), 3)
+	fmt.Printf("tier1-shared: ops=%d crashpoints=%d states=%d violations=%d\n", st.ops, st.points, st.states, st.violations)
+	for _, m := range st.messages {
+		t.Error(m)
+	}
+	if st.violations > 0 {
+		t.Fatalf("%d violations", st.violations)
+	}
+}
+
 func TestTier1FindsMissingFsync(t *testing.T) {
 	for _, purpose := range fsio.SyncPurposes {
 		t.Run(purpose, func(t *testing.T) {

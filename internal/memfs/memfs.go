@@ -279,6 +279,10 @@ func (f *FS) ReplaceFile(name, tmpDir string, data []byte, _ fs.FileMode) error 
 	f.mu.Lock()
 	f.seq++
 	n, tmp, err := f.create(tmpDir, fmt.Sprintf(".%s%d", path.Base(name), f.seq))
+	for errors.Is(err, fs.ErrExist) { // a temp file a crash left: renameio draws another name
+		f.seq++
+		n, tmp, err = f.create(tmpDir, fmt.Sprintf(".%s%d", path.Base(name), f.seq))
+	}
 	if err == nil {
 		n.data = bytes.Clone(data)
 		if !fsio.SyncSkipped(fsio.SyncIndexFile) {
