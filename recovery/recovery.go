@@ -82,6 +82,9 @@ type Env struct {
 	// all of them, so recounts and the walk before unlinking count them
 	// too.
 	Peers func() ([]layout.Entry, error)
+	// Unlinked, when set, is told the path of each blob file a transaction
+	// removed (not those it found missing).
+	Unlinked func(path string)
 }
 
 // withPeers returns ix with the root entries of the peers added: the graph
@@ -630,8 +633,11 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 	if err != nil {
 		return fmt.Errorf("txn %d: %w", rec.ID, err)
 	}
-	if err := fsio.RemoveFiles(env.FS, fsio.SyncBlobDir, paths, func(p string) {
-		env.Log.Debug("unlinked", attrPath, p, attrTxn, rec.ID)
+	if err := fsio.RemoveFiles(env.FS, fsio.SyncBlobDir, paths, func(p string, existed bool) {
+		env.Log.Debug("unlinked", attrPath, p, attrTxn, rec.ID, "existed", existed)
+		if existed && env.Unlinked != nil {
+			env.Unlinked(p)
+		}
 		crash.Point(point)
 	}); err != nil {
 		return fmt.Errorf("txn %d: unlink: %w", rec.ID, err)

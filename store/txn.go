@@ -16,7 +16,6 @@ import (
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/errdef"
-	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
 	"github.com/ocistore/ocistore/journal"
@@ -281,19 +280,16 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 	s.logSwept(swept)
 	s.flushedLastUse(used)
 	crash.Point(crash.TxnJournaled)
+	// 3-5. index.json, unlinks, clear. What was freed is what was on
+	// disk to unlink (a foreign layer never was).
+	byPath := make(map[string]digest.Digest, len(freed))
+	for _, f := range freed {
+		byPath[layout.BlobPath(f.Digest)] = f.Digest
+	}
 	present := map[digest.Digest]bool{}
-	paths := make([]string, len(freed))
-	for i, f := range freed {
-		paths[i] = layout.BlobPath(f.Digest)
-	}
-	for i, fi := range fsio.LstatFiles(s.fsys, paths) {
-		if fi != nil {
-			present[freed[i].Digest] = true
-		}
-	}
-
-	// 3-5. index.json, unlinks, clear.
-	stamp, err := recovery.Apply(s.env(), db, &rec, newBytes)
+	env := s.env()
+	env.Unlinked = func(p string) { present[byPath[p]] = true }
+	stamp, err := recovery.Apply(env, db, &rec, newBytes)
 	if err != nil {
 		return s.check(err)
 	}

@@ -84,11 +84,12 @@ func MkdirDurable(fsys FS, name string) (bool, error) {
 func Dir(name string) string { return path.Dir(name) }
 
 // RemoveFiles unlinks every name (a missing file counts as removed), calling
-// after(name) after each unlink, then syncs each directory it touched, once,
+// after(name, existed) after each unlink (existed: a file was removed, not
+// found missing), then syncs each directory it touched, once,
 // for purpose (see SyncDirFor).
 // It stops at the first error other than "does not exist"; directories touched
 // so far are still synced, so what was removed is durable.
-func RemoveFiles(fsys FS, purpose string, names []string, after func(string)) error {
+func RemoveFiles(fsys FS, purpose string, names []string, after func(name string, existed bool)) error {
 	touched := map[string]bool{}
 	var order []string
 	var firstErr error
@@ -106,7 +107,7 @@ func RemoveFiles(fsys FS, purpose string, names []string, after func(string)) er
 			order = append(order, d)
 		}
 		if after != nil {
-			after(n)
+			after(n, err == nil)
 		}
 	}
 	for _, d := range order {
