@@ -97,7 +97,13 @@ func benchMain(args []string) error {
 	}
 	wall := time.Since(started)
 	if *jsonOut != "" {
-		raw, _ := json.MarshalIndent(savedRun{Full: p.Full, Runs: p.Runs, Started: started, WallNs: int64(wall), Versions: vers, Loads: r.loads, Results: r.results}, "", " ")
+		sr := savedRun{Full: p.Full, Runs: p.Runs, Started: started, WallNs: int64(wall), Versions: vers, Loads: r.loads, Results: r.results, MicroCmd: *microCmd}
+		if *micro != "" {
+			if m, err := os.ReadFile(*micro); err == nil {
+				sr.Micro = string(m)
+			}
+		}
+		raw, _ := json.MarshalIndent(sr, "", " ")
 		if err := os.WriteFile(*jsonOut, raw, 0o644); err != nil {
 			return err
 		}
@@ -121,6 +127,7 @@ func oneMain(args []string) error {
 	size := fs.Int64("size", 1<<30, "blob size (ingest)")
 	cpuprofile := fs.String("cpuprofile", "", "CPU profile of the measured section")
 	work := fs.String("work", ".work-one", "scratch directory")
+	keep := fs.Bool("keep", false, "keep the scratch directory, and reuse the templates found in it (profiling one cell again without generating and adopting again)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -129,7 +136,11 @@ func oneMain(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(r.work)
+	if *keep {
+		r.reuse = true
+	} else {
+		defer os.RemoveAll(r.work)
+	}
 	var extra []string
 	if *cpuprofile != "" {
 		abs, err := filepath.Abs(*cpuprofile)
@@ -211,8 +222,12 @@ type savedRun struct {
 	WallNs  int64     `json:"wall_ns"`
 	// Versions of the modules measured, and the checkout's commit.
 	Versions map[string]string `json:"versions"`
-	Loads    dist              `json:"loads"`
-	Results  []runResult       `json:"results"`
+	// Micro is the micro benchmarks' output the run included, and MicroCmd
+	// the command that wrote it.
+	Micro    string      `json:"micro,omitempty"`
+	MicroCmd string      `json:"micro_cmd,omitempty"`
+	Loads    dist        `json:"loads"`
+	Results  []runResult `json:"results"`
 }
 
 // reportMain rewrites the report from a saved run (to add the analysis of
@@ -221,7 +236,7 @@ func reportMain(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ContinueOnError)
 	from := fs.String("from", "results.json", "saved run (bench -json)")
 	out := fs.String("out", "../BENCHMARKS.md", "report to write")
-	micro := fs.String("micro", "", "micro benchmark output to append to the report")
+	micro := fs.String("micro", "", "micro benchmark output to append to the report (default: the one saved with the run)")
 	microCmd := fs.String("micro-cmd", "", "the command that wrote -micro (for the report)")
 	analysis := fs.String("analysis", "analysis.md", "hand-written analysis of missed targets to include (\"\": none)")
 	work := fs.String("work", ".work", "where the layouts were (for the file system line)")
@@ -247,5 +262,20 @@ func reportMain(args []string) error {
 	}
 	defer os.Remove(r.work) // only if empty: newRunner made it
 	r.results, r.loads = sr.Results, sr.Loads
+	if *micro == "" && sr.Micro != "" {
+		f, err := os.CreateTemp("", "bench-micro-*.out")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(f.Name())
+		if _, err := f.WriteString(sr.Micro); err != nil {
+			return err
+		}
+		f.Close()
+		*micro = f.Name()
+		if *microCmd == "" {
+			*microCmd = sr.MicroCmd
+		}
+	}
 	return r.writeReport(*out, reportInfo{started: sr.Started, wall: time.Duration(sr.WallNs), micro: *micro, microCmd: *microCmd, analysis: *analysis, versions: sr.Versions})
 }

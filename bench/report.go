@@ -395,7 +395,8 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 	w("- Each run is a child process of `bench` (`bench child …`): the parent copies, starts it, reads its peak RSS, then runs the consistency check on what it left.\n")
 	w("- Medians and [min–max] are over runs (%d per cell, fewer where a single run took over %s: the note says so).\n", p.Runs, p.Budget)
 	w("- The consistency check is the benchmark's own (`bench/check.go`, no peer's code): dangling = distinct digests the graph from index.json names but the blob store lacks; orphans = blobs present but unreachable; tags lost = tags that should remain but are gone; not deleted = tags deleted but still listed.\n")
-	w("- Reproduce one cell, with a CPU profile: `cd bench && go run . one -scenario delete-one -peer ocistore -n 5000 -k 10 -cpuprofile cpu.out && go tool pprof -top cpu.out` (the copy is settled as above; `-scenario open-cold` for the unsettled open).\n")
+	w("- Reproduce one cell, with a CPU profile: `cd bench && go run . one -scenario delete-one -peer ocistore -n 5000 -k 10 -cpuprofile cpu.out && go tool pprof -top cpu.out` (the copy is settled as above; `-scenario open-cold` for the unsettled open; `-keep` reuses the templates on the next call).\n")
+	w("- Every run's raw result is in `bench/results.json` (written by the run); `cd bench && go run . report` writes this file again from it, with `bench/analysis.md`, without measuring again.\n")
 
 	if info.analysis != "" {
 		if raw, err := os.ReadFile(info.analysis); err == nil {

@@ -109,6 +109,7 @@ type runner struct {
 	adopted   map[int]string
 	genTime   map[int]time.Duration
 	loads     dist // 1-minute load average at each child's start
+	reuse     bool // templates already in work are used as they are (bench one -keep)
 }
 
 func loadavg() float64 {
@@ -199,6 +200,15 @@ func (r *runner) remove(dir string) {
 // for ocistore the same after its first open (adoption builds the journal;
 // an ocistore layout in use has one).
 func (r *runner) template(n int, peerName string) (string, error) {
+	if r.reuse {
+		dir := filepath.Join(r.work, fmt.Sprintf("tmpl-%d", n))
+		if _, err := os.Stat(filepath.Join(dir, "index.json")); err == nil {
+			r.templates[n] = dir
+		}
+		if _, err := os.Stat(filepath.Join(dir+"-ocistore", "index.json")); err == nil {
+			r.adopted[n] = dir + "-ocistore"
+		}
+	}
 	if _, ok := r.templates[n]; !ok {
 		dir := filepath.Join(r.work, fmt.Sprintf("tmpl-%d", n))
 		r.remove(dir)
