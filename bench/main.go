@@ -6,6 +6,7 @@
 //	bench [-full] [-out ../BENCHMARKS.md] [-micro ../bench.out]   every scenario, then the report
 //	bench one -scenario S -peer P -n N [-k K] [-cpuprofile F]   one run of one cell
 //	bench report -from results.json [-out ...] [-micro ...]      rewrite the report from a run's saved results
+//	bench rerun -from results.json -scenario S -peer P [-n N,...] measure one peer's cells again, in place of its saved runs
 //	bench gen -n N [-layer-size B] DIR                           write a layout
 //	bench child ...                                              (internal: one run, in its own process)
 package main
@@ -32,6 +33,8 @@ func main() {
 			err = oneMain(os.Args[2:])
 		case "report":
 			err = reportMain(os.Args[2:])
+		case "rerun":
+			err = rerunMain(os.Args[2:])
 		default:
 			err = benchMain(os.Args[1:])
 		}
@@ -228,6 +231,8 @@ type savedRun struct {
 	MicroCmd string      `json:"micro_cmd,omitempty"`
 	Loads    dist        `json:"loads"`
 	Results  []runResult `json:"results"`
+	// Remeasured lists the cells measured again after the run (bench rerun).
+	Remeasured []remeasure `json:"remeasured,omitempty"`
 }
 
 // reportMain rewrites the report from a saved run (to add the analysis of
@@ -262,6 +267,7 @@ func reportMain(args []string) error {
 	}
 	defer os.Remove(r.work) // only if empty: newRunner made it
 	r.results, r.loads = sr.Results, sr.Loads
+	r.remeasured = sr.Remeasured
 	if *micro == "" && sr.Micro != "" {
 		f, err := os.CreateTemp("", "bench-micro-*.out")
 		if err != nil {

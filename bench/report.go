@@ -205,8 +205,20 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 	w("# Benchmarks\n\n")
 	w("Written by `make bench` (the `bench/` module; issue 6) on %s, mode %s, in %s of wall time. ",
 		info.started.UTC().Format("2006-01-02 15:04 UTC"), mode, info.wall.Round(time.Second))
-	w("Every number below was measured in this one run, on this machine, with every peer on an identical copy (`cp -a`) of the same generated layout. ")
+	if len(r.remeasured) == 0 {
+		w("Every number below was measured in this one run, on this machine, with every peer on an identical copy (`cp -a`) of the same generated layout. ")
+	} else {
+		w("Every number below was measured on this machine, with every peer on an identical copy (`cp -a`) of the same generated layout, in this one run except the cells listed next, measured again later with the same method (`bench rerun`) in place of that run's. ")
+	}
 	w("Do not edit: `make bench` rewrites this file (`BENCH_FULL=1 make bench` for all sizes).\n\n")
+	for _, m := range r.remeasured {
+		var ns []string
+		for _, n := range m.Ns {
+			ns = append(ns, fmt.Sprint(n))
+		}
+		w("**Re-measured**: %s, %s only, N=%s (%d runs per cell, %d old runs replaced), on %s in %s, engine at commit `%s`, in a clean worktree of that commit; load average (1 min) at the start of each child process (the adoptions that made the templates included): median %.2f, max %.2f on %d cores. The other peers' runs of these cells, and every other cell, are from the run above, engine at %s.\n\n",
+			m.Scenario, m.Peer, strings.Join(ns, ", "), m.Runs, m.Replaced, m.Started.UTC().Format("2006-01-02 15:04 UTC"), time.Duration(m.WallNs).Round(time.Second), m.Commit, m.Loads.median(), m.Loads.max(), runtime.NumCPU(), strings.TrimPrefix(info.versions["github.com/ocistore/ocistore"], "this checkout (`replace => ../`), "))
+	}
 
 	w("## Machine\n\n")
 	for _, kv := range machineInfo(r.work) {

@@ -105,11 +105,13 @@ type runner struct {
 	log     io.Writer
 	results []runResult
 	// templates[N] is the plain layout; adopted[N] the same after ocistore's first open.
-	templates map[int]string
-	adopted   map[int]string
-	genTime   map[int]time.Duration
-	loads     dist // 1-minute load average at each child's start
-	reuse     bool // templates already in work are used as they are (bench one -keep)
+	templates  map[int]string
+	adopted    map[int]string
+	genTime    map[int]time.Duration
+	loads      dist        // 1-minute load average at each child's start
+	reuse      bool        // templates already in work are used as they are (bench one -keep)
+	only       string      // bench rerun: the one peer the delete scenarios run
+	remeasured []remeasure // bench report: cells measured again after the run
 }
 
 func loadavg() float64 {
@@ -312,6 +314,9 @@ func (r *runner) deleting(scenario string, n, k int, gone []string) error {
 	}
 	for run := 1; run <= r.plan.Runs; run++ {
 		for _, p := range peers {
+			if r.only != "" && p.name != r.only {
+				continue
+			}
 			if why, ok := skip[p.name]; ok {
 				if run == 1 {
 					r.results = append(r.results, runResult{Scenario: scenario, Peer: p.name, N: n, K: k, Run: 1, Note: why})
