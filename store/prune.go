@@ -148,6 +148,18 @@ func (s *Store) Prune(ctx context.Context, p Policy) (*PruneResult, error) {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
 	out.Result = *res
+	if out.SizeAfter < 0 {
+		out.SizeAfter = out.SizeBefore - res.BytesFreed
+		if err := s.journalRead(func(tx *journal.Tx) error {
+			live, err := tx.LiveBytes()
+			if err == nil {
+				out.SizeAfter = live
+			}
+			return err
+		}); err != nil {
+			s.log.Debug("prune: live bytes after the commit not read", "err", err)
+		}
+	}
 	if len(out.Removed) > 0 {
 		s.log.Info("pruned", attrTxn, res.Txn, "images", len(out.Removed), "blobs", len(res.Freed), "bytes", res.BytesFreed)
 	}
@@ -229,6 +241,11 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 	isProtected := func(i int) bool { return protected[info[i].repo+" "+entries[i].Desc.Digest.String()] }
 
 	dr := newDropper(t, entries, !p.KeepReferrers)
+	// The refcount simulation tells what the removals free: the budget
+	// needs it as it goes, a dry run for its report, the cascade to find
+	// the referrers of what goes. Otherwise the transaction's own count
+	// says it (SizeAfter is read after the commit).
+	dr.simulate = p.MaxSize > 0 || p.DryRun || dr.cascade
 	// The age and keep-last rules.
 	hasAge := p.OlderThan > 0 || !p.Until.IsZero()
 	var cutoff time.Time
@@ -322,6 +339,9 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 	}
 
 	out.SizeBefore, out.SizeAfter = live, live-dr.freedBytes()
+	if !dr.simulate {
+		out.SizeAfter = -1 // read after the commit
+	}
 	for i, e := range entries {
 		if dr.drop[i] {
 			out.Removed = append(out.Removed, PrunedImage{Name: e.Name(), Digest: e.Desc.Digest.String(), Repository: info[i].repo, Reason: dr.reason[i]})
@@ -395,6 +415,7 @@ type dropper struct {
 	reason   []string
 	byDigest map[digest.Digest][]int
 	sim      *refcount.Counter
+	simulate bool // run the refcount decrements on sim (else only mark)
 	cascade  bool
 	followed int   // sim.Freed entries already looked at for referrers
 	counted  int   // sim.Freed entries summed into freed
@@ -404,8 +425,9 @@ type dropper struct {
 func newDropper(t *txn, entries []layout.Entry, cascade bool) *dropper {
 	return &dropper{
 		t: t, entries: entries, drop: make([]bool, len(entries)), reason: make([]string, len(entries)),
-		sim:     &refcount.Counter{T: &refcount.Overlay{Base: t.tx}, Load: t.load},
-		cascade: cascade && t.tx.HasReferrers(),
+		sim:      &refcount.Counter{T: &refcount.Overlay{Base: t.tx}, Load: t.load},
+		simulate: true,
+		cascade:  cascade && t.tx.HasReferrers(),
 	}
 }
 
@@ -415,6 +437,9 @@ func (d *dropper) remove(i int, reason string) error {
 		return nil
 	}
 	d.drop[i], d.reason[i] = true, reason
+	if !d.simulate {
+		return nil
+	}
 	return d.sim.Dec(d.entries[i].Desc)
 }
 
