@@ -62,7 +62,13 @@ func PendingRecords(dir string, lockTimeout time.Duration) ([]*journal.Record, e
 	if bad != "" {
 		return nil, fmt.Errorf("%s: %w", detail, errdef.ErrCorrupt)
 	}
-	db, err := journal.Open(filepath.Join(dir, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+	return readPending(dir, filepath.Join(dir, JournalPath), "", lockTimeout)
+}
+
+// readPending reads the pending records of the layout in dir from the
+// journal at path (scope: its name in a shared journal).
+func readPending(dir, path, scope string, lockTimeout time.Duration) ([]*journal.Record, error) {
+	db, err := journal.Open(path, journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: scope})
 	if err != nil {
 		return nil, lockedMessage(dir, lockTimeout, err)
 	}

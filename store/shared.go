@@ -316,19 +316,9 @@ func sharedPending(dir, shared string, lockTimeout time.Duration) ([]*journal.Re
 	if err != nil {
 		return nil, err
 	}
-	db, err := journal.Open(filepath.Join(shared, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: scope})
+	recs, err := readPending(dir, filepath.Join(shared, JournalPath), scope, lockTimeout)
 	if errors.Is(err, errdef.ErrNotFound) {
-		return nil, nil
+		return nil, nil // the layout has no state in the shared journal yet
 	}
-	if err != nil {
-		return nil, lockedMessage(dir, lockTimeout, err)
-	}
-	defer db.Close()
-	var recs []*journal.Record
-	err = db.View(func(tx *journal.Tx) error {
-		var err error
-		recs, err = tx.Pending()
-		return err
-	})
 	return recs, err
 }

@@ -187,26 +187,34 @@ func (p *fastParser) skipValue() bool {
 	return true
 }
 
-// strings reads an array of strings.
-func (p *fastParser) strings() ([]string, bool) {
+// array calls elem for each element of an array; elem reads it.
+func (p *fastParser) array(elem func() bool) bool {
 	if !p.eat('[') {
-		return nil, false
+		return false
 	}
-	out := []string{}
 	for first := true; ; first = false {
 		p.ws()
 		if p.eat(']') {
-			return out, true
+			return true
 		}
 		if !first && !(p.eat(',') && p.wsThen()) {
-			return nil, false
+			return false
 		}
-		s, ok := p.str()
-		if !ok {
-			return nil, false
+		if !elem() {
+			return false
 		}
-		out = append(out, s)
 	}
+}
+
+// strings reads an array of strings.
+func (p *fastParser) strings() ([]string, bool) {
+	out := []string{}
+	ok := p.array(func() bool {
+		s, ok := p.str()
+		out = append(out, s)
+		return ok
+	})
+	return out, ok
 }
 
 // object calls field for each key of an object; field reads the value.
@@ -264,18 +272,8 @@ func foldsToKnown(key string) bool {
 }
 
 func (p *fastParser) entries() ([]Entry, bool) {
-	if !p.eat('[') {
-		return nil, false
-	}
 	out := []Entry{}
-	for first := true; ; first = false {
-		p.ws()
-		if p.eat(']') {
-			return out, true
-		}
-		if !first && !(p.eat(',') && p.wsThen()) {
-			return nil, false
-		}
+	ok := p.array(func() bool {
 		p.space = false
 		start := p.i
 		var d v1.Descriptor
@@ -340,7 +338,7 @@ func (p *fastParser) entries() ([]Entry, bool) {
 			return ok
 		})
 		if !ok {
-			return nil, false
+			return false
 		}
 		// Raw shares b's memory when it is already compact: b, the file's
 		// bytes, is kept (and never written) by whoever keeps the index.
@@ -349,5 +347,7 @@ func (p *fastParser) entries() ([]Entry, bool) {
 			raw = compact(raw)
 		}
 		out = append(out, Entry{Desc: d, Raw: raw})
-	}
+		return true
+	})
+	return out, ok
 }
