@@ -17,46 +17,30 @@ import (
 func parseIndexFast(b []byte) (top map[string]json.RawMessage, entries []Entry, ok bool) {
 	p := &fastParser{b: b}
 	p.ws()
-	if !p.eat('{') {
-		return nil, nil, false
-	}
 	top = map[string]json.RawMessage{}
 	seenManifests := false
-	for first := true; ; first = false {
-		p.ws()
-		if p.eat('}') {
-			break
-		}
-		if !first && !(p.eat(',') && p.wsThen()) {
-			return nil, nil, false
-		}
-		key, ok := p.str()
-		if !ok {
-			return nil, nil, false
-		}
-		p.ws()
-		if !p.eat(':') {
-			return nil, nil, false
-		}
-		p.ws()
+	ok = p.object(func(key string) bool {
 		if key == "manifests" {
 			if seenManifests { // a duplicate: encoding/json keeps the last
-				return nil, nil, false
+				return false
 			}
 			seenManifests = true
-			if entries, ok = p.entries(); !ok {
-				return nil, nil, false
-			}
-			continue
+			var ok bool
+			entries, ok = p.entries()
+			return ok
 		}
 		if _, dup := top[key]; dup || bytes.EqualFold([]byte(key), []byte("manifests")) {
-			return nil, nil, false
+			return false
 		}
 		start := p.i
 		if !p.skipValue() {
-			return nil, nil, false
+			return false
 		}
 		top[key] = json.RawMessage(bytes.Clone(b[start:p.i]))
+		return true
+	})
+	if !ok {
+		return nil, nil, false
 	}
 	p.ws()
 	if p.i != len(b) {
@@ -187,14 +171,15 @@ func (p *fastParser) skipValue() bool {
 	return true
 }
 
-// array calls elem for each element of an array; elem reads it.
-func (p *fastParser) array(elem func() bool) bool {
-	if !p.eat('[') {
+// list reads open, elements separated by commas, and close; elem reads
+// each element.
+func (p *fastParser) list(open, close byte, elem func() bool) bool {
+	if !p.eat(open) {
 		return false
 	}
 	for first := true; ; first = false {
 		p.ws()
-		if p.eat(']') {
+		if p.eat(close) {
 			return true
 		}
 		if !first && !(p.eat(',') && p.wsThen()) {
@@ -205,6 +190,9 @@ func (p *fastParser) array(elem func() bool) bool {
 		}
 	}
 }
+
+// array calls elem for each element of an array; elem reads it.
+func (p *fastParser) array(elem func() bool) bool { return p.list('[', ']', elem) }
 
 // strings reads an array of strings.
 func (p *fastParser) strings() ([]string, bool) {
@@ -219,17 +207,7 @@ func (p *fastParser) strings() ([]string, bool) {
 
 // object calls field for each key of an object; field reads the value.
 func (p *fastParser) object(field func(key string) bool) bool {
-	if !p.eat('{') {
-		return false
-	}
-	for first := true; ; first = false {
-		p.ws()
-		if p.eat('}') {
-			return true
-		}
-		if !first && !(p.eat(',') && p.wsThen()) {
-			return false
-		}
+	return p.list('{', '}', func() bool {
 		key, ok := p.istr()
 		if !ok {
 			return false
@@ -239,10 +217,8 @@ func (p *fastParser) object(field func(key string) bool) bool {
 			return false
 		}
 		p.ws()
-		if !field(key) {
-			return false
-		}
-	}
+		return field(key)
+	})
 }
 
 // known are the JSON keys of a descriptor and of a platform: a key that is
