@@ -316,19 +316,25 @@ const (
 // recorded for the committed index d.
 func stamped(env Env, tx *journal.Tx, d digest.Digest) (fsio.Stamp, stampTrust) {
 	sd, sb := tx.IndexStamp()
-	var want fsio.Stamp
-	if d == "" || sd != d || len(sb) != 40 || want.UnmarshalBinary(sb[:32]) != nil || want.IsZero() {
+	if d == "" || sd != d {
 		return fsio.Stamp{}, stampNo
 	}
 	got := fsio.StampFile(env.FS, layout.IndexFile)
-	if got != want {
-		return got, stampNo
+	return got, trustStamp(sb, got)
+}
+
+// trustStamp compares got, an index.json's stamp now, with recorded, what
+// SetIndexStamp stored for it (the stamp and when it was taken).
+func trustStamp(recorded []byte, got fsio.Stamp) stampTrust {
+	var want fsio.Stamp
+	if len(recorded) != 40 || want.UnmarshalBinary(recorded[:32]) != nil || want.IsZero() || got != want {
+		return stampNo
 	}
-	taken := int64(binary.BigEndian.Uint64(sb[32:]))
+	taken := int64(binary.BigEndian.Uint64(recorded[32:]))
 	if max(got.Ctime, got.Mtime) >= taken-int64(racyWindow) {
-		return got, stampRacy
+		return stampRacy
 	}
-	return got, stampTrusted
+	return stampTrusted
 }
 
 // PeerChange is another layout of a shared blob directory whose index.json
@@ -377,9 +383,7 @@ func PeerChanges(db *journal.DB, self string) ([]PeerChange, error) {
 			continue
 		}
 		now := fsio.StampOf(fi)
-		var want fsio.Stamp
-		if len(p.stamp) == 40 && want.UnmarshalBinary(p.stamp[:32]) == nil && want == now &&
-			max(now.Ctime, now.Mtime) < int64(binary.BigEndian.Uint64(p.stamp[32:]))-int64(racyWindow) {
+		if trustStamp(p.stamp, now) == stampTrusted {
 			continue // the file the journal counted
 		}
 		pfs, err := fsio.OpenOS(p.dir)

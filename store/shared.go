@@ -28,41 +28,11 @@ func (s *Store) openShared() error {
 	if err != nil {
 		return fmt.Errorf("shared blob directory %s: %w", s.opts.SharedBlobDir, err)
 	}
-	if t := s.opts.sharedFS; t[0] != nil {
-		s.fsys = &fsio.Shared{Layout: t[0], Blobs: t[1]}
-		s.stateRoot, s.scope = shared, s.dir
-		if s.opts.ReadOnly {
-			return nil
+	lfs, bfs, scope := s.opts.sharedFS[0], s.opts.sharedFS[1], s.dir // tests
+	if lfs == nil {
+		if lfs, bfs, scope, err = s.openSharedDirs(shared); err != nil {
+			return err
 		}
-		return writeSharedMarker(t[0], shared)
-	}
-	if !s.opts.ReadOnly {
-		if err := fsio.CreateRoot(shared); err != nil {
-			return fmt.Errorf("shared blob directory %s: %w", shared, err)
-		}
-		if !s.opts.NoCreate {
-			if err := fsio.CreateRoot(s.dir); err != nil {
-				return err
-			}
-		}
-	}
-	lfs, err := fsio.OpenOS(s.dir)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return errdef.ErrNotLayout
-		}
-		return err
-	}
-	bfs, err := fsio.OpenOS(shared)
-	if err != nil {
-		lfs.Close()
-		return fmt.Errorf("shared blob directory %s: %w", shared, err)
-	}
-	scope, err := filepath.EvalSymlinks(s.dir)
-	if err != nil {
-		lfs.Close()
-		bfs.Close()
-		return err
 	}
 	s.fsys = &fsio.Shared{Layout: lfs, Blobs: bfs}
 	s.stateRoot, s.scope = shared, scope
@@ -73,6 +43,38 @@ func (s *Store) openShared() error {
 		}
 	}
 	return nil
+}
+
+// openSharedDirs opens (creating them unless read-only) the layout and the
+// shared blob directory, and names the layout by its path with symlinks
+// resolved.
+func (s *Store) openSharedDirs(shared string) (lfs, bfs fsio.FS, scope string, err error) {
+	if !s.opts.ReadOnly {
+		if err := fsio.CreateRoot(shared); err != nil {
+			return nil, nil, "", fmt.Errorf("shared blob directory %s: %w", shared, err)
+		}
+		if !s.opts.NoCreate {
+			if err := fsio.CreateRoot(s.dir); err != nil {
+				return nil, nil, "", err
+			}
+		}
+	}
+	if scope, err = filepath.EvalSymlinks(s.dir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			err = errdef.ErrNotLayout
+		}
+		return nil, nil, "", err
+	}
+	l, err := fsio.OpenOS(s.dir)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	b, err := fsio.OpenOS(shared)
+	if err != nil {
+		l.Close()
+		return nil, nil, "", fmt.Errorf("shared blob directory %s: %w", shared, err)
+	}
+	return l, b, scope, nil
 }
 
 // SharedMarker is the file, in a layout that uses a shared blob directory,
