@@ -1,10 +1,10 @@
 // Package journal is ocistore's intent log and derived state: a bbolt database
 // inside the layout, at .ocistore/journal.db.
 //
-// # Schema (version 2)
+// # Schema (version 3)
 //
 //	meta/                      bucket
-//	  "schema"        -> uint64 big endian: schema version (2)
+//	  "schema"        -> uint64 big endian: schema version (3)
 //	  "index"         -> digest of the index.json last committed through the journal
 //	  "next-txn"      -> uint64 big endian: id of the next transaction record
 //	  "index-stamp"   -> digest, NUL, stamp: the stamp (inode, size, mtime,
@@ -18,7 +18,9 @@
 //	pending/                   bucket: transaction records not yet fully applied
 //	  <txn id, u64 BE> -> Record (see Encode: version byte, crc32c, JSON)
 //	refs/                      bucket: persistent reference counts
-//	  <digest>        -> Ref: uvarint count, uvarint size, flag byte
+//	  <digest>        -> Ref: uvarint count, uvarint size, flag byte, then
+//	                     (v3, flag bit 2) the children of an expanded
+//	                     manifest (see children.go)
 //	  "live-bytes"    -> uint64 big endian (v2): total size of the blobs in refs/
 //	  "images-index"  -> digest of the index.json whose roots images/ and
 //	                     referrers/ describe (v2)
@@ -41,10 +43,13 @@
 //	                           above; refs/, leases/ and the top-level meta
 //	                           ("schema", "live-bytes") count every layout
 //
-// Version 1 had none of the buckets and keys marked (v2). Open upgrades a
-// version 1 database in place (one write transaction: the missing buckets
-// are created, live-bytes is summed from refs/, the version is set to 2); a
-// read-only open reads it as it is, with no leases and no image metadata.
+// Version 1 had none of the buckets and keys marked (v2); version 2 stored
+// no children in refs. Open upgrades an older database in place (one write
+// transaction: the missing buckets are created, live-bytes is summed from
+// refs/, the version is set to 3; refs without children stay so, and their
+// manifests are read when they are released); a read-only open reads it as
+// it is, with no leases and no image metadata. A build that knows only
+// version 2 refuses a version 3 database rather than misread its refs.
 // The store fills images/ from index.json when images-index is not the
 // digest of the index on disk. A database of a newer version than this
 // build knows is refused as corrupt.
@@ -76,12 +81,14 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"os"
 	"runtime/debug"
 	"sort"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 	bolterr "go.etcd.io/bbolt/errors"
 
@@ -89,7 +96,7 @@ import (
 )
 
 // SchemaVersion is the version of the bucket layout above.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // minSchemaVersion is the oldest version Open upgrades in place.
 const minSchemaVersion = 1
@@ -208,8 +215,28 @@ func Open(path string, o Options) (*DB, error) {
 	if err := d.View(func(tx *Tx) error { return tx.checkCurrent() }); err == nil {
 		return d, nil
 	}
-	err = d.bolt.Update(func(btx *bolt.Tx) (err error) {
-		defer recoverCorrupt(path, &err)
+	err = d.initialize()
+	if err != nil {
+		bdb.Close()
+		return nil, fmt.Errorf("journal %s: %w", path, err)
+	}
+	if d.afterCommit != nil {
+		d.afterCommit()
+	}
+	return d, nil
+}
+
+// initialize creates the buckets of a new database, or upgrades an older
+// one in place, in one write transaction. A page bbolt finds damaged while
+// committing (it panics) is ErrCorrupt.
+func (d *DB) initialize() (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: panic: %v", errdef.ErrCorrupt, r)
+		}
+	}()
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	return d.bolt.Update(func(btx *bolt.Tx) error {
 		m := btx.Bucket(bMeta)
 		fresh := m == nil || m.Get(kSchema) == nil
 		if !fresh {
@@ -246,14 +273,6 @@ func Open(path string, o Options) (*DB, error) {
 		}
 		return btx.Bucket(bMeta).Put(kSchema, u64(SchemaVersion))
 	})
-	if err != nil {
-		bdb.Close()
-		return nil, fmt.Errorf("journal %s: %w", path, err)
-	}
-	if d.afterCommit != nil {
-		d.afterCommit()
-	}
-	return d, nil
 }
 
 func classifyOpenErr(path string, err error) error {
@@ -601,6 +620,12 @@ type Ref struct {
 	Count    uint64
 	Size     int64
 	Expanded bool // its children were counted when it became live
+	// Children are the descriptors an expanded manifest or index references
+	// (digest, size and media type only), recorded when it was expanded so
+	// that releasing it reads no blob; nil when not recorded (a count
+	// stored before schema v3): the blob is read then. Not nil (perhaps
+	// empty) when recorded.
+	Children []v1.Descriptor
 }
 
 // GetRef returns the stored refcount of d (zero Ref when it has none).
@@ -618,6 +643,19 @@ func (t *Tx) GetRef(d digest.Digest) (Ref, error) {
 		t.last.d, t.last.r, t.last.ok = d, r, true
 	}
 	return r, err
+}
+
+// ChildrenRecorded reports whether d's stored Ref records its children (an
+// expanded manifest counted by schema v3), without decoding them: then
+// neither counting nor releasing d reads its blob.
+func (t *Tx) ChildrenRecorded(d digest.Digest) bool {
+	v := t.tx.Bucket(bRefs).Get([]byte(d))
+	_, n := binary.Uvarint(v)
+	if n <= 0 {
+		return false
+	}
+	_, m := binary.Uvarint(v[n:])
+	return m > 0 && len(v) > n+m && v[n+m]&refChildren != 0
 }
 
 // PutRef stores r, or deletes the key when r.Count is zero, and keeps
@@ -692,15 +730,28 @@ func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
 	return t.tx.Bucket(bMeta).Put(kLiveBytes, i64(live))
 }
 
+// Flag bits of a stored Ref.
+const (
+	refExpanded = 1
+	refChildren = 2 // children follow (v3): see children.go
+)
+
 func encodeRef(r Ref) []byte {
-	b := make([]byte, 0, 2*binary.MaxVarintLen64+1)
+	b := make([]byte, 0, 2*binary.MaxVarintLen64+2+40*len(r.Children))
 	b = binary.AppendUvarint(b, r.Count)
 	b = binary.AppendUvarint(b, uint64(r.Size))
 	var f byte
 	if r.Expanded {
-		f = 1
+		f |= refExpanded
 	}
-	return append(b, f)
+	if r.Children != nil {
+		f |= refChildren
+	}
+	b = append(b, f)
+	if r.Children != nil {
+		b = appendChildren(b, r.Children)
+	}
+	return b
 }
 
 func decodeRef(d digest.Digest, v []byte) (Ref, error) {
@@ -709,10 +760,21 @@ func decodeRef(d digest.Digest, v []byte) (Ref, error) {
 		return Ref{}, fmt.Errorf("refcount of %s: %w", d, errdef.ErrCorrupt)
 	}
 	s, m := binary.Uvarint(v[n:])
-	if m <= 0 || len(v) != n+m+1 || v[n+m] > 1 {
+	if m <= 0 || len(v) < n+m+1 || s > math.MaxInt64 {
 		return Ref{}, fmt.Errorf("refcount of %s: %w", d, errdef.ErrCorrupt)
 	}
-	return Ref{Count: c, Size: int64(s), Expanded: v[n+m] == 1}, nil
+	f, rest := v[n+m], v[n+m+1:]
+	r := Ref{Count: c, Size: int64(s), Expanded: f&refExpanded != 0}
+	switch {
+	case f&^(refExpanded|refChildren) != 0, f&refChildren == 0 && len(rest) != 0:
+		return Ref{}, fmt.Errorf("refcount of %s: %w", d, errdef.ErrCorrupt)
+	case f&refChildren != 0:
+		var err error
+		if r.Children, err = decodeChildren(d, rest); err != nil {
+			return Ref{}, err
+		}
+	}
+	return r, nil
 }
 
 func u64(v uint64) []byte {

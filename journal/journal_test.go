@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
@@ -210,7 +211,7 @@ func TestRefs(t *testing.T) {
 	db := open(t, filepath.Join(t.TempDir(), "journal.db"), journal.Options{})
 	a, b, c := digest.FromString("a"), digest.FromString("b"), digest.SHA512.FromString("c")
 	err := db.Update(func(tx *journal.Tx) error {
-		if r, err := tx.GetRef(a); err != nil || r != (journal.Ref{}) {
+		if r, err := tx.GetRef(a); err != nil || !reflect.DeepEqual(r, journal.Ref{}) {
 			t.Errorf("GetRef of an uncounted blob = %+v, %v", r, err)
 		}
 		for d, r := range map[digest.Digest]journal.Ref{a: {Count: 2, Size: 10, Expanded: true}, b: {Count: 1, Size: 5}, c: {Count: 7, Size: 1 << 40}} {
@@ -227,7 +228,7 @@ func TestRefs(t *testing.T) {
 	db.View(func(tx *journal.Tx) error {
 		return tx.ForEachRef(func(d digest.Digest, r journal.Ref) error { got[d] = r; return nil })
 	})
-	if len(got) != 2 || got[a] != (journal.Ref{Count: 2, Size: 10, Expanded: true}) || got[c].Count != 7 || got[c].Size != 1<<40 {
+	if len(got) != 2 || !reflect.DeepEqual(got[a], journal.Ref{Count: 2, Size: 10, Expanded: true}) || got[c].Count != 7 || got[c].Size != 1<<40 {
 		t.Errorf("refs %+v", got)
 	}
 	err = db.Update(func(tx *journal.Tx) error {

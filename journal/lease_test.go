@@ -3,11 +3,15 @@ package journal_test
 import (
 	"encoding/binary"
 	"errors"
+	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ocistore/ocistore/internal/errdef"
@@ -226,4 +230,104 @@ func TestNewerSchemaRefused(t *testing.T) {
 			t.Errorf("read-only %v: open of a newer schema = %v, want ErrCorrupt", ro, err)
 		}
 	}
+}
+
+// copyFixture copies journal/testdata/name to a temp file.
+func copyFixture(t *testing.T, name string) string {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "journal.db")
+	if err := os.WriteFile(path, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestUpgradeV2: a version 2 journal (written by the previous build: refs
+// without children) is upgraded in place; its refs read as before, with no
+// children recorded, and a ref stored after it records them.
+func TestUpgradeV2(t *testing.T) {
+	path := copyFixture(t, "v2-clean.db")
+	ro := open(t, path, journal.Options{ReadOnly: true})
+	var before map[digest.Digest]journal.Ref
+	ro.View(func(tx *journal.Tx) error {
+		if tx.SchemaVersion() != 2 {
+			t.Errorf("fixture is version %d", tx.SchemaVersion())
+		}
+		before = refs(t, tx)
+		return nil
+	})
+	ro.Close()
+	if len(before) == 0 {
+		t.Fatal("fixture has no refs")
+	}
+
+	db := open(t, path, journal.Options{})
+	defer db.Close()
+	var some digest.Digest
+	db.View(func(tx *journal.Tx) error {
+		if tx.SchemaVersion() != journal.SchemaVersion {
+			t.Errorf("version %d after upgrade", tx.SchemaVersion())
+		}
+		after := refs(t, tx)
+		if len(after) != len(before) {
+			t.Errorf("%d refs after upgrade, %d before", len(after), len(before))
+		}
+		for d, r := range before {
+			a := after[d]
+			if a.Count != r.Count || a.Size != r.Size || a.Expanded != r.Expanded || a.Children != nil || tx.ChildrenRecorded(d) {
+				t.Errorf("%s: %+v after upgrade, %+v before", d, a, r)
+			}
+			some = d
+		}
+		return nil
+	})
+	kids := []v1.Descriptor{{MediaType: v1.MediaTypeImageConfig, Digest: digest.FromString("c"), Size: 2}}
+	if err := db.Update(func(tx *journal.Tx) error {
+		r, _ := tx.GetRef(some)
+		r.Expanded, r.Children = true, kids
+		return tx.PutRef(some, r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *journal.Tx) error {
+		if r, err := tx.GetRef(some); err != nil || !tx.ChildrenRecorded(some) || len(r.Children) != 1 || !reflect.DeepEqual(r.Children, kids) {
+			t.Errorf("children not stored: %+v, %v", r, err)
+		}
+		return nil
+	})
+	if errs := db.Check(); len(errs) != 0 {
+		t.Errorf("Check: %v", errs)
+	}
+}
+
+// TestUpgradeDamagedFreelist: the upgrade is a write; when bbolt finds the
+// freelist damaged while committing it (it panics), Open returns ErrCorrupt
+// naming the file instead of crashing the process.
+func TestUpgradeDamagedFreelist(t *testing.T) {
+	path := copyFixture(t, "v2-page-freed-in-use.db")
+	_, err := journal.Open(path, journal.Options{})
+	if !errors.Is(err, errdef.ErrCorrupt) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("open = %v, want ErrCorrupt naming %s", err, path)
+	}
+	// Nothing was written: a read-only open still reads it as version 2.
+	ro := open(t, path, journal.Options{ReadOnly: true})
+	defer ro.Close()
+	ro.View(func(tx *journal.Tx) error {
+		if tx.SchemaVersion() != 2 {
+			t.Errorf("version %d after a failed upgrade", tx.SchemaVersion())
+		}
+		return nil
+	})
+}
+
+func refs(t *testing.T, tx *journal.Tx) map[digest.Digest]journal.Ref {
+	out := map[digest.Digest]journal.Ref{}
+	if err := tx.ForEachRef(func(d digest.Digest, r journal.Ref) error { out[d] = r; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

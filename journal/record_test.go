@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/errdef"
 )
@@ -148,24 +149,40 @@ func TestRefEncoding(t *testing.T) {
 		{Count: 3, Size: 12345, Expanded: true},
 		{Count: math.MaxUint64, Size: math.MaxInt64},
 		{Count: 127, Size: 128},
+		{Count: 1, Size: 9, Expanded: true, Children: []v1.Descriptor{}},
+		{Count: 2, Size: 900, Expanded: true, Children: []v1.Descriptor{
+			{MediaType: v1.MediaTypeImageConfig, Digest: dA, Size: 0},
+			{MediaType: v1.MediaTypeImageLayerGzip, Digest: digest.SHA512.FromString("b"), Size: math.MaxInt64},
+			{MediaType: "application/x-unknown", Digest: digest.SHA384.FromString("c"), Size: 1 << 40},
+			{MediaType: "", Digest: "sha256:ABCDEF", Size: 3},                                                           // not raw-encodable
+			{MediaType: v1.MediaTypeImageManifest, Digest: digest.Digest("sha256:" + strings.Repeat("A", 64)), Size: 1}, // upper case stays a string
+			{MediaType: v1.MediaTypeImageIndex, Digest: "blake3:" + digest.Digest(strings.Repeat("0", 64)), Size: 5},
+		}},
 	} {
 		b := encodeRef(r)
 		got, err := decodeRef(dA, b)
-		if err != nil || got != r {
+		if err != nil || !reflect.DeepEqual(got, r) {
 			t.Errorf("decodeRef(encodeRef(%+v)) = %+v, %v", r, got, err)
 		}
 	}
-	good := encodeRef(Ref{Count: 300, Size: 70000, Expanded: true})
+	good := encodeRef(Ref{Count: 300, Size: 70000, Expanded: true, Children: []v1.Descriptor{
+		{MediaType: "x/y", Digest: dA, Size: 5}, {MediaType: v1.MediaTypeImageConfig, Digest: "other:1", Size: 7},
+	}})
 	bad := [][]byte{
 		nil,
 		{},
-		{0x80},                         // unterminated count
-		{0x01},                         // no size, no flag
-		{0x01, 0x05},                   // no flag
-		{0x01, 0x05, 0x02},             // unknown flag
-		{0x01, 0x05, 0x00, 0x00},       // trailing byte
-		{0x01, 0x80},                   // unterminated size
-		bytes.Repeat([]byte{0xff}, 11), // varint overflow
+		{0x80},                               // unterminated count
+		{0x01},                               // no size, no flag
+		{0x01, 0x05},                         // no flag
+		{0x01, 0x05, 0x04},                   // unknown flag
+		{0x01, 0x05, 0x02},                   // children flag, no children
+		{0x01, 0x05, 0x03, 0x01, 0x7f, 0x01}, // unknown media type code
+		{0x01, 0x05, 0x03, 0x01, 0x01, 0x09}, // unknown digest algorithm
+		{0x01, 0x05, 0x03, 0xff, 0xff, 0x03}, // more children than bytes
+		{0x01, 0x05, 0x03, 0x00, 0x00},       // trailing byte after children
+		{0x01, 0x05, 0x00, 0x00},             // trailing byte
+		{0x01, 0x80},                         // unterminated size
+		bytes.Repeat([]byte{0xff}, 11),       // varint overflow
 	}
 	for n := 0; n < len(good); n++ {
 		bad = append(bad, good[:n])

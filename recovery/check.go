@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"sort"
 
 	"github.com/opencontainers/go-digest"
@@ -475,10 +476,12 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 		return n.kids, nil
 	}
 	want, _ := refcount.Recount(ix, cached)
-	var diffs []digest.Digest
+	var diffs, kidDiffs []digest.Digest
 	for d, w := range want {
 		if stored[d].Count != w.Count {
 			diffs = append(diffs, d)
+		} else if st := stored[d].Children; st != nil && w.Children != nil && !sameChildren(st, w.Children) {
+			kidDiffs = append(kidDiffs, d)
 		}
 	}
 	for d := range stored {
@@ -490,6 +493,28 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 	for _, d := range diffs {
 		r.add(KindRefcount, d, "", "stored count %d, recount %d", stored[d].Count, want[d].Count)
 	}
+	slices.Sort(kidDiffs)
+	for _, d := range kidDiffs {
+		st, rd := stored[d].Children, want[d].Children
+		i := 0
+		for i < min(len(st), len(rd)) && sameChildren(st[i:i+1], rd[i:i+1]) {
+			i++
+		}
+		switch {
+		case i < min(len(st), len(rd)):
+			r.add(KindRefcount, d, "", "the journal records child %d of the manifest as %s (%d bytes), the manifest references %s (%d bytes)", i, st[i].Digest, st[i].Size, rd[i].Digest, rd[i].Size)
+		default:
+			r.add(KindRefcount, d, "", "the journal records %d children of the manifest, it references %d", len(st), len(rd))
+		}
+	}
+}
+
+// sameChildren reports whether a journal's record of a manifest's children
+// is what the manifest references.
+func sameChildren(a, b []v1.Descriptor) bool {
+	return slices.EqualFunc(a, b, func(x, y v1.Descriptor) bool {
+		return x.Digest == y.Digest && x.Size == y.Size && x.MediaType == y.MediaType
+	})
 }
 
 // typeName words a file type for a problem's detail.

@@ -203,8 +203,8 @@ func TestHostileManifestDigest(t *testing.T) {
 }
 
 // TestCheckFindsDamage: a blob of an image removed, another truncated:
-// fsck names both; deleting the image whose manifest is missing or corrupt
-// fails naming the digest and deletes nothing.
+// fsck names both; the images whose manifests are damaged still delete
+// (by the children the store recorded when it counted them).
 func TestCheckFindsDamage(t *testing.T) {
 	ctx := context.Background()
 	dir, a, b := libBadLayout(t)
@@ -237,60 +237,62 @@ func TestCheckFindsDamage(t *testing.T) {
 		t.Errorf("CheckDir: %v, %v; Check: %v", rep, err, ps)
 	}
 
-	// b's manifest is truncated: deleting b (by tag, by digest, in a batch) fails.
-	before := testutil.Snapshot(t, dir, ".ocistore")
-	for _, refs := range [][]string{{"b"}, {b.Digest.String()}, {"a", "b"}} {
-		_, err := l.s.Delete(ctx, refs...)
-		if err == nil {
-			t.Fatalf("Delete(%v) of an image whose manifest is corrupt succeeded", refs)
-		}
-		if !strings.Contains(err.Error(), b.Digest.String()) {
-			t.Errorf("Delete(%v) = %v: does not name %s", refs, err, b.Digest)
-		}
-	}
-	testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, dir, ".ocistore"))
-	if _, err := l.s.Resolve(ctx, "b"); err != nil {
-		t.Errorf("b lost: %v", err)
-	}
-
-	// a's manifest content is replaced (same size, other bytes).
+	// b's manifest is truncated, a's rewritten (same size, other bytes).
+	// Each still deletes: the store released what it recorded of their
+	// children when it counted them, never what the damaged bytes say, and
+	// nothing the other image uses goes with them.
 	raw, _ := os.ReadFile(testutil.BlobFile(dir, a.Digest))
 	raw[len(raw)-2] ^= 0x20
 	if err := os.WriteFile(testutil.BlobFile(dir, a.Digest), raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	before = testutil.Snapshot(t, dir, ".ocistore")
-	if _, err := l.s.Delete(ctx, "a"); err == nil || !strings.Contains(err.Error(), a.Digest.String()) {
-		t.Errorf("Delete(a) with a corrupt manifest = %v", err)
-	} else if !errors.Is(err, store.ErrDigestMismatch) {
-		t.Errorf("Delete(a) = %v, want ErrDigestMismatch", err)
-	}
-	testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, dir, ".ocistore"))
 	if d := libProblems(testutil.Problems(t, l.s), recovery.KindDigestMismatch); len(d) != 1 || d[0].Digest != a.Digest.String() {
 		t.Errorf("digest-mismatch: %v", d)
 	}
+	res, err := l.s.Delete(ctx, b.Digest.String())
+	if err != nil {
+		t.Fatalf("Delete(b) with a truncated manifest: %v", err)
+	}
+	if got := freedSet(*res); got[b.Digest] == 0 || len(got) != len(libMinus(bg, ag)) {
+		t.Errorf("Delete(b) freed %v, want b's own blobs %v", res.Freed, libMinus(bg, ag))
+	}
+	l.wantBlobs(true, libMinus(ag, []digest.Digest{a.Digest, layer})...)
+	if _, err := l.s.Delete(ctx, "a"); err != nil {
+		t.Fatalf("Delete(a) with a rewritten manifest: %v", err)
+	}
+	l.wantBlobs(false, append(ag, bg...)...)
+	if ps := testutil.Problems(t, l.s); len(ps) != 0 {
+		t.Errorf("fsck after deleting both: %v", ps)
+	}
 }
 
-// TestDeleteMissingManifest: the manifest blob of an image is gone. Delete
-// fails naming it and deletes nothing, whether the store counted the image
-// itself or adopted it already broken.
+// TestDeleteMissingManifest: the manifest blob of an image is gone. When
+// the store counted the image itself, it recorded the manifest's children:
+// Delete releases them, and frees what only that image used. When the store
+// adopted the image already broken, what it references is unknown: Delete
+// fails naming the manifest and deletes nothing.
 func TestDeleteMissingManifest(t *testing.T) {
 	ctx := context.Background()
 	t.Run("counted by the store", func(t *testing.T) {
-		dir, a, _ := libBadLayout(t)
+		dir, a, b := libBadLayout(t)
+		ag, bg := testutil.Graph(t, dir, a), testutil.Graph(t, dir, b)
 		if err := os.Remove(testutil.BlobFile(dir, a.Digest)); err != nil {
 			t.Fatal(err)
 		}
 		l := libOpen(t, dir, 1)
-		before := testutil.Snapshot(t, dir, ".ocistore")
-		_, err := l.s.Delete(ctx, "a")
-		if err == nil || !strings.Contains(err.Error(), a.Digest.String()) {
-			t.Fatalf("Delete = %v, want an error naming %s", err, a.Digest)
+		res, err := l.s.Delete(ctx, "a")
+		if err != nil {
+			t.Fatalf("Delete: %v", err)
 		}
-		if !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrMissingDependency) && !errors.Is(err, store.ErrCorrupt) {
-			t.Errorf("Delete = %v", err)
+		own := libMinus(ag, bg)
+		if _, gone := freedSet(*res)[a.Digest]; gone || len(res.Freed) != len(own)-1 {
+			t.Errorf("freed %v, want %v less the missing manifest", res.Freed, own)
 		}
-		testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, dir, ".ocistore"))
+		l.wantBlobs(false, own...)
+		l.wantBlobs(true, bg...)
+		if ps := testutil.Problems(t, l.s); len(ps) != 0 {
+			t.Errorf("fsck after the delete: %v", ps)
+		}
 	})
 	t.Run("adopted broken", func(t *testing.T) {
 		dir := t.TempDir()

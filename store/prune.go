@@ -269,11 +269,13 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 			chosen, reasons = append(chosen, i), append(reasons, ReasonKeepLast)
 		}
 	}
-	descs := make([]v1.Descriptor, len(chosen))
-	for j, i := range chosen {
-		descs[j] = entries[i].Desc
+	if dr.simulate {
+		descs := make([]v1.Descriptor, len(chosen))
+		for j, i := range chosen {
+			descs[j] = entries[i].Desc
+		}
+		t.prefetch(descs)
 	}
-	t.prefetch(descs)
 	for j, i := range chosen {
 		if err := dr.remove(i, reasons[j]); err != nil {
 			return nil, err

@@ -51,7 +51,18 @@ type txn struct {
 // newTxn starts what a plan reads in tx.
 func (s *Store) newTxn(tx *journal.Tx) *txn {
 	mc := newManifestCache(layout.LoadChildren(s.fsys))
-	return &txn{tx: tx, load: mc.Load, prefetch: mc.Prefetch, now: s.now()}
+	prefetch := func(ds []v1.Descriptor) {
+		// The refcounts of manifests already live record their children:
+		// only the others are read.
+		var read []v1.Descriptor
+		for _, d := range ds {
+			if !tx.ChildrenRecorded(d.Digest) {
+				read = append(read, d)
+			}
+		}
+		mc.Prefetch(read)
+	}
+	return &txn{tx: tx, load: mc.Load, prefetch: prefetch, now: s.now()}
 }
 
 // planFunc computes the new index entries from the current ones. It must not

@@ -5,8 +5,9 @@
 // A blob's count is the number of references to it: one per index.json entry
 // naming it, plus one per reference from each live manifest or index (a blob
 // is live while its count is above zero). When a manifest becomes live its
-// children are counted and the Ref is marked Expanded; when it dies they are
-// released, whatever media type a later reference claims.
+// children are counted, and the Ref is marked Expanded and records them (so
+// that a release reads no blob); when it dies they are released, whatever
+// media type a later reference claims.
 package refcount
 
 import (
@@ -86,6 +87,7 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 		switch {
 		case err == nil:
 			r.Expanded = true
+			r.Children = children(kids.Refs)
 		case layout.Sniffed(d, err): // a root that is not a manifest: a leaf
 			kids = layout.Children{}
 		case c.Lenient:
@@ -151,16 +153,30 @@ func (c *Counter) dec(d digest.Digest, mt string, depth int) error {
 		}
 		return nil
 	}
-	kids, err := c.Load(v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: d, Size: r.Size})
-	if err != nil {
-		return fmt.Errorf("release children of %s: %w", d, err)
+	kids := r.Children
+	if kids == nil { // counted before children were recorded (schema v2)
+		c, err := c.Load(v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: d, Size: r.Size})
+		if err != nil {
+			return fmt.Errorf("release children of %s: %w", d, err)
+		}
+		kids = c.Refs
 	}
-	for _, k := range kids.Refs {
+	for _, k := range kids {
 		if err := c.dec(k.Digest, k.MediaType, depth+1); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// children is what a Ref records of a manifest's references: digest, size
+// and media type, never nil.
+func children(refs []v1.Descriptor) []v1.Descriptor {
+	out := make([]v1.Descriptor, len(refs))
+	for i, k := range refs {
+		out[i] = v1.Descriptor{MediaType: k.MediaType, Digest: k.Digest, Size: k.Size}
+	}
+	return out
 }
 
 // Map is an in-memory Table.

@@ -438,3 +438,50 @@ func TestLeafThenManifest(t *testing.T) {
 		}
 	}
 }
+
+// TestReleaseReadsNoManifest: an expanded manifest's Ref records its
+// children, so releasing it reads no blob, even one gone since; a Ref
+// without them (counted by schema v2) has its manifest read, as before.
+func TestReleaseReadsNoManifest(t *testing.T) {
+	g := newGraph()
+	cfg, l := leaf("cfg"), leaf("l")
+	a := g.manifest("a", cfg, l)
+	ix := g.index("ix", a)
+	m := refcount.Map{}
+	c := &refcount.Counter{T: m, Load: g.load}
+	if err := c.Inc(ix); err != nil {
+		t.Fatal(err)
+	}
+	if got := m[a.Digest].Children; len(got) != 2 || got[0].Digest != cfg.Digest || got[1].Size != l.Size || got[1].MediaType != l.MediaType {
+		t.Fatalf("children recorded for a: %+v", got)
+	}
+	if got := m[cfg.Digest].Children; got != nil {
+		t.Errorf("a leaf records children: %+v", got)
+	}
+	g.loads = 0
+	g.missing[a.Digest], g.missing[ix.Digest] = true, true // removed by another tool
+	c = &refcount.Counter{T: m, Load: g.load}
+	if err := c.Dec(ix); err != nil {
+		t.Fatal(err)
+	}
+	if g.loads != 0 || len(c.Freed) != 4 || len(m) != 0 {
+		t.Errorf("release: %d loads, freed %v, left %v", g.loads, c.Freed, counts(m))
+	}
+
+	// As stored by schema v2: no children, the manifest is read.
+	delete(g.missing, a.Digest)
+	c = &refcount.Counter{T: m, Load: g.load}
+	if err := c.Inc(a); err != nil {
+		t.Fatal(err)
+	}
+	r := m[a.Digest]
+	r.Children = nil
+	m[a.Digest] = r
+	g.loads = 0
+	if err := c.Dec(a); err != nil {
+		t.Fatal(err)
+	}
+	if g.loads != 1 || len(m) != 0 {
+		t.Errorf("v2 release: %d loads, left %v", g.loads, counts(m))
+	}
+}

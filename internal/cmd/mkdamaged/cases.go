@@ -256,6 +256,28 @@ func setRef(dir string, d digest.Digest, count uint64) error {
 	})
 }
 
+// swapChild makes the journal of the layout in dir record child for
+// manifest m in place of m's first child (what a flipped bit in the refs
+// bucket could do): a release would free the wrong blob.
+func swapChild(dir string, m, child v1.Descriptor) error {
+	db, err := journal.Open(journalFile(dir), journal.Options{})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.Update(func(tx *journal.Tx) error {
+		r, err := tx.GetRef(m.Digest)
+		if err != nil {
+			return err
+		}
+		if len(r.Children) == 0 {
+			return fmt.Errorf("%s: no children recorded", m.Digest)
+		}
+		r.Children[0] = v1.Descriptor{MediaType: child.MediaType, Digest: child.Digest, Size: child.Size}
+		return tx.PutRef(m.Digest, r)
+	})
+}
+
 // journalFile is the journal of the layout in dir.
 func journalFile(dir string) string {
 	return filepath.Join(dir, filepath.FromSlash(layout.StateDir+"/journal.db"))
@@ -541,6 +563,8 @@ func Cases() []Case {
 			})},
 		{Name: "refcount", Spec: Spec{Description: "a stored reference count is wrong: recounted"},
 			Build: steps(healthy, func(dir string) error { return setRef(dir, n["shared"].Digest, 9) })},
+		{Name: "refcount-children", Spec: Spec{Description: "the journal's record of a manifest's children is wrong (another live blob in place of its config): reported; repaired by a recount, so that deleting the image frees its own config and never the other blob"},
+			Build: steps(healthy, func(dir string) error { return swapChild(dir, n["app2"], n["tool-layer"]) })},
 		{Name: "temp-files", Spec: Spec{Description: "a renameio temp file in the root and an ingest temp file of a dead process: removed"},
 			Build: steps(healthy, func(dir string) error {
 				if err := writeFile(dir, ".index.json3141592", []byte(`{"schemaVersion":2,"manif`)); err != nil {
