@@ -14,8 +14,9 @@ func DecodeImageForTest(b []byte) (ImageMeta, error) {
 func StoredIndexSizes(t interface{ Fatal(...any) }, db *DB) map[digest.Digest]int {
 	out := map[digest.Digest]int{}
 	err := db.View(func(tx *Tx) error {
-		return tx.tx.Bucket(bIndexes).ForEach(func(k, v []byte) error {
-			out[digest.Digest(k)] = len(v)
+		ib := copies{tx.tx.Bucket(bIndexes)}
+		return ib.b.ForEach(func(k, _ []byte) error {
+			out[digest.Digest(k)] = len(ib.get(k))
 			return nil
 		})
 	})
@@ -27,7 +28,20 @@ func StoredIndexSizes(t interface{ Fatal(...any) }, db *DB) map[digest.Digest]in
 
 // DropStoredIndex deletes one value of the indexes bucket (damage).
 func DropStoredIndex(t interface{ Fatal(...any) }, db *DB, d digest.Digest) {
-	if err := db.Update(func(tx *Tx) error { return tx.tx.Bucket(bIndexes).Delete([]byte(d)) }); err != nil {
+	if err := db.Update(func(tx *Tx) error { return copies{tx.tx.Bucket(bIndexes)}.drop([]byte(d)) }); err != nil {
 		t.Fatal(err)
 	}
 }
+
+// StoredInBucket reports whether d's copy is stored in a bucket of its own.
+func StoredInBucket(t interface{ Fatal(...any) }, db *DB, d digest.Digest) bool {
+	in := false
+	if err := db.View(func(tx *Tx) error { in = tx.tx.Bucket(bIndexes).Bucket([]byte(d)) != nil; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+// PageAllocBytes is how many bytes of pages bbolt has allocated for
+// commits since the database was opened.
+func PageAllocBytes(db *DB) int64 { st := db.bolt.Stats(); return st.TxStats.GetPageAlloc() }

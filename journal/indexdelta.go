@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/ocistore/ocistore/internal/errdef"
 )
@@ -26,10 +27,57 @@ import (
 // chain never grows beyond maxDeltaDepth: the next copy is stored whole.
 // Every copy read back is checked against its digest by its reader
 // (recovery, repair), so a damaged delta is no copy, never a wrong index.
+//
+// A whole copy larger than wholeInBucket is stored in a bucket of its own
+// (v3), under the key "v": bbolt rewrites a leaf page with every value it
+// holds whenever one key of it changes, and keeps at least two keys in a
+// leaf, so a 5 MB copy stored as a plain value beside the deltas would be
+// written again by every transaction that adds or drops a delta next to
+// it. In a bucket of its own, only its parent's small leaf is rewritten.
 const (
 	deltaTag      = 0x01
 	maxDeltaDepth = 16
 )
+
+// wholeInBucket is the size above which a whole copy gets its own bucket.
+const wholeInBucket = 16 << 10
+
+var kWhole = []byte("v")
+
+// copies is the indexes bucket: values or, for large whole copies, buckets.
+type copies struct{ b *bolt.Bucket }
+
+// get returns the stored value of d's copy (whole bytes or a delta), nil
+// when there is none.
+func (c copies) get(k []byte) []byte {
+	if sub := c.b.Bucket(k); sub != nil {
+		return sub.Get(kWhole)
+	}
+	return c.b.Get(k)
+}
+
+// has reports whether a copy of k is stored.
+func (c copies) has(k []byte) bool { return c.b.Bucket(k) != nil || c.b.Get(k) != nil }
+
+// put stores v as k's copy.
+func (c copies) put(k, v []byte) error {
+	if _, isDelta, _ := decodeDelta(v); isDelta || len(v) <= wholeInBucket {
+		return c.b.Put(k, v)
+	}
+	sub, err := c.b.CreateBucket(k)
+	if err != nil {
+		return err
+	}
+	return sub.Put(kWhole, v)
+}
+
+// drop removes k's copy.
+func (c copies) drop(k []byte) error {
+	if c.b.Bucket(k) != nil {
+		return c.b.DeleteBucket(k)
+	}
+	return c.b.Delete(k)
+}
 
 // delta is a decoded delta value.
 type delta struct {

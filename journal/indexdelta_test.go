@@ -129,3 +129,84 @@ func TestIndexDeltaBrokenChain(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWholeCopyNotRewritten: a large whole copy lives in a bucket of its
+// own, so the transactions that add and drop deltas beside it do not write
+// it again (bbolt rewrites a leaf with every value it holds).
+func TestWholeCopyNotRewritten(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "j.db"), journal.Options{})
+	// Deletes one after the other: each index lacks one more entry.
+	skip := map[int]bool{}
+	idx := [][]byte{fakeIndexWithout(3000, skip)}
+	for i := 1; i <= 8; i++ {
+		skip[i*300] = true
+		idx = append(idx, fakeIndexWithout(3000, skip))
+	}
+	commitChain(t, db, idx[:1])
+	whole := digest.FromBytes(idx[0])
+	if !journal.StoredInBucket(t, db, whole) {
+		t.Errorf("a whole copy of %d bytes is a plain value", len(idx[0]))
+	}
+	before := journal.PageAllocBytes(db)
+	for i := 1; i < len(idx); i++ {
+		commitPair(t, db, idx[i-1], idx[i])
+	}
+	// Each transaction writes a few pages (the delta, the record, the
+	// branches above them, the freelist), never the whole copy again.
+	if written := journal.PageAllocBytes(db) - before; written > int64(len(idx[0])) {
+		t.Errorf("8 transactions of deltas wrote %d bytes of pages; the whole copy is %d bytes", written, len(idx[0]))
+	}
+	last := idx[len(idx)-1]
+	err := db.View(func(tx *journal.Tx) error {
+		if got, ok := tx.IndexBytes(digest.FromBytes(last)); !ok || string(got) != string(last) {
+			t.Errorf("the last copy does not read back")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fakeIndexWithout is fakeIndex without the entries in skip.
+func fakeIndexWithout(n int, skip map[int]bool) []byte {
+	var b strings.Builder
+	b.WriteString(`{"schemaVersion":2,"manifests":[`)
+	first := true
+	for i := 0; i < n; i++ {
+		if skip[i] {
+			continue
+		}
+		if !first {
+			b.WriteByte(',')
+		}
+		first = false
+		fmt.Fprintf(&b, `{"mediaType":"m","digest":"sha256:%064x","size":%d,"annotations":{"org.opencontainers.image.ref.name":"img%d"}}`, i, 500+i, i)
+	}
+	b.WriteString("]}\n")
+	return []byte(b.String())
+}
+
+// commitPair commits b over prev as a transaction does: the record in one
+// bbolt transaction, the clear in another.
+func commitPair(t *testing.T, db *journal.DB, prev, b []byte) {
+	t.Helper()
+	var id uint64
+	err := db.Update(func(tx *journal.Tx) error {
+		r := &journal.Record{Op: "t", NewIndex: digest.FromBytes(b), OldIndex: tx.IndexDigest()}
+		err := tx.AddPendingFrom(r, b, prev)
+		id = r.ID
+		return err
+	})
+	if err == nil {
+		err = db.Update(func(tx *journal.Tx) error {
+			if err := tx.DeletePending(id); err != nil {
+				return err
+			}
+			return tx.SetCommittedIndex(digest.FromBytes(b), nil)
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}

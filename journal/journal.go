@@ -15,6 +15,9 @@
 //	                     indexdelta.go); holds the last committed index (meta
 //	                     "index"), the new index of every pending record, and
 //	                     the copies their deltas need, nothing else
+//	  <digest>/       -> (v3) bucket holding "v" -> the bytes of a whole copy
+//	                     larger than 16 KiB, so that it is never rewritten
+//	                     with the deltas beside it
 //	pending/                   bucket: transaction records not yet fully applied
 //	  <txn id, u64 BE> -> Record (see Encode: version byte, crc32c, JSON)
 //	refs/                      bucket: persistent reference counts
@@ -44,7 +47,7 @@
 //	                           ("schema", "live-bytes") count every layout
 //
 // Version 1 had none of the buckets and keys marked (v2); version 2 stored
-// no children in refs. Open upgrades an older database in place (one write
+// no children in refs and no copy of index.json in a bucket of its own. Open upgrades an older database in place (one write
 // transaction: the missing buckets are created, live-bytes is summed from
 // refs/, the version is set to 3; refs without children stay so, and their
 // manifests are read when they are released); a read-only open reads it as
@@ -493,7 +496,7 @@ func (t *Tx) IndexDigest() digest.Digest {
 // IndexBytes returns the stored copy of an index.json by digest.
 // A copy stored as a delta whose chain is broken is no copy.
 func (t *Tx) IndexBytes(d digest.Digest) ([]byte, bool) {
-	b, err := resolveIndex(t.sb(bIndexes).Get, d)
+	b, err := resolveIndex(copies{t.sb(bIndexes)}.get, d)
 	if err != nil || b == nil {
 		return nil, false
 	}
@@ -506,9 +509,9 @@ func (t *Tx) SetCommittedIndex(d digest.Digest, b []byte) error {
 	if err := t.sb(bMeta).Put(kIndex, []byte(d)); err != nil {
 		return err
 	}
-	ib := t.sb(bIndexes)
-	if b != nil && ib.Get([]byte(d)) == nil {
-		if err := ib.Put([]byte(d), b); err != nil {
+	ib := copies{t.sb(bIndexes)}
+	if b != nil && !ib.has([]byte(d)) {
+		if err := ib.put([]byte(d), b); err != nil {
 			return err
 		}
 	}
@@ -518,7 +521,7 @@ func (t *Tx) SetCommittedIndex(d digest.Digest, b []byte) error {
 	hold := func(k digest.Digest) {
 		for i := 0; k != "" && !keep[string(k)] && i <= maxDeltaDepth; i++ {
 			keep[string(k)] = true
-			k = deltaBase(ib.Get([]byte(k)))
+			k = deltaBase(ib.get([]byte(k)))
 		}
 	}
 	hold(d)
@@ -530,14 +533,14 @@ func (t *Tx) SetCommittedIndex(d digest.Digest, b []byte) error {
 		hold(r.NewIndex)
 	}
 	var drop [][]byte
-	c := ib.Cursor()
+	c := ib.b.Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
 		if !keep[string(k)] {
 			drop = append(drop, bytes.Clone(k))
 		}
 	}
 	for _, k := range drop {
-		if err := ib.Delete(k); err != nil {
+		if err := ib.drop(k); err != nil {
 			return err
 		}
 	}
@@ -597,14 +600,19 @@ func (t *Tx) AddPendingFrom(r *Record, newIndex, baseBytes []byte) error {
 		return err
 	}
 	r.ID = id
-	ib := t.sb(bIndexes)
+	ib := copies{t.sb(bIndexes)}
 	v := newIndex
-	if base := t.IndexDigest(); base != "" && base != r.NewIndex && baseBytes != nil && ib.Get([]byte(r.NewIndex)) == nil {
-		if bv := ib.Get([]byte(base)); bv != nil {
+	if ib.has([]byte(r.NewIndex)) {
+		// Stored already (perhaps as a delta): replaced by the whole bytes.
+		if err := ib.drop([]byte(r.NewIndex)); err != nil {
+			return err
+		}
+	} else if base := t.IndexDigest(); base != "" && base != r.NewIndex && baseBytes != nil {
+		if bv := ib.get([]byte(base)); bv != nil {
 			v = makeDelta(newIndex, base, baseBytes, bv)
 		}
 	}
-	if err := ib.Put([]byte(r.NewIndex), v); err != nil {
+	if err := ib.put([]byte(r.NewIndex), v); err != nil {
 		return err
 	}
 	return t.sb(bPending).Put(u64(id), r.Encode())

@@ -120,6 +120,9 @@ func salvageTx(tx *bolt.Tx, s *Salvaged) {
 		raw := map[string][]byte{}
 		c := b.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if v == nil { // a whole copy in a bucket of its own
+				v = copies{b}.get(k)
+			}
 			raw[string(k)] = bytes.Clone(v)
 		}
 		get := func(k []byte) []byte { return raw[string(k)] }

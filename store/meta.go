@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -91,15 +92,22 @@ func (s *Store) trackImages(t *txn, old, new digest.Digest, entries []layout.Ent
 	if t.tx.ImagesIndex() != old {
 		return s.reconcileImages(t, entries, new)
 	}
+	// Is d still a root? A few removals scan the entries; many build a set.
 	var roots map[digest.Digest]bool
-	for _, d := range removed {
+	stillRoot := func(d digest.Digest) bool {
+		if len(removed) <= 8 {
+			return slices.ContainsFunc(entries, func(e layout.Entry) bool { return e.Desc.Digest == d })
+		}
 		if roots == nil {
 			roots = make(map[digest.Digest]bool, len(entries))
 			for _, e := range entries {
 				roots[e.Desc.Digest] = true
 			}
 		}
-		if roots[d.Digest] {
+		return roots[d]
+	}
+	for _, d := range removed {
+		if stillRoot(d.Digest) {
 			continue
 		}
 		if err := t.tx.DeleteImage(d.Digest); err != nil {

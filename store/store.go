@@ -516,6 +516,13 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery
 		return nil, nil, err
 	}
 	sn := s.snap.Load()
+	if !lazy && sn != nil && sn.ix == nil && sn.stamp != (fsio.Stamp{}) {
+		// A lazy open left index.json unread, vouched for by its stamp:
+		// read it as readers do (no hashing while the stamp holds).
+		if loaded, err := s.current(); err == nil {
+			sn = loaded
+		}
+	}
 	var known *recovery.State
 	if sn != nil && sn.ix != nil && sn.raw != nil && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
 		known = &recovery.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest, Stamp: sn.stamp}
@@ -578,9 +585,17 @@ func (s *Store) current() (*snapshot, error) {
 		s.log.Debug("index.json unreadable, serving the last good copy", "err", rerr)
 		return sn, nil
 	}
-	nsn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw)}
+	nsn := &snapshot{ix: ix, raw: raw}
 	if err == nil {
 		nsn.stamp = fsio.StampOf(fi)
+	}
+	// A lazy open left the digest the journal vouches for by index.json's
+	// stamp: while the file keeps that stamp (before and after the read),
+	// the bytes are that digest's and need no hashing.
+	if sn.ix == nil && err == nil && sn.stamp != (fsio.Stamp{}) && nsn.stamp == sn.stamp && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
+		nsn.digest = sn.digest
+	} else {
+		nsn.digest = layout.Sum(raw)
 	}
 	if sn.ix == nil && nsn.digest != sn.digest {
 		s.log.Warn("index.json is not the index the journal committed; the next write recounts", "committed", sn.digest, "now", nsn.digest)

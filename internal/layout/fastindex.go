@@ -3,6 +3,7 @@ package layout
 import (
 	"bytes"
 	"encoding/json"
+	"unsafe"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -59,35 +60,67 @@ type fastParser struct {
 	intern map[string]string // the strings every entry repeats: media types, keys
 }
 
+// plainByte marks the bytes a string can hold as they are: printable ASCII
+// but the backslash (the fast path takes no escapes).
+var plainByte = func() (t [256]bool) {
+	for c := 0x20; c < 0x7f; c++ {
+		t[c] = c != '\\'
+	}
+	return t
+}()
+
+// span reads a string without escapes and returns its bytes (b[start:end]).
+func (p *fastParser) span() (start, end int, ok bool) {
+	if !p.eat('"') {
+		return 0, 0, false
+	}
+	start = p.i
+	n := bytes.IndexByte(p.b[start:], '"')
+	if n < 0 {
+		return 0, 0, false
+	}
+	for _, c := range p.b[start : start+n] {
+		if !plainByte[c] {
+			return 0, 0, false
+		}
+	}
+	p.i = start + n + 1
+	return start, start + n, true
+}
+
+// repeated are strings most entries hold, returned without a lookup.
+var repeated = []string{
+	"mediaType", "digest", "size", "annotations", "platform", "artifactType",
+	v1.AnnotationRefName, v1.AnnotationCreated,
+	v1.MediaTypeImageManifest, v1.MediaTypeImageIndex,
+	"application/vnd.docker.distribution.manifest.v2+json",
+	"application/vnd.docker.distribution.manifest.list.v2+json",
+	"architecture", "os", "variant", "amd64", "arm64", "linux",
+}
+
 // istr is str for a string that many entries repeat: one copy of each.
 func (p *fastParser) istr() (string, bool) {
-	if !p.eat('"') {
+	start, end, ok := p.span()
+	if !ok {
 		return "", false
 	}
-	start := p.i
-	for p.i < len(p.b) {
-		c := p.b[p.i]
-		switch {
-		case c == '"':
-			raw := p.b[start:p.i]
-			p.i++
-			if s, ok := p.intern[string(raw)]; ok {
-				return s, true
-			}
-			s := string(raw)
-			if len(p.intern) < 4096 {
-				if p.intern == nil {
-					p.intern = map[string]string{}
-				}
-				p.intern[s] = s
-			}
-			return s, true
-		case c == '\\' || c < 0x20 || c >= 0x7f:
-			return "", false
+	raw := p.b[start:end]
+	for _, r := range repeated {
+		if len(r) == len(raw) && r == string(raw) {
+			return r, true
 		}
-		p.i++
 	}
-	return "", false
+	if s, ok := p.intern[string(raw)]; ok {
+		return s, true
+	}
+	s := string(raw)
+	if len(p.intern) < 4096 {
+		if p.intern == nil {
+			p.intern = map[string]string{}
+		}
+		p.intern[s] = s
+	}
+	return s, true
 }
 
 func (p *fastParser) ws() {
@@ -115,23 +148,13 @@ func (p *fastParser) eat(c byte) bool {
 
 // str reads a string of printable ASCII without escapes.
 func (p *fastParser) str() (string, bool) {
-	if !p.eat('"') {
-		return "", false
+	start, end, ok := p.span()
+	if !ok || start == end {
+		return "", ok
 	}
-	start := p.i
-	for p.i < len(p.b) {
-		c := p.b[p.i]
-		switch {
-		case c == '"':
-			s := string(p.b[start:p.i])
-			p.i++
-			return s, true
-		case c == '\\' || c < 0x20 || c >= 0x7f:
-			return "", false
-		}
-		p.i++
-	}
-	return "", false
+	// The string shares b's memory, as Raw does: b, the file's bytes, is
+	// kept and never written by whoever keeps the index.
+	return unsafe.String(&p.b[start], end-start), true
 }
 
 // int reads a JSON integer that fits an int64.
@@ -168,6 +191,8 @@ func (p *fastParser) skipValue() bool {
 		return false
 	}
 	p.i = start + int(dec.InputOffset())
+	// It may hold white space: the entry's raw bytes are compacted.
+	p.space = true
 	return true
 }
 
@@ -322,7 +347,7 @@ func (p *fastParser) entries() ([]Entry, bool) {
 		if p.space {
 			raw = compact(raw)
 		}
-		out = append(out, Entry{Desc: d, Raw: raw})
+		out = append(out, entry(d, raw))
 		return true
 	})
 	return out, ok

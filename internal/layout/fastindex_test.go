@@ -33,7 +33,7 @@ func slowDecode(b []byte) (map[string]json.RawMessage, []Entry, error) {
 		if err := json.Unmarshal(r, &d); err != nil {
 			return nil, nil, err
 		}
-		out = append(out, Entry{Desc: d, Raw: compact(r)})
+		out = append(out, entry(d, compact(r)))
 	}
 	return top, out, nil
 }

@@ -15,10 +15,16 @@ import (
 type Entry struct {
 	Desc v1.Descriptor
 	Raw  json.RawMessage
+	name string // Desc's org.opencontainers.image.ref.name, read once
+}
+
+// entry makes the Entry of d whose bytes are raw.
+func entry(d v1.Descriptor, raw json.RawMessage) Entry {
+	return Entry{Desc: d, Raw: raw, name: d.Annotations[v1.AnnotationRefName]}
 }
 
 // Name is the entry's tag (org.opencontainers.image.ref.name), "" if none.
-func (e Entry) Name() string { return e.Desc.Annotations[v1.AnnotationRefName] }
+func (e Entry) Name() string { return e.name }
 
 // NewEntry makes an entry for desc named name ("" for an untagged root).
 // Other annotations of desc are kept.
@@ -41,7 +47,7 @@ func NewEntry(desc v1.Descriptor, name string) Entry {
 		d.Annotations[v1.AnnotationRefName] = name
 	}
 	raw, _ := json.Marshal(d)
-	return Entry{Desc: d, Raw: raw}
+	return entry(d, raw)
 }
 
 // Renamed returns e with its tag set to name, or removed when name is "".
@@ -69,7 +75,7 @@ func (e Entry) Renamed(name string) Entry {
 	raw, _ := json.Marshal(fields)
 	d := e.Desc
 	d.Annotations = ann
-	return Entry{Desc: d, Raw: raw}
+	return entry(d, raw)
 }
 
 // Index is a parsed index.json. It is immutable once built: writers make a new
@@ -123,7 +129,7 @@ func parseIndexSlow(b []byte) (*Index, error) {
 		if err := checkDescriptor(IndexFile, i, d); err != nil {
 			return nil, err
 		}
-		ix.Entries = append(ix.Entries, Entry{Desc: d, Raw: compact(r)})
+		ix.Entries = append(ix.Entries, entry(d, compact(r)))
 	}
 	return ix, nil
 }
