@@ -85,7 +85,8 @@ type Index struct {
 	Entries []Entry
 }
 
-// ParseIndex parses and validates index.json bytes.
+// ParseIndex parses and validates index.json bytes. The index shares b's
+// memory (entries' raw bytes and strings): b must never be written after.
 func ParseIndex(b []byte) (*Index, error) {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return nil, fmt.Errorf("%s: empty: %w", IndexFile, errdef.ErrCorrupt)
