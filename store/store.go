@@ -201,6 +201,10 @@ type snapshot struct {
 	raw    []byte // index.json bytes, nil when not kept
 	digest digest.Digest
 	stamp  fsio.Stamp
+	// hasher hashes the next version of index.json from the states it
+	// saved hashing raw (nil: hashes all of it). Whatever raw it was made
+	// for, it gives the right digest.
+	hasher *layout.IndexHasher
 }
 
 // Open opens the layout in dir, creating it when dir is missing or empty, and

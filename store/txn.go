@@ -171,6 +171,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		next      *layout.Index
 		newBytes  []byte
 		newDigest digest.Digest
+		hasher    *layout.IndexHasher // for the transactions after this one
 		ops       []string
 	)
 	err = db.Update(func(tx *journal.Tx) error {
@@ -227,7 +228,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		}
 		next = cur.Index.With(prev)
 		newBytes = next.Marshal()
-		newDigest = layout.Sum(newBytes)
+		newDigest, hasher = s.snap.Load().hasher.Sum(newBytes)
 		if newDigest == cur.Digest {
 			return errNoChange
 		}
@@ -304,7 +305,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 	if err != nil {
 		return s.check(err)
 	}
-	s.snap.Store(&snapshot{ix: next, raw: newBytes, digest: newDigest, stamp: stamp})
+	s.snap.Store(&snapshot{ix: next, raw: newBytes, digest: newDigest, stamp: stamp, hasher: hasher})
 
 	for _, c := range live {
 		if c.err == nil {
