@@ -1,6 +1,7 @@
 package recovery
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -198,6 +199,9 @@ func ParseIndexLenient(b []byte) (*layout.Index, []BadEntry, error) {
 	}
 	top["manifests"], _ = json.Marshal(good)
 	rebuilt, _ := json.Marshal(top)
+	if bytes.HasSuffix(b, []byte("\n")) {
+		rebuilt = append(rebuilt, '\n') // the file written keeps its end
+	}
 	ix, err2 := layout.ParseIndex(rebuilt)
 	if err2 != nil {
 		return nil, nil, err

@@ -83,6 +83,10 @@ func (e Entry) Renamed(name string) Entry {
 type Index struct {
 	top     map[string]json.RawMessage // every top-level field except manifests
 	Entries []Entry
+	// bare: the file parsed did not end with a newline, and Marshal keeps
+	// it so (the bytes after the last changed entry then stay the file's,
+	// which keeps the journal's delta of the first change small).
+	bare bool
 }
 
 // ParseIndex parses and validates index.json bytes. The index shares b's
@@ -100,9 +104,14 @@ func ParseIndex(b []byte) (*Index, error) {
 				return nil, err
 			}
 		}
-		return &Index{top: top, Entries: entries}, nil
+		return &Index{top: top, Entries: entries, bare: !bytes.HasSuffix(b, []byte("\n"))}, nil
 	}
-	return parseIndexSlow(b)
+	ix, err := parseIndexSlow(b)
+	if err != nil {
+		return nil, err
+	}
+	ix.bare = !bytes.HasSuffix(b, []byte("\n"))
+	return ix, nil
 }
 
 // parseIndexSlow is ParseIndex by encoding/json, for any index.
@@ -152,7 +161,7 @@ func checkIndexTop(top map[string]json.RawMessage) error {
 
 // With returns a copy of ix with entries replaced.
 func (ix *Index) With(entries []Entry) *Index {
-	return &Index{top: ix.top, Entries: entries}
+	return &Index{top: ix.top, Entries: entries, bare: ix.bare}
 }
 
 // Marshal renders index.json. Entries keep their original bytes.
@@ -209,7 +218,10 @@ func (ix *Index) Marshal() []byte {
 	for _, k := range keys {
 		field(k, compact(ix.top[k]))
 	}
-	buf.WriteString("}\n")
+	buf.WriteByte('}')
+	if !ix.bare {
+		buf.WriteByte('\n')
+	}
 	return buf.Bytes()
 }
 

@@ -210,7 +210,9 @@ func TestMarshalKeepsUnknownFields(t *testing.T) {
 	if !bytes.Equal(gb, wb) {
 		t.Errorf("rewrite lost data:\n got %s\nwant %s", gb, wb)
 	}
-	if !bytes.HasPrefix(out, []byte(`{"schemaVersion":2,"mediaType":`)) || !bytes.HasSuffix(out, []byte("}\n")) {
+	// The input ends without a newline: so does the output (a file that
+	// ends with one keeps it: TestMarshalKeepsFinalNewline).
+	if !bytes.HasPrefix(out, []byte(`{"schemaVersion":2,"mediaType":`)) || !bytes.HasSuffix(out, []byte("}")) {
 		t.Errorf("Marshal layout: %s", out)
 	}
 	// Deterministic.
@@ -508,5 +510,24 @@ func TestValidateDigestFastPath(t *testing.T) {
 		if got := layout.ValidateDigest(digest.Digest(c)) == nil; got != want {
 			t.Errorf("ValidateDigest(%q) ok=%v, go-digest says %v", c, got, want)
 		}
+	}
+}
+
+// TestMarshalKeepsFinalNewline: Marshal ends the file as the file parsed
+// ended, with or without a newline; an index not parsed from a file (init)
+// ends with one.
+func TestMarshalKeepsFinalNewline(t *testing.T) {
+	for _, in := range []string{`{"schemaVersion":2,"manifests":[]}`, "{\"schemaVersion\":2,\"manifests\":[]}\n", "{\"schemaVersion\":2,\"manifests\":[]}\n\n", `{"schemaVersion":2,"manifests":[],"x":{ "a" : 1 }}`} {
+		ix, err := layout.ParseIndex([]byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := ix.With(ix.Entries).Marshal()
+		if got, want := bytes.HasSuffix(out, []byte("\n")), strings.HasSuffix(in, "\n"); got != want {
+			t.Errorf("%q: Marshal gives %q", in, out)
+		}
+	}
+	if out := (&layout.Index{}).Marshal(); !bytes.HasSuffix(out, []byte("}\n")) {
+		t.Errorf("a new index: %q", out)
 	}
 }
