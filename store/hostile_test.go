@@ -138,12 +138,7 @@ func TestHostileBlobsDir(t *testing.T) {
 // and nothing outside is opened or written.
 func TestHostileQuarantineDir(t *testing.T) {
 	ctx := context.Background()
-	var c testutil.DamagedCase
-	for _, dc := range testutil.DamagedCases(t, damagedRoot) {
-		if dc.Name == "digest-mismatch-layer" {
-			c = dc
-		}
-	}
+	c := testutil.DamagedCaseNamed(t, damagedRoot, "digest-mismatch-layer")
 	dir, outside := c.Materialize(t)
 	elsewhere := t.TempDir()
 	if err := os.Symlink(elsewhere, filepath.Join(dir, recovery.QuarantineDir)); err != nil {

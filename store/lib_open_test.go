@@ -397,12 +397,7 @@ func TestWriterLockTimeout(t *testing.T) {
 // clean.
 func TestSchemaV2Journal(t *testing.T) {
 	ctx := context.Background()
-	var clean testutil.DamagedCase
-	for _, c := range testutil.DamagedCases(t, damagedRoot) {
-		if c.Name == "clean" {
-			clean = c
-		}
-	}
+	clean := testutil.DamagedCaseNamed(t, damagedRoot, "clean")
 	v2, err := os.ReadFile("../journal/testdata/v2-clean.db")
 	if err != nil {
 		t.Fatal(err)

@@ -92,12 +92,7 @@ func TestCrashRepair(t *testing.T) {
 		"oci-layout-garbage",                      // quarantine, oci-layout written
 		"pending-replay",                          // recovery
 	} {
-		c := testutil.DamagedCase{Name: name, Dir: damagedRoot + "/" + name}
-		for _, cc := range testutil.DamagedCases(t, damagedRoot) {
-			if cc.Name == name {
-				c = cc
-			}
-		}
+		c := testutil.DamagedCaseNamed(t, damagedRoot, name)
 		golden, err := os.ReadFile(c.Dir + "/repaired.txt")
 		if err != nil {
 			t.Fatal(err)

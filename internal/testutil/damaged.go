@@ -70,6 +70,18 @@ func DamagedCases(t testing.TB, root string) []DamagedCase {
 	return out
 }
 
+// DamagedCaseNamed returns the case of the corpus under root named name.
+func DamagedCaseNamed(t testing.TB, root, name string) DamagedCase {
+	t.Helper()
+	for _, c := range DamagedCases(t, root) {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no case %s under %s", name, root)
+	return DamagedCase{}
+}
+
 // canaryContent is what the file next to every materialized layout holds.
 const canaryContent = "canary: nothing may read, write or remove this file\n"
 
