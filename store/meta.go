@@ -92,9 +92,14 @@ func (s *Store) trackImages(t *txn, old, new digest.Digest, entries []layout.Ent
 	if t.tx.ImagesIndex() != old {
 		return s.reconcileImages(t, entries, new)
 	}
-	// Is d still a root? A few removals scan the entries; many build a set.
+	// Is d still a root? Not when nothing counts it any more (the usual
+	// case: no scan); else a few removals scan the entries, many build a
+	// set.
 	var roots map[digest.Digest]bool
 	stillRoot := func(d digest.Digest) bool {
+		if r, err := t.tx.GetRef(d); err == nil && r.Count == 0 {
+			return false
+		}
 		if len(removed) <= 8 {
 			return slices.ContainsFunc(entries, func(e layout.Entry) bool { return e.Desc.Digest == d })
 		}

@@ -562,8 +562,12 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery
 			return nil, nil, s.check(err)
 		}
 	}
-	if st.Index != nil || sn == nil || sn.digest != st.Digest || sn.stamp != st.Stamp {
-		s.snap.Store(&snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest, stamp: st.Stamp})
+	if sn == nil || sn.digest != st.Digest || sn.stamp != st.Stamp || st.Index != nil && st.Index != sn.ix {
+		nsn := &snapshot{ix: st.Index, raw: st.Bytes, digest: st.Digest, stamp: st.Stamp}
+		if sn != nil {
+			nsn.hasher = sn.hasher // its saved states serve whatever bytes come next
+		}
+		s.snap.Store(nsn)
 	}
 	return db, st, nil
 }
