@@ -349,10 +349,13 @@ func (p *fastParser) entries() ([]Entry, bool) {
 		// Raw shares b's memory when it is already compact: b, the file's
 		// bytes, is kept (and never written) by whoever keeps the index.
 		raw := p.b[start:p.i:p.i]
+		e := entry(d, raw)
 		if p.space {
-			raw = compact(raw)
+			e.Raw = compact(raw)
+		} else {
+			e.tail = p.b[p.i:]
 		}
-		out = append(out, entry(d, raw))
+		out = append(out, e)
 		return true
 	})
 	return out, ok

@@ -16,6 +16,10 @@ type Entry struct {
 	Desc v1.Descriptor
 	Raw  json.RawMessage
 	name string // Desc's org.opencontainers.image.ref.name, read once
+	// tail, for an entry parsed the fast way, is what follows Raw in the
+	// file's bytes: Marshal copies a run of entries that follow one
+	// another there (a comma between) in one piece.
+	tail []byte
 }
 
 // entry makes the Entry of d whose bytes are raw.
@@ -201,11 +205,24 @@ func (ix *Index) Marshal() []byte {
 	}
 	first = false
 	buf.WriteString(`"manifests":[`)
-	for i, e := range ix.Entries {
+	for i := 0; i < len(ix.Entries); {
 		if i > 0 {
 			buf.WriteByte(',')
 		}
+		e := ix.Entries[i]
 		buf.Write(e.Raw)
+		// The entries that follow e in the bytes it was parsed from (a
+		// comma between) go with it, in one copy.
+		i++
+		run := 0
+		for ; i < len(ix.Entries); i++ {
+			next := ix.Entries[i].Raw
+			if len(next) == 0 || len(e.tail) < run+1+len(next) || e.tail[run] != ',' || &e.tail[run+1] != &next[0] {
+				break
+			}
+			run += 1 + len(next)
+		}
+		buf.Write(e.tail[:run])
 	}
 	buf.WriteByte(']')
 	keys := make([]string, 0, len(ix.top))
