@@ -100,7 +100,7 @@ func benchMain(args []string) error {
 	}
 	wall := time.Since(started)
 	if *jsonOut != "" {
-		sr := savedRun{Full: p.Full, Runs: p.Runs, Started: started, WallNs: int64(wall), Versions: vers, Loads: r.loads, Results: r.results, MicroCmd: *microCmd}
+		sr := savedRun{Full: p.Full, Runs: p.Runs, Started: started, WallNs: int64(wall), Versions: vers, Loads: r.loads, IOWaits: r.ioWaits, IONoisy: r.ioNoisy, Results: r.results, MicroCmd: *microCmd}
 		if *micro != "" {
 			if m, err := os.ReadFile(*micro); err == nil {
 				sr.Micro = string(m)
@@ -230,6 +230,8 @@ type savedRun struct {
 	Micro    string      `json:"micro,omitempty"`
 	MicroCmd string      `json:"micro_cmd,omitempty"`
 	Loads    dist        `json:"loads"`
+	IOWaits  dist        `json:"io_waits,omitempty"` // ms waited for quiet I/O before each run
+	IONoisy  int         `json:"io_noisy,omitempty"` // runs started with the I/O still busy
 	Results  []runResult `json:"results"`
 	// Remeasured lists the cells measured again after the run (bench rerun).
 	Remeasured []remeasure `json:"remeasured,omitempty"`
@@ -266,7 +268,7 @@ func reportMain(args []string) error {
 		return err
 	}
 	defer os.Remove(r.work) // only if empty: newRunner made it
-	r.results, r.loads = sr.Results, sr.Loads
+	r.results, r.loads, r.ioWaits, r.ioNoisy = sr.Results, sr.Loads, sr.IOWaits, sr.IONoisy
 	r.remeasured = sr.Remeasured
 	if *micro == "" && sr.Micro != "" {
 		f, err := os.CreateTemp("", "bench-micro-*.out")

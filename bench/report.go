@@ -231,6 +231,10 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 		}
 		w("\n")
 	}
+	if len(r.ioWaits) > 0 {
+		w("- quiet I/O before each run: every child process started once no task had been stalled on I/O for %.0f%% of a 200 ms window (`/proc/pressure/io`), or after %s; waits: median %.0f ms, max %.0f ms; %d of %d runs started with the I/O still busy\n",
+			ioQuietShare*100, ioQuietMax, r.ioWaits.median(), r.ioWaits.max(), r.ioNoisy, len(r.ioWaits))
+	}
 	w("\n## Peers\n\n")
 	w("| peer | module | version | single delete | batch (delete half) | fsync |\n|---|---|---|---|---|---|\n")
 	vers := info.versions

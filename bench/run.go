@@ -109,9 +109,62 @@ type runner struct {
 	adopted    map[int]string
 	genTime    map[int]time.Duration
 	loads      dist        // 1-minute load average at each child's start
+	ioWaits    dist        // ms waited for quiet I/O before each child (ioQuiet)
+	ioNoisy    int         // children started with the I/O still busy after ioQuietMax
 	reuse      bool        // templates already in work are used as they are (bench one -keep)
 	only       string      // bench rerun: the one peer the delete scenarios run
 	remeasured []remeasure // bench report: cells measured again after the run
+}
+
+// ioQuiet waits, up to ioQuietMax, until the machine's I/O is quiet: some
+// task stalled on I/O for less than ioQuietShare of a 200 ms window, per
+// /proc/pressure/io. The cleanup before a run (a copy of tens of thousands
+// of files removed, on a file system mounted with discard, then a new one
+// written and synced) otherwise goes on during it, and lands on the fsyncs
+// of whichever peer runs next. It returns how long it waited and whether
+// the I/O was quiet (true when the kernel reports no pressure).
+func ioQuiet() (time.Duration, bool) {
+	const window = 200 * time.Millisecond
+	t0 := time.Now()
+	prev, ok := ioStalled()
+	if !ok {
+		return 0, true
+	}
+	for time.Since(t0) < ioQuietMax {
+		time.Sleep(window)
+		now, _ := ioStalled()
+		if float64(now-prev) < ioQuietShare*float64(window.Microseconds()) {
+			return time.Since(t0), true
+		}
+		prev = now
+	}
+	return time.Since(t0), false
+}
+
+const (
+	ioQuietMax   = 15 * time.Second
+	ioQuietShare = 0.02
+)
+
+// ioStalled is the total time, in µs, some task was stalled on I/O
+// (/proc/pressure/io, "some" line).
+func ioStalled() (int64, bool) {
+	raw, err := os.ReadFile("/proc/pressure/io")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, "some ") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "total="); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				return n, err == nil
+			}
+		}
+	}
+	return 0, false
 }
 
 func loadavg() float64 {
@@ -248,6 +301,11 @@ func (r *runner) child(scenario, peerName string, n, k, run int, dir string, ext
 		"-budget", r.plan.Budget.String()}, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), r.plan.Timeout)
 	defer cancel()
+	waited, quiet := ioQuiet()
+	r.ioWaits = append(r.ioWaits, ms(waited))
+	if !quiet {
+		r.ioNoisy++
+	}
 	r.loads = append(r.loads, loadavg())
 	cmd := exec.CommandContext(ctx, r.self, args...)
 	var stdout, stderr bytes.Buffer
