@@ -237,6 +237,24 @@ type savedRun struct {
 	Remeasured []remeasure `json:"remeasured,omitempty"`
 }
 
+// loadSaved reads a saved run and the plan it was measured with.
+func loadSaved(path string) (savedRun, plan, error) {
+	var sr savedRun
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return sr, plan{}, err
+	}
+	if err := json.Unmarshal(raw, &sr); err != nil {
+		return sr, plan{}, fmt.Errorf("%s: %w", path, err)
+	}
+	p := quickPlan()
+	if sr.Full {
+		p = fullPlan()
+	}
+	p.Runs = sr.Runs
+	return sr, p, nil
+}
+
 // reportMain rewrites the report from a saved run (to add the analysis of
 // missed targets after the run, without measuring again).
 func reportMain(args []string) error {
@@ -250,19 +268,10 @@ func reportMain(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(*from)
+	sr, p, err := loadSaved(*from)
 	if err != nil {
 		return err
 	}
-	var sr savedRun
-	if err := json.Unmarshal(raw, &sr); err != nil {
-		return fmt.Errorf("%s: %w", *from, err)
-	}
-	p := quickPlan()
-	if sr.Full {
-		p = fullPlan()
-	}
-	p.Runs = sr.Runs
 	r, err := newRunner(p, *work)
 	if err != nil {
 		return err

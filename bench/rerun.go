@@ -41,19 +41,10 @@ func rerunMain(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	raw, err := os.ReadFile(*from)
+	sr, p, err := loadSaved(*from)
 	if err != nil {
 		return err
 	}
-	var sr savedRun
-	if err := json.Unmarshal(raw, &sr); err != nil {
-		return fmt.Errorf("%s: %w", *from, err)
-	}
-	p := quickPlan()
-	if sr.Full {
-		p = fullPlan()
-	}
-	p.Runs = sr.Runs
 	if *runs > 0 {
 		p.Runs = *runs
 	}
@@ -142,7 +133,7 @@ func rerunMain(args []string) error {
 	}
 	sr.Results = out
 	sr.Remeasured = append(sr.Remeasured, rec)
-	raw, _ = json.MarshalIndent(sr, "", " ")
+	raw, _ := json.MarshalIndent(sr, "", " ")
 	if err := os.WriteFile(*from, raw, 0o644); err != nil {
 		return err
 	}

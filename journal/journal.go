@@ -657,13 +657,8 @@ func (t *Tx) GetRef(d digest.Digest) (Ref, error) {
 // expanded manifest counted by schema v3), without decoding them: then
 // neither counting nor releasing d reads its blob.
 func (t *Tx) ChildrenRecorded(d digest.Digest) bool {
-	v := t.tx.Bucket(bRefs).Get([]byte(d))
-	_, n := binary.Uvarint(v)
-	if n <= 0 {
-		return false
-	}
-	_, m := binary.Uvarint(v[n:])
-	return m > 0 && len(v) > n+m && v[n+m]&refChildren != 0
+	_, _, f, _, ok := splitRef(t.tx.Bucket(bRefs).Get([]byte(d)))
+	return ok && f&refChildren != 0
 }
 
 // PutRef stores r, or deletes the key when r.Count is zero, and keeps
@@ -762,16 +757,26 @@ func encodeRef(r Ref) []byte {
 	return b
 }
 
-func decodeRef(d digest.Digest, v []byte) (Ref, error) {
+// splitRef splits a stored Ref into its count, size, flag byte and what
+// follows the flag (the children); ok is false when v is too short or
+// malformed.
+func splitRef(v []byte) (count, size uint64, flags byte, rest []byte, ok bool) {
 	c, n := binary.Uvarint(v)
 	if n <= 0 {
-		return Ref{}, fmt.Errorf("refcount of %s: %w", d, errdef.ErrCorrupt)
+		return 0, 0, 0, nil, false
 	}
 	s, m := binary.Uvarint(v[n:])
 	if m <= 0 || len(v) < n+m+1 || s > math.MaxInt64 {
+		return 0, 0, 0, nil, false
+	}
+	return c, s, v[n+m], v[n+m+1:], true
+}
+
+func decodeRef(d digest.Digest, v []byte) (Ref, error) {
+	c, s, f, rest, ok := splitRef(v)
+	if !ok {
 		return Ref{}, fmt.Errorf("refcount of %s: %w", d, errdef.ErrCorrupt)
 	}
-	f, rest := v[n+m], v[n+m+1:]
 	r := Ref{Count: c, Size: int64(s), Expanded: f&refExpanded != 0}
 	switch {
 	case f&^(refExpanded|refChildren) != 0, f&refChildren == 0 && len(rest) != 0:

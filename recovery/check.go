@@ -497,7 +497,7 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 	for _, d := range kidDiffs {
 		st, rd := stored[d].Children, want[d].Children
 		i := 0
-		for i < min(len(st), len(rd)) && sameChildren(st[i:i+1], rd[i:i+1]) {
+		for i < min(len(st), len(rd)) && sameChild(st[i], rd[i]) {
 			i++
 		}
 		switch {
@@ -511,10 +511,12 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 
 // sameChildren reports whether a journal's record of a manifest's children
 // is what the manifest references.
-func sameChildren(a, b []v1.Descriptor) bool {
-	return slices.EqualFunc(a, b, func(x, y v1.Descriptor) bool {
-		return x.Digest == y.Digest && x.Size == y.Size && x.MediaType == y.MediaType
-	})
+func sameChildren(a, b []v1.Descriptor) bool { return slices.EqualFunc(a, b, sameChild) }
+
+// sameChild compares what a journal records of a child: digest, size, media
+// type.
+func sameChild(x, y v1.Descriptor) bool {
+	return x.Digest == y.Digest && x.Size == y.Size && x.MediaType == y.MediaType
 }
 
 // typeName words a file type for a problem's detail.
