@@ -272,12 +272,20 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 			return nil, err
 		}
 	}
-	temps, err := Temps(stateDirs(fsys, r))
+	sfs := stateDirs(fsys, r)
+	temps, err := Temps(sfs)
 	if err != nil {
 		return nil, err
 	}
 	for _, t := range temps {
 		r.add(KindTempFile, "", t, "leftover temp file")
+	}
+	trash, err := Trash(sfs, false)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range trash {
+		r.add(KindTempFile, "", t, "leftover trash: out of the layout, not yet unlinked by the process that took it out (gone); the next open unlinks it")
 	}
 	if db == nil {
 		r.add(KindJournalMissing, "", journalFile, "no journal: the layout was not adopted by ocistore yet")
@@ -298,7 +306,7 @@ func stateDirs(fsys fsio.FS, r *Report) fsio.FS {
 		return fsys // not ours to look into: the journal's check reports it
 	}
 	skip := map[string]bool{}
-	for _, dir := range []string{IngestDir, QuarantineDir} {
+	for _, dir := range []string{IngestDir, QuarantineDir, TrashDir} {
 		fi, err := fsys.Lstat(dir)
 		if err != nil || fi.IsDir() {
 			continue // missing, or Temps says why it cannot list it

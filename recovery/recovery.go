@@ -85,6 +85,12 @@ type Env struct {
 	// Unlinked, when set, is told the path of each blob file a transaction
 	// removed (not those it found missing).
 	Unlinked func(path string)
+	// Reclaim, when set, takes the files of the trash to unlink later: a
+	// transaction that removes at least TrashMin blobs then renames them
+	// into TrashDir instead of unlinking them (fsio.TrashFiles), and an
+	// open gives it what a process that is gone, or this one, left there.
+	// When nil, blobs are unlinked in place and leftovers removed at once.
+	Reclaim func(trashed []string)
 }
 
 // withPeers returns ix with the root entries of the peers added: the graph
@@ -163,6 +169,11 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 	st := &State{}
 	if err := removeTemps(env, st); err != nil {
 		return nil, err
+	}
+	if known == nil {
+		if err := emptyTrash(env, st); err != nil {
+			return nil, err
+		}
 	}
 	var recs []*journal.Record
 	var lastDigest digest.Digest
@@ -637,13 +648,22 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 	if err != nil {
 		return fmt.Errorf("txn %d: %w", rec.ID, err)
 	}
-	if err := fsio.RemoveFiles(env.FS, fsio.SyncBlobDir, paths, func(p string, existed bool) {
+	unlinked := func(p string, existed bool) {
 		env.Log.Debug("unlinked", attrPath, p, attrTxn, rec.ID, "existed", existed)
 		if existed && env.Unlinked != nil {
 			env.Unlinked(p)
 		}
 		crash.Point(point)
-	}); err != nil {
+	}
+	if env.Reclaim != nil && len(paths) >= TrashMin {
+		trashed, err := fsio.TrashFiles(env.FS, fsio.SyncBlobDir, paths, TrashDir, TrashPrefix(), unlinked)
+		if len(trashed) > 0 {
+			env.Reclaim(trashed)
+		}
+		if err != nil {
+			return fmt.Errorf("txn %d: unlink: %w", rec.ID, err)
+		}
+	} else if err := fsio.RemoveFiles(env.FS, fsio.SyncBlobDir, paths, unlinked); err != nil {
 		return fmt.Errorf("txn %d: unlink: %w", rec.ID, err)
 	}
 	crash.Point(crash.BlobDirSynced)
@@ -674,18 +694,90 @@ var indexTemp = regexp.MustCompile(`^\.(` + regexp.QuoteMeta(layout.IndexFile) +
 // IngestTempPrefix is the name prefix of this process's ingest temp files.
 func IngestTempPrefix() string { return strconv.Itoa(os.Getpid()) + "-" }
 
-// staleIngest reports whether an ingest temp file belongs to a process that
-// is gone.
-func staleIngest(name string) bool {
+// TrashDir holds the blobs a large transaction took out of the layout,
+// until they are unlinked (Env.Reclaim), relative to the layout root. It is
+// in the state directory, on the blobs' file system (with a shared blob
+// directory, in that directory's).
+const TrashDir = layout.StateDir + "/trash"
+
+// TrashMin is the number of blobs from which a transaction renames them
+// into the trash rather than unlinking them in place. A variable so that
+// the crash tests can take the trash path with small transactions.
+var TrashMin = 64
+
+// TrashPrefix is the name prefix of the files this process puts in the
+// trash.
+func TrashPrefix() string { return IngestTempPrefix() }
+
+// ownerState tells, from a temp or trash file's name, whether the process
+// that made it is this one, another that is alive, or gone (or unknown).
+type ownerState int
+
+const (
+	ownerGone ownerState = iota
+	ownerSelf
+	ownerAlive
+)
+
+func owner(name string) ownerState {
 	pidStr, _, ok := strings.Cut(name, "-")
 	pid, err := strconv.Atoi(pidStr)
-	if !ok || err != nil || pid <= 0 {
-		return true
+	switch {
+	case !ok || err != nil || pid <= 0:
+		return ownerGone
+	case pid == os.Getpid():
+		return ownerSelf
+	case errors.Is(syscall.Kill(pid, 0), syscall.ESRCH):
+		return ownerGone
 	}
-	if pid == os.Getpid() {
-		return false
+	return ownerAlive
+}
+
+// staleIngest reports whether an ingest temp file belongs to a process that
+// is gone.
+func staleIngest(name string) bool { return owner(name) == ownerGone }
+
+// Trash lists the files of the trash that no live process will unlink: a
+// gone process's, and with self, this process's too.
+func Trash(fsys fsio.FS, self bool) ([]string, error) {
+	if fi, err := fsys.Lstat(layout.StateDir); err != nil || !fi.IsDir() {
+		return nil, nil
 	}
-	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+	if fi, err := fsys.Lstat(TrashDir); err != nil || !fi.IsDir() {
+		return nil, nil // not a directory (a symlink): not ours to list; fsck reports it
+	}
+	ents, err := fsys.ReadDir(TrashDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("list %s: %w", TrashDir, err)
+	}
+	var out []string
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if o := owner(e.Name()); o == ownerGone || self && o == ownerSelf {
+			out = append(out, TrashDir+"/"+e.Name())
+		}
+	}
+	return out, nil
+}
+
+// emptyTrash hands the trash that no live process will unlink to
+// env.Reclaim, or unlinks it now.
+func emptyTrash(env Env, st *State) error {
+	trash, err := Trash(env.FS, true)
+	if err != nil || len(trash) == 0 {
+		return err
+	}
+	st.Actions = append(st.Actions, Action{Kind: "trash-emptied", Detail: fmt.Sprintf("%d files in %s", len(trash), TrashDir)})
+	if env.Reclaim != nil {
+		env.Reclaim(trash)
+		return nil
+	}
+	if err := fsio.RemoveFiles(env.FS, "trash", trash, nil); err != nil {
+		return fmt.Errorf("empty %s: %w", TrashDir, err)
+	}
+	return nil
 }
 
 // Temps lists leftover temp files: renameio's in the root, ingest files of

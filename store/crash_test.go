@@ -32,6 +32,9 @@ const (
 	envChildOp  = "OCISTORE_TEST_CHILD_OP"
 	envChildDir = "OCISTORE_TEST_CHILD_DIR"
 	envChildArg = "OCISTORE_TEST_CHILD_ARG"
+	// envChildTrash makes the child's transactions of two blobs or more
+	// go through the trash (recovery.TrashMin).
+	envChildTrash = "OCISTORE_TEST_CHILD_TRASH"
 )
 
 // TestCrashChild is the child side: it does nothing unless started by runChild.
@@ -43,6 +46,9 @@ func TestCrashChild(t *testing.T) {
 	ctx := context.Background()
 	dir := os.Getenv(envChildDir)
 	args := strings.Fields(os.Getenv(envChildArg))
+	if os.Getenv(envChildTrash) != "" {
+		recovery.TrashMin = 2
+	}
 	s, err := store.Open(ctx, dir, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
@@ -86,8 +92,15 @@ func TestCrashChild(t *testing.T) {
 // reports whether the child was killed at the point.
 func runChild(t *testing.T, dir, op, point string, args ...string) (killed bool) {
 	t.Helper()
+	return runChildEnv(t, dir, op, point, nil, args...)
+}
+
+// runChildEnv is runChild with more environment for the child.
+func runChildEnv(t *testing.T, dir, op, point string, env []string, args ...string) (killed bool) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), envChildOp+"="+op, envChildDir+"="+dir, envChildArg+"="+strings.Join(args, " "))
+	cmd.Env = append(cmd.Env, env...)
 	if point != "" {
 		cmd.Env = append(cmd.Env, crash.EnvVar+"="+point)
 	}
@@ -290,13 +303,44 @@ func TestCrashPoints(t *testing.T) {
 	}
 }
 
+// TestCrashPointsTrash kills a delete that takes its blobs out of the
+// layout through the trash at each step, and the handle's background
+// unlinking of the trash after the delete returned: recovery completes the
+// delete, and the trash the dead process left is unlinked by the next open
+// (fsck reports a leftover otherwise).
+func TestCrashPointsTrash(t *testing.T) {
+	gold := t.TempDir()
+	before := fixture(t, gold)
+	c := crashCase{op: "delete", args: []string{"img1", "img2", "multi"}, durableFrom: crash.TxnJournaled,
+		after: func(b map[string]string) map[string]string { return without(b, "img1", "img2", "multi") }}
+	for _, point := range append(txnPoints, crash.TrashUnlinked+"@1", crash.TrashUnlinked+"@4") {
+		t.Run(point, func(t *testing.T) {
+			dir := t.TempDir()
+			copyDir(t, gold, dir)
+			if !runChildEnv(t, dir, c.op, point, []string{envChildTrash + "=1"}, c.args...) {
+				t.Fatalf("crash point %s was never reached", point)
+			}
+			if pointName(point) == crash.BlobUnlinked {
+				// Before the reclaimer is given anything to unlink.
+				if ents, _ := os.ReadDir(filepath.Join(dir, recovery.TrashDir)); len(ents) == 0 {
+					t.Fatalf("killed at %s with nothing in the trash: the delete did not go through it", point)
+				}
+			}
+			assertRecovered(t, dir, c, point, before)
+			if ents, _ := os.ReadDir(filepath.Join(dir, recovery.TrashDir)); len(ents) != 0 {
+				t.Fatalf("%d files left in the trash after recovery, e.g. %s", len(ents), ents[0].Name())
+			}
+		})
+	}
+}
+
 func pointName(p string) string { n, _, _ := strings.Cut(p, "@"); return n }
 
 // order of the crash points along one transaction.
 var pointOrder = map[string]int{
 	crash.IngestWritten: 1, crash.IngestRenamed: 2, crash.IngestSynced: 3,
 	crash.TxnJournaled: 10, crash.IndexTempWritten: 11, crash.IndexRenamed: 12, crash.IndexSynced: 13,
-	crash.BlobUnlinked: 14, crash.BlobDirSynced: 15, crash.TxnCleared: 16,
+	crash.BlobUnlinked: 14, crash.BlobDirSynced: 15, crash.TxnCleared: 16, crash.TrashUnlinked: 17,
 }
 
 func assertRecovered(t *testing.T, dir string, c crashCase, point string, before map[string]string) {

@@ -33,3 +33,7 @@ func QueuedChanges(s *Store) int {
 // SetTestSharedFS makes Open, with SharedBlobDir set, use layout and blobs
 // instead of the real directories (tests only).
 func SetTestSharedFS(o *Options, layout, blobs fsio.FS) { o.sharedFS = [2]fsio.FS{layout, blobs} }
+
+// SetTestSyncReclaim makes the store unlink its trash in the call that
+// fills it instead of in the background (crash tests).
+func SetTestSyncReclaim(o *Options) { o.syncReclaim = true }

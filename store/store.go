@@ -136,6 +136,9 @@ type Options struct {
 	now func() time.Time
 	// journalHook is passed to the journal as AfterCommit (crash tests).
 	journalHook func()
+	// syncReclaim unlinks the trash in the call that fills it, not in
+	// the background (crash tests: every mutation in a known order).
+	syncReclaim bool
 }
 
 // DefaultLockTimeout is the writer lock wait when Options.LockTimeout is zero.
@@ -186,6 +189,12 @@ type Store struct {
 	lastUse struct {
 		sync.Mutex
 		m map[digest.Digest]time.Time
+	}
+
+	// rec is the reclaimer, which empties the trash (reclaim.go).
+	rec struct {
+		sync.Mutex
+		r reclaimer
 	}
 
 	// mu guards the handle's life.
@@ -335,6 +344,9 @@ func (s *Store) Close() error {
 	s.wmu.Lock() // wait for a writer in flight (it may poison: mu must be free)
 	defer s.wmu.Unlock()
 	s.persistLastUse()
+	if err := s.WaitReclaimed(context.Background()); err != nil {
+		s.log.Warn("closing with files left in the trash; the next open unlinks them", "err", err)
+	}
 	return s.fsys.Close()
 }
 
@@ -572,7 +584,13 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery
 	return db, st, nil
 }
 
-func (s *Store) env() recovery.Env { return recovery.Env{FS: s.fsys, Log: s.log} }
+func (s *Store) env() recovery.Env {
+	env := recovery.Env{FS: s.fsys, Log: s.log, Reclaim: s.reclaim}
+	if s.opts.syncReclaim {
+		env.Reclaim = s.reclaimNow
+	}
+	return env
+}
 
 // current returns the index readers should see: the snapshot, reloaded when
 // index.json on disk is no longer the file it was read from (another process

@@ -87,10 +87,25 @@ func t1BlobPath(d digest.Digest) string {
 	return layout.BlobPath(d)
 }
 
+// t1Trash lists the files in the trash of the memfs layout.
+func t1Trash(mem *memfs.FS) []string {
+	dir := recovery.TrashDir
+	if t1Shared {
+		dir = "shared/" + dir
+	}
+	ents, _ := mem.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		out = append(out, dir+"/"+e.Name())
+	}
+	return out
+}
+
 // t1Open opens the scenario's layout on mem; dir is the real directory
 // that mem stands for (the journal is a real file under it).
 func t1Open(ctx context.Context, dir string, mem *memfs.FS, hook func()) (*store.Store, error) {
 	o := &store.Options{LockTimeout: -1}
+	store.SetTestSyncReclaim(o) // no mutation out of the recorded order
 	if hook != nil {
 		store.SetTestJournalHook(o, hook)
 	}
@@ -630,6 +645,9 @@ func verifyRecovered(ctx context.Context, scratch string, mem *memfs.FS, rec *t1
 			return got, fmt.Sprintf("acknowledged blob %s lost", d)
 		}
 	}
+	if left := t1Trash(mem); len(left) > 0 {
+		return got, fmt.Sprintf("recovery left %d files in the trash, e.g. %s", len(left), left[0])
+	}
 	before := mem.Tree()
 	if _, err := s.Recover(ctx); err != nil {
 		return got, "second recovery: " + err.Error()
@@ -757,6 +775,23 @@ func TestTier1SharedBlobDir(t *testing.T) {
 	reportTier1(t, "tier1-shared", runTier1(t, t1Size(), 3))
 }
 
+// TestTier1Trash is the enumeration with every transaction that frees two
+// blobs or more taking them out of the layout through the trash (which
+// otherwise only transactions of recovery.TrashMin blobs do): every crash
+// point of the renames, of their syncs and of the trash's unlinking.
+func TestTier1Trash(t *testing.T) {
+	lowTrashMin(t)
+	reportTier1(t, "tier1-trash", runTier1(t, t1Size(), 4))
+}
+
+// lowTrashMin makes transactions of two blobs or more use the trash until
+// the test ends.
+func lowTrashMin(t *testing.T) {
+	old := recovery.TrashMin
+	recovery.TrashMin = 2
+	t.Cleanup(func() { recovery.TrashMin = old })
+}
+
 // reportTier1 prints an enumeration's summary line (make crash collects
 // them) and fails on its violations.
 func reportTier1(t *testing.T, name string, st *t1Stats) {
@@ -784,4 +819,15 @@ func TestTier1FindsMissingFsync(t *testing.T) {
 			t.Logf("%s off: %d violations in %d states, e.g. %s", purpose, st.violations, st.states, st.messages[0])
 		})
 	}
+	// The renames into the trash are durable by the same sync as unlinks.
+	t.Run(fsio.SyncBlobDir+"-trash", func(t *testing.T) {
+		lowTrashMin(t)
+		restore := fsio.DisableSync(fsio.SyncBlobDir)
+		defer restore()
+		st := runTier1(t, t1Sizes{images: 5, exhaustive: 6, random: 24}, 2)
+		if st.violations == 0 {
+			t.Fatalf("with the blob directory's fsync off after renames into the trash, %d crash states over %d points showed no violation", st.states, st.points)
+		}
+		t.Logf("%d violations in %d states, e.g. %s", st.violations, st.states, st.messages[0])
+	})
 }

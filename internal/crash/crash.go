@@ -36,6 +36,7 @@ const (
 	BlobUnlinked      = "blob-unlinked"      // step 4: after each unlink, before the blob dir sync
 	BlobDirSynced     = "blob-dir-synced"    // step 4 done: blob dirs synced, record not cleared
 	TxnCleared        = "txn-cleared"        // step 5 done
+	TrashUnlinked     = "trash-unlinked"     // after step 4 through the trash: after each unlink of a trash file
 	IngestWritten     = "ingest-written"     // ingest: temp file written and synced, not renamed
 	IngestRenamed     = "ingest-renamed"     // ingest: renamed into blobs/, dir not synced
 	IngestSynced      = "ingest-synced"      // ingest: blob dir synced, journal not told
@@ -48,7 +49,7 @@ const (
 
 // All lists every crash point, for tests that iterate over them.
 var All = []string{
-	TxnJournaled, IndexTempWritten, IndexRenamed, IndexSynced, BlobUnlinked, BlobDirSynced, TxnCleared,
+	TxnJournaled, IndexTempWritten, IndexRenamed, IndexSynced, BlobUnlinked, BlobDirSynced, TxnCleared, TrashUnlinked,
 	IngestWritten, IngestRenamed, IngestSynced,
 	RecoverReplayed, RecoverUnlinked, RecoverRecounted, JournalCreated, LayoutInitialized,
 }

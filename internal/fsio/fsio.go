@@ -232,8 +232,14 @@ func (o *OS) Rename(oldname, newname string) error { return o.root.Rename(oldnam
 func (o *OS) Remove(name string) error { return o.root.Remove(name) }
 
 // OpenDir opens a directory under the root as a DirHandle (an os.Root of its own:
-// its entries stay confined to it).
-func (o *OS) OpenDir(name string) (DirHandle, error) { return o.root.OpenRoot(name) }
+// its entries stay confined to it) that can rename into another (DirRenamer).
+func (o *OS) OpenDir(name string) (DirHandle, error) {
+	d, err := openOSDir(o.root, name)
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
 
 func (o *OS) SyncDir(name string) error {
 	d, err := o.root.Open(name)

@@ -1,0 +1,268 @@
+package store_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/recovery"
+	"github.com/ocistore/ocistore/store"
+)
+
+// gatedFS holds every unlink of a trash file until gate is closed, or
+// fails it with fail when set.
+type gatedFS struct {
+	fsio.FS
+	gate chan struct{}
+	fail error
+}
+
+func (g *gatedFS) Remove(name string) error {
+	if strings.HasPrefix(name, recovery.TrashDir+"/") {
+		<-g.gate
+		if g.fail != nil {
+			return g.fail
+		}
+	}
+	return g.FS.Remove(name)
+}
+
+// trashFixture makes a layout of n images of 3 own layers each (5 blobs
+// of their own with the config and the manifest) tagged img0..img(n-1),
+// and reopens it on a gatedFS.
+func trashFixture(t *testing.T, n int) (dir string, s *store.Store, g *gatedFS, imgs []v1.Descriptor) {
+	t.Helper()
+	l := newLib(t)
+	for i := range n {
+		d := l.image(nil, 3)
+		l.tag(d, fmt.Sprintf("img%d", i))
+		imgs = append(imgs, d)
+	}
+	l.s.Close()
+	osfs, err := fsio.OpenOS(l.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g = &gatedFS{FS: osfs, gate: make(chan struct{})}
+	o := &store.Options{}
+	store.SetTestFS(o, g)
+	s, err = store.Open(context.Background(), l.dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return l.dir, s, g, imgs
+}
+
+func trashFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(dir, recovery.TrashDir))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// TestDeleteThroughTrash: a delete that frees recovery.TrashMin blobs or
+// more returns once they are out of the layout (in the trash), reports
+// them freed, and leaves their unlinking to the handle's reclaimer:
+// WaitReclaimed waits for it, fsck finds nothing wrong meanwhile, and a
+// blob put again while its old copy waits in the trash is not lost.
+func TestDeleteThroughTrash(t *testing.T) {
+	const n = 20 // 100 blobs of their own
+	dir, s, g, imgs := trashFixture(t, n)
+	ctx := context.Background()
+	var refs []string
+	var want []digest.Digest
+	for i := range n {
+		refs = append(refs, fmt.Sprintf("img%d", i))
+		want = append(want, testutil.Graph(t, dir, imgs[i])...)
+	}
+	raw, err := os.ReadFile(testutil.BlobFile(dir, imgs[0].Digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	layer := m.Layers[0]
+	if len(want) < recovery.TrashMin {
+		t.Fatalf("fixture frees %d blobs, fewer than TrashMin %d", len(want), recovery.TrashMin)
+	}
+	res, err := s.Delete(ctx, refs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Freed) != len(want) {
+		t.Fatalf("freed %d blobs, want %d", len(res.Freed), len(want))
+	}
+	for _, d := range want {
+		if testutil.HasBlob(t, dir, d) {
+			t.Errorf("blob %s still in the layout after the delete returned", d)
+		}
+	}
+	if got := trashFiles(t, dir); len(got) != len(want) {
+		t.Fatalf("%d files in the trash while its unlinking is held, want %d", len(got), len(want))
+	}
+	testutil.MustCheck(t, s) // the trash of a live handle is no problem
+
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := s.WaitReclaimed(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitReclaimed while the unlinks are held: %v, want the deadline", err)
+	}
+
+	// A layer of a deleted image put again, and tagged in a new image,
+	// while its old copy is in the trash.
+	old, err := os.ReadFile(filepath.Join(dir, recovery.TrashDir, recovery.TrashPrefix()+"blobs-sha256-"+layer.Digest.Encoded()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := testutil.NewBuilder(t, s, 9)
+	if again := b.Put(old, layer.MediaType); again.Digest != layer.Digest {
+		t.Fatalf("put again as %s, want %s", again.Digest, layer.Digest)
+	}
+	b.Tag(b.Manifest([]v1.Descriptor{layer}, 0), "again")
+
+	close(g.gate)
+	if err := s.WaitReclaimed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := trashFiles(t, dir); len(got) != 0 {
+		t.Fatalf("%d files left in the trash after WaitReclaimed", len(got))
+	}
+	if !testutil.HasBlob(t, dir, layer.Digest) {
+		t.Fatalf("layer %s put again while its old copy was in the trash is gone", layer.Digest)
+	}
+	testutil.MustCheck(t, s)
+}
+
+// TestCloseWaitsForTrash: Close returns once the trash is unlinked.
+func TestCloseWaitsForTrash(t *testing.T) {
+	const n = 20
+	dir, s, g, _ := trashFixture(t, n)
+	var refs []string
+	for i := range n {
+		refs = append(refs, fmt.Sprintf("img%d", i))
+	}
+	if _, err := s.Delete(context.Background(), refs...); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(30 * time.Millisecond)
+		close(g.gate)
+	}()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := trashFiles(t, dir); len(got) != 0 {
+		t.Fatalf("%d files left in the trash after Close", len(got))
+	}
+}
+
+// TestTrashUnlinkFailure: a trash file that cannot be unlinked is reported
+// by WaitReclaimed, naming the trash, the handle still writes (the layout
+// is whole; it is not a failed fsync), and the next open unlinks it.
+func TestTrashUnlinkFailure(t *testing.T) {
+	const n = 20
+	dir, s, g, _ := trashFixture(t, n)
+	ctx := context.Background()
+	g.fail = syscall.EIO
+	close(g.gate)
+	var refs []string
+	for i := 1; i < n; i++ {
+		refs = append(refs, fmt.Sprintf("img%d", i))
+	}
+	if _, err := s.Delete(ctx, refs...); err != nil {
+		t.Fatal(err)
+	}
+	err := s.WaitReclaimed(ctx)
+	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), recovery.TrashDir) {
+		t.Fatalf("WaitReclaimed: %v, want EIO naming %s", err, recovery.TrashDir)
+	}
+	if err := s.WaitReclaimed(ctx); err != nil {
+		t.Fatalf("the failure was reported twice: %v", err)
+	}
+	if len(trashFiles(t, dir)) == 0 {
+		t.Fatal("the trash is empty although its unlinks failed")
+	}
+	if err := s.Untag(ctx, "img0"); err != nil {
+		t.Fatalf("write after a failed unlink of the trash: %v", err)
+	}
+	s.Close()
+
+	s2, err := store.Open(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.WaitReclaimed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := trashFiles(t, dir); len(got) != 0 {
+		t.Fatalf("%d files left in the trash after the next open", len(got))
+	}
+	testutil.MustCheck(t, s2)
+	s2.Close()
+}
+
+// TestTrashOfOtherProcesses: fsck reports the trash of a process that is
+// gone, and the next open unlinks it; the trash of a live process (pid 1)
+// is its own to unlink: neither reported nor touched.
+func TestTrashOfOtherProcesses(t *testing.T) {
+	l := newLib(t)
+	l.tag(l.image(nil, 1), "a")
+	l.s.Close()
+	trash := filepath.Join(l.dir, recovery.TrashDir)
+	if err := os.MkdirAll(trash, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dead := "999999999-blobs-sha256-" + strings.Repeat("ab", 32)
+	live := "1-blobs-sha256-" + strings.Repeat("cd", 32)
+	for _, name := range []string{dead, live} {
+		if err := os.WriteFile(filepath.Join(trash, name), []byte("old layer"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := store.CheckDir(l.ctx, l.dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var found []string
+	for _, p := range rep.Problems {
+		if p.Kind == recovery.KindTempFile {
+			found = append(found, p.Path)
+		} else {
+			t.Errorf("fsck: %s", p)
+		}
+	}
+	if len(found) != 1 || found[0] != recovery.TrashDir+"/"+dead {
+		t.Fatalf("fsck reported temp files %v, want only %s", found, dead)
+	}
+	s, err := store.Open(l.ctx, l.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := trashFiles(t, l.dir); len(got) != 1 || got[0] != live {
+		t.Fatalf("trash after an open: %v, want only the live process's %s", got, live)
+	}
+}
