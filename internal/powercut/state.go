@@ -123,7 +123,7 @@ func (st *State) readBlobs(dir string) error {
 }
 
 // readStrays lists the files of the root other than the layout's, and the
-// ingest temp files of the journal directory.
+// ingest temp files and the trash of the journal directory.
 func (st *State) readStrays(dir string) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -136,12 +136,14 @@ func (st *State) readStrays(dir string) error {
 		}
 		st.Strays = append(st.Strays, e.Name())
 	}
-	ing, err := os.ReadDir(filepath.Join(dir, ".ocistore", "ingest"))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	for _, e := range ing {
-		st.Strays = append(st.Strays, filepath.Join(".ocistore", "ingest", e.Name()))
+	for _, sub := range []string{"ingest", "trash"} {
+		ents, err := os.ReadDir(filepath.Join(dir, ".ocistore", sub))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		for _, e := range ents {
+			st.Strays = append(st.Strays, filepath.Join(".ocistore", sub, e.Name()))
+		}
 	}
 	sort.Strings(st.Strays)
 	return nil
