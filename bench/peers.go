@@ -40,6 +40,13 @@ type handle interface {
 	close() error
 }
 
+// reclaimWaiter is a handle that returns from a delete before the space
+// is back (ocistore: a large transaction's trash is unlinked in the
+// background).
+type reclaimWaiter interface {
+	waitReclaimed(ctx context.Context) error
+}
+
 // resolver is a handle that looks a tag up (ocistore, oras-go).
 type resolver interface {
 	resolve(ctx context.Context, tag string) error
@@ -135,6 +142,9 @@ func (h ocistoreH) deleteBatch(ctx context.Context, tags []string) error {
 	return err
 }
 func (h ocistoreH) close() error { return h.s.Close() }
+func (h ocistoreH) waitReclaimed(ctx context.Context) error {
+	return h.s.WaitReclaimed(ctx)
+}
 func (h ocistoreH) resolve(ctx context.Context, tag string) error {
 	_, err := h.s.Resolve(ctx, tag)
 	return err

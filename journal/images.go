@@ -269,8 +269,12 @@ func (t *Tx) addLiveBytes(delta int64) {
 	t.liveDelta += delta
 }
 
-// flush writes what the transaction accumulated.
+// flush writes what the transaction accumulated: the refcounts, then
+// live-bytes.
 func (t *Tx) flush() error {
+	if err := t.flushRefs(); err != nil {
+		return err
+	}
 	if t.liveDelta == 0 {
 		return nil
 	}

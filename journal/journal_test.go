@@ -3,13 +3,17 @@ package journal_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/journal"
@@ -244,4 +248,133 @@ func TestRefs(t *testing.T) {
 	if len(got) != 1 || got[b].Count != 1 {
 		t.Errorf("after ReplaceRefs: %+v", got)
 	}
+}
+
+// TestCounted: Counted finds exactly the digests with a stored count,
+// whether they lie next to each other in the bucket (the cursor steps) or
+// far apart (it seeks), in any order, with digests that have none between.
+func TestCounted(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "journal.db"), journal.Options{})
+	var all []digest.Digest
+	want := map[digest.Digest]bool{}
+	err := db.Update(func(tx *journal.Tx) error {
+		for i := range 3000 {
+			d := digest.FromString(fmt.Sprint(i))
+			all = append(all, d)
+			if i%3 == 0 {
+				continue // never stored
+			}
+			if err := tx.PutRef(d, journal.Ref{Count: 1, Size: 1}); err != nil {
+				return err
+			}
+			want[d] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{0, 1, 5, 100, 3000} {
+		ask := make([]digest.Digest, 0, n)
+		for _, i := range rng.Perm(len(all))[:n] {
+			ask = append(ask, all[i])
+		}
+		db.View(func(tx *journal.Tx) error {
+			got := tx.Counted(ask)
+			n := 0
+			for _, d := range ask {
+				if got[d] != want[d] {
+					t.Errorf("asking %d: %s counted=%v, want %v", len(ask), d, got[d], want[d])
+				}
+				if want[d] {
+					n++
+				}
+			}
+			if len(got) != n {
+				t.Errorf("asking %d: %d counted, want %d", len(ask), len(got), n)
+			}
+			return nil
+		})
+	}
+}
+
+// TestRefsWithinTransaction: counts changed in a transaction (held back
+// from the bucket until the commit, or deleted through GetRef's cursor)
+// read back the same in it, through every reader, and are all stored at
+// the commit.
+func TestRefsWithinTransaction(t *testing.T) {
+	db := open(t, filepath.Join(t.TempDir(), "journal.db"), journal.Options{})
+	ds := make([]digest.Digest, 6)
+	for i := range ds {
+		ds[i] = digest.FromString(fmt.Sprint(i))
+	}
+	kids := []v1.Descriptor{{MediaType: v1.MediaTypeImageLayer, Digest: ds[5], Size: 3}}
+	if err := db.Update(func(tx *journal.Tx) error {
+		for i, d := range ds[:4] {
+			if err := tx.PutRef(d, journal.Ref{Count: uint64(i + 1), Size: 10}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[digest.Digest]journal.Ref{
+		ds[0]: {Count: 1, Size: 10}, ds[2]: {Count: 9, Size: 10},
+		ds[4]: {Count: 1, Size: 7, Expanded: true, Children: kids},
+	}
+	check := func(tx *journal.Tx, when string) {
+		t.Helper()
+		for _, d := range ds {
+			if r, err := tx.GetRef(d); err != nil || !reflect.DeepEqual(r, want[d]) {
+				t.Errorf("%s: GetRef(%d) = %+v, %v; want %+v", when, slices.Index(ds, d), r, err, want[d])
+			}
+		}
+		counted := tx.Counted(ds)
+		for _, d := range ds {
+			if counted[d] != (want[d].Count > 0) {
+				t.Errorf("%s: Counted(%d) = %v", when, slices.Index(ds, d), counted[d])
+			}
+		}
+		if !tx.ChildrenRecorded(ds[4]) || tx.ChildrenRecorded(ds[0]) {
+			t.Errorf("%s: ChildrenRecorded wrong", when)
+		}
+		got := map[digest.Digest]journal.Ref{}
+		if err := tx.ForEachRef(func(d digest.Digest, r journal.Ref) error { got[d] = r; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: ForEachRef = %+v, want %+v", when, got, want)
+		}
+	}
+	if err := db.Update(func(tx *journal.Tx) error {
+		steps := []struct {
+			d digest.Digest
+			r journal.Ref
+		}{
+			{ds[2], journal.Ref{Count: 9, Size: 10}}, // stored, changed: held back
+			{ds[1], journal.Ref{}},                   // stored, dropped (through GetRef's cursor)
+			{ds[4], journal.Ref{Count: 2, Size: 7}},  // new: held back
+			{ds[4], want[ds[4]]},                     // and changed again
+			{ds[5], journal.Ref{Count: 1, Size: 3}},  // new, then dropped before the commit (no cursor)
+			{ds[5], journal.Ref{}},                   //
+			{ds[3], journal.Ref{Count: 8, Size: 10}}, // stored, held back, then dropped
+			{ds[3], journal.Ref{}},                   //
+		}
+		for _, st := range steps {
+			if err := tx.PutRef(st.d, st.r); err != nil {
+				return err
+			}
+		}
+		check(tx, "in the transaction")
+		// ForEachRef wrote the held-back counts: later changes go on.
+		if err := tx.PutRef(ds[0], journal.Ref{Count: 1, Size: 10}); err != nil {
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	db.View(func(tx *journal.Tx) error { check(tx, "after the commit"); return nil })
 }

@@ -3,9 +3,12 @@ package journal
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"math"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -200,5 +203,47 @@ func TestRefEncoding(t *testing.T) {
 				t.Errorf("decodeRef error %q does not name the digest", err)
 			}
 		}()
+	}
+}
+
+// TestRecordJSON: the hand-written encoding is byte for byte what
+// encoding/json writes, for the samples and for random records whose
+// strings need every kind of escaping.
+func TestRecordJSON(t *testing.T) {
+	recs := sampleRecords()
+	rng := rand.New(rand.NewPCG(3, 4))
+	pieces := []string{"a", "ü", "✓", `"`, `\`, "<", ">", "&", "\x00", "\x1f", "\x7f", "\xff", "\u2028", " ", "img:1"}
+	for i := range 200 {
+		var op strings.Builder
+		for range rng.IntN(6) {
+			op.WriteString(pieces[rng.IntN(len(pieces))])
+		}
+		r := Record{ID: rng.Uint64(), Op: op.String(), Time: time.Unix(rng.Int64N(1<<33), rng.Int64N(1e9)).UTC(),
+			OldIndex: digest.FromString(fmt.Sprint("old", i)), NewIndex: digest.FromString(fmt.Sprint("new", i))}
+		if i%3 == 0 {
+			r.OldIndex = ""
+		}
+		for j := range rng.IntN(5) {
+			r.Unlink = append(r.Unlink, digest.FromString(fmt.Sprint(i, j)))
+		}
+		if n := rng.IntN(5); n > 0 {
+			r.Deltas = map[digest.Digest]int64{}
+			for j := range n {
+				r.Deltas[digest.SHA512.FromString(fmt.Sprint(i, j))] = rng.Int64() - math.MaxInt64/2
+			}
+		}
+		if i%7 == 0 {
+			r.Unlink = append(r.Unlink, digest.Digest(op.String())) // not a digest: escaped like any string
+		}
+		recs = append(recs, r)
+	}
+	for i, r := range recs {
+		want, err := json.Marshal(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := r.appendJSON(nil); !bytes.Equal(got, want) {
+			t.Fatalf("%d: encoding differs from encoding/json\n got %s\nwant %s", i, got, want)
+		}
 	}
 }

@@ -629,13 +629,10 @@ func finishRecovered(env Env, db *journal.DB, rec *journal.Record, on *State) (b
 func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached refcount.Map, keepAll bool, stamp fsio.Stamp) error {
 	var paths []string
 	err := db.View(func(tx *journal.Tx) error {
+		counted := tx.Counted(rec.Unlink)
 		for _, d := range rec.Unlink {
-			r, err := tx.GetRef(d)
-			if err != nil {
-				return err
-			}
-			if r.Count > 0 || reached[d].Count > 0 {
-				env.Log.Warn("not unlinking a blob that is still referenced", attrDigest, d, attrTxn, rec.ID)
+			if counted[d] || reached[d].Count > 0 {
+				env.Log.Warn("not unlinking a blob that is still referenced (or whose count cannot be read)", attrDigest, d, attrTxn, rec.ID)
 				continue
 			}
 			if keepAll {

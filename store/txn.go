@@ -200,6 +200,8 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 			added, removed := diffRoots(prev, entries)
 			t.prefetch(append(added[:len(added):len(added)], removed...))
 			from := len(c.Freed)
+			// An image is a manifest, its config and a few layers.
+			c.Reserve(4 * (len(added) + len(removed)))
 			for _, d := range added {
 				if err = c.Inc(d); err != nil {
 					break

@@ -48,6 +48,15 @@ type Counter struct {
 	Deltas map[digest.Digest]int64
 }
 
+// Reserve sizes Deltas for about n counts touched, when it is not made
+// yet: a prune touches tens of thousands, and growing the map to that
+// size rehashed it a dozen times.
+func (c *Counter) Reserve(n int) {
+	if c.Deltas == nil {
+		c.Deltas = make(map[digest.Digest]int64, n)
+	}
+}
+
 func (c *Counter) delta(d digest.Digest, n int64) {
 	if c.Deltas == nil {
 		c.Deltas = map[digest.Digest]int64{}
