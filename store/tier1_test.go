@@ -782,6 +782,11 @@ func TestTier1SharedBlobDir(t *testing.T) {
 func TestTier1Trash(t *testing.T) {
 	lowTrashMin(t)
 	reportTier1(t, "tier1-trash", runTier1(t, t1Size(), 4))
+	// With a shared blob directory the trash is in that directory's
+	// .ocistore, beside the blobs it takes.
+	t1Shared = true
+	t.Cleanup(func() { t1Shared = false })
+	reportTier1(t, "tier1-trash-shared", runTier1(t, t1Size(), 5))
 }
 
 // lowTrashMin makes transactions of two blobs or more use the trash until

@@ -30,8 +30,13 @@ type Blob struct {
 
 // Result describes a committed transaction.
 type Result struct {
-	Txn        uint64 `json:"txn,omitempty"` // journal record id; 0 when nothing changed
-	Freed      []Blob `json:"freed"`         // blobs unlinked, in unlink order
+	Txn uint64 `json:"txn,omitempty"` // journal record id; 0 when nothing changed
+	// Freed are the blobs the transaction removed from the layout, in the
+	// order it removed them. A transaction that frees many (64 or more)
+	// moves them into .ocistore/trash and returns; the handle unlinks
+	// them in the background, and their space is back once
+	// Store.WaitReclaimed (or Close) returns.
+	Freed      []Blob `json:"freed"`
 	BytesFreed int64  `json:"bytesFreed"`
 	// Referrers are the entries deleted with their subject (Delete).
 	Referrers []Image `json:"referrers,omitempty"`
