@@ -177,7 +177,18 @@ type pruneEntry struct {
 func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult) ([]layout.Entry, error) {
 	entries := cur.Entries
 	info := make([]pruneEntry, len(entries))
-	metas := map[digest.Digest]journal.ImageMeta{}
+	metas := make(map[digest.Digest]journal.ImageMeta, len(entries))
+	if len(entries) > 64 {
+		// One walk of the image metadata rather than a lookup per entry.
+		// A damaged record stops the walk: then each entry is looked up,
+		// and only a damaged record of an image in the index fails.
+		if err := t.tx.ForEachImage(func(d digest.Digest, m journal.ImageMeta) error {
+			metas[d] = m
+			return nil
+		}); err != nil {
+			clear(metas)
+		}
+	}
 	for i, e := range entries {
 		m, ok := metas[e.Desc.Digest]
 		if !ok {

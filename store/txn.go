@@ -189,7 +189,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 			return err
 		}
 		c := &refcount.Counter{T: tx, Load: t.load, Present: s.present}
-		owner = map[digest.Digest]*change{}
+		var freedBy []*change // who freed each of c.Freed, by index
 		ops = ops[:0]
 		prev := cur.Index.Entries
 		for _, ch := range live {
@@ -224,8 +224,8 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 				}
 				return errSolo{solo: indexOf(changes, ch)}
 			}
-			for _, f := range c.Freed[from:] {
-				owner[f.Digest] = ch
+			for range c.Freed[from:] {
+				freedBy = append(freedBy, ch)
 			}
 			prev = entries
 			ops = append(ops, ch.op)
@@ -241,7 +241,11 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		}
 		// A blob freed by one change and used again by a later one stays.
 		var gone []v1.Descriptor
-		seen := map[digest.Digest]bool{}
+		owner = make(map[digest.Digest]*change, len(c.Freed))
+		for i, f := range c.Freed {
+			owner[f.Digest] = freedBy[i] // the last change to free it
+		}
+		seen := make(map[digest.Digest]bool, len(c.Freed))
 		for _, f := range c.Freed {
 			if seen[f.Digest] {
 				continue
@@ -305,7 +309,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 	for _, f := range freed {
 		byPath[layout.BlobPath(f.Digest)] = f.Digest
 	}
-	present := map[digest.Digest]bool{}
+	present := make(map[digest.Digest]bool, len(freed))
 	env := s.env()
 	env.Unlinked = func(p string) { present[byPath[p]] = true }
 	stamp, err := recovery.Apply(env, db, &rec, newBytes)
