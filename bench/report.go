@@ -287,7 +287,7 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 
 	// 2
 	w("\n## 2. Delete half of the layout and reclaim space\n\n")
-	w("Every other image (N/2) in each peer's best batch path (see Peers). **s**: seconds of the call, open apart; median [min–max]. **space back s**: until the freed blobs' space is back in the file system. The peers unlink in the call. ocistore's call returns once the freed blobs are out of the layout, durably: it renames them into `.ocistore/trash` and fsyncs the blob directory (half the cost of an unlink, which also frees the inode), and the handle unlinks the trash in the background (`store.WaitReclaimed`).\n\n")
+	w("Every other image (N/2) in each peer's best batch path (see Peers). **s**: seconds of the call, open apart; median [min–max]. **space back s**: until the freed blobs' space is back in the file system. The peers unlink in the call. ocistore's call returns once the freed blobs are out of the layout, durably: it moves them into `.ocistore/trash` (a hard link there, then the unlink of the blob's name, which frees nothing) and fsyncs the blob directory and the trash, at about a third of the cost of unlinking them (an unlink of a last name also frees the inode and its blocks), and the handle unlinks the trash in the background (`store.WaitReclaimed`).\n\n")
 	w("| N | peer | s | space back s | open ms | peak RSS MiB | check | runs | note |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, n := range p.DeleteHalf {
 		for _, pp := range peers {

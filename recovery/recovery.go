@@ -86,7 +86,7 @@ type Env struct {
 	// removed (not those it found missing).
 	Unlinked func(path string)
 	// Reclaim, when set, takes the files of the trash to unlink later: a
-	// transaction that removes at least TrashMin blobs then renames them
+	// transaction that removes at least TrashMin blobs then moves them
 	// into TrashDir instead of unlinking them (fsio.TrashFiles), and an
 	// open gives it what a process that is gone, or this one, left there.
 	// When nil, blobs are unlinked in place and leftovers removed at once.
@@ -697,7 +697,7 @@ func IngestTempPrefix() string { return strconv.Itoa(os.Getpid()) + "-" }
 // directory, in that directory's).
 const TrashDir = layout.StateDir + "/trash"
 
-// TrashMin is the number of blobs from which a transaction renames them
+// TrashMin is the number of blobs from which a transaction moves them
 // into the trash rather than unlinking them in place. A variable so that
 // the crash tests can take the trash path with small transactions.
 var TrashMin = 64

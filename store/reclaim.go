@@ -10,10 +10,11 @@ import (
 )
 
 // The trash. A transaction that frees at least recovery.TrashMin blobs
-// takes them out of the layout by renaming them into .ocistore/trash
-// (then syncs blobs/<alg> and the trash): that is step 4 of the protocol,
-// durable when the call returns, and half the cost of unlinking them,
-// which also frees each inode and its blocks. The handle's reclaimer
+// takes them out of the layout into .ocistore/trash (a hard link there,
+// then the unlink of the blob's name, which frees nothing; then syncs
+// blobs/<alg> and the trash): that is step 4 of the protocol, durable when
+// the call returns, and a third of the cost of unlinking them, which also
+// frees each inode and its blocks. The handle's reclaimer
 // unlinks the trash in the background. Nothing ever leaves the trash but
 // by unlink, and the trash is no part of the layout: whatever a crash
 // leaves there is unlinked by the next open (recovery.Trash).

@@ -778,7 +778,7 @@ func TestTier1SharedBlobDir(t *testing.T) {
 // TestTier1Trash is the enumeration with every transaction that frees two
 // blobs or more taking them out of the layout through the trash (which
 // otherwise only transactions of recovery.TrashMin blobs do): every crash
-// point of the renames, of their syncs and of the trash's unlinking.
+// point of the links, the unlinks, their syncs and the trash's unlinking.
 func TestTier1Trash(t *testing.T) {
 	lowTrashMin(t)
 	reportTier1(t, "tier1-trash", runTier1(t, t1Size(), 4))
@@ -824,14 +824,14 @@ func TestTier1FindsMissingFsync(t *testing.T) {
 			t.Logf("%s off: %d violations in %d states, e.g. %s", purpose, st.violations, st.states, st.messages[0])
 		})
 	}
-	// The renames into the trash are durable by the same sync as unlinks.
+	// Moves into the trash are durable by the same sync as unlinks.
 	t.Run(fsio.SyncBlobDir+"-trash", func(t *testing.T) {
 		lowTrashMin(t)
 		restore := fsio.DisableSync(fsio.SyncBlobDir)
 		defer restore()
 		st := runTier1(t, t1Sizes{images: 5, exhaustive: 6, random: 24}, 2)
 		if st.violations == 0 {
-			t.Fatalf("with the blob directory's fsync off after renames into the trash, %d crash states over %d points showed no violation", st.states, st.points)
+			t.Fatalf("with the blob directory's fsync off after moves into the trash, %d crash states over %d points showed no violation", st.states, st.points)
 		}
 		t.Logf("%d violations in %d states, e.g. %s", st.violations, st.states, st.messages[0])
 	})

@@ -231,6 +231,9 @@ func (o *OS) Rename(oldname, newname string) error { return o.root.Rename(oldnam
 
 func (o *OS) Remove(name string) error { return o.root.Remove(name) }
 
+// Link gives the file oldname a second name (Linker).
+func (o *OS) Link(oldname, newname string) error { return o.root.Link(oldname, newname) }
+
 // OpenDir opens a directory under the root as a DirHandle (an os.Root of its own:
 // its entries stay confined to it) that can rename into another (DirRenamer).
 func (o *OS) OpenDir(name string) (DirHandle, error) {

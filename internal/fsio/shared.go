@@ -3,6 +3,7 @@ package fsio
 import (
 	"errors"
 	"io/fs"
+	"os"
 	"strings"
 	"syscall"
 )
@@ -127,6 +128,17 @@ func (s *Shared) Rename(oldname, newname string) error {
 		return &fs.PathError{Op: "rename", Path: oldname, Err: errors.Join(errCrossDevice, syscall.EXDEV)}
 	}
 	return f.Rename(orel, nrel)
+}
+
+// Link gives a file a second name in the same directory tree (Linker).
+func (s *Shared) Link(oldname, newname string) error {
+	f, orel := s.route(oldname)
+	nf, nrel := s.route(newname)
+	l, ok := f.(Linker)
+	if f != nf || !ok {
+		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: errors.Join(errCrossDevice, syscall.EXDEV)}
+	}
+	return l.Link(orel, nrel)
 }
 
 func (s *Shared) Remove(name string) error {

@@ -12,19 +12,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TrashFiles takes each of names out of its directory by renaming it into
-// the directory trash (on the same file system), under trashPrefix followed
-// by the name with "/" turned to "-". A missing file counts as taken out.
-// It then syncs each directory it took a file out of, and the trash, once.
-// A rename is one directory operation; an unlink also frees the file's
-// inode and blocks, which on a 2-core machine costs about twice as long
-// (10,000 small files: 120-160 ms renamed, 260-320 ms unlinked), and on a
-// file system mounted with discard makes the next commit wait for the
-// device. The trash is emptied later (RemoveFiles) by whoever the caller
-// gives the returned trash paths to.
+// TrashFiles takes each of names out of its directory into the directory
+// trash (on the same file system: a hard link there, then the unlink of
+// the name, or a rename; see move), under trashPrefix followed by the name
+// with "/" turned to "-". A missing file counts as taken out. It then
+// syncs each directory it took a file out of, and the trash, once.
+// Taking a file into the trash frees nothing; an unlink of its last name
+// also frees the inode and blocks, which on a 2-core machine costs about
+// three times as long (10,000 small files: 85-150 ms into the trash,
+// 260-320 ms unlinked), and on a file system mounted with discard makes
+// the next commit wait for the device. The trash is emptied later
+// (RemoveFiles) by whoever the caller gives the returned trash paths to.
 //
 // When the trash directory cannot be made, every name is unlinked in place.
-// A name that cannot be renamed into the trash for a reason of the trash
+// A name that cannot be taken into the trash for a reason of the trash
 // (another file system, the trash directory full or its disk out of space)
 // is unlinked in place instead, as RemoveFiles would. after(name, existed)
 // is called once per name, as in RemoveFiles. It stops at the first other
@@ -71,7 +72,7 @@ func TrashFiles(fsys FS, purpose string, names []string, trash, trashPrefix stri
 				}
 				n := names[i]
 				to := trash + "/" + trashPrefix + strings.ReplaceAll(n, "/", "-")
-				err := dirs.rename(n, to)
+				err := dirs.move(n, to)
 				moved := err == nil
 				if err != nil && !errors.Is(err, fs.ErrNotExist) && trashRefused(err) {
 					err = dirs.remove(n)
@@ -112,37 +113,66 @@ func TrashFiles(fsys FS, purpose string, names []string, trash, trashPrefix stri
 	return trashed, firstErr
 }
 
-// trashRefused reports whether a rename into the trash failed because of
-// the trash (then the file is unlinked where it is instead).
+// trashRefused reports whether taking a file into the trash failed because
+// of the trash or of the file system (then the file is unlinked where it
+// is instead): another file system, the trash's directory or disk full,
+// hard links not supported, a name the trash holds already.
 func trashRefused(err error) bool {
 	return errors.Is(err, syscall.EXDEV) || errors.Is(err, syscall.ENOSPC) ||
 		errors.Is(err, syscall.EMLINK) || errors.Is(err, syscall.EDQUOT) ||
-		errors.Is(err, errCrossDevice)
+		errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOTSUP) ||
+		errors.Is(err, fs.ErrExist) || errors.Is(err, errCrossDevice)
 }
 
-// DirRenamer is implemented by a DirHandle that can rename one of its
+// Linker is implemented by a file system that can give a file a second
+// name (a hard link); not durable until the new name's directory is synced.
+type Linker interface {
+	Link(oldname, newname string) error
+}
+
+// DirLinker is implemented by a DirHandle that can link one of its
 // entries into another directory handle of the same file system.
-type DirRenamer interface {
-	RenameTo(name string, to DirHandle, newname string) error
+type DirLinker interface {
+	LinkTo(name string, to DirHandle, newname string) error
 }
 
-func (c *dirCache) rename(oldname, newname string) error {
+// move takes oldname to newname: a hard link, then the unlink of
+// oldname, where the file system has them, else a rename. A link and an
+// unlink of a file that keeps a name free nothing and each lock one
+// directory; a rename between two directories is serialized with every
+// other in the file system (the kernel's per-file-system rename lock), so
+// the workers of TrashFiles overlap links and unlinks but not renames
+// (10,000 small files on ext4: 85-95 ms linked and unlinked by four
+// workers, 100-150 ms renamed). Between the two steps the file has both
+// names; either is a state recovery handles (the blob is still in the
+// layout, or it is out of it).
+func (c *dirCache) move(oldname, newname string) error {
 	oh, ob := c.dir(oldname)
 	nh, nb := c.dir(newname)
-	if r, ok := oh.(DirRenamer); ok && nh != nil {
-		if err := r.RenameTo(ob, nh, nb); err != nil {
-			return &os.LinkError{Op: "rename", Old: oldname, New: newname, Err: cause(err)}
+	var err error
+	if l, ok := oh.(DirLinker); ok && nh != nil {
+		if err = l.LinkTo(ob, nh, nb); err != nil {
+			err = &os.LinkError{Op: "link", Old: oldname, New: newname, Err: cause(err)}
 		}
-		return nil
+	} else if l, ok := c.fsys.(Linker); ok {
+		err = l.Link(oldname, newname)
+	} else {
+		return c.fsys.Rename(oldname, newname)
 	}
-	return c.fsys.Rename(oldname, newname)
+	if err != nil {
+		return err
+	}
+	if err := c.remove(oldname); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err // both names are left: the caller's error stops the batch
+	}
+	return nil // out of its directory (perhaps by another's unlink), in the trash
 }
 
 // osDir is a directory of the OS file system opened for a batch: its
 // entries through an os.Root of its own (confined to it), and a
-// descriptor for renameat between two such directories. Names given to
-// RenameTo are single path elements: renameat neither follows a symlink
-// in them nor leaves the two directories.
+// descriptor for linkat between two such directories. Names given to
+// LinkTo are single path elements: linkat (without AT_SYMLINK_FOLLOW)
+// neither follows a symlink in them nor leaves the two directories.
 type osDir struct {
 	*os.Root
 	f  *os.File
@@ -164,16 +194,16 @@ func openOSDir(root *os.Root, name string) (*osDir, error) {
 	return &osDir{Root: r, f: f, fd: int(f.Fd())}, nil
 }
 
-func (d *osDir) RenameTo(name string, to DirHandle, newname string) error {
+func (d *osDir) LinkTo(name string, to DirHandle, newname string) error {
 	dst, ok := to.(*osDir)
 	if !ok || !singleElement(name) || !singleElement(newname) {
-		return &os.LinkError{Op: "rename", Old: name, New: newname, Err: errors.ErrUnsupported}
+		return &os.LinkError{Op: "link", Old: name, New: newname, Err: errors.ErrUnsupported}
 	}
 	for {
-		err := unix.Renameat(d.fd, name, dst.fd, newname)
+		err := unix.Linkat(d.fd, name, dst.fd, newname, 0)
 		if err != unix.EINTR {
 			if err != nil {
-				return &os.LinkError{Op: "rename", Old: name, New: newname, Err: err}
+				return &os.LinkError{Op: "link", Old: name, New: newname, Err: err}
 			}
 			return nil
 		}

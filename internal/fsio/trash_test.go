@@ -36,9 +36,9 @@ func trashLayout(t *testing.T, dir string, n int) ([]string, map[string]bool) {
 
 // TestTrashFiles: every name leaves its directory, those that existed into
 // the trash under the prefix (with their contents), each reported once with
-// whether it existed, with one worker and with several (renameat between
-// directory handles; the path renames of a file system without handles
-// are taken by the crash tests, on memfs).
+// whether it existed, with one worker and with several (linkat between
+// directory handles, then unlinkat; the path links of a file system
+// without handles are taken by the crash tests, on memfs).
 func TestTrashFiles(t *testing.T) {
 	for _, n := range []int{3, 3 * parallelRemoveMin} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
@@ -115,7 +115,7 @@ func TestTrashFilesNoTrash(t *testing.T) {
 	}
 }
 
-// TestTrashFilesStops: a name that can be neither renamed nor unlinked (a
+// TestTrashFilesStops: a name that can be neither linked nor unlinked (a
 // directory that is not empty) is an error, and the files before it are
 // still out of the layout.
 func TestTrashFilesStops(t *testing.T) {

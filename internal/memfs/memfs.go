@@ -297,6 +297,37 @@ func (f *FS) ReplaceFile(name, tmpDir string, data []byte, _ fs.FileMode) error 
 	return f.Rename(tmp, name)
 }
 
+// Link gives the file oldname a second name, newname (which must not
+// exist); not durable until newname's directory is synced.
+func (f *FS) Link(oldname, newname string) error {
+	f.mu.Lock()
+	od, ob, err := f.parent(oldname)
+	var nd *inode
+	var nb string
+	if err == nil {
+		nd, nb, err = f.parent(newname)
+	}
+	if err == nil {
+		n, ok := od.entries[ob]
+		switch {
+		case !ok:
+			err = fs.ErrNotExist
+		case n.dir:
+			err = fs.ErrPermission
+		case nd.entries[nb] != nil:
+			err = fs.ErrExist
+		default:
+			nd.entries[nb] = n
+		}
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: err}
+	}
+	f.notify("link " + oldname + " " + newname)
+	return nil
+}
+
 func (f *FS) Rename(oldname, newname string) error {
 	f.mu.Lock()
 	od, ob, err := f.parent(oldname)

@@ -38,6 +38,9 @@ func (s *sub) Mkdir(name string, perm fs.FileMode) error  { return s.f.Mkdir(s.i
 func (s *sub) Rename(oldname, newname string) error {
 	return s.f.Rename(s.in(oldname), s.in(newname))
 }
+func (s *sub) Link(oldname, newname string) error {
+	return s.f.Link(s.in(oldname), s.in(newname))
+}
 func (s *sub) Remove(name string) error  { return s.f.Remove(s.in(name)) }
 func (s *sub) SyncDir(name string) error { return s.f.SyncDir(s.in(name)) }
 func (s *sub) Close() error              { return nil }
