@@ -124,9 +124,6 @@ func TestTrashFilesStops(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256", "dir", "x"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, ".ocistore", "trash", "42-blobs-sha256-dir", "y"), 0o755); err != nil {
-		t.Fatal(err)
-	}
 	fsys, err := OpenOS(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -134,9 +131,48 @@ func TestTrashFilesStops(t *testing.T) {
 	defer fsys.Close()
 	trashed, err := TrashFiles(fsys, SyncBlobDir, append(names, "blobs/sha256/dir"), ".ocistore/trash", "42-", nil)
 	if err == nil {
-		t.Fatal("a directory in the way reported no error")
+		t.Fatal("a directory that is not empty reported no error")
 	}
 	if len(trashed) != 3 {
 		t.Errorf("trashed %d files before the error, want 3", len(trashed))
+	}
+}
+
+// TestTrashFilesNameTaken: a blob whose name the trash holds already (the
+// same blob taken out before and not yet unlinked) is unlinked in place;
+// the trash's file is left as it is, and the others go to the trash.
+func TestTrashFilesNameTaken(t *testing.T) {
+	dir := t.TempDir()
+	names, _ := trashLayout(t, dir, 3) // names[0] missing, names[1] and [2] there
+	taken := filepath.Join(dir, ".ocistore", "trash", "42-blobs-sha256-"+filepath.Base(names[1]))
+	if err := os.MkdirAll(filepath.Dir(taken), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(taken, []byte("older copy"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fsys, err := OpenOS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	existed := map[string]bool{}
+	trashed, err := TrashFiles(fsys, SyncBlobDir, names, ".ocistore/trash", "42-", func(n string, e bool) { existed[n] = e })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{".ocistore/trash/42-blobs-sha256-" + filepath.Base(names[2])}; !slices.Equal(trashed, want) {
+		t.Errorf("trashed %v, want %v", trashed, want)
+	}
+	for _, n := range names {
+		if _, err := os.Lstat(filepath.Join(dir, n)); !os.IsNotExist(err) {
+			t.Errorf("%s still in the layout: %v", n, err)
+		}
+	}
+	if !existed[names[1]] || !existed[names[2]] || existed[names[0]] {
+		t.Errorf("reported %v", existed)
+	}
+	if b, err := os.ReadFile(taken); err != nil || string(b) != "older copy" {
+		t.Errorf("the trash's own file: %q, %v", b, err)
 	}
 }
