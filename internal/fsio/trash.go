@@ -5,8 +5,6 @@ import (
 	"io/fs"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -52,50 +50,30 @@ func TrashFiles(fsys FS, purpose string, names []string, trash, trashPrefix stri
 		}
 	}
 	dirs.dir(trash + "/x")
-	var (
-		mu       sync.Mutex
-		trashed  = make([]string, 0, len(names))
-		firstErr error
-		next     atomic.Int64
-		wg       sync.WaitGroup
-	)
+	trashed := make([]string, 0, len(names))
 	workers := 1
 	if len(names) >= parallelRemoveMin {
 		workers = removeWorkers
 	}
-	for range min(workers, len(names)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(names) {
-					return
-				}
-				n := names[i]
-				to := trash + "/" + trashPrefix + strings.ReplaceAll(n, "/", "-")
-				err := dirs.move(n, to)
-				moved := err == nil
-				if err != nil && !errors.Is(err, fs.ErrNotExist) && trashRefused(err) {
-					err = dirs.remove(n)
-				}
-				mu.Lock()
-				switch {
-				case firstErr != nil:
-				case err != nil && !errors.Is(err, fs.ErrNotExist):
-					firstErr = err
-					next.Store(int64(len(names)))
-				default:
-					if moved {
-						trashed = append(trashed, to)
-					}
-					if after != nil {
-						after(n, err == nil)
-					}
-				}
-				mu.Unlock()
+	firstErr := eachName(names, workers, func(n string) (func(), error) {
+		to := trash + "/" + trashPrefix + strings.ReplaceAll(n, "/", "-")
+		err := dirs.move(n, to)
+		moved := err == nil
+		if err != nil && !errors.Is(err, fs.ErrNotExist) && trashRefused(err) {
+			err = dirs.remove(n)
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		return func() {
+			if moved {
+				trashed = append(trashed, to)
 			}
-		})
-	}
-	wg.Wait()
+			if after != nil {
+				after(n, err == nil)
+			}
+		}, nil
+	})
 	for _, d := range order {
 		// As in RemoveFiles: synced even when nothing was found there.
 		if err := SyncDirFor(fsys, purpose, d); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -145,32 +145,47 @@ const removeWorkers = 4
 
 // removeParallel is RemoveFiles' unlink loop on removeWorkers goroutines,
 // for a file system with directory handles (whose directories dirs has
-// opened already: the workers only read it). after is called under a
-// lock, once per unlink, in the order they end. The first error other
-// than "does not exist" stops the workers.
+// opened already: the workers only read it).
 func removeParallel(dirs *dirCache, names []string, after func(string, bool)) error {
+	return eachName(names, removeWorkers, func(name string) (func(), error) {
+		err := dirs.remove(name)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		if after == nil {
+			return nil, nil
+		}
+		return func() { after(name, err == nil) }, nil
+	})
+}
+
+// eachName runs op on every name, on up to workers goroutines. The first
+// error stops the workers and is returned; the function op returns for a
+// name it did (nil: nothing to do) is called under a lock, once per name,
+// in the order they end, and not after the first error.
+func eachName(names []string, workers int, op func(name string) (done func(), err error)) error {
 	var (
 		next     atomic.Int64
 		mu       sync.Mutex
 		firstErr error
 		wg       sync.WaitGroup
 	)
-	for range min(removeWorkers, len(names)) {
+	for range min(workers, len(names)) {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= len(names) {
 					return
 				}
-				err := dirs.remove(names[i])
+				done, err := op(names[i])
 				mu.Lock()
 				switch {
 				case firstErr != nil:
-				case err != nil && !errors.Is(err, fs.ErrNotExist):
+				case err != nil:
 					firstErr = err
 					next.Store(int64(len(names)))
-				case after != nil:
-					after(names[i], err == nil)
+				case done != nil:
+					done()
 				}
 				mu.Unlock()
 			}

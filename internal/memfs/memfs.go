@@ -297,16 +297,19 @@ func (f *FS) ReplaceFile(name, tmpDir string, data []byte, _ fs.FileMode) error 
 	return f.Rename(tmp, name)
 }
 
+// parents is parent for both names of a link or a rename. f.mu is held.
+func (f *FS) parents(oldname, newname string) (od *inode, ob string, nd *inode, nb string, err error) {
+	if od, ob, err = f.parent(oldname); err == nil {
+		nd, nb, err = f.parent(newname)
+	}
+	return od, ob, nd, nb, err
+}
+
 // Link gives the file oldname a second name, newname (which must not
 // exist); not durable until newname's directory is synced.
 func (f *FS) Link(oldname, newname string) error {
 	f.mu.Lock()
-	od, ob, err := f.parent(oldname)
-	var nd *inode
-	var nb string
-	if err == nil {
-		nd, nb, err = f.parent(newname)
-	}
+	od, ob, nd, nb, err := f.parents(oldname, newname)
 	if err == nil {
 		n, ok := od.entries[ob]
 		switch {
@@ -330,12 +333,7 @@ func (f *FS) Link(oldname, newname string) error {
 
 func (f *FS) Rename(oldname, newname string) error {
 	f.mu.Lock()
-	od, ob, err := f.parent(oldname)
-	var nd *inode
-	var nb string
-	if err == nil {
-		nd, nb, err = f.parent(newname)
-	}
+	od, ob, nd, nb, err := f.parents(oldname, newname)
 	if err == nil {
 		n, ok := od.entries[ob]
 		switch {
