@@ -24,8 +24,9 @@ import (
 //
 // When the trash directory cannot be made, every name is unlinked in place.
 // A name that cannot be taken into the trash for a reason of the trash
-// (another file system, the trash directory full or its disk out of space)
-// is unlinked in place instead, as RemoveFiles would. after(name, existed)
+// or of the file system (see trashRefused: another file system, no space,
+// hard links refused, the name taken in the trash) is unlinked in place
+// instead, as RemoveFiles would. after(name, existed)
 // is called once per name, as in RemoveFiles. It stops at the first other
 // error; the directories touched so far are still synced.
 func TrashFiles(fsys FS, purpose string, names []string, trash, trashPrefix string, after func(name string, existed bool)) ([]string, error) {
