@@ -13,7 +13,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/gen"
 	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -380,4 +382,42 @@ func TestLeaseAcrossProcesses(t *testing.T) {
 		t.Errorf("gc after release: %+v", res)
 	}
 	must(t, 0, "-l", dir, "fsck")
+}
+
+// TestPruneEmptiesTrash: a prune large enough to take its blobs out
+// through .ocistore/trash leaves the trash empty when the command exits,
+// the blobs gone and fsck clean (which reports the trash a gone process
+// left). The store unlinks the trash in the background and Close waits for
+// it; store's TestCloseWaitsForTrash checks the wait itself, which this
+// end-to-end run cannot tell from a fast unlinking.
+func TestPruneEmptiesTrash(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "layout")
+	st, err := gen.Write(dir, gen.Spec{Images: 60, Repos: 2, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := blobCount(t, dir)
+	r := must(t, 0, "-l", dir, "prune", "--keep-last", "1", "--json")
+	res := decodeJSON[store.PruneResult](t, r)
+	if len(res.Removed) != st.Images-2 || len(res.Freed) < recovery.TrashMin {
+		t.Fatalf("pruned %d images, %d blobs; want %d images and at least %d blobs (the trash path)", len(res.Removed), len(res.Freed), st.Images-2, recovery.TrashMin)
+	}
+	if after := blobCount(t, dir); after != before-len(res.Freed) {
+		t.Errorf("%d blob files after freeing %d of %d", after, len(res.Freed), before)
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, recovery.TrashDir))
+	if err != nil || len(ents) != 0 {
+		t.Errorf("trash after the command: %d files, %v", len(ents), err)
+	}
+	must(t, 0, "-l", dir, "fsck")
+}
+
+func blobCount(t *testing.T, dir string) int {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(dir, "blobs", "sha256"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
