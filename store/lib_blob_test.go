@@ -17,6 +17,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -39,10 +40,11 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// libIngestLeft lists files left in the ingest directory.
-func libIngestLeft(t *testing.T, dir string) []string {
+// filesIn lists the names in the directory rel of the layout dir (none
+// when it does not exist): the ingest directory, the trash.
+func filesIn(t *testing.T, dir, rel string) []string {
 	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(dir, ".ocistore", "ingest"))
+	ents, err := os.ReadDir(filepath.Join(dir, rel))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func TestPutBlob(t *testing.T) {
 					t.Errorf("blob present = %v, want %v", got, c.stored)
 				}
 			}
-			if left := libIngestLeft(t, l.dir); len(left) > 0 {
+			if left := filesIn(t, l.dir, recovery.IngestDir); len(left) > 0 {
 				t.Errorf("ingest temp files left: %v", left)
 			}
 			if c.stored {
@@ -181,7 +183,7 @@ func TestPutBlobCanceled(t *testing.T) {
 	if l.has(d.Digest) {
 		t.Error("canceled PutBlob left the blob")
 	}
-	if left := libIngestLeft(t, l.dir); len(left) > 0 {
+	if left := filesIn(t, l.dir, recovery.IngestDir); len(left) > 0 {
 		t.Errorf("ingest temp files left: %v", left)
 	}
 }
@@ -411,7 +413,7 @@ func TestCloseDuringPutBlob(t *testing.T) {
 	default:
 		t.Errorf("PutBlob during Close = %v, want success or ErrClosed", err)
 	}
-	if left := libIngestLeft(t, l.dir); len(left) > 0 {
+	if left := filesIn(t, l.dir, recovery.IngestDir); len(left) > 0 {
 		t.Errorf("ingest temp files left: %v", left)
 	}
 	if err := l.s.PutBlob(l.ctx, d, bytes.NewReader(content)); !errors.Is(err, store.ErrClosed) {

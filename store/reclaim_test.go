@@ -66,19 +66,6 @@ func trashFixture(t *testing.T, n int) (dir string, s *store.Store, g *gatedFS, 
 	return l.dir, s, g, imgs
 }
 
-func trashFiles(t *testing.T, dir string) []string {
-	t.Helper()
-	ents, err := os.ReadDir(filepath.Join(dir, recovery.TrashDir))
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	return out
-}
-
 // TestDeleteThroughTrash: a delete that frees recovery.TrashMin blobs or
 // more returns once they are out of the layout (in the trash), reports
 // them freed, and leaves their unlinking to the handle's reclaimer:
@@ -118,7 +105,7 @@ func TestDeleteThroughTrash(t *testing.T) {
 			t.Errorf("blob %s still in the layout after the delete returned", d)
 		}
 	}
-	if got := trashFiles(t, dir); len(got) != len(want) {
+	if got := filesIn(t, dir, recovery.TrashDir); len(got) != len(want) {
 		t.Fatalf("%d files in the trash while its unlinking is held, want %d", len(got), len(want))
 	}
 	testutil.MustCheck(t, s) // the trash of a live handle is no problem
@@ -145,7 +132,7 @@ func TestDeleteThroughTrash(t *testing.T) {
 	if err := s.WaitReclaimed(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := trashFiles(t, dir); len(got) != 0 {
+	if got := filesIn(t, dir, recovery.TrashDir); len(got) != 0 {
 		t.Fatalf("%d files left in the trash after WaitReclaimed", len(got))
 	}
 	if !testutil.HasBlob(t, dir, layer.Digest) {
@@ -172,7 +159,7 @@ func TestCloseWaitsForTrash(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := trashFiles(t, dir); len(got) != 0 {
+	if got := filesIn(t, dir, recovery.TrashDir); len(got) != 0 {
 		t.Fatalf("%d files left in the trash after Close", len(got))
 	}
 }
@@ -200,7 +187,7 @@ func TestTrashUnlinkFailure(t *testing.T) {
 	if err := s.WaitReclaimed(ctx); err != nil {
 		t.Fatalf("the failure was reported twice: %v", err)
 	}
-	if len(trashFiles(t, dir)) == 0 {
+	if len(filesIn(t, dir, recovery.TrashDir)) == 0 {
 		t.Fatal("the trash is empty although its unlinks failed")
 	}
 	if err := s.Untag(ctx, "img0"); err != nil {
@@ -215,7 +202,7 @@ func TestTrashUnlinkFailure(t *testing.T) {
 	if err := s2.WaitReclaimed(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := trashFiles(t, dir); len(got) != 0 {
+	if got := filesIn(t, dir, recovery.TrashDir); len(got) != 0 {
 		t.Fatalf("%d files left in the trash after the next open", len(got))
 	}
 	testutil.MustCheck(t, s2)
@@ -262,7 +249,7 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := trashFiles(t, l.dir); len(got) != 1 || got[0] != live {
+	if got := filesIn(t, l.dir, recovery.TrashDir); len(got) != 1 || got[0] != live {
 		t.Fatalf("trash after an open: %v, want only the live process's %s", got, live)
 	}
 }

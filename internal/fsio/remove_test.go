@@ -13,36 +13,14 @@ import (
 // there, and stops at an error that is not "does not exist".
 func TestRemoveFilesParallel(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	want := map[string]bool{}
-	for i := range 3 * parallelRemoveMin {
-		n := fmt.Sprintf("blobs/sha256/%064x", i)
-		names = append(names, n)
-		want[n] = i%5 != 0 // every fifth is already gone
-		if want[n] {
-			if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	names, want := blobLayout(t, dir, 3*parallelRemoveMin)
 	fsys, err := OpenOS(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer fsys.Close()
-	var mu sync.Mutex
-	got := map[string]bool{}
-	err = RemoveFiles(fsys, SyncBlobDir, names, func(n string, existed bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if _, dup := got[n]; dup {
-			t.Errorf("%s reported twice", n)
-		}
-		got[n] = existed
-	})
+	got, after := reportedOnce(t)
+	err = RemoveFiles(fsys, SyncBlobDir, names, after)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,5 +41,46 @@ func TestRemoveFilesParallel(t *testing.T) {
 	names = append(names[:2*parallelRemoveMin], "blobs/sha256/dir")
 	if err := RemoveFiles(fsys, SyncBlobDir, names, nil); err == nil {
 		t.Error("removing a non-empty directory reported no error")
+	}
+}
+
+// blobLayout makes n blob files under dir, every fifth one missing, and
+// returns their names and whether each exists.
+func blobLayout(t *testing.T, dir string, n int) ([]string, map[string]bool) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	want := map[string]bool{}
+	for i := range n {
+		name := fmt.Sprintf("blobs/sha256/%064x", i)
+		names = append(names, name)
+		want[name] = i%5 != 0
+		if want[name] {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(name), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return names, want
+}
+
+// reportedOnce returns an after callback for RemoveFiles and TrashFiles
+// (safe for their workers) and what it recorded: whether each name
+// existed. A name reported twice fails the test.
+func reportedOnce(t *testing.T) (map[string]bool, func(name string, existed bool)) {
+	var mu sync.Mutex
+	got := map[string]bool{}
+	return got, func(name string, existed bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, dup := got[name]; dup {
+			t.Errorf("%s reported twice", name)
+		}
+		got[name] = existed
 	}
 }

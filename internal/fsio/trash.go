@@ -41,16 +41,8 @@ func TrashFiles(fsys FS, purpose string, names []string, trash, trashPrefix stri
 	}
 	dirs := newDirCache(fsys)
 	defer dirs.close()
-	touched := map[string]bool{}
-	var order []string
-	for _, n := range names {
-		if d := Dir(n); !touched[d] {
-			touched[d] = true
-			order = append(order, d)
-			dirs.dir(n) // opened before the workers, which only read the cache
-		}
-	}
-	dirs.dir(trash + "/x")
+	order := dirs.openAll(names)
+	dirs.dir(trash + "/x") // the trash's own handle, also before the workers
 	trashed := make([]string, 0, len(names))
 	workers := 1
 	if len(names) >= parallelRemoveMin {

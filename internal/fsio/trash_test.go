@@ -5,34 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 )
-
-// trashLayout makes n blob files under dir, every fifth one missing, and
-// returns their names and whether each exists.
-func trashLayout(t *testing.T, dir string, n int) ([]string, map[string]bool) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	want := map[string]bool{}
-	for i := range n {
-		name := fmt.Sprintf("blobs/sha256/%064x", i)
-		names = append(names, name)
-		want[name] = i%5 != 0
-		if want[name] {
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(name), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	return names, want
-}
 
 // TestTrashFiles: every name leaves its directory, those that existed into
 // the trash under the prefix (with their contents), each reported once with
@@ -43,22 +17,14 @@ func TestTrashFiles(t *testing.T) {
 	for _, n := range []int{3, 3 * parallelRemoveMin} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
 			dir := t.TempDir()
-			names, want := trashLayout(t, dir, n)
+			names, want := blobLayout(t, dir, n)
 			fsys, err := OpenOS(dir)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer fsys.Close()
-			var mu sync.Mutex
-			got := map[string]bool{}
-			trashed, err := TrashFiles(fsys, SyncBlobDir, names, ".ocistore/trash", "42-", func(name string, existed bool) {
-				mu.Lock()
-				defer mu.Unlock()
-				if _, dup := got[name]; dup {
-					t.Errorf("%s reported twice", name)
-				}
-				got[name] = existed
-			})
+			got, after := reportedOnce(t)
+			trashed, err := TrashFiles(fsys, SyncBlobDir, names, ".ocistore/trash", "42-", after)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,7 +58,7 @@ func TestTrashFiles(t *testing.T) {
 // unlink later.
 func TestTrashFilesNoTrash(t *testing.T) {
 	dir := t.TempDir()
-	names, _ := trashLayout(t, dir, 2*parallelRemoveMin)
+	names, _ := blobLayout(t, dir, 2*parallelRemoveMin)
 	if err := os.WriteFile(filepath.Join(dir, ".ocistore", "trash"), []byte("not a directory"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +86,7 @@ func TestTrashFilesNoTrash(t *testing.T) {
 // still out of the layout.
 func TestTrashFilesStops(t *testing.T) {
 	dir := t.TempDir()
-	names, _ := trashLayout(t, dir, 4)
+	names, _ := blobLayout(t, dir, 4)
 	if err := os.MkdirAll(filepath.Join(dir, "blobs", "sha256", "dir", "x"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +109,7 @@ func TestTrashFilesStops(t *testing.T) {
 // the trash's file is left as it is, and the others go to the trash.
 func TestTrashFilesNameTaken(t *testing.T) {
 	dir := t.TempDir()
-	names, _ := trashLayout(t, dir, 3) // names[0] missing, names[1] and [2] there
+	names, _ := blobLayout(t, dir, 3) // names[0] missing, names[1] and [2] there
 	taken := filepath.Join(dir, ".ocistore", "trash", "42-blobs-sha256-"+filepath.Base(names[1]))
 	if err := os.MkdirAll(filepath.Dir(taken), 0o755); err != nil {
 		t.Fatal(err)
@@ -156,8 +122,8 @@ func TestTrashFilesNameTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer fsys.Close()
-	existed := map[string]bool{}
-	trashed, err := TrashFiles(fsys, SyncBlobDir, names, ".ocistore/trash", "42-", func(n string, e bool) { existed[n] = e })
+	existed, after := reportedOnce(t)
+	trashed, err := TrashFiles(fsys, SyncBlobDir, names, ".ocistore/trash", "42-", after)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -92,21 +92,15 @@ func Dir(name string) string { return path.Dir(name) }
 // It stops at the first error other than "does not exist"; directories touched
 // so far are still synced, so what was removed is durable.
 func RemoveFiles(fsys FS, purpose string, names []string, after func(name string, existed bool)) error {
-	touched := map[string]bool{}
 	var order []string
 	dirs := newDirCache(fsys)
 	defer dirs.close()
 	var firstErr error
 	if dirs.opener != nil && len(names) >= parallelRemoveMin {
-		for _, n := range names { // each directory opened once, before the workers
-			if d := Dir(n); !touched[d] {
-				touched[d] = true
-				order = append(order, d)
-				dirs.dir(n)
-			}
-		}
+		order = dirs.openAll(names)
 		firstErr = removeParallel(dirs, names, after)
 	} else {
+		touched := map[string]bool{}
 		for _, n := range names {
 			err := dirs.remove(n)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -239,6 +233,21 @@ func (c *dirCache) dir(name string) (DirHandle, string) {
 	}
 	c.dirs[d] = h
 	return h, base
+}
+
+// openAll opens the directory of each of names once, before workers that
+// only read the cache, and returns the directories in the order first met.
+func (c *dirCache) openAll(names []string) []string {
+	seen := map[string]bool{}
+	var order []string
+	for _, n := range names {
+		if d := Dir(n); !seen[d] {
+			seen[d] = true
+			order = append(order, d)
+			c.dir(n)
+		}
+	}
+	return order
 }
 
 func (c *dirCache) remove(name string) error {
