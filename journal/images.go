@@ -275,6 +275,9 @@ func (t *Tx) flush() error {
 	if err := t.flushRefs(); err != nil {
 		return err
 	}
+	if err := t.flushUnknown(); err != nil {
+		return err
+	}
 	if t.liveDelta == 0 {
 		return nil
 	}

@@ -1,10 +1,10 @@
 // Package journal is ocistore's intent log and derived state: a bbolt database
 // inside the layout, at .ocistore/journal.db.
 //
-// # Schema (version 3)
+// # Schema (version 4)
 //
 //	meta/                      bucket
-//	  "schema"        -> uint64 big endian: schema version (3)
+//	  "schema"        -> uint64 big endian: schema version (4)
 //	  "index"         -> digest of the index.json last committed through the journal
 //	  "next-txn"      -> uint64 big endian: id of the next transaction record
 //	  "index-stamp"   -> digest, NUL, stamp: the stamp (inode, size, mtime,
@@ -23,7 +23,12 @@
 //	refs/                      bucket: persistent reference counts
 //	  <digest>        -> Ref: uvarint count, uvarint size, flag byte, then
 //	                     (v3, flag bit 2) the children of an expanded
-//	                     manifest (see children.go)
+//	                     manifest (see children.go), or (v4, flag bit 4)
+//	                     why a live manifest's children could not be
+//	                     counted (its closure is unknown: see unknown.go)
+//	  "unknown-refs"  -> (in meta, v4) uint64 big endian: how many live refs
+//	                     have an unknown closure; absent until the store
+//	                     recounts an upgraded database
 //	  "live-bytes"    -> uint64 big endian (v2): total size of the blobs in refs/
 //	  "images-index"  -> digest of the index.json whose roots images/ and
 //	                     referrers/ describe (v2)
@@ -47,12 +52,15 @@
 //	                           ("schema", "live-bytes") count every layout
 //
 // Version 1 had none of the buckets and keys marked (v2); version 2 stored
-// no children in refs and no copy of index.json in a bucket of its own. Open upgrades an older database in place (one write
-// transaction: the missing buckets are created, live-bytes is summed from
-// refs/, the version is set to 3; refs without children stay so, and their
-// manifests are read when they are released); a read-only open reads it as
-// it is, with no leases and no image metadata. A build that knows only
-// version 2 refuses a version 3 database rather than misread its refs.
+// no children in refs and no copy of index.json in a bucket of its own;
+// version 3 did not say which live manifests could not be followed. Open
+// upgrades an older database in place (one write transaction: the missing
+// buckets are created, live-bytes is summed from refs/, the version is set
+// to 4; refs without children stay so, and their manifests are read when
+// they are released; "unknown-refs" stays absent, so the store recounts
+// before it frees anything); a read-only open reads it as it is, with no
+// leases and no image metadata. A build that knows only version 2 refuses
+// a version 3 database rather than misread its refs.
 // The store fills images/ from index.json when images-index is not the
 // digest of the index on disk. A database of a newer version than this
 // build knows is refused as corrupt.
@@ -100,7 +108,7 @@ import (
 )
 
 // SchemaVersion is the version of the bucket layout above.
-const SchemaVersion = 3
+const SchemaVersion = 4
 
 // minSchemaVersion is the oldest version Open upgrades in place.
 const minSchemaVersion = 1
@@ -388,6 +396,9 @@ type Tx struct {
 	cur       *bolt.Cursor
 	curKey    digest.Digest
 	liveDelta int64 // change of live-bytes not yet stored (see flush)
+	// unknownDelta is the change of the count of unknown closures not yet
+	// stored (see flushUnknown).
+	unknownDelta int64
 }
 
 func (t *Tx) checkSchema() error {
@@ -647,6 +658,11 @@ type Ref struct {
 	// stored before schema v3): the blob is read then. Not nil (perhaps
 	// empty) when recorded.
 	Children []v1.Descriptor
+	// Unknown, when not empty, says why the children of this manifest or
+	// index could not be counted when it became live (schema v4): its
+	// closure is unknown, and while it is live nothing may be freed (see
+	// UnknownRefs). Never set on an expanded Ref.
+	Unknown string
 }
 
 // GetRef returns the stored refcount of d (zero Ref when it has none).
@@ -741,6 +757,7 @@ func (t *Tx) PutRef(d digest.Digest, r Ref) error {
 		delta += r.Size
 	}
 	t.addLiveBytes(delta)
+	t.unknownDelta += unknownOf(r) - unknownOf(old)
 	t.last.ok = false
 	if r.Count > 0 {
 		if t.refsDirty == nil {
@@ -801,7 +818,7 @@ func (t *Tx) ForEachRef(fn func(digest.Digest, Ref) error) error {
 
 // ReplaceRefs drops every stored refcount and stores refs instead.
 func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
-	t.last.ok, t.liveDelta = false, 0
+	t.last.ok, t.liveDelta, t.unknownDelta = false, 0, 0
 	t.refsDirty, t.cur = nil, nil
 	if err := t.tx.DeleteBucket(bRefs); err != nil {
 		return err
@@ -822,12 +839,17 @@ func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
 	}
 	sort.Strings(keys)
 	var live int64
+	var unknown uint64
 	for _, k := range keys {
 		r := refs[digest.Digest(k)]
 		live += r.Size
+		unknown += uint64(unknownOf(r))
 		if err := b.Put([]byte(k), encodeRef(r)); err != nil {
 			return err
 		}
+	}
+	if err := t.tx.Bucket(bMeta).Put(kUnknownRefs, u64(unknown)); err != nil {
+		return err
 	}
 	return t.tx.Bucket(bMeta).Put(kLiveBytes, i64(live))
 }
@@ -836,6 +858,7 @@ func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
 const (
 	refExpanded = 1
 	refChildren = 2 // children follow (v3): see children.go
+	refUnknown  = 4 // (v4) the reason its closure is unknown follows; never with refChildren
 )
 
 func encodeRef(r Ref) []byte {
@@ -846,11 +869,17 @@ func encodeRef(r Ref) []byte {
 	if r.Expanded {
 		f |= refExpanded
 	}
-	if r.Children != nil {
+	switch {
+	case r.Unknown != "":
+		f |= refUnknown
+	case r.Children != nil:
 		f |= refChildren
 	}
 	b = append(b, f)
-	if r.Children != nil {
+	switch {
+	case r.Unknown != "":
+		b = append(b, r.Unknown...)
+	case r.Children != nil:
 		b = appendChildren(b, r.Children)
 	}
 	return b
@@ -878,8 +907,11 @@ func decodeRef(d digest.Digest, v []byte) (Ref, error) {
 	}
 	r := Ref{Count: c, Size: int64(s), Expanded: f&refExpanded != 0}
 	switch {
-	case f&^(refExpanded|refChildren) != 0, f&refChildren == 0 && len(rest) != 0:
+	case f&^(refExpanded|refChildren|refUnknown) != 0, f&refChildren != 0 && f&refUnknown != 0,
+		f&(refChildren|refUnknown) == 0 && len(rest) != 0, f&refUnknown != 0 && len(rest) == 0:
 		return Ref{}, fmt.Errorf("refcount of %s: %w", d, errdef.ErrCorrupt)
+	case f&refUnknown != 0:
+		r.Unknown = string(rest)
 	case f&refChildren != 0:
 		var err error
 		if r.Children, err = decodeChildren(d, rest); err != nil {

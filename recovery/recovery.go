@@ -179,18 +179,22 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 	var lastDigest digest.Digest
 	var stamp fsio.Stamp
 	trust := stampNo
+	// A journal upgraded from version 3 does not know which closures are
+	// unknown: it is recounted before anything relies on it.
+	uncounted := false
 	if err := db.View(func(tx *journal.Tx) error {
 		var err error
 		recs, err = tx.Pending()
 		lastDigest = tx.IndexDigest()
-		if lazy && err == nil && len(recs) == 0 {
+		uncounted = !tx.UnknownCounted()
+		if lazy && err == nil && len(recs) == 0 && !uncounted {
 			stamp, trust = stamped(env, tx, lastDigest)
 		}
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("read pending records: %w", err)
 	}
-	if known != nil && len(recs) == 0 && known.Digest == lastDigest {
+	if known != nil && len(recs) == 0 && known.Digest == lastDigest && !uncounted {
 		return &State{Index: known.Index, Bytes: known.Bytes, Digest: known.Digest, Stamp: known.Stamp, Actions: st.Actions}, nil
 	}
 	if trust == stampRacy {
@@ -209,7 +213,7 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 	}
 	stamp = fsio.StampFile(env.FS, layout.IndexFile)
 	raw, ix, ixErr := ReadIndex(env.FS)
-	recount := false
+	recount := uncounted
 	for _, rec := range recs {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -266,6 +270,9 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 	if recount || st.Digest != lastDigest {
 		if lastDigest != "" && !recount {
 			env.Log.Warn("index.json changed outside ocistore; recounting references", "was", lastDigest, "now", st.Digest)
+		}
+		if uncounted && lastDigest != "" {
+			env.Log.Info("journal upgraded: recounting references to learn which closures are unknown")
 		}
 		n, err := Recount(env, db, st)
 		if err != nil {
@@ -528,16 +535,57 @@ func WriteIndex(fsys fsio.FS, b []byte) error {
 	return nil
 }
 
-// Apply runs steps 3 to 5 of a journaled transaction: write the new index,
-// then Finish. newIndex are the record's new index bytes. It returns the
-// stamp of the index.json it wrote.
-func Apply(env Env, db *journal.DB, rec *journal.Record, newIndex []byte) (fsio.Stamp, error) {
-	if err := WriteIndex(env.FS, newIndex); err != nil {
-		return fsio.Stamp{}, fmt.Errorf("txn %d: %w", rec.ID, err)
+// PrepareIndex writes a transaction's new index.json to a temp file in the
+// layout root and syncs it: the part of step 3 that needs space. A
+// transaction does it before its journal commit, so that a full disk or a
+// failed write fails it while nothing is committed.
+func PrepareIndex(fsys fsio.FS, b []byte) (*fsio.Prepared, error) {
+	return fsio.PrepareFile(fsys, layout.IndexFile, b, fsio.SyncIndexFile)
+}
+
+// Apply runs steps 3 to 5 of a journaled transaction whose new index is
+// prepared (PrepareIndex): rename it over index.json, sync the layout
+// directory, then Finish. It returns the stamp of the new index.json.
+//
+// What an error means for the caller: a failed rename changed nothing on
+// disk, and Apply rolls the record back (RollBack) before it returns, so
+// the error means the transaction did not happen, unless the roll back
+// failed too (then the error wraps ErrIncomplete: recovery will apply
+// it). Any error after the rename wraps ErrIncomplete: the new index is
+// in place, and recovery finishes the cleanup.
+func Apply(env Env, db *journal.DB, rec *journal.Record, p *fsio.Prepared, old *State) (fsio.Stamp, error) {
+	if err := p.Commit(); err != nil {
+		_ = p.Abort()
+		if rerr := RollBack(env, db, rec, old); rerr != nil {
+			return fsio.Stamp{}, fmt.Errorf("txn %d: %w: %w (and it could not be rolled back, so the next recovery applies it: %v)", rec.ID, errdef.ErrIncomplete, err, rerr)
+		}
+		return fsio.Stamp{}, fmt.Errorf("txn %d: %w (rolled back: nothing changed)", rec.ID, err)
+	}
+	crash.Point(crash.IndexRenamed)
+	if err := fsio.SyncDirFor(env.FS, fsio.SyncLayoutDir, "."); err != nil {
+		return fsio.Stamp{}, fmt.Errorf("txn %d: %w: write %s: %w", rec.ID, errdef.ErrIncomplete, layout.IndexFile, err)
 	}
 	stamp := fsio.StampFile(env.FS, layout.IndexFile)
 	crash.Point(crash.IndexSynced)
-	return stamp, Finish(env, db, rec, stamp, crash.BlobUnlinked)
+	if err := Finish(env, db, rec, stamp, crash.BlobUnlinked); err != nil {
+		return stamp, fmt.Errorf("%w: %w", errdef.ErrIncomplete, err)
+	}
+	return stamp, nil
+}
+
+// RollBack undoes a journaled transaction whose new index never reached
+// index.json: it drops the record and puts back the refcounts of old, the
+// index still on disk (a recount: the record's deltas do not say what a
+// count that dropped to zero recorded). Nothing is unlinked.
+func RollBack(env Env, db *journal.DB, rec *journal.Record, old *State) error {
+	if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
+		return fmt.Errorf("roll back txn %d: %w", rec.ID, err)
+	}
+	if _, err := Recount(env, db, old); err != nil {
+		return fmt.Errorf("roll back txn %d: %w", rec.ID, err)
+	}
+	env.Log.Warn("transaction rolled back: its new index.json could not be put in place", attrTxn, rec.ID, "op", rec.Op)
+	return nil
 }
 
 // indexStill checks that index.json on disk is the record's new index: by
@@ -686,7 +734,7 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 // directory) followed by digits.
 func IsIndexTemp(name string) bool { return indexTemp.MatchString(name) }
 
-var indexTemp = regexp.MustCompile(`^\.(` + regexp.QuoteMeta(layout.IndexFile) + `|` + regexp.QuoteMeta(layout.LayoutFile) + `|shared-blob-dir)-?[0-9]+$`)
+var indexTemp = regexp.MustCompile(`^\.(` + regexp.QuoteMeta(layout.IndexFile) + `|` + regexp.QuoteMeta(layout.LayoutFile) + `|shared-blob-dir)(-?[0-9]+|-[0-9a-z]+)$`)
 
 // IngestTempPrefix is the name prefix of this process's ingest temp files.
 func IngestTempPrefix() string { return strconv.Itoa(os.Getpid()) + "-" }

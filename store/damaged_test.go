@@ -113,7 +113,9 @@ func TestDamagedCorpus(t *testing.T) {
 				t.Errorf("the damage is not reported")
 			}
 
-			opts := &store.RepairOptions{Check: recovery.CheckOptions{Deep: true}, DropBroken: c.Spec.Repair.DropBroken, KeepOrphans: c.Spec.Repair.KeepOrphans}
+			// Grace -1: the corpus was just written, and its orphans are
+			// for the repair to remove (the default grace is tested apart).
+			opts := &store.RepairOptions{Check: recovery.CheckOptions{Deep: true}, DropBroken: c.Spec.Repair.DropBroken, KeepOrphans: c.Spec.Repair.KeepOrphans, Grace: -1}
 			res, err := store.Repair(ctx, dir, opts)
 			if err != nil {
 				t.Fatalf("repair: %v", err)

@@ -15,6 +15,11 @@ import (
 	"github.com/ocistore/ocistore/recovery"
 )
 
+// DefaultGrace is the grace period of `ocistore gc` and of a repair's
+// removal of orphans: a blob file modified more recently may belong to a
+// copy that has not written its index.json yet.
+const DefaultGrace = time.Hour
+
 // GCOptions tune GC.
 type GCOptions struct {
 	// Grace keeps blobs whose file was modified less than Grace ago: a blob
@@ -119,6 +124,11 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 				unlink = append(unlink, c)
 			}
 		}
+		if len(unlink) > 0 {
+			if res.Pinned = pinReason(tx, now); res.Pinned != "" {
+				unlink = nil
+			}
+		}
 		if o.DryRun {
 			return errRollback
 		}
@@ -140,6 +150,9 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 	for _, c := range unlink {
 		res.Freed = append(res.Freed, Blob{Digest: c.d.String(), Size: c.size})
 		res.BytesFreed += c.size
+	}
+	if res.Pinned != "" {
+		s.log.Warn("gc: nothing freed", "why", res.Pinned)
 	}
 	if o.DryRun || len(unlink) == 0 {
 		return res, nil

@@ -132,6 +132,11 @@ func (s *Store) Prune(ctx context.Context, p Policy) (*PruneResult, error) {
 	out := &PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}}
 	res, err := s.update(ctx, "prune", func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
 		*out = PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}} // a retry starts over
+		// A prune is for space: while a closure is unknown it would free
+		// nothing, so it removes nothing either.
+		if out.Pinned = pinReason(t.tx, t.now); out.Pinned != "" {
+			return nil, errDryRun
+		}
 		entries, err := s.planPrune(cur, t, &p, out)
 		if err != nil {
 			return nil, err
@@ -143,6 +148,9 @@ func (s *Store) Prune(ctx context.Context, p Policy) (*PruneResult, error) {
 	})
 	switch {
 	case errors.Is(err, errDryRun):
+		if out.Pinned != "" {
+			s.log.Warn("prune: nothing removed", "why", out.Pinned)
+		}
 		return out, nil
 	case err != nil:
 		return nil, fmt.Errorf("prune: %w", err)

@@ -565,6 +565,17 @@ func (c *countingFS) ReplaceFile(name, tmpDir string, data []byte, perm fs.FileM
 	return c.FS.ReplaceFile(name, tmpDir, data, perm)
 }
 
+// Rename counts a transaction's index.json, prepared under a temp name
+// before its journal commit and renamed over index.json after it.
+func (c *countingFS) Rename(oldname, newname string) error {
+	if newname == "index.json" {
+		c.mu.Lock()
+		c.replaces++
+		c.mu.Unlock()
+	}
+	return c.FS.Rename(oldname, newname)
+}
+
 func (c *countingFS) reset() {
 	c.mu.Lock()
 	c.opens, c.replaces = 0, 0

@@ -34,7 +34,10 @@ type RepairOptions struct {
 	// tool, a crash, or freed by DropBroken); by default they are removed,
 	// in one journaled transaction (GC), unless a live lease holds them.
 	KeepOrphans bool
-	// Grace keeps orphans modified within this duration (see GCOptions).
+	// Grace keeps orphans modified within this duration (see GCOptions):
+	// another tool may have written them and not yet its index.json. Zero
+	// means DefaultGrace, as `ocistore gc`; a negative value keeps none
+	// back.
 	Grace time.Duration
 	// DropBroken removes from index.json, in one journaled transaction,
 	// the entries whose closure is not whole (and entries whose descriptor
@@ -586,16 +589,25 @@ func (s *Store) dropInvalid(db *journal.DB, raw []byte, next *layout.Index, bad 
 	newBytes := next.Marshal()
 	refs, _ := refcount.Recount(next, layout.LoadChildren(s.fsys))
 	rec := journal.Record{Op: "repair: drop invalid entries", Time: s.now().UTC(), OldIndex: layout.Sum(raw), NewIndex: layout.Sum(newBytes)}
+	var prepared *fsio.Prepared
 	if err := db.Update(func(tx *journal.Tx) error {
 		if err := tx.AddPending(&rec, newBytes); err != nil {
 			return err
 		}
-		return tx.ReplaceRefs(refs)
+		if err := tx.ReplaceRefs(refs); err != nil {
+			return err
+		}
+		var err error
+		prepared, err = recovery.PrepareIndex(s.fsys, newBytes)
+		return err
 	}); err != nil {
+		_ = prepared.Abort()
 		return s.check(err)
 	}
 	crash.Point(crash.TxnJournaled)
-	if _, err := recovery.Apply(s.env(), db, &rec, newBytes); err != nil {
+	// What is on disk now, for a roll back: its valid entries count.
+	old, _, _ := recovery.ParseIndexLenient(raw)
+	if _, err := recovery.Apply(s.env(), db, &rec, prepared, &recovery.State{Index: old, Bytes: raw, Digest: rec.OldIndex}); err != nil {
 		return s.check(err)
 	}
 	for _, b := range bad {
@@ -628,7 +640,11 @@ func (s *Store) repairOnline(ctx context.Context, res *RepairResult, o *RepairOp
 		}
 	}
 	if !o.KeepOrphans {
-		gc, err := s.GC(ctx, GCOptions{Grace: o.Grace})
+		grace := o.Grace
+		if grace == 0 {
+			grace = DefaultGrace
+		}
+		gc, err := s.GC(ctx, GCOptions{Grace: max(grace, 0)})
 		if err != nil {
 			return err
 		}
@@ -818,8 +834,18 @@ func (s *Store) dropBroken(ctx context.Context, keepOrphans bool, res *RepairRes
 	refs, _ := refcount.Recount(next, layout.LoadChildren(s.fsys))
 	now := s.now()
 	rec := journal.Record{Op: "repair: drop broken " + strings.Join(names, ","), Time: now.UTC(), OldIndex: cur.Digest, NewIndex: layout.Sum(newBytes)}
+	var prepared *fsio.Prepared
+	// Unknown means pinned: an entry left whose closure is unknown keeps
+	// every blob (they stay as orphans).
+	pinned := false
+	for _, r := range refs {
+		if r.Unknown != "" {
+			pinned = true
+			break
+		}
+	}
 	err = db.Update(func(tx *journal.Tx) error {
-		if !keepOrphans {
+		if !keepOrphans && !pinned {
 			leased, err := tx.Leased(now)
 			if err != nil {
 				return err
@@ -839,13 +865,19 @@ func (s *Store) dropBroken(ctx context.Context, keepOrphans bool, res *RepairRes
 		if err := tx.AddPending(&rec, newBytes); err != nil {
 			return err
 		}
-		return tx.ReplaceRefs(refs)
+		if err := tx.ReplaceRefs(refs); err != nil {
+			return err
+		}
+		var err error
+		prepared, err = recovery.PrepareIndex(s.fsys, newBytes)
+		return err
 	})
 	if err != nil {
+		_ = prepared.Abort()
 		return s.check(err)
 	}
 	crash.Point(crash.TxnJournaled)
-	stamp, err := recovery.Apply(s.env(), db, &rec, newBytes)
+	stamp, err := recovery.Apply(s.env(), db, &rec, prepared, cur)
 	if err != nil {
 		return s.check(err)
 	}

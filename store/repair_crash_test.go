@@ -31,7 +31,7 @@ func TestRepairChild(t *testing.T) {
 	}
 	flags := os.Getenv(envRepairFlags)
 	_, err := store.Repair(context.Background(), dir, &store.RepairOptions{Check: recovery.CheckOptions{Deep: true},
-		DropBroken: strings.Contains(flags, "drop"), KeepOrphans: strings.Contains(flags, "keep")})
+		DropBroken: strings.Contains(flags, "drop"), KeepOrphans: strings.Contains(flags, "keep"), Grace: -1})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child repair:", err)
 		os.Exit(11)
@@ -115,7 +115,7 @@ func TestCrashRepair(t *testing.T) {
 						break
 					}
 					kills++
-					opts := &store.RepairOptions{Check: recovery.CheckOptions{Deep: true}, DropBroken: c.Spec.Repair.DropBroken, KeepOrphans: c.Spec.Repair.KeepOrphans}
+					opts := &store.RepairOptions{Check: recovery.CheckOptions{Deep: true}, DropBroken: c.Spec.Repair.DropBroken, KeepOrphans: c.Spec.Repair.KeepOrphans, Grace: -1}
 					if _, err := store.Repair(context.Background(), dir, opts); err != nil {
 						t.Fatalf("%s@%d: repair after the crash: %v", p, k, err)
 					}

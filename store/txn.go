@@ -16,6 +16,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
 	"github.com/ocistore/ocistore/journal"
@@ -40,6 +41,12 @@ type Result struct {
 	BytesFreed int64  `json:"bytesFreed"`
 	// Referrers are the entries deleted with their subject (Delete).
 	Referrers []Image `json:"referrers,omitempty"`
+	// Pinned, when set, says why the blobs this transaction would have
+	// freed stay on disk (Kept): a manifest of the layout cannot be
+	// followed, so what it references is unknown. They are orphans for a
+	// GC once every closure is known again.
+	Pinned string `json:"pinned,omitempty"`
+	Kept   []Blob `json:"kept,omitempty"`
 }
 
 // txn is what a plan may read: the journal transaction the record will be
@@ -178,6 +185,9 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		newDigest digest.Digest
 		hasher    *layout.IndexHasher // for the transactions after this one
 		ops       []string
+		prepared  *fsio.Prepared  // the new index.json, written before the commit
+		pinned    string          // why nothing is freed (pinReason)
+		kept      []v1.Descriptor // what would have been freed but for it
 	)
 	err = db.Update(func(tx *journal.Tx) error {
 		t := s.newTxn(tx)
@@ -266,6 +276,12 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		if freed, err = withoutLeased(tx, gone, t.now); err != nil {
 			return err
 		}
+		// Unknown means pinned: while a closure is unknown, nothing goes.
+		if len(freed) > 0 {
+			if pinned = pinReason(tx, t.now); pinned != "" {
+				kept, freed = freed, nil
+			}
+		}
 		added, removed := diffRoots(cur.Index.Entries, prev)
 		if err := s.trackImages(t, cur.Digest, newDigest, prev, added, removed); err != nil {
 			return err
@@ -278,8 +294,20 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		if tx.IndexDigest() == cur.Digest {
 			base = cur.Bytes // stored as a delta against it
 		}
-		return tx.AddPendingFrom(&rec, newBytes, base)
+		if err := tx.AddPendingFrom(&rec, newBytes, base); err != nil {
+			return err
+		}
+		// The new index.json is written and synced before the commit: a
+		// full disk or a failed write fails the transaction while nothing
+		// is committed, so that an error means nothing changed.
+		prepared, err = recovery.PrepareIndex(s.fsys, newBytes)
+		return err
 	})
+	if err != nil {
+		if aerr := prepared.Abort(); aerr != nil {
+			s.log.Warn("temp index.json not removed; recovery removes it", "err", aerr)
+		}
+	}
 	if errors.Is(err, errNoChange) {
 		for _, c := range live {
 			if c.err == nil {
@@ -312,7 +340,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 	present := make(map[digest.Digest]bool, len(freed))
 	env := s.env()
 	env.Unlinked = func(p string) { present[byPath[p]] = true }
-	stamp, err := recovery.Apply(env, db, &rec, newBytes)
+	stamp, err := recovery.Apply(env, db, &rec, prepared, cur)
 	if err != nil {
 		return s.check(err)
 	}
@@ -322,6 +350,14 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		if c.err == nil {
 			c.res = &Result{Txn: rec.ID}
 		}
+	}
+	for _, f := range kept {
+		res := owner[f.Digest].res
+		res.Pinned = pinned
+		res.Kept = append(res.Kept, Blob{Digest: f.Digest.String(), Size: f.Size})
+	}
+	if pinned != "" {
+		s.log.Warn("transaction freed nothing", "op", rec.Op, attrTxn, rec.ID, "kept", len(kept), "why", pinned)
 	}
 	var bytes int64
 	for _, f := range freed {

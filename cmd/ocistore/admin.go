@@ -106,7 +106,7 @@ not run. ocistore recover fixes what an interrupted transaction left.`,
       --drop-broken     with --repair: remove from index.json the entries
                         whose blobs are missing or damaged
       --grace DURATION  with --repair: keep unreferenced blobs modified
-                        within DURATION (default 0)`,
+                        within DURATION (default 1h, as gc)`,
 	maxArgs: 0,
 	format:  true,
 	flags:   fsckFlags,
@@ -205,7 +205,7 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 func (a *app) runRepair(ctx context.Context) error {
 	o, p := a.checkOptions()
 	res, err := store.Repair(ctx, a.layout, &store.RepairOptions{Check: *o, KeepOrphans: a.fsck.keepOrphans,
-		DropBroken: a.fsck.dropBroken, Grace: a.fsck.grace, Logger: a.log, LockTimeout: a.lockTimeout})
+		DropBroken: a.fsck.dropBroken, Grace: repairGrace(a.fsck.grace, a.fsck.graceSet), Logger: a.log, LockTimeout: a.lockTimeout})
 	p.Stop()
 	if err != nil {
 		return lockedHint(a, err)
@@ -422,4 +422,16 @@ func versionString() string {
 		v += " " + rev
 	}
 	return fmt.Sprintf("ocistore %s (%s %s/%s)", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// repairGrace is the library's RepairOptions.Grace for fsck's --grace: the
+// default of gc when not given, none for an explicit 0.
+func repairGrace(d time.Duration, set bool) time.Duration {
+	switch {
+	case !set:
+		return defaultGrace
+	case d == 0:
+		return -1
+	}
+	return d
 }

@@ -47,7 +47,7 @@ func TestDamagedCorpusCLI(t *testing.T) {
 			if want := map[bool]int{true: 0, false: 3}[quick.OK()]; qr.code != want || quick.Deep != nil {
 				t.Errorf("fsck: exit %d, want %d (deep %+v)", qr.code, want, quick.Deep)
 			}
-			args := []string{"-l", dir, "fsck", "--repair", "--deep", "--json"}
+			args := []string{"-l", dir, "fsck", "--repair", "--deep", "--json", "--grace", "0s"}
 			if c.Spec.Repair.DropBroken {
 				args = append(args, "--drop-broken")
 			}

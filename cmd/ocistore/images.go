@@ -376,6 +376,20 @@ func runRm(ctx context.Context, a *app, args []string) error {
 			return err
 		}
 		_, err = fmt.Fprintf(a.stdout, "freed %s, %s\n", plural(len(out.Freed), "blob", "blobs"), sizeWithBytes(out.BytesFreed))
+		a.warnPinned(res.Pinned, len(res.Kept))
 		return err
 	})
+}
+
+// warnPinned says on stderr why blobs were kept that the command would
+// have freed (store.Result.Pinned); kept is how many, -1 when unknown.
+func (a *app) warnPinned(why string, kept int) {
+	if why == "" {
+		return
+	}
+	what := "nothing freed"
+	if kept > 0 {
+		what = fmt.Sprintf("kept %s that would have been freed", plural(kept, "blob", "blobs"))
+	}
+	fmt.Fprintf(a.stderr, "ocistore: warning: %s: %s\n", what, why)
 }

@@ -24,7 +24,7 @@ type cmdOpts struct {
 
 // defaultGrace is gc's --grace when not given: a blob written in the last
 // hour by a process that tags it without a lease is not garbage yet.
-const defaultGrace = time.Hour
+const defaultGrace = store.DefaultGrace
 
 func graceFlag(fs *flag.FlagSet, a *app) {
 	a.opts.grace = defaultGrace
@@ -104,6 +104,7 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 			fmt.Fprintf(a.stdout, "; kept %s", strings.Join(kept, ", "))
 		}
 		_, err = fmt.Fprintln(a.stdout)
+		a.warnPinned(res.Pinned, -1)
 		return err
 	})
 }
@@ -385,6 +386,7 @@ func runPrune(ctx context.Context, a *app, _ []string) error {
 			fmt.Fprintf(a.stdout, "over budget: %s kept, more than --max-size %s; what is left is protected by --keep-last or not matched by the filters\n",
 				humanSize(res.SizeAfter), humanSize(a.opts.policy.MaxSize))
 		}
+		a.warnPinned(res.Pinned, -1)
 		return nil
 	})
 }

@@ -38,6 +38,13 @@ var (
 	ErrMissingDependency = errors.New("missing dependency")
 	// ErrTooLarge: a file is larger than the limit for its kind.
 	ErrTooLarge = errors.New("too large")
+	// ErrIncomplete: a transaction failed after its change took effect (its
+	// new index.json was in place, or is journaled to be put there by
+	// recovery): the change happened, but its cleanup (unlinking the blobs
+	// it freed, clearing its record) is pending until recovery runs
+	// (`ocistore recover`, or the next open or writer). Any other error of
+	// a write means that nothing changed.
+	ErrIncomplete = errors.New("change made, cleanup pending")
 	// ErrNotLayout: a directory holds files but is not an OCI image layout.
 	ErrNotLayout = errors.New("not an OCI image layout")
 )

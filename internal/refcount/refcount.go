@@ -72,7 +72,13 @@ func (c *Counter) Inc(d v1.Descriptor) error { return c.inc(d, 0) }
 
 func (c *Counter) inc(d v1.Descriptor, depth int) error {
 	if depth > layout.MaxDepth {
-		return fmt.Errorf("blob %s: nesting deeper than %d: %w", d.Digest, layout.MaxDepth, errdef.ErrCorrupt)
+		err := fmt.Errorf("blob %s: nesting deeper than %d: %w", d.Digest, layout.MaxDepth, errdef.ErrCorrupt)
+		if !c.Lenient {
+			return err
+		}
+		// Counted, so that its parent's release finds it, but not
+		// followed: what it reaches is unknown.
+		return c.incUnknown(d, err)
 	}
 	r, err := c.T.GetRef(d.Digest)
 	if err != nil {
@@ -84,23 +90,25 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 	// type is expanded when a reference says it is a manifest, or its
 	// children would go uncounted (and be freed under it) depending on the
 	// order of the references.
-	if r.Count > 1 && (r.Expanded || !layout.IsManifest(d.MediaType)) {
+	if r.Count > 1 && (r.Expanded || !layout.IsManifest(d.MediaType) && r.Unknown == "") {
 		return c.T.PutRef(d.Digest, r)
 	}
 	if r.Count == 1 {
 		r.Size = d.Size
 	}
 	var kids layout.Children
-	if layout.Parsed(d, depth == 0) {
+	switch {
+	case layout.Parsed(d, depth == 0):
 		kids, err = c.Load(d)
 		switch {
 		case err == nil:
-			r.Expanded = true
+			r.Expanded, r.Unknown = true, ""
 			r.Children = children(kids.Refs)
 		case layout.Sniffed(d, err): // a root that is not a manifest: a leaf
 			kids = layout.Children{}
 		case c.Lenient:
 			c.Problems = append(c.Problems, err)
+			r.Unknown = reason(err)
 		case c.Present != nil && errors.Is(err, errdef.ErrNotFound):
 			// Verifying a graph that becomes live (Tag, PutManifest): a
 			// missing manifest or index below it is a missing dependency,
@@ -109,7 +117,17 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 		default:
 			return err
 		}
-	} else if c.Present != nil {
+	case depth == 0 && !r.Expanded:
+		// A root too large to be sniffed: index.json lists manifests, and
+		// this one may be one that cannot be read. Unknown, not a leaf.
+		err := fmt.Errorf("blob %s: root of media type %q is %d bytes, over the %d-byte limit of a manifest: %w",
+			d.Digest, d.MediaType, d.Size, layout.MaxManifestSize, errdef.ErrTooLarge)
+		if !c.Lenient {
+			return err
+		}
+		c.Problems = append(c.Problems, err)
+		r.Unknown = reason(err)
+	case c.Present != nil:
 		if err := c.Present(d); err != nil {
 			return err
 		}
@@ -127,11 +145,45 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 	return nil
 }
 
+// incUnknown counts a reference to d without following it, and marks its
+// closure unknown (why) when it is not expanded already.
+func (c *Counter) incUnknown(d v1.Descriptor, why error) error {
+	r, err := c.T.GetRef(d.Digest)
+	if err != nil {
+		return err
+	}
+	r.Count++
+	c.delta(d.Digest, 1)
+	if r.Count == 1 {
+		r.Size = d.Size
+	}
+	if !r.Expanded && layout.Parsed(d, false) {
+		c.Problems = append(c.Problems, why)
+		r.Unknown = reason(why)
+	}
+	return c.T.PutRef(d.Digest, r)
+}
+
+// reason is what a Ref records of why its closure is unknown.
+func reason(err error) string {
+	const max = 512
+	s := err.Error()
+	if len(s) > max {
+		s = s[:max]
+	}
+	if s == "" {
+		s = "unknown"
+	}
+	return s
+}
+
 // Dec removes one reference to d; at zero, d is Freed and its children released.
 func (c *Counter) Dec(d v1.Descriptor) error { return c.dec(d.Digest, d.MediaType, 0) }
 
 func (c *Counter) dec(d digest.Digest, mt string, depth int) error {
-	if depth > layout.MaxDepth {
+	// Expanded blobs are at most MaxDepth deep (inc): one level more
+	// holds the unexpanded ones a lenient count stopped at.
+	if depth > layout.MaxDepth+1 {
 		return fmt.Errorf("blob %s: nesting deeper than %d: %w", d, layout.MaxDepth, errdef.ErrCorrupt)
 	}
 	r, err := c.T.GetRef(d)
@@ -150,6 +202,12 @@ func (c *Counter) dec(d digest.Digest, mt string, depth int) error {
 		return nil
 	}
 	c.Freed = append(c.Freed, v1.Descriptor{Digest: d, Size: r.Size})
+	if r.Unknown != "" {
+		// Its children were never counted: there is nothing to release.
+		// What they are is unknown, so they stay on disk as orphans until
+		// a GC can tell (nothing is freed while a closure is unknown).
+		return nil
+	}
 	if !r.Expanded {
 		// Its children were never counted: it could not be read when it
 		// became live. A manifest that still cannot be read is refused, as

@@ -209,8 +209,9 @@ func TestIncErrors(t *testing.T) {
 }
 
 // TestUnexpandedManifest: a manifest that could not be read when it became
-// live (adopted broken) is freed alone when it can be read now, and its
-// release is refused while it still cannot be read.
+// live (adopted broken) has an unknown closure, with the reason; its
+// release frees it alone, read or not (its children were never counted),
+// and a later reference that can read it expands it.
 func TestUnexpandedManifest(t *testing.T) {
 	g := newGraph()
 	l := leaf("l")
@@ -221,19 +222,66 @@ func TestUnexpandedManifest(t *testing.T) {
 	if err := c.Inc(a); err != nil {
 		t.Fatal(err)
 	}
-	c = &refcount.Counter{T: m, Load: g.load}
-	if err := c.Dec(a); err == nil || !errors.Is(err, errdef.ErrNotFound) {
-		t.Errorf("Dec of an unreadable unexpanded manifest = %v", err)
+	if r := m[a.Digest]; r.Unknown == "" || r.Expanded || m[l.Digest].Count != 0 {
+		t.Fatalf("lenient count of an unreadable manifest: %+v, leaf %+v", r, m[l.Digest])
 	}
-	m = refcount.Map{}
-	(&refcount.Counter{T: m, Load: g.load, Lenient: true}).Inc(a)
-	delete(g.missing, a.Digest)
+	if len(c.Problems) != 1 || !errors.Is(c.Problems[0], errdef.ErrNotFound) {
+		t.Errorf("problems %v", c.Problems)
+	}
+	// A second reference that still cannot read it, strict: refused.
+	if err := (&refcount.Counter{T: m, Load: g.load}).Inc(a); !errors.Is(err, errdef.ErrNotFound) {
+		t.Errorf("strict Inc of an unreadable live manifest = %v", err)
+	}
 	c = &refcount.Counter{T: m, Load: g.load}
 	if err := c.Dec(a); err != nil {
-		t.Fatal(err)
+		t.Fatalf("Dec of an unknown manifest = %v", err)
 	}
 	if len(c.Freed) != 1 || c.Freed[0].Digest != a.Digest || len(m) != 0 {
 		t.Errorf("freed %v, counts %v", c.Freed, counts(m))
+	}
+	// Readable again when a second reference comes: expanded, known.
+	m = refcount.Map{}
+	(&refcount.Counter{T: m, Load: g.load, Lenient: true}).Inc(a)
+	delete(g.missing, a.Digest)
+	if err := (&refcount.Counter{T: m, Load: g.load}).Inc(a); err != nil {
+		t.Fatal(err)
+	}
+	if r := m[a.Digest]; r.Unknown != "" || !r.Expanded || r.Count != 2 || m[l.Digest].Count != 1 {
+		t.Errorf("after a readable reference: %+v, leaf %+v", r, m[l.Digest])
+	}
+}
+
+// TestUnknownDepth: a lenient count stops at the nesting limit and marks
+// the index there unknown; releasing the root then releases it too.
+func TestUnknownDepth(t *testing.T) {
+	g := newGraph()
+	d := g.manifest("bottom", leaf("l"))
+	for i := 0; i <= layout.MaxDepth+1; i++ {
+		d = g.index(fmt.Sprintf("i%d", i), d)
+	}
+	m := refcount.Map{}
+	c := &refcount.Counter{T: m, Load: g.load, Lenient: true}
+	if err := c.Inc(d); err != nil {
+		t.Fatal(err)
+	}
+	unknown := 0
+	for _, r := range m {
+		if r.Unknown != "" {
+			unknown++
+		}
+	}
+	if unknown != 1 || len(c.Problems) != 1 {
+		t.Fatalf("%d unknown refs, problems %v", unknown, c.Problems)
+	}
+	if err := (&refcount.Counter{T: refcount.Map{}, Load: g.load}).Inc(d); !errors.Is(err, errdef.ErrCorrupt) {
+		t.Errorf("strict Inc past the nesting limit = %v", err)
+	}
+	c = &refcount.Counter{T: m, Load: g.load}
+	if err := c.Dec(d); err != nil {
+		t.Fatal(err)
+	}
+	if len(m) != 0 {
+		t.Errorf("left counts %v", counts(m))
 	}
 }
 
