@@ -23,6 +23,11 @@ const (
 	exitError    = 1
 	exitUsage    = 2 // also: a reference or blob was not found
 	exitProblems = 3 // fsck found problems
+	// exitIncomplete: the change was made (its new index.json is in
+	// place, or journaled for recovery to put there) but its cleanup is
+	// pending (store.ErrIncomplete). Every other failure of a write
+	// means that nothing changed.
+	exitIncomplete = 4
 )
 
 // Log attribute keys.
@@ -307,6 +312,8 @@ func exitCode(err error) int {
 		return exitOK
 	case errors.As(err, &st):
 		return int(st)
+	case errors.Is(err, store.ErrIncomplete):
+		return exitIncomplete
 	case errors.As(err, &ue), errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrInvalidArgument):
 		return exitUsage
 	}
@@ -328,6 +335,9 @@ func (a *app) fail(c *command, err error) int {
 		prefix += "interrupted: "
 	}
 	fmt.Fprintf(a.stderr, "%s%v\n", prefix, err)
+	if code == exitIncomplete {
+		fmt.Fprintln(a.stderr, "ocistore: the change was made; its cleanup is pending: run 'ocistore recover' (any later ocistore command also finishes it)")
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		if c != nil {

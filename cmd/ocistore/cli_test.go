@@ -2,8 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -727,4 +730,36 @@ func TestLocked(t *testing.T) {
 	}
 	db.Close()
 	must(t, 0, "-l", f.dir, "--lock-timeout", "200ms", "tag", "a", "x")
+}
+
+// TestRmIncomplete: rm whose unlinks fail after its new index.json is in
+// place (a blob file made immutable, so that even root cannot unlink it)
+// exits 4 and says that the change was made and its cleanup is pending;
+// once the blob can go, recover finishes it and fsck is clean.
+func TestRmIncomplete(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var own digest.Digest
+	for d := range graphOf(t, f.dir, f.b) {
+		if d != f.base.Digest && d != f.b.Digest {
+			own = d
+			break
+		}
+	}
+	p := f.blobPath(own)
+	if out, err := exec.Command("chattr", "+i", p).CombinedOutput(); err != nil {
+		t.Fatalf("chattr +i: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("chattr", "-i", p).Run() })
+	r := must(t, exitIncomplete, "-l", f.dir, "rm", "b")
+	wantContains(t, "stderr", r.stderr, "change made, cleanup pending", "ocistore recover")
+	must(t, exitUsage, "-l", f.dir, "inspect", "b") // the change was made
+	if out, err := exec.Command("chattr", "-i", p).CombinedOutput(); err != nil {
+		t.Fatalf("chattr -i: %v: %s", err, out)
+	}
+	must(t, 0, "-l", f.dir, "recover")
+	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("b's own blob %s after recover: %v", own, err)
+	}
+	must(t, 0, "-l", f.dir, "fsck")
 }

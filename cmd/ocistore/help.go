@@ -27,6 +27,8 @@ Exit codes:
   1  error (including a layout locked by another process)
   2  not found, or a usage error
   3  fsck found problems
+  4  the change was made but its cleanup is pending (run ocistore recover);
+     any other failure of a command that writes means nothing changed
 `
 
 // usage prints the program's help.
