@@ -87,6 +87,7 @@ var (
 	ErrReadOnly          = errdef.ErrReadOnly
 	ErrDurability        = errdef.ErrDurability
 	ErrConflict          = errdef.ErrConflict
+	ErrRefused           = errdef.ErrRefused
 )
 
 // Log attribute keys.

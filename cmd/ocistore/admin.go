@@ -106,7 +106,10 @@ not run. ocistore recover fixes what an interrupted transaction left.`,
       --drop-broken     with --repair: remove from index.json the entries
                         whose blobs are missing or damaged
       --grace DURATION  with --repair: keep unreferenced blobs modified
-                        within DURATION (default 0)`,
+                        within DURATION (default 0)
+      --force           with --repair: let --drop-broken remove every image,
+                        and repair a layout whose blobs seem to live
+                        elsewhere (both refused without it)`,
 	maxArgs: 0,
 	format:  true,
 	flags:   fsckFlags,
@@ -119,15 +122,16 @@ type fsckOpts struct {
 	max     time.Duration
 	workers int
 
-	repair, keepOrphans, dropBroken bool
-	grace                           time.Duration
-	graceSet                        bool
+	repair, keepOrphans, dropBroken, force bool
+	grace                                  time.Duration
+	graceSet                               bool
 }
 
 func fsckFlags(fs *flag.FlagSet, a *app) {
 	fs.BoolVar(&a.fsck.repair, "repair", false, "repair")
 	fs.BoolVar(&a.fsck.keepOrphans, "keep-orphans", false, "remove no unreferenced blob")
 	fs.BoolVar(&a.fsck.dropBroken, "drop-broken", false, "remove broken entries from index.json")
+	fs.BoolVar(&a.fsck.force, "force", false, "let --drop-broken remove every image; repair a layout whose blobs seem to live elsewhere")
 	fs.Func("grace", "keep unreferenced blobs modified within this duration", func(s string) error {
 		d, err := parseDuration(s)
 		if err != nil {
@@ -164,7 +168,7 @@ func fsckFlags(fs *flag.FlagSet, a *app) {
 // checkOptions are the recovery.CheckOptions fsck's flags ask for, with a
 // progress line on a terminal for a deep check. Stop the progress when done.
 func (a *app) checkOptions() (*recovery.CheckOptions, *progress) {
-	o := &recovery.CheckOptions{Deep: a.fsck.deep, Max: a.fsck.max, Workers: a.fsck.workers}
+	o := &recovery.CheckOptions{Deep: a.fsck.deep, Max: a.fsck.max, Workers: a.fsck.workers, SharedBlobDir: a.sharedBlobs}
 	if !o.Deep {
 		return o, nil
 	}
@@ -177,8 +181,8 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 	if a.fsck.max > 0 && !a.fsck.deep {
 		return usagef("--max limits the hashing of --deep")
 	}
-	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet) {
-		return usagef("--keep-orphans, --drop-broken and --grace go with --repair")
+	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet || a.fsck.force) {
+		return usagef("--keep-orphans, --drop-broken, --grace and --force go with --repair")
 	}
 	if a.fsck.repair {
 		return a.runRepair(ctx)
@@ -205,7 +209,8 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 func (a *app) runRepair(ctx context.Context) error {
 	o, p := a.checkOptions()
 	res, err := store.Repair(ctx, a.layout, &store.RepairOptions{Check: *o, KeepOrphans: a.fsck.keepOrphans,
-		DropBroken: a.fsck.dropBroken, Grace: a.fsck.grace, Logger: a.log, LockTimeout: a.lockTimeout})
+		DropBroken: a.fsck.dropBroken, Grace: a.fsck.grace, Logger: a.log, LockTimeout: a.lockTimeout,
+		SharedBlobDir: a.sharedBlobs, Force: a.fsck.force})
 	p.Stop()
 	if err != nil {
 		return lockedHint(a, err)
