@@ -62,6 +62,10 @@ type RepairOptions struct {
 	// recovery.KindBlobsElsewhere). Without it both are refused with
 	// ErrRefused before anything is changed.
 	Force bool
+
+	// adopting is set by Repair when the layout has no state yet in the
+	// journal of its shared blob directory: orphans are then kept.
+	adopting bool
 }
 
 // RepairResult is what Repair did and what is left.
@@ -167,6 +171,9 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
 	defer s.fsys.Close()
+	if s.scope != "" {
+		opts.adopting = !s.registered(opts.LockTimeout)
+	}
 	res := &RepairResult{Actions: []recovery.Action{}, Broken: []recovery.Broken{}}
 
 	openable, err := s.repairOffline(ctx, res, &opts)
@@ -203,6 +210,20 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
 	return res, nil
+}
+
+// registered reports whether the layout has its state in the journal of
+// its shared blob directory (ocistore adopted it before). When that cannot
+// be read, it says yes: the repair then finds out what is wrong.
+func (s *Store) registered(lockTimeout time.Duration) bool {
+	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: s.scope})
+	if errors.Is(err, errdef.ErrNotFound) {
+		return false
+	}
+	if err == nil {
+		db.Close()
+	}
+	return true
 }
 
 // repairPreflight refuses, before anything is changed, what Repair must
@@ -761,12 +782,22 @@ func (s *Store) repairOnline(ctx context.Context, res *RepairResult, o *RepairOp
 	if err := s.quarantineBlobs(ctx, first, res); err != nil {
 		return err
 	}
+	keep := o.KeepOrphans
+	if o.adopting {
+		// The layout joins the shared blob directory now. Other layouts
+		// may use the directory without ocistore knowing them yet (skopeo
+		// --dest-shared-blob-dir records none): their blobs look
+		// unreferenced. Remove none; once every layout is adopted, a
+		// repair or a GC removes what none of them uses.
+		o2 := *o
+		o2.KeepOrphans, o, keep = true, &o2, true
+	}
 	if o.DropBroken {
 		if err := s.dropBroken(ctx, o, res); err != nil {
 			return err
 		}
 	}
-	if !o.KeepOrphans {
+	if !keep {
 		gc, err := s.GC(ctx, GCOptions{Grace: o.Grace})
 		if err != nil {
 			return err
@@ -792,6 +823,18 @@ func (s *Store) repairOnline(ctx context.Context, res *RepairResult, o *RepairOp
 		}
 	}
 	res.Report = final
+	if o.adopting {
+		n := 0
+		for _, p := range final.Problems {
+			if p.Kind == recovery.KindOrphan {
+				n++
+			}
+		}
+		if n > 0 {
+			res.act(s.log, ActionOrphansKept, "%d unreferenced blobs of the shared blob directory kept: this layout joined it now, and other layouts may use them without ocistore knowing them (skopeo --dest-shared-blob-dir records none); adopt each (ocistore -l DIR --shared-blob-dir %s recover), then fsck --repair or gc removes what none of them uses",
+				n, s.fsys.(*fsio.Shared).BlobRoot())
+		}
+	}
 	sn, err := s.current()
 	if err != nil {
 		return err
@@ -1018,6 +1061,10 @@ func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairRes
 	}
 	return nil
 }
+
+// ActionOrphansKept is the action of a repair that adopts a layout into a
+// shared blob directory and keeps the unreferenced blobs it finds there.
+const ActionOrphansKept = "orphans-kept"
 
 // recountAll counts the graph of next, the layout's new index, and of
 // every other layout of its shared blob directory (whose references the

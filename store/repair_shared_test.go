@@ -406,3 +406,40 @@ func TestRepairSharedBlobDir(t *testing.T) {
 		t.Errorf("y's lease after the repair of x: %v %v", ls, err)
 	}
 }
+
+// TestRepairAdoptionKeepsSharedOrphans: the repair that adopts a layout
+// into a shared blob directory removes no unreferenced blob of the
+// directory (another layout ocistore does not know yet may use it: skopeo
+// records none), and says so; once the layout is adopted, a repair removes
+// orphans as a GC does, counting every adopted layout.
+func TestRepairAdoptionKeepsSharedOrphans(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	dir, shared := filepath.Join(root, "x"), filepath.Join(root, "shared")
+	elsewhereLayout(t, dir, shared, 2)
+	other := []byte("a layer of a layout ocistore has not seen\n")
+	otherPath := filepath.Join(shared, "sha256", digest.FromBytes(other).Encoded())
+	if err := os.WriteFile(otherPath, other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := store.Repair(ctx, dir, &store.RepairOptions{SharedBlobDir: shared, DropBroken: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(otherPath); err != nil {
+		t.Fatalf("the repair that adopted the layout removed a blob of the shared directory: %v", err)
+	}
+	if !slices.ContainsFunc(res.Actions, func(a recovery.Action) bool { return a.Kind == store.ActionOrphansKept }) {
+		t.Errorf("the kept orphan is not said: %v", res.Actions)
+	}
+	if got := kinds(res.Report.Problems); !slices.Equal(got, []string{recovery.KindOrphan}) {
+		t.Errorf("after the adopting repair: %v, want the orphan", res.Report.Problems)
+	}
+	res, err = store.Repair(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(otherPath); !errors.Is(err, os.ErrNotExist) || !res.OK() {
+		t.Errorf("a repair of the adopted layout left the orphan (%v): %v", err, res.Report.Problems)
+	}
+}
