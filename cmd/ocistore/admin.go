@@ -95,6 +95,16 @@ was done, the broken entries left, then the check. JSON output: {actions:
 [{kind, txn, detail}], broken: [{pos, name, digest, reason}], invalid,
 report}.
 
+--drop-broken never removes every image of the layout unless --force: it
+exits 1 and changes nothing. A layout whose blobs/ holds no blob while most
+entries have none is reported as blobs-elsewhere (the blobs likely are in a
+shared blob directory: skopeo --dest-shared-blob-dir) and not repaired
+unless --force. --shared-blob-dir (or OCISTORE_SHARED_BLOB_DIR) names that
+directory for a layout ocistore has not adopted yet: fsck looks for its
+blobs there, and --repair adopts it, counting every layout of the directory
+(a blob another layout uses is never removed; at adoption, no unreferenced
+blob of the directory is removed).
+
 Exit status 0 when the layout is consistent (after --repair: when nothing is
 left), 3 when a problem is found (or left), 1 when the check or repair could
 not run. ocistore recover fixes what an interrupted transaction left.`,
