@@ -37,7 +37,15 @@ const (
 	KindExternalChange  = "external-change"  // index.json differs from the last one committed through the journal
 	KindRefcount        = "refcount"         // a stored reference count differs from a recount
 	KindNotDirectory    = "not-directory"    // .ocistore/ingest or .ocistore/quarantine is a symlink or a file
+	// KindBlobsElsewhere: blobs/ is missing or holds no blob, and most
+	// entries of index.json have no blob: the blobs most likely live in a
+	// shared blob directory the check was not told about. It stands first,
+	// in place of one dangling problem per missing blob.
+	KindBlobsElsewhere = "blobs-elsewhere"
 )
+
+// BlobsElsewhereHint starts the detail of a blobs-elsewhere problem.
+const BlobsElsewhereHint = "blobs live elsewhere? pass --shared-blob-dir"
 
 // journalFile is the journal database, relative to the layout root (the
 // store's JournalPath): the path of journal problems.
@@ -272,6 +280,9 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 			return nil, err
 		}
 	}
+	if ix != nil {
+		elsewhere(fsys, ix, list.algs, r)
+	}
 	sfs := stateDirs(fsys, r)
 	temps, err := Temps(sfs)
 	if err != nil {
@@ -294,6 +305,107 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	<-jdone
 	r.Problems = append(r.Problems, jr.Problems...)
 	return r, nil
+}
+
+// elsewhere replaces the dangling problems of r by one blobs-elsewhere
+// problem, first, when the layout's blob directory holds no blob and most
+// root entries dangle (see blobsElsewhere). A layout on a shared blob
+// directory was told where its blobs are: its problems stay as they are.
+func elsewhere(fsys fsio.FS, ix *layout.Index, algs []algDir, r *Report) {
+	if _, shared := fsys.(*fsio.Shared); shared || hasBlobFile(algs) {
+		return
+	}
+	missing := map[digest.Digest]bool{}
+	for _, p := range r.Problems {
+		if p.Kind == KindDangling {
+			missing[digest.Digest(p.Digest)] = true
+		}
+	}
+	roots, dangling := rootsDangling(ix, func(d digest.Digest) bool { return missing[d] })
+	if !blobsElsewhere(roots, dangling) {
+		return
+	}
+	kept := []Problem{{Kind: KindBlobsElsewhere, Path: layout.BlobsDir, Detail: elsewhereDetail(algs == nil, roots, dangling, len(missing))}}
+	for _, p := range r.Problems {
+		if p.Kind != KindDangling {
+			kept = append(kept, p)
+		}
+	}
+	r.Problems = kept
+}
+
+// blobsElsewhere is the rule of a blobs-elsewhere problem, given that the
+// blob directory holds no blob: there are entries, and more than half of
+// those that should have a blob (not foreign, no URLs) have none.
+func blobsElsewhere(roots, dangling int) bool { return roots > 0 && 2*dangling > roots }
+
+// rootsDangling counts the entries of ix that should have a blob (no URLs)
+// and, of those, the ones missing says have none.
+func rootsDangling(ix *layout.Index, missing func(digest.Digest) bool) (roots, dangling int) {
+	for _, e := range ix.Entries {
+		if len(e.Desc.URLs) > 0 {
+			continue
+		}
+		roots++
+		if missing(e.Desc.Digest) {
+			dangling++
+		}
+	}
+	return roots, dangling
+}
+
+func elsewhereDetail(noDir bool, roots, dangling, blobs int) string {
+	state := layout.BlobsDir + "/ holds no blob"
+	if noDir {
+		state = layout.BlobsDir + "/ does not exist"
+	}
+	return fmt.Sprintf("%s (the shared blob directory the layout was written to, e.g. by skopeo --dest-shared-blob-dir): %s, and %d of %d entries of index.json have no blob (%d blobs missing in all, not listed one by one)",
+		BlobsElsewhereHint, state, dangling, roots, blobs)
+}
+
+// hasBlobFile reports whether the listing of blobs/ holds an entry named
+// by a valid digest.
+func hasBlobFile(algs []algDir) bool {
+	for _, ad := range algs {
+		for _, f := range ad.files {
+			if _, ok := parseBlobName(ad.entry.Name(), f.Name()); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// BlobsElsewhere applies the rule of a blobs-elsewhere problem to the
+// layout in fsys with index ix without walking it: it lists blobs/ and
+// looks up the root entries' blobs only. It returns the problem's detail,
+// or "" when the rule does not hold (always on a shared blob directory).
+func BlobsElsewhere(fsys fsio.FS, ix *layout.Index) (string, error) {
+	if _, shared := fsys.(*fsio.Shared); shared || ix == nil {
+		return "", nil
+	}
+	algs, err := listBlobFiles(fsys)
+	if err != nil {
+		return "", err
+	}
+	if hasBlobFile(algs) {
+		return "", nil
+	}
+	var lerr error
+	roots, dangling := rootsDangling(ix, func(d digest.Digest) bool {
+		_, err := fsys.Lstat(layout.BlobPath(d))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) && lerr == nil {
+			lerr = err
+		}
+		return errors.Is(err, fs.ErrNotExist)
+	})
+	if lerr != nil {
+		return "", lerr
+	}
+	if !blobsElsewhere(roots, dangling) {
+		return "", nil
+	}
+	return elsewhereDetail(algs == nil, roots, dangling, dangling), nil
 }
 
 // stateDirs reports the directories of .ocistore that Temps lists when

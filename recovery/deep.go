@@ -42,6 +42,12 @@ type CheckOptions struct {
 	// directory (set by the store): their graphs count in the refcounts
 	// and their blobs are no orphans.
 	Peers []layout.Entry
+	// SharedBlobDir is the shared blob directory of a layout that keeps
+	// its blobs there (skopeo's --shared-blob-dir). store.CheckDirWith
+	// reads it, for a layout that ocistore has not adopted yet (an adopted
+	// one names its directory in .ocistore/shared-blob-dir); this
+	// package's CheckWith ignores it (its fsys already routes blobs/).
+	SharedBlobDir string
 }
 
 // DeepStats describes the hashing of a deep check.

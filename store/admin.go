@@ -144,9 +144,17 @@ func CheckDir(ctx context.Context, dir string, lockTimeout time.Duration) (*reco
 	return CheckDirWith(ctx, dir, lockTimeout, nil)
 }
 
-// CheckDirWith is CheckDir with options (see Store.CheckWith).
+// CheckDirWith is CheckDir with options (see Store.CheckWith). The blobs
+// of a layout on a shared blob directory are looked for there: the one its
+// marker names (.ocistore/shared-blob-dir, written when ocistore adopted
+// it), or o.SharedBlobDir for a layout not adopted yet (skopeo copied into
+// it with --dest-shared-blob-dir).
 func CheckDirWith(ctx context.Context, dir string, lockTimeout time.Duration, o *recovery.CheckOptions) (*recovery.Report, error) {
-	if shared, err := SharedBlobDirOf(dir); err != nil {
+	var want string
+	if o != nil {
+		want = o.SharedBlobDir
+	}
+	if shared, err := sharedDirFor(dir, want); err != nil {
 		return nil, fmt.Errorf("check %s: %w", dir, err)
 	} else if shared != "" {
 		abs, err := filepath.Abs(dir)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -117,6 +119,17 @@ func TestDamagedCorpus(t *testing.T) {
 			// for the repair to remove (the default grace is tested apart).
 			opts := &store.RepairOptions{Check: recovery.CheckOptions{Deep: true}, DropBroken: c.Spec.Repair.DropBroken, KeepOrphans: c.Spec.Repair.KeepOrphans, Grace: -1}
 			res, err := store.Repair(ctx, dir, opts)
+			if c.Spec.Repair.Refused {
+				if !errors.Is(err, store.ErrRefused) {
+					t.Fatalf("repair: %v, want ErrRefused", err)
+				}
+				golden(t, c, "repaired.txt", "refused: "+testutil.NormalizeDamaged(err.Error(), dir)+"\n")
+				if after := contents(t, dir); !maps.Equal(before, after) {
+					t.Errorf("a refused repair changed files:\n%v\nwas\n%v", after, before)
+				}
+				outside()
+				return
+			}
 			if err != nil {
 				t.Fatalf("repair: %v", err)
 			}

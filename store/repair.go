@@ -1,11 +1,13 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -49,6 +51,24 @@ type RepairOptions struct {
 	// LockTimeout is how long to wait for another process's writer lock
 	// (zero: DefaultLockTimeout).
 	LockTimeout time.Duration
+	// SharedBlobDir is the shared blob directory of a layout that keeps
+	// its blobs there (skopeo's --dest-shared-blob-dir) and that ocistore
+	// has not adopted yet; an adopted one names its directory itself (it
+	// must then be that one). Empty: Check.SharedBlobDir, else none.
+	// Repair then adopts the layout into that directory's journal, and
+	// counts every layout registered there: a blob another layout uses is
+	// never freed.
+	SharedBlobDir string
+	// Force lets DropBroken remove every image of the layout, and lets
+	// Repair run on a layout whose blobs seem to live elsewhere (blobs/
+	// holds no blob and most entries have none: see
+	// recovery.KindBlobsElsewhere). Without it both are refused with
+	// ErrRefused before anything is changed.
+	Force bool
+
+	// adopting is set by Repair when the layout has no state yet in the
+	// journal of its shared blob directory: orphans are then kept.
+	adopting bool
 }
 
 // RepairResult is what Repair did and what is left.
@@ -124,22 +144,39 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 	if err != nil {
 		return nil, fmt.Errorf("repair %s: %w", dir, err)
 	}
-	if shared, err := SharedBlobDirOf(abs); err != nil || shared != "" {
-		if err == nil {
-			err = fmt.Errorf("its blobs are in the shared blob directory %s, which repair does not handle yet (fsck without --repair and recover do): %w", shared, errdef.ErrInvalidArgument)
+	want := opts.SharedBlobDir
+	if want == "" {
+		want = opts.Check.SharedBlobDir
+	}
+	shared, err := sharedDirFor(abs, want)
+	if err == nil && shared != "" {
+		if fi, serr := os.Stat(shared); serr != nil || !fi.IsDir() {
+			err = fmt.Errorf("shared blob directory %s: not a directory (%v): %w", shared, serr, errdef.ErrNotFound)
 		}
+	}
+	if err == nil {
+		err = repairPreflight(ctx, abs, shared, &opts)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
-	fsys, err := fsio.OpenOS(abs)
+	log := opts.Logger.With(slog.String(attrLayout, abs))
+	s := &Store{dir: abs, stateRoot: abs, log: log, opts: Options{Logger: log, LockTimeout: opts.LockTimeout, NoCreate: true, SharedBlobDir: shared, now: time.Now}}
+	if shared != "" {
+		err = s.openShared()
+	} else {
+		s.fsys, err = fsio.OpenOS(abs)
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			err = errdef.ErrNotLayout
 		}
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
-	defer fsys.Close()
-	log := opts.Logger.With(slog.String(attrLayout, abs))
-	s := &Store{dir: abs, stateRoot: abs, fsys: fsys, log: log, opts: Options{Logger: log, LockTimeout: opts.LockTimeout, NoCreate: true, now: time.Now}}
+	defer s.fsys.Close()
+	if s.scope != "" {
+		opts.adopting = !s.registered(opts.LockTimeout)
+	}
 	res := &RepairResult{Actions: []recovery.Action{}, Broken: []recovery.Broken{}}
 
 	openable, err := s.repairOffline(ctx, res, &opts)
@@ -147,7 +184,7 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
 	if !openable {
-		rep, err := CheckDirWith(ctx, abs, opts.LockTimeout, nil)
+		rep, err := CheckDirWith(ctx, abs, opts.LockTimeout, &recovery.CheckOptions{SharedBlobDir: shared})
 		if err != nil {
 			return nil, fmt.Errorf("repair %s: %w", abs, err)
 		}
@@ -164,7 +201,7 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 		res.Report = rep
 		return res, nil
 	}
-	st, err := Open(ctx, abs, &Options{Logger: opts.Logger, LockTimeout: opts.LockTimeout, NoCreate: true})
+	st, err := Open(ctx, abs, &Options{Logger: opts.Logger, LockTimeout: opts.LockTimeout, NoCreate: true, SharedBlobDir: shared})
 	if err != nil {
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
@@ -176,6 +213,99 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
 	return res, nil
+}
+
+// registered reports whether the layout has its state in the journal of
+// its shared blob directory (ocistore adopted it before). When that cannot
+// be read, it says yes: the repair then finds out what is wrong.
+func (s *Store) registered(lockTimeout time.Duration) bool {
+	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: s.scope})
+	if errors.Is(err, errdef.ErrNotFound) {
+		return false
+	}
+	if err == nil {
+		db.Close()
+	}
+	return true
+}
+
+// repairPreflight refuses, before anything is changed, what Repair must
+// not do unless forced: repair a layout whose blobs seem to live elsewhere
+// (a shared blob directory it was not told about: adopting it as it is
+// would record every image as broken, and DropBroken would empty it), and
+// remove every image with DropBroken. It also refuses a directory that
+// holds no layout. It reads the layout as it is; what it cannot read
+// (index.json damaged) is left to the repair, whose DropBroken refuses to
+// remove every image again once index.json is whole.
+func repairPreflight(ctx context.Context, dir, shared string, o *RepairOptions) error {
+	ro := &Store{dir: dir, stateRoot: dir, log: slog.New(slog.DiscardHandler), opts: Options{SharedBlobDir: shared, ReadOnly: true}}
+	var err error
+	if shared != "" {
+		err = ro.openShared()
+	} else {
+		ro.fsys, err = fsio.OpenOS(dir)
+	}
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			err = errdef.ErrNotLayout
+		}
+		return err
+	}
+	defer ro.fsys.Close()
+	lfs := ro.fsys
+	if sh, ok := lfs.(*fsio.Shared); ok {
+		lfs = sh.Layout
+	}
+	found := false
+	for _, name := range []string{layout.LayoutFile, layout.IndexFile, layout.BlobsDir} {
+		ok, err := fsio.Exists(lfs, name)
+		if err != nil {
+			return err
+		}
+		found = found || ok
+	}
+	if !found {
+		return fmt.Errorf("no %s, %s or %s: %w", layout.LayoutFile, layout.IndexFile, layout.BlobsDir, errdef.ErrNotLayout)
+	}
+	if o.Force {
+		return nil
+	}
+	_, ix, err := recovery.ReadIndex(ro.fsys)
+	if err != nil {
+		return nil // restored (or reported) by the repair
+	}
+	detail, err := recovery.BlobsElsewhere(ro.fsys, ix)
+	if err != nil {
+		return err
+	}
+	if detail != "" {
+		return fmt.Errorf("%s; repairing the layout as it is would report its %s broken (and --drop-broken would remove them): nothing was changed; --force repairs it anyway: %w",
+			detail, pluralImages(len(ix.Entries)), errdef.ErrRefused)
+	}
+	if o.DropBroken && len(ix.Entries) > 0 {
+		broken, err := recovery.BrokenEntries(ctx, ro.fsys, ix)
+		if err != nil {
+			return err
+		}
+		if len(broken) == len(ix.Entries) {
+			return dropAllError(dir, broken)
+		}
+	}
+	return nil
+}
+
+// dropAllError is the refusal of DropBroken to remove every image of the
+// layout in dir.
+func dropAllError(dir string, broken []recovery.Broken) error {
+	return fmt.Errorf("--drop-broken would remove every image of the layout %s (%s, all broken; the first: %s %s: %s): nothing was changed; --force removes them: %w",
+		dir, pluralImages(len(broken)), orNone(broken[0].Name), broken[0].Digest, broken[0].Reason, errdef.ErrRefused)
+}
+
+func pluralImages(n int) string {
+	if n == 1 {
+		return "1 image"
+	}
+	return strconv.Itoa(n) + " images"
 }
 
 // repairOffline runs steps 1 to 4 on the files, under the writer lock,
@@ -200,7 +330,17 @@ func (s *Store) repairOffline(ctx context.Context, res *RepairResult, o *RepairO
 	if err != nil || !ok {
 		return false, err
 	}
+	if s.scope != "" {
+		// As every transaction on a shared blob directory does: the
+		// other layouts' interrupted transactions first.
+		if err := s.recoverPeers(ctx, db); err != nil {
+			return false, s.check(err)
+		}
+	}
 	st, err := recovery.Run(ctx, s.envFor(db), db, nil)
+	if err == nil && s.scope != "" {
+		st, err = s.reconcilePeers(ctx, db, st)
+	}
 	if err != nil {
 		return false, s.check(fmt.Errorf("recover: %w", err))
 	}
@@ -284,7 +424,7 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.
 	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
 		return nil, s.check(fmt.Errorf("state directory: %w", err))
 	}
-	path := filepath.Join(s.dir, JournalPath)
+	path := s.journalPath()
 	var why error
 	var salv *journal.Salvaged
 	var db *journal.DB
@@ -294,7 +434,10 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.
 		err = fmt.Errorf("journal %s is %s, not a regular file: %w", JournalPath, kindOf(fi.Mode()), errdef.ErrCorrupt)
 		why = err
 	} else {
-		db, err = journal.Open(path, journal.Options{LockTimeout: s.opts.LockTimeout})
+		db, err = journal.Open(path, s.journalOptions(s.opts.LockTimeout))
+	}
+	if s.scope != "" && (why != nil || errors.Is(err, errdef.ErrCorrupt)) {
+		return nil, s.sharedJournalDamaged(cmp.Or(why, err))
 	}
 	switch {
 	case why != nil:
@@ -313,6 +456,10 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.
 			why = fmt.Errorf("bbolt check: %w", errors.Join(errs...))
 		} else if perr := db.View(func(tx *journal.Tx) error { _, err := tx.Pending(); return err }); perr != nil {
 			why = perr
+		}
+		if why != nil && s.scope != "" {
+			db.Close()
+			return nil, s.sharedJournalDamaged(why)
 		}
 		if why != nil {
 			salv = db.Salvage()
@@ -342,6 +489,16 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.
 		res.act(s.log, recovery.ActionJournalRebuilt, "%v; kept aside as %s (%d pending records salvaged); rebuilt from the layout", why, aside, n)
 	}
 	return s.openJournal()
+}
+
+// sharedJournalDamaged is the error of a repair that finds the journal of
+// its shared blob directory damaged: it is not rebuilt from this layout,
+// since it holds the state and counts the references of every layout
+// sharing the directory (rebuilt from one, the others' blobs would look
+// unreferenced).
+func (s *Store) sharedJournalDamaged(why error) error {
+	return fmt.Errorf("the journal of the shared blob directory (%s) is damaged (%v): repair does not rebuild it from one layout, since it counts the references of every layout sharing the directory; nothing was changed: %w",
+		s.journalPath(), why, errdef.ErrCorrupt)
 }
 
 // repairStateDirs renames .ocistore/ingest, quarantine and trash out of
@@ -532,7 +689,7 @@ func (s *Store) repairIndex(ctx context.Context, db *journal.DB, res *RepairResu
 	}
 	// A journal rebuilt earlier (by an Open that then failed on index.json)
 	// left the damaged one aside: it may still hold the copy.
-	if committed == "" {
+	if committed == "" && s.scope == "" {
 		if aside, salv := s.newestAside(); salv != nil {
 			if err := s.applySalvage(ctx, salv, aside, res); err != nil {
 				return false, err
@@ -587,7 +744,10 @@ func (s *Store) dropInvalid(db *journal.DB, raw []byte, next *layout.Index, bad 
 	}
 	res.act(s.log, recovery.ActionKept, "a copy of %s, before invalid entries were removed, is in %s", layout.IndexFile, kept)
 	newBytes := next.Marshal()
-	refs, _ := refcount.Recount(next, layout.LoadChildren(s.fsys))
+	refs, err := s.recountAll(db, next)
+	if err != nil {
+		return err
+	}
 	rec := journal.Record{Op: "repair: drop invalid entries", Time: s.now().UTC(), OldIndex: layout.Sum(raw), NewIndex: layout.Sum(newBytes)}
 	var prepared *fsio.Prepared
 	if err := db.Update(func(tx *journal.Tx) error {
@@ -634,12 +794,22 @@ func (s *Store) repairOnline(ctx context.Context, res *RepairResult, o *RepairOp
 	if err := s.quarantineBlobs(ctx, first, res); err != nil {
 		return err
 	}
+	keep := o.KeepOrphans
+	if o.adopting {
+		// The layout joins the shared blob directory now. Other layouts
+		// may use the directory without ocistore knowing them yet (skopeo
+		// --dest-shared-blob-dir records none): their blobs look
+		// unreferenced. Remove none; once every layout is adopted, a
+		// repair or a GC removes what none of them uses.
+		o2 := *o
+		o2.KeepOrphans, o, keep = true, &o2, true
+	}
 	if o.DropBroken {
-		if err := s.dropBroken(ctx, o.KeepOrphans, res); err != nil {
+		if err := s.dropBroken(ctx, o, res); err != nil {
 			return err
 		}
 	}
-	if !o.KeepOrphans {
+	if !keep {
 		grace := o.Grace
 		if grace == 0 {
 			grace = DefaultGrace
@@ -669,6 +839,18 @@ func (s *Store) repairOnline(ctx context.Context, res *RepairResult, o *RepairOp
 		}
 	}
 	res.Report = final
+	if o.adopting {
+		n := 0
+		for _, p := range final.Problems {
+			if p.Kind == recovery.KindOrphan {
+				n++
+			}
+		}
+		if n > 0 {
+			res.act(s.log, ActionOrphansKept, "%d unreferenced blobs of the shared blob directory kept: this layout joined it now, and other layouts may use them without ocistore knowing them (skopeo --dest-shared-blob-dir records none); adopt each (ocistore -l DIR --shared-blob-dir %s recover), then fsck --repair or gc removes what none of them uses",
+				n, s.fsys.(*fsio.Shared).BlobRoot())
+		}
+	}
 	sn, err := s.current()
 	if err != nil {
 		return err
@@ -798,8 +980,12 @@ func kindOf(m fs.FileMode) string {
 // index.json in one journaled transaction (DESIGN.md §3). Its refcounts are
 // a recount of the new index, so the blobs it unlinks are exactly those no
 // remaining entry reaches (and no live lease holds): a blob another image
-// shares stays. With keepOrphans it unlinks nothing.
-func (s *Store) dropBroken(ctx context.Context, keepOrphans bool, res *RepairResult) error {
+// shares stays, and so does a blob another layout of a shared blob
+// directory uses. With o.KeepOrphans it unlinks nothing. Unless o.Force,
+// it refuses (ErrRefused, nothing changed) to remove every entry, or any
+// when the layout's blobs seem to live elsewhere.
+func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairResult) error {
+	keepOrphans := o.KeepOrphans
 	if err := s.writable(); err != nil {
 		return err
 	}
@@ -813,6 +999,18 @@ func (s *Store) dropBroken(ctx context.Context, keepOrphans bool, res *RepairRes
 	broken, err := recovery.BrokenEntries(ctx, s.fsys, cur.Index)
 	if err != nil || len(broken) == 0 {
 		return err
+	}
+	if !o.Force {
+		if len(broken) == len(cur.Index.Entries) {
+			return dropAllError(s.dir, broken)
+		}
+		detail, err := recovery.BlobsElsewhere(s.fsys, cur.Index)
+		if err != nil {
+			return err
+		}
+		if detail != "" {
+			return fmt.Errorf("--drop-broken would remove %s of the layout %s: %s; nothing was changed; --force removes them: %w", pluralImages(len(broken)), s.dir, detail, errdef.ErrRefused)
+		}
 	}
 	drop := map[int]bool{}
 	var names []string
@@ -831,7 +1029,10 @@ func (s *Store) dropBroken(ctx context.Context, keepOrphans bool, res *RepairRes
 	}
 	next := cur.Index.With(kept)
 	newBytes := next.Marshal()
-	refs, _ := refcount.Recount(next, layout.LoadChildren(s.fsys))
+	refs, err := s.recountAll(db, next)
+	if err != nil {
+		return err
+	}
 	now := s.now()
 	rec := journal.Record{Op: "repair: drop broken " + strings.Join(names, ","), Time: now.UTC(), OldIndex: cur.Digest, NewIndex: layout.Sum(newBytes)}
 	var prepared *fsio.Prepared
@@ -891,6 +1092,27 @@ func (s *Store) dropBroken(ctx context.Context, keepOrphans bool, res *RepairRes
 			Detail: fmt.Sprintf("%d blobs only the dropped entries used", len(rec.Unlink))})
 	}
 	return nil
+}
+
+// ActionOrphansKept is the action of a repair that adopts a layout into a
+// shared blob directory and keeps the unreferenced blobs it finds there.
+const ActionOrphansKept = "orphans-kept"
+
+// recountAll counts the graph of next, the layout's new index, and of
+// every other layout of its shared blob directory (whose references the
+// journal's counts hold too): the counts a transaction that replaces them
+// stores.
+func (s *Store) recountAll(db *journal.DB, next *layout.Index) (refcount.Map, error) {
+	all := next
+	if s.scope != "" {
+		peers, err := s.peerEntries(db)
+		if err != nil {
+			return nil, fmt.Errorf("layouts sharing the blob directory: %w", err)
+		}
+		all = next.With(append(append([]layout.Entry(nil), next.Entries...), peers...))
+	}
+	refs, _ := refcount.Recount(all, layout.LoadChildren(s.fsys))
+	return refs, nil
 }
 
 func orNone(name string) string {

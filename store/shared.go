@@ -141,25 +141,66 @@ func checkSharedDir(ctx context.Context, dir, shared string, lockTimeout time.Du
 		opts = *o
 	}
 	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: s.scope})
+	// shdb is the shared journal, for the other layouts and the leases:
+	// db, or when db holds no state for this layout (not adopted yet),
+	// the journal of the layouts that are.
+	shdb := db
 	switch {
 	case errors.Is(err, errdef.ErrNotFound):
 		db = nil
+		shdb, err = journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+		switch {
+		case errors.Is(err, errdef.ErrNotFound):
+			shdb = nil
+		case err != nil:
+			return nil, fmt.Errorf("check %s: %w", dir, lockedMessage(dir, lockTimeout, err))
+		}
 	case err != nil:
-		return nil, fmt.Errorf("check %s: %w", dir, err)
-	default:
-		defer db.Close()
-		if opts.Peers, err = s.peerEntries(db); err != nil {
+		return nil, fmt.Errorf("check %s: %w", dir, lockedMessage(dir, lockTimeout, err))
+	}
+	if shdb != nil {
+		defer shdb.Close()
+		if opts.Peers, err = s.peerEntries(shdb); err != nil {
 			return nil, fmt.Errorf("check %s: %w", dir, err)
 		}
 	}
 	rep, err := recovery.CheckWith(ctx, s.fsys, db, &opts)
-	if err != nil || db == nil {
+	if err != nil || shdb == nil {
 		return rep, err
 	}
-	if err := dropLeasedOrphans(rep, db, time.Now()); err != nil {
+	if err := dropLeasedOrphans(rep, shdb, time.Now()); err != nil {
 		return nil, fmt.Errorf("check: leases: %w", err)
 	}
 	return rep, nil
+}
+
+// sharedDirFor returns the shared blob directory of the layout in dir: the
+// one its marker names, else want (a layout not adopted yet; "" when it
+// has none). A want that is not the directory the marker names is an
+// error: the layout's journal and refcounts are in the marker's.
+func sharedDirFor(dir, want string) (string, error) {
+	marked, err := SharedBlobDirOf(dir)
+	if err != nil || want == "" {
+		return marked, err
+	}
+	if want, err = filepath.Abs(want); err != nil {
+		return "", err
+	}
+	if marked != "" && !sameDir(marked, want) {
+		return "", fmt.Errorf("the layout uses the shared blob directory %s (%s), not %s: %w", marked, SharedMarker, want, errdef.ErrInvalidArgument)
+	}
+	return want, nil
+}
+
+// sameDir reports whether a and b name one directory (symlinks resolved
+// when they exist).
+func sameDir(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ra, erra := filepath.EvalSymlinks(a)
+	rb, errb := filepath.EvalSymlinks(b)
+	return erra == nil && errb == nil && ra == rb
 }
 
 // journalPath is the journal's file: in the layout, or in the shared blob

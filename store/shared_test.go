@@ -278,8 +278,16 @@ func TestSharedBlobDirRemembered(t *testing.T) {
 	for _, p := range testutil.Problems(t, s) {
 		t.Errorf("fsck: %s", p)
 	}
-	if _, err := store.Repair(ss.ctx, ss.dirs[0], nil); !errors.Is(err, store.ErrInvalidArgument) {
-		t.Errorf("repair of a layout with a shared blob directory: %v, want ErrInvalidArgument", err)
+	// Repair finds the directory by the marker too, and has nothing to do.
+	res, err := store.Repair(ss.ctx, ss.dirs[0], nil)
+	if err != nil {
+		t.Fatalf("repair of a layout with a shared blob directory: %v", err)
+	}
+	if !res.OK() || len(res.Actions) != 0 {
+		t.Errorf("repair of a clean shared layout: actions %v, problems %v", res.Actions, res.Report.Problems)
+	}
+	if _, err := store.Repair(ss.ctx, ss.dirs[0], &store.RepairOptions{SharedBlobDir: t.TempDir()}); !errors.Is(err, store.ErrInvalidArgument) {
+		t.Errorf("repair with a shared blob directory other than the one the layout names: %v, want ErrInvalidArgument", err)
 	}
 }
 

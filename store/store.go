@@ -88,6 +88,7 @@ var (
 	ErrDurability        = errdef.ErrDurability
 	ErrConflict          = errdef.ErrConflict
 	ErrIncomplete        = errdef.ErrIncomplete
+	ErrRefused           = errdef.ErrRefused
 )
 
 // Log attribute keys.

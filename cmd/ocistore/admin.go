@@ -95,6 +95,16 @@ was done, the broken entries left, then the check. JSON output: {actions:
 [{kind, txn, detail}], broken: [{pos, name, digest, reason}], invalid,
 report}.
 
+--drop-broken never removes every image of the layout unless --force: it
+exits 1 and changes nothing. A layout whose blobs/ holds no blob while most
+entries have none is reported as blobs-elsewhere (the blobs likely are in a
+shared blob directory: skopeo --dest-shared-blob-dir) and not repaired
+unless --force. --shared-blob-dir (or OCISTORE_SHARED_BLOB_DIR) names that
+directory for a layout ocistore has not adopted yet: fsck looks for its
+blobs there, and --repair adopts it, counting every layout of the directory
+(a blob another layout uses is never removed; at adoption, no unreferenced
+blob of the directory is removed).
+
 Exit status 0 when the layout is consistent (after --repair: when nothing is
 left), 3 when a problem is found (or left), 1 when the check or repair could
 not run. ocistore recover fixes what an interrupted transaction left.`,
@@ -106,7 +116,10 @@ not run. ocistore recover fixes what an interrupted transaction left.`,
       --drop-broken     with --repair: remove from index.json the entries
                         whose blobs are missing or damaged
       --grace DURATION  with --repair: keep unreferenced blobs modified
-                        within DURATION (default 1h, as gc)`,
+                        within DURATION (default 1h, as gc)
+      --force           with --repair: let --drop-broken remove every image,
+                        and repair a layout whose blobs seem to live
+                        elsewhere (both refused without it)`,
 	maxArgs: 0,
 	format:  true,
 	flags:   fsckFlags,
@@ -119,15 +132,16 @@ type fsckOpts struct {
 	max     time.Duration
 	workers int
 
-	repair, keepOrphans, dropBroken bool
-	grace                           time.Duration
-	graceSet                        bool
+	repair, keepOrphans, dropBroken, force bool
+	grace                                  time.Duration
+	graceSet                               bool
 }
 
 func fsckFlags(fs *flag.FlagSet, a *app) {
 	fs.BoolVar(&a.fsck.repair, "repair", false, "repair")
 	fs.BoolVar(&a.fsck.keepOrphans, "keep-orphans", false, "remove no unreferenced blob")
 	fs.BoolVar(&a.fsck.dropBroken, "drop-broken", false, "remove broken entries from index.json")
+	fs.BoolVar(&a.fsck.force, "force", false, "let --drop-broken remove every image; repair a layout whose blobs seem to live elsewhere")
 	fs.Func("grace", "keep unreferenced blobs modified within this duration", func(s string) error {
 		d, err := parseDuration(s)
 		if err != nil {
@@ -164,7 +178,7 @@ func fsckFlags(fs *flag.FlagSet, a *app) {
 // checkOptions are the recovery.CheckOptions fsck's flags ask for, with a
 // progress line on a terminal for a deep check. Stop the progress when done.
 func (a *app) checkOptions() (*recovery.CheckOptions, *progress) {
-	o := &recovery.CheckOptions{Deep: a.fsck.deep, Max: a.fsck.max, Workers: a.fsck.workers}
+	o := &recovery.CheckOptions{Deep: a.fsck.deep, Max: a.fsck.max, Workers: a.fsck.workers, SharedBlobDir: a.sharedBlobs}
 	if !o.Deep {
 		return o, nil
 	}
@@ -177,8 +191,8 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 	if a.fsck.max > 0 && !a.fsck.deep {
 		return usagef("--max limits the hashing of --deep")
 	}
-	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet) {
-		return usagef("--keep-orphans, --drop-broken and --grace go with --repair")
+	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet || a.fsck.force) {
+		return usagef("--keep-orphans, --drop-broken, --grace and --force go with --repair")
 	}
 	if a.fsck.repair {
 		return a.runRepair(ctx)
@@ -205,7 +219,8 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 func (a *app) runRepair(ctx context.Context) error {
 	o, p := a.checkOptions()
 	res, err := store.Repair(ctx, a.layout, &store.RepairOptions{Check: *o, KeepOrphans: a.fsck.keepOrphans,
-		DropBroken: a.fsck.dropBroken, Grace: repairGrace(a.fsck.grace, a.fsck.graceSet), Logger: a.log, LockTimeout: a.lockTimeout})
+		DropBroken: a.fsck.dropBroken, Grace: repairGrace(a.fsck.grace, a.fsck.graceSet), Logger: a.log, LockTimeout: a.lockTimeout,
+		SharedBlobDir: a.sharedBlobs, Force: a.fsck.force})
 	p.Stop()
 	if err != nil {
 		return lockedHint(a, err)

@@ -55,6 +55,14 @@ func TestDamagedCorpusCLI(t *testing.T) {
 				args = append(args, "--keep-orphans")
 			}
 			r = cli(t, args...)
+			if c.Spec.Repair.Refused {
+				want := strings.TrimPrefix(strings.TrimSpace(string(readFile(t, c.Dir+"/repaired.txt"))), "refused: ")
+				if got := testutil.NormalizeDamaged(r.stderr, dir); r.code != 1 || !strings.Contains(got, want) {
+					t.Errorf("fsck --repair: want exit 1 and the refusal of %s/repaired.txt:\n%s\n--- want:\n%s", c.Dir, r, want)
+				}
+				outside()
+				return
+			}
 			res := decodeJSON[store.RepairResult](t, r)
 			if res.Report == nil {
 				t.Fatalf("no report:\n%s", r)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -222,4 +223,75 @@ func TestFsckDeepProgress(t *testing.T) {
 	if r.stderr != "" {
 		t.Errorf("progress drawn on a pipe: %q", r.stderr)
 	}
+}
+
+// TestFsckRepairRefusals: --drop-broken refuses to remove every image of a
+// layout unless --force (exit 1, an error naming the layout and how many
+// images would go, nothing changed); a layout whose blobs live in a shared
+// blob directory it was not given is reported as blobs-elsewhere (first,
+// with the hint) and not repaired, and with OCISTORE_SHARED_BLOB_DIR (or
+// --shared-blob-dir) fsck and fsck --repair find its blobs before
+// ocistore adopted it.
+func TestFsckRepairRefusals(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	blobs := map[digest.Digest][]byte{}
+	base := []byte("base layer of both images\n")
+	a := testutil.RawImage(blobs, []byte(`{"os":"linux","n":1}`), base, []byte("a"))
+	b := testutil.RawImage(blobs, []byte(`{"os":"linux","n":2}`), base, []byte("b"))
+	entries := []v1.Descriptor{testutil.Named(a, "a:1"), testutil.Named(b, "b:1")}
+
+	t.Run("drop-all", func(t *testing.T) {
+		dir := testutil.WriteRawLayout(t, filepath.Join(root, "all-broken"), blobs, entries)
+		if err := os.Remove(testutil.BlobFile(dir, digest.FromBytes(base))); err != nil {
+			t.Fatal(err)
+		}
+		must(t, 2, "-l", dir, "fsck", "--force")
+		before := testutil.Snapshot(t, dir)
+		r := must(t, 1, "-l", dir, "fsck", "--repair", "--drop-broken")
+		wantContains(t, "stderr", r.stderr, "--drop-broken would remove every image of the layout "+dir, "2 images", "--force")
+		if after := testutil.Snapshot(t, dir); !maps.Equal(before, after) {
+			t.Fatalf("a refused repair changed files:\n%v\n%v", before, after)
+		}
+		r = must(t, 0, "-l", dir, "fsck", "--repair", "--drop-broken", "--force")
+		wantContains(t, "stdout", r.stdout, "entry-dropped", "after repair:\n0 images, ", "0 problems\n")
+	})
+
+	t.Run("blobs-elsewhere", func(t *testing.T) {
+		shared := filepath.Join(root, "shared")
+		dir := testutil.WriteRawLayout(t, filepath.Join(root, "x"), nil, entries)
+		for d, c := range blobs {
+			p := filepath.Join(shared, d.Algorithm().String(), d.Encoded())
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, c, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r := must(t, 3, "-l", dir, "fsck")
+		first, _, _ := strings.Cut(r.stdout, "\n")
+		wantContains(t, "first line", first, recovery.KindBlobsElsewhere+" blobs: "+recovery.BlobsElsewhereHint)
+		wantNotContains(t, "stdout", r.stdout, recovery.KindDangling)
+		before := testutil.Snapshot(t, root)
+		for _, args := range [][]string{{"--repair"}, {"--repair", "--drop-broken"}} {
+			r = must(t, 1, append([]string{"-l", dir, "fsck"}, args...)...)
+			wantContains(t, "stderr", r.stderr, recovery.BlobsElsewhereHint, "nothing was changed", "--force")
+		}
+		if after := testutil.Snapshot(t, root); !maps.Equal(before, after) {
+			t.Fatalf("a refused repair changed files:\n%v\n%v", before, after)
+		}
+		env := runOpts{env: []string{"OCISTORE_SHARED_BLOB_DIR=" + shared}}
+		r = cliWith(t, env, "-l", dir, "fsck")
+		if r.code != 3 || strings.TrimSpace(strings.Split(r.stdout, "\n")[0]) != "journal-missing .ocistore/journal.db: no journal: the layout was not adopted by ocistore yet" {
+			t.Fatalf("fsck with OCISTORE_SHARED_BLOB_DIR before adoption: want only journal-missing:\n%s", r)
+		}
+		r = cliWith(t, env, "-l", dir, "fsck", "--repair", "--drop-broken")
+		if r.code != 0 {
+			t.Fatalf("fsck --repair with OCISTORE_SHARED_BLOB_DIR:\n%s", r)
+		}
+		wantContains(t, "stdout", r.stdout, "after repair:\n2 images, 7 blobs")
+		r = must(t, 0, "-l", dir, "fsck") // the layout names its directory now
+		wantContains(t, "stdout", r.stdout, "2 images, 7 blobs")
+	})
 }

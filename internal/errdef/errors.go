@@ -47,4 +47,8 @@ var (
 	ErrIncomplete = errors.New("change made, cleanup pending")
 	// ErrNotLayout: a directory holds files but is not an OCI image layout.
 	ErrNotLayout = errors.New("not an OCI image layout")
+	// ErrRefused: a repair would remove every image of a layout, or act on
+	// a layout whose blobs seem to live elsewhere (a shared blob directory
+	// it was not told about), and was not forced. Nothing was changed.
+	ErrRefused = errors.New("refused without force")
 )

@@ -581,3 +581,102 @@ func TestSkopeoSharedBlobDir(t *testing.T) {
 		}
 	}
 }
+
+// TestSkopeoSharedBlobDirRepairBeforeAdoption is the reproduction of issue
+// 12: skopeo copies images into layouts with --dest-shared-blob-dir, and
+// ocistore's first contact with them is fsck --repair --drop-broken.
+// Without the directory, fsck says where the blobs likely are (one
+// blobs-elsewhere problem, first) and the repair refuses, changing
+// nothing (once every image would go, it used to leave
+// {"manifests":[]}); with --shared-blob-dir (X) or
+// OCISTORE_SHARED_BLOB_DIR (Y) the repair adopts the layout into the
+// directory and keeps every image and every blob (the first, of X, keeps
+// Y's blobs, which look unreferenced while Y is unknown, and says so),
+// both check clean once both are adopted, and skopeo still copies the
+// images out of the directory.
+func TestSkopeoSharedBlobDirRepairBeforeAdoption(t *testing.T) {
+	requireTools(t)
+	t.Parallel()
+	tmp := t.TempDir()
+	src := mkdir(t, tmp, "src")
+	l := filepath.Join(tmp, "L")
+	buildBase(t, l, src)
+	shared := filepath.Join(tmp, "shared")
+	x, y := filepath.Join(tmp, "X"), filepath.Join(tmp, "Y")
+	mustSkopeo(t, "copy", "-q", "--dest-shared-blob-dir", shared, ociRef(l, "app1"), ociRef(x, "app1"))
+	mustSkopeo(t, "copy", "-q", "--dest-shared-blob-dir", shared, ociRef(l, "base"), ociRef(x, "base"))
+	mustSkopeo(t, "copy", "-q", "--dest-shared-blob-dir", shared, ociRef(l, "app2"), ociRef(y, "app2"))
+	want := map[string]map[string]string{x: tags(t, x), y: tags(t, y)}
+	if len(want[x]) != 2 || len(want[y]) != 1 {
+		t.Fatalf("skopeo wrote tags %v and %v", want[x], want[y])
+	}
+
+	for _, dir := range []string{x, y} {
+		rep, r := fsck(t, dir)
+		if k := rep.kinds(); len(k) == 0 || k[0] != "blobs-elsewhere" || slices.Contains(k, "dangling") {
+			t.Fatalf("fsck of %s without the shared directory: want blobs-elsewhere first and no dangling, got %v:\n%v", dir, k, r)
+		}
+		if !strings.HasPrefix(rep.Problems[0].Detail, "blobs live elsewhere? pass --shared-blob-dir") {
+			t.Fatalf("the blobs-elsewhere problem does not give the hint:\n%v", r)
+		}
+	}
+	before := treeSnapshot(t, tmp)
+	for _, args := range [][]string{{"fsck", "--repair", "--drop-broken"}, {"fsck", "--repair"}} {
+		r := ocistore(t, x, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, "pass --shared-blob-dir") || !strings.Contains(r.stderr, "--force") {
+			t.Fatalf("ocistore %v of a layout whose blobs are elsewhere: want a refusal (exit 1) with the hint:\n%v", args, r)
+		}
+	}
+	if c := changed(before, treeSnapshot(t, tmp)); len(c) > 0 {
+		t.Fatalf("a refused repair changed files: %v", c)
+	}
+
+	// Before adoption, with the directory: fsck finds every blob of X (Y's
+	// own blobs, which ocistore cannot know Y uses, are orphans for now).
+	r := ocistore(t, x, "--shared-blob-dir", shared, "fsck", "--format", "json")
+	var withDir fsckReport
+	if err := json.Unmarshal([]byte(r.stdout), &withDir); err != nil {
+		t.Fatalf("fsck output is not JSON (%v):\n%v", err, r)
+	}
+	if k := withDir.kinds(); !slices.Contains(k, "journal-missing") || slices.ContainsFunc(k, func(k string) bool { return k != "journal-missing" && k != "orphan" }) {
+		t.Fatalf("fsck --shared-blob-dir before adoption: want journal-missing and Y's blobs as orphans, got %v:\n%v", k, r)
+	}
+
+	// The repair of X adopts it: it keeps what looks unreferenced (Y's
+	// blobs: Y is unknown to ocistore yet) and says so.
+	index := map[string]string{x: readFile(t, x, "index.json"), y: readFile(t, y, "index.json")}
+	blobsBefore := treeSnapshot(t, shared)
+	r = ocistore(t, x, "--shared-blob-dir", shared, "fsck", "--repair", "--drop-broken")
+	if r.code != 3 || !strings.Contains(r.stdout, "orphans-kept: ") {
+		t.Fatalf("fsck --repair of X while Y is not adopted: want its blobs kept and reported (exit 3):\n%v", r)
+	}
+	r = runEnv(t, append([]string{"OCISTORE_SHARED_BLOB_DIR=" + shared}, ocistoreEnv...), ocistoreBin, "-l", y, "fsck", "--repair", "--drop-broken")
+	if r.code != 0 {
+		t.Fatalf("fsck --repair --drop-broken with OCISTORE_SHARED_BLOB_DIR:\n%v", r)
+	}
+	for _, dir := range []string{x, y} {
+		if got := readFile(t, dir, "index.json"); got != index[dir] {
+			t.Errorf("the repair rewrote %s/index.json:\n%s\nwas\n%s", dir, got, index[dir])
+		}
+		if got := tags(t, dir); !maps.Equal(got, want[dir]) {
+			t.Errorf("%s has tags %v after the repair, want %v", dir, got, want[dir])
+		}
+		fsckClean(t, dir, "after fsck --repair with the shared directory (the layout names it now)")
+	}
+	var lost []string
+	for _, c := range changed(blobsBefore, treeSnapshot(t, shared)) {
+		if !strings.HasPrefix(c, ".ocistore/") {
+			lost = append(lost, c)
+		}
+	}
+	if len(lost) > 0 {
+		t.Fatalf("the repairs changed blobs of the shared directory: %v", lost)
+	}
+	for _, dir := range []string{x, y} {
+		for tag, d := range want[dir] {
+			out := filepath.Join(tmp, "out-"+filepath.Base(dir)+"-"+tag)
+			mustSkopeo(t, "copy", "-q", "--src-shared-blob-dir", shared, ociRef(dir, tag), ociRef(out, tag))
+			skopeoInspect(t, out, tag, d)
+		}
+	}
+}

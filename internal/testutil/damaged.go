@@ -37,6 +37,8 @@ type DamagedSpec struct {
 	Repair      struct {
 		DropBroken  bool `json:"dropBroken"`
 		KeepOrphans bool `json:"keepOrphans"`
+		// Refused: the repair refuses (store.ErrRefused), changing nothing.
+		Refused bool `json:"refused"`
 	} `json:"repair"`
 	SparseIndex int64    `json:"sparseIndex"`
 	Fifos       []string `json:"fifos"`

@@ -39,6 +39,8 @@ type Spec struct {
 type RepairFlags struct {
 	DropBroken  bool `json:"dropBroken,omitempty"`
 	KeepOrphans bool `json:"keepOrphans,omitempty"`
+	// Refused: the repair refuses (ErrRefused) and changes nothing.
+	Refused bool `json:"refused,omitempty"`
 }
 
 // Case is one damaged layout.
@@ -519,6 +521,8 @@ func Cases() []Case {
 			})},
 		{Name: "index-missing", Spec: Spec{Description: "index.json deleted: restored from the journal's copy of the last committed index"},
 			Build: steps(healthy, func(dir string) error { return remove(dir, layout.IndexFile) })},
+		{Name: "blobs-elsewhere", Spec: Spec{Description: "the blobs live in a shared blob directory fsck is not given (skopeo --dest-shared-blob-dir; here blobs/ is missing, git keeps no empty directory): one blobs-elsewhere problem, first, in place of a dangling one per blob; the repair, even with --drop-broken, is refused and changes nothing", Repair: RepairFlags{DropBroken: true, Refused: true}},
+			Build: steps(writeBase, func(dir string) error { return os.RemoveAll(filepath.Join(dir, layout.BlobsDir)) })},
 		{Name: "index-missing-no-journal", Spec: Spec{Description: "index.json deleted in a layout with no journal: nothing to restore it from; reported, never replaced by an empty index, no blob deleted"},
 			Build: steps(writeBase, func(dir string) error { return remove(dir, layout.IndexFile) })},
 		{Name: "index-garbage", Spec: Spec{Description: "index.json holds garbage: moved to quarantine, restored from the journal"},
