@@ -378,7 +378,7 @@ func TestRepairSharedBlobDir(t *testing.T) {
 		}
 	}
 
-	res, err := store.Repair(ss.ctx, ss.dirs[0], &store.RepairOptions{DropBroken: true})
+	res, err := store.Repair(ss.ctx, ss.dirs[0], &store.RepairOptions{DropBroken: true, Grace: -1})
 	if err != nil {
 		t.Fatalf("repair of x: %v", err)
 	}
@@ -435,7 +435,7 @@ func TestRepairAdoptionKeepsSharedOrphans(t *testing.T) {
 	if got := kinds(res.Report.Problems); !slices.Equal(got, []string{recovery.KindOrphan}) {
 		t.Errorf("after the adopting repair: %v, want the orphan", res.Report.Problems)
 	}
-	res, err = store.Repair(ctx, dir, nil)
+	res, err = store.Repair(ctx, dir, &store.RepairOptions{Grace: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -421,3 +421,28 @@ func blobCount(t *testing.T, dir string) int {
 	}
 	return len(ents)
 }
+
+// TestRepairGrace: fsck --repair keeps the orphans gc would keep (younger
+// than an hour by default): a copy by another tool that has written its
+// blobs but not yet its index.json loses nothing to a repair run then.
+// --grace 0s removes them.
+func TestRepairGrace(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	young := dropBlob(t, f.dir, "a layer skopeo is copying", time.Minute)
+	old := dropBlob(t, f.dir, "a layer left a day ago", 24*time.Hour)
+	r := cli(t, "-l", f.dir, "fsck", "--repair")
+	if r.code != exitProblems {
+		t.Fatalf("fsck --repair with a young orphan: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat(f.blobPath(young)); err != nil {
+		t.Errorf("the young orphan was removed: %v", err)
+	}
+	if _, err := os.Stat(f.blobPath(old)); !os.IsNotExist(err) {
+		t.Errorf("the old orphan is left: %v", err)
+	}
+	must(t, 0, "-l", f.dir, "fsck", "--repair", "--grace", "0s")
+	if _, err := os.Stat(f.blobPath(young)); !os.IsNotExist(err) {
+		t.Errorf("--grace 0s left the young orphan: %v", err)
+	}
+}
