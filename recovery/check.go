@@ -167,7 +167,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	// expand reads a manifest or index and walks its children.
 	expand := func(n *node, d v1.Descriptor, depth int, p string) error {
 		if depth > layout.MaxDepth {
-			r.add(KindManifestCorrupt, d.Digest, p, "nested deeper than %d", layout.MaxDepth)
+			r.add(KindManifestCorrupt, d.Digest, p, "nested deeper than %d: %s", layout.MaxDepth, unknownClosure)
 			return nil
 		}
 		c, err := n.load(fsys, d)
@@ -181,7 +181,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 			if errors.Is(err, errdef.ErrDigestMismatch) {
 				kind = KindDigestMismatch
 			}
-			r.add(kind, d.Digest, p, "%v", err)
+			r.add(kind, d.Digest, p, "%v: %s", err, unknownClosure)
 			return nil
 		}
 		n.kids, n.expanded = c, true
@@ -218,7 +218,11 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		fi, err := n.lstat(fsys, d.Digest)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			if len(d.URLs) == 0 {
+			switch {
+			case len(d.URLs) > 0: // a foreign layer
+			case layout.Parsed(d, depth == 0):
+				r.add(KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing: %s", d.MediaType, d.Size, unknownClosure)
+			default:
 				r.add(KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing", d.MediaType, d.Size)
 			}
 			return nil
@@ -236,6 +240,9 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		r.Bytes += d.Size
 		n.ok = true
 		if !layout.Parsed(d, depth == 0) {
+			if depth == 0 && layout.TooLargeToSniff(d) {
+				r.add(KindManifestCorrupt, d.Digest, p, "%s root of %d bytes, over the %d-byte limit of a manifest, is not read: %s", orUnknownType(d.MediaType), d.Size, layout.MaxManifestSize, unknownClosure)
+			}
 			return nil
 		}
 		return expand(n, d, depth, p)
@@ -407,6 +414,9 @@ func BlobsElsewhere(fsys fsio.FS, ix *layout.Index) (string, error) {
 	}
 	return elsewhereDetail(algs == nil, roots, dangling, dangling), nil
 }
+
+// unknownClosure ends the report of a manifest that cannot be followed.
+const unknownClosure = "what it references is unknown, so ocistore frees no blob until it is fixed or its image removed (rm, or fsck --repair --drop-broken)"
 
 // stateDirs reports the directories of .ocistore that Temps lists when
 // they are not directories (a symlink, in or out of the layout, or a

@@ -261,6 +261,9 @@ func BrokenEntries(ctx context.Context, fsys fsio.FS, ix *layout.Index) ([]Broke
 				return fmt.Sprintf("blob %s (%s) is %d bytes, its descriptor says %d", d.Digest, p, fi.Size(), d.Size), nil
 			}
 			if !node {
+				if depth == 0 && layout.TooLargeToSniff(d) {
+					return fmt.Sprintf("%s: %s root of %d bytes, over the %d-byte limit of a manifest: what it references is unknown", d.Digest, orUnknownType(d.MediaType), d.Size, layout.MaxManifestSize), nil
+				}
 				return "", nil
 			}
 			c, err := load(d)
@@ -322,4 +325,11 @@ func HashBlob(ctx context.Context, fsys fsio.FS, d digest.Digest) (digest.Digest
 		return "", fsio.Stamp{}, fmt.Errorf("hash %s: %w", p, err)
 	}
 	return got, stamp, nil
+}
+
+func orUnknownType(mt string) string {
+	if mt == "" {
+		return "a media-type-less"
+	}
+	return "a " + mt
 }

@@ -88,7 +88,15 @@ var unknownCases = []unknownCase{
 // kept.
 func TestUnknownClosurePins(t *testing.T) {
 	for _, c := range unknownCases {
-		t.Run(c.name, func(t *testing.T) {
+		for _, removal := range []string{"rm", "drop-broken"} {
+			t.Run(c.name+"/"+removal, func(t *testing.T) { unknownClosurePins(t, c, removal) })
+		}
+	}
+}
+
+func unknownClosurePins(t *testing.T, c unknownCase, removal string) {
+	{
+		{
 			ctx := context.Background()
 			dir := filepath.Join(t.TempDir(), "layout")
 			blobs := map[digest.Digest][]byte{}
@@ -165,10 +173,40 @@ func TestUnknownClosurePins(t *testing.T) {
 			}
 			mustKeep("gc after reopen")
 
-			// Removing the unknown image itself works, and then every
-			// closure is known: GC takes what was kept.
-			if _, err := s.Delete(ctx, "b:1"); err != nil {
-				t.Fatalf("rm of the image whose closure is unknown: %v", err)
+			// fsck names the image that cannot be followed, and why.
+			rep, err := s.Check(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			named := false
+			for _, p := range rep.Problems {
+				if strings.Contains(p.Detail, "what it references is unknown") {
+					named = true
+				}
+			}
+			if !named {
+				t.Errorf("fsck does not report the unknown closure: %v", rep.Problems)
+			}
+
+			// Removing the unknown image itself works (rm, or a repair
+			// that drops broken images), and then every closure is known:
+			// GC takes what was kept.
+			if removal == "rm" {
+				if _, err := s.Delete(ctx, "b:1"); err != nil {
+					t.Fatalf("rm of the image whose closure is unknown: %v", err)
+				}
+			} else {
+				s.Close()
+				if _, err := store.Repair(ctx, dir, &store.RepairOptions{DropBroken: true, KeepOrphans: true, Force: true}); err != nil {
+					t.Fatal(err)
+				}
+				if s, err = store.Open(ctx, dir, nil); err != nil {
+					t.Fatal(err)
+				}
+				defer s.Close()
+				if imgs, err := s.List(ctx); err != nil || len(imgs) != 0 {
+					t.Fatalf("after --drop-broken: %v, %v", imgs, err)
+				}
 			}
 			gc, err = s.GC(ctx, store.GCOptions{})
 			if err != nil {
@@ -185,7 +223,7 @@ func TestUnknownClosurePins(t *testing.T) {
 			if entries, err := os.ReadDir(filepath.Join(dir, "blobs", "sha256")); err != nil || len(entries) != 0 {
 				t.Errorf("blobs left: %d (%v)", len(entries), err)
 			}
-		})
+		}
 	}
 }
 

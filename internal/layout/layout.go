@@ -66,6 +66,14 @@ func Parsed(d v1.Descriptor, root bool) bool {
 	return IsManifest(d.MediaType) || root && d.Size <= MaxManifestSize
 }
 
+// TooLargeToSniff reports whether an index.json entry (a root) is not
+// read because it is too large, though it may be a manifest: its media
+// type does not say it is one, and it is over the manifest size limit.
+// What such a root references is unknown.
+func TooLargeToSniff(d v1.Descriptor) bool {
+	return !IsManifest(d.MediaType) && d.Size > MaxManifestSize
+}
+
 // Sniffed reports whether a load error of a blob that Parsed chose to read
 // means "not a manifest, a leaf" rather than a broken manifest.
 func Sniffed(d v1.Descriptor, loadErr error) bool {

@@ -117,7 +117,7 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 		default:
 			return err
 		}
-	case depth == 0 && !r.Expanded:
+	case depth == 0 && !r.Expanded && layout.TooLargeToSniff(d):
 		// A root too large to be sniffed: index.json lists manifests, and
 		// this one may be one that cannot be read. Unknown, not a leaf.
 		err := fmt.Errorf("blob %s: root of media type %q is %d bytes, over the %d-byte limit of a manifest: %w",
