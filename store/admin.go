@@ -19,7 +19,7 @@ import (
 // before every transaction). It returns what it did, including what the
 // recovery run by Open did.
 func (s *Store) Recover(ctx context.Context) (acts []recovery.Action, err error) {
-	err = s.freeing("recover", false, func() error {
+	err = s.freeing(ctx, "recover", false, func() error {
 		acts, err = s.recoverNow(ctx)
 		return err
 	})

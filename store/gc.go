@@ -54,7 +54,7 @@ type gcCandidate struct {
 // interrupted GC, checking again that each blob is unreferenced.
 func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
 	var res *GCResult
-	err := s.freeing("gc", o.DryRun, func() (err error) {
+	err := s.freeing(ctx, "gc", o.DryRun, func() (err error) {
 		res, err = s.gc(ctx, o)
 		return err
 	})

@@ -312,7 +312,7 @@ func (s *Store) Delete(ctx context.Context, refs ...string) (*Result, error) {
 
 // DeleteWith is Delete with options.
 func (s *Store) DeleteWith(ctx context.Context, refs []string, o *DeleteOptions) (res *Result, err error) {
-	err = s.freeing("delete", false, func() error {
+	err = s.freeing(ctx, "delete", false, func() error {
 		res, err = s.deleteWith(ctx, refs, o)
 		return err
 	})

@@ -129,7 +129,7 @@ func (s *Store) Prune(ctx context.Context, p Policy) (res *PruneResult, err erro
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
-	err = s.freeing("prune", p.DryRun, func() error {
+	err = s.freeing(ctx, "prune", p.DryRun, func() error {
 		res, err = s.prune(ctx, p)
 		return err
 	})

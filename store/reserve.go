@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/ocistore/ocistore/internal/fsio"
@@ -119,7 +120,12 @@ func (s *Store) lowOnSpace() bool {
 // reports what it would free), with the reserve released first when space
 // is low, and released and op run again when op fails for want of space;
 // then it makes the reserve again if there is room.
-func (s *Store) freeing(what string, dry bool, op func() error) error {
+//
+// An op that failed after its journal commit (the record is pending: its
+// index.json could not be written) is not run again, which would plan
+// against what recovery makes of the first attempt (a Delete would find
+// its references gone): recovery finishes it, and the error says so.
+func (s *Store) freeing(ctx context.Context, what string, dry bool, op func() error) error {
 	if dry || s.opts.ReadOnly {
 		return op()
 	}
@@ -127,13 +133,28 @@ func (s *Store) freeing(what string, dry bool, op func() error) error {
 		s.releaseReserve(what, nil)
 	}
 	err := op()
-	if err != nil && fsio.NoSpace(err) && s.writable() == nil && s.releaseReserve(what, err) > 0 {
-		err = op()
+	if err != nil && fsio.NoSpace(err) && s.writable() == nil {
+		journaled := what != "recover" && s.hasPending()
+		if s.releaseReserve(what, err) > 0 {
+			if !journaled {
+				err = op()
+			} else if _, rerr := s.recoverNow(ctx); rerr != nil {
+				err = fmt.Errorf("%w (its journal record is pending; recovery failed too: %v)", err, rerr)
+			} else {
+				return fmt.Errorf("%w (after its journal commit: recovery finished the transaction once the space reserve was released)", err)
+			}
+		}
 	}
 	if err == nil {
 		s.ensureReserve()
 	}
 	return err
+}
+
+// hasPending reports whether the journal holds a pending record.
+func (s *Store) hasPending() bool {
+	recs, err := PendingRecords(s.dir, s.opts.LockTimeout)
+	return err == nil && len(recs) > 0
 }
 
 // openFreeing is Open's recovery run with the same rescue: an open whose

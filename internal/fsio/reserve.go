@@ -46,11 +46,17 @@ type Reserver interface {
 	Avail(dir string) (int64, error)
 }
 
-var reserveOff atomic.Bool
+var reserveOff, availOff atomic.Bool
 
 // DisableReserve turns MakeReserve into a no-op (tests: the full-disk test
 // builds a binary without a reserve to show that it fails then).
 func DisableReserve() { reserveOff.Store(true) }
+
+// DisableAvailable makes Available say that it cannot tell (tests: the
+// full-disk test builds a binary that meets ENOSPC before it releases the
+// reserve, to take the path of a file system whose statfs does not tell,
+// as one over its quota).
+func DisableAvailable() { availOff.Store(true) }
 
 // errNoReserve: the file system cannot hold a reserve, or it is turned off.
 var errNoReserve = fmt.Errorf("no space reserve on this file system: %w", errors.ErrUnsupported)
@@ -120,7 +126,7 @@ func ReleaseReserve(fsys FS) (int64, error) {
 // system that holds the state directory; ok is false when fsys cannot tell.
 func Available(fsys FS) (n int64, ok bool) {
 	r, is := fsys.(Reserver)
-	if !is {
+	if !is || availOff.Load() {
 		return 0, false
 	}
 	n, err := r.Avail(stateDir)
