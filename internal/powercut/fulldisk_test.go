@@ -8,6 +8,8 @@ package powercut
 // pending by a crash), each on a full disk, and each must succeed and leave
 // fsck clean. A binary built with the reserve turned off
 // (fsio.DisableReserve) must fail there: that shows the test can tell.
+// `fsck --repair` (removing orphans) runs there too, and `rm` once with
+// statfs not looked at (fsio.DisableAvailable): it meets ENOSPC first.
 
 import (
 	"bytes"
@@ -139,6 +141,13 @@ func TestFullDisk(t *testing.T) {
 		for _, o := range orphans {
 			if _, err := os.Lstat(o); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("gc: orphan %s still there (%v)", o, err)
+			}
+		}
+	})
+	fd.step(t, fd.bin, dir, "fsck-repair", func() { orphans = fd.orphans(t, dir, 3) }, []string{"fsck", "--repair"}, func() {
+		for _, o := range orphans {
+			if _, err := os.Lstat(o); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("fsck --repair: orphan %s still there (%v)", o, err)
 			}
 		}
 	})
