@@ -18,7 +18,15 @@ import (
 // Recover takes the writer lock and runs recovery (it also runs on Open and
 // before every transaction). It returns what it did, including what the
 // recovery run by Open did.
-func (s *Store) Recover(ctx context.Context) ([]recovery.Action, error) {
+func (s *Store) Recover(ctx context.Context) (acts []recovery.Action, err error) {
+	err = s.freeing(ctx, "recover", false, func() error {
+		acts, err = s.recoverNow(ctx)
+		return err
+	})
+	return acts, err
+}
+
+func (s *Store) recoverNow(ctx context.Context) ([]recovery.Action, error) {
 	if err := s.writable(); err != nil {
 		return nil, err
 	}

@@ -58,7 +58,11 @@ type gcCandidate struct {
 // per blob directory, then the record is cleared. Recovery finishes an
 // interrupted GC, checking again that each blob is unreferenced.
 func (s *Store) GC(ctx context.Context, o GCOptions) (*GCResult, error) {
-	res, err := s.gc(ctx, o)
+	var res *GCResult
+	err := s.freeing(ctx, "gc", o.DryRun, func() (err error) {
+		res, err = s.gc(ctx, o)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("gc: %w", err)
 	}

@@ -311,7 +311,15 @@ func (s *Store) Delete(ctx context.Context, refs ...string) (*Result, error) {
 }
 
 // DeleteWith is Delete with options.
-func (s *Store) DeleteWith(ctx context.Context, refs []string, o *DeleteOptions) (*Result, error) {
+func (s *Store) DeleteWith(ctx context.Context, refs []string, o *DeleteOptions) (res *Result, err error) {
+	err = s.freeing(ctx, "delete", false, func() error {
+		res, err = s.deleteWith(ctx, refs, o)
+		return err
+	})
+	return res, err
+}
+
+func (s *Store) deleteWith(ctx context.Context, refs []string, o *DeleteOptions) (*Result, error) {
 	var opts DeleteOptions
 	if o != nil {
 		opts = *o

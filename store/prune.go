@@ -125,10 +125,18 @@ func (p *Policy) Validate() error {
 // used, in ONE transaction whatever their number: one journal record, one
 // index.json write, one sync per touched directory. It reads the journal's
 // image metadata, not the manifests, except those of the images it removes.
-func (s *Store) Prune(ctx context.Context, p Policy) (*PruneResult, error) {
+func (s *Store) Prune(ctx context.Context, p Policy) (res *PruneResult, err error) {
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("prune: %w", err)
 	}
+	err = s.freeing(ctx, "prune", p.DryRun, func() error {
+		res, err = s.prune(ctx, p)
+		return err
+	})
+	return res, err
+}
+
+func (s *Store) prune(ctx context.Context, p Policy) (*PruneResult, error) {
 	out := &PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}}
 	res, err := s.update(ctx, "prune", func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
 		*out = PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}} // a retry starts over

@@ -129,7 +129,38 @@ func (r *RepairResult) act(log *slog.Logger, kind, format string, args ...any) {
 // Every step is durable before the next starts and is idempotent: after a
 // crash, Repair runs again from the top. The error is for a repair that
 // could not run; problems it could not fix are in the result's Report.
+//
+// A repair that fails for want of space (a full file system) releases the
+// space reserve (see Open) and runs again, once.
 func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, error) {
+	res, err := repair(ctx, dir, o)
+	if err == nil || !fsio.NoSpace(err) {
+		return res, err
+	}
+	abs, aerr := filepath.Abs(dir)
+	if aerr != nil {
+		return res, err
+	}
+	if shared, serr := SharedBlobDirOf(abs); serr != nil || shared != "" {
+		return res, err
+	}
+	fsys, ferr := fsio.OpenOS(abs)
+	if ferr != nil {
+		return res, err
+	}
+	log := slog.New(slog.DiscardHandler)
+	if o != nil && o.Logger != nil {
+		log = o.Logger
+	}
+	freed := releaseReserveIn(fsys, log.With(slog.String(attrLayout, abs)), "repair", err)
+	fsys.Close()
+	if freed == 0 {
+		return res, err
+	}
+	return repair(ctx, dir, o)
+}
+
+func repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, error) {
 	var opts RepairOptions
 	if o != nil {
 		opts = *o

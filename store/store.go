@@ -199,6 +199,12 @@ type Store struct {
 		r reclaimer
 	}
 
+	// reserve serializes the changes of the space reserve (reserve.go).
+	reserve struct {
+		sync.Mutex
+		warned bool // the open said why it made no reserve
+	}
+
 	// mu guards the handle's life.
 	mu struct {
 		sync.Mutex
@@ -266,7 +272,7 @@ func Open(ctx context.Context, dir string, o *Options) (*Store, error) {
 		}
 		s.fsys = osfs
 	}
-	if err := s.open(ctx); err != nil {
+	if err := s.openFreeing(ctx); err != nil {
 		s.fsys.Close()
 		return nil, fmt.Errorf("open layout %s: %w", abs, err)
 	}
@@ -349,6 +355,12 @@ func (s *Store) Close() error {
 	if err := s.WaitReclaimed(context.Background()); err != nil {
 		s.log.Warn("closing with files left in the trash; the next open unlinks them", "err", err)
 	}
+	s.mu.Lock()
+	poisoned := s.mu.poisoned != nil
+	s.mu.Unlock()
+	if !poisoned {
+		s.ensureReserve() // the space a transaction freed through the trash is back
+	}
 	return s.fsys.Close()
 }
 
@@ -378,9 +390,11 @@ func (s *Store) readable() error {
 }
 
 // check poisons the handle when err is a durability failure (a failed fsync
-// or journal commit) and returns err.
+// or journal commit) and returns err. A journal commit that failed writing
+// for want of space is not one: no fsync failed, and the journal is as it
+// was before the commit (fsio.NoSpaceOnWrite).
 func (s *Store) check(err error) error {
-	if errors.Is(err, errdef.ErrDurability) {
+	if errors.Is(err, errdef.ErrDurability) && !fsio.NoSpaceOnWrite(err) {
 		return s.poison(err)
 	}
 	return err

@@ -344,10 +344,22 @@ func TestPowerCut(t *testing.T) {
 // catch a missing fsync.
 func mutantOverlay(t *testing.T, dir, root, off string) string {
 	t.Helper()
-	src := filepath.Join(dir, "mutant_nosync.go")
-	code := "package fsio\n\nfunc init() {\n"
+	var calls []string
 	for _, p := range strings.Split(off, ",") {
-		code += fmt.Sprintf("\tDisableSync(%q)\n", p)
+		calls = append(calls, fmt.Sprintf("DisableSync(%q)", p))
+	}
+	t.Logf("MUTANT binary: fsyncs turned off: %s", off)
+	return fsioOverlay(t, dir, root, calls...)
+}
+
+// fsioOverlay writes a go build overlay that adds to internal/fsio one
+// file whose init makes calls (nothing in the tree changes).
+func fsioOverlay(t *testing.T, dir, root string, calls ...string) string {
+	t.Helper()
+	src := filepath.Join(dir, "mutant_fsio.go")
+	code := "package fsio\n\nfunc init() {\n"
+	for _, c := range calls {
+		code += "\t" + c + "\n"
 	}
 	code += "}\n"
 	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
@@ -360,12 +372,22 @@ func mutantOverlay(t *testing.T, dir, root, off string) string {
 	if err := os.WriteFile(p, overlay, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("MUTANT binary: fsyncs turned off: %s", off)
 	return p
 }
 
-// buildBinary builds cmd/ocistore from this module.
+// buildBinary builds cmd/ocistore from this module (with the fsyncs named
+// by mutant turned off, when not empty), as dir/ocistore.
 func buildBinary(t *testing.T, dir, mutant string) string {
+	t.Helper()
+	if mutant == "" {
+		return buildBinaryWith(t, dir, nil)
+	}
+	return buildBinaryWith(t, dir, func(root string) string { return mutantOverlay(t, dir, root, mutant) })
+}
+
+// buildBinaryWith builds cmd/ocistore from this module as dir/ocistore,
+// with the go build overlay overlay(module root) returns, when not nil.
+func buildBinaryWith(t *testing.T, dir string, overlay func(root string) string) string {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
@@ -377,8 +399,8 @@ func buildBinary(t *testing.T, dir, mutant string) string {
 	}
 	bin := filepath.Join(dir, "ocistore")
 	args := []string{"build", "-o", bin}
-	if mutant != "" {
-		args = append(args, "-overlay", mutantOverlay(t, dir, filepath.Dir(gomod), mutant))
+	if overlay != nil {
+		args = append(args, "-overlay", overlay(filepath.Dir(gomod)))
 	}
 	cmd := exec.Command("go", append(args, "./cmd/ocistore")...)
 	cmd.Dir = filepath.Dir(gomod)

@@ -118,9 +118,10 @@ type Rig struct {
 // over an existing one, which hides a missing fsync before a rename).
 const StrictOptions = "commit=300,noauto_da_alloc"
 
-// NewRig creates an ext4 image of sizeMiB MiB, attaches it to a loop device
-// and mounts it with options. On error it undoes what it did.
-func NewRig(sizeMiB int, options string) (r *Rig, err error) {
+// NewRig creates an ext4 image of sizeMiB MiB (mkfs.ext4 given mkfsArgs
+// too), attaches it to a loop device and mounts it with options. On error
+// it undoes what it did.
+func NewRig(sizeMiB int, options string, mkfsArgs ...string) (r *Rig, err error) {
 	work, err := os.MkdirTemp("", WorkPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, err
@@ -146,7 +147,8 @@ func NewRig(sizeMiB int, options string) (r *Rig, err error) {
 	if err != nil {
 		return r, err
 	}
-	if _, err := run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", r.Image); err != nil {
+	args := append([]string{"-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"}, mkfsArgs...)
+	if _, err := run("mkfs.ext4", append(args, r.Image)...); err != nil {
 		return r, err
 	}
 	dev, err := run("losetup", "--find", "--show", r.Image)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
@@ -148,7 +149,8 @@ func (c DamagedCase) Materialize(t testing.TB) (string, func()) {
 }
 
 // CopyTree copies the tree src to dst: directories, regular files (with
-// their modes) and symlinks (as symlinks, never followed).
+// their modes) and symlinks (as symlinks, never followed), but not the
+// space reserve (.ocistore/reserve).
 func CopyTree(t testing.TB, src, dst string) {
 	t.Helper()
 	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
@@ -166,6 +168,8 @@ func CopyTree(t testing.TB, src, dst string) {
 			return os.Symlink(target, to)
 		case d.IsDir():
 			return os.MkdirAll(to, 0o755)
+		case filepath.ToSlash(rel) == fsio.ReserveFile:
+			return nil // the space reserve: the copy's first open makes its own
 		}
 		fi, err := d.Info()
 		if err != nil {
@@ -225,6 +229,9 @@ func LayoutState(t testing.TB, dir string) string {
 			lines = append(lines, fmt.Sprintf("%s %s", d.Type(), rel)) // never opened: a pipe would block
 		case strings.HasPrefix(rel, ".ocistore/journal.db"):
 			lines = append(lines, "f "+rel+" (journal)")
+		case rel == fsio.ReserveFile:
+			// The space reserve holds no data and comes and goes with
+			// the space free on the test's file system.
 		default:
 			fi, err := d.Info()
 			if err != nil {

@@ -18,6 +18,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/journal"
 	"github.com/ocistore/ocistore/recovery"
@@ -172,8 +173,8 @@ func Snapshot(t testing.TB, dir string, skip ...string) map[string]string {
 				return nil
 			}
 		}
-		if !d.Type().IsRegular() {
-			return nil
+		if !d.Type().IsRegular() || rel == fsio.ReserveFile {
+			return nil // the space reserve holds no data
 		}
 		b, err := os.ReadFile(p)
 		if err != nil {
