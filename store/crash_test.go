@@ -222,7 +222,7 @@ type crashCase struct {
 }
 
 var txnPoints = []string{
-	crash.TxnJournaled, crash.IndexTempWritten, crash.IndexRenamed, crash.IndexSynced,
+	crash.IndexTempWritten, crash.TxnJournaled, crash.IndexRenamed, crash.IndexSynced,
 	crash.BlobUnlinked + "@1", crash.BlobUnlinked + "@3", crash.BlobDirSynced, crash.TxnCleared,
 }
 
@@ -339,7 +339,7 @@ func pointName(p string) string { n, _, _ := strings.Cut(p, "@"); return n }
 // order of the crash points along one transaction.
 var pointOrder = map[string]int{
 	crash.IngestWritten: 1, crash.IngestRenamed: 2, crash.IngestSynced: 3,
-	crash.TxnJournaled: 10, crash.IndexTempWritten: 11, crash.IndexRenamed: 12, crash.IndexSynced: 13,
+	crash.IndexTempWritten: 9, crash.TxnJournaled: 10, crash.IndexRenamed: 12, crash.IndexSynced: 13,
 	crash.BlobUnlinked: 14, crash.BlobDirSynced: 15, crash.TxnCleared: 16, crash.TrashUnlinked: 17,
 }
 

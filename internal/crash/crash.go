@@ -29,8 +29,8 @@ const EnvVar = "OCISTORE_CRASHPOINT"
 // The crash points of the protocol, in the order a transaction reaches them.
 const (
 	// Transaction (DESIGN.md §3).
-	TxnJournaled      = "txn-journaled"      // step 2 done: record durable, nothing else changed
-	IndexTempWritten  = "index-temp-written" // step 3: temp index written, not yet synced or renamed
+	IndexTempWritten  = "index-temp-written" // step 2, before the journal commit: temp index written, not yet synced (recovery: a replay's temp index)
+	TxnJournaled      = "txn-journaled"      // step 2 done: record durable, new index.json prepared under a temp name
 	IndexRenamed      = "index-renamed"      // step 3: renamed over index.json, layout dir not synced
 	IndexSynced       = "index-synced"       // step 3 done: layout dir synced (commit point)
 	BlobUnlinked      = "blob-unlinked"      // step 4: after each unlink, before the blob dir sync
@@ -49,7 +49,7 @@ const (
 
 // All lists every crash point, for tests that iterate over them.
 var All = []string{
-	TxnJournaled, IndexTempWritten, IndexRenamed, IndexSynced, BlobUnlinked, BlobDirSynced, TxnCleared, TrashUnlinked,
+	IndexTempWritten, TxnJournaled, IndexRenamed, IndexSynced, BlobUnlinked, BlobDirSynced, TxnCleared, TrashUnlinked,
 	IngestWritten, IngestRenamed, IngestSynced,
 	RecoverReplayed, RecoverUnlinked, RecoverRecounted, JournalCreated, LayoutInitialized,
 }

@@ -156,7 +156,7 @@ func (c cutCase) String() string {
 // comes before its transaction.
 var pointRank = map[string]int{
 	crash.IngestWritten: 1, crash.IngestRenamed: 2, crash.IngestSynced: 3,
-	crash.TxnJournaled: 10, crash.IndexTempWritten: 11, crash.IndexRenamed: 12, crash.IndexSynced: 13,
+	crash.IndexTempWritten: 9, crash.TxnJournaled: 10, crash.IndexRenamed: 12, crash.IndexSynced: 13,
 	crash.BlobUnlinked: 14, crash.BlobDirSynced: 15, crash.TxnCleared: 16,
 }
 
