@@ -45,6 +45,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -568,9 +569,37 @@ func Apply(env Env, db *journal.DB, rec *journal.Record, p *fsio.Prepared, old *
 	stamp := fsio.StampFile(env.FS, layout.IndexFile)
 	crash.Point(crash.IndexSynced)
 	if err := Finish(env, db, rec, stamp, crash.BlobUnlinked); err != nil {
+		if errors.Is(err, errdef.ErrConflict) {
+			// Another tool rewrote index.json meanwhile: its index wins.
+			// The record goes and the counts are taken from the file now,
+			// here rather than by the next recovery, which could take a
+			// rewrite with the old bytes for a crash before the rename
+			// and replay the transaction over it.
+			if rerr := recountFromDisk(env, db, rec); rerr != nil {
+				return stamp, fmt.Errorf("%w: %w (and the recount failed: %v)", errdef.ErrIncomplete, err, rerr)
+			}
+			return stamp, err
+		}
 		return stamp, fmt.Errorf("%w: %w", errdef.ErrIncomplete, err)
 	}
 	return stamp, nil
+}
+
+// recountFromDisk drops rec, whose new index another tool replaced before
+// its cleanup was done, and recounts the references of index.json as it is
+// now. Nothing is unlinked.
+func recountFromDisk(env Env, db *journal.DB, rec *journal.Record) error {
+	stamp := fsio.StampFile(env.FS, layout.IndexFile)
+	raw, ix, err := ReadIndex(env.FS)
+	if err != nil {
+		return err // recovery will deal with it
+	}
+	if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
+		return fmt.Errorf("drop txn %d: %w", rec.ID, err)
+	}
+	env.Log.Warn("index.json was rewritten by another tool during a transaction; recounting from it", attrTxn, rec.ID, "op", rec.Op)
+	_, err = Recount(env, db, &State{Index: ix, Bytes: raw, Digest: layout.Sum(raw), Stamp: stamp})
+	return err
 }
 
 // RollBack undoes a journaled transaction whose new index never reached
@@ -700,15 +729,28 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 		}
 		crash.Point(point)
 	}
+	// Another tool may rewrite index.json while the blobs go (it takes no
+	// lock): the unlinks stop as soon as its stamp changes, and what went
+	// into the trash that the new index.json reaches comes back.
+	guard := indexGuard(env.FS, stamp)
 	if env.Reclaim != nil && len(paths) >= TrashMin {
-		trashed, err := fsio.TrashFiles(env.FS, fsio.SyncBlobDir, paths, TrashDir, TrashPrefix(), unlinked)
+		trashed, err := fsio.TrashFilesGuarded(env.FS, fsio.SyncBlobDir, paths, TrashDir, TrashPrefix(), guard, unlinked)
+		if err == nil && guard != nil {
+			err = guard() // a write during the last few
+		}
+		if errors.Is(err, errdef.ErrConflict) && len(trashed) > 0 {
+			var rerr error
+			if trashed, rerr = restoreTrashed(env, trashed); rerr != nil {
+				err = fmt.Errorf("%w (and the blobs taken out could not all be put back: %v)", err, rerr)
+			}
+		}
 		if len(trashed) > 0 {
 			env.Reclaim(trashed)
 		}
 		if err != nil {
 			return fmt.Errorf("txn %d: unlink: %w", rec.ID, err)
 		}
-	} else if err := fsio.RemoveFiles(env.FS, fsio.SyncBlobDir, paths, unlinked); err != nil {
+	} else if err := fsio.RemoveFilesGuarded(env.FS, fsio.SyncBlobDir, paths, guard, unlinked); err != nil {
 		return fmt.Errorf("txn %d: unlink: %w", rec.ID, err)
 	}
 	crash.Point(crash.BlobDirSynced)
@@ -726,6 +768,90 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 	}
 	crash.Point(crash.TxnCleared)
 	return nil
+}
+
+// indexGuard stops a transaction's unlinks when index.json no longer has
+// the stamp it had when it held the transaction's new index: another tool
+// rewrote it. Nil when that stamp is not known.
+func indexGuard(fsys fsio.FS, stamp fsio.Stamp) fsio.Guard {
+	if stamp.IsZero() {
+		return nil
+	}
+	return func() error {
+		if fsio.StampFile(fsys, layout.IndexFile) != stamp {
+			return fmt.Errorf("%w: %s changed while the blobs it no longer used were being removed", errdef.ErrConflict, layout.IndexFile)
+		}
+		return nil
+	}
+}
+
+// restoreTrashed puts back into the layout the blobs of trashed (files a
+// transaction took out into the trash) that index.json reaches now: it was
+// rewritten by another tool meanwhile, perhaps from a copy read before the
+// transaction, naming images the transaction removed. When index.json
+// cannot be read or followed whole, every one goes back (unknown means
+// kept). It returns what is left in the trash, for the reclaimer.
+func restoreTrashed(env Env, trashed []string) ([]string, error) {
+	_, ix, err := ReadIndex(env.FS)
+	all := err != nil
+	var reach refcount.Map
+	if !all {
+		if ix, err = env.withPeers(ix); err != nil {
+			all = true
+		} else {
+			var problems []error
+			reach, problems = refcount.Recount(ix, layout.LoadChildren(env.FS))
+			all = len(problems) > 0
+		}
+	}
+	var left, back []string
+	dirs := map[string]bool{}
+	var firstErr error
+	for _, t := range trashed {
+		d, ok := trashedDigest(t)
+		if !ok || !all && reach[d].Count == 0 {
+			left = append(left, t)
+			continue
+		}
+		p := layout.BlobPath(d)
+		if err := env.FS.Rename(t, p); err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("put back %s: %w", p, err)
+			}
+			left = append(left, t)
+			continue
+		}
+		back = append(back, p)
+		dirs[fsio.Dir(p)] = true
+	}
+	for d := range dirs {
+		if err := fsio.SyncDirFor(env.FS, fsio.SyncBlobDir, d); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if len(back) > 0 {
+		if err := fsio.SyncDirFor(env.FS, fsio.SyncBlobDir, TrashDir); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		env.Log.Warn("index.json was rewritten by another tool while a transaction removed blobs; put back the ones it uses", "blobs", len(back))
+	}
+	return left, firstErr
+}
+
+// trashedDigest is the digest of the blob a trash file holds: its name is
+// a prefix, then the blob's path with "/" turned to "-" (fsio.TrashFiles).
+func trashedDigest(trashPath string) (digest.Digest, bool) {
+	name := path.Base(trashPath)
+	i := strings.LastIndex(name, "blobs-")
+	if i < 0 {
+		return "", false
+	}
+	alg, hex, ok := strings.Cut(name[i+len("blobs-"):], "-")
+	if !ok {
+		return "", false
+	}
+	d := digest.Digest(alg + ":" + hex)
+	return d, layout.ValidateDigest(d) == nil
 }
 
 // IsIndexTemp reports whether a root entry is a temp file of renameio:

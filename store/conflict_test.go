@@ -12,6 +12,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -60,4 +61,53 @@ func TestConcurrentExternalWrite(t *testing.T) {
 		t.Fatalf("external tag lost: %v", got)
 	}
 	checkClean(t, dir, false)
+}
+
+// TestExternalWriteDuringUnlinks: another tool writes index.json while a
+// prune is taking its blobs out (as skopeo does at the end of a copy it
+// started before the prune: the index it read then, plus its image, in
+// place). The unlinks stop at the next check of index.json's stamp, every
+// blob taken into the trash that the rewritten index uses is put back, the
+// record is dropped and the counts taken from index.json as it is now, and
+// the prune says so (ErrConflict): every image the other tool's index.json
+// names is whole, even when it wrote the very bytes the prune replaced.
+func TestExternalWriteDuringUnlinks(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "layout")
+	l := libOpen(t, dir, 3)
+	base := l.b.Random(300)
+	for i := range 40 {
+		l.tag(l.image([]v1.Descriptor{base}, 2), fmt.Sprintf("app:%02d", i))
+	}
+	stale := l.indexFile() // what the other tool read before the prune
+	crash.Arm(crash.BlobUnlinked, 40, func(string) {
+		f, err := os.OpenFile(filepath.Join(dir, "index.json"), os.O_WRONLY|os.O_TRUNC, 0o644)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		if _, err := f.Write(stale); err != nil {
+			t.Error(err)
+		}
+	})
+	defer crash.Disarm()
+	_, err := l.s.Prune(ctx, store.Policy{KeepLast: 1})
+	if !errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrIncomplete) {
+		t.Fatalf("prune during an external write: %v", err)
+	}
+	if err := l.s.WaitReclaimed(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l.s.Close()
+	s, err := store.Open(ctx, dir, nil) // recovery: the record dropped, a recount
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	imgs, err := s.List(ctx)
+	if err != nil || len(imgs) != 40 {
+		t.Fatalf("after recovery: %d images, %v", len(imgs), err)
+	}
+	testutil.MustCheck(t, s)
 }

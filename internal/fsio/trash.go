@@ -30,6 +30,12 @@ import (
 // is called once per name, as in RemoveFiles. It stops at the first other
 // error; the directories touched so far are still synced.
 func TrashFiles(fsys FS, purpose string, names []string, trash, trashPrefix string, after func(name string, existed bool)) ([]string, error) {
+	return TrashFilesGuarded(fsys, purpose, names, trash, trashPrefix, nil, after)
+}
+
+// TrashFilesGuarded is TrashFiles asking guard (when not nil) as it goes
+// (see Guard).
+func TrashFilesGuarded(fsys FS, purpose string, names []string, trash, trashPrefix string, guard Guard, after func(name string, existed bool)) ([]string, error) {
 	if _, err := MkdirDurable(fsys, trash); err != nil {
 		var se *SyncError
 		if errors.As(err, &se) {
@@ -37,7 +43,7 @@ func TrashFiles(fsys FS, purpose string, names []string, trash, trashPrefix stri
 		}
 		// No trash to be had (its name taken by a file or a symlink, no
 		// space for it): unlink in place.
-		return nil, RemoveFiles(fsys, purpose, names, after)
+		return nil, RemoveFilesGuarded(fsys, purpose, names, guard, after)
 	}
 	dirs := newDirCache(fsys)
 	defer dirs.close()
@@ -48,7 +54,7 @@ func TrashFiles(fsys FS, purpose string, names []string, trash, trashPrefix stri
 	if len(names) >= parallelRemoveMin {
 		workers = removeWorkers
 	}
-	firstErr := eachName(names, workers, func(n string) (func(), error) {
+	firstErr := eachName(names, workers, guard, func(n string) (func(), error) {
 		to := trash + "/" + trashPrefix + strings.ReplaceAll(n, "/", "-")
 		err := dirs.move(n, to)
 		moved := err == nil

@@ -92,16 +92,36 @@ func Dir(name string) string { return path.Dir(name) }
 // It stops at the first error other than "does not exist"; directories touched
 // so far are still synced, so what was removed is durable.
 func RemoveFiles(fsys FS, purpose string, names []string, after func(name string, existed bool)) error {
+	return RemoveFilesGuarded(fsys, purpose, names, nil, after)
+}
+
+// Guard is asked before the first name of a batch (RemoveFilesGuarded,
+// TrashFilesGuarded) and again before every GuardEvery names: an error
+// stops the batch there, and is returned. A transaction's unlinks use it
+// to stop as soon as another tool rewrites index.json.
+type Guard func() error
+
+// GuardEvery is how many names a batch takes between two questions to its
+// Guard: a stat of index.json costs about a tenth of an unlink.
+const GuardEvery = 32
+
+// RemoveFilesGuarded is RemoveFiles asking guard (when not nil) as it goes.
+func RemoveFilesGuarded(fsys FS, purpose string, names []string, guard Guard, after func(name string, existed bool)) error {
 	var order []string
 	dirs := newDirCache(fsys)
 	defer dirs.close()
 	var firstErr error
 	if dirs.opener != nil && len(names) >= parallelRemoveMin {
 		order = dirs.openAll(names)
-		firstErr = removeParallel(dirs, names, after)
+		firstErr = removeParallel(dirs, names, guard, after)
 	} else {
 		touched := map[string]bool{}
-		for _, n := range names {
+		for i, n := range names {
+			if guard != nil && i%GuardEvery == 0 {
+				if firstErr = guard(); firstErr != nil {
+					break
+				}
+			}
 			err := dirs.remove(n)
 			if err != nil && !errors.Is(err, fs.ErrNotExist) {
 				firstErr = err
@@ -140,8 +160,8 @@ const removeWorkers = 4
 // removeParallel is RemoveFiles' unlink loop on removeWorkers goroutines,
 // for a file system with directory handles (whose directories dirs has
 // opened already: the workers only read it).
-func removeParallel(dirs *dirCache, names []string, after func(string, bool)) error {
-	return eachName(names, removeWorkers, func(name string) (func(), error) {
+func removeParallel(dirs *dirCache, names []string, guard Guard, after func(string, bool)) error {
+	return eachName(names, removeWorkers, guard, func(name string) (func(), error) {
 		err := dirs.remove(name)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
@@ -156,8 +176,10 @@ func removeParallel(dirs *dirCache, names []string, after func(string, bool)) er
 // eachName runs op on every name, on up to workers goroutines. The first
 // error stops the workers and is returned; the function op returns for a
 // name it did (nil: nothing to do) is called under a lock, once per name,
-// in the order they end, and not after the first error.
-func eachName(names []string, workers int, op func(name string) (done func(), err error)) error {
+// in the order they end, also for the ops that end after the first error. guard, when not
+// nil, is asked before names[0] and every GuardEvery names; its error stops
+// the workers as an error of op would.
+func eachName(names []string, workers int, guard Guard, op func(name string) (done func(), err error)) error {
 	var (
 		next     atomic.Int64
 		mu       sync.Mutex
@@ -171,14 +193,26 @@ func eachName(names []string, workers int, op func(name string) (done func(), er
 				if i >= len(names) {
 					return
 				}
-				done, err := op(names[i])
+				var done func()
+				var err error
+				if guard != nil && i%GuardEvery == 0 {
+					err = guard()
+				}
+				if err == nil {
+					done, err = op(names[i])
+				}
 				mu.Lock()
 				switch {
-				case firstErr != nil:
 				case err != nil:
-					firstErr = err
-					next.Store(int64(len(names)))
+					if firstErr == nil {
+						firstErr = err
+						next.Store(int64(len(names)))
+					}
 				case done != nil:
+					// Also after the first error: an op another worker
+					// had begun was done, and its caller must know (a
+					// file taken into the trash is only found there by
+					// the name done records).
 					done()
 				}
 				mu.Unlock()
