@@ -119,6 +119,9 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 				unlink = append(unlink, c)
 			}
 		}
+		if res.Pinned = pinReason(tx, now); res.Pinned != "" {
+			unlink = nil
+		}
 		if o.DryRun {
 			return errRollback
 		}
@@ -140,6 +143,9 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 	for _, c := range unlink {
 		res.Freed = append(res.Freed, Blob{Digest: c.d.String(), Size: c.size})
 		res.BytesFreed += c.size
+	}
+	if res.Pinned != "" {
+		s.log.Warn("gc freed nothing", "why", res.Pinned)
 	}
 	if o.DryRun || len(unlink) == 0 {
 		return res, nil

@@ -375,6 +375,9 @@ func (s *Store) wouldFree(t *txn, freed []v1.Descriptor, res *Result) error {
 	if err != nil {
 		return err
 	}
+	if res.Pinned = pinReason(t.tx, t.now); res.Pinned != "" {
+		kept = nil
+	}
 	res.Freed = nil
 	paths := make([]string, len(kept))
 	for i, f := range kept {

@@ -141,9 +141,16 @@ func checkSharedDir(ctx context.Context, dir, shared string, lockTimeout time.Du
 		opts = *o
 	}
 	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: s.scope})
+	if errors.Is(err, errdef.ErrCorrupt) {
+		if nerr := newerJournal(s.journalPath(), lockTimeout); nerr != nil {
+			err = nerr
+		}
+	}
 	switch {
 	case errors.Is(err, errdef.ErrNotFound):
 		db = nil
+	case errors.Is(err, errdef.ErrJournalNewer):
+		return checkWithoutJournal(ctx, s.fsys, &opts, err)
 	case err != nil:
 		return nil, fmt.Errorf("check %s: %w", dir, err)
 	default:

@@ -38,6 +38,10 @@ type Result struct {
 	// Store.WaitReclaimed (or Close) returns.
 	Freed      []Blob `json:"freed"`
 	BytesFreed int64  `json:"bytesFreed"`
+	// Pinned says why nothing was freed when freeing is not allowed for
+	// now (see RebuildPin): the blobs the transaction released stay, as
+	// orphans that a later GC removes. "" when freeing was allowed.
+	Pinned string `json:"pinned,omitempty"`
 	// Referrers are the entries deleted with their subject (Delete).
 	Referrers []Image `json:"referrers,omitempty"`
 }
@@ -178,6 +182,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		newDigest digest.Digest
 		hasher    *layout.IndexHasher // for the transactions after this one
 		ops       []string
+		pinned    string // why nothing is freed (pinReason)
 	)
 	err = db.Update(func(tx *journal.Tx) error {
 		t := s.newTxn(tx)
@@ -266,6 +271,9 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		if freed, err = withoutLeased(tx, gone, t.now); err != nil {
 			return err
 		}
+		if pinned = pinReason(tx, t.now); pinned != "" {
+			freed = nil // the index changes; the blobs stay, orphans
+		}
 		added, removed := diffRoots(cur.Index.Entries, prev)
 		if err := s.trackImages(t, cur.Digest, newDigest, prev, added, removed); err != nil {
 			return err
@@ -320,7 +328,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 
 	for _, c := range live {
 		if c.err == nil {
-			c.res = &Result{Txn: rec.ID}
+			c.res = &Result{Txn: rec.ID, Pinned: pinned}
 		}
 	}
 	var bytes int64

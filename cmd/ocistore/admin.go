@@ -95,6 +95,12 @@ was done, the broken entries left, then the check. JSON output: {actions:
 [{kind, txn, detail}], broken: [{pos, name, digest, reason}], invalid,
 report}.
 
+A journal that a newer ocistore wrote (its format version is above the one
+this build reads) is reported as journal-newer and left as it is; --repair
+refuses it (exit 1, naming both versions) unless --rebuild-journal is given,
+which rebuilds it as a damaged one is: kept aside, its leases kept when they
+can be read, and, when they cannot, nothing freed for a day.
+
 Exit status 0 when the layout is consistent (after --repair: when nothing is
 left), 3 when a problem is found (or left), 1 when the check or repair could
 not run. ocistore recover fixes what an interrupted transaction left.`,
@@ -106,7 +112,9 @@ not run. ocistore recover fixes what an interrupted transaction left.`,
       --drop-broken     with --repair: remove from index.json the entries
                         whose blobs are missing or damaged
       --grace DURATION  with --repair: keep unreferenced blobs modified
-                        within DURATION (default 0)`,
+                        within DURATION (default 0)
+      --rebuild-journal with --repair: rebuild a journal that a newer
+                        ocistore wrote (refused otherwise)`,
 	maxArgs: 0,
 	format:  true,
 	flags:   fsckFlags,
@@ -119,15 +127,16 @@ type fsckOpts struct {
 	max     time.Duration
 	workers int
 
-	repair, keepOrphans, dropBroken bool
-	grace                           time.Duration
-	graceSet                        bool
+	repair, keepOrphans, dropBroken, rebuildJournal bool
+	grace                                           time.Duration
+	graceSet                                        bool
 }
 
 func fsckFlags(fs *flag.FlagSet, a *app) {
 	fs.BoolVar(&a.fsck.repair, "repair", false, "repair")
 	fs.BoolVar(&a.fsck.keepOrphans, "keep-orphans", false, "remove no unreferenced blob")
 	fs.BoolVar(&a.fsck.dropBroken, "drop-broken", false, "remove broken entries from index.json")
+	fs.BoolVar(&a.fsck.rebuildJournal, "rebuild-journal", false, "rebuild a journal a newer ocistore wrote")
 	fs.Func("grace", "keep unreferenced blobs modified within this duration", func(s string) error {
 		d, err := parseDuration(s)
 		if err != nil {
@@ -177,8 +186,8 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 	if a.fsck.max > 0 && !a.fsck.deep {
 		return usagef("--max limits the hashing of --deep")
 	}
-	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet) {
-		return usagef("--keep-orphans, --drop-broken and --grace go with --repair")
+	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet || a.fsck.rebuildJournal) {
+		return usagef("--keep-orphans, --drop-broken, --grace and --rebuild-journal go with --repair")
 	}
 	if a.fsck.repair {
 		return a.runRepair(ctx)
@@ -205,7 +214,8 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 func (a *app) runRepair(ctx context.Context) error {
 	o, p := a.checkOptions()
 	res, err := store.Repair(ctx, a.layout, &store.RepairOptions{Check: *o, KeepOrphans: a.fsck.keepOrphans,
-		DropBroken: a.fsck.dropBroken, Grace: a.fsck.grace, Logger: a.log, LockTimeout: a.lockTimeout})
+		DropBroken: a.fsck.dropBroken, Grace: a.fsck.grace, Logger: a.log, LockTimeout: a.lockTimeout,
+		RebuildJournal: a.fsck.rebuildJournal})
 	p.Stop()
 	if err != nil {
 		return lockedHint(a, err)
