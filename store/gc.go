@@ -119,8 +119,8 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 				unlink = append(unlink, c)
 			}
 		}
-		if res.Pinned = pinReason(tx, now); res.Pinned != "" {
-			unlink = nil
+		if why := pinReason(tx, now); why != "" && len(unlink) > 0 {
+			res.Pinned, unlink = why, nil
 		}
 		if o.DryRun {
 			return errRollback

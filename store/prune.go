@@ -375,8 +375,8 @@ func (s *Store) wouldFree(t *txn, freed []v1.Descriptor, res *Result) error {
 	if err != nil {
 		return err
 	}
-	if res.Pinned = pinReason(t.tx, t.now); res.Pinned != "" {
-		kept = nil
+	if why := pinReason(t.tx, t.now); why != "" && len(kept) > 0 {
+		res.Pinned, kept = why, nil
 	}
 	res.Freed = nil
 	paths := make([]string, len(kept))

@@ -271,8 +271,8 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		if freed, err = withoutLeased(tx, gone, t.now); err != nil {
 			return err
 		}
-		if pinned = pinReason(tx, t.now); pinned != "" {
-			freed = nil // the index changes; the blobs stay, orphans
+		if why := pinReason(tx, t.now); why != "" && len(freed) > 0 {
+			pinned, freed = why, nil // the index changes; the blobs stay, orphans
 		}
 		added, removed := diffRoots(cur.Index.Entries, prev)
 		if err := s.trackImages(t, cur.Digest, newDigest, prev, added, removed); err != nil {
