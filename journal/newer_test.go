@@ -74,7 +74,9 @@ func TestSalvageLeases(t *testing.T) {
 		t.Fatalf("salvaged leases %+v, lost %v, schema %d; want %+v", s.Leases, s.LeasesLost, s.Schema, want)
 	}
 
-	rawUpdate(t, path, func(tx *bolt.Tx) error { return tx.Bucket([]byte("leases")).Bucket([]byte("b")).Delete([]byte("expires")) })
+	rawUpdate(t, path, func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("leases")).Bucket([]byte("b")).Delete([]byte("expires"))
+	})
 	s, err = journal.SalvageFile(path, time.Second)
 	if err != nil {
 		t.Fatal(err)
