@@ -119,6 +119,16 @@ func (s *Store) finishRebuild() error {
 	return nil
 }
 
+// newerJournalOf is newerJournal for the store's journal, which is not
+// opened when it, or .ocistore, is not what it should be (a symlink out of
+// the layout is never followed: the open that follows reports it).
+func (s *Store) newerJournalOf(lockTimeout time.Duration) error {
+	if bad, _ := journalNotRegular(s.fsys); bad != "" {
+		return nil
+	}
+	return newerJournal(s.journalPath(), lockTimeout)
+}
+
 // newerJournal returns an error wrapping ErrJournalNewer when a newer
 // ocistore wrote the journal at path, damaged or not (a damaged one is
 // salvaged read-only for its version); nil otherwise, whatever else may be

@@ -186,7 +186,7 @@ func Repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 func (s *Store) repairOffline(ctx context.Context, res *RepairResult, o *RepairOptions) (bool, error) {
 	if !o.RebuildJournal {
 		// Before anything changes: a newer ocistore's layout is its own.
-		if err := newerJournal(s.journalPath(), s.opts.LockTimeout); err != nil {
+		if err := s.newerJournalOf(s.opts.LockTimeout); err != nil {
 			return false, fmt.Errorf("%w (fsck --repair --rebuild-journal rebuilds it, losing what only a newer ocistore reads)", err)
 		}
 	}

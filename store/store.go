@@ -307,7 +307,7 @@ func (s *Store) open(ctx context.Context) error {
 func (s *Store) openReadOnly() error {
 	// A newer ocistore's layout is refused by readers too. The check
 	// waits for no writer: a journal a writer holds passes.
-	if err := newerJournal(s.journalPath(), -1); err != nil {
+	if err := s.newerJournalOf(-1); err != nil {
 		return err
 	}
 	b, err := fsio.ReadFile(s.fsys, layout.LayoutFile, 4096)
