@@ -366,7 +366,7 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult, rebuildNew
 			res.act(s.log, recovery.ActionLeasesKept, "%d live leases read from the damaged journal, with their blobs and expiry", rb.leases)
 		}
 		if !rb.pinned.IsZero() {
-			res.act(s.log, recovery.ActionPinned, "the leases of the damaged journal could not all be read: nothing is freed until %s", rb.pinned.UTC().Format(time.RFC3339))
+			res.act(s.log, recovery.ActionPinned, "the leases of the journal kept aside could not all be read (or a newer ocistore wrote it): nothing is freed until %s", rb.pinned.UTC().Format(time.RFC3339))
 		}
 	}
 	return s.openJournal()
