@@ -10,6 +10,11 @@
 //	  "index-stamp"   -> digest, NUL, stamp: the stamp (inode, size, mtime,
 //	                     ctime; opaque here) that index.json had when it was
 //	                     known to hold that digest (optional; v2)
+//	  "pinned"        -> (optional, top level only) two int64 big endian,
+//	                     Unix nanoseconds: when the database was rebuilt
+//	                     without the leases of the one it replaced, and
+//	                     until when nothing may be freed (see PinnedUntil).
+//	                     A build that does not know it ignores it.
 //	indexes/                   bucket: copies of index.json contents
 //	  <digest>        -> index.json bytes, or a delta against another copy (see
 //	                     indexdelta.go); holds the last committed index (meta
@@ -63,7 +68,13 @@
 // a version 3 database rather than misread its refs.
 // The store fills images/ from index.json when images-index is not the
 // digest of the index on disk. A database of a newer version than this
-// build knows is refused as corrupt.
+// build knows is refused with errdef.ErrJournalNewer, by every open
+// (read-only too), and never rebuilt: it is not damaged, only newer. The
+// version decides what is newer: a key, bucket or flag this build does not
+// know is corruption in a database of a version it knows (a ref with
+// unknown flag bits), never consulted in one of a newer version (refused
+// first). A damaged database whose version can still be read (Salvage)
+// and is newer is refused as well.
 //
 // A blob's count is the number of references to it: one per index.json entry
 // that names it, plus one per reference from each live manifest or index blob
@@ -209,7 +220,7 @@ func Open(path string, o Options) (*DB, error) {
 	}
 	if o.ReadOnly {
 		err := d.View(func(tx *Tx) error {
-			if err := tx.checkSchema(); err != nil {
+			if err := tx.checkSchema(path); err != nil {
 				return err
 			}
 			if tx.scope != nil && tx.sb(bMeta) == nil {
@@ -224,8 +235,12 @@ func Open(path string, o Options) (*DB, error) {
 		return d, nil
 	}
 	// The common case, an initialized database, costs no write transaction.
-	if err := d.View(func(tx *Tx) error { return tx.checkCurrent() }); err == nil {
+	switch err := d.View(func(tx *Tx) error { return tx.checkCurrent(path) }); {
+	case err == nil:
 		return d, nil
+	case errors.Is(err, errdef.ErrJournalNewer):
+		bdb.Close()
+		return nil, err // refused before any write
 	}
 	err = d.initialize()
 	if err != nil {
@@ -253,7 +268,7 @@ func (d *DB) initialize() (err error) {
 		fresh := m == nil || m.Get(kSchema) == nil
 		if !fresh {
 			// Initialized: an older version is upgraded, a newer one refused.
-			if err := (&Tx{tx: btx}).checkSchema(); err != nil {
+			if err := (&Tx{tx: btx}).checkSchema(d.path); err != nil {
 				return err
 			}
 		}
@@ -401,7 +416,10 @@ type Tx struct {
 	unknownDelta int64
 }
 
-func (t *Tx) checkSchema() error {
+// checkSchema checks the version and the buckets every version has. A
+// version above SchemaVersion is ErrJournalNewer (not ErrCorrupt: the file
+// is not damaged, and must not be rebuilt); path names the file in it.
+func (t *Tx) checkSchema(path string) error {
 	m := t.tx.Bucket(bMeta)
 	if m == nil {
 		return fmt.Errorf("no meta bucket: %w", errdef.ErrCorrupt)
@@ -410,7 +428,10 @@ func (t *Tx) checkSchema() error {
 	if len(v) != 8 {
 		return fmt.Errorf("no schema version: %w", errdef.ErrCorrupt)
 	}
-	if got := binary.BigEndian.Uint64(v); got < minSchemaVersion || got > SchemaVersion {
+	switch got := binary.BigEndian.Uint64(v); {
+	case got > SchemaVersion:
+		return newerError(path, got)
+	case got < minSchemaVersion:
 		return fmt.Errorf("schema version %d, this build reads %d to %d: %w", got, minSchemaVersion, SchemaVersion, errdef.ErrCorrupt)
 	}
 	for _, b := range v1Buckets[1:] {
@@ -421,13 +442,20 @@ func (t *Tx) checkSchema() error {
 	return nil
 }
 
+// newerError is the error of a database of schema version got, above
+// SchemaVersion: a newer ocistore wrote it.
+func newerError(path string, got uint64) error {
+	return fmt.Errorf("%w: journal %s has format version %d, this ocistore reads up to %d: upgrade ocistore",
+		errdef.ErrJournalNewer, path, got, SchemaVersion)
+}
+
 // errUpgrade says that a readable database needs the in-place upgrade.
 var errUpgrade = errors.New("journal needs an upgrade")
 
 // checkCurrent is checkSchema, and errUpgrade unless the database is of the
 // current version with every bucket.
-func (t *Tx) checkCurrent() error {
-	if err := t.checkSchema(); err != nil {
+func (t *Tx) checkCurrent(path string) error {
+	if err := t.checkSchema(path); err != nil {
 		return err
 	}
 	if binary.BigEndian.Uint64(t.tx.Bucket(bMeta).Get(kSchema)) != SchemaVersion {

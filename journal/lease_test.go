@@ -1,8 +1,10 @@
 package journal_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -225,10 +227,21 @@ func TestNewerSchemaRefused(t *testing.T) {
 		return tx.Bucket([]byte("meta")).Put([]byte("schema"), v[:])
 	})
 	bdb.Close()
+	before, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, ro := range []bool{false, true} {
-		if _, err := journal.Open(path, journal.Options{ReadOnly: ro}); !errors.Is(err, errdef.ErrCorrupt) {
-			t.Errorf("read-only %v: open of a newer schema = %v, want ErrCorrupt", ro, err)
+		_, err := journal.Open(path, journal.Options{ReadOnly: ro})
+		if !errors.Is(err, errdef.ErrJournalNewer) || errors.Is(err, errdef.ErrCorrupt) {
+			t.Errorf("read-only %v: open of a newer schema = %v, want ErrJournalNewer and not ErrCorrupt", ro, err)
 		}
+		if want := fmt.Sprintf("format version %d, this ocistore reads up to %d", journal.SchemaVersion+1, journal.SchemaVersion); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("read-only %v: %v does not say %q", ro, err, want)
+		}
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Errorf("refusing a newer journal changed its bytes")
 	}
 }
 

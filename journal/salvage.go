@@ -31,9 +31,34 @@ type Salvaged struct {
 	// Committed is the digest of the last committed index.json, "" when
 	// it could not be read.
 	Committed digest.Digest
+	// Schema is the database's schema version, 0 when it could not be
+	// read. Above SchemaVersion (Newer), a newer ocistore wrote it.
+	Schema uint64
+	// Leases are the leases that could be read whole (times and blobs),
+	// in id order, expired or not.
+	Leases []SalvagedLease
+	// LeasesLost is set when leases may have been lost: the leases bucket
+	// is missing from a database of a version that has one (or of an
+	// unknown version), could not be read, or a lease in it did not
+	// decode. The blobs of a lost lease are unknown.
+	LeasesLost bool
 	// Problems lists what could not be read.
 	Problems []error
 }
+
+// SalvagedLease is a lease read from a damaged database, with its blobs.
+type SalvagedLease struct {
+	Lease
+	Blobs []digest.Digest
+}
+
+// Newer reports whether a newer ocistore wrote the database (its schema
+// version is above SchemaVersion): it must be refused, not rebuilt, unless
+// the caller was told to rebuild it.
+func (s *Salvaged) Newer() bool { return s.Schema > SchemaVersion }
+
+// NewerError is the error for a Newer database at path.
+func (s *Salvaged) NewerError(path string) error { return newerError(path, s.Schema) }
 
 // Salvage reads what it can from the open database, skipping what does not
 // decode and surviving page corruption (bbolt panics on some; a page beyond
@@ -91,11 +116,16 @@ func salvageTx(tx *bolt.Tx, s *Salvaged) {
 	}
 	try("meta", func() {
 		if m := tx.Bucket(bMeta); m != nil {
+			if v := m.Get(kSchema); len(v) == 8 {
+				s.Schema = binary.BigEndian.Uint64(v)
+			}
 			if d := digest.Digest(m.Get(kIndex)); d.Validate() == nil {
 				s.Committed = d
 			}
 		}
 	})
+	s.LeasesLost = true // until every lease is read
+	try("leases", func() { s.LeasesLost = !salvageLeases(tx, s) })
 	try("pending", func() {
 		b := tx.Bucket(bPending)
 		if b == nil {
@@ -141,6 +171,54 @@ func salvageTx(tx *bolt.Tx, s *Salvaged) {
 			s.Indexes[d] = v
 		}
 	})
+}
+
+// salvageLeases reads every lease that decodes whole into s.Leases and
+// reports whether none was lost.
+func salvageLeases(tx *bolt.Tx, s *Salvaged) bool {
+	lb := tx.Bucket(bLeases)
+	if lb == nil {
+		// Version 1 had no leases; a database whose version is unknown
+		// may have had some.
+		if s.Schema == 0 || s.Schema >= 2 {
+			s.Problems = append(s.Problems, fmt.Errorf("no leases bucket: %w", errdef.ErrCorrupt))
+			return false
+		}
+		return true
+	}
+	whole := true
+	c := lb.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		b := lb.Bucket(k)
+		if v != nil || b == nil {
+			s.Problems = append(s.Problems, fmt.Errorf("lease %q: not a bucket: %w", k, errdef.ErrCorrupt))
+			whole = false
+			continue
+		}
+		l, err := decodeLease(k, b)
+		if err != nil {
+			s.Problems = append(s.Problems, err)
+			whole = false
+			continue
+		}
+		sl := SalvagedLease{Lease: l}
+		ok := true
+		bc := b.Bucket(bLeaseBlobs).Cursor()
+		for d, _ := bc.First(); d != nil; d, _ = bc.Next() {
+			if digest.Digest(d).Validate() != nil {
+				s.Problems = append(s.Problems, fmt.Errorf("lease %q: blob %q: %w", k, d, errdef.ErrCorrupt))
+				ok = false
+				break
+			}
+			sl.Blobs = append(sl.Blobs, digest.Digest(d))
+		}
+		if !ok || ValidLeaseID(l.ID) != nil {
+			whole = false
+			continue
+		}
+		s.Leases = append(s.Leases, sl)
+	}
+	return whole
 }
 
 var (

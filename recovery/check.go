@@ -34,6 +34,7 @@ const (
 	KindPending         = "pending"          // an unfinished journal record
 	KindJournalMissing  = "journal-missing"  // no journal database (layout not adopted yet)
 	KindJournalCorrupt  = "journal-corrupt"  // the journal database fails bbolt's check or cannot be read
+	KindJournalNewer    = "journal-newer"    // the journal was written by a newer ocistore (left as it is)
 	KindExternalChange  = "external-change"  // index.json differs from the last one committed through the journal
 	KindRefcount        = "refcount"         // a stored reference count differs from a recount
 	KindNotDirectory    = "not-directory"    // .ocistore/ingest or .ocistore/quarantine is a symlink or a file

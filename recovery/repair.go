@@ -39,6 +39,8 @@ const (
 	ActionOrphansFreed   = "orphans-removed"      // unreferenced blobs removed (a journaled GC)
 	ActionKept           = "kept"                 // a copy of a file kept in the quarantine folder
 	ActionMovedAside     = "moved-aside"          // a state directory that is not one renamed out of the way
+	ActionLeasesKept     = "leases-kept"          // the leases read from a damaged journal put in the rebuilt one
+	ActionPinned         = "pinned"               // a journal rebuilt without its leases: nothing freed for a while
 )
 
 // CrashQuarantineRenamed is the crash point of a move (or copy) into the

@@ -187,17 +187,18 @@ func CheckDirWith(ctx context.Context, dir string, lockTimeout time.Duration, o 
 		rep.Problems = append(rep.Problems[:len(rep.Problems)-1], recovery.Problem{Kind: recovery.KindJournalCorrupt, Path: bad, Detail: detail})
 		return rep, nil
 	}
-	db, err := journal.Open(filepath.Join(dir, JournalPath), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+	path := filepath.Join(dir, JournalPath)
+	db, err := journal.Open(path, journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+	if errors.Is(err, errdef.ErrCorrupt) {
+		if nerr := newerJournal(path, lockTimeout); nerr != nil {
+			err = nerr // damaged, and newer: newer says what to do
+		}
+	}
 	switch {
 	case errors.Is(err, errdef.ErrNotFound):
 		db = nil
-	case errors.Is(err, errdef.ErrCorrupt):
-		rep, cerr := recovery.CheckWith(ctx, fsys, nil, o)
-		if cerr != nil {
-			return nil, cerr
-		}
-		rep.Problems = append(rep.Problems[:len(rep.Problems)-1], recovery.Problem{Kind: recovery.KindJournalCorrupt, Path: JournalPath, Detail: err.Error()})
-		return rep, nil
+	case errors.Is(err, errdef.ErrCorrupt), errors.Is(err, errdef.ErrJournalNewer):
+		return checkWithoutJournal(ctx, fsys, o, err)
 	case err != nil:
 		return nil, fmt.Errorf("check: %w", lockedMessage(dir, lockTimeout, err))
 	}
@@ -211,6 +212,22 @@ func CheckDirWith(ctx context.Context, dir string, lockTimeout time.Duration, o 
 	if err := dropLeasedOrphans(rep, db, time.Now()); err != nil {
 		return nil, fmt.Errorf("check: leases: %w", err)
 	}
+	return rep, nil
+}
+
+// checkWithoutJournal checks the layout in fsys without its journal, which
+// could not be read (err says why): the report's journal-missing is then
+// journal-newer or journal-corrupt.
+func checkWithoutJournal(ctx context.Context, fsys fsio.FS, o *recovery.CheckOptions, err error) (*recovery.Report, error) {
+	rep, cerr := recovery.CheckWith(ctx, fsys, nil, o)
+	if cerr != nil {
+		return nil, cerr
+	}
+	kind := recovery.KindJournalCorrupt
+	if errors.Is(err, errdef.ErrJournalNewer) {
+		kind = recovery.KindJournalNewer
+	}
+	rep.Problems = append(rep.Problems[:len(rep.Problems)-1], recovery.Problem{Kind: kind, Path: JournalPath, Detail: err.Error()})
 	return rep, nil
 }
 

@@ -11,15 +11,25 @@ import (
 	"github.com/ocistore/ocistore/journal"
 )
 
-// pinReason says why no blob may be freed now, or "" when freeing is
-// allowed. Unknown means pinned: while a live manifest or index cannot be
-// followed (too large, unreadable, malformed, nested too deep), any blob
-// could be in its closure, so nothing is freed. Blobs a transaction would
-// have freed then stay on disk, unreferenced, for a GC once every closure
-// is known again (the image fixed, removed, or dropped by fsck --repair
-// --drop-broken).
+// pinReason returns why nothing may be freed at now, "" when freeing is
+// allowed. The places that unlink blobs (a transaction's commit, GC,
+// prune through the transaction, repair's drop of broken entries) ask it
+// in the journal transaction that plans the unlinks; when it says no, the
+// blobs stay as orphans for a later GC. Two things pin:
+//
+//   - A journal rebuilt without the leases of the one it replaced (they
+//     could not be read) is pinned for RebuildPin: the blobs of an unknown
+//     lease are unknown.
+//   - Unknown means pinned: while a live manifest or index cannot be
+//     followed (too large, unreadable, malformed, nested too deep), any
+//     blob could be in its closure. The pin lifts once every closure is
+//     known again (the image fixed, removed, or dropped by fsck --repair
+//     --drop-broken).
 func pinReason(tx *journal.Tx, now time.Time) string {
-	_ = now
+	if until, since := tx.PinnedUntil(); now.Before(until) {
+		return fmt.Sprintf("journal rebuilt at %s without its leases; nothing is freed until %s",
+			since.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339))
+	}
 	if tx.UnknownRefs() == 0 {
 		return ""
 	}

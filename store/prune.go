@@ -391,6 +391,9 @@ func (s *Store) wouldFree(t *txn, freed []v1.Descriptor, res *Result) error {
 	if err != nil {
 		return err
 	}
+	if why := pinReason(t.tx, t.now); why != "" && len(kept) > 0 {
+		res.Pinned, kept = why, nil
+	}
 	res.Freed = nil
 	paths := make([]string, len(kept))
 	for i, f := range kept {

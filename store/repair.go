@@ -69,6 +69,11 @@ type RepairOptions struct {
 	// adopting is set by Repair when the layout has no state yet in the
 	// journal of its shared blob directory: orphans are then kept.
 	adopting bool
+	// RebuildJournal lets Repair rebuild a journal that a newer ocistore
+	// wrote (moved aside as a damaged one is, its leases kept when they
+	// can be read, and nothing freed for RebuildPin). Without it Repair
+	// refuses such a journal with ErrJournalNewer and changes nothing.
+	RebuildJournal bool
 }
 
 // RepairResult is what Repair did and what is left.
@@ -343,13 +348,19 @@ func pluralImages(n int) string {
 // before the layout can be opened as a store. It reports whether it can be
 // opened now.
 func (s *Store) repairOffline(ctx context.Context, res *RepairResult, o *RepairOptions) (bool, error) {
+	if !o.RebuildJournal {
+		// Before anything changes: a newer ocistore's layout is its own.
+		if err := s.newerJournalOf(s.opts.LockTimeout); err != nil {
+			return false, fmt.Errorf("%w (fsck --repair --rebuild-journal rebuilds it, losing what only a newer ocistore reads)", err)
+		}
+	}
 	if ok, err := s.repairLayoutFile(res); err != nil || !ok {
 		return false, err
 	}
 	if hopeless, err := s.indexHopeless(); err != nil || hopeless {
 		return false, err
 	}
-	db, err := s.repairJournal(ctx, res)
+	db, err := s.repairJournal(ctx, res, o.RebuildJournal)
 	if err != nil {
 		return false, err
 	}
@@ -451,9 +462,16 @@ func (s *Store) repairLayoutFile(res *RepairResult) (bool, error) {
 // repairJournal opens the journal read-write (taking the writer lock).
 // One that cannot be opened, fails bbolt's check, or holds a record that
 // does not decode is salvaged (applySalvage), moved aside and rebuilt.
-func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.DB, error) {
+//
+// A journal a newer ocistore wrote (its version says so, even when it is
+// also damaged) is refused unless rebuildNewer, and then rebuilt as a
+// damaged one is.
+func (s *Store) repairJournal(ctx context.Context, res *RepairResult, rebuildNewer bool) (*journal.DB, error) {
 	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
 		return nil, s.check(fmt.Errorf("state directory: %w", err))
+	}
+	if err := s.finishRebuild(); err != nil {
+		return nil, err
 	}
 	path := s.journalPath()
 	var why error
@@ -472,11 +490,18 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.
 	}
 	switch {
 	case why != nil:
-	case errors.Is(err, errdef.ErrCorrupt):
+	case errors.Is(err, errdef.ErrJournalNewer), errors.Is(err, errdef.ErrCorrupt):
 		why = err
 		var serr error
 		if salv, serr = journal.SalvageFile(path, s.opts.LockTimeout); serr != nil {
 			s.log.Warn("repair: nothing could be salvaged from the journal", "err", serr)
+		}
+		switch {
+		case rebuildNewer:
+		case errors.Is(err, errdef.ErrJournalNewer):
+			return nil, err
+		case salv != nil && salv.Newer():
+			return nil, salv.NewerError(path)
 		}
 	case errors.Is(err, errdef.ErrLocked):
 		return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", s.dir, s.opts.LockTimeout, JournalPath, errdef.ErrLocked)
@@ -509,7 +534,7 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.
 		if err := s.applySalvage(ctx, salv, "", res); err != nil {
 			return nil, err
 		}
-		aside, err := s.moveJournalAside(why)
+		rb, err := s.rebuildJournal(why, salv)
 		if err != nil {
 			return nil, err
 		}
@@ -517,7 +542,13 @@ func (s *Store) repairJournal(ctx context.Context, res *RepairResult) (*journal.
 		if salv != nil {
 			n = len(salv.Pending)
 		}
-		res.act(s.log, recovery.ActionJournalRebuilt, "%v; kept aside as %s (%d pending records salvaged); rebuilt from the layout", why, aside, n)
+		res.act(s.log, recovery.ActionJournalRebuilt, "%v; kept aside as %s (%d pending records salvaged); rebuilt from the layout", why, rb.aside, n)
+		if rb.leases > 0 {
+			res.act(s.log, recovery.ActionLeasesKept, "%d live leases read from the damaged journal, with their blobs and expiry", rb.leases)
+		}
+		if !rb.pinned.IsZero() {
+			res.act(s.log, recovery.ActionPinned, "the leases of the journal kept aside could not all be read (or a newer ocistore wrote it): nothing is freed until %s", rb.pinned.UTC().Format(time.RFC3339))
+		}
 	}
 	return s.openJournal()
 }
@@ -853,6 +884,9 @@ func (s *Store) repairOnline(ctx context.Context, res *RepairResult, o *RepairOp
 			res.Actions = append(res.Actions, recovery.Action{Kind: recovery.ActionOrphansFreed, Txn: gc.Txn,
 				Detail: fmt.Sprintf("%d unreferenced blobs, %d bytes (kept: %d leased, %d young)", len(gc.Freed), gc.BytesFreed, gc.Leased, gc.Young)})
 		}
+		if gc.Pinned != "" {
+			res.act(s.log, recovery.ActionPinned, "unreferenced blobs kept: %s", gc.Pinned)
+		}
 	}
 	final, err := s.Check(ctx)
 	if err != nil {
@@ -1093,6 +1127,9 @@ func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairRes
 			if err != nil {
 				return err
 			}
+		}
+		if pinReason(tx, now) != "" {
+			rec.Unlink = nil // orphans now, for a GC once the pin ends
 		}
 		if err := tx.AddPending(&rec, newBytes); err != nil {
 			return err

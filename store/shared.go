@@ -141,6 +141,11 @@ func checkSharedDir(ctx context.Context, dir, shared string, lockTimeout time.Du
 		opts = *o
 	}
 	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: s.scope})
+	if errors.Is(err, errdef.ErrCorrupt) {
+		if nerr := newerJournal(s.journalPath(), lockTimeout); nerr != nil {
+			err = nerr
+		}
+	}
 	// shdb is the shared journal, for the other layouts and the leases:
 	// db, or when db holds no state for this layout (not adopted yet),
 	// the journal of the layouts that are.
@@ -155,6 +160,8 @@ func checkSharedDir(ctx context.Context, dir, shared string, lockTimeout time.Du
 		case err != nil:
 			return nil, fmt.Errorf("check %s: %w", dir, lockedMessage(dir, lockTimeout, err))
 		}
+	case errors.Is(err, errdef.ErrJournalNewer):
+		return checkWithoutJournal(ctx, s.fsys, &opts, err)
 	case err != nil:
 		return nil, fmt.Errorf("check %s: %w", dir, lockedMessage(dir, lockTimeout, err))
 	}

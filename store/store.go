@@ -77,6 +77,7 @@ var (
 	ErrDigestMismatch    = errdef.ErrDigestMismatch
 	ErrSizeMismatch      = errdef.ErrSizeMismatch
 	ErrCorrupt           = errdef.ErrCorrupt
+	ErrJournalNewer      = errdef.ErrJournalNewer
 	ErrLocked            = errdef.ErrLocked
 	ErrPoisoned          = errdef.ErrPoisoned
 	ErrClosed            = errdef.ErrClosed
@@ -312,6 +313,11 @@ func (s *Store) open(ctx context.Context) error {
 }
 
 func (s *Store) openReadOnly() error {
+	// A newer ocistore's layout is refused by readers too. The check
+	// waits for no writer: a journal a writer holds passes.
+	if err := s.newerJournalOf(-1); err != nil {
+		return err
+	}
 	b, err := fsio.ReadFile(s.fsys, layout.LayoutFile, 4096)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("no %s: %w", layout.LayoutFile, errdef.ErrNotLayout)
@@ -498,16 +504,28 @@ func (s *Store) initLayout() error {
 // openJournal opens the journal read-write, taking the layout's writer lock.
 // A missing or empty database is created (and its directory synced); a
 // corrupt one is moved aside and rebuilt from the layout by the recovery that
-// follows.
+// follows, keeping the leases it can still read (rebuildJournal). One that
+// a newer ocistore wrote is refused (ErrJournalNewer) and left as it is,
+// even when it is damaged too, as long as its version can be read.
 func (s *Store) openJournal() (*journal.DB, error) {
 	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
 		return nil, s.check(fmt.Errorf("state directory: %w", err))
 	}
+	if err := s.finishRebuild(); err != nil {
+		return nil, err
+	}
 	path := s.journalPath()
 	db, err := journal.Open(path, s.journalOptions(s.opts.LockTimeout))
 	if errors.Is(err, errdef.ErrCorrupt) {
-		if _, aerr := s.moveJournalAside(err); aerr != nil {
-			return nil, aerr
+		salv, serr := journal.SalvageFile(path, s.opts.LockTimeout)
+		if serr != nil {
+			s.log.Warn("nothing could be salvaged from the corrupt journal", "err", serr)
+		}
+		if salv != nil && salv.Newer() {
+			return nil, salv.NewerError(path)
+		}
+		if _, rerr := s.rebuildJournal(err, salv); rerr != nil {
+			return nil, rerr
 		}
 		db, err = journal.Open(path, s.journalOptions(s.opts.LockTimeout))
 	}

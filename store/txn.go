@@ -43,8 +43,9 @@ type Result struct {
 	Referrers []Image `json:"referrers,omitempty"`
 	// Pinned, when set, says why the blobs this transaction would have
 	// freed stay on disk (Kept): a manifest of the layout cannot be
-	// followed, so what it references is unknown. They are orphans for a
-	// GC once every closure is known again.
+	// followed, so what it references is unknown, or the journal was
+	// rebuilt without its leases (see RebuildPin). They are orphans for a
+	// GC once freeing is allowed again.
 	Pinned string `json:"pinned,omitempty"`
 	Kept   []Blob `json:"kept,omitempty"`
 }

@@ -105,6 +105,12 @@ blobs there, and --repair adopts it, counting every layout of the directory
 (a blob another layout uses is never removed; at adoption, no unreferenced
 blob of the directory is removed).
 
+A journal that a newer ocistore wrote (its format version is above the one
+this build reads) is reported as journal-newer and left as it is; --repair
+refuses it (exit 1, naming both versions) unless --rebuild-journal is given,
+which rebuilds it as a damaged one is: kept aside, its leases kept when they
+can be read, and, when they cannot, nothing freed for a day.
+
 Exit status 0 when the layout is consistent (after --repair: when nothing is
 left), 3 when a problem is found (or left), 1 when the check or repair could
 not run. ocistore recover fixes what an interrupted transaction left.`,
@@ -119,7 +125,9 @@ not run. ocistore recover fixes what an interrupted transaction left.`,
                         within DURATION (default 1h, as gc)
       --force           with --repair: let --drop-broken remove every image,
                         and repair a layout whose blobs seem to live
-                        elsewhere (both refused without it)`,
+                        elsewhere (both refused without it)
+      --rebuild-journal with --repair: rebuild a journal that a newer
+                        ocistore wrote (refused otherwise)`,
 	maxArgs: 0,
 	format:  true,
 	flags:   fsckFlags,
@@ -132,9 +140,9 @@ type fsckOpts struct {
 	max     time.Duration
 	workers int
 
-	repair, keepOrphans, dropBroken, force bool
-	grace                                  time.Duration
-	graceSet                               bool
+	repair, keepOrphans, dropBroken, force, rebuildJournal bool
+	grace                                                  time.Duration
+	graceSet                                               bool
 }
 
 func fsckFlags(fs *flag.FlagSet, a *app) {
@@ -142,6 +150,7 @@ func fsckFlags(fs *flag.FlagSet, a *app) {
 	fs.BoolVar(&a.fsck.keepOrphans, "keep-orphans", false, "remove no unreferenced blob")
 	fs.BoolVar(&a.fsck.dropBroken, "drop-broken", false, "remove broken entries from index.json")
 	fs.BoolVar(&a.fsck.force, "force", false, "let --drop-broken remove every image; repair a layout whose blobs seem to live elsewhere")
+	fs.BoolVar(&a.fsck.rebuildJournal, "rebuild-journal", false, "rebuild a journal a newer ocistore wrote")
 	fs.Func("grace", "keep unreferenced blobs modified within this duration", func(s string) error {
 		d, err := parseDuration(s)
 		if err != nil {
@@ -191,8 +200,8 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 	if a.fsck.max > 0 && !a.fsck.deep {
 		return usagef("--max limits the hashing of --deep")
 	}
-	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet || a.fsck.force) {
-		return usagef("--keep-orphans, --drop-broken, --grace and --force go with --repair")
+	if !a.fsck.repair && (a.fsck.keepOrphans || a.fsck.dropBroken || a.fsck.graceSet || a.fsck.force || a.fsck.rebuildJournal) {
+		return usagef("--keep-orphans, --drop-broken, --grace, --force and --rebuild-journal go with --repair")
 	}
 	if a.fsck.repair {
 		return a.runRepair(ctx)
@@ -220,7 +229,7 @@ func (a *app) runRepair(ctx context.Context) error {
 	o, p := a.checkOptions()
 	res, err := store.Repair(ctx, a.layout, &store.RepairOptions{Check: *o, KeepOrphans: a.fsck.keepOrphans,
 		DropBroken: a.fsck.dropBroken, Grace: repairGrace(a.fsck.grace, a.fsck.graceSet), Logger: a.log, LockTimeout: a.lockTimeout,
-		SharedBlobDir: a.sharedBlobs, Force: a.fsck.force})
+		SharedBlobDir: a.sharedBlobs, Force: a.fsck.force, RebuildJournal: a.fsck.rebuildJournal})
 	p.Stop()
 	if err != nil {
 		return lockedHint(a, err)

@@ -24,7 +24,8 @@ const globalHelp = `Global flags (before COMMAND):
 
 Exit codes:
   0  success
-  1  error (including a layout locked by another process)
+  1  error (including a layout locked by another process, and a journal
+     written by a newer ocistore: refused by every command, left as it is)
   2  not found, or a usage error
   3  fsck found problems
   4  the change was made but its cleanup is pending (run ocistore recover);

@@ -7,8 +7,10 @@
 //	ocistore [global flags] COMMAND [flags] [args]
 //
 // Run "ocistore help" for the commands and "ocistore COMMAND -h" for one
-// command. Exit codes: 0 ok, 1 error (nothing changed), 2 not found or
-// usage error, 3 fsck found problems, 4 change made but its cleanup pending.
+// command. Exit codes: 0 ok, 1 error (nothing changed; among them a journal
+// written by a newer ocistore, which every command refuses and leaves as it
+// is), 2 not found or usage error, 3 fsck found problems, 4 change made but
+// its cleanup pending.
 package main
 
 import (

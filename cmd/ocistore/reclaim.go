@@ -55,8 +55,10 @@ unlinks, then the record is cleared; a crash in between is finished by the
 next command.
 
 Prints each removed blob with its size and the total; with --dry-run, what
-would be removed. JSON output: {txn, freed: [{digest, size}], bytesFreed,
-dryRun, scanned, young, leased}.`,
+would be removed. For a day after the journal was rebuilt without its
+leases (they could not be read from the damaged one), nothing is removed and
+a line "freed nothing: ..." says why. JSON output: {txn, freed: [{digest,
+size}], bytesFreed, dryRun, scanned, young, leased, pinned}.`,
 	flagHelp: `      --grace DURATION  keep unreferenced blobs modified within DURATION
                         (default 1h; e.g. 30m, 0s, 7d)
       --dry-run         show what would be removed; change nothing`,
@@ -107,6 +109,15 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 		a.warnPinned(res.Pinned, -1)
 		return err
 	})
+}
+
+// printPinned says why a gc or prune freed no blob, when that is why.
+func (a *app) printPinned(why string) error {
+	if why == "" {
+		return nil
+	}
+	_, err := fmt.Fprintf(a.stdout, "freed nothing: %s\n", why)
+	return err
 }
 
 // parseDuration is time.ParseDuration plus whole days ("7d") and weeks
@@ -231,9 +242,11 @@ once. Referrers (signatures, SBOMs: manifests with a subject) are never chosen
 by a rule: they go with their subject, unless --keep-referrers.
 
 Prints each removed reference with the rule that removed it, then the blobs
-and bytes freed and the size kept. JSON output: {txn, freed, bytesFreed,
+and bytes freed and the size kept. For a day after the journal was rebuilt
+without its leases, the images go but their blobs stay (for a later gc), and a
+line "freed nothing: ..." says why. JSON output: {txn, freed, bytesFreed,
 dryRun, removed: [{name, digest, repository, reason}], sizeBefore,
-sizeAfter, overBudget}.`,
+sizeAfter, overBudget, pinned}.`,
 	flagHelp: `      --keep-last N       keep the newest N images per repository
       --older-than DUR    remove images older than DUR
       --max-size SIZE     keep at most SIZE bytes, least recently used go first

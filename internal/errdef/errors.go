@@ -17,6 +17,10 @@ var (
 	ErrSizeMismatch = errors.New("size mismatch")
 	// ErrCorrupt: a layout or journal file cannot be parsed or breaks the format.
 	ErrCorrupt = errors.New("corrupt")
+	// ErrJournalNewer: the journal was written by a newer ocistore (its
+	// format version is above the one this build reads). It is refused,
+	// never rebuilt, and left as it is: it does not wrap ErrCorrupt.
+	ErrJournalNewer = errors.New("journal written by a newer ocistore")
 	// ErrLocked: another process holds the layout's writer lock.
 	ErrLocked = errors.New("locked by another process")
 	// ErrDurability marks an error of an fsync or of a journal commit: the

@@ -195,12 +195,17 @@ func CopyTree(t testing.TB, src, dst string) {
 	}
 }
 
-var asideName = regexp.MustCompile(`(journal\.db|ingest|quarantine)\.corrupt-[0-9]+`)
+var (
+	asideName = regexp.MustCompile(`(journal\.db|ingest|quarantine)\.corrupt-[0-9]+`)
+	pinTime   = regexp.MustCompile(`(rebuilt at|freed until) [0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}Z`)
+)
 
-// NormalizeDamaged makes output that names the layout directory or the
-// time a journal was moved aside comparable across runs.
+// NormalizeDamaged makes output that names the layout directory, the
+// time a journal was moved aside or the times of a pin (a journal rebuilt
+// without its leases) comparable across runs.
 func NormalizeDamaged(s, dir string) string {
 	s = strings.ReplaceAll(s, filepath.Dir(dir), "$TMP")
+	s = pinTime.ReplaceAllString(s, "$1 TIME")
 	return asideName.ReplaceAllString(s, "$1.corrupt-N")
 }
 
