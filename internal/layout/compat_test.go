@@ -427,3 +427,26 @@ func TestHostileSpellings(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyFolding: fieldOf names a field exactly when encoding/json decodes
+// the key into it, Unicode folding included: the Kelvin sign (U+212A) is a
+// k, the long s (U+017F) an s, the dotless and dotted i are not i.
+func TestKeyFolding(t *testing.T) {
+	keys := []string{"\u212aey", "\u212aEY", "ke\u212a", "key", "KEY", "keys", "ke", "\u017fize", "SIZE", "si\u017fe", "\u0131d", "\u0130D", "ID"}
+	names := []string{"key", "size", "id"}
+	for _, key := range keys {
+		for _, name := range names {
+			typ := reflect.StructOf([]reflect.StructField{{Name: "F", Type: reflect.TypeFor[int](), Tag: reflect.StructTag(`json:"` + name + `"`)}})
+			v := reflect.New(typ)
+			doc, _ := json.Marshal(map[string]int{key: 1})
+			if err := json.Unmarshal(doc, v.Interface()); err != nil {
+				t.Fatal(err)
+			}
+			want := v.Elem().Field(0).Int() == 1
+			got, ok := fieldOf(key, []string{name})
+			if ok != want || ok && got != name {
+				t.Errorf("key %q names %q: %v, encoding/json %v", key, name, ok, want)
+			}
+		}
+	}
+}
