@@ -86,6 +86,10 @@ func TestParseIndexFoldedManifestsKey(t *testing.T) {
 }
 
 func TestParseIndexEscapedKey(t *testing.T) {
+	// An escape that spells another case ("\u004d" is M).
+	wantEntries(t, `{"schemaVersion":2,"\u004danifests":[`+entryJSON(dA, "app:1")+`]}`, dA+"=app:1")
+	wantEntries(t, `{"\u0053chemaVersion":2,"m\u0041nifests":[`+entryJSON(dA, "app:1")+`]}`, dA+"=app:1")
+	// Escapes alone (read the slow way, by a map, before).
 	wantEntries(t, `{"schemaVersion":2,"\u006danifests":[`+entryJSON(dA, "app:1")+`]}`, dA+"=app:1")
 	wantEntries(t, `{"schemaVersion":2,"manifests":[{"mediaType":"m","\u0064igest":"`+dB+`","size":1,"annotation\u0073":{"org.opencontainers.image.ref.name":"b"}}]}`, dB+"=b")
 }
