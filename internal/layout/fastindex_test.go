@@ -73,6 +73,20 @@ func TestParseIndexFastCorpus(t *testing.T) {
 	for _, s := range fastSeeds {
 		sameAsSlow(t, []byte(s))
 	}
+	for _, s := range hostileSeeds() {
+		sameAsSlow(t, s)
+	}
+}
+
+// hostileSeeds are the hostile spellings of index.json (compat_test.go),
+// naming a manifest of digest d1.
+func hostileSeeds() [][]byte {
+	var out [][]byte
+	for _, s := range hostileIndexes {
+		s = strings.ReplaceAll(strings.ReplaceAll(s, "MDIGEST", d1), "MSIZE", "10")
+		out = append(out, []byte(s))
+	}
+	return out
 }
 
 var fastSeeds = []string{
@@ -91,10 +105,15 @@ var fastSeeds = []string{
 }
 
 // FuzzParseIndexFast: on any input, the fast parser either gives up or
-// gives exactly what encoding/json gives.
+// gives exactly what the slow way gives, and ParseIndex reads what
+// encoding/json into a v1.Index reads (sameAsTools): the same entries, the
+// same roots, and rewrites that the tools read the same.
 func FuzzParseIndexFast(f *testing.F) {
 	for _, s := range fastSeeds {
 		f.Add([]byte(s))
+	}
+	for _, s := range hostileSeeds() {
+		f.Add(s)
 	}
 	var big strings.Builder
 	big.WriteString(`{"schemaVersion":2,"manifests":[`)
