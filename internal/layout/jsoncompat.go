@@ -104,7 +104,7 @@ func objectFields(b []byte) []field {
 // key that names a field of names is that name exactly and the only one to
 // name it. Other keys are free.
 func plain(fields []field, names []string) bool {
-	var seen [16]bool // names has fewer members
+	seen := make([]bool, len(names))
 	for _, f := range fields {
 		for i, n := range names {
 			if f.key == n {
