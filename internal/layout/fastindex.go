@@ -12,11 +12,13 @@ import (
 )
 
 // parseIndexFast parses the index.json that tools write (ASCII strings
-// without escapes, descriptors of the known fields, integer sizes) in one
-// pass, about ten times faster than encoding/json. It gives up (ok false)
-// on anything else, for ParseIndex to parse the slow way: so its result,
-// when it has one, is the one encoding/json gives (FuzzParseIndexFast
-// checks it). It does not validate descriptors (ParseIndex does).
+// without escapes, each field of the image-spec structs under its exact
+// name and once, integer sizes) in one pass, about ten times faster than
+// encoding/json. It gives up (ok false) on anything else (a key that
+// encoding/json matches under case folding, "Manifests", or a duplicate),
+// for ParseIndex to parse the slow way: so its result, when it has one, is
+// the one encoding/json gives (FuzzParseIndexFast checks it). It does not
+// validate descriptors (ParseIndex does).
 func parseIndexFast(b []byte) (top map[string]json.RawMessage, entries []Entry, ok bool) {
 	p := &fastParser{b: b}
 	p.ws()
