@@ -20,6 +20,10 @@ func FuzzParseIndex(f *testing.F) {
 	f.Add([]byte(`{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0,"annotations":{"org.opencontainers.image.ref.name":"x"}}],"annotations":{"a":"b"}}`))
 	f.Add([]byte(`{"schemaVersion":2,"manifests":[{"digest":"sha256:../../x","size":1}]}`))
 	f.Add([]byte(``))
+	// Spellings that encoding/json reads as "manifests" (and the tools
+	// with it), and duplicates.
+	f.Add([]byte(`{"schemaVersion":2,"Manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0,"Annotations":{"org.opencontainers.image.ref.name":"x"}}]}`))
+	f.Add([]byte(`{"schemaVersion":2,"\u006danifests":[{"\u0064igest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0}],"manifests":[{"digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","digest":null}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ix, err := layout.ParseIndex(b)
 		if err != nil {
@@ -53,6 +57,7 @@ func FuzzParseIndex(f *testing.F) {
 func FuzzParseChildren(f *testing.F) {
 	f.Add([]byte(`{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}`))
 	f.Add([]byte(`{"manifests":[{"digest":"sha512:00","size":-1}]}`))
+	f.Add([]byte(`{"Config":{"mediaType":"a","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"config":null,"LAYERS":[],"Manifests":[]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := layout.ParseChildren("fuzz", b)
 		if err != nil {

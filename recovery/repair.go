@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"strconv"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -173,10 +174,19 @@ func ParseIndexLenient(b []byte) (*layout.Index, []BadEntry, error) {
 	if json.Unmarshal(b, &top) != nil || top == nil {
 		return nil, nil, err
 	}
-	var raws []json.RawMessage
-	if m, ok := top["manifests"]; ok {
-		if json.Unmarshal(m, &raws) != nil {
-			return nil, nil, err
+	// The entries are where every tool reads them: the last member whose
+	// key is "manifests" under case folding ("Manifests", "\u006danifests"
+	// unescaped), as encoding/json decodes a v1.Index.
+	var doc struct {
+		Manifests []json.RawMessage `json:"manifests"`
+	}
+	if json.Unmarshal(b, &doc) != nil {
+		return nil, nil, err
+	}
+	raws := doc.Manifests
+	for k := range top {
+		if strings.EqualFold(k, "manifests") {
+			delete(top, k)
 		}
 	}
 	var good []json.RawMessage

@@ -192,7 +192,7 @@ func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byt
 			return desc, fmt.Errorf("put manifest %s: %w", desc.Digest, err)
 		}
 	}
-	kids, err := layout.ParseChildren("manifest "+desc.Digest.String(), content)
+	kids, err := layout.ParseChildrenAs("manifest "+desc.Digest.String(), mediaType, content)
 	if err != nil {
 		return desc, fmt.Errorf("put manifest: %w", err)
 	}

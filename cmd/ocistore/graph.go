@@ -62,7 +62,7 @@ func (g *graph) children(ctx context.Context, d v1.Descriptor, root bool) ([]v1.
 	if err != nil {
 		return nil, err
 	}
-	c, err := layout.ParseChildren("manifest "+d.Digest.String(), b)
+	c, err := layout.ParseChildrenAs("manifest "+d.Digest.String(), d.MediaType, b)
 	if err != nil && layout.Sniffed(d, err) {
 		c, err = layout.Children{}, nil // a root that is not a manifest: a leaf
 	}

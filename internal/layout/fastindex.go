@@ -3,6 +3,8 @@ package layout
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
+	"strings"
 	"unsafe"
 
 	"github.com/opencontainers/go-digest"
@@ -10,11 +12,13 @@ import (
 )
 
 // parseIndexFast parses the index.json that tools write (ASCII strings
-// without escapes, descriptors of the known fields, integer sizes) in one
-// pass, about ten times faster than encoding/json. It gives up (ok false)
-// on anything else, for ParseIndex to parse the slow way: so its result,
-// when it has one, is the one encoding/json gives (FuzzParseIndexFast
-// checks it). It does not validate descriptors (ParseIndex does).
+// without escapes, each field of the image-spec structs under its exact
+// name and once, integer sizes) in one pass, about ten times faster than
+// encoding/json. It gives up (ok false) on anything else (a key that
+// encoding/json matches under case folding, "Manifests", or a duplicate),
+// for ParseIndex to parse the slow way: so its result, when it has one, is
+// the one encoding/json gives (FuzzParseIndexFast checks it). It does not
+// validate descriptors (ParseIndex does).
 func parseIndexFast(b []byte) (top map[string]json.RawMessage, entries []Entry, ok bool) {
 	p := &fastParser{b: b}
 	p.ws()
@@ -30,14 +34,26 @@ func parseIndexFast(b []byte) (top map[string]json.RawMessage, entries []Entry, 
 			entries, ok = p.entries()
 			return ok
 		}
-		if _, dup := top[key]; dup || bytes.EqualFold([]byte(key), []byte("manifests")) {
+		// A key another tool reads as a field of the index that is
+		// not its exact name ("Manifests", "MEDIATYPE"): the slow way.
+		if _, dup := top[key]; dup || foldsTo(key, indexFields) {
 			return false
 		}
 		start := p.i
 		if !p.skipValue() {
 			return false
 		}
-		top[key] = json.RawMessage(bytes.Clone(b[start:p.i]))
+		v := json.RawMessage(bytes.Clone(b[start:p.i]))
+		top[key] = v
+		// A field of the index must decode as one, or encoding/json
+		// rejects the file ("annotations":{"a":1}): checked here, and
+		// the slow way says why.
+		if key != "schemaVersion" && key != "mediaType" && slices.Contains(indexFields, key) {
+			doc := append(append(append([]byte(`{"`), key...), `":`...), v...)
+			if json.Unmarshal(append(doc, '}'), new(v1.Index)) != nil {
+				return false
+			}
+		}
 		return true
 	})
 	if !ok {
@@ -246,16 +262,10 @@ func (p *fastParser) object(field func(key string) bool) bool {
 	})
 }
 
-// known are the JSON keys of a descriptor and of a platform: a key that is
-// none of them but equal to one of them under case folding would be matched
-// by encoding/json, so the fast parser gives up on it.
-var known = []string{"mediaType", "digest", "size", "urls", "annotations", "data", "platform", "artifactType",
-	"architecture", "os", "os.version", "os.features", "variant"}
-
 // knownBit is the bit of a descriptor key in a set of seen keys, 0 for
 // another key.
 func knownBit(key string) uint16 {
-	for i, k := range known[:8] {
+	for i, k := range descriptorFields {
 		if k == key {
 			return 1 << i
 		}
@@ -263,13 +273,20 @@ func knownBit(key string) uint16 {
 	return 0
 }
 
-func foldsToKnown(key string) bool {
-	for _, k := range known {
-		if k != key && bytes.EqualFold([]byte(k), []byte(key)) {
+// foldsTo reports whether encoding/json would decode key into one of the
+// fields names without key being its name: the fast parser gives up on it.
+func foldsTo(key string, names []string) bool {
+	for _, k := range names {
+		if k != key && strings.EqualFold(k, key) {
 			return true
 		}
 	}
 	return false
+}
+
+// foldsToKnown is foldsTo for the fields of a descriptor and a platform.
+func foldsToKnown(key string) bool {
+	return foldsTo(key, descriptorFields) || foldsTo(key, platformFields)
 }
 
 func (p *fastParser) entries() ([]Entry, bool) {

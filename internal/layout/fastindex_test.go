@@ -2,71 +2,49 @@ package layout
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
-
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// slowDecode is parseIndexSlow without its checks: what encoding/json
-// makes of b.
-func slowDecode(b []byte) (map[string]json.RawMessage, []Entry, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(b, &top); err != nil {
-		return nil, nil, err
-	}
-	var raws []json.RawMessage
-	if m, ok := top["manifests"]; ok && !bytes.Equal(bytes.TrimSpace(m), []byte("null")) {
-		if err := json.Unmarshal(m, &raws); err != nil {
-			return nil, nil, err
-		}
-	}
-	delete(top, "manifests")
-	out := []Entry{}
-	for _, r := range raws {
-		var d v1.Descriptor
-		if err := json.Unmarshal(r, &d); err != nil {
-			return nil, nil, err
-		}
-		out = append(out, entry(d, compact(r)))
-	}
-	return top, out, nil
-}
-
 // sameAsSlow fails unless the fast parse of b, when it has one, is what
-// encoding/json makes of it.
+// the slow way (encoding/json into a v1.Index) makes of it, and checks
+// ParseIndex against encoding/json (sameAsTools). It reports whether the
+// fast parse had one.
 func sameAsSlow(t *testing.T, b []byte) bool {
 	t.Helper()
+	sameAsTools(t, b)
 	top, entries, ok := parseIndexFast(b)
 	if !ok {
 		return false
 	}
-	stop, sentries, err := slowDecode(b)
+	slow, err := parseIndexSlow(b)
 	if err != nil {
-		t.Fatalf("fast parse accepted what encoding/json rejects (%v): %q", err, b)
+		if _, verr := ParseIndex(b); verr == nil {
+			t.Fatalf("fast parse accepted what the slow way rejects (%v): %q", err, b)
+		}
+		return true // both refuse it (checkIndexTop, checkDescriptor)
 	}
-	if len(top) != len(stop) {
-		t.Fatalf("top-level fields %v, encoding/json %v", top, stop)
+	if len(top) != len(slow.top) {
+		t.Fatalf("top-level fields %v, encoding/json %v", top, slow.top)
 	}
-	for k, v := range stop {
+	for k, v := range slow.top {
 		if !bytes.Equal(top[k], v) {
 			t.Fatalf("top-level %q = %s, encoding/json %s", k, top[k], v)
 		}
 	}
-	if len(entries) != len(sentries) {
-		t.Fatalf("%d entries, encoding/json %d", len(entries), len(sentries))
+	if len(entries) != len(slow.Entries) {
+		t.Fatalf("%d entries, encoding/json %d", len(entries), len(slow.Entries))
 	}
 	for i := range entries {
-		if !reflect.DeepEqual(entries[i].Desc, sentries[i].Desc) {
-			t.Fatalf("entry %d: %+v, encoding/json %+v", i, entries[i].Desc, sentries[i].Desc)
+		if !reflect.DeepEqual(entries[i].Desc, slow.Entries[i].Desc) {
+			t.Fatalf("entry %d: %+v, encoding/json %+v", i, entries[i].Desc, slow.Entries[i].Desc)
 		}
-		if !bytes.Equal(entries[i].Raw, sentries[i].Raw) {
-			t.Fatalf("entry %d raw %s, encoding/json %s", i, entries[i].Raw, sentries[i].Raw)
+		if !bytes.Equal(entries[i].Raw, slow.Entries[i].Raw) {
+			t.Fatalf("entry %d raw %s, encoding/json %s", i, entries[i].Raw, slow.Entries[i].Raw)
 		}
 	}
 	return true
@@ -95,6 +73,20 @@ func TestParseIndexFastCorpus(t *testing.T) {
 	for _, s := range fastSeeds {
 		sameAsSlow(t, []byte(s))
 	}
+	for _, s := range hostileSeeds() {
+		sameAsSlow(t, s)
+	}
+}
+
+// hostileSeeds are the hostile spellings of index.json (compat_test.go),
+// naming a manifest of digest d1.
+func hostileSeeds() [][]byte {
+	var out [][]byte
+	for _, s := range hostileIndexes {
+		s = strings.ReplaceAll(strings.ReplaceAll(s, "MDIGEST", d1), "MSIZE", "10")
+		out = append(out, []byte(s))
+	}
+	return out
 }
 
 var fastSeeds = []string{
@@ -113,10 +105,15 @@ var fastSeeds = []string{
 }
 
 // FuzzParseIndexFast: on any input, the fast parser either gives up or
-// gives exactly what encoding/json gives.
+// gives exactly what the slow way gives, and ParseIndex reads what
+// encoding/json into a v1.Index reads (sameAsTools): the same entries, the
+// same roots, and rewrites that the tools read the same.
 func FuzzParseIndexFast(f *testing.F) {
 	for _, s := range fastSeeds {
 		f.Add([]byte(s))
+	}
+	for _, s := range hostileSeeds() {
+		f.Add(s)
 	}
 	var big strings.Builder
 	big.WriteString(`{"schemaVersion":2,"manifests":[`)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"reflect"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -57,14 +59,22 @@ func NewEntry(desc v1.Descriptor, name string) Entry {
 // Renamed returns e with its tag set to name, or removed when name is "".
 // Every other field of the entry, known or not, is kept.
 func (e Entry) Renamed(name string) Entry {
+	raw := e.Raw
+	if fs := objectFields(raw); !plain(fs, descriptorFields) {
+		// Keys that another tool reads as descriptor fields but a map
+		// does not ("Annotations", a second "digest"): written again
+		// from the descriptor first, so that the annotations changed
+		// below are the ones every tool reads.
+		raw, _ = json.Marshal(normalized(fs, descriptorFields, e.Desc))
+	}
 	var fields map[string]json.RawMessage
-	if json.Unmarshal(e.Raw, &fields) != nil || fields == nil {
+	if json.Unmarshal(raw, &fields) != nil || fields == nil {
 		return NewEntry(e.Desc, name) // cannot happen for a parsed entry
 	}
-	ann := map[string]string{}
-	if a, ok := fields["annotations"]; ok {
-		_ = json.Unmarshal(a, &ann) // parsed before: a map of strings
-	}
+	// The descriptor's annotations are those of raw (parsed from it), and
+	// a map even where raw says null.
+	ann := make(map[string]string, len(e.Desc.Annotations)+1)
+	maps.Copy(ann, e.Desc.Annotations)
 	if name == "" {
 		delete(ann, v1.AnnotationRefName)
 	} else {
@@ -76,7 +86,7 @@ func (e Entry) Renamed(name string) Entry {
 	} else {
 		fields["annotations"], _ = json.Marshal(ann)
 	}
-	raw, _ := json.Marshal(fields)
+	raw, _ = json.Marshal(fields)
 	d := e.Desc
 	d.Annotations = ann
 	return entry(d, raw)
@@ -118,32 +128,77 @@ func ParseIndex(b []byte) (*Index, error) {
 	return ix, nil
 }
 
-// parseIndexSlow is ParseIndex by encoding/json, for any index.
+// parseIndexSlow is ParseIndex by encoding/json, for any index: it reads
+// index.json as the other tools do, decoding it into a v1.Index (keys
+// matched under case folding, escapes decoded, duplicates decoded in turn:
+// see jsoncompat.go). Each entry keeps its bytes as they are written when
+// they decode to its descriptor, so that a rewrite changes nothing else;
+// the top-level fields keep theirs when read as a map would (plain), and
+// are written again from the v1.Index otherwise.
 func parseIndexSlow(b []byte) (*Index, error) {
-	var top map[string]json.RawMessage
-	if err := json.Unmarshal(b, &top); err != nil {
+	var doc v1.Index
+	if err := json.Unmarshal(b, &doc); err != nil {
 		return nil, fmt.Errorf("%s: %w: %v", IndexFile, errdef.ErrCorrupt, err)
 	}
-	if err := checkIndexTop(top); err != nil {
-		return nil, err
+	fields := objectFields(b)
+	if doc.SchemaVersion != 2 || fields == nil {
+		return nil, fmt.Errorf("%s: schemaVersion is not 2: %w", IndexFile, errdef.ErrCorrupt)
 	}
+	if doc.MediaType != "" && doc.MediaType != v1.MediaTypeImageIndex {
+		mt, _ := json.Marshal(doc.MediaType)
+		return nil, fmt.Errorf("%s: mediaType %s is not an image index: %w", IndexFile, mt, errdef.ErrCorrupt)
+	}
+	var top map[string]json.RawMessage
+	var manifests []field // every member that decodes into Manifests
+	rest := make([]field, 0, len(fields))
+	for _, f := range fields {
+		if n, _ := fieldOf(f.key, indexFields); n == "manifests" {
+			manifests = append(manifests, f)
+		} else {
+			rest = append(rest, f)
+		}
+	}
+	if plain(rest, indexFields) {
+		top = make(map[string]json.RawMessage, len(rest))
+		for _, f := range rest {
+			top[f.key] = f.val
+		}
+	} else {
+		canon := doc
+		canon.Manifests = nil
+		top = normalized(rest, indexFields, canon)
+		delete(top, "manifests")
+	}
+	// The entries' bytes are those of the last array: the one that gave
+	// Manifests its length. An earlier array of the same key may have
+	// filled in fields of its elements (encoding/json decodes into the
+	// elements already there): an entry whose bytes do not decode to its
+	// descriptor is written again.
 	var raws []json.RawMessage
-	if m, ok := top["manifests"]; ok && !bytes.Equal(bytes.TrimSpace(m), []byte("null")) {
-		if err := json.Unmarshal(m, &raws); err != nil {
-			return nil, fmt.Errorf("%s: manifests: %w: %v", IndexFile, errdef.ErrCorrupt, err)
-		}
+	if n := len(manifests); n > 0 {
+		_ = json.Unmarshal(manifests[n-1].val, &raws) // an array or null: decoded above
 	}
-	delete(top, "manifests")
-	ix := &Index{top: top, Entries: make([]Entry, 0, len(raws))}
-	for i, r := range raws {
-		var d v1.Descriptor
-		if err := json.Unmarshal(r, &d); err != nil {
-			return nil, fmt.Errorf("%s: manifests[%d]: %w: %v", IndexFile, i, errdef.ErrCorrupt, err)
-		}
+	if len(raws) != len(doc.Manifests) {
+		raws = nil // cannot happen
+	}
+	ix := &Index{top: top, Entries: make([]Entry, 0, len(doc.Manifests))}
+	for i, d := range doc.Manifests {
 		if err := checkDescriptor(IndexFile, i, d); err != nil {
 			return nil, err
 		}
-		ix.Entries = append(ix.Entries, entry(d, compact(r)))
+		var raw json.RawMessage
+		if raws != nil {
+			raw = compact(raws[i])
+			if len(manifests) > 1 {
+				var again v1.Descriptor
+				if json.Unmarshal(raw, &again) != nil || !reflect.DeepEqual(again, d) {
+					raw, _ = json.Marshal(normalized(objectFields(raw), descriptorFields, d))
+				}
+			}
+		} else {
+			raw, _ = json.Marshal(d)
+		}
+		ix.Entries = append(ix.Entries, entry(d, raw))
 	}
 	return ix, nil
 }

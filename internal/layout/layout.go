@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"reflect"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -160,10 +161,16 @@ type Children struct {
 	Created string
 }
 
+// anyManifest holds the fields of every kind of manifest, with the types
+// the image-spec structs give them: v1.Manifest (config, layers), v1.Index
+// (manifests), the artifact manifest (blobs), and the fields they share.
+// Decoding into it is decoding into each of them at once: a key goes to
+// the same field (no two names fold to one another) and decodes the same.
 type anyManifest struct {
 	SchemaVersion int               `json:"schemaVersion"`
 	MediaType     string            `json:"mediaType"`
-	Config        *v1.Descriptor    `json:"config"`
+	ArtifactType  string            `json:"artifactType"`
+	Config        v1.Descriptor     `json:"config"` // a value, as in v1.Manifest: a later null keeps it
 	Layers        []v1.Descriptor   `json:"layers"`
 	Manifests     []v1.Descriptor   `json:"manifests"`
 	Blobs         []v1.Descriptor   `json:"blobs"`
@@ -171,16 +178,51 @@ type anyManifest struct {
 	Annotations   map[string]string `json:"annotations"`
 }
 
+// artifactManifest is the artifact manifest of the image-spec 1.1 release
+// candidates, as oras-go 2.0 decodes it.
+type artifactManifest struct {
+	MediaType    string            `json:"mediaType"`
+	ArtifactType string            `json:"artifactType"`
+	Blobs        []v1.Descriptor   `json:"blobs"`
+	Subject      *v1.Descriptor    `json:"subject"`
+	Annotations  map[string]string `json:"annotations"`
+}
+
 // ParseChildren parses a manifest, index, Docker manifest or manifest list,
-// whatever its media type says, and returns the descriptors it references.
+// whatever its media type says, and returns the descriptors it references
+// (ParseChildrenAs with no media type).
 func ParseChildren(where string, b []byte) (Children, error) {
+	return ParseChildrenAs(where, "", b)
+}
+
+// ParseChildrenAs reads b, a blob whose descriptor has media type
+// mediaType, as the tools that share the layout read it, with encoding/json
+// into v1.Manifest, v1.Index or the artifact manifest, and returns what any
+// of them finds: its config and layers, its manifests, its blobs (a
+// document that has layers and manifests has both as children). A document
+// that one of them cannot decode (a field of the wrong type) is read by the
+// others: it is corrupt when the one its media type names (the
+// document's, else mediaType) does not decode it, or, for another media
+// type, when neither v1.Manifest nor v1.Index does. A config is a child
+// when it is not the zero descriptor (what v1.Manifest holds when there is
+// none).
+func ParseChildrenAs(where, mediaType string, b []byte) (Children, error) {
 	var m anyManifest
 	if err := json.Unmarshal(b, &m); err != nil {
-		return Children{}, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) {
+			return Children{}, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
+		}
+		var ok bool
+		if m, ok = eachKind(b, mediaType); !ok {
+			return Children{}, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
+		}
 	}
-	c := Children{MediaType: m.MediaType, Subject: m.Subject, Config: m.Config, Created: m.Annotations[v1.AnnotationCreated]}
-	if m.Config != nil {
-		c.Refs = append(c.Refs, *m.Config)
+	c := Children{MediaType: m.MediaType, Subject: m.Subject, Created: m.Annotations[v1.AnnotationCreated]}
+	if !reflect.ValueOf(m.Config).IsZero() {
+		cfg := m.Config
+		c.Config = &cfg
+		c.Refs = append(c.Refs, cfg)
 	}
 	c.Refs = append(c.Refs, m.Layers...)
 	c.Refs = append(c.Refs, m.Manifests...)
@@ -196,6 +238,51 @@ func ParseChildren(where string, b []byte) (Children, error) {
 		}
 	}
 	return c, nil
+}
+
+// eachKind decodes b as a manifest, an index and an artifact manifest apart
+// and merges what those that decode give; ok is false when none does, or
+// the kind the media type names does not.
+func eachKind(b []byte, mediaType string) (m anyManifest, ok bool) {
+	var man v1.Manifest
+	var ix v1.Index
+	var art artifactManifest
+	manOK := json.Unmarshal(b, &man) == nil
+	ixOK := json.Unmarshal(b, &ix) == nil
+	artOK := json.Unmarshal(b, &art) == nil
+	switch {
+	case manOK:
+		m.SchemaVersion, m.MediaType, m.ArtifactType, m.Subject, m.Annotations = man.SchemaVersion, man.MediaType, man.ArtifactType, man.Subject, man.Annotations
+	case ixOK:
+		m.SchemaVersion, m.MediaType, m.ArtifactType, m.Subject, m.Annotations = ix.SchemaVersion, ix.MediaType, ix.ArtifactType, ix.Subject, ix.Annotations
+	case artOK:
+		m.MediaType, m.ArtifactType, m.Subject, m.Annotations = art.MediaType, art.ArtifactType, art.Subject, art.Annotations
+	default:
+		return m, false
+	}
+	if m.MediaType != "" {
+		mediaType = m.MediaType
+	}
+	switch mediaType {
+	case v1.MediaTypeImageManifest, MediaTypeDockerManifest:
+		ok = manOK
+	case v1.MediaTypeImageIndex, MediaTypeDockerManifestList:
+		ok = ixOK
+	case MediaTypeArtifactManifest:
+		ok = artOK
+	default:
+		ok = manOK || ixOK // the artifact manifest only by its media type
+	}
+	if manOK {
+		m.Config, m.Layers = man.Config, man.Layers
+	}
+	if ixOK {
+		m.Manifests = ix.Manifests
+	}
+	if artOK {
+		m.Blobs = art.Blobs
+	}
+	return m, ok
 }
 
 // ReadBlob reads a whole blob that must have descriptor d (size and digest are
@@ -303,6 +390,6 @@ func LoadChildren(fsys fsio.FS) func(v1.Descriptor) (Children, error) {
 		if err != nil {
 			return Children{}, err
 		}
-		return ParseChildren("blob "+d.Digest.String(), b)
+		return ParseChildrenAs("blob "+d.Digest.String(), d.MediaType, b)
 	}
 }

@@ -306,7 +306,13 @@ func TestParseChildren(t *testing.T) {
 		{"no media type", `{"schemaVersion":2,"layers":[` + desc('a', "l") + `]}`, 1, false, "", nil},
 		{"empty object", `{}`, 0, false, "", nil},
 		{"garbage", `{"schemaVersion":`, 0, false, "", errdef.ErrCorrupt},
-		{"layers not a list", `{"layers":{}}`, 0, false, "", errdef.ErrCorrupt},
+		{"layers not a list", `{"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":{}}`, 0, false, "", errdef.ErrCorrupt},
+		// v1.Index decodes it (it has no layers): the tools that read it
+		// as an index find no children, nor does ocistore.
+		{"layers not a list, no media type", `{"layers":{}}`, 0, false, "", nil},
+		{"index with a bad layers", `{"mediaType":"application/vnd.oci.image.index.v1+json","layers":7,"manifests":[` + desc('a', v1.MediaTypeImageManifest) + `]}`, 1, false, v1.MediaTypeImageIndex, nil},
+		{"manifests not a list in an index", `{"mediaType":"application/vnd.oci.image.index.v1+json","manifests":{}}`, 0, false, "", errdef.ErrCorrupt},
+		{"neither", `{"layers":{},"manifests":7}`, 0, false, "", errdef.ErrCorrupt},
 		{"bad child digest", `{"layers":[{"mediaType":"l","digest":"sha256:../../etc","size":1}]}`, 0, false, "", errdef.ErrInvalidDigest},
 		{"negative child size", `{"layers":[{"mediaType":"l","digest":"sha256:` + hex256 + `","size":-5}]}`, 0, false, "", errdef.ErrCorrupt},
 		{"bad subject digest", `{"subject":{"mediaType":"m","digest":"sha256:1","size":1}}`, 0, false, "", errdef.ErrInvalidDigest},
