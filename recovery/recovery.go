@@ -548,13 +548,27 @@ func PrepareIndex(fsys fsio.FS, b []byte) (*fsio.Prepared, error) {
 // prepared (PrepareIndex): rename it over index.json, sync the layout
 // directory, then Finish. It returns the stamp of the new index.json.
 //
-// What an error means for the caller: a failed rename changed nothing on
+// When index.json no longer has old's stamp (another tool rewrote it
+// since the transaction read it), nothing is renamed: the record is
+// dropped, the counts taken from the file, and the error is ErrConflict.
+// What an error means for the caller otherwise: a failed rename changed nothing on
 // disk, and Apply rolls the record back (RollBack) before it returns, so
 // the error means the transaction did not happen, unless the roll back
 // failed too (then the error wraps ErrIncomplete: recovery will apply
 // it). Any error after the rename wraps ErrIncomplete: the new index is
 // in place, and recovery finishes the cleanup.
 func Apply(env Env, db *journal.DB, rec *journal.Record, p *fsio.Prepared, old *State) (fsio.Stamp, error) {
+	if old != nil && !old.Stamp.IsZero() && fsio.StampFile(env.FS, layout.IndexFile) != old.Stamp {
+		// Another tool wrote index.json since the transaction read it: its
+		// index stands, the transaction is dropped and the counts taken
+		// from the file (a rename now would lose what it wrote).
+		_ = p.Abort()
+		err := fmt.Errorf("txn %d: %w: %s changed before the transaction could replace it (nothing changed)", rec.ID, errdef.ErrConflict, layout.IndexFile)
+		if rerr := recountFromDisk(env, db, rec); rerr != nil {
+			return fsio.Stamp{}, fmt.Errorf("%w (and the recount failed, so the next recovery decides: %v)", err, rerr)
+		}
+		return fsio.Stamp{}, err
+	}
 	if err := p.Commit(); err != nil {
 		_ = p.Abort()
 		if rerr := RollBack(env, db, rec, old); rerr != nil {

@@ -111,3 +111,45 @@ func TestExternalWriteDuringUnlinks(t *testing.T) {
 	}
 	testutil.MustCheck(t, s)
 }
+
+// TestExternalWriteBeforeRename: another tool writes index.json after a
+// delete read it and before the delete replaces it. The delete does not
+// write over it (that would lose the other tool's entry): it fails with
+// ErrConflict, changes nothing, and the counts follow the file.
+func TestExternalWriteBeforeRename(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	before := fixture(t, dir)
+	victim := before["img2"]
+	crash.Arm(crash.TxnJournaled, 1, func(string) {
+		p := filepath.Join(dir, "index.json")
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		entry := fmt.Sprintf(`,{"mediaType":%q,"digest":%q,"size":%d,"annotations":{"org.opencontainers.image.ref.name":"written-meanwhile"}}]`,
+			v1.MediaTypeImageManifest, victim, blobSize(t, dir, victim))
+		if err := os.WriteFile(p, []byte(strings.Replace(string(raw), "]", entry, 1)), 0o644); err != nil {
+			t.Error(err)
+		}
+	})
+	defer crash.Disarm()
+	s, err := store.Open(ctx, dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Delete(ctx, "img2")
+	if !errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrIncomplete) {
+		t.Fatalf("delete with index.json rewritten before its rename: %v", err)
+	}
+	if recs, err := s.Pending(ctx); err != nil || len(recs) != 0 {
+		t.Fatalf("pending %v, %v", recs, err)
+	}
+	s.Close()
+	got := tags(t, dir)
+	if got["img2"] != victim || got["written-meanwhile"] != victim {
+		t.Fatalf("after the conflict: %v", got)
+	}
+	checkClean(t, dir, false)
+}
