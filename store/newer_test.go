@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/journal"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
@@ -59,7 +61,7 @@ func wantNewer(t *testing.T, what string, err error) {
 		t.Errorf("%s: %v, want ErrJournalNewer (not ErrCorrupt)", what, err)
 		return
 	}
-	if want := "format version 99, this ocistore reads up to 3"; !strings.Contains(err.Error(), want) {
+	if want := fmt.Sprintf("format version 99, this ocistore reads up to %d", journal.SchemaVersion); !strings.Contains(err.Error(), want) {
 		t.Errorf("%s: %v does not say %q", what, err, want)
 	}
 }
@@ -332,7 +334,8 @@ func TestRebuildWithoutLeasesPins(t *testing.T) {
 	}
 	pr, err := s.Prune(ctx, store.Policy{Refs: []string{"old:*"}, OlderThan: time.Nanosecond})
 	must(t, err)
-	if len(pr.Removed) != 1 || pr.Pinned == "" || len(pr.Freed) != 0 {
+	// A prune is for space: during the pin it removes nothing.
+	if len(pr.Removed) != 0 || pr.Pinned == "" || len(pr.Freed) != 0 {
 		t.Fatalf("prune during the pin: %+v", pr)
 	}
 	for _, d := range extraBlobs {

@@ -1101,17 +1101,8 @@ func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairRes
 	now := s.now()
 	rec := journal.Record{Op: "repair: drop broken " + strings.Join(names, ","), Time: now.UTC(), OldIndex: cur.Digest, NewIndex: layout.Sum(newBytes)}
 	var prepared *fsio.Prepared
-	// Unknown means pinned: an entry left whose closure is unknown keeps
-	// every blob (they stay as orphans).
-	pinned := false
-	for _, r := range refs {
-		if r.Unknown != "" {
-			pinned = true
-			break
-		}
-	}
 	err = db.Update(func(tx *journal.Tx) error {
-		if !keepOrphans && !pinned {
+		if !keepOrphans {
 			leased, err := tx.Leased(now)
 			if err != nil {
 				return err
@@ -1128,13 +1119,16 @@ func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairRes
 				return err
 			}
 		}
-		if pinReason(tx, now) != "" {
-			rec.Unlink = nil // orphans now, for a GC once the pin ends
-		}
-		if err := tx.AddPending(&rec, newBytes); err != nil {
+		if err := tx.ReplaceRefs(refs); err != nil {
 			return err
 		}
-		if err := tx.ReplaceRefs(refs); err != nil {
+		// Asked of the counts of the entries left: an entry whose closure
+		// is unknown, or a rebuild's pin, keeps every blob (orphans now,
+		// for a GC once freeing is allowed).
+		if pinReason(tx, now) != "" {
+			rec.Unlink = nil
+		}
+		if err := tx.AddPending(&rec, newBytes); err != nil {
 			return err
 		}
 		var err error
