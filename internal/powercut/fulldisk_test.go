@@ -98,9 +98,13 @@ func TestFullDisk(t *testing.T) {
 		fd.mustRun(t, fd.bare, "-l", dir, "recover") // whatever rm left
 		fd.crashRm(t, fd.bare, dir, "example.com/repo1:v0")
 		fd.fill(t)
+		// A transaction writes its new index.json before its journal
+		// commit: the crashed rm left it as a temp file, which recovery
+		// removes before it replays, so the replay finds the space it
+		// needs even without a reserve.
 		_, errOut, code = fd.run(t, fd.bare, "", "-l", dir, "recover")
-		if code == 0 || !strings.Contains(errOut, "no space left on device") {
-			t.Errorf("recover on a full disk without a reserve: exit %d, want a failure for want of space:\n%s", code, errOut)
+		if code != 0 {
+			t.Errorf("recover on a full disk without a reserve, of an rm that crashed after its commit: exit %d:\n%s", code, errOut)
 		}
 		fd.unfill(t)
 		if err := os.RemoveAll(dir); err != nil {
@@ -144,7 +148,7 @@ func TestFullDisk(t *testing.T) {
 			}
 		}
 	})
-	fd.step(t, fd.bin, dir, "fsck-repair", func() { orphans = fd.orphans(t, dir, 3) }, []string{"fsck", "--repair"}, func() {
+	fd.step(t, fd.bin, dir, "fsck-repair", func() { orphans = fd.orphans(t, dir, 3) }, []string{"fsck", "--repair", "--grace", "0s"}, func() {
 		for _, o := range orphans {
 			if _, err := os.Lstat(o); !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("fsck --repair: orphan %s still there (%v)", o, err)
