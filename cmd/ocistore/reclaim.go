@@ -111,14 +111,6 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 	})
 }
 
-// printPinned says why a gc or prune freed no blob, when that is why.
-func (a *app) printPinned(why string) error {
-	if why == "" {
-		return nil
-	}
-	_, err := fmt.Fprintf(a.stdout, "freed nothing: %s\n", why)
-	return err
-}
 
 // parseDuration is time.ParseDuration plus whole days ("7d") and weeks
 // ("2w"), which cron jobs use.
