@@ -111,7 +111,6 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 	})
 }
 
-
 // parseDuration is time.ParseDuration plus whole days ("7d") and weeks
 // ("2w"), which cron jobs use.
 func parseDuration(s string) (time.Duration, error) {
