@@ -130,7 +130,7 @@ func TestForeignSpellingRepair(t *testing.T) {
 			ctx := context.Background()
 			dir := filepath.Join(t.TempDir(), "layout")
 			reached, orphan := jcLayout(t, dir, key)
-			if _, err := store.Repair(ctx, dir, &store.RepairOptions{Grace: 0}); err != nil {
+			if _, err := store.Repair(ctx, dir, &store.RepairOptions{Grace: -1}); err != nil {
 				t.Fatal(err)
 			}
 			for _, d := range reached {
