@@ -164,6 +164,8 @@ func (o *OS) openAt(name string, flags int, perm uint32) (*os.File, fs.FileInfo,
 	switch {
 	case err == syscall.ELOOP:
 		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: errSymlink}
+	case err == syscall.EISDIR: // a directory opened for writing
+		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: ErrNotRegular}
 	case err != nil:
 		return nil, nil, &fs.PathError{Op: "openat", Path: name, Err: err}
 	}
