@@ -117,9 +117,11 @@ func (w *sweep) file(e fs.DirEntry) ownerState {
 
 // leftovers lists the files that no live owner will remove: renameio's
 // temp files in the root, ingest temp files of owners gone, partial copies
-// of an interrupted repair (temps); the trash of owners gone, and with
-// self the caller's own (trash); the owner files of owners gone (owners).
-func (w *sweep) leftovers(self bool) (temps, trash, owners []string, err error) {
+// of an interrupted repair (temps); with withTrash, the trash of owners
+// gone, and with self the caller's own (trash: listed only when asked, as
+// it may hold a large transaction's blobs until they are unlinked); the
+// owner files of owners gone (owners).
+func (w *sweep) leftovers(withTrash, self bool) (temps, trash, owners []string, err error) {
 	ents, err := w.fsys.ReadDir(".")
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("list layout root: %w", err)
@@ -162,8 +164,11 @@ func (w *sweep) leftovers(self bool) (temps, trash, owners []string, err error) 
 			temps = append(temps, QuarantineDir+"/"+e.Name())
 		}
 	}
-	if ents, err = list(TrashDir); err != nil {
-		return nil, nil, nil, err
+	ents = nil
+	if withTrash {
+		if ents, err = list(TrashDir); err != nil {
+			return nil, nil, nil, err
+		}
 	}
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
@@ -190,7 +195,7 @@ func (w *sweep) leftovers(self bool) (temps, trash, owners []string, err error) 
 func Temps(fsys fsio.FS) ([]string, error) {
 	w := newSweep(fsys, "")
 	defer w.release()
-	temps, _, owners, err := w.leftovers(false)
+	temps, _, owners, err := w.leftovers(false, false)
 	return append(temps, owners...), err
 }
 
@@ -198,7 +203,7 @@ func Temps(fsys fsio.FS) ([]string, error) {
 func Trash(fsys fsio.FS) ([]string, error) {
 	w := newSweep(fsys, "")
 	defer w.release()
-	_, trash, _, err := w.leftovers(false)
+	_, trash, _, err := w.leftovers(true, false)
 	return trash, err
 }
 
@@ -209,7 +214,7 @@ func Trash(fsys fsio.FS) ([]string, error) {
 func sweepLeftovers(env Env, st *State, withTrash bool) error {
 	w := newSweep(env.FS, env.Self)
 	defer w.release()
-	temps, trash, owners, err := w.leftovers(true)
+	temps, trash, owners, err := w.leftovers(withTrash, true)
 	if err != nil {
 		return err
 	}
@@ -222,7 +227,7 @@ func sweepLeftovers(env Env, st *State, withTrash bool) error {
 			st.Actions = append(st.Actions, Action{Kind: "temp-removed", Detail: t})
 		}
 	}
-	if withTrash && len(trash) > 0 {
+	if len(trash) > 0 {
 		st.Actions = append(st.Actions, Action{Kind: "trash-emptied", Detail: fmt.Sprintf("%d files in %s", len(trash), TrashDir)})
 		if env.Reclaim != nil {
 			env.Reclaim(trash)

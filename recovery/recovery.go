@@ -85,7 +85,7 @@ type Env struct {
 	// Reclaim, when set, takes the files of the trash to unlink later: a
 	// transaction that removes at least TrashMin blobs then moves them
 	// into TrashDir instead of unlinking them (fsio.TrashFiles), and an
-	// open gives it what a process that is gone, or this one, left there.
+	// open gives it what an owner that is gone, or the caller, left there.
 	// When nil, blobs are unlinked in place and leftovers removed at once.
 	Reclaim func(trashed []string)
 	// Owner, needed with Reclaim, returns the token of the owner of the
