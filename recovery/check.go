@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -297,9 +298,13 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		return nil, err
 	}
 	for _, t := range temps {
+		if strings.HasPrefix(t, OwnersDir+"/") {
+			r.add(KindTempFile, "", t, "leftover owner file: its owner is gone (its lock is free); the next open removes it")
+			continue
+		}
 		r.add(KindTempFile, "", t, "leftover temp file")
 	}
-	trash, err := Trash(sfs, false)
+	trash, err := Trash(sfs)
 	if err != nil {
 		return nil, err
 	}
@@ -429,7 +434,7 @@ func stateDirs(fsys fsio.FS, r *Report) fsio.FS {
 		return fsys // not ours to look into: the journal's check reports it
 	}
 	skip := map[string]bool{}
-	for _, dir := range []string{IngestDir, QuarantineDir, TrashDir} {
+	for _, dir := range []string{IngestDir, QuarantineDir, TrashDir, OwnersDir} {
 		fi, err := fsys.Lstat(dir)
 		if err != nil || fi.IsDir() {
 			continue // missing, or Temps says why it cannot list it

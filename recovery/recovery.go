@@ -48,9 +48,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -89,9 +87,17 @@ type Env struct {
 	// Reclaim, when set, takes the files of the trash to unlink later: a
 	// transaction that removes at least TrashMin blobs then moves them
 	// into TrashDir instead of unlinking them (fsio.TrashFiles), and an
-	// open gives it what a process that is gone, or this one, left there.
+	// open gives it what an owner that is gone, or the caller, left there.
 	// When nil, blobs are unlinked in place and leftovers removed at once.
 	Reclaim func(trashed []string)
+	// Owner, needed with Reclaim, returns the token of the owner of the
+	// files a transaction puts in the trash (see OwnersDir), making its
+	// owner file on first use.
+	Owner func() (string, error)
+	// Self is the token of the caller's owner, "" when it has none yet:
+	// recovery takes its files in the trash too (they are its own), and
+	// leaves its ingest temp files.
+	Self string
 }
 
 // withPeers returns ix with the root entries of the peers added: the graph
@@ -168,13 +174,8 @@ func RunLazy(ctx context.Context, env Env, db *journal.DB) (*State, error) {
 
 func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) (*State, error) {
 	st := &State{}
-	if err := removeTemps(env, st); err != nil {
+	if err := sweepLeftovers(env, st, known == nil); err != nil {
 		return nil, err
-	}
-	if known == nil {
-		if err := emptyTrash(env, st); err != nil {
-			return nil, err
-		}
 	}
 	var recs []*journal.Record
 	var lastDigest digest.Digest
@@ -747,8 +748,12 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 	// lock): the unlinks stop as soon as its stamp changes, and what went
 	// into the trash that the new index.json reaches comes back.
 	guard := indexGuard(env.FS, stamp)
-	if env.Reclaim != nil && len(paths) >= TrashMin {
-		trashed, err := fsio.TrashFilesGuarded(env.FS, fsio.SyncBlobDir, paths, TrashDir, TrashPrefix(), guard, unlinked)
+	if env.Reclaim != nil && env.Owner != nil && len(paths) >= TrashMin {
+		tok, err := env.Owner()
+		if err != nil {
+			return fmt.Errorf("txn %d: owner of the trash: %w", rec.ID, err)
+		}
+		trashed, err := fsio.TrashFilesGuarded(env.FS, fsio.SyncBlobDir, paths, TrashDir, TempPrefix(tok), guard, unlinked)
 		if err == nil && guard != nil {
 			err = guard() // a write during the last few
 		}
@@ -876,9 +881,6 @@ func IsIndexTemp(name string) bool { return indexTemp.MatchString(name) }
 
 var indexTemp = regexp.MustCompile(`^\.(` + regexp.QuoteMeta(layout.IndexFile) + `|` + regexp.QuoteMeta(layout.LayoutFile) + `|shared-blob-dir)(-?[0-9]+|-[0-9a-z]+)$`)
 
-// IngestTempPrefix is the name prefix of this process's ingest temp files.
-func IngestTempPrefix() string { return strconv.Itoa(os.Getpid()) + "-" }
-
 // TrashDir holds the blobs a large transaction took out of the layout,
 // until they are unlinked (Env.Reclaim), relative to the layout root. It is
 // in the state directory, on the blobs' file system (with a shared blob
@@ -889,134 +891,3 @@ const TrashDir = layout.StateDir + "/trash"
 // into the trash rather than unlinking them in place. A variable so that
 // the crash tests can take the trash path with small transactions.
 var TrashMin = 64
-
-// TrashPrefix is the name prefix of the files this process puts in the
-// trash.
-func TrashPrefix() string { return IngestTempPrefix() }
-
-// ownerState tells, from a temp or trash file's name, whether the process
-// that made it is this one, another that is alive, or gone (or unknown).
-type ownerState int
-
-const (
-	ownerGone ownerState = iota
-	ownerSelf
-	ownerAlive
-)
-
-func owner(name string) ownerState {
-	pidStr, _, ok := strings.Cut(name, "-")
-	pid, err := strconv.Atoi(pidStr)
-	switch {
-	case !ok || err != nil || pid <= 0:
-		return ownerGone
-	case pid == os.Getpid():
-		return ownerSelf
-	case errors.Is(syscall.Kill(pid, 0), syscall.ESRCH):
-		return ownerGone
-	}
-	return ownerAlive
-}
-
-// staleIngest reports whether an ingest temp file belongs to a process that
-// is gone.
-func staleIngest(name string) bool { return owner(name) == ownerGone }
-
-// Trash lists the files of the trash that no live process will unlink: a
-// gone process's, and with self, this process's too.
-func Trash(fsys fsio.FS, self bool) ([]string, error) {
-	if fi, err := fsys.Lstat(layout.StateDir); err != nil || !fi.IsDir() {
-		return nil, nil
-	}
-	if fi, err := fsys.Lstat(TrashDir); err != nil || !fi.IsDir() {
-		return nil, nil // not a directory (a symlink): not ours to list; fsck reports it
-	}
-	ents, err := fsys.ReadDir(TrashDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("list %s: %w", TrashDir, err)
-	}
-	var out []string
-	for _, e := range ents {
-		if !e.Type().IsRegular() {
-			continue
-		}
-		if o := owner(e.Name()); o == ownerGone || self && o == ownerSelf {
-			out = append(out, TrashDir+"/"+e.Name())
-		}
-	}
-	return out, nil
-}
-
-// emptyTrash hands the trash that no live process will unlink to
-// env.Reclaim, or unlinks it now.
-func emptyTrash(env Env, st *State) error {
-	trash, err := Trash(env.FS, true)
-	if err != nil || len(trash) == 0 {
-		return err
-	}
-	st.Actions = append(st.Actions, Action{Kind: "trash-emptied", Detail: fmt.Sprintf("%d files in %s", len(trash), TrashDir)})
-	if env.Reclaim != nil {
-		env.Reclaim(trash)
-		return nil
-	}
-	if err := fsio.RemoveFiles(env.FS, "trash", trash, nil); err != nil {
-		return fmt.Errorf("empty %s: %w", TrashDir, err)
-	}
-	return nil
-}
-
-// Temps lists leftover temp files: renameio's in the root, ingest files of
-// processes that are gone, and partial copies of an interrupted repair.
-func Temps(fsys fsio.FS) ([]string, error) {
-	var out []string
-	ents, err := fsys.ReadDir(".")
-	if err != nil {
-		return nil, fmt.Errorf("list layout root: %w", err)
-	}
-	for _, e := range ents {
-		if IsIndexTemp(e.Name()) && e.Type().IsRegular() {
-			out = append(out, e.Name())
-		}
-	}
-	// A .ocistore that is not a directory (a symlink) is not ours to list:
-	// fsck reports it.
-	if fi, err := fsys.Lstat(layout.StateDir); err != nil || !fi.IsDir() {
-		return out, nil
-	}
-	ents, err = fsys.ReadDir(IngestDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("list %s: %w", IngestDir, err)
-	}
-	for _, e := range ents {
-		if e.Type().IsRegular() && staleIngest(e.Name()) {
-			out = append(out, IngestDir+"/"+e.Name())
-		}
-	}
-	// Copies repair was keeping when it was interrupted (KeepCopy; written
-	// under the writer lock, which whoever removes temps holds).
-	ents, err = fsys.ReadDir(QuarantineDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("list %s: %w", QuarantineDir, err)
-	}
-	for _, e := range ents {
-		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), partialPrefix) {
-			out = append(out, QuarantineDir+"/"+e.Name())
-		}
-	}
-	return out, nil
-}
-
-func removeTemps(env Env, st *State) error {
-	temps, err := Temps(env.FS)
-	if err != nil || len(temps) == 0 {
-		return err
-	}
-	if err := fsio.RemoveFiles(env.FS, "temp-files", temps, nil); err != nil {
-		return fmt.Errorf("remove temp files: %w", err)
-	}
-	for _, t := range temps {
-		env.Log.Info("recovery: removed temp file", attrPath, t)
-		st.Actions = append(st.Actions, Action{Kind: "temp-removed", Detail: t})
-	}
-	return nil
-}

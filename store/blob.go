@@ -118,7 +118,11 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	if _, err := fsio.MkdirDurable(s.fsys, recovery.IngestDir); err != nil {
 		return s.check(err)
 	}
-	tmp, err := s.fsys.CreateTemp(recovery.IngestDir, recovery.IngestTempPrefix())
+	tok, err := s.owner()
+	if err != nil {
+		return err
+	}
+	tmp, err := s.fsys.CreateTemp(recovery.IngestDir, recovery.TempPrefix(tok))
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -87,13 +88,13 @@ func TestRecoverAndPendingWhenHealthy(t *testing.T) {
 }
 
 // TestRecoverRemovesTemps: leftover renameio temp files in the root and
-// ingest temp files of dead processes are removed by the next recovery and
-// reported; nothing else is touched.
+// ingest temp files of owners that are gone (here: no owner file) are
+// removed by the next recovery and reported; nothing else is touched.
 func TestRecoverRemovesTemps(t *testing.T) {
 	l := newLib(t)
 	l.tag(l.image(nil, 1), "x")
 	tmp := filepath.Join(l.dir, ".index.json8675309")
-	ingest := filepath.Join(l.dir, ".ocistore", "ingest", "999999999-abc")
+	ingest := filepath.Join(l.dir, ".ocistore", "ingest", recovery.TempPrefix(strings.Repeat("0f", 16))+"abc")
 	if err := os.MkdirAll(filepath.Dir(ingest), 0o755); err != nil {
 		t.Fatal(err)
 	}

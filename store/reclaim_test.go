@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -118,7 +119,19 @@ func TestDeleteThroughTrash(t *testing.T) {
 
 	// A layer of a deleted image put again, and tagged in a new image,
 	// while its old copy is in the trash.
-	old, err := os.ReadFile(filepath.Join(dir, recovery.TrashDir, recovery.TrashPrefix()+"blobs-sha256-"+layer.Digest.Encoded()))
+	// The trash files are named after the handle's owner, whose owner
+	// file is there, locked.
+	var oldName string
+	for _, n := range filesIn(t, dir, recovery.TrashDir) {
+		tok, rest, _ := strings.Cut(n, "-")
+		if got := filesIn(t, dir, recovery.OwnersDir); len(got) != 1 || got[0] != tok {
+			t.Fatalf("trash file %s, owner files %v: want the one of its token", n, got)
+		}
+		if rest == "blobs-sha256-"+layer.Digest.Encoded() {
+			oldName = n
+		}
+	}
+	old, err := os.ReadFile(filepath.Join(dir, recovery.TrashDir, oldName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,24 +222,52 @@ func TestTrashUnlinkFailure(t *testing.T) {
 	s2.Close()
 }
 
-// TestTrashOfOtherProcesses: fsck reports the trash of a process that is
-// gone, and the next open unlinks it; the trash of a live process (pid 1)
-// is its own to unlink: neither reported nor touched.
+// TestTrashOfOtherProcesses: fsck reports the trash of an owner that is
+// gone (no owner file; an owner file whose lock is free, and that file
+// too) and of an older version's process when it has not changed for
+// recovery.LegacyAge, and the next open unlinks them; the trash of a live
+// owner (its owner file locked, here by the test) is its own to unlink,
+// and a young file of an older version (named after a process ID, which
+// cannot be checked from another PID namespace) may be a live process's:
+// neither is reported nor touched.
 func TestTrashOfOtherProcesses(t *testing.T) {
 	l := newLib(t)
 	l.tag(l.image(nil, 1), "a")
 	l.s.Close()
 	trash := filepath.Join(l.dir, recovery.TrashDir)
-	if err := os.MkdirAll(trash, 0o755); err != nil {
-		t.Fatal(err)
+	owners := filepath.Join(l.dir, recovery.OwnersDir)
+	for _, d := range []string{trash, owners} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	dead := "999999999-blobs-sha256-" + strings.Repeat("ab", 32)
-	live := "1-blobs-sha256-" + strings.Repeat("cd", 32)
-	for _, name := range []string{dead, live} {
+	blob := func(c string) string { return "blobs-sha256-" + strings.Repeat(c, 64) }
+	noOwnerFile, unlocked, locked := strings.Repeat("a1", 16), strings.Repeat("b2", 16), strings.Repeat("c3", 16)
+	gone := []string{recovery.TempPrefix(noOwnerFile) + blob("a"), recovery.TempPrefix(unlocked) + blob("b"), "12345-" + blob("d")}
+	live := []string{recovery.TempPrefix(locked) + blob("c"), "999999999-" + blob("e")}
+	for _, name := range append(append([]string{}, gone...), live...) {
 		if err := os.WriteFile(filepath.Join(trash, name), []byte("old layer"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
+	old := time.Now().Add(-recovery.LegacyAge - time.Minute)
+	if err := os.Chtimes(filepath.Join(trash, gone[2]), old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(owners, unlocked), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	osfs, err := fsio.OpenOS(l.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer osfs.Close()
+	lock, err := osfs.Lock(recovery.OwnersDir+"/"+locked, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Unlock()
+
 	rep, err := store.CheckDir(l.ctx, l.dir, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -239,8 +280,14 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 			t.Errorf("fsck: %s", p)
 		}
 	}
-	if len(found) != 1 || found[0] != recovery.TrashDir+"/"+dead {
-		t.Fatalf("fsck reported temp files %v, want only %s", found, dead)
+	want := []string{recovery.OwnersDir + "/" + unlocked}
+	for _, g := range gone {
+		want = append(want, recovery.TrashDir+"/"+g)
+	}
+	slices.Sort(found)
+	slices.Sort(want)
+	if !slices.Equal(found, want) {
+		t.Fatalf("fsck reported temp files %v, want %v", found, want)
 	}
 	s, err := store.Open(l.ctx, l.dir, nil)
 	if err != nil {
@@ -249,7 +296,12 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := filesIn(t, l.dir, recovery.TrashDir); len(got) != 1 || got[0] != live {
-		t.Fatalf("trash after an open: %v, want only the live process's %s", got, live)
+	got := filesIn(t, l.dir, recovery.TrashDir)
+	slices.Sort(live)
+	if !slices.Equal(got, live) {
+		t.Fatalf("trash after an open: %v, want only %v", got, live)
+	}
+	if got := filesIn(t, l.dir, recovery.OwnersDir); len(got) != 1 || got[0] != locked {
+		t.Fatalf("owner files after an open: %v, want only the live one, %s", got, locked)
 	}
 }

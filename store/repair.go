@@ -563,14 +563,14 @@ func (s *Store) sharedJournalDamaged(why error) error {
 		s.journalPath(), why, errdef.ErrCorrupt)
 }
 
-// repairStateDirs renames .ocistore/ingest, quarantine and trash out of
+// repairStateDirs renames .ocistore/ingest, quarantine, trash and owners out of
 // the way (to <name>.corrupt-<unix nanoseconds>) when they are not
 // directories: a symlink (never followed, in or out of the layout) or a
 // file. Recovery lists them and repair moves damaged files into the
 // quarantine; both make a new directory when they need one. The writer
 // lock is held.
 func (s *Store) repairStateDirs(res *RepairResult) error {
-	for _, dir := range []string{recovery.IngestDir, recovery.QuarantineDir, recovery.TrashDir} {
+	for _, dir := range []string{recovery.IngestDir, recovery.QuarantineDir, recovery.TrashDir, recovery.OwnersDir} {
 		fi, err := s.fsys.Lstat(dir)
 		if errors.Is(err, fs.ErrNotExist) || err == nil && fi.IsDir() {
 			continue

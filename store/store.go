@@ -194,6 +194,13 @@ type Store struct {
 		m map[digest.Digest]time.Time
 	}
 
+	// own is the owner of this handle's ingest temp files and trash
+	// files (recovery.OwnersDir): made on first need, released by Close.
+	own struct {
+		sync.Mutex
+		o *fsio.Owner
+	}
+
 	// rec is the reclaimer, which empties the trash (reclaim.go).
 	rec struct {
 		sync.Mutex
@@ -367,7 +374,52 @@ func (s *Store) Close() error {
 	if !poisoned {
 		s.ensureReserve() // the space a transaction freed through the trash is back
 	}
+	s.releaseOwner()
 	return s.fsys.Close()
+}
+
+// owner returns the token of this handle's owner (recovery.OwnersDir),
+// making its owner file on first use.
+func (s *Store) owner() (string, error) {
+	s.own.Lock()
+	defer s.own.Unlock()
+	if s.own.o == nil {
+		if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
+			return "", s.check(err)
+		}
+		o, err := fsio.NewOwner(s.fsys, recovery.OwnersDir)
+		if err != nil {
+			return "", s.check(fmt.Errorf("make an owner file: %w", err))
+		}
+		s.own.o = o
+	}
+	return s.own.o.Token(), nil
+}
+
+// ownerToken is the token of this handle's owner, "" before it has one.
+func (s *Store) ownerToken() string {
+	s.own.Lock()
+	defer s.own.Unlock()
+	if s.own.o == nil {
+		return ""
+	}
+	return s.own.o.Token()
+}
+
+// releaseOwner removes this handle's owner file and drops its lock: what
+// it left in the ingest directory or the trash is then anyone's to
+// remove. Close calls it once no ingest, transaction or unlinking of the
+// trash runs.
+func (s *Store) releaseOwner() {
+	s.own.Lock()
+	defer s.own.Unlock()
+	if s.own.o == nil {
+		return
+	}
+	if err := s.own.o.Release(); err != nil {
+		s.log.Warn("cannot remove the owner file; the next open removes it", "err", err)
+	}
+	s.own.o = nil
 }
 
 // writable returns why writes are refused, if they are.
@@ -619,7 +671,7 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery
 }
 
 func (s *Store) env() recovery.Env {
-	env := recovery.Env{FS: s.fsys, Log: s.log, Reclaim: s.reclaim}
+	env := recovery.Env{FS: s.fsys, Log: s.log, Reclaim: s.reclaim, Owner: s.owner, Self: s.ownerToken()}
 	if s.opts.syncReclaim {
 		env.Reclaim = s.reclaimNow
 	}

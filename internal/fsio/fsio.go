@@ -78,6 +78,19 @@ type FS interface {
 	Remove(name string) error
 	// SyncDir fsyncs a directory, making its entries durable.
 	SyncDir(name string) error
+	// Lock opens the regular file name (creating it first when create, and
+	// then failing with fs.ErrExist if it exists) and takes an exclusive
+	// lock on it without waiting: flock(LOCK_EX|LOCK_NB) on the OS, on the
+	// open file description, so that it is held until Unlock or until the
+	// process ends, however it ends (the kernel drops it with the last
+	// descriptor, SIGKILL included), and conflicts with a lock taken
+	// through any other open, in this process or another, in any PID
+	// namespace. An error wrapping ErrHeld when another holds it; one
+	// wrapping fs.ErrNotExist when name does not exist or no longer names
+	// the file locked (it was removed or replaced before the lock was
+	// taken). A created file is not durable until its directory is synced.
+	// See Owner.
+	Lock(name string, create bool) (FileLock, error)
 	// Close releases the file system.
 	Close() error
 }
@@ -125,36 +138,48 @@ func (o *OS) Close() error { return o.root.Close() }
 // pipe from blocking the open until a writer comes (it is then refused as
 // not a regular file); reads of a regular file ignore it.
 func (o *OS) Open(name string) (File, error) {
+	f, _, err := o.openAt(name, syscall.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// openAt opens name as Open does (O_NOFOLLOW, O_NONBLOCK, O_CLOEXEC added to
+// flags), and only a regular file, which it describes.
+func (o *OS) openAt(name string, flags int, perm uint32) (*os.File, fs.FileInfo, error) {
 	dir, base := path.Split(name)
 	if base == "" || base == "." || base == ".." {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
+		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
 	}
 	if dir == "" {
 		dir = "."
 	}
 	d, err := o.root.Open(strings.TrimSuffix(dir, "/"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	fd, err := syscall.Openat(int(d.Fd()), base, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	fd, err := syscall.Openat(int(d.Fd()), base, flags|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, perm)
 	d.Close()
 	switch {
 	case err == syscall.ELOOP:
-		return nil, &fs.PathError{Op: "open", Path: name, Err: errSymlink}
+		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: errSymlink}
+	case err == syscall.EISDIR: // a directory opened for writing
+		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: ErrNotRegular}
 	case err != nil:
-		return nil, &fs.PathError{Op: "openat", Path: name, Err: err}
+		return nil, nil, &fs.PathError{Op: "openat", Path: name, Err: err}
 	}
 	f := os.NewFile(uintptr(fd), name)
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, &fs.PathError{Op: "open", Path: name, Err: ErrNotRegular}
+		return nil, nil, &fs.PathError{Op: "open", Path: name, Err: ErrNotRegular}
 	}
-	return f, nil
+	return f, fi, nil
 }
 
 // ErrNotRegular: a path that must be a regular file is a directory, a device or a symlink.

@@ -55,6 +55,7 @@ type FS struct {
 	top   *inode
 	clock int64
 	seq   int
+	locks map[*inode]bool // files locked (Lock); a crash drops them all
 	// OnMutation, when set, is called after every change (outside the lock)
 	// with a short description.
 	OnMutation func(what string)
@@ -394,6 +395,54 @@ func (f *FS) SyncDir(name string) error {
 	}
 	f.notify("fsync " + name + "/")
 	return nil
+}
+
+// memLock is a lock taken by Lock.
+type memLock struct {
+	f    *FS
+	n    *inode
+	once sync.Once
+}
+
+func (l *memLock) Unlock() error {
+	l.once.Do(func() {
+		l.f.mu.Lock()
+		delete(l.f.locks, l.n)
+		l.f.mu.Unlock()
+	})
+	return nil
+}
+
+// Lock takes the exclusive lock of a regular file (creating it first when
+// create), as flock does: another Lock of the file fails with fsio.ErrHeld
+// until Unlock. Locks belong to this FS: the FS a crash leaves
+// (Materialize) has none, as a restarted system has none.
+func (f *FS) Lock(name string, create bool) (fsio.FileLock, error) {
+	f.mu.Lock()
+	var n *inode
+	var err error
+	if create {
+		n, _, err = f.create(path.Dir(path.Clean(name)), path.Base(name))
+	} else if n, err = f.lookup(name); err == nil && (n.dir || n.ext) {
+		err = fsio.ErrNotRegular
+	}
+	if err == nil && f.locks[n] {
+		err = fsio.ErrHeld
+	}
+	if err == nil {
+		if f.locks == nil {
+			f.locks = map[*inode]bool{}
+		}
+		f.locks[n] = true
+	}
+	f.mu.Unlock()
+	if err != nil {
+		return nil, pathErr("lock", name, err)
+	}
+	if create {
+		f.notify("create " + name)
+	}
+	return &memLock{f: f, n: n}, nil
 }
 
 // AddExternal records that a file kept elsewhere (the journal database) was

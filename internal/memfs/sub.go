@@ -44,6 +44,9 @@ func (s *sub) Link(oldname, newname string) error {
 func (s *sub) Remove(name string) error  { return s.f.Remove(s.in(name)) }
 func (s *sub) SyncDir(name string) error { return s.f.SyncDir(s.in(name)) }
 func (s *sub) Close() error              { return nil }
+func (s *sub) Lock(name string, create bool) (fsio.FileLock, error) {
+	return s.f.Lock(s.in(name), create)
+}
 
 func (s *sub) ReplaceFile(name, tmpDir string, data []byte, perm fs.FileMode) error {
 	return s.f.ReplaceFile(s.in(name), s.in(tmpDir), data, perm)

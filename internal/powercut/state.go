@@ -123,7 +123,8 @@ func (st *State) readBlobs(dir string) error {
 }
 
 // readStrays lists the files of the root other than the layout's, and the
-// ingest temp files and the trash of the journal directory.
+// ingest temp files, the trash and the owner files of the journal
+// directory.
 func (st *State) readStrays(dir string) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -136,7 +137,7 @@ func (st *State) readStrays(dir string) error {
 		}
 		st.Strays = append(st.Strays, e.Name())
 	}
-	for _, sub := range []string{"ingest", "trash"} {
+	for _, sub := range []string{"ingest", "trash", "owners"} {
 		ents, err := os.ReadDir(filepath.Join(dir, ".ocistore", sub))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err

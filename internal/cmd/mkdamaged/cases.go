@@ -569,12 +569,18 @@ func Cases() []Case {
 			Build: steps(healthy, func(dir string) error { return setRef(dir, n["shared"].Digest, 9) })},
 		{Name: "refcount-children", Spec: Spec{Description: "the journal's record of a manifest's children is wrong (another live blob in place of its config): reported; repaired by a recount, so that deleting the image frees its own config and never the other blob"},
 			Build: steps(healthy, func(dir string) error { return swapChild(dir, n["app2"], n["tool-layer"]) })},
-		{Name: "temp-files", Spec: Spec{Description: "a renameio temp file in the root and an ingest temp file of a dead process: removed"},
+		{Name: "temp-files", Spec: Spec{Description: "a renameio temp file in the root, ingest temp files of two owners that are gone (one left its owner file, unlocked; the other none): removed, with the owner file"},
 			Build: steps(healthy, func(dir string) error {
 				if err := writeFile(dir, ".index.json3141592", []byte(`{"schemaVersion":2,"manif`)); err != nil {
 					return err
 				}
-				return writeFile(dir, ".ocistore/ingest/999999999-x1", []byte("partial layer"))
+				if err := writeFile(dir, ".ocistore/owners/5eed5eed5eed5eed5eed5eed5eed5eed", nil); err != nil {
+					return err
+				}
+				if err := writeFile(dir, ".ocistore/ingest/5eed5eed5eed5eed5eed5eed5eed5eed-x1", []byte("partial layer")); err != nil {
+					return err
+				}
+				return writeFile(dir, ".ocistore/ingest/deadbeefdeadbeefdeadbeefdeadbeef-x2", []byte("another partial layer"))
 			})},
 		{Name: "orphans", Spec: Spec{Description: "blobs nothing references (one under sha512): removed by a journaled GC"},
 			Build: steps(healthy, orphans)},
