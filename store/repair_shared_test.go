@@ -348,7 +348,14 @@ func TestRepairSharedBlobDir(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(ss.shared, filepath.FromSlash(recovery.IngestDir)), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(ss.shared, filepath.FromSlash(recovery.IngestDir), "999999999-x1"), []byte("partial"), 0o644); err != nil {
+	// A temp file named the old way (by a pid), older than LegacyAge: a
+	// leftover recovery removes.
+	leftover := filepath.Join(ss.shared, filepath.FromSlash(recovery.IngestDir), "999999999-x1")
+	if err := os.WriteFile(leftover, []byte("partial"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-recovery.LegacyAge - time.Hour)
+	if err := os.Chtimes(leftover, old, old); err != nil {
 		t.Fatal(err)
 	}
 	db, err := journal.Open(filepath.Join(ss.shared, store.JournalPath), journal.Options{})
