@@ -167,4 +167,5 @@ func (s *sub) Allocate(name string, size int64) (int64, int64, error) {
 }
 
 func (s *sub) Avail(dir string) (int64, error) { return s.f.Avail(s.in(dir)) }
+
 var _ fsio.Reserver = (*sub)(nil)
