@@ -14,7 +14,10 @@ import (
 
 // The space model: a FS may be given a capacity, in bytes of file data
 // (every regular file counted once, however many names it has; directories
-// and external files count nothing). A write, a ReplaceFile or an Allocate
+// and external files count nothing). A file unlinked (or renamed over)
+// counts until the unlink is durable (its directory synced), as a file
+// system with a journal reuses freed blocks only once the transaction that
+// freed them is committed. A write, a ReplaceFile or an Allocate
 // that would take the data past it fails with syscall.ENOSPC and writes
 // nothing. The capacity, and whether the FS holds a space reserve
 // (fsio.Reserver), survive a crash: a Crash materialises with them.
@@ -68,20 +71,25 @@ func (f *FS) FailNextRename(name string, err error) {
 	f.mu.Unlock()
 }
 
-// used sums the data of every regular file. f.mu is held.
+// used sums the data of every regular file that has a name, or had one
+// at its directory's last sync. f.mu is held.
 func (f *FS) used() int64 {
 	var n int64
 	seen := map[*inode]bool{}
 	var walk func(d *inode)
 	walk = func(d *inode) {
-		for _, c := range d.entries {
-			switch {
-			case c.dir:
-				walk(c)
-			case c.ext || seen[c]:
-			default:
-				seen[c] = true
-				n += int64(len(c.data))
+		for _, m := range []map[string]*inode{d.entries, d.durable} {
+			for _, c := range m {
+				switch {
+				case seen[c]:
+				case c.dir:
+					seen[c] = true
+					walk(c)
+				case c.ext:
+				default:
+					seen[c] = true
+					n += int64(len(c.data))
+				}
 			}
 		}
 	}
