@@ -69,7 +69,7 @@ demo: build
 # and prints one summary line per tier, then the totals. Tier 2 needs root.
 crash: tools
 	@OCISTORE_CRASH_FULL=1 $(GO) test -count=1 -timeout 60m -v \
-		-run '^(TestTier1CrashStates|TestTier1SharedBlobDir|TestTier1Trash|TestTier1FindsMissingFsync|TestRapidStateMachine|TestRapidFindsMissingFsync|TestCrashPoints|TestCrashPointsTrash|TestCrashDuringRecovery|TestRecoveryTable|TestChaos|TestPowerCut|TestPowerCutCatchesMissingFsync)$$' \
+		-run '^(TestTier1CrashStates|TestTier1SharedBlobDir|TestTier1Trash|TestTier1Fault|TestTier1FindsMissingFsync|TestRapidStateMachine|TestRapidFindsMissingFsync|TestCrashPoints|TestCrashPointsTrash|TestCrashDuringRecovery|TestRecoveryTable|TestChaos|TestPowerCut|TestPowerCutCatchesMissingFsync)$$' \
 		./store/ ./internal/chaos/ ./internal/powercut/ > crash.out 2>&1 || { grep -E '^(tier|---|FAIL)|violation' crash.out; exit 1; }
 	@grep -E '^tier[0-9](-[a-z]+)*:' crash.out
 	@grep -E '^tier[0-9](-[a-z]+)*:' crash.out | awk '{ for (i = 2; i <= NF; i++) { split($$i, kv, "="); if (kv[1] == "violations") v += kv[2] } } END { printf "total: tiers=%d violations=%d\n", NR, v; exit v > 0 }'

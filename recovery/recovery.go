@@ -494,6 +494,15 @@ func describe(raw []byte, err error) string {
 // Recount replaces the journal's refcounts with a count of st's graph and
 // records st as the committed index. It never deletes anything.
 func Recount(env Env, db *journal.DB, st *State) (int, error) {
+	return recountDropping(env, db, st, 0)
+}
+
+// recountDropping is Recount that also drops the pending record drop (when
+// not 0) in the same journal commit: a record whose deltas are in the
+// refcounts must not go without them, or a crash between the two commits
+// leaves counts of an index that is not on disk under a journal that looks
+// consistent (no record, the committed index on disk: no recount).
+func recountDropping(env Env, db *journal.DB, st *State, drop uint64) (int, error) {
 	all, err := env.withPeers(st.Index)
 	if err != nil {
 		return 0, err
@@ -502,14 +511,20 @@ func Recount(env Env, db *journal.DB, st *State) (int, error) {
 	for _, p := range problems {
 		env.Log.Warn("recount: cannot follow a manifest", "err", p)
 	}
-	return storeCounts(db, st, m)
+	return storeCounts(db, st, m, drop)
 }
 
 // storeCounts stores m, a recount of st's graph, as the journal's refcounts
-// and st as the committed index.
-func storeCounts(db *journal.DB, st *State, m refcount.Map) (int, error) {
+// and st as the committed index, and drops the pending record drop (when
+// not 0).
+func storeCounts(db *journal.DB, st *State, m refcount.Map, drop uint64) (int, error) {
 	crash.Point(crash.RecoverRecounted)
 	err := db.Update(func(tx *journal.Tx) error {
+		if drop != 0 {
+			if err := tx.DeletePending(drop); err != nil {
+				return err
+			}
+		}
 		if err := tx.ReplaceRefs(m); err != nil {
 			return err
 		}
@@ -609,23 +624,20 @@ func recountFromDisk(env Env, db *journal.DB, rec *journal.Record) error {
 	if err != nil {
 		return err // recovery will deal with it
 	}
-	if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
+	env.Log.Warn("index.json was rewritten by another tool during a transaction; recounting from it", attrTxn, rec.ID, "op", rec.Op)
+	if _, err := recountDropping(env, db, &State{Index: ix, Bytes: raw, Digest: layout.Sum(raw), Stamp: stamp}, rec.ID); err != nil {
 		return fmt.Errorf("drop txn %d: %w", rec.ID, err)
 	}
-	env.Log.Warn("index.json was rewritten by another tool during a transaction; recounting from it", attrTxn, rec.ID, "op", rec.Op)
-	_, err = Recount(env, db, &State{Index: ix, Bytes: raw, Digest: layout.Sum(raw), Stamp: stamp})
-	return err
+	return nil
 }
 
 // RollBack undoes a journaled transaction whose new index never reached
 // index.json: it drops the record and puts back the refcounts of old, the
 // index still on disk (a recount: the record's deltas do not say what a
-// count that dropped to zero recorded). Nothing is unlinked.
+// count that dropped to zero recorded), in one journal commit. Nothing is
+// unlinked.
 func RollBack(env Env, db *journal.DB, rec *journal.Record, old *State) error {
-	if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
-		return fmt.Errorf("roll back txn %d: %w", rec.ID, err)
-	}
-	if _, err := Recount(env, db, old); err != nil {
+	if _, err := recountDropping(env, db, old, rec.ID); err != nil {
 		return fmt.Errorf("roll back txn %d: %w", rec.ID, err)
 	}
 	env.Log.Warn("transaction rolled back: its new index.json could not be put in place", attrTxn, rec.ID, "op", rec.Op)
@@ -707,7 +719,7 @@ func finishRecovered(env Env, db *journal.DB, rec *journal.Record, on *State) (b
 	}
 	if !agree {
 		env.Log.Warn("recovery: the journal's refcounts do not match index.json on disk; recounting", attrTxn, rec.ID, "index", rec.NewIndex)
-		if _, err := storeCounts(db, on, walk); err != nil {
+		if _, err := storeCounts(db, on, walk, 0); err != nil {
 			return false, fmt.Errorf("txn %d: %w", rec.ID, err)
 		}
 	}

@@ -37,3 +37,8 @@ func SetTestSharedFS(o *Options, layout, blobs fsio.FS) { o.sharedFS = [2]fsio.F
 // SetTestSyncReclaim makes the store unlink its trash in the call that
 // fills it instead of in the background (crash tests).
 func SetTestSyncReclaim(o *Options) { o.syncReclaim = true }
+
+// SetTestReserveSize makes the store's space reserve n bytes instead of
+// the size reserveWant computes (crash tests: a small reserve keeps the
+// snapshots of an in-memory file system cheap).
+func SetTestReserveSize(o *Options, n int64) { o.reserveSize = n }

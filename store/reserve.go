@@ -45,6 +45,9 @@ const (
 
 // reserveWant is the size the reserve should have.
 func (s *Store) reserveWant() int64 {
+	if s.opts.reserveSize > 0 {
+		return s.opts.reserveSize
+	}
 	var idx int64
 	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil && fi.Mode().IsRegular() {
 		idx = fi.Size()

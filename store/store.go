@@ -142,6 +142,9 @@ type Options struct {
 	// syncReclaim unlinks the trash in the call that fills it, not in
 	// the background (crash tests: every mutation in a known order).
 	syncReclaim bool
+	// reserveSize, when positive, is the space reserve's size instead of
+	// reserveWant's (crash tests: a small reserve is cheap to snapshot).
+	reserveSize int64
 }
 
 // DefaultLockTimeout is the writer lock wait when Options.LockTimeout is zero.

@@ -106,6 +106,7 @@ func t1Trash(mem *memfs.FS) []string {
 func t1Open(ctx context.Context, dir string, mem *memfs.FS, hook func()) (*store.Store, error) {
 	o := &store.Options{LockTimeout: -1}
 	store.SetTestSyncReclaim(o) // no mutation out of the recorded order
+	store.SetTestReserveSize(o, t1ReserveSize)
 	if hook != nil {
 		store.SetTestJournalHook(o, hook)
 	}
@@ -117,6 +118,15 @@ func t1Open(ctx context.Context, dir string, mem *memfs.FS, hook func()) (*store
 	store.SetTestSharedFS(o, mem.Sub("layout"), mem.Sub("shared"))
 	return store.Open(ctx, filepath.Join(dir, "layout"), o)
 }
+
+// t1Build builds the scenario runTier1 runs (TestTier1Fault sets another
+// for its run only).
+var t1Build = t1Scenario
+
+// t1ReserveSize is the space reserve of the tier-1 stores: small, so that
+// the snapshots of a memfs holding it stay cheap. Only a memfs with
+// EnableReserve holds one (see TestTier1Fault).
+const t1ReserveSize = 8 << 10
 
 // t1Event is one crash point: the file system and journal right after a
 // mutation or a commit, during operation op.
@@ -168,6 +178,11 @@ type t1Op struct {
 	// reopen makes the harness close the store and open a new one as the
 	// operation (adoption, recovery).
 	reopen bool
+	// wantErr, when set, says the operation must fail with an error it
+	// accepts and change nothing (its expectation is the previous op's).
+	// The next op must be its retry: what that leaves is what a crash
+	// during the failed op may also leave (all of it or nothing).
+	wantErr func(error) bool
 }
 
 // t1Expect is what the scenario's uninterrupted run leaves after each op.
@@ -175,6 +190,7 @@ type t1Expect struct {
 	tags     map[string]string
 	ingested map[digest.Digest]bool // blobs written by this op
 	freed    map[digest.Digest]bool // blobs this op freed
+	applied  *t1Expect              // a failed op (wantErr): what it would have left
 }
 
 type t1Stats struct {
@@ -424,7 +440,7 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 		t.Fatal(err)
 	}
 	mem := memfs.New(dir)
-	ops := t1Scenario(t, mem, t1ImportSource(t), max(sizes.images, 4))
+	ops := t1Build(t, mem, t1ImportSource(t), max(sizes.images, 4))
 	rec := newRecorder(mem, dir)
 
 	// The uninterrupted run, recording crash points and what each op leaves.
@@ -443,6 +459,12 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 		} else {
 			res, err = op.run(ctx, s)
 		}
+		if op.wantErr != nil {
+			if err == nil || !op.wantErr(err) {
+				t.Fatalf("op %s: error %v, want its expected failure", op.name, err)
+			}
+			err, res = nil, nil
+		}
 		if err != nil {
 			t.Fatalf("op %s: %v", op.name, err)
 		}
@@ -457,7 +479,15 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 				e.freed[digest.Digest(f.Digest)] = true
 			}
 		}
+		if op.wantErr != nil && (i == 0 || i+1 == len(ops) || len(e.ingested) > 0 || !equalMaps(e.tags, expects[i-1].tags)) {
+			t.Fatalf("op %s failed but changed the layout (or has no previous op or retry)", op.name)
+		}
 		expects[i] = e
+	}
+	for i, op := range ops {
+		if op.wantErr != nil {
+			expects[i].applied = &expects[i+1]
+		}
 	}
 	s.Close()
 	rec.off = true
@@ -498,6 +528,12 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 				if i < acked {
 					delete(allowed, d)
 				}
+				delete(must, d)
+			}
+		}
+		if a := expects[acked].applied; a != nil { // a failed op may be recovered as applied
+			ok = append(ok, a.tags)
+			for d := range a.freed {
 				delete(must, d)
 			}
 		}
@@ -648,11 +684,11 @@ func verifyRecovered(ctx context.Context, scratch string, mem *memfs.FS, rec *t1
 	if left := t1Trash(mem); len(left) > 0 {
 		return got, fmt.Sprintf("recovery left %d files in the trash, e.g. %s", len(left), left[0])
 	}
-	before := mem.Tree()
+	before := t1Tree(mem)
 	if _, err := s.Recover(ctx); err != nil {
 		return got, "second recovery: " + err.Error()
 	}
-	if after := mem.Tree(); !sameTree(before, after) {
+	if after := t1Tree(mem); !sameTree(before, after) {
 		return got, "second recovery changed the layout (not idempotent)"
 	}
 	return got, ""
@@ -700,6 +736,15 @@ func crashRecovery(ctx context.Context, scratch string, ev t1Event, keep []bool,
 		}
 	}
 	return n
+}
+
+// t1Tree is mem's tree without the space reserve, which holds no data: a
+// Recover on a full disk releases it, by design (store/reserve.go).
+func t1Tree(mem *memfs.FS) map[string][]byte {
+	tree := mem.Tree()
+	delete(tree, fsio.ReserveFile)
+	delete(tree, "shared/"+fsio.ReserveFile)
+	return tree
 }
 
 func sameTree(a, b map[string][]byte) bool {

@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ocistore/ocistore/internal/fsio"
@@ -56,6 +57,12 @@ type FS struct {
 	clock int64
 	seq   int
 	locks map[*inode]bool // files locked (Lock); a crash drops them all
+	space space           // the space model (space.go); a crash keeps it
+	// failRename is the one-shot fault of FailNextRename.
+	failRename struct {
+		name string
+		err  error
+	}
 	// OnMutation, when set, is called after every change (outside the lock)
 	// with a short description.
 	OnMutation func(what string)
@@ -231,6 +238,10 @@ func (t *tempFile) Name() string { return t.name }
 
 func (t *tempFile) Write(p []byte) (int, error) {
 	t.f.mu.Lock()
+	if !t.f.fits(int64(len(p))) {
+		t.f.mu.Unlock()
+		return 0, pathErr("write", t.name, syscall.ENOSPC)
+	}
 	t.n.data = append(t.n.data, p...)
 	t.n.mtime = t.f.tick()
 	t.f.mu.Unlock()
@@ -284,6 +295,11 @@ func (f *FS) ReplaceFile(name, tmpDir string, data []byte, _ fs.FileMode) error 
 		f.seq++
 		n, tmp, err = f.create(tmpDir, fmt.Sprintf(".%s%d", path.Base(name), f.seq))
 	}
+	if err == nil && !f.fits(int64(len(data))) {
+		d, _ := f.lookup(tmpDir) // the write fails: the temp file goes
+		delete(d.entries, path.Base(tmp))
+		err = syscall.ENOSPC
+	}
 	if err == nil {
 		n.data = bytes.Clone(data)
 		if !fsio.SyncSkipped(fsio.SyncIndexFile) {
@@ -291,6 +307,9 @@ func (f *FS) ReplaceFile(name, tmpDir string, data []byte, _ fs.FileMode) error 
 		}
 	}
 	f.mu.Unlock()
+	if errors.Is(err, syscall.ENOSPC) {
+		return pathErr("write", tmp, err)
+	}
 	if err != nil {
 		return pathErr("replace", name, err)
 	}
@@ -335,7 +354,10 @@ func (f *FS) Link(oldname, newname string) error {
 func (f *FS) Rename(oldname, newname string) error {
 	f.mu.Lock()
 	od, ob, nd, nb, err := f.parents(oldname, newname)
-	if err == nil {
+	if err == nil && f.failRename.err != nil && strings.Join(split(newname), "/") == f.failRename.name {
+		err = f.failRename.err
+		f.failRename.err = nil
+	} else if err == nil {
 		n, ok := od.entries[ob]
 		switch {
 		case !ok:
@@ -522,6 +544,7 @@ func (f *FS) Tree() map[string][]byte {
 type Crash struct {
 	top   *inode
 	items []item
+	space space // the disk's size does not change in a crash
 }
 
 // item is one thing a crash may lose: a directory entry whose binding
@@ -560,7 +583,7 @@ func (f *FS) Snapshot() *Crash {
 		}
 		return c
 	}
-	c := &Crash{top: cp(f.top)}
+	c := &Crash{top: cp(f.top), space: f.space}
 	c.items = listItems(c.top)
 	return c
 }
@@ -655,6 +678,7 @@ func (c *Crash) Materialize(root string, keep []bool) (out *FS, ext []string) {
 		keepEntry[it.dir][it.name] = true
 	}
 	out = New(root)
+	out.space = c.space
 	files := map[*inode]*inode{}
 	var build func(prefix string, src, dst *inode)
 	build = func(prefix string, src, dst *inode) {
