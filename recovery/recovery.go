@@ -249,6 +249,18 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 				log.Warn("recovery: index.json changed by another tool; dropping the record and recounting", "op", rec.Op)
 			}
 			st.Actions = append(st.Actions, Action{Kind: "roll-back", Txn: rec.ID, Detail: rec.Op})
+			if ixErr == nil {
+				// The record goes in the commit that stores the recount:
+				// its refcount changes are in the journal's counts, so a
+				// crash between a drop and a recount would leave counts
+				// for an index that is not on disk, in a journal that
+				// looks consistent.
+				if _, err := recountDropping(env, db, &State{Index: ix, Bytes: raw, Digest: onDisk, Stamp: stamp}, rec.ID); err != nil {
+					return nil, fmt.Errorf("roll back txn %d: %w", rec.ID, err)
+				}
+				lastDigest = onDisk
+				continue
+			}
 			if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
 				return nil, fmt.Errorf("roll back txn %d: %w", rec.ID, err)
 			}
