@@ -50,6 +50,7 @@ import (
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/memfs"
+	"github.com/ocistore/ocistore/internal/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
@@ -564,6 +565,10 @@ func (m *rpMachine) CrashAndRecover(t *rapid.T) {
 	m.mem = mem
 	if err := os.RemoveAll(old); err != nil {
 		m.fail(t, "harness: %v", err)
+	}
+	// What a foreign reader (no recovery) sees of the crash state.
+	if err := testutil.ForeignReadableFS(m.mem, nil); err != nil {
+		m.fail(t, "foreign reader, before recovery: %v", err)
 	}
 	m.open(t, "recovery after the crash")
 	before := m.mem.Tree()
