@@ -95,7 +95,7 @@ func TestCrashChild(t *testing.T) {
 // cpTally counts a crash-point test's kills, the foreign-reader checks of
 // the layouts they left and the cases that failed, for its summary line.
 type cpTally struct {
-	name                        string
+	name                       string
 	kills, foreign, violations int
 }
 
