@@ -228,9 +228,12 @@ func (m *rpMachine) closure(roots map[digest.Digest]bool) map[digest.Digest]bool
 }
 
 // canTag reports whether tagging d succeeds: its whole graph is present.
-func (m *rpMachine) canTag(d digest.Digest) bool {
+func (m *rpMachine) canTag(d digest.Digest) bool { return m.graphIn(d, m.m.present) }
+
+// graphIn reports whether d's whole graph is among present.
+func (m *rpMachine) graphIn(d digest.Digest, present map[digest.Digest]bool) bool {
 	for b := range m.closure(map[digest.Digest]bool{d: true}) {
-		if !m.m.present[b] {
+		if !present[b] {
 			return false
 		}
 	}
@@ -481,26 +484,13 @@ func (m *rpMachine) Delete(t *rapid.T) {
 	m.step(t, "Delete %v", rpShortRefs(refs))
 	res, err := m.s.Delete(m.ctx, refs...)
 
-	next := m.m.clone()
-	for _, r := range refs {
-		d, isDigest := digest.Digest(r), strings.HasPrefix(r, "sha256:")
-		switch {
-		case !isDigest && m.m.tags[r] != "":
-			delete(next.tags, r)
-		case isDigest && m.m.roots()[d]:
-			for k, v := range m.m.tags {
-				if v == d {
-					delete(next.tags, k)
-				}
-			}
-			delete(next.untagged, d)
-		default:
-			rpStats.add("Delete(refused)")
-			if !errors.Is(err, store.ErrNotFound) {
-				m.fail(t, "Delete of missing %s: got %v, want ErrNotFound", r, err)
-			}
-			return
+	next, wantErr := rpDelete(m.m, refs)
+	if wantErr != nil {
+		rpStats.add("Delete(refused)")
+		if !errors.Is(err, wantErr) {
+			m.fail(t, "Delete %v: got %v, want %v", rpShortRefs(refs), err, wantErr)
 		}
+		return
 	}
 	if err != nil {
 		m.fail(t, "Delete: %v", err)
@@ -521,6 +511,29 @@ func (m *rpMachine) Delete(t *rapid.T) {
 		m.fail(t, "Delete freed %v, want %v", rpSorted(got), rpSorted(want))
 	}
 	m.m = next
+}
+
+// rpDelete is Store.Delete's effect on cur: the model after it, or the
+// error it fails with (a reference that index.json does not hold).
+func rpDelete(cur rpModel, refs []string) (rpModel, error) {
+	next := cur.clone()
+	for _, r := range refs {
+		d, isDigest := digest.Digest(r), strings.HasPrefix(r, "sha256:")
+		switch {
+		case !isDigest && cur.tags[r] != "":
+			delete(next.tags, r)
+		case isDigest && cur.roots()[d]:
+			for k, v := range cur.tags {
+				if v == d {
+					delete(next.tags, k)
+				}
+			}
+			delete(next.untagged, d)
+		default:
+			return cur, store.ErrNotFound
+		}
+	}
+	return next, nil
 }
 
 // Reopen closes the store and opens the layout again.
@@ -648,6 +661,12 @@ func (m *rpMachine) Check(t *rapid.T) {
 		if err != nil || !bytes.Equal(b, m.blobs[d].content) {
 			m.fail(t, "blob %s: %d bytes that are not its content (%v)", rpShort(d), len(b), err)
 		}
+	}
+
+	// What a foreign reader sees: index.json parses, every blob it reaches
+	// is there.
+	if err := testutil.ForeignReadableFS(m.mem, nil); err != nil {
+		m.fail(t, "foreign reader: %v", err)
 	}
 
 	// fsck: nothing but the orphans the model expects.
