@@ -188,7 +188,7 @@ func (m *rpMachine) group(t *rapid.T, changes []rpChange) {
 
 	// The group unlinks what a member freed and no later member used
 	// again (a blob may also enter and leave the closure within the
-	// group), unless it commits nothing: a group that leaves index.json as
+	// group), but for the blobs the lease holds, unless it commits nothing: a group that leaves index.json as
 	// it was (same entries, in the same order) is no transaction, and the
 	// blobs that passed through it stay as they were (orphans).
 	gone := map[digest.Digest]bool{}
@@ -200,7 +200,10 @@ func (m *rpMachine) group(t *rapid.T, changes []rpChange) {
 	default:
 		after := m.closure(final.roots())
 		for d := range frees {
-			if !after[d] {
+			if !after[d] && m.m.leased[d] {
+				rpStats.add("Group(kept a leased blob)")
+			}
+			if !after[d] && !m.m.leased[d] { // a leased blob stays
 				gone[d] = true
 				delete(final.present, d)
 			}
