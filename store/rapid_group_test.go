@@ -188,9 +188,10 @@ func (m *rpMachine) group(t *rapid.T, changes []rpChange) {
 
 	// The group unlinks what a member freed and no later member used
 	// again (a blob may also enter and leave the closure within the
-	// group), but for the blobs the lease holds, unless it commits nothing: a group that leaves index.json as
-	// it was (same entries, in the same order) is no transaction, and the
-	// blobs that passed through it stay as they were (orphans).
+	// group), but for the blobs the lease holds; unless it commits
+	// nothing: a group that leaves index.json as it was (same entries, in
+	// the same order) is no transaction, and the blobs that passed through
+	// it stay as they were (orphans).
 	gone := map[digest.Digest]bool{}
 	switch {
 	case journalAt == nil && !unchanged:
@@ -199,24 +200,25 @@ func (m *rpMachine) group(t *rapid.T, changes []rpChange) {
 		rpStats.add("Group(no change)")
 	default:
 		after := m.closure(final.roots())
-		for d := range frees {
-			if !after[d] && m.m.leased[d] {
+		again := false
+		for d, n := range frees {
+			switch {
+			case after[d] || n > 1:
+				again = true
+			case m.m.leased[d]:
 				rpStats.add("Group(kept a leased blob)")
 			}
-			if !after[d] && !m.m.leased[d] { // a leased blob stays
+			if !after[d] && !m.m.leased[d] {
 				gone[d] = true
 				delete(final.present, d)
 			}
 		}
+		if again {
+			rpStats.add("Group(freed, then used again)")
+		}
 	}
 	if len(gone) > 0 {
 		rpStats.add("Group(frees)")
-	}
-	for d := range frees {
-		if journalAt != nil && (frees[d] > 1 || !gone[d]) {
-			rpStats.add("Group(freed, then used again)")
-			break
-		}
 	}
 
 	var txns []uint64
