@@ -2,9 +2,13 @@ package store_test
 
 // Crash tests: for each step of the protocol, a child process (this test
 // binary) runs one operation with that crash point armed and is SIGKILLed
-// there; the parent then opens the layout (running recovery), checks every
+// there; the parent first checks the layout as the kill left it against the
+// invariant for foreign readers (testutil.ForeignReadable: skopeo and umoci
+// run no recovery), then opens the layout (running recovery), checks every
 // invariant of DESIGN.md §5 and that the operation is all there or all gone,
-// then checks that a second recovery does nothing.
+// then checks that a second recovery does nothing. Each test prints a
+// summary line, "crashpoints: test=NAME kills=N foreign=N violations=V"
+// (make crash collects them).
 
 import (
 	"context"
@@ -86,6 +90,43 @@ func TestCrashChild(t *testing.T) {
 	}
 	s.Close()
 	os.Exit(0)
+}
+
+// cpTally counts a crash-point test's kills, the foreign-reader checks of
+// the layouts they left and the cases that failed, for its summary line.
+type cpTally struct {
+	name                       string
+	kills, foreign, violations int
+}
+
+// newTally starts the tally of the test t; its summary line is printed when
+// t ends.
+func newTally(t *testing.T) *cpTally {
+	c := &cpTally{name: t.Name()}
+	t.Cleanup(func() {
+		fmt.Printf("crashpoints: test=%s kills=%d foreign=%d violations=%d\n", c.name, c.kills, c.foreign, c.violations)
+	})
+	return c
+}
+
+// run is t.Run, counting a failed case as a violation.
+func (c *cpTally) run(t *testing.T, name string, f func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, f) {
+		c.violations++
+	}
+}
+
+// killed counts a kill and checks the layout in dir (its blobs in
+// sharedBlobDir when not empty) as the kill left it, before any recovery,
+// against the invariant for foreign readers.
+func (c *cpTally) killed(t *testing.T, dir, sharedBlobDir string) {
+	t.Helper()
+	c.kills++
+	c.foreign++
+	if err := testutil.ForeignReadableDir(dir, sharedBlobDir); err != nil {
+		t.Errorf("foreign reader, after the kill and before recovery: %v", err)
+	}
 }
 
 // runChild runs op in a child process with point armed ("" for none). It
@@ -284,19 +325,21 @@ func TestCrashPoints(t *testing.T) {
 			points: []string{crash.IngestWritten, crash.IngestRenamed, crash.IngestSynced + "@3", crash.TxnJournaled, crash.IndexSynced},
 			after:  nil},
 	}
+	tally := newTally(t)
 	for _, c := range cases {
 		for _, point := range c.points {
 			name := c.op + "/" + strings.Join(c.args[min(len(c.args)-1, 1):], ",") + "/" + point
 			if c.op == "import" {
 				name = "import/" + point
 			}
-			t.Run(name, func(t *testing.T) {
+			tally.run(t, name, func(t *testing.T) {
 				dir := t.TempDir()
 				copyDir(t, gold, dir)
 				killed := runChild(t, dir, c.op, point, c.args...)
 				if !killed {
 					t.Fatalf("crash point %s was never reached", point)
 				}
+				tally.killed(t, dir, "")
 				assertRecovered(t, dir, c, point, before)
 			})
 		}
@@ -313,13 +356,15 @@ func TestCrashPointsTrash(t *testing.T) {
 	before := fixture(t, gold)
 	c := crashCase{op: "delete", args: []string{"img1", "img2", "multi"}, durableFrom: crash.TxnJournaled,
 		after: func(b map[string]string) map[string]string { return without(b, "img1", "img2", "multi") }}
+	tally := newTally(t)
 	for _, point := range append(txnPoints, crash.TrashUnlinked+"@1", crash.TrashUnlinked+"@4") {
-		t.Run(point, func(t *testing.T) {
+		tally.run(t, point, func(t *testing.T) {
 			dir := t.TempDir()
 			copyDir(t, gold, dir)
 			if !runChildEnv(t, dir, c.op, point, []string{envChildTrash + "=1"}, c.args...) {
 				t.Fatalf("crash point %s was never reached", point)
 			}
+			tally.killed(t, dir, "")
 			if pointName(point) == crash.BlobUnlinked {
 				// Before the reclaimer is given anything to unlink.
 				if ents, _ := os.ReadDir(filepath.Join(dir, recovery.TrashDir)); len(ents) == 0 {
@@ -403,17 +448,21 @@ func TestCrashDuringRecovery(t *testing.T) {
 	gold := t.TempDir()
 	before := fixture(t, gold)
 	want := without(before, "img0", "img1")
+	tally := newTally(t)
 	for _, first := range []string{crash.TxnJournaled, crash.IndexSynced, crash.BlobUnlinked + "@2"} {
 		for _, second := range []string{crash.IndexTempWritten, crash.RecoverReplayed, crash.RecoverUnlinked + "@1", crash.RecoverUnlinked + "@2", crash.BlobDirSynced, crash.TxnCleared} {
-			t.Run(first+"/"+second, func(t *testing.T) {
+			tally.run(t, first+"/"+second, func(t *testing.T) {
 				dir := t.TempDir()
 				copyDir(t, gold, dir)
 				if !runChild(t, dir, "delete", first, "img0", "img1") {
 					t.Fatalf("first crash point %s not reached", first)
 				}
+				tally.killed(t, dir, "")
 				// The child's Open runs recovery; a point it never reaches
 				// (no replay needed once index.json is new) is fine.
-				runChild(t, dir, "open", second)
+				if runChild(t, dir, "open", second) {
+					tally.killed(t, dir, "") // the recovery, killed
+				}
 				got := tags(t, dir)
 				if !equalMaps(got, want) {
 					t.Fatalf("got %v\nwant %v", got, want)

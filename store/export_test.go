@@ -1,9 +1,16 @@
 package store
 
 import (
+	"context"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/recovery"
 )
 
 // SetTestFS makes Open use f instead of the real file system (tests only).
@@ -42,3 +49,22 @@ func SetTestSyncReclaim(o *Options) { o.syncReclaim = true }
 // the size reserveWant computes (crash tests: a small reserve keeps the
 // snapshots of an in-memory file system cheap).
 func SetTestReserveSize(o *Options, n int64) { o.reserveSize = n }
+
+// FinishCrafted journals a record that leaves index.json as it is and lists
+// unlink, then finishes it as a transaction does after writing its index
+// (recovery.Finish): the last guard against unlinking a blob the journal
+// still counts, reached by no plan (a plan never lists one).
+func FinishCrafted(ctx context.Context, s *Store, unlink []digest.Digest) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	db, cur, err := s.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	rec := journal.Record{Op: "crafted", Time: time.Now().UTC(), OldIndex: cur.Digest, NewIndex: cur.Digest, Unlink: unlink}
+	if err := db.Update(func(tx *journal.Tx) error { return tx.AddPending(&rec, cur.Bytes) }); err != nil {
+		return err
+	}
+	return recovery.Finish(s.env(), db, &rec, fsio.StampFile(s.fsys, layout.IndexFile), crash.BlobUnlinked)
+}

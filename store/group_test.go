@@ -216,3 +216,28 @@ func TestGroupCommitRace(t *testing.T) {
 	}
 	l.clean()
 }
+
+// TestFinishKeepsCountedBlobs: the last step of a transaction unlinks no
+// blob the journal still counts, whatever its record lists (the second
+// guard of a group that frees a blob and references it again; the first,
+// in the plan, keeps such a blob out of the record, so no plan reaches this
+// one). A record listing an image's blobs and an orphan unlinks the orphan
+// alone.
+func TestFinishKeepsCountedBlobs(t *testing.T) {
+	l := newLib(t)
+	img := l.image(nil, 2)
+	l.tag(img, "a")
+	orphan := l.b.Random(100)
+	if err := store.FinishCrafted(l.ctx, l.s, append(l.graph(img), orphan.Digest)); err != nil {
+		t.Fatal(err)
+	}
+	l.wantBlobs(true, l.graph(img)...)
+	l.wantBlobs(false, orphan.Digest)
+	if recs, err := l.s.Pending(l.ctx); err != nil || len(recs) != 0 {
+		t.Fatalf("pending after the record was finished: %v, %v", recs, err)
+	}
+	if got, want := l.index(), []string{"a=" + img.Digest.String()}; !slices.Equal(got, want) {
+		t.Errorf("index.json %v, want %v", got, want)
+	}
+	l.clean()
+}

@@ -2,9 +2,13 @@ package store_test
 
 // Model-based test: a rapid state machine drives a store on memfs with
 // random operations (blobs, manifests, indexes, tags, untags, deletes,
-// reopens, and crashes between acknowledged operations) and compares it
-// after every step with a plain model: the tags and untagged entries of
-// index.json, and the blobs that must be on disk.
+// group commits (rapid_group_test.go), a lease, reopens, and crashes
+// between acknowledged operations) and compares it after every step with a
+// plain model: the tags and untagged entries of index.json, the blobs that
+// must be on disk (the closure of index.json, the blobs the lease holds and
+// the orphans no transaction freed), the blobs each call freed, and what a
+// foreign reader sees (testutil.ForeignReadable, also on each crash state
+// before recovery).
 //
 // A crash keeps what was synced plus a subset of what was not, drawn by
 // rapid (so a failing case shrinks towards "lose everything unsynced"),
@@ -41,6 +45,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -50,6 +55,7 @@ import (
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/memfs"
+	"github.com/ocistore/ocistore/internal/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
@@ -63,10 +69,16 @@ type rpModel struct {
 	tags     map[string]digest.Digest // tag -> manifest
 	untagged map[digest.Digest]bool   // untagged entries (never also tagged)
 	present  map[digest.Digest]bool   // blob files that must exist, and no others
+	// leased are the blobs the machine's live lease holds: a transaction
+	// that drops their last reference keeps them (unreferenced, present).
+	leased map[digest.Digest]bool
 }
 
 func (m *rpModel) clone() rpModel {
-	c := rpModel{tags: map[string]digest.Digest{}, untagged: map[digest.Digest]bool{}, present: map[digest.Digest]bool{}}
+	c := rpModel{tags: map[string]digest.Digest{}, untagged: map[digest.Digest]bool{}, present: map[digest.Digest]bool{}, leased: map[digest.Digest]bool{}}
+	for k := range m.leased {
+		c.leased[k] = true
+	}
 	for k, v := range m.tags {
 		c.tags[k] = v
 	}
@@ -148,13 +160,14 @@ type rpMachine struct {
 	raw       []digest.Digest // leaf blobs, in the order made
 	manifests []digest.Digest // image manifests and indexes, in the order made
 	steps     []string        // what ran, for failure messages
+	leaseID   string          // the live lease, "" when none (its blobs: m.m.leased)
 }
 
 func rpNewMachine(t *rapid.T, base string) *rpMachine {
 	m := &rpMachine{
 		ctx:   context.Background(),
 		base:  base,
-		m:     rpModel{tags: map[string]digest.Digest{}, untagged: map[digest.Digest]bool{}, present: map[digest.Digest]bool{}},
+		m:     rpModel{tags: map[string]digest.Digest{}, untagged: map[digest.Digest]bool{}, present: map[digest.Digest]bool{}, leased: map[digest.Digest]bool{}},
 		blobs: map[digest.Digest]*rpBlob{},
 	}
 	m.dir = m.newDir(t)
@@ -227,9 +240,12 @@ func (m *rpMachine) closure(roots map[digest.Digest]bool) map[digest.Digest]bool
 }
 
 // canTag reports whether tagging d succeeds: its whole graph is present.
-func (m *rpMachine) canTag(d digest.Digest) bool {
+func (m *rpMachine) canTag(d digest.Digest) bool { return m.graphIn(d, m.m.present) }
+
+// graphIn reports whether d's whole graph is among present.
+func (m *rpMachine) graphIn(d digest.Digest, present map[digest.Digest]bool) bool {
 	for b := range m.closure(map[digest.Digest]bool{d: true}) {
-		if !m.m.present[b] {
+		if !present[b] {
 			return false
 		}
 	}
@@ -480,26 +496,13 @@ func (m *rpMachine) Delete(t *rapid.T) {
 	m.step(t, "Delete %v", rpShortRefs(refs))
 	res, err := m.s.Delete(m.ctx, refs...)
 
-	next := m.m.clone()
-	for _, r := range refs {
-		d, isDigest := digest.Digest(r), strings.HasPrefix(r, "sha256:")
-		switch {
-		case !isDigest && m.m.tags[r] != "":
-			delete(next.tags, r)
-		case isDigest && m.m.roots()[d]:
-			for k, v := range m.m.tags {
-				if v == d {
-					delete(next.tags, k)
-				}
-			}
-			delete(next.untagged, d)
-		default:
-			rpStats.add("Delete(refused)")
-			if !errors.Is(err, store.ErrNotFound) {
-				m.fail(t, "Delete of missing %s: got %v, want ErrNotFound", r, err)
-			}
-			return
+	next, wantErr := rpDelete(m.m, refs)
+	if wantErr != nil {
+		rpStats.add("Delete(refused)")
+		if !errors.Is(err, wantErr) {
+			m.fail(t, "Delete %v: got %v, want %v", rpShortRefs(refs), err, wantErr)
 		}
+		return
 	}
 	if err != nil {
 		m.fail(t, "Delete: %v", err)
@@ -507,7 +510,10 @@ func (m *rpMachine) Delete(t *rapid.T) {
 	before, after := m.closure(m.m.roots()), m.closure(next.roots())
 	want := map[string]bool{}
 	for d := range before {
-		if !after[d] {
+		if !after[d] && m.m.leased[d] {
+			rpStats.add("Delete(kept a leased blob)")
+		}
+		if !after[d] && !m.m.leased[d] { // a leased blob stays
 			want[d.String()] = true
 			delete(next.present, d)
 		}
@@ -520,6 +526,99 @@ func (m *rpMachine) Delete(t *rapid.T) {
 		m.fail(t, "Delete freed %v, want %v", rpSorted(got), rpSorted(want))
 	}
 	m.m = next
+}
+
+// rpDelete is Store.Delete's effect on cur: the model after it, or the
+// error it fails with (a reference that index.json does not hold).
+func rpDelete(cur rpModel, refs []string) (rpModel, error) {
+	next := cur.clone()
+	for _, r := range refs {
+		d, isDigest := digest.Digest(r), strings.HasPrefix(r, "sha256:")
+		switch {
+		case !isDigest && cur.tags[r] != "":
+			delete(next.tags, r)
+		case isDigest && cur.roots()[d]:
+			for k, v := range cur.tags {
+				if v == d {
+					delete(next.tags, k)
+				}
+			}
+			delete(next.untagged, d)
+		default:
+			return cur, store.ErrNotFound
+		}
+	}
+	return next, nil
+}
+
+// LeaseAdd adds one or two blobs made earlier (present or not) to the
+// machine's lease, which it creates first when there is none: a delete or
+// a group that drops their last reference keeps them.
+func (m *rpMachine) LeaseAdd(t *rapid.T) {
+	if len(m.blobs) == 0 {
+		t.Skip("no blob yet")
+	}
+	all := slices.Concat(m.raw, m.manifests)
+	ds := rapid.SliceOfN(rapid.SampledFrom(all), 1, 2).Draw(t, "leased")
+	m.step(t, "LeaseAdd %v (new lease: %v)", rpShortDigests(ds), m.leaseID == "")
+	var l *store.Lease
+	if m.leaseID == "" {
+		var err error
+		if l, err = m.s.Lease(m.ctx, time.Hour); err != nil {
+			m.fail(t, "lease: %v", err)
+		}
+		m.leaseID = l.ID
+	} else {
+		l = m.lease(t)
+	}
+	var descs []v1.Descriptor
+	for _, d := range ds {
+		descs = append(descs, m.blobs[d].desc)
+	}
+	if err := l.Add(m.ctx, descs...); err != nil {
+		m.fail(t, "lease add: %v", err)
+	}
+	for _, d := range ds {
+		m.m.leased[d] = true
+	}
+}
+
+// LeaseRelease ends the machine's lease: its blobs are no longer held (the
+// unreferenced ones stay, as orphans).
+func (m *rpMachine) LeaseRelease(t *rapid.T) {
+	if m.leaseID == "" {
+		t.Skip("no lease")
+	}
+	m.step(t, "LeaseRelease")
+	if err := m.lease(t).Release(m.ctx); err != nil {
+		m.fail(t, "lease release: %v", err)
+	}
+	m.leaseID = ""
+	m.m.leased = map[digest.Digest]bool{}
+}
+
+// lease is the machine's live lease, as the current store knows it (the
+// lease is in the journal: it survives reopens and crashes).
+func (m *rpMachine) lease(t *rapid.T) *store.Lease {
+	ls, err := m.s.Leases(m.ctx)
+	if err != nil {
+		m.fail(t, "leases: %v", err)
+	}
+	for _, l := range ls {
+		if l.ID == m.leaseID {
+			return l
+		}
+	}
+	m.fail(t, "lease %s is gone (the store has %d leases)", m.leaseID, len(ls))
+	return nil
+}
+
+func rpShortDigests(ds []digest.Digest) []string {
+	out := make([]string, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, rpShort(d))
+	}
+	return out
 }
 
 // Reopen closes the store and opens the layout again.
@@ -564,6 +663,10 @@ func (m *rpMachine) CrashAndRecover(t *rapid.T) {
 	m.mem = mem
 	if err := os.RemoveAll(old); err != nil {
 		m.fail(t, "harness: %v", err)
+	}
+	// What a foreign reader (no recovery) sees of the crash state.
+	if err := testutil.ForeignReadableFS(m.mem, nil); err != nil {
+		m.fail(t, "foreign reader, before recovery: %v", err)
 	}
 	m.open(t, "recovery after the crash")
 	before := m.mem.Tree()
@@ -643,6 +746,17 @@ func (m *rpMachine) Check(t *rapid.T) {
 		if err != nil || !bytes.Equal(b, m.blobs[d].content) {
 			m.fail(t, "blob %s: %d bytes that are not its content (%v)", rpShort(d), len(b), err)
 		}
+	}
+
+	// The machine's lease, and no other.
+	if ls, err := m.s.Leases(m.ctx); err != nil || (m.leaseID == "") != (len(ls) == 0) || len(ls) > 1 || (len(ls) == 1 && ls[0].ID != m.leaseID) {
+		m.fail(t, "leases %v (%v), want the machine's %q", ls, err, m.leaseID)
+	}
+
+	// What a foreign reader sees: index.json parses, every blob it reaches
+	// is there.
+	if err := testutil.ForeignReadableFS(m.mem, nil); err != nil {
+		m.fail(t, "foreign reader: %v", err)
 	}
 
 	// fsck: nothing but the orphans the model expects.

@@ -318,8 +318,9 @@ func sharedTags(t *testing.T, dir string) map[string]string {
 func TestSharedBlobDirCrash(t *testing.T) {
 	points := []string{crash.TxnJournaled, crash.IndexTempWritten, crash.IndexRenamed, crash.IndexSynced,
 		crash.BlobUnlinked + "@1", crash.BlobUnlinked + "@3", crash.BlobDirSynced, crash.TxnCleared}
+	tally := newTally(t)
 	for _, point := range points {
-		t.Run(point, func(t *testing.T) {
+		tally.run(t, point, func(t *testing.T) {
 			ss := newSharedSet(t, 2)
 			a, b := ss.s[0], ss.s[1]
 			base := []v1.Descriptor{ss.b[0].Random(300), ss.b[0].Random(200)}
@@ -341,6 +342,12 @@ func TestSharedBlobDirCrash(t *testing.T) {
 			}
 			if !runChild(t, ss.dirs[0], "delete", point, "a1", "a2") {
 				t.Fatalf("the child was not killed at %s", point)
+			}
+			// Both layouts, as a foreign reader sees them before recovery.
+			tally.killed(t, ss.dirs[0], ss.shared)
+			tally.foreign++
+			if err := testutil.ForeignReadableDir(ss.dirs[1], ss.shared); err != nil {
+				t.Errorf("foreign reader, layout b, after a's kill and before recovery: %v", err)
 			}
 			// b works first: its lock recovers a's record.
 			ss.open(1)

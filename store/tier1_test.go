@@ -9,7 +9,10 @@ package store_test
 // synced plus each subset of what was not (directory entries changed since
 // their directory's last sync, file data blocks); the journal as of its last
 // commit (a commit is atomic, and a crash point lies on each side of it).
-// On each state it opens a store (recovery runs), then checks the invariants
+// On each state it first checks, before any recovery, the invariant for
+// foreign readers (testutil.ForeignReadable: skopeo and umoci run no
+// recovery, so index.json must parse and every blob it reaches be there),
+// then opens a store (recovery runs), then checks the invariants
 // of DESIGN.md §5, that every operation acknowledged before the crash is
 // there in full and the one in flight is all there or all gone, and that a
 // second recovery changes nothing. Then it crashes that recovery at each of
@@ -195,7 +198,30 @@ type t1Expect struct {
 
 type t1Stats struct {
 	ops, points, states, violations int
-	messages                        []string
+	// foreign counts the crash states checked, before recovery, against
+	// the invariant for foreign readers; foreignBad those that broke it.
+	foreign, foreignBad int
+	messages            []string
+}
+
+// foreignCheck checks the invariant for foreign readers on a crash state
+// before any recovery (skopeo and umoci run none): index.json parses and
+// every blob it reaches is there. It reports a violation and returns false
+// when the state breaks it.
+func (st *t1Stats) foreignCheck(mem *memfs.FS, where string) bool {
+	st.foreign++
+	var err error
+	if t1Shared {
+		err = testutil.ForeignReadableFS(mem.Sub("layout"), mem.Sub("shared"))
+	} else {
+		err = testutil.ForeignReadableFS(mem, nil)
+	}
+	if err != nil {
+		st.foreignBad++
+		st.violation("%s: foreign reader, before recovery: %v", where, err)
+		return false
+	}
+	return true
 }
 
 func (st *t1Stats) violation(format string, args ...any) {
@@ -540,7 +566,7 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 		where := fmt.Sprintf("point %d (%s, during %s)", k, ev.what, ops[ev.op].name)
 		for _, keep := range subsets(ev.crash.Items(), sizes, rng) {
 			stats.states++
-			if _, msg := checkState(ctx, scratch, ev, keep, ok, allowed, must); msg != "" {
+			if _, msg := checkState(ctx, scratch, ev, keep, ok, allowed, must, stats, where); msg != "" {
 				stats.violation("%s, kept %s: %s", where, describeKeep(ev.crash, keep), msg)
 			}
 		}
@@ -622,13 +648,15 @@ func materialize(scratch string, ev t1Event, keep []bool) (*memfs.FS, error) {
 	return mem, nil
 }
 
-// checkState recovers one crash state and checks it; it returns the tags
-// recovery left, or a description of the violation.
-func checkState(ctx context.Context, scratch string, ev t1Event, keep []bool, ok []map[string]string, allowed, must map[digest.Digest]bool) (map[string]string, string) {
+// checkState checks one crash state as a foreign reader sees it (a
+// violation of that is reported to stats), then recovers it and checks it;
+// it returns the tags recovery left, or a description of the violation.
+func checkState(ctx context.Context, scratch string, ev t1Event, keep []bool, ok []map[string]string, allowed, must map[digest.Digest]bool, stats *t1Stats, where string) (map[string]string, string) {
 	mem, err := materialize(scratch, ev, keep)
 	if err != nil {
 		return nil, "harness: " + err.Error()
 	}
+	stats.foreignCheck(mem, fmt.Sprintf("%s, kept %s", where, describeKeep(ev.crash, keep)))
 	return verifyRecovered(ctx, scratch, mem, nil, ok, allowed, must)
 }
 
@@ -703,6 +731,7 @@ func crashRecovery(ctx context.Context, scratch string, ev t1Event, keep []bool,
 		stats.violation("%s: harness: %v", where, err)
 		return 0
 	}
+	stats.foreignCheck(mem, where+" (traced recovery)")
 	rec := newRecorder(mem, scratch)
 	rec.journal, _ = os.ReadFile(filepath.Join(scratch, t1JournalRel()))
 	if len(rec.journal) == 0 {
@@ -726,6 +755,7 @@ func crashRecovery(ctx context.Context, scratch string, ev t1Event, keep []bool,
 				stats.violation("%s: harness: %v", where, err)
 				continue
 			}
+			stats.foreignCheck(m2, fmt.Sprintf("%s, recovery crashed at its step %d (%s), kept all=%v", where, i, rev.what, all))
 			got, msg := verifyRecovered(ctx, scratch, m2, nil, ok, allowed, must)
 			if msg == "" && !equalMaps(got, want) {
 				msg = fmt.Sprintf("tags %v differ from an uninterrupted recovery's %v", sortedKeys(got), sortedKeys(want))
@@ -846,7 +876,10 @@ func lowTrashMin(t *testing.T) {
 // them) and fails on its violations.
 func reportTier1(t *testing.T, name string, st *t1Stats) {
 	t.Helper()
-	fmt.Printf("%s: ops=%d crashpoints=%d states=%d violations=%d\n", name, st.ops, st.points, st.states, st.violations)
+	fmt.Printf("%s: ops=%d crashpoints=%d states=%d foreign=%d violations=%d\n", name, st.ops, st.points, st.states, st.foreign, st.violations)
+	if st.foreignBad > 0 {
+		t.Errorf("%d of the %d violations are crash states a foreign reader (no recovery) cannot read", st.foreignBad, st.violations)
+	}
 	for _, m := range st.messages {
 		t.Error(m)
 	}

@@ -38,7 +38,10 @@
 // audit, never others); the entries exactly the
 // before-set or the after-set, never a mix (the after-set when the record
 // was pending or the process had exited 0); and a second recover does nothing
-// and changes no file.
+// and changes no file. Before any of that, right after the kill, the layout
+// must satisfy the invariant for foreign readers (testutil.ForeignReadable:
+// skopeo and umoci run no recovery, so index.json must parse and every blob
+// it reaches be there).
 //
 // # Concurrent writers
 //
@@ -50,7 +53,11 @@
 // operations, which is exact; writers still contend for the lock, the
 // index, the refcounts of shared blobs and blob ingest. Every operation is
 // logged in order of completion: one that exited 0 sets its tags, one that
-// was killed or failed may or may not have. After the run, recover, fsck
+// was killed or failed may or may not have. At each kill the killer stops
+// the world (no writer starts a process, the other writer's running one is
+// SIGSTOPped), waits for the killed process to be reaped, checks the layout
+// against the invariant for foreign readers, and lets the world go on.
+// After the run, recover, fsck
 // (orphans allowed when an import was killed) and the audit must pass, and
 // every tag must hold a value the log allows.
 //
@@ -67,7 +74,10 @@
 // under $TMPDIR/ocistore-chaos-violation-*. The last line on stdout is the
 // summary:
 //
-//	tier0: kills=N before=a during=b after=c concurrent-kills=k violations=0
+//	tier0: kills=N before=a during=b after=c concurrent-kills=k foreign=f violations=0
+//
+// where f counts the foreign-reader checks (one per single-writer trial, one
+// per concurrent kill).
 package chaos
 
 import (
@@ -78,6 +88,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ocistore/ocistore/internal/testutil"
 )
 
 const (
@@ -135,7 +147,23 @@ type stats struct {
 	byDraw                       map[string]int // "DRAW CLASS" -> trials
 	// Concurrent.
 	concKills, concAcked, concFailed, concOps int
-	violations                                []string
+	// foreign counts the layouts checked, as a kill left them and before
+	// any recovery, against the invariant for foreign readers.
+	foreign    int
+	violations []string
+}
+
+// foreignCheck checks the layout dir, as a kill left it and before any
+// recovery, against the invariant for foreign readers (skopeo and umoci run
+// no recovery: index.json parses and every blob it reaches is there), and
+// reports a breach through fail.
+func (s *stats) foreignCheck(dir string, fail func(format string, args ...any)) {
+	s.mu.Lock()
+	s.foreign++
+	s.mu.Unlock()
+	if err := testutil.ForeignReadableDir(dir, ""); err != nil {
+		fail("foreign reader, after the kill and before recovery: %v", err)
+	}
 }
 
 func (s *stats) violation(v string) {
@@ -182,8 +210,8 @@ func TestChaos(t *testing.T) {
 		st.violation(p)
 	}
 	t.Logf("wall time %s", time.Since(begin).Round(time.Millisecond))
-	fmt.Printf("tier0: kills=%d before=%d during=%d after=%d concurrent-kills=%d violations=%d\n",
-		st.kills, st.before, st.during, st.after, st.concKills, len(st.violations))
+	fmt.Printf("tier0: kills=%d before=%d during=%d after=%d concurrent-kills=%d foreign=%d violations=%d\n",
+		st.kills, st.before, st.during, st.after, st.concKills, st.foreign, len(st.violations))
 	for i, v := range st.violations {
 		t.Errorf("violation %d of %d (seed %d): %s", i+1, len(st.violations), cfg.seed, v)
 	}

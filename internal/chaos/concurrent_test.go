@@ -84,13 +84,30 @@ func (w *writer) setProc(p *os.Process) {
 	w.mu.Unlock()
 }
 
-// kill SIGKILLs the running child, if any.
-func (w *writer) kill() {
+// kill SIGKILLs the running child, if any, and reports whether the signal
+// was sent (not when the child had just exited).
+func (w *writer) kill() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.proc != nil {
-		_ = w.proc.Signal(syscall.SIGKILL) // ErrProcessDone when it just exited
+	return w.proc != nil && w.proc.Signal(syscall.SIGKILL) == nil // ErrProcessDone when it just exited
+}
+
+// signal sends sig to the running child, if any, and returns it (nil when
+// there is none or it has exited).
+func (w *writer) signal(sig syscall.Signal) *os.Process {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.proc != nil && w.proc.Signal(sig) == nil {
+		return w.proc
 	}
+	return nil
+}
+
+// running reports whether the writer's child is registered (not yet reaped).
+func (w *writer) running() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.proc != nil
 }
 
 func (h *harness) defaultTag(tag string) string { return h.tplDigest[tag] }
@@ -184,12 +201,22 @@ func runConcurrent(t *testing.T, h *harness, cfg config, st *stats) {
 	var log []*cop // in order of completion
 	var bad []string
 	var wg sync.WaitGroup
+	// gate stops the world for the killer's foreign-reader check: a writer
+	// holds it (shared) from starting a process until the process is
+	// registered, so that the killer, holding it, knows every running one.
+	var gate sync.RWMutex
 	start := time.Now()
 	for _, w := range ws {
 		wg.Go(func() {
 			for range cfg.concOps {
 				op := w.next(h)
-				r := h.start(dir, op.args...).wait(-1, w.setProc)
+				gate.RLock()
+				c := h.start(dir, op.args...)
+				if c.startErr == nil {
+					w.setProc(c.cmd.Process)
+				}
+				gate.RUnlock()
+				r := c.wait(-1, nil)
 				w.setProc(nil)
 				switch {
 				case r.killed:
@@ -221,7 +248,26 @@ func runConcurrent(t *testing.T, h *harness, cfg config, st *stats) {
 				return
 			case <-time.After(time.Duration(rng.Int64N(int64(4*T) + 1))):
 			}
-			ws[rng.IntN(len(ws))].kill()
+			victim := rng.IntN(len(ws))
+			gate.Lock()
+			if ws[victim].kill() {
+				// Stop the world: the other writer's process, if any,
+				// is paused where it is (as if killed too), the victim is
+				// reaped; then the layout is what a crash there leaves.
+				paused := ws[1-victim].signal(syscall.SIGSTOP)
+				for ws[victim].running() {
+					time.Sleep(100 * time.Microsecond)
+				}
+				st.foreignCheck(dir, func(format string, args ...any) {
+					mu.Lock()
+					bad = append(bad, fmt.Sprintf("kill of writer %d: ", victim)+fmt.Sprintf(format, args...))
+					mu.Unlock()
+				})
+				if paused != nil {
+					_ = paused.Signal(syscall.SIGCONT)
+				}
+			}
+			gate.Unlock()
 		}
 	}()
 	wg.Wait()

@@ -187,6 +187,10 @@ func (h *harness) trial(t *testing.T, n int, rng *rand.Rand, kind string, st *st
 		l.fail("the run exited %d before the kill (the same run succeeded uninterrupted)", rk.code)
 	}
 
+	// What a foreign reader (skopeo, umoci: no recovery) sees of the layout
+	// as the kill left it.
+	st.foreignCheck(dir, l.fail)
+
 	// Classify from the layout as the kill left it.
 	pend, rj, err := h.pending(dir)
 	if err != nil {

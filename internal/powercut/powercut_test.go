@@ -16,9 +16,12 @@ package powercut
 // cut under recovery (27 cuts). OCISTORE_CRASH_FULL=1 runs four layouts (and
 // the first one again on ext4's default mount options), the middle ingest
 // too, and more cuts under recovery (170 cuts). TestPowerCut prints one
-// line, "tier2: cuts=N crashpoints=M violations=V", where M counts the
-// distinct crash point names reached (recovery's included), and fails on
-// any violation, listing each with what the cut left on disk.
+// line, "tier2: cuts=N crashpoints=M foreign=F violations=V", where M counts
+// the distinct crash point names reached (recovery's included) and F the
+// layouts checked, after a cut and before any recovery, against the
+// invariant for foreign readers (testutil.ForeignReadable: index.json parses
+// and every blob it reaches is there), and fails on any violation, listing
+// each with what the cut left on disk.
 //
 // OCISTORE_POWERCUT_KEEP=DIR copies every case's layout, as the cut left it
 // and after recovery, into DIR. OCISTORE_POWERCUT_MUTANT=purpose[,...] runs
@@ -43,6 +46,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/gen"
+	"github.com/ocistore/ocistore/internal/testutil"
 )
 
 const (
@@ -249,6 +253,18 @@ type harness struct {
 	// selfTestCuts are the rig's cuts that were not under ocistore.
 	selfTestCuts int
 	errs         int // harness errors
+	// foreign counts the layouts checked after a cut, before recovery,
+	// against the invariant for foreign readers.
+	foreign int
+}
+
+// foreignCheck checks the layout dir as a cut left it, before any recovery,
+// against the invariant for foreign readers (testutil.ForeignReadable:
+// skopeo and umoci run no recovery, so index.json must parse and every blob
+// it reaches be there).
+func (h *harness) foreignCheck(dir string) error {
+	h.foreign++
+	return testutil.ForeignReadableDir(dir, "")
 }
 
 // newHarness checks the host, builds the binary (with the fsyncs named by
@@ -312,7 +328,7 @@ func TestPowerCut(t *testing.T) {
 		}
 	}
 	defer func() {
-		fmt.Printf("tier2: cuts=%d crashpoints=%d violations=%d\n", h.cuts(), len(h.points), len(h.violations))
+		fmt.Printf("tier2: cuts=%d crashpoints=%d foreign=%d violations=%d\n", h.cuts(), len(h.points), h.foreign, len(h.violations))
 	}()
 	deadline, hasDeadline := t.Deadline()
 	for _, c := range all {
@@ -723,7 +739,10 @@ func (h *harness) runCase(c cutCase) {
 		}
 	}
 
-	// What the cut left, before any recovery.
+	// What the cut left, before any recovery: first what a foreign reader
+	// (skopeo, umoci: no recovery) sees of it.
+	var bad []violation
+	foreign := h.foreignCheck(dir)
 	pre, err := ReadState(dir)
 	if err != nil {
 		h.errorf("%s: %v", name, err)
@@ -731,6 +750,9 @@ func (h *harness) runCase(c cutCase) {
 	}
 	journalOut, _, _ := h.ocistore("-l", dir, "journal", "--format", "json")
 	state := h.describe(c, pre, journalOut)
+	if foreign != nil {
+		bad = append(bad, violation{cas: name, kind: "foreign", detail: "after the cut, before recovery: " + foreign.Error()})
+	}
 
 	// A second cut, under the first recovery.
 	if c.recoverPoint != "" {
@@ -743,6 +765,9 @@ func (h *harness) runCase(c cutCase) {
 		if err := h.cut(p, false); err != nil {
 			h.errorf("%s: %v", name, err)
 			return
+		}
+		if err := h.foreignCheck(dir); err != nil {
+			bad = append(bad, violation{cas: name, kind: "foreign", detail: "after the cut under recovery, before the next recovery: " + err.Error()})
 		}
 		mid, err := ReadState(dir)
 		if err != nil {
@@ -757,7 +782,6 @@ func (h *harness) runCase(c cutCase) {
 	}
 
 	// Recovery, then the checks.
-	var bad []violation
 	fail := func(kind, format string, args ...any) {
 		bad = append(bad, violation{cas: name, kind: kind, detail: fmt.Sprintf(format, args...), state: state})
 	}
