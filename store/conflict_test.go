@@ -27,20 +27,7 @@ func TestConcurrentExternalWrite(t *testing.T) {
 	victim := before["img2"]
 	filesBefore := files(t, dir)
 
-	crash.Arm(crash.IndexSynced, 1, func(string) {
-		// What skopeo does: read index.json, add an entry, write it in place.
-		p := filepath.Join(dir, "index.json")
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		entry := fmt.Sprintf(`,{"mediaType":%q,"digest":%q,"size":%d,"annotations":{"org.opencontainers.image.ref.name":"written-meanwhile"}}]`,
-			v1.MediaTypeImageManifest, victim, blobSize(t, dir, victim))
-		if err := os.WriteFile(p, []byte(strings.Replace(string(raw), "]", entry, 1)), 0o644); err != nil {
-			t.Error(err)
-		}
-	})
+	crash.Arm(crash.IndexSynced, 1, func(string) { writeMeanwhile(t, dir, victim) })
 	defer crash.Disarm()
 
 	s, err := store.Open(ctx, dir, nil)
@@ -121,19 +108,7 @@ func TestExternalWriteBeforeRename(t *testing.T) {
 	dir := t.TempDir()
 	before := fixture(t, dir)
 	victim := before["img2"]
-	crash.Arm(crash.TxnJournaled, 1, func(string) {
-		p := filepath.Join(dir, "index.json")
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		entry := fmt.Sprintf(`,{"mediaType":%q,"digest":%q,"size":%d,"annotations":{"org.opencontainers.image.ref.name":"written-meanwhile"}}]`,
-			v1.MediaTypeImageManifest, victim, blobSize(t, dir, victim))
-		if err := os.WriteFile(p, []byte(strings.Replace(string(raw), "]", entry, 1)), 0o644); err != nil {
-			t.Error(err)
-		}
-	})
+	crash.Arm(crash.TxnJournaled, 1, func(string) { writeMeanwhile(t, dir, victim) })
 	defer crash.Disarm()
 	s, err := store.Open(ctx, dir, nil)
 	if err != nil {
@@ -152,4 +127,21 @@ func TestExternalWriteBeforeRename(t *testing.T) {
 		t.Fatalf("after the conflict: %v", got)
 	}
 	checkClean(t, dir, false)
+}
+
+// writeMeanwhile does what skopeo does while a transaction runs: read
+// index.json, add an entry (tag written-meanwhile, manifest victim), and
+// write it back in place.
+func writeMeanwhile(t *testing.T, dir, victim string) {
+	p := filepath.Join(dir, "index.json")
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	entry := fmt.Sprintf(`,{"mediaType":%q,"digest":%q,"size":%d,"annotations":{"org.opencontainers.image.ref.name":"written-meanwhile"}}]`,
+		v1.MediaTypeImageManifest, victim, blobSize(t, dir, victim))
+	if err := os.WriteFile(p, []byte(strings.Replace(string(raw), "]", entry, 1)), 0o644); err != nil {
+		t.Error(err)
+	}
 }
