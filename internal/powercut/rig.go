@@ -196,7 +196,28 @@ func (r *Rig) Unmount() error {
 		return errors.Join(err, lerr)
 	}
 	r.mounted = false
-	return nil
+	// A lazy unmount only detaches the mount point: the file system lives
+	// on while something holds it, and a mount of the same device meanwhile
+	// gets that file system back (shut down by a cut: every access EIO),
+	// not a fresh one that replays its journal. Wait until the device is
+	// free.
+	return waitFree(r.Dev, 10*time.Second)
+}
+
+// waitFree waits until no mounted file system holds dev: an exclusive
+// open of a block device fails with EBUSY while one does.
+func waitFree(dev string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+		if err == nil {
+			return unix.Close(fd)
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return fmt.Errorf("%s still held by a file system %s after its lazy unmount: %w", dev, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // Remount unmounts then mounts: a reboot of the file system.
