@@ -29,8 +29,9 @@ package fuzz
 //	    parse like no bytes (roll back when the old index is on disk).
 //	    Regression: d2b-stored-bytes-not-an-index.
 //	D3  fixed (1311674): before unlinking, recovery (Finish) trusted the
-//	    journal's refcounts, not the index on disk (DESIGN.md §4 asks for a re-check
-//	    against the index on disk, §5.8 "whatever the journal says"): a
+//	    journal's refcounts, not the index on disk (package recovery asks for a re-check
+//	    against the index on disk: a referenced blob is never unlinked, "whatever
+//	    the journal says"): a
 //	    record whose refcount changes were not committed with it unlinked
 //	    blobs the replayed index reaches. Needs a journal that contradicts
 //	    itself, which the engine never writes. For a record recovery finds

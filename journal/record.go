@@ -18,7 +18,7 @@ import (
 // RecordVersion is the encoding version of Record.
 const RecordVersion = 1
 
-// Record is one planned transaction (DESIGN.md §3 step 2): everything needed
+// Record is one planned transaction (step 2 of the protocol in the README, How it works): everything needed
 // to finish it, or to know that it must be dropped, after a crash.
 type Record struct {
 	ID       uint64          `json:"id"`

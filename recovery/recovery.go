@@ -1,6 +1,6 @@
 // Package recovery finishes or undoes interrupted transactions, reconciles
 // index.json changes made by other tools, and checks a layout's invariants
-// (DESIGN.md §4 and §5). It runs on every store open, at the start of every
+// (the table below, and Check). It runs on every store open, at the start of every
 // write transaction, and as `ocistore recover`.
 //
 // # The recovery table
@@ -692,7 +692,7 @@ func Finish(env Env, db *journal.DB, rec *journal.Record, stamp fsio.Stamp, poin
 
 // finishRecovered is Finish for a record recovery found pending, whose new
 // index on is now on disk. The journal that left the record behind is not
-// trusted (DESIGN.md §4, §5.8): the graph of the index on disk is walked
+// trusted (a referenced blob is never unlinked, whatever the journal says): the graph of the index on disk is walked
 // from the files, no blob it reaches is unlinked, and when the journal's
 // refcounts disagree with the walk they are replaced by it (a recount)
 // before anything is unlinked. If a manifest the index reaches cannot be

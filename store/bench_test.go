@@ -30,7 +30,7 @@ func openGenerated(b *testing.B, n int) (*store.Store, []string) {
 }
 
 // BenchmarkDeleteOne deletes one image per iteration (every fsync in place)
-// from layouts of N images; the cost must not grow with N (DESIGN.md §6).
+// from layouts of N images; the cost must not grow with N (README: what a transaction costs).
 func BenchmarkDeleteOne(b *testing.B) {
 	for _, n := range []int{100, 1000, 5000, 20000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {

@@ -307,7 +307,7 @@ func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
 }
 
 // dropLeasedOrphans removes from rep the orphans that a live lease protects:
-// they are not garbage (DESIGN.md §5.3: blobs == closure plus leased blobs).
+// they are not garbage (the blob files are the closure of index.json plus leased blobs).
 func dropLeasedOrphans(rep *recovery.Report, db *journal.DB, now time.Time) error {
 	if db == nil {
 		return nil

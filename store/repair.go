@@ -1042,7 +1042,7 @@ func kindOf(m fs.FileMode) string {
 }
 
 // dropBroken removes the entries whose closure is not whole from
-// index.json in one journaled transaction (DESIGN.md §3). Its refcounts are
+// index.json in one journaled transaction (the protocol of package recovery). Its refcounts are
 // a recount of the new index, so the blobs it unlinks are exactly those no
 // remaining entry reaches (and no live lease holds): a blob another image
 // shares stays, and so does a blob another layout of a shared blob

@@ -1,5 +1,5 @@
 // Package chaos proves ocistore's crash consistency with the real binary
-// (DESIGN.md §5; Tier 0 of "Prove crash consistency"): it SIGKILLs the CLI at
+// (Tier 0 of the README's "How crash safety is proven"): it SIGKILLs the CLI at
 // random moments of real operations and checks, after `ocistore recover`,
 // every invariant from outside the engine.
 //

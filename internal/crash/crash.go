@@ -28,7 +28,7 @@ const EnvVar = "OCISTORE_CRASHPOINT"
 
 // The crash points of the protocol, in the order a transaction reaches them.
 const (
-	// Transaction (DESIGN.md §3).
+	// Transaction (the protocol in the README, How it works).
 	IndexTempWritten  = "index-temp-written" // step 2, before the journal commit: temp index written, not yet synced (recovery: a replay's temp index)
 	TxnJournaled      = "txn-journaled"      // step 2 done: record durable, new index.json prepared under a temp name
 	IndexRenamed      = "index-renamed"      // step 3: renamed over index.json, layout dir not synced

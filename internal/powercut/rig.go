@@ -1,6 +1,6 @@
 // Package powercut cuts the power under the real ocistore binary on a real
-// ext4 file system (DESIGN.md §5, invariants 6 to 8, Tier 2 of "prove crash
-// consistency").
+// ext4 file system (Tier 2 of the README's "How crash safety is
+// proven").
 //
 // A Rig is a small ext4 image on a loop device, mounted in a private work
 // directory. Cut shuts the file system down with EXT4_IOC_SHUTDOWN and
