@@ -89,8 +89,10 @@ func (r *Report) add(kind string, d digest.Digest, path, format string, args ...
 	r.Problems = append(r.Problems, Problem{Kind: kind, Digest: string(d), Path: path, Detail: fmt.Sprintf(format, args...)})
 }
 
-// Check verifies the invariants of a layout (blob files are the closure of index.json, plus leased and orphan blobs; refcounts match a recount; no record pending) without reading blob contents
-// (manifests are read, since the graph runs through them). db may be nil when
+// Check verifies the invariants of a layout (the blob files are the
+// closure of index.json plus leased and orphan blobs; the refcounts match a
+// recount; no record is pending) without reading blob contents (manifests
+// are read, since the graph runs through them). db may be nil when
 // the layout has no journal. It changes nothing.
 func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*Report, error) {
 	return CheckWith(ctx, fsys, db, nil)
