@@ -45,7 +45,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -580,7 +579,7 @@ func PrepareIndex(fsys fsio.FS, b []byte) (*fsio.Prepared, error) {
 // since the transaction read it), nothing is renamed: the record is
 // dropped, the counts taken from the file, and the error is ErrConflict.
 // What an error means for the caller otherwise: a failed rename changed nothing on
-// disk, and Apply rolls the record back (RollBack) before it returns, so
+// disk, and Apply rolls the record back (rollBack) before it returns, so
 // the error means the transaction did not happen, unless the roll back
 // failed too (then the error wraps ErrIncomplete: recovery will apply
 // it). Any error after the rename wraps ErrIncomplete: the new index is
@@ -599,7 +598,7 @@ func Apply(env Env, db *journal.DB, rec *journal.Record, p *fsio.Prepared, old *
 	}
 	if err := p.Commit(); err != nil {
 		_ = p.Abort()
-		if rerr := RollBack(env, db, rec, old); rerr != nil {
+		if rerr := rollBack(env, db, rec, old); rerr != nil {
 			return fsio.Stamp{}, fmt.Errorf("txn %d: %w: %w (and it could not be rolled back, so the next recovery applies it: %v)", rec.ID, errdef.ErrIncomplete, err, rerr)
 		}
 		return fsio.Stamp{}, fmt.Errorf("txn %d: %w (rolled back: nothing changed)", rec.ID, err)
@@ -643,12 +642,12 @@ func recountFromDisk(env Env, db *journal.DB, rec *journal.Record) error {
 	return nil
 }
 
-// RollBack undoes a journaled transaction whose new index never reached
+// rollBack undoes a journaled transaction whose new index never reached
 // index.json: it drops the record and puts back the refcounts of old, the
 // index still on disk (a recount: the record's deltas do not say what a
 // count that dropped to zero recorded), in one journal commit. Nothing is
 // unlinked.
-func RollBack(env Env, db *journal.DB, rec *journal.Record, old *State) error {
+func rollBack(env Env, db *journal.DB, rec *journal.Record, old *State) error {
 	if _, err := recountDropping(env, db, old, rec.ID); err != nil {
 		return fmt.Errorf("roll back txn %d: %w", rec.ID, err)
 	}
@@ -881,20 +880,15 @@ func restoreTrashed(env Env, trashed []string) ([]string, error) {
 	return left, firstErr
 }
 
-// trashedDigest is the digest of the blob a trash file holds: its name is
-// a prefix, then the blob's path with "/" turned to "-" (fsio.TrashFiles).
+// trashedDigest is the digest of the blob a trash file holds.
 func trashedDigest(trashPath string) (digest.Digest, bool) {
-	name := path.Base(trashPath)
-	i := strings.LastIndex(name, "blobs-")
-	if i < 0 {
-		return "", false
-	}
-	alg, hex, ok := strings.Cut(name[i+len("blobs-"):], "-")
+	p, ok := fsio.TrashedBlob(trashPath)
 	if !ok {
 		return "", false
 	}
+	alg, hex, _ := strings.Cut(strings.TrimPrefix(p, "blobs/"), "/")
 	d := digest.Digest(alg + ":" + hex)
-	return d, layout.ValidateDigest(d) == nil
+	return d, layout.ValidateDigest(d) == nil && layout.BlobPath(d) == p
 }
 
 // IsIndexTemp reports whether a root entry is a temp file of renameio:

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path"
 	"strings"
 	"syscall"
 
@@ -55,7 +56,7 @@ func TrashFilesGuarded(fsys FS, purpose string, names []string, trash, trashPref
 		workers = removeWorkers
 	}
 	firstErr := eachName(names, workers, guard, func(n string) (func(), error) {
-		to := trash + "/" + trashPrefix + strings.ReplaceAll(n, "/", "-")
+		to := trash + "/" + trashPrefix + trashName(n)
 		err := dirs.move(n, to)
 		moved := err == nil
 		if err != nil && !errors.Is(err, fs.ErrNotExist) && trashRefused(err) {
@@ -191,4 +192,25 @@ func (d *osDir) Close() error { return errors.Join(d.Root.Close(), d.f.Close()) 
 
 func singleElement(name string) bool {
 	return name != "" && name != "." && name != ".." && !strings.ContainsRune(name, '/')
+}
+
+// trashName is the name a file of the layout takes in the trash, after its
+// owner's prefix: its path with "/" turned to "-" (blobs/sha256/<hex> is
+// blobs-sha256-<hex>).
+func trashName(name string) string { return strings.ReplaceAll(name, "/", "-") }
+
+// TrashedBlob returns the blob path (blobs/<alg>/<hex>) that the trash file
+// p, a path TrashFiles returned, was taken from; false when p's name is not
+// one of a blob's.
+func TrashedBlob(p string) (string, bool) {
+	name := path.Base(p)
+	i := strings.LastIndex(name, trashName("blobs/"))
+	if i < 0 {
+		return "", false
+	}
+	alg, hex, ok := strings.Cut(name[i+len("blobs-"):], "-")
+	if !ok || alg == "" || hex == "" || strings.Contains(hex, "-") {
+		return "", false
+	}
+	return "blobs/" + alg + "/" + hex, true
 }
