@@ -140,8 +140,9 @@ func (s *Store) prune(ctx context.Context, p Policy) (*PruneResult, error) {
 	out := &PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}}
 	res, err := s.update(ctx, "prune", func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
 		*out = PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}} // a retry starts over
-		// A prune is for space: while a closure is unknown it would free
-		// nothing, so it removes nothing either.
+		// A prune is for space: while freeing is not allowed (pinReason)
+		// it would free nothing, so it removes nothing either; its plan
+		// (and a dry run's estimate) never runs pinned.
 		if out.Pinned = pinReason(t.tx, t.now); out.Pinned != "" {
 			return nil, errDryRun
 		}
@@ -390,9 +391,6 @@ func (s *Store) wouldFree(t *txn, freed []v1.Descriptor, res *Result) error {
 	kept, err := withoutLeased(t.tx, freed, t.now)
 	if err != nil {
 		return err
-	}
-	if why := pinReason(t.tx, t.now); why != "" && len(kept) > 0 {
-		res.Pinned, kept = why, nil
 	}
 	res.Freed = nil
 	paths := make([]string, len(kept))

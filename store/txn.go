@@ -85,8 +85,8 @@ type planFunc func(cur *layout.Index, t *txn) ([]layout.Entry, error)
 // errNoChange rolls back a transaction whose plan changes nothing.
 var errNoChange = errors.New("no change")
 
-// update runs one journal transaction (the README's How it works): plan under the writer
-// lock, journal commit, index.json, unlinks, clear.
+// update runs one journal transaction (the README's How it works): plan
+// under the writer lock, journal commit, index.json, unlinks, clear.
 func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, error) {
 	if err := s.writable(); err != nil {
 		return nil, err
