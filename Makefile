@@ -72,7 +72,7 @@ demo: build
 crash: tools
 	@OCISTORE_CRASH_FULL=1 $(GO) test -count=1 -timeout 60m -v \
 		-run '^(TestTier1CrashStates|TestTier1SharedBlobDir|TestTier1Trash|TestTier1Fault|TestTier1FindsMissingFsync|TestRapidStateMachine|TestRapidFindsMissingFsync|TestCrashPoints|TestCrashPointsTrash|TestCrashDuringRecovery|TestSharedBlobDirCrash|TestRecoveryTable|TestChaos|TestPowerCut|TestPowerCutCatchesMissingFsync)$$' \
-		./store/ ./internal/chaos/ ./internal/powercut/ > crash.out 2>&1 || { grep -E '^(tier|crashpoints|---|FAIL)|violation|foreign reader' crash.out; exit 1; }
+		./store/ ./internal/testing/chaos/ ./internal/testing/powercut/ > crash.out 2>&1 || { grep -E '^(tier|crashpoints|---|FAIL)|violation|foreign reader' crash.out; exit 1; }
 	@grep -E '^(tier[0-9](-[a-z]+)*|crashpoints):' crash.out
 	@grep -E '^(tier[0-9](-[a-z]+)*|crashpoints):' crash.out | awk '{ for (i = 2; i <= NF; i++) { split($$i, kv, "="); if (kv[1] == "violations") v += kv[2]; if (kv[1] == "foreign") f += kv[2] } } END { printf "total: summaries=%d foreign=%d violations=%d\n", NR, f, v; exit v > 0 }'
 	@grep -cE '^    --- PASS: TestCrash' crash.out | xargs printf 'crash points killed in child processes: %s\n'
@@ -80,7 +80,7 @@ crash: tools
 FUZZTIME ?= 60s
 # fuzz runs each fuzz target of $(FUZZPKGS) for $(FUZZTIME); crashers are
 # written under each package's testdata/fuzz/ and must be committed.
-FUZZPKGS ?= ./fuzz/ ./internal/layout/ ./journal/
+FUZZPKGS ?= ./fuzz/ ./internal/layout/ ./internal/journal/
 fuzz:
 	@for p in $(FUZZPKGS); do for f in $$($(GO) test $$p -list 'Fuzz.*' | grep ^Fuzz); do \
 		echo "== $$p $$f"; $(GO) test $$p -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \

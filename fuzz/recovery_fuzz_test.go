@@ -47,10 +47,10 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
-	"github.com/ocistore/ocistore/internal/testutil"
-	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 

@@ -16,8 +16,8 @@ import (
 
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/gen"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/journal"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )

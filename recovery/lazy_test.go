@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/journal"
 )
 
 // lazyEnv is an empty layout with a journal that counted it.

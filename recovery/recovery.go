@@ -55,9 +55,9 @@ import (
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
-	"github.com/ocistore/ocistore/journal"
 )
 
 // IngestDir holds blobs being written, relative to the layout root.

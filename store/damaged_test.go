@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
@@ -76,7 +76,7 @@ func contents(t *testing.T, dir string) map[string]string {
 
 // TestDamagedCorpus runs the deep check and the repair of every layout of
 // testdata/damaged (one per kind of damage, written by
-// internal/cmd/mkdamaged) and compares the report and the repaired state
+// internal/testing/mkdamaged) and compares the report and the repaired state
 // with the golden files. It also checks that: nothing outside the layout
 // is touched; a second repair does nothing; a repaired layout that reports
 // no problem opens and checks clean; and nothing is lost: every file of

@@ -8,8 +8,8 @@ import (
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/journal"
 	"github.com/ocistore/ocistore/recovery"
 )
 

@@ -10,8 +10,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/journal"
 	"github.com/ocistore/ocistore/recovery"
 )
 

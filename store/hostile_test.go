@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )

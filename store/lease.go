@@ -12,8 +12,8 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/journal"
 	"github.com/ocistore/ocistore/recovery"
 )
 

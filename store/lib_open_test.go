@@ -17,8 +17,8 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocistore/ocistore/internal/testutil"
-	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/internal/journal"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -398,7 +398,7 @@ func TestWriterLockTimeout(t *testing.T) {
 func TestSchemaV2Journal(t *testing.T) {
 	ctx := context.Background()
 	clean := testutil.DamagedCaseNamed(t, damagedRoot, "clean")
-	v2, err := os.ReadFile("../journal/testdata/v2-clean.db")
+	v2, err := os.ReadFile("../internal/journal/testdata/v2-clean.db")
 	if err != nil {
 		t.Fatal(err)
 	}

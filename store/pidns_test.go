@@ -19,7 +19,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/crash"
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )

@@ -9,7 +9,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 

@@ -14,9 +14,9 @@ import (
 
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
-	"github.com/ocistore/ocistore/journal"
 )
 
 // Policy says what Prune removes. Filters (Refs, Labels) choose the

@@ -22,7 +22,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 

@@ -35,9 +35,9 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/ocistore/ocistore/internal/crash"
-	"github.com/ocistore/ocistore/internal/memfs"
-	"github.com/ocistore/ocistore/internal/testutil"
-	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/internal/journal"
+	"github.com/ocistore/ocistore/internal/testing/memfs"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 

@@ -54,8 +54,8 @@ import (
 
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/internal/memfs"
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/memfs"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )

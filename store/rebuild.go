@@ -9,8 +9,8 @@ import (
 
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/journal"
 )
 
 // RebuildPin is how long nothing is freed (by a transaction, GC or prune)

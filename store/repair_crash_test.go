@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/ocistore/ocistore/internal/crash"
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )

@@ -15,9 +15,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/internal/testutil"
-	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )

@@ -13,8 +13,8 @@ import (
 
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/journal"
 	"github.com/ocistore/ocistore/recovery"
 )
 

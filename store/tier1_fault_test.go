@@ -17,7 +17,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/internal/memfs"
+	"github.com/ocistore/ocistore/internal/testing/memfs"
 	"github.com/ocistore/ocistore/store"
 )
 

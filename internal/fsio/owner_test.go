@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/ocistore/ocistore/internal/fsio"
-	"github.com/ocistore/ocistore/internal/memfs"
+	"github.com/ocistore/ocistore/internal/testing/memfs"
 )
 
 // TestOwnerLock: an owner's file is locked for as long as it lives: a

@@ -28,7 +28,7 @@ var mutators = map[string]bool{
 // the tools and test helpers that write fixture layouts the way other tools
 // do, and the power-cut rig that builds real file systems (none is the
 // engine).
-var allowed = []string{"internal/fsio/", "internal/gen/", "internal/cmd/", "internal/testutil/", "internal/powercut/"}
+var allowed = []string{"internal/fsio/", "internal/gen/", "internal/cmd/", "internal/testing/"}
 
 func TestFileMutationsOnlyInFsio(t *testing.T) {
 	root := moduleRoot(t)

@@ -11,9 +11,9 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
-	"github.com/ocistore/ocistore/journal"
 )
 
 // graph is a fake layout: manifests by digest, and the blobs on disk.

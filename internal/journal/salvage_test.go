@@ -12,7 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/errdef"
-	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/internal/journal"
 )
 
 // filled makes a journal with many refcounts (so that the refs bucket spans

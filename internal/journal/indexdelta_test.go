@@ -9,7 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/internal/journal"
 )
 
 // fakeIndex renders an index-like document of n entries, entry skip left

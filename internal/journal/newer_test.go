@@ -12,7 +12,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ocistore/ocistore/internal/errdef"
-	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/internal/journal"
 )
 
 // leased makes a journal holding two leases (one with two blobs, one

@@ -89,7 +89,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 )
 
 const (

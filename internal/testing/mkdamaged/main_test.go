@@ -13,7 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocistore/ocistore/journal"
+	"github.com/ocistore/ocistore/internal/journal"
 )
 
 const committed = "../../../testdata/damaged"

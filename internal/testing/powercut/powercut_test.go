@@ -46,7 +46,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/gen"
-	"github.com/ocistore/ocistore/internal/testutil"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 )
 
 const (
