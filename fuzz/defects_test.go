@@ -24,7 +24,7 @@ package fuzz
 //	D2b fixed (bb7b3a3; the rest of D2): bytes that do hash to NewIndex
 //	    but are not an index (a record the engine never writes: it renders
 //	    a parsed index) were written over a valid index.json before they were
-//	    parsed; recovery then failed on every open. recovery.Run now parses
+//	    parsed; recovery then failed on every open. protocol.Run now parses
 //	    the stored bytes before WriteIndex and treats bytes that do not
 //	    parse like no bytes (roll back when the old index is on disk).
 //	    Regression: d2b-stored-bytes-not-an-index.

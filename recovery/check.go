@@ -16,6 +16,7 @@ import (
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/refcount"
 )
 
@@ -136,7 +137,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	} else if err := layout.CheckLayoutFile(b); err != nil {
 		r.add(KindLayoutCorrupt, "", layout.LayoutFile, "%v", err)
 	}
-	raw, ix, err := ReadIndex(fsys)
+	raw, ix, err := protocol.ReadIndex(fsys)
 	switch {
 	case errors.Is(err, errdef.ErrNotFound):
 		r.add(KindIndexMissing, "", layout.IndexFile, "index.json does not exist")
@@ -295,18 +296,18 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		elsewhere(fsys, ix, list.algs, r)
 	}
 	sfs := stateDirs(fsys, r)
-	temps, err := Temps(sfs)
+	temps, err := protocol.Temps(sfs)
 	if err != nil {
 		return nil, err
 	}
 	for _, t := range temps {
-		if strings.HasPrefix(t, OwnersDir+"/") {
+		if strings.HasPrefix(t, protocol.OwnersDir+"/") {
 			r.add(KindTempFile, "", t, "leftover owner file: its owner is gone (its lock is free); the next open removes it")
 			continue
 		}
 		r.add(KindTempFile, "", t, "leftover temp file")
 	}
-	trash, err := Trash(sfs)
+	trash, err := protocol.Trash(sfs)
 	if err != nil {
 		return nil, err
 	}
@@ -426,9 +427,9 @@ func BlobsElsewhere(fsys fsio.FS, ix *layout.Index) (string, error) {
 // unknownClosure ends the report of a manifest that cannot be followed.
 const unknownClosure = "what it references is unknown, so ocistore frees no blob until it is fixed or its image removed (rm, or fsck --repair --drop-broken)"
 
-// stateDirs reports the directories of .ocistore that Temps lists when
+// stateDirs reports the directories of .ocistore that protocol.Temps lists when
 // they are not directories (a symlink, in or out of the layout, or a
-// file), and returns fsys with those left unlisted: Temps then finds no
+// file), and returns fsys with those left unlisted: protocol.Temps then finds no
 // temp file in them instead of failing, or listing another directory.
 // Repair moves them aside.
 func stateDirs(fsys fsio.FS, r *Report) fsio.FS {
@@ -436,10 +437,10 @@ func stateDirs(fsys fsio.FS, r *Report) fsio.FS {
 		return fsys // not ours to look into: the journal's check reports it
 	}
 	skip := map[string]bool{}
-	for _, dir := range []string{IngestDir, QuarantineDir, TrashDir, OwnersDir} {
+	for _, dir := range []string{protocol.IngestDir, protocol.QuarantineDir, protocol.TrashDir, protocol.OwnersDir} {
 		fi, err := fsys.Lstat(dir)
 		if err != nil || fi.IsDir() {
-			continue // missing, or Temps says why it cannot list it
+			continue // missing, or protocol.Temps says why it cannot list it
 		}
 		r.add(KindNotDirectory, "", dir, "is %s, not a directory: not looked into", typeName(fi.Mode().Type()))
 		skip[dir] = true

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/journal"
@@ -18,7 +20,7 @@ import (
 // Recover takes the writer lock and runs recovery (it also runs on Open and
 // before every transaction). It returns what it did, including what the
 // recovery run by Open did.
-func (s *Store) Recover(ctx context.Context) (acts []recovery.Action, err error) {
+func (s *Store) Recover(ctx context.Context) (acts []protocol.Action, err error) {
 	err = s.freeing(ctx, "recover", false, func() error {
 		acts, err = s.recoverNow(ctx)
 		return err
@@ -26,7 +28,7 @@ func (s *Store) Recover(ctx context.Context) (acts []recovery.Action, err error)
 	return acts, err
 }
 
-func (s *Store) recoverNow(ctx context.Context) ([]recovery.Action, error) {
+func (s *Store) recoverNow(ctx context.Context) ([]protocol.Action, error) {
 	if err := s.writable(); err != nil {
 		return nil, err
 	}
@@ -37,11 +39,11 @@ func (s *Store) recoverNow(ctx context.Context) ([]recovery.Action, error) {
 		return nil, fmt.Errorf("recover: %w", err)
 	}
 	defer db.Close()
-	st, err := recovery.Run(ctx, s.envFor(db), db, nil)
+	st, err := protocol.Run(ctx, s.envFor(db), db, nil)
 	if err != nil {
 		return nil, s.check(fmt.Errorf("recover: %w", err))
 	}
-	return append(append([]recovery.Action(nil), s.opened...), st.Actions...), nil
+	return append(append([]protocol.Action(nil), s.opened...), st.Actions...), nil
 }
 
 // Pending returns the journal's unfinished transaction records (there are

@@ -8,6 +8,8 @@ import (
 	"io"
 	"io/fs"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -15,7 +17,6 @@ import (
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/recovery"
 )
 
 // Exists reports whether the blob of desc is in the layout with desc's size.
@@ -115,14 +116,14 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
 		return s.check(err)
 	}
-	if _, err := fsio.MkdirDurable(s.fsys, recovery.IngestDir); err != nil {
+	if _, err := fsio.MkdirDurable(s.fsys, protocol.IngestDir); err != nil {
 		return s.check(err)
 	}
 	tok, err := s.owner()
 	if err != nil {
 		return err
 	}
-	tmp, err := s.fsys.CreateTemp(recovery.IngestDir, recovery.TempPrefix(tok))
+	tmp, err := s.fsys.CreateTemp(protocol.IngestDir, protocol.TempPrefix(tok))
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/crash"
@@ -37,7 +39,7 @@ const (
 	envChildDir = "OCISTORE_TEST_CHILD_DIR"
 	envChildArg = "OCISTORE_TEST_CHILD_ARG"
 	// envChildTrash makes the child's transactions of two blobs or more
-	// go through the trash (recovery.TrashMin).
+	// go through the trash (protocol.TrashMin).
 	envChildTrash = "OCISTORE_TEST_CHILD_TRASH"
 )
 
@@ -51,7 +53,7 @@ func TestCrashChild(t *testing.T) {
 	dir := os.Getenv(envChildDir)
 	args := strings.Fields(os.Getenv(envChildArg))
 	if os.Getenv(envChildTrash) != "" {
-		recovery.TrashMin = 2
+		protocol.TrashMin = 2
 	}
 	s, err := store.Open(ctx, dir, nil)
 	if err != nil {
@@ -367,12 +369,12 @@ func TestCrashPointsTrash(t *testing.T) {
 			tally.killed(t, dir, "")
 			if pointName(point) == crash.BlobUnlinked {
 				// Before the reclaimer is given anything to unlink.
-				if ents, _ := os.ReadDir(filepath.Join(dir, recovery.TrashDir)); len(ents) == 0 {
+				if ents, _ := os.ReadDir(filepath.Join(dir, protocol.TrashDir)); len(ents) == 0 {
 					t.Fatalf("killed at %s with nothing in the trash: the delete did not go through it", point)
 				}
 			}
 			assertRecovered(t, dir, c, point, before)
-			if ents, _ := os.ReadDir(filepath.Join(dir, recovery.TrashDir)); len(ents) != 0 {
+			if ents, _ := os.ReadDir(filepath.Join(dir, protocol.TrashDir)); len(ents) != 0 {
 				t.Fatalf("%d files left in the trash after recovery, e.g. %s", len(ents), ents[0].Name())
 			}
 		})

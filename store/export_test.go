@@ -4,13 +4,14 @@ import (
 	"context"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/recovery"
 )
 
 // SetTestFS makes Open use f instead of the real file system (tests only).
@@ -52,7 +53,7 @@ func SetTestReserveSize(o *Options, n int64) { o.reserveSize = n }
 
 // FinishCrafted journals a record that leaves index.json as it is and lists
 // unlink, then finishes it as a transaction does after writing its index
-// (recovery.Finish): the last guard against unlinking a blob the journal
+// (protocol.Finish): the last guard against unlinking a blob the journal
 // still counts, reached by no plan (a plan never lists one).
 func FinishCrafted(ctx context.Context, s *Store, unlink []digest.Digest) error {
 	s.wmu.Lock()
@@ -66,5 +67,5 @@ func FinishCrafted(ctx context.Context, s *Store, unlink []digest.Digest) error 
 	if err := db.Update(func(tx *journal.Tx) error { return tx.AddPending(&rec, cur.Bytes) }); err != nil {
 		return err
 	}
-	return recovery.Finish(s.env(), db, &rec, fsio.StampFile(s.fsys, layout.IndexFile), crash.BlobUnlinked)
+	return protocol.Finish(s.env(), db, &rec, fsio.StampFile(s.fsys, layout.IndexFile), crash.BlobUnlinked)
 }

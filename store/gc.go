@@ -7,12 +7,13 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/recovery"
 )
 
 // DefaultGrace is the grace period of `ocistore gc` and of a repair's
@@ -164,7 +165,7 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 	crash.Point(crash.TxnJournaled)
 	// index.json is not rewritten: the record's new index is the one on
 	// disk, so Finish (steps 4 and 5) is all there is to do.
-	if err := recovery.Finish(s.env(), db, &rec, cur.Stamp, crash.BlobUnlinked); err != nil {
+	if err := protocol.Finish(s.env(), db, &rec, cur.Stamp, crash.BlobUnlinked); err != nil {
 		return nil, s.check(err)
 	}
 	res.Txn = rec.ID

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
@@ -141,7 +143,7 @@ func TestHostileQuarantineDir(t *testing.T) {
 	c := testutil.DamagedCaseNamed(t, damagedRoot, "digest-mismatch-layer")
 	dir, outside := c.Materialize(t)
 	elsewhere := t.TempDir()
-	if err := os.Symlink(elsewhere, filepath.Join(dir, recovery.QuarantineDir)); err != nil {
+	if err := os.Symlink(elsewhere, filepath.Join(dir, protocol.QuarantineDir)); err != nil {
 		t.Fatal(err)
 	}
 	watch := testutil.WatchFiles(t, elsewhere)
@@ -159,11 +161,11 @@ func TestHostileQuarantineDir(t *testing.T) {
 	if len(res.Actions) < 2 || res.Actions[0].Kind != recovery.ActionMovedAside || res.Actions[1].Kind != recovery.ActionQuarantined {
 		t.Errorf("actions %v", res.Actions)
 	}
-	fi, err := os.Lstat(filepath.Join(dir, recovery.QuarantineDir))
+	fi, err := os.Lstat(filepath.Join(dir, protocol.QuarantineDir))
 	if err != nil || !fi.IsDir() {
 		t.Errorf("quarantine folder: %v, %v", fi, err)
 	}
-	if links, _ := filepath.Glob(filepath.Join(dir, recovery.QuarantineDir+".corrupt-*")); len(links) != 1 {
+	if links, _ := filepath.Glob(filepath.Join(dir, protocol.QuarantineDir+".corrupt-*")); len(links) != 1 {
 		t.Errorf("the link was not moved aside: %v", links)
 	} else if target, _ := os.Readlink(links[0]); target != elsewhere {
 		t.Errorf("moved aside: %s -> %s", links[0], target)

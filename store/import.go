@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"io/fs"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/recovery"
 )
 
 // ImportResult describes an Import.
@@ -68,7 +69,7 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string, opt
 	} else if err := layout.CheckLayoutFile(b); err != nil {
 		return nil, err
 	}
-	_, six, err := recovery.ReadIndex(sfs)
+	_, six, err := protocol.ReadIndex(sfs)
 	if err != nil {
 		return nil, err
 	}

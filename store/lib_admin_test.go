@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/testing/testutil"
@@ -94,7 +96,7 @@ func TestRecoverRemovesTemps(t *testing.T) {
 	l := newLib(t)
 	l.tag(l.image(nil, 1), "x")
 	tmp := filepath.Join(l.dir, ".index.json8675309")
-	ingest := filepath.Join(l.dir, ".ocistore", "ingest", recovery.TempPrefix(strings.Repeat("0f", 16))+"abc")
+	ingest := filepath.Join(l.dir, ".ocistore", "ingest", protocol.TempPrefix(strings.Repeat("0f", 16))+"abc")
 	if err := os.MkdirAll(filepath.Dir(ingest), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -12,12 +12,13 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/testing/testutil"
-	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -99,7 +100,7 @@ func TestPutBlob(t *testing.T) {
 					t.Errorf("blob present = %v, want %v", got, c.stored)
 				}
 			}
-			if left := filesIn(t, l.dir, recovery.IngestDir); len(left) > 0 {
+			if left := filesIn(t, l.dir, protocol.IngestDir); len(left) > 0 {
 				t.Errorf("ingest temp files left: %v", left)
 			}
 			if c.stored {
@@ -183,7 +184,7 @@ func TestPutBlobCanceled(t *testing.T) {
 	if l.has(d.Digest) {
 		t.Error("canceled PutBlob left the blob")
 	}
-	if left := filesIn(t, l.dir, recovery.IngestDir); len(left) > 0 {
+	if left := filesIn(t, l.dir, protocol.IngestDir); len(left) > 0 {
 		t.Errorf("ingest temp files left: %v", left)
 	}
 }
@@ -413,7 +414,7 @@ func TestCloseDuringPutBlob(t *testing.T) {
 	default:
 		t.Errorf("PutBlob during Close = %v, want success or ErrClosed", err)
 	}
-	if left := filesIn(t, l.dir, recovery.IngestDir); len(left) > 0 {
+	if left := filesIn(t, l.dir, protocol.IngestDir); len(left) > 0 {
 		t.Errorf("ingest temp files left: %v", left)
 	}
 	if err := l.s.PutBlob(l.ctx, d, bytes.NewReader(content)); !errors.Is(err, store.ErrClosed) {

@@ -9,12 +9,13 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/recovery"
 )
 
 // Image metadata (journal images/ and referrers/): for every root manifest
@@ -177,7 +178,7 @@ func (s *Store) reconcileImages(t *txn, entries []layout.Entry, ix digest.Digest
 
 // syncImages brings the image metadata up to date with the index on disk,
 // when it is not (run by the writer after recovery).
-func (s *Store) syncImages(db *journal.DB, st *recovery.State) error {
+func (s *Store) syncImages(db *journal.DB, st *protocol.State) error {
 	if inSync, err := s.imagesInSync(db, st.Digest); err != nil || inSync {
 		return err
 	}

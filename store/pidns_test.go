@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -124,7 +126,7 @@ func nsWorkerMain(t *testing.T) {
 	point := crash.IngestWritten
 	if op == "trash" {
 		point = crash.TrashUnlinked
-		recovery.TrashMin = 2
+		protocol.TrashMin = 2
 	}
 	crash.Arm(point, 1, func(name string) {
 		fmt.Fprintf(os.Stderr, "%s%s\n", nsPaused, name)
@@ -353,9 +355,9 @@ func TestLivenessAcrossPIDNamespaces(t *testing.T) {
 					victim = testutil.Graph(t, dir, d)
 				}
 				l.s.Close()
-				watched := recovery.IngestDir
+				watched := protocol.IngestDir
 				if op == "trash" {
-					watched = recovery.TrashDir
+					watched = protocol.TrashDir
 				}
 
 				c, pid := startNSChild(t, dir, op)
@@ -371,7 +373,7 @@ func TestLivenessAcrossPIDNamespaces(t *testing.T) {
 				if got := filesIn(t, dir, watched); !slices.Equal(got, live) {
 					t.Fatalf("recovery in another PID namespace changed the live worker's files in %s: %v, were %v", watched, got, live)
 				}
-				owners := filesIn(t, dir, recovery.OwnersDir)
+				owners := filesIn(t, dir, protocol.OwnersDir)
 				if len(owners) != 1 {
 					t.Fatalf("owner files %v, want the worker's", owners)
 				}
@@ -397,14 +399,14 @@ func TestLivenessAcrossPIDNamespaces(t *testing.T) {
 					if code := c.finish(t, "kill"); code != nsKilledExit {
 						t.Fatalf("init's status %d, want %d (worker killed):\n%s", code, nsKilledExit, c.out)
 					}
-					want := append(prefixed(watched, live), prefixed(recovery.OwnersDir, owners)...)
+					want := append(prefixed(watched, live), prefixed(protocol.OwnersDir, owners)...)
 					slices.Sort(want)
 					if got := tempProblems(t, dir); !slices.Equal(got, want) {
 						t.Fatalf("fsck after the worker was killed reports temp files %v, want %v", got, want)
 					}
 					recoverHere(t, dir)
 				}
-				for _, rel := range []string{recovery.IngestDir, recovery.TrashDir, recovery.OwnersDir} {
+				for _, rel := range []string{protocol.IngestDir, protocol.TrashDir, protocol.OwnersDir} {
 					if got := filesIn(t, dir, rel); len(got) != 0 {
 						t.Errorf("left in %s: %v", rel, got)
 					}

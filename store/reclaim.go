@@ -4,12 +4,13 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
-	"github.com/ocistore/ocistore/recovery"
 )
 
-// The trash. A transaction that frees at least recovery.TrashMin blobs
+// The trash. A transaction that frees at least protocol.TrashMin blobs
 // takes them out of the layout into .ocistore/trash (a hard link there,
 // then the unlink of the blob's name, which frees nothing; then syncs
 // blobs/<alg> and the trash): that is step 4 of the protocol, durable when
@@ -17,7 +18,7 @@ import (
 // frees each inode and its blocks. The handle's reclaimer
 // unlinks the trash in the background. Nothing ever leaves the trash but
 // by unlink, and the trash is no part of the layout: whatever a crash
-// leaves there is unlinked by the next open (recovery.Trash).
+// leaves there is unlinked by the next open (protocol.Trash).
 
 // reclaimer unlinks the files of the trash this handle filled, one
 // goroutine at a time, while there are any.
@@ -83,7 +84,7 @@ func (s *Store) reclaimNow(batch []string) {
 		s.log.Debug("trash unlinked", "files", len(batch))
 		return
 	}
-	err = fmt.Errorf("empty %s: %w", recovery.TrashDir, err)
+	err = fmt.Errorf("empty %s: %w", protocol.TrashDir, err)
 	s.rec.Lock()
 	if s.rec.r.err == nil {
 		s.rec.r.err = err

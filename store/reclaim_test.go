@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -31,7 +33,7 @@ type gatedFS struct {
 }
 
 func (g *gatedFS) Remove(name string) error {
-	if strings.HasPrefix(name, recovery.TrashDir+"/") {
+	if strings.HasPrefix(name, protocol.TrashDir+"/") {
 		<-g.gate
 		if g.fail != nil {
 			return g.fail
@@ -67,7 +69,7 @@ func trashFixture(t *testing.T, n int) (dir string, s *store.Store, g *gatedFS, 
 	return l.dir, s, g, imgs
 }
 
-// TestDeleteThroughTrash: a delete that frees recovery.TrashMin blobs or
+// TestDeleteThroughTrash: a delete that frees protocol.TrashMin blobs or
 // more returns once they are out of the layout (in the trash), reports
 // them freed, and leaves their unlinking to the handle's reclaimer:
 // WaitReclaimed waits for it, fsck finds nothing wrong meanwhile, and a
@@ -91,8 +93,8 @@ func TestDeleteThroughTrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	layer := m.Layers[0]
-	if len(want) < recovery.TrashMin {
-		t.Fatalf("fixture frees %d blobs, fewer than TrashMin %d", len(want), recovery.TrashMin)
+	if len(want) < protocol.TrashMin {
+		t.Fatalf("fixture frees %d blobs, fewer than TrashMin %d", len(want), protocol.TrashMin)
 	}
 	res, err := s.Delete(ctx, refs...)
 	if err != nil {
@@ -106,7 +108,7 @@ func TestDeleteThroughTrash(t *testing.T) {
 			t.Errorf("blob %s still in the layout after the delete returned", d)
 		}
 	}
-	if got := filesIn(t, dir, recovery.TrashDir); len(got) != len(want) {
+	if got := filesIn(t, dir, protocol.TrashDir); len(got) != len(want) {
 		t.Fatalf("%d files in the trash while its unlinking is held, want %d", len(got), len(want))
 	}
 	testutil.MustCheck(t, s) // the trash of a live handle is no problem
@@ -122,16 +124,16 @@ func TestDeleteThroughTrash(t *testing.T) {
 	// The trash files are named after the handle's owner, whose owner
 	// file is there, locked.
 	var oldName string
-	for _, n := range filesIn(t, dir, recovery.TrashDir) {
+	for _, n := range filesIn(t, dir, protocol.TrashDir) {
 		tok, rest, _ := strings.Cut(n, "-")
-		if got := filesIn(t, dir, recovery.OwnersDir); len(got) != 1 || got[0] != tok {
+		if got := filesIn(t, dir, protocol.OwnersDir); len(got) != 1 || got[0] != tok {
 			t.Fatalf("trash file %s, owner files %v: want the one of its token", n, got)
 		}
 		if rest == "blobs-sha256-"+layer.Digest.Encoded() {
 			oldName = n
 		}
 	}
-	old, err := os.ReadFile(filepath.Join(dir, recovery.TrashDir, oldName))
+	old, err := os.ReadFile(filepath.Join(dir, protocol.TrashDir, oldName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +147,7 @@ func TestDeleteThroughTrash(t *testing.T) {
 	if err := s.WaitReclaimed(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := filesIn(t, dir, recovery.TrashDir); len(got) != 0 {
+	if got := filesIn(t, dir, protocol.TrashDir); len(got) != 0 {
 		t.Fatalf("%d files left in the trash after WaitReclaimed", len(got))
 	}
 	if !testutil.HasBlob(t, dir, layer.Digest) {
@@ -172,7 +174,7 @@ func TestCloseWaitsForTrash(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if got := filesIn(t, dir, recovery.TrashDir); len(got) != 0 {
+	if got := filesIn(t, dir, protocol.TrashDir); len(got) != 0 {
 		t.Fatalf("%d files left in the trash after Close", len(got))
 	}
 }
@@ -194,13 +196,13 @@ func TestTrashUnlinkFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := s.WaitReclaimed(ctx)
-	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), recovery.TrashDir) {
-		t.Fatalf("WaitReclaimed: %v, want EIO naming %s", err, recovery.TrashDir)
+	if !errors.Is(err, syscall.EIO) || !strings.Contains(err.Error(), protocol.TrashDir) {
+		t.Fatalf("WaitReclaimed: %v, want EIO naming %s", err, protocol.TrashDir)
 	}
 	if err := s.WaitReclaimed(ctx); err != nil {
 		t.Fatalf("the failure was reported twice: %v", err)
 	}
-	if len(filesIn(t, dir, recovery.TrashDir)) == 0 {
+	if len(filesIn(t, dir, protocol.TrashDir)) == 0 {
 		t.Fatal("the trash is empty although its unlinks failed")
 	}
 	if err := s.Untag(ctx, "img0"); err != nil {
@@ -215,7 +217,7 @@ func TestTrashUnlinkFailure(t *testing.T) {
 	if err := s2.WaitReclaimed(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := filesIn(t, dir, recovery.TrashDir); len(got) != 0 {
+	if got := filesIn(t, dir, protocol.TrashDir); len(got) != 0 {
 		t.Fatalf("%d files left in the trash after the next open", len(got))
 	}
 	testutil.MustCheck(t, s2)
@@ -225,7 +227,7 @@ func TestTrashUnlinkFailure(t *testing.T) {
 // TestTrashOfOtherProcesses: fsck reports the trash of an owner that is
 // gone (no owner file; an owner file whose lock is free, and that file
 // too) and of an older version's process when it has not changed for
-// recovery.LegacyAge, and the next open unlinks them; the trash of a live
+// protocol.LegacyAge, and the next open unlinks them; the trash of a live
 // owner (its owner file locked, here by the test) is its own to unlink,
 // and a young file of an older version (named after a process ID, which
 // cannot be checked from another PID namespace) may be a live process's:
@@ -234,8 +236,8 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 	l := newLib(t)
 	l.tag(l.image(nil, 1), "a")
 	l.s.Close()
-	trash := filepath.Join(l.dir, recovery.TrashDir)
-	owners := filepath.Join(l.dir, recovery.OwnersDir)
+	trash := filepath.Join(l.dir, protocol.TrashDir)
+	owners := filepath.Join(l.dir, protocol.OwnersDir)
 	for _, d := range []string{trash, owners} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -243,14 +245,14 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 	}
 	blob := func(c string) string { return "blobs-sha256-" + strings.Repeat(c, 64) }
 	noOwnerFile, unlocked, locked := strings.Repeat("a1", 16), strings.Repeat("b2", 16), strings.Repeat("c3", 16)
-	gone := []string{recovery.TempPrefix(noOwnerFile) + blob("a"), recovery.TempPrefix(unlocked) + blob("b"), "12345-" + blob("d")}
-	live := []string{recovery.TempPrefix(locked) + blob("c"), "999999999-" + blob("e")}
+	gone := []string{protocol.TempPrefix(noOwnerFile) + blob("a"), protocol.TempPrefix(unlocked) + blob("b"), "12345-" + blob("d")}
+	live := []string{protocol.TempPrefix(locked) + blob("c"), "999999999-" + blob("e")}
 	for _, name := range append(append([]string{}, gone...), live...) {
 		if err := os.WriteFile(filepath.Join(trash, name), []byte("old layer"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	old := time.Now().Add(-recovery.LegacyAge - time.Minute)
+	old := time.Now().Add(-protocol.LegacyAge - time.Minute)
 	if err := os.Chtimes(filepath.Join(trash, gone[2]), old, old); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +264,7 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer osfs.Close()
-	lock, err := osfs.Lock(recovery.OwnersDir+"/"+locked, true)
+	lock, err := osfs.Lock(protocol.OwnersDir+"/"+locked, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,9 +282,9 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 			t.Errorf("fsck: %s", p)
 		}
 	}
-	want := []string{recovery.OwnersDir + "/" + unlocked}
+	want := []string{protocol.OwnersDir + "/" + unlocked}
 	for _, g := range gone {
-		want = append(want, recovery.TrashDir+"/"+g)
+		want = append(want, protocol.TrashDir+"/"+g)
 	}
 	slices.Sort(found)
 	slices.Sort(want)
@@ -296,12 +298,12 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	got := filesIn(t, l.dir, recovery.TrashDir)
+	got := filesIn(t, l.dir, protocol.TrashDir)
 	slices.Sort(live)
 	if !slices.Equal(got, live) {
 		t.Fatalf("trash after an open: %v, want only %v", got, live)
 	}
-	if got := filesIn(t, l.dir, recovery.OwnersDir); len(got) != 1 || got[0] != locked {
+	if got := filesIn(t, l.dir, protocol.OwnersDir); len(got) != 1 || got[0] != locked {
 		t.Fatalf("owner files after an open: %v, want only the live one, %s", got, locked)
 	}
 }

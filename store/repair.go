@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
@@ -79,7 +81,7 @@ type RepairOptions struct {
 // RepairResult is what Repair did and what is left.
 type RepairResult struct {
 	// Actions lists every change, in order.
-	Actions []recovery.Action `json:"actions"`
+	Actions []protocol.Action `json:"actions"`
 	// Broken lists the entries of index.json whose closure is still not
 	// whole (all of them unless DropBroken).
 	Broken []recovery.Broken `json:"broken"`
@@ -97,7 +99,7 @@ type RepairResult struct {
 func (r *RepairResult) OK() bool { return r.Report.OK() }
 
 func (r *RepairResult) act(log *slog.Logger, kind, format string, args ...any) {
-	a := recovery.Action{Kind: kind, Detail: fmt.Sprintf(format, args...)}
+	a := protocol.Action{Kind: kind, Detail: fmt.Sprintf(format, args...)}
 	log.Info("repair: "+kind, "detail", a.Detail)
 	r.Actions = append(r.Actions, a)
 }
@@ -213,7 +215,7 @@ func repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 	if s.scope != "" {
 		opts.adopting = !s.registered(opts.LockTimeout)
 	}
-	res := &RepairResult{Actions: []recovery.Action{}, Broken: []recovery.Broken{}}
+	res := &RepairResult{Actions: []protocol.Action{}, Broken: []recovery.Broken{}}
 
 	openable, err := s.repairOffline(ctx, res, &opts)
 	if err != nil {
@@ -306,7 +308,7 @@ func repairPreflight(ctx context.Context, dir, shared string, o *RepairOptions) 
 	if o.Force {
 		return nil
 	}
-	_, ix, err := recovery.ReadIndex(ro.fsys)
+	_, ix, err := protocol.ReadIndex(ro.fsys)
 	if err != nil {
 		return nil // restored (or reported) by the repair
 	}
@@ -379,7 +381,7 @@ func (s *Store) repairOffline(ctx context.Context, res *RepairResult, o *RepairO
 			return false, s.check(err)
 		}
 	}
-	st, err := recovery.Run(ctx, s.envFor(db), db, nil)
+	st, err := protocol.Run(ctx, s.envFor(db), db, nil)
 	if err == nil && s.scope != "" {
 		st, err = s.reconcilePeers(ctx, db, st)
 	}
@@ -394,7 +396,7 @@ func (s *Store) repairOffline(ctx context.Context, res *RepairResult, o *RepairO
 // nothing could restore it: no journal file (or an empty one), none kept
 // aside. Repair then changes nothing at all (not even by creating a journal).
 func (s *Store) indexHopeless() (bool, error) {
-	raw, _, err := recovery.ReadIndex(s.fsys)
+	raw, _, err := protocol.ReadIndex(s.fsys)
 	if err == nil {
 		return false, nil
 	}
@@ -443,7 +445,7 @@ func (s *Store) repairLayoutFile(res *RepairResult) (bool, error) {
 		return false, fmt.Errorf("no %s, %s or %s: %w", layout.LayoutFile, layout.IndexFile, layout.BlobsDir, errdef.ErrNotLayout)
 	}
 	if exists {
-		dest, err := recovery.Quarantine(s.fsys, layout.LayoutFile, layout.LayoutFile)
+		dest, err := protocol.Quarantine(s.fsys, layout.LayoutFile, layout.LayoutFile)
 		if err != nil {
 			return false, s.check(err)
 		}
@@ -570,7 +572,7 @@ func (s *Store) sharedJournalDamaged(why error) error {
 // quarantine; both make a new directory when they need one. The writer
 // lock is held.
 func (s *Store) repairStateDirs(res *RepairResult) error {
-	for _, dir := range []string{recovery.IngestDir, recovery.QuarantineDir, recovery.TrashDir, recovery.OwnersDir} {
+	for _, dir := range []string{protocol.IngestDir, protocol.QuarantineDir, protocol.TrashDir, protocol.OwnersDir} {
 		fi, err := s.fsys.Lstat(dir)
 		if errors.Is(err, fs.ErrNotExist) || err == nil && fi.IsDir() {
 			continue
@@ -614,7 +616,7 @@ func (s *Store) indexState() (raw []byte, d digest.Digest, exists bool, err erro
 	if err != nil || !exists {
 		return nil, "", exists, err
 	}
-	raw, _, ixErr := recovery.ReadIndex(s.fsys)
+	raw, _, ixErr := protocol.ReadIndex(s.fsys)
 	if ixErr == nil {
 		return raw, layout.Sum(raw), true, nil
 	}
@@ -631,13 +633,13 @@ func (s *Store) indexState() (raw []byte, d digest.Digest, exists bool, err erro
 // folder.
 func (s *Store) restoreIndex(b []byte, exists bool, from string, res *RepairResult) error {
 	if exists {
-		dest, err := recovery.Quarantine(s.fsys, layout.IndexFile, layout.IndexFile)
+		dest, err := protocol.Quarantine(s.fsys, layout.IndexFile, layout.IndexFile)
 		if err != nil {
 			return s.check(err)
 		}
 		res.act(s.log, recovery.ActionQuarantined, "%s is unreadable: moved to %s", layout.IndexFile, dest)
 	}
-	if err := recovery.WriteIndex(s.fsys, b); err != nil {
+	if err := protocol.WriteIndex(s.fsys, b); err != nil {
 		return s.check(err)
 	}
 	res.act(s.log, recovery.ActionIndexRestored, "%s restored from %s (%s)", layout.IndexFile, from, layout.Sum(b))
@@ -668,24 +670,24 @@ func (s *Store) applySalvage(ctx context.Context, salv *journal.Salvaged, source
 		nb := salv.Indexes[rec.NewIndex]
 		switch {
 		case onDisk == rec.NewIndex:
-			res.Actions = append(res.Actions, recovery.Action{Kind: "roll-forward", Txn: rec.ID,
+			res.Actions = append(res.Actions, protocol.Action{Kind: "roll-forward", Txn: rec.ID,
 				Detail: fmt.Sprintf("%s (salvaged from %s): index.json is its new index; the blobs it freed are orphans now", rec.Op, source)})
 		case nb != nil && (onDisk == "" || onDisk == rec.OldIndex):
 			if onDisk == "" && exists {
-				dest, err := recovery.Quarantine(s.fsys, layout.IndexFile, layout.IndexFile)
+				dest, err := protocol.Quarantine(s.fsys, layout.IndexFile, layout.IndexFile)
 				if err != nil {
 					return s.check(err)
 				}
 				res.act(s.log, recovery.ActionQuarantined, "%s is unreadable: moved to %s", layout.IndexFile, dest)
 			}
-			if err := recovery.WriteIndex(s.fsys, nb); err != nil {
+			if err := protocol.WriteIndex(s.fsys, nb); err != nil {
 				return s.check(err)
 			}
 			onDisk, exists = rec.NewIndex, true
-			res.Actions = append(res.Actions, recovery.Action{Kind: "replay", Txn: rec.ID,
+			res.Actions = append(res.Actions, protocol.Action{Kind: "replay", Txn: rec.ID,
 				Detail: fmt.Sprintf("%s (salvaged from %s): wrote its new index", rec.Op, source)})
 		default:
-			res.Actions = append(res.Actions, recovery.Action{Kind: "roll-back", Txn: rec.ID,
+			res.Actions = append(res.Actions, protocol.Action{Kind: "roll-back", Txn: rec.ID,
 				Detail: fmt.Sprintf("%s (salvaged from %s): index.json changed since, or its new index was lost; dropped", rec.Op, source)})
 		}
 	}
@@ -699,7 +701,7 @@ func (s *Store) applySalvage(ctx context.Context, salv *journal.Salvaged, source
 
 // repairIndex makes index.json usable (step 3) and reports whether it is.
 func (s *Store) repairIndex(ctx context.Context, db *journal.DB, res *RepairResult, o *RepairOptions) (bool, error) {
-	raw, _, ixErr := recovery.ReadIndex(s.fsys)
+	raw, _, ixErr := protocol.ReadIndex(s.fsys)
 	if ixErr == nil {
 		return true, nil
 	}
@@ -739,7 +741,7 @@ func (s *Store) repairIndex(ctx context.Context, db *journal.DB, res *RepairResu
 	case replay:
 		// Recovery replays the record's new index over it; keep the old one.
 		if exists {
-			dest, err := recovery.Quarantine(s.fsys, layout.IndexFile, layout.IndexFile)
+			dest, err := protocol.Quarantine(s.fsys, layout.IndexFile, layout.IndexFile)
 			if err != nil {
 				return false, s.check(err)
 			}
@@ -756,7 +758,7 @@ func (s *Store) repairIndex(ctx context.Context, db *journal.DB, res *RepairResu
 			if err := s.applySalvage(ctx, salv, aside, res); err != nil {
 				return false, err
 			}
-			if _, _, err := recovery.ReadIndex(s.fsys); err == nil {
+			if _, _, err := protocol.ReadIndex(s.fsys); err == nil {
 				return true, nil
 			}
 		}
@@ -800,7 +802,7 @@ func (s *Store) newestAside() (string, *journal.Salvaged) {
 // file in the quarantine folder. Its refcounts are a recount of the new
 // index; it unlinks nothing (what only those entries used is an orphan).
 func (s *Store) dropInvalid(db *journal.DB, raw []byte, next *layout.Index, bad []recovery.BadEntry, res *RepairResult) error {
-	kept, err := recovery.KeepCopy(s.fsys, layout.IndexFile, raw)
+	kept, err := protocol.KeepCopy(s.fsys, layout.IndexFile, raw)
 	if err != nil {
 		return s.check(err)
 	}
@@ -820,7 +822,7 @@ func (s *Store) dropInvalid(db *journal.DB, raw []byte, next *layout.Index, bad 
 			return err
 		}
 		var err error
-		prepared, err = recovery.PrepareIndex(s.fsys, newBytes)
+		prepared, err = protocol.PrepareIndex(s.fsys, newBytes)
 		return err
 	}); err != nil {
 		_ = prepared.Abort()
@@ -829,11 +831,11 @@ func (s *Store) dropInvalid(db *journal.DB, raw []byte, next *layout.Index, bad 
 	crash.Point(crash.TxnJournaled)
 	// What is on disk now, for a roll back: its valid entries count.
 	old, _, _ := recovery.ParseIndexLenient(raw)
-	if _, err := recovery.Apply(s.env(), db, &rec, prepared, &recovery.State{Index: old, Bytes: raw, Digest: rec.OldIndex}); err != nil {
+	if _, err := protocol.Apply(s.env(), db, &rec, prepared, &protocol.State{Index: old, Bytes: raw, Digest: rec.OldIndex}); err != nil {
 		return s.check(err)
 	}
 	for _, b := range bad {
-		res.Actions = append(res.Actions, recovery.Action{Kind: recovery.ActionEntryDropped, Txn: rec.ID,
+		res.Actions = append(res.Actions, protocol.Action{Kind: recovery.ActionEntryDropped, Txn: rec.ID,
 			Detail: fmt.Sprintf("manifests[%d] %s: %s", b.Pos, b.Raw, b.Err)})
 	}
 	return nil
@@ -881,7 +883,7 @@ func (s *Store) repairOnline(ctx context.Context, res *RepairResult, o *RepairOp
 			return err
 		}
 		if len(gc.Freed) > 0 {
-			res.Actions = append(res.Actions, recovery.Action{Kind: recovery.ActionOrphansFreed, Txn: gc.Txn,
+			res.Actions = append(res.Actions, protocol.Action{Kind: recovery.ActionOrphansFreed, Txn: gc.Txn,
 				Detail: fmt.Sprintf("%d unreferenced blobs, %d bytes (kept: %d leased, %d young)", len(gc.Freed), gc.BytesFreed, gc.Leased, gc.Young)})
 		}
 		if gc.Pinned != "" {
@@ -941,7 +943,7 @@ func (s *Store) recount(ctx context.Context, res *RepairResult) error {
 		return err
 	}
 	defer db.Close()
-	n, err := recovery.Recount(s.envFor(db), db, cur)
+	n, err := protocol.Recount(s.envFor(db), db, cur)
 	if err != nil {
 		return s.check(err)
 	}
@@ -1018,7 +1020,7 @@ func (s *Store) quarantineBlobs(ctx context.Context, rep *recovery.Report, res *
 			}
 			why = "content hashes to " + got.String()
 		}
-		dest, err := recovery.Quarantine(s.fsys, p, d.Algorithm().String()+"/"+d.Encoded())
+		dest, err := protocol.Quarantine(s.fsys, p, d.Algorithm().String()+"/"+d.Encoded())
 		if err != nil {
 			return s.check(err)
 		}
@@ -1132,7 +1134,7 @@ func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairRes
 			return err
 		}
 		var err error
-		prepared, err = recovery.PrepareIndex(s.fsys, newBytes)
+		prepared, err = protocol.PrepareIndex(s.fsys, newBytes)
 		return err
 	})
 	if err != nil {
@@ -1140,7 +1142,7 @@ func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairRes
 		return s.check(err)
 	}
 	crash.Point(crash.TxnJournaled)
-	stamp, err := recovery.Apply(s.env(), db, &rec, prepared, cur)
+	stamp, err := protocol.Apply(s.env(), db, &rec, prepared, cur)
 	if err != nil {
 		return s.check(err)
 	}
@@ -1150,7 +1152,7 @@ func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairRes
 		res.Actions[len(res.Actions)-1].Txn = rec.ID
 	}
 	if len(rec.Unlink) > 0 {
-		res.Actions = append(res.Actions, recovery.Action{Kind: recovery.ActionOrphansFreed, Txn: rec.ID,
+		res.Actions = append(res.Actions, protocol.Action{Kind: recovery.ActionOrphansFreed, Txn: rec.ID,
 			Detail: fmt.Sprintf("%d blobs only the dropped entries used", len(rec.Unlink))})
 	}
 	return nil

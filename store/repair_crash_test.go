@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
@@ -83,7 +85,7 @@ func stateParts(state string) (exact string, kept map[string]bool) {
 // (golden), keep everything the first one had moved to quarantine, touch
 // nothing outside the layout, and a third must do nothing.
 func TestCrashRepair(t *testing.T) {
-	points := append(append([]string(nil), crash.All...), recovery.CrashQuarantineRenamed)
+	points := append(append([]string(nil), crash.All...), protocol.CrashQuarantineRenamed)
 	for _, name := range []string{
 		"journal-bad-freelist-pending-torn-index", // salvage, quarantine, replay, journal aside, recount, GC
 		"digest-mismatch-manifest",                // recount, quarantine, drop-broken, GC

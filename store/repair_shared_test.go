@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -345,16 +347,16 @@ func TestRepairSharedBlobDir(t *testing.T) {
 	if err := os.WriteFile(blobFile(orphan.Digest), []byte("nothing references this blob\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(ss.shared, filepath.FromSlash(recovery.IngestDir)), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(ss.shared, filepath.FromSlash(protocol.IngestDir)), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// A temp file named the old way (by a pid), older than LegacyAge: a
 	// leftover recovery removes.
-	leftover := filepath.Join(ss.shared, filepath.FromSlash(recovery.IngestDir), "999999999-x1")
+	leftover := filepath.Join(ss.shared, filepath.FromSlash(protocol.IngestDir), "999999999-x1")
 	if err := os.WriteFile(leftover, []byte("partial"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	old := time.Now().Add(-recovery.LegacyAge - time.Hour)
+	old := time.Now().Add(-protocol.LegacyAge - time.Hour)
 	if err := os.Chtimes(leftover, old, old); err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +401,7 @@ func TestRepairSharedBlobDir(t *testing.T) {
 	ss.want(true, ss.graph(good)...)
 	ss.want(false, orphan.Digest)
 	ss.want(false, brokenOwn...)
-	if ents, err := os.ReadDir(filepath.Join(ss.shared, filepath.FromSlash(recovery.IngestDir))); err != nil || len(ents) != 0 {
+	if ents, err := os.ReadDir(filepath.Join(ss.shared, filepath.FromSlash(protocol.IngestDir))); err != nil || len(ents) != 0 {
 		t.Errorf("ingest directory after the repair: %v %v", ents, err)
 	}
 	for i := range ss.s {
@@ -436,7 +438,7 @@ func TestRepairAdoptionKeepsSharedOrphans(t *testing.T) {
 	if _, err := os.Stat(otherPath); err != nil {
 		t.Fatalf("the repair that adopted the layout removed a blob of the shared directory: %v", err)
 	}
-	if !slices.ContainsFunc(res.Actions, func(a recovery.Action) bool { return a.Kind == store.ActionOrphansKept }) {
+	if !slices.ContainsFunc(res.Actions, func(a protocol.Action) bool { return a.Kind == store.ActionOrphansKept }) {
 		t.Errorf("the kept orphan is not said: %v", res.Actions)
 	}
 	if got := kinds(res.Report.Problems); !slices.Equal(got, []string{recovery.KindOrphan}) {

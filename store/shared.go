@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/journal"
@@ -221,7 +223,7 @@ func (s *Store) journalOptions(timeout time.Duration) journal.Options {
 
 // envFor is env for recovery under the lock db holds: with a shared blob
 // directory, recovery counts the other layouts' references too.
-func (s *Store) envFor(db *journal.DB) recovery.Env {
+func (s *Store) envFor(db *journal.DB) protocol.Env {
 	env := s.env()
 	if s.scope != "" {
 		env.Peers = func() ([]layout.Entry, error) { return s.peerEntries(db) }
@@ -286,23 +288,23 @@ func readPeerIndex(dir string) (*layout.Index, error) {
 }
 
 // reconcilePeers recounts when another layout sharing the blob directory
-// changed its index.json outside ocistore (see recovery.ReconcilePeers):
+// changed its index.json outside ocistore (see protocol.ReconcilePeers):
 // every transaction checks, so that a blob another tool just referenced
 // from another layout is never freed here.
-func (s *Store) reconcilePeers(ctx context.Context, db *journal.DB, st *recovery.State) (*recovery.State, error) {
-	changes, err := recovery.PeerChanges(db, s.scope)
+func (s *Store) reconcilePeers(ctx context.Context, db *journal.DB, st *protocol.State) (*protocol.State, error) {
+	changes, err := protocol.PeerChanges(db, s.scope)
 	if err != nil || len(changes) == 0 {
 		return st, err
 	}
 	if st.Index == nil {
-		if st, err = recovery.Run(ctx, s.envFor(db), db, nil); err != nil {
+		if st, err = protocol.Run(ctx, s.envFor(db), db, nil); err != nil {
 			return nil, err
 		}
 	}
-	if err := recovery.ReconcilePeers(s.envFor(db), db, st, changes); err != nil {
+	if err := protocol.ReconcilePeers(s.envFor(db), db, st, changes); err != nil {
 		return nil, err
 	}
-	st.Actions = append(st.Actions, recovery.Action{Kind: "recount", Detail: fmt.Sprintf("%d layouts sharing the blob directory changed outside ocistore", len(changes))})
+	st.Actions = append(st.Actions, protocol.Action{Kind: "recount", Detail: fmt.Sprintf("%d layouts sharing the blob directory changed outside ocistore", len(changes))})
 	return st, nil
 }
 
@@ -338,12 +340,12 @@ func (s *Store) recoverPeers(ctx context.Context, db *journal.DB) error {
 			continue
 		}
 		pdb := db.WithScope(sc)
-		env := recovery.Env{
+		env := protocol.Env{
 			FS:    &fsio.Shared{Layout: pfs, Blobs: blobs},
 			Log:   s.log.With(slog.String("peer", sc)),
 			Peers: func() ([]layout.Entry, error) { return s.entriesBut(pdb, sc) },
 		}
-		st, err := recovery.Run(ctx, env, pdb, nil)
+		st, err := protocol.Run(ctx, env, pdb, nil)
 		pfs.Close()
 		if err != nil {
 			return fmt.Errorf("recover layout %s (sharing the blob directory): %w", sc, err)

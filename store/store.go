@@ -60,6 +60,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
@@ -67,7 +69,6 @@ import (
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/recovery"
 )
 
 // Errors, for errors.Is. They are the sentinels of every layer.
@@ -180,7 +181,7 @@ type Store struct {
 	snap atomic.Pointer[snapshot]
 
 	// opened is what recovery did when the store was opened.
-	opened []recovery.Action
+	opened []protocol.Action
 
 	// leaseMu guards the leases this handle knows are durable, so that a
 	// PutBlob under a lease that already holds the blob costs no commit.
@@ -198,7 +199,7 @@ type Store struct {
 	}
 
 	// own is the owner of this handle's ingest temp files and trash
-	// files (recovery.OwnersDir): made on first need, released by Close.
+	// files (protocol.OwnersDir): made on first need, released by Close.
 	own struct {
 		sync.Mutex
 		o *fsio.Owner
@@ -338,7 +339,7 @@ func (s *Store) openReadOnly() error {
 	if err := layout.CheckLayoutFile(b); err != nil {
 		return err
 	}
-	raw, ix, err := recovery.ReadIndex(s.fsys)
+	raw, ix, err := protocol.ReadIndex(s.fsys)
 	if err != nil {
 		return err
 	}
@@ -381,7 +382,7 @@ func (s *Store) Close() error {
 	return s.fsys.Close()
 }
 
-// owner returns the token of this handle's owner (recovery.OwnersDir),
+// owner returns the token of this handle's owner (protocol.OwnersDir),
 // making its owner file on first use.
 func (s *Store) owner() (string, error) {
 	s.own.Lock()
@@ -390,7 +391,7 @@ func (s *Store) owner() (string, error) {
 		if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
 			return "", s.check(err)
 		}
-		o, err := fsio.NewOwner(s.fsys, recovery.OwnersDir)
+		o, err := fsio.NewOwner(s.fsys, protocol.OwnersDir)
 		if err != nil {
 			return "", s.check(fmt.Errorf("make an owner file: %w", err))
 		}
@@ -499,7 +500,7 @@ func (s *Store) classify() (fresh bool, err error) {
 			if ix, err := layout.ParseIndex(b); err == nil && len(ix.Entries) > 0 {
 				return false, errdef.ErrNotLayout
 			}
-		case recovery.IsIndexTemp(n):
+		case protocol.IsIndexTemp(n):
 		default:
 			return false, fmt.Errorf("%s holds %q but no %s: %w", s.dir, n, layout.LayoutFile, errdef.ErrNotLayout)
 		}
@@ -542,7 +543,7 @@ func (s *Store) initLayout() error {
 			return err
 		}
 	}
-	if err := recovery.WriteIndex(s.fsys, layout.EmptyIndex()); err != nil {
+	if err := protocol.WriteIndex(s.fsys, layout.EmptyIndex()); err != nil {
 		return err
 	}
 	crash.Point(crash.LayoutInitialized)
@@ -603,19 +604,19 @@ func (s *Store) openJournal() (*journal.DB, error) {
 
 // lock takes the writer lock, runs recovery and refreshes the snapshot. The
 // caller closes db to release the lock.
-func (s *Store) lock(ctx context.Context) (*journal.DB, *recovery.State, error) {
+func (s *Store) lock(ctx context.Context) (*journal.DB, *protocol.State, error) {
 	return s.lockWith(ctx, false)
 }
 
 // lockLazy is lock for a caller that does not need the index: when the
-// journal vouches for index.json by its stamp (recovery.RunLazy), the file
+// journal vouches for index.json by its stamp (protocol.RunLazy), the file
 // is not read, and the State has no Index; the snapshot then loads it when
 // a reader first needs it.
-func (s *Store) lockLazy(ctx context.Context) (*journal.DB, *recovery.State, error) {
+func (s *Store) lockLazy(ctx context.Context) (*journal.DB, *protocol.State, error) {
 	return s.lockWith(ctx, true)
 }
 
-func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery.State, error) {
+func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *protocol.State, error) {
 	db, err := s.openJournal()
 	if err != nil {
 		return nil, nil, err
@@ -628,9 +629,9 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery
 			sn = loaded
 		}
 	}
-	var known *recovery.State
+	var known *protocol.State
 	if sn != nil && sn.ix != nil && sn.raw != nil && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
-		known = &recovery.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest, Stamp: sn.stamp}
+		known = &protocol.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest, Stamp: sn.stamp}
 	}
 	if s.scope != "" {
 		if err := s.recoverPeers(ctx, db); err != nil {
@@ -638,17 +639,17 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery
 			return nil, nil, s.check(err)
 		}
 	}
-	var st *recovery.State
+	var st *protocol.State
 	if lazy && known == nil {
-		st, err = recovery.RunLazy(ctx, s.envFor(db), db)
+		st, err = protocol.RunLazy(ctx, s.envFor(db), db)
 		if err == nil && st.Index == nil {
 			var inSync bool
 			if inSync, err = s.imagesInSync(db, st.Digest); err == nil && !inSync {
-				st, err = recovery.Run(ctx, s.envFor(db), db, nil) // the image metadata needs the entries
+				st, err = protocol.Run(ctx, s.envFor(db), db, nil) // the image metadata needs the entries
 			}
 		}
 	} else {
-		st, err = recovery.Run(ctx, s.envFor(db), db, known)
+		st, err = protocol.Run(ctx, s.envFor(db), db, known)
 	}
 	if err == nil && s.scope != "" {
 		st, err = s.reconcilePeers(ctx, db, st)
@@ -673,8 +674,8 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *recovery
 	return db, st, nil
 }
 
-func (s *Store) env() recovery.Env {
-	env := recovery.Env{FS: s.fsys, Log: s.log, Reclaim: s.reclaim, Owner: s.owner, Self: s.ownerToken()}
+func (s *Store) env() protocol.Env {
+	env := protocol.Env{FS: s.fsys, Log: s.log, Reclaim: s.reclaim, Owner: s.owner, Self: s.ownerToken()}
 	if s.opts.syncReclaim {
 		env.Reclaim = s.reclaimNow
 	}
@@ -691,7 +692,7 @@ func (s *Store) current() (*snapshot, error) {
 	if sn.ix != nil && (err != nil || fsio.StampOf(fi) == sn.stamp) {
 		return sn, nil
 	}
-	raw, ix, rerr := recovery.ReadIndex(s.fsys)
+	raw, ix, rerr := protocol.ReadIndex(s.fsys)
 	if rerr != nil {
 		if sn.ix == nil {
 			return nil, rerr

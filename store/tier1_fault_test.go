@@ -2,7 +2,7 @@ package store_test
 
 // Tier 1 with faults: the crash enumeration of runTier1 over a scenario
 // whose operations meet a failed rename of index.json (the transaction is
-// rolled back in process: recovery.Apply and its roll back) and a full file system
+// rolled back in process: protocol.Apply and its roll back) and a full file system
 // (the space reserve is released and the transaction run again: store's
 // freeing). The memfs holds a space reserve (EnableReserve) and, from the
 // "fill" ops on, has no space left (SetCapacity); a crash keeps its

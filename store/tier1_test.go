@@ -34,6 +34,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -92,7 +94,7 @@ func t1BlobPath(d digest.Digest) string {
 
 // t1Trash lists the files in the trash of the memfs layout.
 func t1Trash(mem *memfs.FS) []string {
-	dir := recovery.TrashDir
+	dir := protocol.TrashDir
 	if t1Shared {
 		dir = "shared/" + dir
 	}
@@ -852,7 +854,7 @@ func TestTier1SharedBlobDir(t *testing.T) {
 
 // TestTier1Trash is the enumeration with every transaction that frees two
 // blobs or more taking them out of the layout through the trash (which
-// otherwise only transactions of recovery.TrashMin blobs do): every crash
+// otherwise only transactions of protocol.TrashMin blobs do): every crash
 // point of the links, the unlinks, their syncs and the trash's unlinking.
 func TestTier1Trash(t *testing.T) {
 	lowTrashMin(t)
@@ -867,9 +869,9 @@ func TestTier1Trash(t *testing.T) {
 // lowTrashMin makes transactions of two blobs or more use the trash until
 // the test ends.
 func lowTrashMin(t *testing.T) {
-	old := recovery.TrashMin
-	recovery.TrashMin = 2
-	t.Cleanup(func() { recovery.TrashMin = old })
+	old := protocol.TrashMin
+	protocol.TrashMin = 2
+	t.Cleanup(func() { protocol.TrashMin = old })
 }
 
 // reportTier1 prints an enumeration's summary line (make crash collects

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -20,7 +22,6 @@ import (
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
-	"github.com/ocistore/ocistore/recovery"
 )
 
 // Blob is a blob a transaction freed.
@@ -301,7 +302,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		// The new index.json is written and synced before the commit: a
 		// full disk or a failed write fails the transaction while nothing
 		// is committed, so that an error means nothing changed.
-		prepared, err = recovery.PrepareIndex(s.fsys, newBytes)
+		prepared, err = protocol.PrepareIndex(s.fsys, newBytes)
 		return err
 	})
 	if err != nil {
@@ -341,7 +342,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 	present := make(map[digest.Digest]bool, len(freed))
 	env := s.env()
 	env.Unlinked = func(p string) { present[byPath[p]] = true }
-	stamp, err := recovery.Apply(env, db, &rec, prepared, cur)
+	stamp, err := protocol.Apply(env, db, &rec, prepared, cur)
 	if err != nil {
 		return s.check(err)
 	}

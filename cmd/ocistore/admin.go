@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/journal"
@@ -315,7 +317,7 @@ when the layout was consistent. Recovery is idempotent.`,
 }
 
 type recoverOutput struct {
-	Actions []recovery.Action `json:"actions"`
+	Actions []protocol.Action `json:"actions"`
 }
 
 func runRecover(ctx context.Context, a *app, _ []string) error {
@@ -326,7 +328,7 @@ func runRecover(ctx context.Context, a *app, _ []string) error {
 		}
 		if a.json() {
 			if acts == nil {
-				acts = []recovery.Action{}
+				acts = []protocol.Action{}
 			}
 			return a.printJSON(recoverOutput{Actions: acts})
 		}

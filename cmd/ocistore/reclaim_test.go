@@ -10,12 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/gen"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
-	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -400,13 +401,13 @@ func TestPruneEmptiesTrash(t *testing.T) {
 	before := blobCount(t, dir)
 	r := must(t, 0, "-l", dir, "prune", "--keep-last", "1", "--json")
 	res := decodeJSON[store.PruneResult](t, r)
-	if len(res.Removed) != st.Images-2 || len(res.Freed) < recovery.TrashMin {
-		t.Fatalf("pruned %d images, %d blobs; want %d images and at least %d blobs (the trash path)", len(res.Removed), len(res.Freed), st.Images-2, recovery.TrashMin)
+	if len(res.Removed) != st.Images-2 || len(res.Freed) < protocol.TrashMin {
+		t.Fatalf("pruned %d images, %d blobs; want %d images and at least %d blobs (the trash path)", len(res.Removed), len(res.Freed), st.Images-2, protocol.TrashMin)
 	}
 	if after := blobCount(t, dir); after != before-len(res.Freed) {
 		t.Errorf("%d blob files after freeing %d of %d", after, len(res.Freed), before)
 	}
-	ents, err := os.ReadDir(filepath.Join(dir, recovery.TrashDir))
+	ents, err := os.ReadDir(filepath.Join(dir, protocol.TrashDir))
 	if err != nil || len(ents) != 0 {
 		t.Errorf("trash after the command: %d files, %v", len(ents), err)
 	}

@@ -35,7 +35,7 @@
 //
 // Every step is idempotent and is followed by the sync that makes it durable,
 // so recovery can itself be interrupted at any point and run again.
-package recovery
+package protocol
 
 import (
 	"context"
