@@ -43,6 +43,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -328,7 +330,7 @@ func rfRun(t *testing.T, fx *rfFixture, in rfInput) {
 // journal of the layout in dir, changing the refcounts with it when the
 // flags say so. It fills refs with the stored counts the records leave.
 func rfCommit(dir string, rec *journal.Record, newBytes []byte, flags uint8, refs map[digest.Digest]uint64) error {
-	db, err := journal.Open(filepath.Join(dir, store.JournalPath), journal.Options{LockTimeout: 10 * time.Second})
+	db, err := journal.Open(filepath.Join(dir, protocol.JournalFile), journal.Options{LockTimeout: 10 * time.Second})
 	if err != nil {
 		return err
 	}

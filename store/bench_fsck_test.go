@@ -74,7 +74,7 @@ func deepLayout(b *testing.B, n int) (string, []string, int64) {
 	return dir, files, total
 }
 
-// BenchmarkFsckDeep measures `ocistore fsck --deep` (store.CheckDirWith, as
+// BenchmarkFsckDeep measures `ocistore fsck --deep` (store.CheckDir, as
 // the CLI runs it) on 64 blobs of 32 MiB (2 GiB; 8 blobs, 256 MiB, unless
 // BENCH_FULL is set), against one goroutine hashing the same files with
 // crypto/sha256 in the same run. The files are written once and are in the
@@ -108,7 +108,7 @@ func BenchmarkFsckDeep(b *testing.B) {
 		}
 	}
 	deepCheck := func(b *testing.B) {
-		rep, err := store.CheckDirWith(ctx, dir, time.Minute, &recovery.CheckOptions{Deep: true})
+		rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Minute, Deep: true})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -275,7 +275,7 @@ func BenchmarkFsckQuick(b *testing.B) {
 	b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			rep, err := store.CheckDir(ctx, dir, time.Minute)
+			rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Minute})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -27,7 +27,7 @@ func (s *Store) Exists(ctx context.Context, desc v1.Descriptor) (bool, error) {
 	if err := layout.ValidateDigest(desc.Digest); err != nil {
 		return false, err
 	}
-	fi, err := s.fsys.Lstat(layout.BlobPath(desc.Digest))
+	fi, err := s.lay.FS.Lstat(layout.BlobPath(desc.Digest))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -48,7 +48,7 @@ func (s *Store) Fetch(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, e
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
 	p := layout.BlobPath(desc.Digest)
-	f, err := s.fsys.Open(p)
+	f, err := s.lay.FS.Open(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("fetch %s: %w", desc.Digest, errdef.ErrNotFound)
 	}
@@ -109,21 +109,21 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 		}
 	}
 	final := layout.BlobPath(desc.Digest)
-	if fi, err := s.fsys.Lstat(final); err == nil && fi.Mode().IsRegular() && (desc.Size < 0 || fi.Size() == desc.Size) {
+	if fi, err := s.lay.FS.Lstat(final); err == nil && fi.Mode().IsRegular() && (desc.Size < 0 || fi.Size() == desc.Size) {
 		s.log.Debug("blob already present", attrDigest, desc.Digest)
 		return nil
 	}
-	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
+	if _, err := fsio.MkdirDurable(s.lay.FS, layout.StateDir); err != nil {
 		return s.check(err)
 	}
-	if _, err := fsio.MkdirDurable(s.fsys, protocol.IngestDir); err != nil {
+	if _, err := fsio.MkdirDurable(s.lay.FS, protocol.IngestDir); err != nil {
 		return s.check(err)
 	}
 	tok, err := s.owner()
 	if err != nil {
 		return err
 	}
-	tmp, err := s.fsys.CreateTemp(protocol.IngestDir, protocol.TempPrefix(tok))
+	tmp, err := s.lay.FS.CreateTemp(protocol.IngestDir, protocol.TempPrefix(tok))
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	defer func() {
 		if !published {
 			tmp.Close()
-			if err := s.fsys.Remove(tmp.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := s.lay.FS.Remove(tmp.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				s.log.Warn("cannot remove ingest temp file", "path", tmp.Name(), "err", err)
 			}
 		}
@@ -153,18 +153,18 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	}
 	crash.Point(crash.IngestWritten)
 	algDir := layout.BlobsDir + "/" + desc.Digest.Algorithm().String()
-	if _, err := fsio.MkdirDurable(s.fsys, layout.BlobsDir); err != nil {
+	if _, err := fsio.MkdirDurable(s.lay.FS, layout.BlobsDir); err != nil {
 		return s.check(err)
 	}
-	if _, err := fsio.MkdirDurable(s.fsys, algDir); err != nil {
+	if _, err := fsio.MkdirDurable(s.lay.FS, algDir); err != nil {
 		return s.check(err)
 	}
-	if err := s.fsys.Rename(tmp.Name(), final); err != nil {
+	if err := s.lay.FS.Rename(tmp.Name(), final); err != nil {
 		return err
 	}
 	published = true
 	crash.Point(crash.IngestRenamed)
-	if err := fsio.SyncDirFor(s.fsys, fsio.SyncIngestDir, algDir); err != nil {
+	if err := fsio.SyncDirFor(s.lay.FS, fsio.SyncIngestDir, algDir); err != nil {
 		return s.poison(err)
 	}
 	crash.Point(crash.IngestSynced)

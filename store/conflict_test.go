@@ -118,7 +118,7 @@ func TestExternalWriteBeforeRename(t *testing.T) {
 	if !errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrIncomplete) {
 		t.Fatalf("delete with index.json rewritten before its rename: %v", err)
 	}
-	if recs, err := s.Pending(ctx); err != nil || len(recs) != 0 {
+	if recs, err := store.PendingRecords(dir, 0); err != nil || len(recs) != 0 {
 		t.Fatalf("pending %v, %v", recs, err)
 	}
 	s.Close()

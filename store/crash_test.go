@@ -233,7 +233,7 @@ func files(t *testing.T, dir string) []string {
 // only GC removes).
 func checkClean(t *testing.T, dir string, allowOrphans bool) {
 	t.Helper()
-	rep, err := store.CheckDir(context.Background(), dir, 0)
+	rep, err := store.CheckDir(context.Background(), dir, nil)
 	if err != nil {
 		t.Fatalf("fsck: %v", err)
 	}

@@ -90,7 +90,7 @@ func TestDamagedCorpus(t *testing.T) {
 			ctx := context.Background()
 			dir, outside := c.Materialize(t)
 			before := contents(t, dir)
-			rep, err := store.CheckDirWith(ctx, dir, 10*time.Second, &recovery.CheckOptions{Deep: true})
+			rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: 10 * time.Second, Deep: true})
 			if err != nil {
 				t.Fatalf("check: %v", err)
 			}
@@ -98,7 +98,7 @@ func TestDamagedCorpus(t *testing.T) {
 			testutil.CheckProblemList(t, rep.Problems)
 			// The quick check finds the same, but what only hashing finds,
 			// and reads no blob but manifests (TestQuickReadsNoLayer).
-			quick, err := store.CheckDir(ctx, dir, 10*time.Second)
+			quick, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: 10 * time.Second})
 			if err != nil {
 				t.Fatalf("quick check: %v", err)
 			}

@@ -67,5 +67,5 @@ func FinishCrafted(ctx context.Context, s *Store, unlink []digest.Digest) error 
 	if err := db.Update(func(tx *journal.Tx) error { return tx.AddPending(&rec, cur.Bytes) }); err != nil {
 		return err
 	}
-	return protocol.Finish(s.env(), db, &rec, fsio.StampFile(s.fsys, layout.IndexFile), crash.BlobUnlinked)
+	return protocol.Finish(s.env(), db, &rec, fsio.StampFile(s.lay.FS, layout.IndexFile), crash.BlobUnlinked)
 }

@@ -352,7 +352,7 @@ func TestFixtureCorpus(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(dir, ".ocistore")); err == nil {
 				t.Errorf("read-only open created .ocistore")
 			}
-			rep, err := store.CheckDir(context.Background(), dir, 0)
+			rep, err := store.CheckDir(context.Background(), dir, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -177,7 +177,7 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 // after cutoff young, and counts them in res. Files not named by a digest,
 // and anything that is not a regular file, are left alone.
 func (s *Store) listBlobs(ctx context.Context, cutoff time.Time, res *GCResult) ([]gcCandidate, error) {
-	algs, err := s.fsys.ReadDir(layout.BlobsDir)
+	algs, err := s.lay.FS.ReadDir(layout.BlobsDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -190,7 +190,7 @@ func (s *Store) listBlobs(ctx context.Context, cutoff time.Time, res *GCResult) 
 			continue
 		}
 		dir := layout.BlobsDir + "/" + a.Name()
-		files, err := s.fsys.ReadDir(dir)
+		files, err := s.lay.FS.ReadDir(dir)
 		if err != nil {
 			return nil, fmt.Errorf("list %s: %w", dir, err)
 		}

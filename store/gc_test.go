@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
@@ -147,7 +149,7 @@ func TestGC(t *testing.T) {
 	os.Remove(link)
 	os.Remove(filepath.Join(l.dir, "blobs", "sha256", digest.FromString("dir").Encoded()))
 	l.clean()
-	if recs, err := l.s.Pending(l.ctx); err != nil || len(recs) != 0 {
+	if recs, err := store.PendingRecords(l.s.Dir(), 0); err != nil || len(recs) != 0 {
 		t.Errorf("pending after gc: %v, %v", recs, err)
 	}
 }
@@ -179,7 +181,7 @@ func TestGCRollForwardRechecks(t *testing.T) {
 	orphan := l.b.Random(100)
 	l.s.Close()
 	// A hand-made pending GC record listing the image's manifest too.
-	db, err := journal.Open(filepath.Join(l.dir, store.JournalPath), journal.Options{})
+	db, err := journal.Open(filepath.Join(l.dir, protocol.JournalFile), journal.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,7 +350,7 @@ func pull(ctx context.Context, s *store.Store, baseBytes []byte, p, i int) error
 // leases taken by an operation itself).
 func storedLeaseBlobs(t *testing.T, dir string) []string {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(dir, store.JournalPath), 0o644, &bolt.Options{ReadOnly: true, Timeout: 10 * time.Second})
+	db, err := bolt.Open(filepath.Join(dir, protocol.JournalFile), 0o644, &bolt.Options{ReadOnly: true, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +401,7 @@ func TestImportHoldsItsBlobs(t *testing.T) {
 	if _, err := l.s.Leases(l.ctx); err != nil {
 		t.Fatal(err)
 	}
-	if rep, _ := l.s.Check(l.ctx); rep != nil {
+	if rep, _ := l.s.Check(l.ctx, nil); rep != nil {
 		for _, p := range rep.Problems {
 			if p.Kind == recovery.KindOrphan {
 				t.Errorf("orphan after import: %s", p)

@@ -233,7 +233,7 @@ func TestFinishKeepsCountedBlobs(t *testing.T) {
 	}
 	l.wantBlobs(true, l.graph(img)...)
 	l.wantBlobs(false, orphan.Digest)
-	if recs, err := l.s.Pending(l.ctx); err != nil || len(recs) != 0 {
+	if recs, err := store.PendingRecords(l.s.Dir(), 0); err != nil || len(recs) != 0 {
 		t.Fatalf("pending after the record was finished: %v, %v", recs, err)
 	}
 	if got, want := l.index(), []string{"a=" + img.Digest.String()}; !slices.Equal(got, want) {

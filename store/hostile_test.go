@@ -55,7 +55,7 @@ func TestHostileStateDir(t *testing.T) {
 			}
 			before := testutil.Snapshot(t, elsewhere)
 			watch := testutil.WatchFiles(t, elsewhere, filepath.Join(elsewhere, "journal.db"))
-			rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true})
+			rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,7 +112,7 @@ func TestHostileBlobsDir(t *testing.T) {
 			watch := testutil.WatchFiles(t, elsewhere)
 			// blobs/ itself cannot be listed: an error; blobs/sha256 is an
 			// entry of blobs/ that is not a directory: problems.
-			rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true})
+			rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true})
 			switch {
 			case which == "blobs" && (err == nil || !strings.Contains(err.Error(), "blobs")):
 				t.Errorf("fsck = %v, want an error naming blobs", err)
@@ -147,7 +147,7 @@ func TestHostileQuarantineDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	watch := testutil.WatchFiles(t, elsewhere)
-	rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true})
+	rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -117,7 +117,7 @@ func names(t *testing.T, s *store.Store) string {
 // noPending fails unless the journal holds no pending record.
 func noPending(t *testing.T, s *store.Store) {
 	t.Helper()
-	recs, err := s.Pending(context.Background())
+	recs, err := store.PendingRecords(s.Dir(), 0)
 	if err != nil || len(recs) != 0 {
 		t.Fatalf("pending records %v, %v", recs, err)
 	}
@@ -184,7 +184,7 @@ func TestFailedCleanupIsIncomplete(t *testing.T) {
 	if got := names(t, s); got != "a,b" {
 		t.Errorf("index after an incomplete delete: %s", got)
 	}
-	if recs, err := s.Pending(ctx); err != nil || len(recs) != 1 {
+	if recs, err := store.PendingRecords(s.Dir(), 0); err != nil || len(recs) != 1 {
 		t.Fatalf("pending %v, %v", recs, err)
 	}
 	ffs.unlink.Store(false)

@@ -14,7 +14,7 @@ import (
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
-	"github.com/ocistore/ocistore/recovery"
+	"github.com/ocistore/ocistore/internal/protocol"
 )
 
 // Lease protects blobs that nothing references yet: while it has not been
@@ -257,44 +257,30 @@ func (s *Store) logSwept(gone []journal.Lease) {
 // recovery (so that no pending record is left to finish under a lease it
 // did not know about). Expired leases are swept in the same commit.
 func (s *Store) journalWrite(ctx context.Context, fn func(tx *journal.Tx) error) error {
-	if err := s.writable(); err != nil {
-		return err
-	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if err := s.writable(); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	db, _, err := s.lockLazy(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	var gone []journal.Lease
-	err = db.Update(func(tx *journal.Tx) error {
-		var err error
-		if gone, err = s.sweepLeases(tx, s.now()); err != nil {
-			return err
+	return s.withWriter(ctx, sectionLazy, func(db *journal.DB, _ *protocol.State) error {
+		var gone []journal.Lease
+		err := db.Update(func(tx *journal.Tx) error {
+			var err error
+			if gone, err = s.sweepLeases(tx, s.now()); err != nil {
+				return err
+			}
+			return fn(tx)
+		})
+		if err != nil {
+			return s.check(err)
 		}
-		return fn(tx)
+		s.logSwept(gone)
+		return nil
 	})
-	if err != nil {
-		return s.check(err)
-	}
-	s.logSwept(gone)
-	return nil
 }
 
 // journalRead runs fn in a read transaction of the journal, opened
 // read-only (a shared lock: it waits for a writer of another process, up to
 // the lock timeout, but never blocks one for longer than fn).
 func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
-	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.scope})
+	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.lay.Scope})
 	if err != nil {
-		err = lockedMessage(s.dir, s.opts.LockTimeout, err)
+		err = s.lay.Locked(s.opts.LockTimeout, err)
 	}
 	if errors.Is(err, errdef.ErrNotFound) {
 		return nil // a layout not adopted yet (read-only handle): no state
@@ -304,34 +290,6 @@ func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
 	}
 	defer db.Close()
 	return db.View(fn)
-}
-
-// dropLeasedOrphans removes from rep the orphans that a live lease protects:
-// they are not garbage (the blob files are the closure of index.json plus leased blobs).
-func dropLeasedOrphans(rep *recovery.Report, db *journal.DB, now time.Time) error {
-	if db == nil {
-		return nil
-	}
-	var leased map[digest.Digest]bool
-	if err := db.View(func(tx *journal.Tx) error {
-		var err error
-		leased, err = tx.Leased(now)
-		return err
-	}); err != nil {
-		return err
-	}
-	if len(leased) == 0 {
-		return nil
-	}
-	kept := rep.Problems[:0]
-	for _, p := range rep.Problems {
-		if p.Kind == recovery.KindOrphan && leased[digest.Digest(p.Digest)] {
-			continue
-		}
-		kept = append(kept, p)
-	}
-	rep.Problems = kept
-	return nil
 }
 
 // now is the store's clock.

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
@@ -259,7 +261,7 @@ func TestLeaseExpiryAcrossRestart(t *testing.T) {
 // storedLeases reads the lease ids in the journal, expired or not.
 func storedLeases(t *testing.T, dir string) []string {
 	t.Helper()
-	db, err := bolt.Open(filepath.Join(dir, store.JournalPath), 0o644, &bolt.Options{ReadOnly: true, Timeout: 10 * time.Second})
+	db, err := bolt.Open(filepath.Join(dir, protocol.JournalFile), 0o644, &bolt.Options{ReadOnly: true, Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +284,7 @@ func TestLeaseOnUpgradedJournal(t *testing.T) {
 	img := l.image(nil, 2)
 	l.tag(img, "app")
 	l.s.Close()
-	db, err := bolt.Open(filepath.Join(dir, store.JournalPath), 0o644, nil)
+	db, err := bolt.Open(filepath.Join(dir, protocol.JournalFile), 0o644, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,13 +77,13 @@ func TestRecoverAndPendingWhenHealthy(t *testing.T) {
 	if len(acts) != 0 {
 		t.Errorf("recovery of a healthy store did %v", acts)
 	}
-	if pend, err := l.s.Pending(l.ctx); err != nil || len(pend) != 0 {
+	if pend, err := store.PendingRecords(l.s.Dir(), 0); err != nil || len(pend) != 0 {
 		t.Errorf("Pending = %v, %v", pend, err)
 	}
 	if pend, err := store.PendingRecords(l.dir, 0); err != nil || len(pend) != 0 {
 		t.Errorf("PendingRecords = %v, %v", pend, err)
 	}
-	rep, err := store.CheckDir(l.ctx, l.dir, 0)
+	rep, err := store.CheckDir(l.ctx, l.dir, nil)
 	if err != nil || !rep.OK() || rep.Images != 1 || rep.Blobs != 3 {
 		t.Errorf("CheckDir = %+v, %v", rep, err)
 	}

@@ -86,7 +86,7 @@ func TestOpenBadIndex(t *testing.T) {
 				t.Errorf("files added: %d -> %d", len(before), len(after))
 			}
 			// CheckDir reports it without opening.
-			rep, err := store.CheckDir(context.Background(), dir, 0)
+			rep, err := store.CheckDir(context.Background(), dir, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -238,7 +238,7 @@ func TestCheckFindsDamage(t *testing.T) {
 	if d := libProblems(ps, recovery.KindSizeMismatch); len(d) != 1 || d[0].Digest != b.Digest.String() {
 		t.Errorf("size-mismatch: %v", d)
 	}
-	rep, err := store.CheckDir(ctx, dir, 0)
+	rep, err := store.CheckDir(ctx, dir, nil)
 	if err != nil || len(rep.Problems) != len(ps) {
 		t.Errorf("CheckDir: %v, %v; Check: %v", rep, err, ps)
 	}

@@ -75,7 +75,7 @@ func libExercise(t *testing.T, dir string, o *store.Options) {
 	if _, err := s.Delete(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Check(ctx); err != nil {
+	if _, err := s.Check(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 }

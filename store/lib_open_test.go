@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -282,7 +284,7 @@ func TestClose(t *testing.T) {
 	_, checks["List"] = l.s.List(ctx)
 	_, checks["Fetch"] = l.s.Fetch(ctx, m)
 	_, checks["Exists"] = l.s.Exists(ctx, m)
-	_, checks["Check"] = l.s.Check(ctx)
+	_, checks["Check"] = l.s.Check(ctx, nil)
 	_, checks["Recover"] = l.s.Recover(ctx)
 	for op, err := range checks {
 		if !errors.Is(err, store.ErrClosed) {
@@ -362,7 +364,7 @@ func TestWriterLockTimeout(t *testing.T) {
 	m := b.Manifest(nil, 1)
 	b.Tag(m, "x")
 
-	held, err := journal.Open(filepath.Join(dir, store.JournalPath), journal.Options{})
+	held, err := journal.Open(filepath.Join(dir, protocol.JournalFile), journal.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +408,7 @@ func TestSchemaV2Journal(t *testing.T) {
 	for _, old := range []bool{false, true} {
 		dir, _ := clean.Materialize(t)
 		if old {
-			if err := os.WriteFile(filepath.Join(dir, store.JournalPath), v2, 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, protocol.JournalFile), v2, 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}

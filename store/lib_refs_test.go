@@ -307,7 +307,7 @@ func TestDelete(t *testing.T) {
 		if got := w.l.index(); len(got) != 2 {
 			t.Errorf("index %v", got)
 		}
-		if pend, err := w.l.s.Pending(w.l.ctx); err != nil || len(pend) != 0 {
+		if pend, err := store.PendingRecords(w.l.s.Dir(), 0); err != nil || len(pend) != 0 {
 			t.Errorf("pending records %v, %v", pend, err)
 		}
 		w.l.clean()

@@ -63,7 +63,7 @@ func (s *Store) describeImage(t *txn, d v1.Descriptor) journal.ImageMeta {
 	if c.Config == nil || c.Config.Size > layout.MaxManifestSize {
 		return m
 	}
-	b, err := layout.ReadBlob(s.fsys, *c.Config, layout.MaxManifestSize)
+	b, err := layout.ReadBlob(s.lay.FS, *c.Config, layout.MaxManifestSize)
 	if err != nil {
 		return m
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ocistore/ocistore/internal/testing/testutil"
@@ -112,7 +114,7 @@ func TestLockedByAnotherProcess(t *testing.T) {
 	before := fixture(t, dir)
 	// bbolt's flock is per open file description: holding the database open
 	// here locks out a store in this process exactly as another process would.
-	holder, err := bolt.Open(filepath.Join(dir, store.JournalPath), 0o644, nil)
+	holder, err := bolt.Open(filepath.Join(dir, protocol.JournalFile), 0o644, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +128,7 @@ func TestLockedByAnotherProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	holder, err = bolt.Open(filepath.Join(dir, store.JournalPath), 0o644, nil)
+	holder, err = bolt.Open(filepath.Join(dir, protocol.JournalFile), 0o644, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

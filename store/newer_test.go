@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 
@@ -48,7 +50,7 @@ func fileSum(t *testing.T, path string) string {
 // asidesOf lists the journals kept aside in the state directory stateRoot.
 func asidesOf(t *testing.T, stateRoot string) []string {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(stateRoot, store.JournalPath+".corrupt-*"))
+	m, err := filepath.Glob(filepath.Join(stateRoot, protocol.JournalFile+".corrupt-*"))
 	must(t, err)
 	return m
 }
@@ -75,7 +77,7 @@ func newerLayout(t *testing.T) (string, v1.Descriptor) {
 	l.tag(l.image(nil, 2), "app:1")
 	orphan := l.b.Random(64)
 	must(t, l.s.Close())
-	setJournalSchema(t, filepath.Join(l.dir, store.JournalPath), 99)
+	setJournalSchema(t, filepath.Join(l.dir, protocol.JournalFile), 99)
 	return l.dir, orphan
 }
 
@@ -88,7 +90,7 @@ func newerLayout(t *testing.T) (string, v1.Descriptor) {
 func TestNewerJournalRefused(t *testing.T) {
 	ctx := context.Background()
 	dir, orphan := newerLayout(t)
-	path := filepath.Join(dir, store.JournalPath)
+	path := filepath.Join(dir, protocol.JournalFile)
 	before := fileSum(t, path)
 	unchanged := func(what string) {
 		t.Helper()
@@ -114,7 +116,7 @@ func TestNewerJournalRefused(t *testing.T) {
 	wantNewer(t, "repair", err)
 	unchanged("repair")
 
-	rep, err := store.CheckDir(ctx, dir, time.Second)
+	rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second})
 	must(t, err)
 	if ps := libProblems(rep.Problems, recovery.KindJournalNewer); len(ps) != 1 || !strings.Contains(ps[0].Detail, "format version 99") {
 		t.Errorf("check: %v, want one journal-newer problem", rep.Problems)
@@ -155,7 +157,7 @@ func TestNewerSharedJournalRefused(t *testing.T) {
 	b := testutil.NewBuilder(t, s, 1)
 	b.Tag(b.Manifest(nil, 1), "app:1")
 	must(t, s.Close())
-	path := filepath.Join(shared, store.JournalPath)
+	path := filepath.Join(shared, protocol.JournalFile)
 	setJournalSchema(t, path, 99)
 	before := fileSum(t, path)
 	for _, ro := range []bool{false, true} {
@@ -167,7 +169,7 @@ func TestNewerSharedJournalRefused(t *testing.T) {
 	}
 	_, err = store.PendingRecords(dir, time.Second)
 	wantNewer(t, "pending records", err)
-	rep, err := store.CheckDir(ctx, dir, time.Second)
+	rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second})
 	must(t, err)
 	if ps := libProblems(rep.Problems, recovery.KindJournalNewer); len(ps) != 1 {
 		t.Errorf("check: %v, want one journal-newer problem", rep.Problems)
@@ -182,7 +184,7 @@ func TestNewerSharedJournalRefused(t *testing.T) {
 // rebuilt as corrupt: its version is read by salvage.
 func TestNewerDamagedJournalRefused(t *testing.T) {
 	dir, _ := newerLayout(t)
-	path := filepath.Join(dir, store.JournalPath)
+	path := filepath.Join(dir, protocol.JournalFile)
 	scribbleFreelist(t, path)
 	before := fileSum(t, path)
 	s, err := store.Open(context.Background(), dir, &store.Options{LockTimeout: time.Second})
@@ -264,7 +266,7 @@ func TestRebuildKeepsLeases(t *testing.T) {
 	for _, via := range []string{"open", "repair"} {
 		t.Run(via, func(t *testing.T) {
 			dir, lease, held := leasedLayout(t, now)
-			scribbleFreelist(t, filepath.Join(dir, store.JournalPath))
+			scribbleFreelist(t, filepath.Join(dir, protocol.JournalFile))
 			if via == "repair" {
 				res, err := store.Repair(ctx, dir, &store.RepairOptions{LockTimeout: time.Second})
 				must(t, err)
@@ -315,7 +317,7 @@ func TestRebuildWithoutLeasesPins(t *testing.T) {
 	l.tag(l.image(nil, 1), "old:1")
 	must(t, l.s.Close())
 	extraBlobs := testutil.Graph(t, dir, extra)
-	must(t, os.WriteFile(filepath.Join(dir, store.JournalPath), bytes.Repeat([]byte("not a bbolt database "), 1000), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, protocol.JournalFile), bytes.Repeat([]byte("not a bbolt database "), 1000), 0o644))
 
 	rebuilt := now.Add(time.Minute)
 	s := openAt(t, dir, rebuilt)

@@ -286,7 +286,7 @@ func (c *nsChild) finish(t *testing.T, how string) int {
 // no tag reaches (an orphan).
 func tempProblems(t *testing.T, dir string) []string {
 	t.Helper()
-	rep, err := store.CheckDir(context.Background(), dir, 0)
+	rep, err := store.CheckDir(context.Background(), dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -397,7 +397,7 @@ func (s *Store) wouldFree(t *txn, freed []v1.Descriptor, res *Result) error {
 	for i, f := range kept {
 		paths[i] = layout.BlobPath(f.Digest)
 	}
-	infos := fsio.LstatFiles(s.fsys, paths)
+	infos := fsio.LstatFiles(s.lay.FS, paths)
 	for i, f := range kept {
 		if infos[i] == nil {
 			continue

@@ -760,7 +760,7 @@ func (m *rpMachine) Check(t *rapid.T) {
 	}
 
 	// fsck: nothing but the orphans the model expects.
-	rep, err := m.s.Check(m.ctx)
+	rep, err := m.s.Check(m.ctx, nil)
 	if err != nil {
 		m.fail(t, "check: %v", err)
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/ocistore/ocistore/store"
@@ -19,7 +21,7 @@ func TestReadOnly(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	before := fixture(t, dir)
-	holder, err := bolt.Open(filepath.Join(dir, store.JournalPath), 0o644, nil)
+	holder, err := bolt.Open(filepath.Join(dir, protocol.JournalFile), 0o644, nil)
 	must(t, err)
 	defer holder.Close()
 	s, err := store.Open(ctx, dir, &store.Options{ReadOnly: true, LockTimeout: 50 * time.Millisecond})

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -42,7 +44,7 @@ func TestJournalRebuild(t *testing.T) {
 			dir := t.TempDir()
 			before := fixture(t, dir)
 			filesBefore := files(t, dir)
-			tc.damage(t, filepath.Join(dir, store.JournalPath))
+			tc.damage(t, filepath.Join(dir, protocol.JournalFile))
 			var logs bytes.Buffer
 			s, err := store.Open(context.Background(), dir, &store.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			if err != nil {
@@ -59,7 +61,7 @@ func TestJournalRebuild(t *testing.T) {
 				t.Fatalf("layout files changed")
 			}
 			checkClean(t, dir, false)
-			asides, _ := filepath.Glob(filepath.Join(dir, store.JournalPath+".corrupt-*"))
+			asides, _ := filepath.Glob(filepath.Join(dir, protocol.JournalFile+".corrupt-*"))
 			if tc.aside != (len(asides) == 1) {
 				t.Fatalf("damaged journal kept aside: %v, want %v", asides, tc.aside)
 			}

@@ -79,7 +79,7 @@ func (s *Store) reclaimLoop(idle chan struct{}) {
 // for WaitReclaimed and logged; what it left in the trash the next open
 // (of any process, once this one is gone) unlinks.
 func (s *Store) reclaimNow(batch []string) {
-	err := fsio.RemoveFiles(s.fsys, "trash", batch, func(string, bool) { crash.Point(crash.TrashUnlinked) })
+	err := fsio.RemoveFiles(s.lay.FS, "trash", batch, func(string, bool) { crash.Point(crash.TrashUnlinked) })
 	if err == nil {
 		s.log.Debug("trash unlinked", "files", len(batch))
 		return

@@ -270,7 +270,7 @@ func TestTrashOfOtherProcesses(t *testing.T) {
 	}
 	defer lock.Unlock()
 
-	rep, err := store.CheckDir(l.ctx, l.dir, 0)
+	rep, err := store.CheckDir(l.ctx, l.dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

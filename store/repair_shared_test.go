@@ -73,7 +73,7 @@ func TestBlobsElsewhere(t *testing.T) {
 	dir, shared := filepath.Join(root, "x"), filepath.Join(root, "shared")
 	entries, blobs := elsewhereLayout(t, dir, shared, 3)
 
-	rep, err := store.CheckDirWith(ctx, dir, 10*time.Second, nil)
+	rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestBlobsElsewhere(t *testing.T) {
 		t.Fatalf("a refused repair made %s: %v", layout.StateDir, err)
 	}
 
-	rep, err = store.CheckDirWith(ctx, dir, 10*time.Second, &recovery.CheckOptions{SharedBlobDir: shared})
+	rep, err = store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: 10 * time.Second, SharedBlobDir: shared})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,16 +125,16 @@ func TestBlobsElsewhere(t *testing.T) {
 			t.Errorf("blob %s: %v", d, err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(shared, store.JournalPath)); err != nil {
+	if _, err := os.Stat(filepath.Join(shared, protocol.JournalFile)); err != nil {
 		t.Errorf("the journal is not in the shared directory: %v", err)
 	}
-	if _, err := os.Lstat(filepath.Join(dir, store.JournalPath)); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Lstat(filepath.Join(dir, protocol.JournalFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("repair made a journal in the layout: %v", err)
 	}
-	if got, err := store.SharedBlobDirOf(dir); err != nil || got != shared {
+	if got, err := protocol.SharedBlobDirOf(dir); err != nil || got != shared {
 		t.Errorf("the layout names the shared directory %q (%v), want %q", got, err, shared)
 	}
-	rep, err = store.CheckDir(ctx, dir, 10*time.Second)
+	rep, err = store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestBlobsElsewhereRule(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			rep, err := store.CheckDir(ctx, dir, 10*time.Second)
+			rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: 10 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -263,7 +263,7 @@ func TestRepairDropBrokenRefusesAll(t *testing.T) {
 		if !res.OK() {
 			t.Fatalf("problems left: %v", res.Report.Problems)
 		}
-		if rep, _ := store.CheckDir(ctx, dir, 0); rep.Images != 0 {
+		if rep, _ := store.CheckDir(ctx, dir, nil); rep.Images != 0 {
 			t.Errorf("%d images left", rep.Images)
 		}
 		for _, m := range imgs {
@@ -281,7 +281,7 @@ func TestRepairDropBrokenRefusesAll(t *testing.T) {
 		if !errors.Is(err, store.ErrRefused) {
 			t.Fatalf("repair --drop-broken: %v, want ErrRefused", err)
 		}
-		rep, err := store.CheckDir(ctx, dir, 0)
+		rep, err := store.CheckDir(ctx, dir, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -360,7 +360,7 @@ func TestRepairSharedBlobDir(t *testing.T) {
 	if err := os.Chtimes(leftover, old, old); err != nil {
 		t.Fatal(err)
 	}
-	db, err := journal.Open(filepath.Join(ss.shared, store.JournalPath), journal.Options{})
+	db, err := journal.Open(filepath.Join(ss.shared, protocol.JournalFile), journal.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +377,7 @@ func TestRepairSharedBlobDir(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	rep, err := store.CheckDir(ss.ctx, ss.dirs[0], 10*time.Second)
+	rep, err := store.CheckDir(ss.ctx, ss.dirs[0], &recovery.CheckOptions{LockTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +438,7 @@ func TestRepairAdoptionKeepsSharedOrphans(t *testing.T) {
 	if _, err := os.Stat(otherPath); err != nil {
 		t.Fatalf("the repair that adopted the layout removed a blob of the shared directory: %v", err)
 	}
-	if !slices.ContainsFunc(res.Actions, func(a protocol.Action) bool { return a.Kind == store.ActionOrphansKept }) {
+	if !slices.ContainsFunc(res.Actions, func(a recovery.Action) bool { return a.Kind == recovery.ActionOrphansKept }) {
 		t.Errorf("the kept orphan is not said: %v", res.Actions)
 	}
 	if got := kinds(res.Report.Problems); !slices.Equal(got, []string{recovery.KindOrphan}) {

@@ -34,14 +34,11 @@ import (
 // A missing reserve is no problem for fsck: the next open makes it again.
 
 // Sizes of the reserve: twice index.json (the temp file of its rewrite and
-// the journal's copy of it) plus ReserveSlack for the journal's growth
+// the journal's copy of it) plus reserveSlack for the journal's growth
 // (the record, the refcount and image pages a transaction rewrites), at
-// least ReserveMin, rounded up to a MiB (so that a growing index.json
+// least fsio.ReserveMin, rounded up to a MiB (so that a growing index.json
 // does not grow the reserve at every open).
-const (
-	ReserveMin   = 4 << 20
-	ReserveSlack = 1 << 20
-)
+const reserveSlack = 1 << 20
 
 // reserveWant is the size the reserve should have.
 func (s *Store) reserveWant() int64 {
@@ -49,10 +46,10 @@ func (s *Store) reserveWant() int64 {
 		return s.opts.reserveSize
 	}
 	var idx int64
-	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil && fi.Mode().IsRegular() {
+	if fi, err := s.lay.FS.Lstat(layout.IndexFile); err == nil && fi.Mode().IsRegular() {
 		idx = fi.Size()
 	}
-	want := max(ReserveMin, 2*idx+ReserveSlack)
+	want := max(fsio.ReserveMin, 2*idx+reserveSlack)
 	const mib = 1 << 20
 	return (want + mib - 1) / mib * mib
 }
@@ -67,11 +64,11 @@ func (s *Store) ensureReserve() {
 	s.reserve.Lock()
 	defer s.reserve.Unlock()
 	want := s.reserveWant()
-	have := fsio.ReserveBytes(s.fsys)
+	have := fsio.ReserveBytes(s.lay.FS)
 	if have >= want {
 		return
 	}
-	if avail, ok := fsio.Available(s.fsys); ok && avail-(want-have) < want {
+	if avail, ok := fsio.Available(s.lay.FS); ok && avail-(want-have) < want {
 		if !s.reserve.warned {
 			s.reserve.warned = true
 			s.log.Warn("file system nearly full: no space reserve made (rm, prune, gc and recover still run)",
@@ -79,7 +76,7 @@ func (s *Store) ensureReserve() {
 		}
 		return
 	}
-	made, err := fsio.MakeReserve(s.fsys, want)
+	made, err := fsio.MakeReserve(s.lay.FS, want)
 	switch {
 	case errors.Is(err, errors.ErrUnsupported):
 	case err != nil:
@@ -94,7 +91,7 @@ func (s *Store) ensureReserve() {
 func (s *Store) releaseReserve(why string, cause error) int64 {
 	s.reserve.Lock()
 	defer s.reserve.Unlock()
-	return releaseReserveIn(s.fsys, s.log, why, cause)
+	return releaseReserveIn(s.lay.FS, s.log, why, cause)
 }
 
 func releaseReserveIn(fsys fsio.FS, log *slog.Logger, why string, cause error) int64 {
@@ -115,7 +112,7 @@ func releaseReserveIn(fsys fsio.FS, log *slog.Logger, why string, cause error) i
 // lowOnSpace reports whether the file system of the journal has less
 // space available than the reserve's size: a transaction might not fit.
 func (s *Store) lowOnSpace() bool {
-	avail, ok := fsio.Available(s.fsys)
+	avail, ok := fsio.Available(s.lay.FS)
 	return ok && avail < s.reserveWant()
 }
 
@@ -156,7 +153,7 @@ func (s *Store) freeing(ctx context.Context, what string, dry bool, op func() er
 
 // hasPending reports whether the journal holds a pending record.
 func (s *Store) hasPending() bool {
-	recs, err := PendingRecords(s.dir, s.opts.LockTimeout)
+	recs, err := PendingRecords(s.lay.Dir, s.opts.LockTimeout)
 	return err == nil && len(recs) > 0
 }
 

@@ -81,7 +81,7 @@ func (ss *sharedSet) clean() {
 		for _, p := range testutil.Problems(ss.t, s) {
 			ss.t.Errorf("layout %s: fsck: %s", ss.dirs[i], p)
 		}
-		rep, err := store.CheckDir(ss.ctx, ss.dirs[i], 0)
+		rep, err := store.CheckDir(ss.ctx, ss.dirs[i], nil)
 		if err != nil {
 			ss.t.Fatal(err)
 		}

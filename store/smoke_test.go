@@ -58,7 +58,7 @@ func TestSmoke(t *testing.T) {
 	if len(res.Freed) != 3 {
 		t.Fatalf("freed %v, want manifest+config+own layer", res.Freed)
 	}
-	rep, err := s.Check(ctx)
+	rep, err := s.Check(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

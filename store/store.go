@@ -60,6 +60,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ocistore/ocistore/recovery"
+
 	"github.com/ocistore/ocistore/internal/protocol"
 
 	"github.com/opencontainers/go-digest"
@@ -101,9 +103,6 @@ const (
 	attrLayout = "layout"
 	attrLease  = "lease"
 )
-
-// JournalPath is the journal database, relative to the layout root.
-const JournalPath = layout.StateDir + "/journal.db"
 
 // Options configure Open. A nil *Options means the defaults.
 type Options struct {
@@ -153,14 +152,11 @@ const DefaultLockTimeout = 30 * time.Second
 
 // Store is an open layout.
 type Store struct {
-	dir string
-	// stateRoot holds .ocistore: dir, or the shared blob directory.
-	stateRoot string
-	// scope is the layout's name in a shared journal ("" when not shared).
-	scope string
-	fsys  fsio.FS
-	log   *slog.Logger
-	opts  Options
+	// lay is the layout's files: its directory, its file system, where
+	// its state lives and its name in a shared journal.
+	lay  *protocol.Layout
+	log  *slog.Logger
+	opts Options
 
 	// wmu serializes writers in this process; the journal's file lock
 	// serializes them across processes.
@@ -181,7 +177,7 @@ type Store struct {
 	snap atomic.Pointer[snapshot]
 
 	// opened is what recovery did when the store was opened.
-	opened []protocol.Action
+	opened []recovery.Action
 
 	// leaseMu guards the leases this handle knows are durable, so that a
 	// PutBlob under a lease that already holds the blob costs no commit.
@@ -258,34 +254,20 @@ func Open(ctx context.Context, dir string, o *Options) (*Store, error) {
 	}
 	if opts.SharedBlobDir == "" && opts.fs == nil {
 		// A layout that was opened with a shared blob directory says so.
-		if opts.SharedBlobDir, err = SharedBlobDirOf(abs); err != nil {
+		if opts.SharedBlobDir, err = protocol.SharedBlobDirOf(abs); err != nil {
 			return nil, fmt.Errorf("open layout %s: %w", abs, err)
 		}
 	}
-	s := &Store{dir: abs, stateRoot: abs, log: opts.Logger.With(slog.String(attrLayout, abs)), opts: opts}
-	if opts.SharedBlobDir != "" {
-		if err := s.openShared(); err != nil {
-			return nil, fmt.Errorf("open layout %s: %w", abs, err)
-		}
-	} else if opts.fs != nil {
-		s.fsys = opts.fs
-	} else {
-		if !opts.NoCreate && !opts.ReadOnly {
-			if err := fsio.CreateRoot(abs); err != nil {
-				return nil, fmt.Errorf("open layout %s: %w", abs, err)
-			}
-		}
-		osfs, err := fsio.OpenOS(abs)
-		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil, fmt.Errorf("open layout %s: %w", abs, errdef.ErrNotLayout)
-			}
-			return nil, fmt.Errorf("open layout %s: %w", abs, err)
-		}
-		s.fsys = osfs
+	s := &Store{log: opts.Logger.With(slog.String(attrLayout, abs)), opts: opts}
+	s.lay, err = protocol.OpenLayout(abs, protocol.LayoutOptions{
+		SharedBlobDir: opts.SharedBlobDir, ReadOnly: opts.ReadOnly, NoCreate: opts.NoCreate,
+		SharedFS: opts.sharedFS, FS: opts.fs, Log: s.log, Now: opts.now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open layout %s: %w", abs, err)
 	}
 	if err := s.openFreeing(ctx); err != nil {
-		s.fsys.Close()
+		s.lay.Close()
 		return nil, fmt.Errorf("open layout %s: %w", abs, err)
 	}
 	return s, nil
@@ -307,7 +289,7 @@ func (s *Store) open(ctx context.Context) error {
 			return fmt.Errorf("init: %w", err)
 		}
 	} else {
-		b, err := fsio.ReadFile(s.fsys, layout.LayoutFile, 4096)
+		b, err := fsio.ReadFile(s.lay.FS, layout.LayoutFile, 4096)
 		if err != nil {
 			return fmt.Errorf("read %s: %w", layout.LayoutFile, err)
 		}
@@ -326,10 +308,10 @@ func (s *Store) open(ctx context.Context) error {
 func (s *Store) openReadOnly() error {
 	// A newer ocistore's layout is refused by readers too. The check
 	// waits for no writer: a journal a writer holds passes.
-	if err := s.newerJournalOf(-1); err != nil {
+	if err := s.lay.NewerJournal(-1); err != nil {
 		return err
 	}
-	b, err := fsio.ReadFile(s.fsys, layout.LayoutFile, 4096)
+	b, err := fsio.ReadFile(s.lay.FS, layout.LayoutFile, 4096)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("no %s: %w", layout.LayoutFile, errdef.ErrNotLayout)
 	}
@@ -339,12 +321,12 @@ func (s *Store) openReadOnly() error {
 	if err := layout.CheckLayoutFile(b); err != nil {
 		return err
 	}
-	raw, ix, err := protocol.ReadIndex(s.fsys)
+	raw, ix, err := protocol.ReadIndex(s.lay.FS)
 	if err != nil {
 		return err
 	}
 	sn := &snapshot{ix: ix, raw: raw, digest: layout.Sum(raw)}
-	if fi, err := s.fsys.Lstat(layout.IndexFile); err == nil {
+	if fi, err := s.lay.FS.Lstat(layout.IndexFile); err == nil {
 		sn.stamp = fsio.StampOf(fi)
 	}
 	s.snap.Store(sn)
@@ -352,7 +334,7 @@ func (s *Store) openReadOnly() error {
 }
 
 // Dir is the layout's absolute path.
-func (s *Store) Dir() string { return s.dir }
+func (s *Store) Dir() string { return s.lay.Dir }
 
 // Close releases the store. It holds no lock between transactions, so Close
 // only marks the handle closed.
@@ -379,7 +361,7 @@ func (s *Store) Close() error {
 		s.ensureReserve() // the space a transaction freed through the trash is back
 	}
 	s.releaseOwner()
-	return s.fsys.Close()
+	return s.lay.FS.Close()
 }
 
 // owner returns the token of this handle's owner (protocol.OwnersDir),
@@ -388,10 +370,10 @@ func (s *Store) owner() (string, error) {
 	s.own.Lock()
 	defer s.own.Unlock()
 	if s.own.o == nil {
-		if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
+		if _, err := fsio.MkdirDurable(s.lay.FS, layout.StateDir); err != nil {
 			return "", s.check(err)
 		}
-		o, err := fsio.NewOwner(s.fsys, protocol.OwnersDir)
+		o, err := fsio.NewOwner(s.lay.FS, protocol.OwnersDir)
 		if err != nil {
 			return "", s.check(fmt.Errorf("make an owner file: %w", err))
 		}
@@ -477,11 +459,11 @@ func (s *Store) poison(err error) error {
 // holds nothing but what an interrupted init leaves (empty blob
 // directories, an empty index.json, our state directory).
 func (s *Store) classify() (fresh bool, err error) {
-	ok, err := fsio.Exists(s.fsys, layout.LayoutFile)
+	ok, err := fsio.Exists(s.lay.FS, layout.LayoutFile)
 	if err != nil || ok {
 		return false, err
 	}
-	ents, err := s.fsys.ReadDir(".")
+	ents, err := s.lay.FS.ReadDir(".")
 	if err != nil {
 		return false, err
 	}
@@ -493,7 +475,7 @@ func (s *Store) classify() (fresh bool, err error) {
 				return false, orNotLayout(err)
 			}
 		case n == layout.IndexFile:
-			b, err := fsio.ReadFile(s.fsys, layout.IndexFile, layout.MaxIndexSize)
+			b, err := fsio.ReadFile(s.lay.FS, layout.IndexFile, layout.MaxIndexSize)
 			if err != nil {
 				return false, err
 			}
@@ -502,7 +484,7 @@ func (s *Store) classify() (fresh bool, err error) {
 			}
 		case protocol.IsIndexTemp(n):
 		default:
-			return false, fmt.Errorf("%s holds %q but no %s: %w", s.dir, n, layout.LayoutFile, errdef.ErrNotLayout)
+			return false, fmt.Errorf("%s holds %q but no %s: %w", s.lay.Dir, n, layout.LayoutFile, errdef.ErrNotLayout)
 		}
 	}
 	return true, nil
@@ -516,7 +498,7 @@ func orNotLayout(err error) error {
 }
 
 func (s *Store) hasBlobs() (bool, error) {
-	algs, err := s.fsys.ReadDir(layout.BlobsDir)
+	algs, err := s.lay.FS.ReadDir(layout.BlobsDir)
 	if err != nil {
 		return false, err
 	}
@@ -524,7 +506,7 @@ func (s *Store) hasBlobs() (bool, error) {
 		if !a.IsDir() {
 			return true, nil
 		}
-		files, err := s.fsys.ReadDir(layout.BlobsDir + "/" + a.Name())
+		files, err := s.lay.FS.ReadDir(layout.BlobsDir + "/" + a.Name())
 		if err != nil {
 			return false, err
 		}
@@ -539,67 +521,91 @@ func (s *Store) hasBlobs() (bool, error) {
 // without it is still "fresh" and init runs again after a crash.
 func (s *Store) initLayout() error {
 	for _, d := range []string{layout.BlobsDir, layout.BlobsDir + "/sha256"} {
-		if _, err := fsio.MkdirDurable(s.fsys, d); err != nil {
+		if _, err := fsio.MkdirDurable(s.lay.FS, d); err != nil {
 			return err
 		}
 	}
-	if err := protocol.WriteIndex(s.fsys, layout.EmptyIndex()); err != nil {
+	if err := protocol.WriteIndex(s.lay.FS, layout.EmptyIndex()); err != nil {
 		return err
 	}
 	crash.Point(crash.LayoutInitialized)
-	if err := s.fsys.ReplaceFile(layout.LayoutFile, ".", append(layout.LayoutFileContent(), '\n'), 0o644); err != nil {
+	if err := s.lay.FS.ReplaceFile(layout.LayoutFile, ".", append(layout.LayoutFileContent(), '\n'), 0o644); err != nil {
 		return err
 	}
-	if err := fsio.SyncDirFor(s.fsys, fsio.SyncLayoutDir, "."); err != nil {
+	if err := fsio.SyncDirFor(s.lay.FS, fsio.SyncLayoutDir, "."); err != nil {
 		return err
 	}
 	s.log.Info("created layout")
 	return nil
 }
 
-// openJournal opens the journal read-write, taking the layout's writer lock.
-// A missing or empty database is created (and its directory synced); a
-// corrupt one is moved aside and rebuilt from the layout by the recovery that
-// follows, keeping the leases it can still read (rebuildJournal). One that
-// a newer ocistore wrote is refused (ErrJournalNewer) and left as it is,
-// even when it is damaged too, as long as its version can be read.
+// openJournal opens the journal read-write, taking the layout's writer
+// lock (see protocol.Layout.OpenJournal); a durability failure poisons the
+// handle.
 func (s *Store) openJournal() (*journal.DB, error) {
-	if _, err := fsio.MkdirDurable(s.fsys, layout.StateDir); err != nil {
-		return nil, s.check(fmt.Errorf("state directory: %w", err))
-	}
-	if err := s.finishRebuild(); err != nil {
-		return nil, err
-	}
-	path := s.journalPath()
-	db, err := journal.Open(path, s.journalOptions(s.opts.LockTimeout))
-	if errors.Is(err, errdef.ErrCorrupt) {
-		salv, serr := journal.SalvageFile(path, s.opts.LockTimeout)
-		if serr != nil {
-			s.log.Warn("nothing could be salvaged from the corrupt journal", "err", serr)
-		}
-		if salv != nil && salv.Newer() {
-			return nil, salv.NewerError(path)
-		}
-		if _, rerr := s.rebuildJournal(err, salv); rerr != nil {
-			return nil, rerr
-		}
-		db, err = journal.Open(path, s.journalOptions(s.opts.LockTimeout))
-	}
-	if errors.Is(err, errdef.ErrLocked) {
-		return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", s.dir, s.opts.LockTimeout, JournalPath, errdef.ErrLocked)
-	}
+	db, err := s.lay.OpenJournal(s.opts.LockTimeout, s.opts.journalHook)
 	if err != nil {
-		return nil, err
-	}
-	if db.Created {
-		crash.Point(crash.JournalCreated)
-		if err := fsio.SyncDirFor(s.fsys, fsio.SyncJournalDir, layout.StateDir); err != nil {
-			db.Close()
-			return nil, s.poison(err)
-		}
-		s.log.Info("journal created; counting references from the layout", "path", path)
+		return nil, s.check(err)
 	}
 	return db, nil
+}
+
+// section says what a writer section needs before it runs.
+type section int
+
+const (
+	// sectionCheck reads under the lock: a poisoned handle may still
+	// look, and no recovery runs (a pending record shows).
+	sectionCheck section = iota
+	// sectionJournal opens the journal and runs nothing first: the
+	// section is recovery itself.
+	sectionJournal
+	// sectionLazy runs recovery first, reading index.json only when the
+	// journal cannot vouch for it by its stamp (lockLazy).
+	sectionLazy
+	// sectionIndex runs recovery first and reads the index (lock).
+	sectionIndex
+)
+
+// withWriter runs fn under the writer lock: this process's writers are
+// serialized by wmu, other processes' by the journal's file lock, which
+// opening it takes. The handle must be writable (readable for
+// sectionCheck), before and after the wait, and ctx not done. fn gets the
+// open journal and, when the section asks for recovery first, the layout
+// after it (else nil). A durability failure of recovery poisons the handle;
+// fn poisons it for its own (s.check).
+func (s *Store) withWriter(ctx context.Context, sec section, fn func(db *journal.DB, cur *protocol.State) error) error {
+	ok := s.writable
+	if sec == sectionCheck {
+		ok = s.readable
+	}
+	if err := ok(); err != nil {
+		return err
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if err := ok(); err != nil { // closed or poisoned while we waited
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var (
+		db  *journal.DB
+		cur *protocol.State
+		err error
+	)
+	switch sec {
+	case sectionCheck, sectionJournal:
+		db, err = s.openJournal()
+	default:
+		db, cur, err = s.lockWith(ctx, sec == sectionLazy)
+	}
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return fn(db, cur)
 }
 
 // lock takes the writer lock, runs recovery and refreshes the snapshot. The
@@ -630,11 +636,11 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *protocol
 		}
 	}
 	var known *protocol.State
-	if sn != nil && sn.ix != nil && sn.raw != nil && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
+	if sn != nil && sn.ix != nil && sn.raw != nil && fsio.StampFile(s.lay.FS, layout.IndexFile) == sn.stamp {
 		known = &protocol.State{Index: sn.ix, Bytes: sn.raw, Digest: sn.digest, Stamp: sn.stamp}
 	}
-	if s.scope != "" {
-		if err := s.recoverPeers(ctx, db); err != nil {
+	if s.lay.Scope != "" {
+		if err := s.lay.RecoverPeers(ctx, db); err != nil {
 			db.Close()
 			return nil, nil, s.check(err)
 		}
@@ -651,8 +657,8 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *protocol
 	} else {
 		st, err = protocol.Run(ctx, s.envFor(db), db, known)
 	}
-	if err == nil && s.scope != "" {
-		st, err = s.reconcilePeers(ctx, db, st)
+	if err == nil && s.lay.Scope != "" {
+		st, err = s.lay.Reconcile(ctx, db, s.envFor(db), st)
 	}
 	if err != nil {
 		db.Close()
@@ -675,7 +681,7 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *protocol
 }
 
 func (s *Store) env() protocol.Env {
-	env := protocol.Env{FS: s.fsys, Log: s.log, Reclaim: s.reclaim, Owner: s.owner, Self: s.ownerToken()}
+	env := protocol.Env{FS: s.lay.FS, Log: s.log, Reclaim: s.reclaim, Owner: s.owner, Self: s.ownerToken()}
 	if s.opts.syncReclaim {
 		env.Reclaim = s.reclaimNow
 	}
@@ -688,11 +694,11 @@ func (s *Store) env() protocol.Env {
 // not read it: lockLazy).
 func (s *Store) current() (*snapshot, error) {
 	sn := s.snap.Load()
-	fi, err := s.fsys.Lstat(layout.IndexFile)
+	fi, err := s.lay.FS.Lstat(layout.IndexFile)
 	if sn.ix != nil && (err != nil || fsio.StampOf(fi) == sn.stamp) {
 		return sn, nil
 	}
-	raw, ix, rerr := protocol.ReadIndex(s.fsys)
+	raw, ix, rerr := protocol.ReadIndex(s.lay.FS)
 	if rerr != nil {
 		if sn.ix == nil {
 			return nil, rerr
@@ -708,7 +714,7 @@ func (s *Store) current() (*snapshot, error) {
 	// A lazy open left the digest the journal vouches for by index.json's
 	// stamp: while the file keeps that stamp (before and after the read),
 	// the bytes are that digest's and need no hashing.
-	if sn.ix == nil && err == nil && sn.stamp != (fsio.Stamp{}) && nsn.stamp == sn.stamp && fsio.StampFile(s.fsys, layout.IndexFile) == sn.stamp {
+	if sn.ix == nil && err == nil && sn.stamp != (fsio.Stamp{}) && nsn.stamp == sn.stamp && fsio.StampFile(s.lay.FS, layout.IndexFile) == sn.stamp {
 		nsn.digest = sn.digest
 	} else {
 		nsn.digest = layout.Sum(raw)

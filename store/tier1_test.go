@@ -696,7 +696,7 @@ func verifyRecovered(ctx context.Context, scratch string, mem *memfs.FS, rec *t1
 	if !match {
 		return got, fmt.Sprintf("tags %v are neither of %v (atomicity or durability)", sortedKeys(got), keysOf(ok))
 	}
-	rep, err := s.Check(ctx)
+	rep, err := s.Check(ctx, nil)
 	if err != nil {
 		return got, "check: " + err.Error()
 	}

@@ -64,7 +64,7 @@ type txn struct {
 
 // newTxn starts what a plan reads in tx.
 func (s *Store) newTxn(tx *journal.Tx) *txn {
-	mc := newManifestCache(layout.LoadChildren(s.fsys))
+	mc := newManifestCache(layout.LoadChildren(s.lay.FS))
 	prefetch := func(ds []v1.Descriptor) {
 		// The refcounts of manifests already live record their children:
 		// only the others are read.
@@ -302,7 +302,7 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		// The new index.json is written and synced before the commit: a
 		// full disk or a failed write fails the transaction while nothing
 		// is committed, so that an error means nothing changed.
-		prepared, err = protocol.PrepareIndex(s.fsys, newBytes)
+		prepared, err = protocol.PrepareIndex(s.lay.FS, newBytes)
 		return err
 	})
 	if err != nil {
@@ -538,7 +538,7 @@ func withoutLeased(tx *journal.Tx, freed []v1.Descriptor, now time.Time) ([]v1.D
 // right size. Descriptors with URLs (foreign layers) may be absent.
 func (s *Store) present(d v1.Descriptor) error {
 	p := layout.BlobPath(d.Digest)
-	fi, err := s.fsys.Lstat(p)
+	fi, err := s.lay.FS.Lstat(p)
 	if err != nil {
 		if len(d.URLs) > 0 && errorsIsNotExist(err) {
 			return nil

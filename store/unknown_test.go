@@ -168,7 +168,7 @@ func unknownClosurePins(t *testing.T, c unknownCase, removal string) {
 			mustKeep("gc after reopen")
 
 			// fsck names the image that cannot be followed, and why.
-			rep, err := s.Check(ctx)
+			rep, err := s.Check(ctx, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -163,7 +163,7 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 	// repository that used it and whether another did.
 	uses := map[digest.Digest]*blobUse{}
 	kids := map[digest.Digest][]v1.Descriptor{}
-	load := layout.LoadChildren(s.fsys)
+	load := layout.LoadChildren(s.lay.FS)
 	imageNo := map[digest.Digest]int{} // an image tagged in two repositories is one image
 	for i, im := range images {
 		no, ok := imageNo[im.desc.Digest]
@@ -270,7 +270,7 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 	others := map[digest.Digest]bool{} // used by other layouts sharing the blob directory
 	if err := s.journalRead(func(tx *journal.Tx) error {
 		var err error
-		if leased, err = tx.Leased(now); err != nil || s.scope == "" {
+		if leased, err = tx.Leased(now); err != nil || s.lay.Scope == "" {
 			return err
 		}
 		for _, f := range files {

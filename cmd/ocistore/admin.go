@@ -13,11 +13,8 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/opencontainers/go-digest"
 
-	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
@@ -189,7 +186,7 @@ func fsckFlags(fs *flag.FlagSet, a *app) {
 // checkOptions are the recovery.CheckOptions fsck's flags ask for, with a
 // progress line on a terminal for a deep check. Stop the progress when done.
 func (a *app) checkOptions() (*recovery.CheckOptions, *progress) {
-	o := &recovery.CheckOptions{Deep: a.fsck.deep, Max: a.fsck.max, Workers: a.fsck.workers, SharedBlobDir: a.sharedBlobs}
+	o := &recovery.CheckOptions{Deep: a.fsck.deep, Max: a.fsck.max, Workers: a.fsck.workers, SharedBlobDir: a.sharedBlobs, LockTimeout: a.lockTimeout}
 	if !o.Deep {
 		return o, nil
 	}
@@ -209,7 +206,7 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 		return a.runRepair(ctx)
 	}
 	o, p := a.checkOptions()
-	rep, err := store.CheckDirWith(ctx, a.layout, a.lockTimeout, o)
+	rep, err := store.CheckDir(ctx, a.layout, o)
 	p.Stop()
 	if err != nil {
 		return lockedHint(a, err)
@@ -317,7 +314,7 @@ when the layout was consistent. Recovery is idempotent.`,
 }
 
 type recoverOutput struct {
-	Actions []protocol.Action `json:"actions"`
+	Actions []recovery.Action `json:"actions"`
 }
 
 func runRecover(ctx context.Context, a *app, _ []string) error {
@@ -328,7 +325,7 @@ func runRecover(ctx context.Context, a *app, _ []string) error {
 		}
 		if a.json() {
 			if acts == nil {
-				acts = []protocol.Action{}
+				acts = []recovery.Action{}
 			}
 			return a.printJSON(recoverOutput{Actions: acts})
 		}
@@ -362,9 +359,17 @@ ocistore has not opened yet (it has no journal).`,
 	run:     runJournal,
 }
 
+// pendingRecord is a journal record as `ocistore journal` prints it: the
+// record's fields (store.PendingRecords), and how many blobs it unlinks.
 type pendingRecord struct {
-	*journal.Record
-	UnlinkCount int `json:"unlinkCount"`
+	ID          uint64                  `json:"id"`
+	Op          string                  `json:"op"`
+	Time        time.Time               `json:"time"`
+	OldIndex    digest.Digest           `json:"oldIndex"`
+	NewIndex    digest.Digest           `json:"newIndex"`
+	Unlink      []digest.Digest         `json:"unlink,omitempty"`
+	Deltas      map[digest.Digest]int64 `json:"deltas,omitempty"`
+	UnlinkCount int                     `json:"unlinkCount"`
 }
 
 type journalOutput struct {
@@ -388,7 +393,8 @@ func runJournal(ctx context.Context, a *app, _ []string) error {
 		return lockedHint(a, err)
 	}
 	for _, r := range recs {
-		out.Pending = append(out.Pending, pendingRecord{Record: r, UnlinkCount: len(r.Unlink)})
+		out.Pending = append(out.Pending, pendingRecord{ID: r.ID, Op: r.Op, Time: r.Time, OldIndex: r.OldIndex, NewIndex: r.NewIndex,
+			Unlink: r.Unlink, Deltas: r.Deltas, UnlinkCount: len(r.Unlink)})
 	}
 	if a.json() {
 		return a.printJSON(out)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 
@@ -28,7 +30,7 @@ func journalSum(t *testing.T, path string) string {
 
 func journalAsides(t *testing.T, dir string) []string {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(dir, store.JournalPath+".corrupt-*"))
+	m, err := filepath.Glob(filepath.Join(dir, protocol.JournalFile+".corrupt-*"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +46,7 @@ func TestNewerJournalCLI(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	src := newFixture(t) // a layout to import from
-	path := filepath.Join(f.dir, store.JournalPath)
+	path := filepath.Join(f.dir, protocol.JournalFile)
 	bdb, err := bolt.Open(path, 0o644, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +122,7 @@ func TestRebuildKeepsLeaseCLI(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(f.dir, store.JournalPath)
+	path := filepath.Join(f.dir, protocol.JournalFile)
 	// Scribble on the freelist pages (4 KiB pages): the journal no longer
 	// opens read-write; salvage still reads its leases.
 	b := readFile(t, path)

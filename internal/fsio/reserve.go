@@ -33,6 +33,9 @@ import (
 // journal).
 const ReserveFile = stateDir + "/reserve"
 
+// ReserveMin is the smallest reserve a store makes.
+const ReserveMin = 4 << 20
+
 // Reserver is implemented by file systems that can hold a reserve.
 type Reserver interface {
 	// Allocate makes name, a regular file (created when missing, never

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/recovery"
 )
 
 // Owners of temp and trash files.
@@ -224,11 +225,11 @@ func sweepLeftovers(env Env, st *State, withTrash bool) error {
 		}
 		for _, t := range temps {
 			env.Log.Info("recovery: removed temp file", attrPath, t)
-			st.Actions = append(st.Actions, Action{Kind: "temp-removed", Detail: t})
+			st.Actions = append(st.Actions, recovery.Action{Kind: "temp-removed", Detail: t})
 		}
 	}
 	if len(trash) > 0 {
-		st.Actions = append(st.Actions, Action{Kind: "trash-emptied", Detail: fmt.Sprintf("%d files in %s", len(trash), TrashDir)})
+		st.Actions = append(st.Actions, recovery.Action{Kind: "trash-emptied", Detail: fmt.Sprintf("%d files in %s", len(trash), TrashDir)})
 		if env.Reclaim != nil {
 			env.Reclaim(trash)
 		} else if err := fsio.RemoveFiles(env.FS, "trash", trash, nil); err != nil {
@@ -243,7 +244,7 @@ func sweepLeftovers(env Env, st *State, withTrash bool) error {
 		}
 		for _, o := range owners {
 			env.Log.Info("recovery: removed the owner file of an owner that is gone", attrPath, o)
-			st.Actions = append(st.Actions, Action{Kind: "temp-removed", Detail: o})
+			st.Actions = append(st.Actions, recovery.Action{Kind: "temp-removed", Detail: o})
 		}
 	}
 	return nil

@@ -1,7 +1,12 @@
-// Package recovery finishes or undoes interrupted transactions, reconciles
-// index.json changes made by other tools, and checks a layout's invariants
-// (the table below, and Check). It runs on every store open, at the start of every
-// write transaction, and as `ocistore recover`.
+// Package protocol is ocistore's write protocol, in one place: a change of
+// index.json is journaled with its record (the blobs it frees and the new
+// index's bytes), the new index.json is renamed into place, the freed blobs
+// are unlinked or moved to the trash, and the record is cleared (Apply,
+// Finish). Recovery (Run) finishes or undoes the records an interrupted
+// process left, by the table below, and reconciles index.json changes made
+// by other tools. It runs on every store open, at the start of every write
+// transaction, and as `ocistore recover`. Every function here expects the
+// caller to hold the writer lock: the journal, opened read-write (Layout).
 //
 // # The recovery table
 //
@@ -58,6 +63,7 @@ import (
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
+	"github.com/ocistore/ocistore/recovery"
 )
 
 // IngestDir holds blobs being written, relative to the layout root.
@@ -122,14 +128,7 @@ type State struct {
 	// they were written): if the file still has it, it still holds Bytes.
 	Stamp fsio.Stamp
 	// Actions lists what recovery did, for `ocistore recover`.
-	Actions []Action
-}
-
-// Action is one thing recovery did.
-type Action struct {
-	Kind   string `json:"kind"` // roll-forward, replay, roll-back, recount, temp-removed
-	Txn    uint64 `json:"txn,omitempty"`
-	Detail string `json:"detail"`
+	Actions []recovery.Action
 }
 
 // ReadIndex reads and parses index.json. It returns the raw bytes even when
@@ -228,13 +227,13 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 		switch {
 		case onDisk == rec.NewIndex:
 			log.Info("recovery: rolling forward", "op", rec.Op)
-			st.Actions = append(st.Actions, Action{Kind: "roll-forward", Txn: rec.ID, Detail: rec.Op})
+			st.Actions = append(st.Actions, recovery.Action{Kind: "roll-forward", Txn: rec.ID, Detail: rec.Op})
 		case newIx != nil && (onDisk == "" || onDisk == rec.OldIndex):
 			// Replay only bytes that are the record's new index and parse
 			// as one (storedIndex): a damaged journal must never replace
 			// index.json.
 			log.Info("recovery: replaying", "op", rec.Op, "index", describe(raw, ixErr))
-			st.Actions = append(st.Actions, Action{Kind: "replay", Txn: rec.ID, Detail: rec.Op})
+			st.Actions = append(st.Actions, recovery.Action{Kind: "replay", Txn: rec.ID, Detail: rec.Op})
 			if err := WriteIndex(env.FS, newBytes); err != nil {
 				return nil, fmt.Errorf("replay txn %d: %w", rec.ID, err)
 			}
@@ -247,7 +246,7 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 			} else {
 				log.Warn("recovery: index.json changed by another tool; dropping the record and recounting", "op", rec.Op)
 			}
-			st.Actions = append(st.Actions, Action{Kind: "roll-back", Txn: rec.ID, Detail: rec.Op})
+			st.Actions = append(st.Actions, recovery.Action{Kind: "roll-back", Txn: rec.ID, Detail: rec.Op})
 			if ixErr == nil {
 				// The record goes in the commit that stores the recount:
 				// its refcount changes are in the journal's counts, so a
@@ -272,7 +271,7 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 			return nil, err
 		}
 		if recounted {
-			st.Actions = append(st.Actions, Action{Kind: "recount", Txn: rec.ID, Detail: "the journal's refcounts did not match " + string(rec.NewIndex)})
+			st.Actions = append(st.Actions, recovery.Action{Kind: "recount", Txn: rec.ID, Detail: "the journal's refcounts did not match " + string(rec.NewIndex)})
 		}
 		lastDigest = rec.NewIndex
 	}
@@ -291,7 +290,7 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 		if err != nil {
 			return nil, err
 		}
-		st.Actions = append(st.Actions, Action{Kind: "recount", Detail: fmt.Sprintf("%d blobs referenced by %s", n, st.Digest)})
+		st.Actions = append(st.Actions, recovery.Action{Kind: "recount", Detail: fmt.Sprintf("%d blobs referenced by %s", n, st.Digest)})
 		return st, nil
 	}
 	// Consistent: note the stamp, for the next open (RunLazy), unless the

@@ -32,7 +32,6 @@ import (
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/gen"
-	"github.com/ocistore/ocistore/store"
 )
 
 const fullDiskMiB = 32
@@ -219,15 +218,15 @@ func (fd *fullDisk) step(t *testing.T, bin, dir, name string, setup func(), args
 }
 
 // checkReserve fails unless the layout has a reserve of at least
-// store.ReserveMin allocated bytes.
+// fsio.ReserveMin allocated bytes.
 func (fd *fullDisk) checkReserve(t *testing.T, dir string) {
 	t.Helper()
 	fi, err := os.Lstat(filepath.Join(dir, fsio.ReserveFile))
 	if err != nil {
 		t.Fatalf("no space reserve: %v", err)
 	}
-	if st := fi.Sys().(*syscall.Stat_t); st.Blocks*512 < store.ReserveMin || fi.Size() < store.ReserveMin {
-		t.Fatalf("space reserve: %d bytes, %d allocated; want at least %d", fi.Size(), st.Blocks*512, store.ReserveMin)
+	if st := fi.Sys().(*syscall.Stat_t); st.Blocks*512 < fsio.ReserveMin || fi.Size() < fsio.ReserveMin {
+		t.Fatalf("space reserve: %d bytes, %d allocated; want at least %d", fi.Size(), st.Blocks*512, fsio.ReserveMin)
 	}
 }
 

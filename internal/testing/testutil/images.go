@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -208,7 +210,7 @@ func AssertNothingRemoved(t testing.TB, before, after map[string]string) {
 // journal (shared lock; no recovery runs).
 func Refcounts(t testing.TB, dir string) map[digest.Digest]uint64 {
 	t.Helper()
-	db, err := journal.Open(filepath.Join(dir, store.JournalPath), journal.Options{ReadOnly: true, LockTimeout: 10 * time.Second})
+	db, err := journal.Open(filepath.Join(dir, protocol.JournalFile), journal.Options{ReadOnly: true, LockTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatalf("open journal: %v", err)
 	}
@@ -230,7 +232,7 @@ func Refcounts(t testing.TB, dir string) map[digest.Digest]uint64 {
 // the kinds in ignore.
 func Problems(t testing.TB, s *store.Store, ignore ...string) []recovery.Problem {
 	t.Helper()
-	rep, err := s.Check(context.Background())
+	rep, err := s.Check(context.Background(), nil)
 	if err != nil {
 		t.Fatalf("check: %v", err)
 	}

@@ -97,7 +97,7 @@ func (b *Builder) Tag(d v1.Descriptor, names ...string) {
 // MustCheck fails the test unless the quick fsck finds no problem.
 func MustCheck(t testing.TB, s *store.Store) {
 	t.Helper()
-	rep, err := s.Check(context.Background())
+	rep, err := s.Check(context.Background(), nil)
 	if err != nil {
 		t.Fatalf("check: %v", err)
 	}

@@ -1,4 +1,4 @@
-package recovery
+package fsck
 
 import (
 	"bytes"
@@ -14,42 +14,18 @@ import (
 
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/recovery"
 )
 
 // Building blocks of `ocistore fsck --repair` (store.Repair): they never
 // delete data. What cannot be kept in place is moved to the quarantine
 // folder inside the layout, durably.
 
-// Action kinds of a repair (besides recovery's own: roll-forward, replay,
-// roll-back, recount, temp-removed).
-const (
-	ActionQuarantined    = "quarantined"          // a blob, or index.json, moved to the quarantine folder
-	ActionIndexRestored  = "index-restored"       // index.json written from the journal's copy
-	ActionJournalCreated = "journal-created"      // no journal (or an empty one): counted from the layout
-	ActionJournalRebuilt = "journal-rebuilt"      // a damaged journal moved aside and built again from the layout
-	ActionLayoutFile     = "layout-file-restored" // oci-layout written again
-	ActionEntryDropped   = "entry-dropped"        // an index.json entry removed (--drop-broken)
-	ActionOrphansFreed   = "orphans-removed"      // unreferenced blobs removed (a journaled GC)
-	ActionKept           = "kept"                 // a copy of a file kept in the quarantine folder
-	ActionMovedAside     = "moved-aside"          // a state directory that is not one renamed out of the way
-	ActionLeasesKept     = "leases-kept"          // the leases read from a damaged journal put in the rebuilt one
-	ActionPinned         = "pinned"               // a journal rebuilt without its leases: nothing freed for a while
-)
-
-// BadEntry is an entry of index.json that cannot be used: it does not
-// decode as a descriptor, its digest is malformed, of an unknown algorithm
-// or tries to leave the blob directory, or its size is negative.
-type BadEntry struct {
-	Pos int    `json:"pos"` // position in manifests[]
-	Raw string `json:"raw"` // the entry as it was, compacted (at most 512 bytes)
-	Err string `json:"error"`
-}
-
 // ParseIndexLenient parses index.json like layout.ParseIndex, but sets the
 // entries that do not validate aside instead of failing on the first: the
 // index it returns holds the others. err is set when the file as a whole is
 // not an image index (nothing can be kept then).
-func ParseIndexLenient(b []byte) (*layout.Index, []BadEntry, error) {
+func ParseIndexLenient(b []byte) (*layout.Index, []recovery.BadEntry, error) {
 	ix, err := layout.ParseIndex(b)
 	if err == nil {
 		return ix, nil, nil
@@ -74,7 +50,7 @@ func ParseIndexLenient(b []byte) (*layout.Index, []BadEntry, error) {
 		}
 	}
 	var good []json.RawMessage
-	var bad []BadEntry
+	var bad []recovery.BadEntry
 	for i, r := range raws {
 		one, _ := json.Marshal(map[string]any{"schemaVersion": 2, "manifests": []json.RawMessage{r}})
 		if _, eerr := layout.ParseIndex(one); eerr != nil {
@@ -82,7 +58,7 @@ func ParseIndexLenient(b []byte) (*layout.Index, []BadEntry, error) {
 			if len(raw) > 512 {
 				raw = raw[:512] + "..."
 			}
-			bad = append(bad, BadEntry{Pos: i, Raw: raw, Err: eerr.Error()})
+			bad = append(bad, recovery.BadEntry{Pos: i, Raw: raw, Err: eerr.Error()})
 			continue
 		}
 		good = append(good, r)
@@ -105,20 +81,10 @@ func ParseIndexLenient(b []byte) (*layout.Index, []BadEntry, error) {
 	return ix, bad, nil
 }
 
-// Broken is an entry of index.json whose closure is not whole: a blob of
-// its graph is missing (and has no URLs), not a regular file, of another
-// size than its descriptor says, or a manifest of it cannot be read.
-type Broken struct {
-	Pos    int           `json:"pos"`  // position in manifests[]
-	Name   string        `json:"name"` // the tag, "" for an untagged entry
-	Digest digest.Digest `json:"digest"`
-	Reason string        `json:"reason"` // the first problem found in its graph
-}
-
 // BrokenEntries walks the graph of every entry of ix and returns those
 // whose closure is not whole. Blob contents are not hashed (a quick
 // check), except manifests, which are read and verified.
-func BrokenEntries(ctx context.Context, fsys fsio.FS, ix *layout.Index) ([]Broken, error) {
+func BrokenEntries(ctx context.Context, fsys fsio.FS, ix *layout.Index) ([]recovery.Broken, error) {
 	type key struct {
 		d    digest.Digest
 		size int64
@@ -183,14 +149,14 @@ func BrokenEntries(ctx context.Context, fsys fsio.FS, ix *layout.Index) ([]Broke
 		memo[k] = r
 		return r, nil
 	}
-	var out []Broken
+	var out []recovery.Broken
 	for i, e := range ix.Entries {
 		r, err := reason(e.Desc, 0)
 		if err != nil {
 			return nil, err
 		}
 		if r != "" {
-			out = append(out, Broken{Pos: i, Name: e.Name(), Digest: e.Desc.Digest, Reason: r})
+			out = append(out, recovery.Broken{Pos: i, Name: e.Name(), Digest: e.Desc.Digest, Reason: r})
 		}
 	}
 	return out, nil

@@ -1,4 +1,4 @@
-package recovery_test
+package fsck_test
 
 import (
 	"encoding/json"
@@ -7,7 +7,7 @@ import (
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocistore/ocistore/recovery"
+	"github.com/ocistore/ocistore/internal/fsck"
 )
 
 // TestParseIndexLenientFoldedKey: the entries of an index.json that holds
@@ -19,7 +19,7 @@ func TestParseIndexLenientFoldedKey(t *testing.T) {
 	bad := `{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:../../x","size":3}`
 	for _, key := range []string{"manifests", "Manifests", `\u004danifests`} {
 		in := `{"schemaVersion":2,"` + key + `":[` + good + `,` + bad + `]}`
-		ix, broken, err := recovery.ParseIndexLenient([]byte(in))
+		ix, broken, err := fsck.ParseIndexLenient([]byte(in))
 		if err != nil {
 			t.Fatalf("%s: %v", key, err)
 		}

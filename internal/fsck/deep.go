@@ -1,64 +1,20 @@
-package recovery
+package fsck
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/fsio"
-	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/recovery"
 )
-
-// KindUnreadable: a blob file could not be read to the end (an I/O error:
-// the disk may be failing). Only the deep check reads blobs.
-const KindUnreadable = "unreadable"
-
-// CheckOptions tune CheckWith. A nil *CheckOptions is the quick check.
-type CheckOptions struct {
-	// Deep also re-hashes every blob file under blobs/, reachable or not,
-	// and reports those whose bytes do not hash to their name
-	// (digest-mismatch). Blobs are hashed in parallel, each streamed
-	// through one buffer per worker: memory does not grow with blob size.
-	Deep bool
-	// Workers is how many blobs are hashed at once; zero means GOMAXPROCS.
-	Workers int
-	// Max bounds the time spent hashing. When it runs out the deep check
-	// stops where it is and Report.Deep.Stopped says so; what was hashed
-	// is reported. Zero means no limit.
-	Max time.Duration
-	// Progress, when set, is called as blob bytes are hashed with the
-	// bytes hashed so far and the total, from several goroutines at once.
-	Progress func(done, total int64)
-	// Peers are the root entries of the other layouts sharing the blob
-	// directory (set by the store): their graphs count in the refcounts
-	// and their blobs are no orphans.
-	Peers []layout.Entry
-	// SharedBlobDir is the shared blob directory of a layout that keeps
-	// its blobs there (skopeo's --shared-blob-dir). store.CheckDirWith
-	// reads it, for a layout that ocistore has not adopted yet (an adopted
-	// one names its directory in .ocistore/shared-blob-dir); this
-	// package's CheckWith ignores it (its fsys already routes blobs/).
-	SharedBlobDir string
-}
-
-// DeepStats describes the hashing of a deep check.
-type DeepStats struct {
-	Files       int   `json:"files"`       // blob files to hash
-	Bytes       int64 `json:"bytes"`       // their total size
-	HashedFiles int   `json:"hashedFiles"` // blob files hashed to the end
-	HashedBytes int64 `json:"hashedBytes"` // bytes hashed (of those files)
-	// Stopped is true when Max ran out before every blob was hashed.
-	Stopped bool `json:"stopped,omitempty"`
-}
 
 // hashBufSize is the read size of a hashing worker: large enough that a
 // read costs little next to hashing it, small enough that memory stays
@@ -85,7 +41,7 @@ var errStopped = errors.New("deep check stopped")
 // hashFiles hashes files in parallel and returns one outcome per file, in
 // the same order. A file whose hashing was cut short by the time limit has
 // a zero outcome. It returns ctx's error when ctx (not the limit) ends.
-func hashFiles(ctx context.Context, fsys fsio.FS, files []blobFile, o *CheckOptions, st *DeepStats) ([]hashOutcome, error) {
+func hashFiles(ctx context.Context, fsys fsio.FS, files []blobFile, o *recovery.CheckOptions, st *recovery.DeepStats) ([]hashOutcome, error) {
 	out := make([]hashOutcome, len(files))
 	for _, f := range files {
 		st.Files++
@@ -188,8 +144,8 @@ func hashFile(ctx context.Context, fsys fsio.FS, f blobFile, buf []byte, progres
 // deepCheck hashes every blob file and adds a problem for each whose bytes
 // do not hash to its name, or that cannot be read. Digests in known already
 // have a digest-mismatch problem (a manifest found bad by the walk).
-func deepCheck(ctx context.Context, fsys fsio.FS, files []blobFile, known map[digest.Digest]bool, o *CheckOptions, r *Report) error {
-	r.Deep = &DeepStats{}
+func deepCheck(ctx context.Context, fsys fsio.FS, files []blobFile, known map[digest.Digest]bool, o *recovery.CheckOptions, r *recovery.Report) error {
+	r.Deep = &recovery.DeepStats{}
 	out, err := hashFiles(ctx, fsys, files, o, r.Deep)
 	if err != nil {
 		return err
@@ -200,21 +156,12 @@ func deepCheck(ctx context.Context, fsys fsio.FS, files []blobFile, known map[di
 		case errors.Is(res.err, fs.ErrNotExist):
 			// Removed since it was listed (by another tool): not ours to report.
 		case errors.Is(res.err, fsio.ErrNotRegular):
-			r.add(KindNotRegular, f.d, f.path, "is no longer a regular file")
+			add(r, recovery.KindNotRegular, f.d, f.path, "is no longer a regular file")
 		case res.err != nil:
-			r.add(KindUnreadable, f.d, f.path, "%v", res.err)
+			add(r, recovery.KindUnreadable, f.d, f.path, "%v", res.err)
 		case res.done && res.got != f.d && !known[f.d]:
-			r.add(KindDigestMismatch, f.d, f.path, "content (%d bytes) hashes to %s", f.size, res.got)
+			add(r, recovery.KindDigestMismatch, f.d, f.path, "content (%d bytes) hashes to %s", f.size, res.got)
 		}
 	}
 	return nil
-}
-
-// stoppedNote words an incomplete deep check for people.
-func (s *DeepStats) String() string {
-	line := fmt.Sprintf("%d of %d blobs hashed (%d of %d bytes)", s.HashedFiles, s.Files, s.HashedBytes, s.Bytes)
-	if s.Stopped {
-		line += ": stopped early, the time limit ran out"
-	}
-	return line
 }

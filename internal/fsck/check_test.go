@@ -1,4 +1,4 @@
-package recovery_test
+package fsck_test
 
 import (
 	"context"
@@ -11,14 +11,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocistore/ocistore/internal/fsck"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/gen"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/recovery"
-	"github.com/ocistore/ocistore/store"
 )
 
 // spyFS records the files opened for reading and what was read from them,
@@ -84,7 +86,7 @@ func (f *spyFile) Read(p []byte) (int, error) {
 
 func openJournal(t *testing.T, dir string) *journal.DB {
 	t.Helper()
-	db, err := journal.Open(filepath.Join(dir, store.JournalPath), journal.Options{ReadOnly: true, LockTimeout: time.Second})
+	db, err := journal.Open(filepath.Join(dir, protocol.JournalFile), journal.Options{ReadOnly: true, LockTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +118,7 @@ func TestQuickReadsNoLayer(t *testing.T) {
 	dir := adopted(t, gen.Spec{Images: 12, LayerSize: 4096, BaseSets: 3})
 	ms := manifests(t, dir)
 	spy := newSpy(t, dir)
-	rep, err := recovery.Check(ctx, spy, openJournal(t, dir))
+	rep, err := fsck.Check(ctx, spy, openJournal(t, dir))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +141,7 @@ func TestQuickReadsNoLayer(t *testing.T) {
 	}
 
 	spy = newSpy(t, dir)
-	rep, err = recovery.CheckWith(ctx, spy, openJournal(t, dir), &recovery.CheckOptions{Deep: true})
+	rep, err = fsck.CheckWith(ctx, spy, openJournal(t, dir), &recovery.CheckOptions{Deep: true})
 	if err != nil || !rep.OK() {
 		t.Fatalf("deep check: %v %+v", err, rep)
 	}
@@ -176,7 +178,7 @@ func TestDeepUsesEveryCore(t *testing.T) {
 			return ok && !ms[digest.NewDigestFromEncoded(digest.SHA256, d)]
 		}
 		spy.delay = 2 * time.Millisecond
-		rep, err := recovery.CheckWith(ctx, spy, nil, &recovery.CheckOptions{Deep: true, Workers: tc.workers})
+		rep, err := fsck.CheckWith(ctx, spy, nil, &recovery.CheckOptions{Deep: true, Workers: tc.workers})
 		if err != nil || rep.Deep == nil || rep.Deep.HashedFiles != rep.Deep.Files {
 			t.Fatalf("deep check: %v %+v", err, rep)
 		}
@@ -213,7 +215,7 @@ func TestDeepMemoryBounded(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	rep, err := recovery.CheckWith(ctx, fsys, nil, &recovery.CheckOptions{Deep: true})
+	rep, err := fsck.CheckWith(ctx, fsys, nil, &recovery.CheckOptions{Deep: true})
 	runtime.ReadMemStats(&after)
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package recovery_test
+package fsck_test
 
 import (
 	"context"
@@ -12,8 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ocistore/ocistore/internal/protocol"
+
 	"github.com/opencontainers/go-digest"
 
+	"github.com/ocistore/ocistore/internal/fsck"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/gen"
 	"github.com/ocistore/ocistore/internal/journal"
@@ -108,7 +111,7 @@ func TestDeepFindsFlippedBits(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	quick, err := store.CheckDir(ctx, dir, time.Second)
+	quick, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +120,7 @@ func TestDeepFindsFlippedBits(t *testing.T) {
 	}
 	for _, workers := range []int{0, 1, 3, 64} {
 		var last atomic.Int64
-		rep, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true, Workers: workers,
+		rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true, Workers: workers,
 			Progress: func(done, total int64) {
 				if done > total {
 					t.Errorf("progress %d of %d", done, total)
@@ -158,7 +161,7 @@ func TestDeepManifestReportedOnce(t *testing.T) {
 		}
 	}
 	flipByte(t, dir, manifest, 10)
-	rep, err := store.CheckDirWith(context.Background(), dir, time.Second, &recovery.CheckOptions{Deep: true})
+	rep, err := store.CheckDir(context.Background(), dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +175,7 @@ func TestDeepManifestReportedOnce(t *testing.T) {
 // report says so; what was hashed is counted, nothing is reported wrongly.
 func TestDeepMaxStops(t *testing.T) {
 	dir := adopted(t, gen.Spec{Images: 4, LayerSize: 4 << 20, BaseSets: 1, BaseLayers: 1, OwnLayers: 4})
-	rep, err := store.CheckDirWith(context.Background(), dir, time.Second, &recovery.CheckOptions{Deep: true, Max: time.Nanosecond, Workers: 1})
+	rep, err := store.CheckDir(context.Background(), dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true, Max: time.Nanosecond, Workers: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +191,7 @@ func TestDeepMaxStops(t *testing.T) {
 	// A parent context that ends is an error, not a stop.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := store.CheckDirWith(ctx, dir, time.Second, &recovery.CheckOptions{Deep: true}); !errors.Is(err, context.Canceled) {
+	if _, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true}); !errors.Is(err, context.Canceled) {
 		t.Errorf("canceled check = %v", err)
 	}
 }
@@ -206,7 +209,7 @@ func TestDeepSymlinkNotFollowed(t *testing.T) {
 	if err := os.Symlink(outside, link); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := store.CheckDirWith(context.Background(), dir, time.Second, &recovery.CheckOptions{Deep: true})
+	rep, err := store.CheckDir(context.Background(), dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +242,7 @@ func BenchmarkDeepCheck(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer fsys.Close()
-	db, err := journal.Open(filepath.Join(dir, store.JournalPath), journal.Options{ReadOnly: true})
+	db, err := journal.Open(filepath.Join(dir, protocol.JournalFile), journal.Options{ReadOnly: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -264,7 +267,7 @@ func BenchmarkDeepCheck(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		for b.Loop() {
-			rep, err := recovery.CheckWith(context.Background(), fsys, db, &recovery.CheckOptions{Deep: true})
+			rep, err := fsck.CheckWith(context.Background(), fsys, db, &recovery.CheckOptions{Deep: true})
 			if err != nil || !rep.OK() {
 				b.Fatal(err, rep.Problems)
 			}
@@ -287,7 +290,7 @@ func BenchmarkDeepCheck(b *testing.B) {
 			}
 			one += time.Since(start)
 			start = time.Now()
-			if _, err := recovery.CheckWith(context.Background(), fsys, db, &recovery.CheckOptions{Deep: true}); err != nil {
+			if _, err := fsck.CheckWith(context.Background(), fsys, db, &recovery.CheckOptions{Deep: true}); err != nil {
 				b.Fatal(err)
 			}
 			deep += time.Since(start)

@@ -1,4 +1,8 @@
-package recovery
+// Package fsck checks a layout's invariants (quick: the graph, the files,
+// the journal; deep: every blob re-hashed) and holds the building blocks of
+// the repair that need no open store. It reports in package recovery's
+// types; package store runs it under its lock.
+package fsck
 
 import (
 	"context"
@@ -18,76 +22,15 @@ import (
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/refcount"
+	"github.com/ocistore/ocistore/recovery"
 )
 
-// Problem kinds reported by Check.
-const (
-	KindLayoutCorrupt   = "layout-corrupt"   // oci-layout missing or unparseable
-	KindIndexMissing    = "index-missing"    // index.json missing
-	KindIndexCorrupt    = "index-corrupt"    // index.json unparseable or not an image index
-	KindDangling        = "dangling"         // a reachable descriptor has no blob
-	KindSizeMismatch    = "size-mismatch"    // a reachable blob's size differs from its descriptor
-	KindDigestMismatch  = "digest-mismatch"  // a manifest's bytes do not hash to its digest
-	KindManifestCorrupt = "manifest-corrupt" // a reachable manifest does not parse
-	KindNotRegular      = "not-regular"      // a blob path is a symlink, directory or device
-	KindOrphan          = "orphan"           // a blob nothing reachable uses
-	KindUnknownFile     = "unknown-file"     // a file under blobs/ that is not named by a digest
-	KindTempFile        = "temp-file"        // a leftover temp file
-	KindPending         = "pending"          // an unfinished journal record
-	KindJournalMissing  = "journal-missing"  // no journal database (layout not adopted yet)
-	KindJournalCorrupt  = "journal-corrupt"  // the journal database fails bbolt's check or cannot be read
-	KindJournalNewer    = "journal-newer"    // the journal was written by a newer ocistore (left as it is)
-	KindExternalChange  = "external-change"  // index.json differs from the last one committed through the journal
-	KindRefcount        = "refcount"         // a stored reference count differs from a recount
-	KindNotDirectory    = "not-directory"    // .ocistore/ingest or .ocistore/quarantine is a symlink or a file
-	// KindBlobsElsewhere: blobs/ is missing or holds no blob, and most
-	// entries of index.json have no blob: the blobs most likely live in a
-	// shared blob directory the check was not told about. It stands first,
-	// in place of one dangling problem per missing blob.
-	KindBlobsElsewhere = "blobs-elsewhere"
-)
+// journalFile is the journal database, relative to the layout root: the
+// path of journal problems.
+const journalFile = protocol.JournalFile
 
-// BlobsElsewhereHint starts the detail of a blobs-elsewhere problem.
-const BlobsElsewhereHint = "blobs live elsewhere? pass --shared-blob-dir"
-
-// journalFile is the journal database, relative to the layout root (the
-// store's JournalPath): the path of journal problems.
-const journalFile = layout.StateDir + "/journal.db"
-
-// Problem is one finding of Check.
-type Problem struct {
-	Kind   string `json:"kind"`
-	Digest string `json:"digest,omitempty"`
-	Path   string `json:"path,omitempty"`
-	Detail string `json:"detail"`
-}
-
-func (p Problem) String() string {
-	s := p.Kind
-	if p.Digest != "" {
-		s += " " + p.Digest
-	}
-	if p.Path != "" {
-		s += " (" + p.Path + ")"
-	}
-	return s + ": " + p.Detail
-}
-
-// Report is the result of Check.
-type Report struct {
-	Images   int       `json:"images"`   // entries of index.json
-	Blobs    int       `json:"blobs"`    // blobs reachable from index.json
-	Bytes    int64     `json:"bytes"`    // their total size
-	Problems []Problem `json:"problems"` // empty when the layout is consistent
-	// Deep describes the hashing of a deep check; nil for a quick one.
-	Deep *DeepStats `json:"deep,omitempty"`
-}
-
-// OK reports whether no problem was found.
-func (r *Report) OK() bool { return len(r.Problems) == 0 }
-
-func (r *Report) add(kind string, d digest.Digest, path, format string, args ...any) {
-	r.Problems = append(r.Problems, Problem{Kind: kind, Digest: string(d), Path: path, Detail: fmt.Sprintf(format, args...)})
+func add(r *recovery.Report, kind string, d digest.Digest, path, format string, args ...any) {
+	r.Problems = append(r.Problems, recovery.Problem{Kind: kind, Digest: string(d), Path: path, Detail: fmt.Sprintf(format, args...)})
 }
 
 // Check verifies the invariants of a layout (the blob files are the
@@ -95,17 +38,24 @@ func (r *Report) add(kind string, d digest.Digest, path, format string, args ...
 // recount; no record is pending) without reading blob contents (manifests
 // are read, since the graph runs through them). db may be nil when
 // the layout has no journal. It changes nothing.
-func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*Report, error) {
+func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*recovery.Report, error) {
 	return CheckWith(ctx, fsys, db, nil)
 }
 
 // CheckWith is Check with options: with o.Deep it also re-hashes every blob
-// file (see CheckOptions). A nil o is the quick check.
-func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOptions) (*Report, error) {
+// file (see recovery.CheckOptions). A nil o is the quick check.
+func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.CheckOptions) (*recovery.Report, error) {
+	return CheckShared(ctx, fsys, db, o, nil)
+}
+
+// CheckShared is CheckWith for a layout on a shared blob directory: peers
+// are the root entries of the other layouts sharing it, whose graphs count
+// in the refcounts and whose blobs are no orphans.
+func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.CheckOptions, peers []layout.Entry) (*recovery.Report, error) {
 	if o == nil {
-		o = &CheckOptions{}
+		o = &recovery.CheckOptions{}
 	}
-	r := &Report{Problems: []Problem{}}
+	r := &recovery.Report{Problems: []recovery.Problem{}}
 	// What does not depend on index.json is read meanwhile: the listing of
 	// blobs/ and the journal.
 	listing := make(chan blobListing, 1)
@@ -133,16 +83,16 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	}
 	defer wait()
 	if b, err := fsio.ReadFile(fsys, layout.LayoutFile, 4096); err != nil {
-		r.add(KindLayoutCorrupt, "", layout.LayoutFile, "%v", err)
+		add(r, recovery.KindLayoutCorrupt, "", layout.LayoutFile, "%v", err)
 	} else if err := layout.CheckLayoutFile(b); err != nil {
-		r.add(KindLayoutCorrupt, "", layout.LayoutFile, "%v", err)
+		add(r, recovery.KindLayoutCorrupt, "", layout.LayoutFile, "%v", err)
 	}
 	raw, ix, err := protocol.ReadIndex(fsys)
 	switch {
 	case errors.Is(err, errdef.ErrNotFound):
-		r.add(KindIndexMissing, "", layout.IndexFile, "index.json does not exist")
+		add(r, recovery.KindIndexMissing, "", layout.IndexFile, "index.json does not exist")
 	case err != nil:
-		r.add(KindIndexCorrupt, "", layout.IndexFile, "%v", err)
+		add(r, recovery.KindIndexCorrupt, "", layout.IndexFile, "%v", err)
 	}
 
 	// The closure, walked once; children are kept for the recount. What it
@@ -151,8 +101,8 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	// sharing it (the refcounts count them all; a blob only another
 	// layout uses is no orphan).
 	walkIx := ix
-	if ix != nil && len(o.Peers) > 0 {
-		walkIx = ix.With(append(append([]layout.Entry(nil), ix.Entries...), o.Peers...))
+	if ix != nil && len(peers) > 0 {
+		walkIx = ix.With(append(append([]layout.Entry(nil), ix.Entries...), peers...))
 	}
 	var nodes map[digest.Digest]*node
 	if ix != nil {
@@ -172,7 +122,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	// expand reads a manifest or index and walks its children.
 	expand := func(n *node, d v1.Descriptor, depth int, p string) error {
 		if depth > layout.MaxDepth {
-			r.add(KindManifestCorrupt, d.Digest, p, "nested deeper than %d: %s", layout.MaxDepth, unknownClosure)
+			add(r, recovery.KindManifestCorrupt, d.Digest, p, "nested deeper than %d: %s", layout.MaxDepth, unknownClosure)
 			return nil
 		}
 		c, err := n.load(fsys, d)
@@ -182,11 +132,11 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		}
 		if err != nil {
 			n.bad, n.failed = err, true
-			kind := KindManifestCorrupt
+			kind := recovery.KindManifestCorrupt
 			if errors.Is(err, errdef.ErrDigestMismatch) {
-				kind = KindDigestMismatch
+				kind = recovery.KindDigestMismatch
 			}
-			r.add(kind, d.Digest, p, "%v: %s", err, unknownClosure)
+			add(r, kind, d.Digest, p, "%v: %s", err, unknownClosure)
 			return nil
 		}
 		n.kids, n.expanded = c, true
@@ -207,7 +157,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 			if d.Size != n.size {
 				p := layout.BlobPath(d.Digest)
 				if fi, err := n.lstat(fsys, d.Digest); err == nil && fi.size != d.Size {
-					r.add(KindSizeMismatch, d.Digest, p, "%d bytes on disk, a descriptor says %d", fi.size, d.Size)
+					add(r, recovery.KindSizeMismatch, d.Digest, p, "%d bytes on disk, a descriptor says %d", fi.size, d.Size)
 				}
 			}
 			// First met under a leaf media type, now as a manifest: its
@@ -226,19 +176,19 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 			switch {
 			case len(d.URLs) > 0: // a foreign layer
 			case layout.Parsed(d, depth == 0):
-				r.add(KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing: %s", d.MediaType, d.Size, unknownClosure)
+				add(r, recovery.KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing: %s", d.MediaType, d.Size, unknownClosure)
 			default:
-				r.add(KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing", d.MediaType, d.Size)
+				add(r, recovery.KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing", d.MediaType, d.Size)
 			}
 			return nil
 		case err != nil:
-			r.add(KindNotRegular, d.Digest, p, "%v", err)
+			add(r, recovery.KindNotRegular, d.Digest, p, "%v", err)
 			return nil
 		case !fi.mode.IsRegular():
-			r.add(KindNotRegular, d.Digest, p, "is %s, not a regular file", typeName(fi.mode.Type()))
+			add(r, recovery.KindNotRegular, d.Digest, p, "is %s, not a regular file", typeName(fi.mode.Type()))
 			return nil
 		case fi.size != d.Size:
-			r.add(KindSizeMismatch, d.Digest, p, "%d bytes on disk, descriptor says %d", fi.size, d.Size)
+			add(r, recovery.KindSizeMismatch, d.Digest, p, "%d bytes on disk, descriptor says %d", fi.size, d.Size)
 			return nil
 		}
 		r.Blobs++
@@ -246,7 +196,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 		n.ok = true
 		if !layout.Parsed(d, depth == 0) {
 			if depth == 0 && layout.TooLargeToSniff(d) {
-				r.add(KindManifestCorrupt, d.Digest, p, "%s root of %d bytes, over the %d-byte limit of a manifest, is not read: %s", orUnknownType(d.MediaType), d.Size, layout.MaxManifestSize, unknownClosure)
+				add(r, recovery.KindManifestCorrupt, d.Digest, p, "%s root of %d bytes, over the %d-byte limit of a manifest, is not read: %s", orUnknownType(d.MediaType), d.Size, layout.MaxManifestSize, unknownClosure)
 			}
 			return nil
 		}
@@ -266,7 +216,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	}
 	// The journal is compared with the closure meanwhile; its problems
 	// come last.
-	var jr Report
+	var jr recovery.Report
 	jdone := make(chan struct{})
 	if db != nil {
 		go func() {
@@ -284,7 +234,7 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	if o.Deep {
 		known := map[digest.Digest]bool{}
 		for _, p := range r.Problems {
-			if p.Kind == KindDigestMismatch {
+			if p.Kind == recovery.KindDigestMismatch {
 				known[digest.Digest(p.Digest)] = true
 			}
 		}
@@ -302,20 +252,20 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 	}
 	for _, t := range temps {
 		if strings.HasPrefix(t, protocol.OwnersDir+"/") {
-			r.add(KindTempFile, "", t, "leftover owner file: its owner is gone (its lock is free); the next open removes it")
+			add(r, recovery.KindTempFile, "", t, "leftover owner file: its owner is gone (its lock is free); the next open removes it")
 			continue
 		}
-		r.add(KindTempFile, "", t, "leftover temp file")
+		add(r, recovery.KindTempFile, "", t, "leftover temp file")
 	}
 	trash, err := protocol.Trash(sfs)
 	if err != nil {
 		return nil, err
 	}
 	for _, t := range trash {
-		r.add(KindTempFile, "", t, "leftover trash: out of the layout, not yet unlinked by the process that took it out (gone); the next open unlinks it")
+		add(r, recovery.KindTempFile, "", t, "leftover trash: out of the layout, not yet unlinked by the process that took it out (gone); the next open unlinks it")
 	}
 	if db == nil {
-		r.add(KindJournalMissing, "", journalFile, "no journal: the layout was not adopted by ocistore yet")
+		add(r, recovery.KindJournalMissing, "", journalFile, "no journal: the layout was not adopted by ocistore yet")
 		return r, nil
 	}
 	<-jdone
@@ -327,13 +277,13 @@ func CheckWith(ctx context.Context, fsys fsio.FS, db *journal.DB, o *CheckOption
 // problem, first, when the layout's blob directory holds no blob and most
 // root entries dangle (see blobsElsewhere). A layout on a shared blob
 // directory was told where its blobs are: its problems stay as they are.
-func elsewhere(fsys fsio.FS, ix *layout.Index, algs []algDir, r *Report) {
+func elsewhere(fsys fsio.FS, ix *layout.Index, algs []algDir, r *recovery.Report) {
 	if _, shared := fsys.(*fsio.Shared); shared || hasBlobFile(algs) {
 		return
 	}
 	missing := map[digest.Digest]bool{}
 	for _, p := range r.Problems {
-		if p.Kind == KindDangling {
+		if p.Kind == recovery.KindDangling {
 			missing[digest.Digest(p.Digest)] = true
 		}
 	}
@@ -341,9 +291,9 @@ func elsewhere(fsys fsio.FS, ix *layout.Index, algs []algDir, r *Report) {
 	if !blobsElsewhere(roots, dangling) {
 		return
 	}
-	kept := []Problem{{Kind: KindBlobsElsewhere, Path: layout.BlobsDir, Detail: elsewhereDetail(algs == nil, roots, dangling, len(missing))}}
+	kept := []recovery.Problem{{Kind: recovery.KindBlobsElsewhere, Path: layout.BlobsDir, Detail: elsewhereDetail(algs == nil, roots, dangling, len(missing))}}
 	for _, p := range r.Problems {
-		if p.Kind != KindDangling {
+		if p.Kind != recovery.KindDangling {
 			kept = append(kept, p)
 		}
 	}
@@ -376,7 +326,7 @@ func elsewhereDetail(noDir bool, roots, dangling, blobs int) string {
 		state = layout.BlobsDir + "/ does not exist"
 	}
 	return fmt.Sprintf("%s (the shared blob directory the layout was written to, e.g. by skopeo --dest-shared-blob-dir): %s, and %d of %d entries of index.json have no blob (%d blobs missing in all, not listed one by one)",
-		BlobsElsewhereHint, state, dangling, roots, blobs)
+		recovery.BlobsElsewhereHint, state, dangling, roots, blobs)
 }
 
 // hasBlobFile reports whether the listing of blobs/ holds an entry named
@@ -432,7 +382,7 @@ const unknownClosure = "what it references is unknown, so ocistore frees no blob
 // file), and returns fsys with those left unlisted: protocol.Temps then finds no
 // temp file in them instead of failing, or listing another directory.
 // Repair moves them aside.
-func stateDirs(fsys fsio.FS, r *Report) fsio.FS {
+func stateDirs(fsys fsio.FS, r *recovery.Report) fsio.FS {
 	if fi, err := fsys.Lstat(layout.StateDir); err != nil || !fi.IsDir() {
 		return fsys // not ours to look into: the journal's check reports it
 	}
@@ -442,7 +392,7 @@ func stateDirs(fsys fsio.FS, r *Report) fsio.FS {
 		if err != nil || fi.IsDir() {
 			continue // missing, or protocol.Temps says why it cannot list it
 		}
-		r.add(KindNotDirectory, "", dir, "is %s, not a directory: not looked into", typeName(fi.Mode().Type()))
+		add(r, recovery.KindNotDirectory, "", dir, "is %s, not a directory: not looked into", typeName(fi.Mode().Type()))
 		skip[dir] = true
 	}
 	if len(skip) == 0 {
@@ -511,33 +461,33 @@ func parseBlobName(alg, name string) (digest.Digest, bool) {
 // (when orphans is true) and files not named by a digest. With sizes, it
 // returns the regular files named by a digest, with their sizes, for
 // hashing.
-func checkBlobFiles(algs []algDir, nodes map[digest.Digest]*node, r *Report, orphans, sizes bool) ([]blobFile, error) {
+func checkBlobFiles(algs []algDir, nodes map[digest.Digest]*node, r *recovery.Report, orphans, sizes bool) ([]blobFile, error) {
 	reach := func(d digest.Digest) bool { n := nodes[d]; return n != nil && n.reached }
 	var out []blobFile
 	for _, ad := range algs {
 		a := ad.entry
 		dir := layout.BlobsDir + "/" + a.Name()
 		if !a.IsDir() {
-			r.add(KindUnknownFile, "", dir, "not an algorithm directory")
+			add(r, recovery.KindUnknownFile, "", dir, "not an algorithm directory")
 			continue
 		}
 		for _, f := range ad.files {
 			p := dir + "/" + f.Name()
 			d, ok := parseBlobName(a.Name(), f.Name())
 			if !ok {
-				r.add(KindUnknownFile, "", p, "not named by a valid digest")
+				add(r, recovery.KindUnknownFile, "", p, "not named by a valid digest")
 				continue
 			}
 			if !f.Type().IsRegular() {
 				// A reachable one was reported by the walk. GC leaves
 				// these alone; repair moves them to quarantine.
 				if orphans && !reach(d) {
-					r.add(KindNotRegular, d, p, "is %s, not a regular file (and nothing reaches it)", typeName(f.Type()))
+					add(r, recovery.KindNotRegular, d, p, "is %s, not a regular file (and nothing reaches it)", typeName(f.Type()))
 				}
 				continue
 			}
 			if orphans && !reach(d) {
-				r.add(KindOrphan, d, p, "no index.json entry reaches this blob")
+				add(r, recovery.KindOrphan, d, p, "no index.json entry reaches this blob")
 			}
 			if !sizes {
 				continue
@@ -582,15 +532,15 @@ func readJournal(db *journal.DB) journalState {
 	return st
 }
 
-func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[digest.Digest]*node, r *Report) {
+func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[digest.Digest]*node, r *recovery.Report) {
 	for _, e := range st.checkErrs {
-		r.add(KindJournalCorrupt, "", journalFile, "%v", e)
+		add(r, recovery.KindJournalCorrupt, "", journalFile, "%v", e)
 	}
 	for _, rec := range st.pending {
-		r.add(KindPending, "", journalFile, "transaction %d (%s) of %s is unfinished: run ocistore recover", rec.ID, rec.Op, rec.Time.Format("2006-01-02T15:04:05Z"))
+		add(r, recovery.KindPending, "", journalFile, "transaction %d (%s) of %s is unfinished: run ocistore recover", rec.ID, rec.Op, rec.Time.Format("2006-01-02T15:04:05Z"))
 	}
 	if st.err != nil {
-		r.add(KindJournalCorrupt, "", journalFile, "%v", st.err)
+		add(r, recovery.KindJournalCorrupt, "", journalFile, "%v", st.err)
 		return
 	}
 	stored, last, pending := st.stored, st.last, len(st.pending)
@@ -600,7 +550,7 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 		return
 	}
 	if now := layout.Sum(raw); now != last {
-		r.add(KindExternalChange, now, layout.IndexFile, "index.json changed outside ocistore (journal has %s): the next write recounts", last)
+		add(r, recovery.KindExternalChange, now, layout.IndexFile, "index.json changed outside ocistore (journal has %s): the next write recounts", last)
 		return
 	}
 	// The recount expands what the walk expanded, from what it read.
@@ -630,7 +580,7 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 	}
 	sort.Slice(diffs, func(i, j int) bool { return diffs[i] < diffs[j] })
 	for _, d := range diffs {
-		r.add(KindRefcount, d, "", "stored count %d, recount %d", stored[d].Count, want[d].Count)
+		add(r, recovery.KindRefcount, d, "", "stored count %d, recount %d", stored[d].Count, want[d].Count)
 	}
 	slices.Sort(kidDiffs)
 	for _, d := range kidDiffs {
@@ -641,9 +591,9 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 		}
 		switch {
 		case i < min(len(st), len(rd)):
-			r.add(KindRefcount, d, "", "the journal records child %d of the manifest as %s (%d bytes), the manifest references %s (%d bytes)", i, st[i].Digest, st[i].Size, rd[i].Digest, rd[i].Size)
+			add(r, recovery.KindRefcount, d, "", "the journal records child %d of the manifest as %s (%d bytes), the manifest references %s (%d bytes)", i, st[i].Digest, st[i].Size, rd[i].Digest, rd[i].Size)
 		default:
-			r.add(KindRefcount, d, "", "the journal records %d children of the manifest, it references %d", len(st), len(rd))
+			add(r, recovery.KindRefcount, d, "", "the journal records %d children of the manifest, it references %d", len(st), len(rd))
 		}
 	}
 }

@@ -1,0 +1,256 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"time"
+
+	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
+	"github.com/ocistore/ocistore/internal/layout"
+)
+
+// The journal's file: opening it takes the writer lock; a damaged one is
+// rebuilt from the layout, keeping the leases it can still read.
+
+// OpenJournal opens the journal read-write, taking the layout's writer lock.
+// A missing or empty database is created (and its directory synced); a
+// corrupt one is moved aside and rebuilt from the layout by the recovery that
+// follows, keeping the leases it can still read (RebuildJournal). One that
+// a newer ocistore wrote is refused (ErrJournalNewer) and left as it is,
+// even when it is damaged too, as long as its version can be read.
+func (l *Layout) OpenJournal(lockTimeout time.Duration, afterCommit func()) (*journal.DB, error) {
+	if _, err := fsio.MkdirDurable(l.FS, layout.StateDir); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := l.FinishRebuild(); err != nil {
+		return nil, err
+	}
+	path := l.JournalPath()
+	db, err := journal.Open(path, journal.Options{LockTimeout: lockTimeout, AfterCommit: afterCommit, Scope: l.Scope})
+	if errors.Is(err, errdef.ErrCorrupt) {
+		salv, serr := journal.SalvageFile(path, lockTimeout)
+		if serr != nil {
+			l.Log.Warn("nothing could be salvaged from the corrupt journal", "err", serr)
+		}
+		if salv != nil && salv.Newer() {
+			return nil, salv.NewerError(path)
+		}
+		if _, rerr := l.RebuildJournal(err, salv, lockTimeout); rerr != nil {
+			return nil, rerr
+		}
+		db, err = journal.Open(path, journal.Options{LockTimeout: lockTimeout, AfterCommit: afterCommit, Scope: l.Scope})
+	}
+	if errors.Is(err, errdef.ErrLocked) {
+		return nil, l.Locked(lockTimeout, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if db.Created {
+		crash.Point(crash.JournalCreated)
+		if err := fsio.SyncDirFor(l.FS, fsio.SyncJournalDir, layout.StateDir); err != nil {
+			db.Close()
+			return nil, err
+		}
+		l.Log.Info("journal created; counting references from the layout", "path", path)
+	}
+	return db, nil
+}
+
+// RebuildPin is how long nothing is freed (by a transaction, GC or prune)
+// after the journal was rebuilt without the leases of the one it replaced
+// (they could not be read): a lease's blobs are unknown then, so any
+// unreferenced blob may be one of them. There is no maximum lease length;
+// a day covers the leases operations take for themselves (an hour,
+// renewed while they run) and the pulls of a cache. A lease longer than
+// that, lost with its journal, protects nothing after it.
+const RebuildPin = 24 * time.Hour
+
+// journalRebuild is the new journal while it is built, before it takes
+// the damaged one's place.
+const journalRebuild = JournalFile + ".rebuild"
+
+// Rebuilt says what RebuildJournal kept.
+type Rebuilt struct {
+	Aside  string    // where the damaged journal is now
+	Leases int       // leases put back
+	Pinned time.Time // nothing is freed before (zero: no pin)
+}
+
+// RebuildJournal replaces the damaged journal (why it is) by a new one
+// that holds the leases salv read from it (nil: nothing could be read),
+// and, when leases may have been lost, a pin: nothing is freed for
+// RebuildPin. The layout's state (refcounts, committed index, image
+// metadata) is not copied: recovery counts it from the layout. The writer
+// lock is not held (the damaged journal could not be opened).
+//
+// The new journal is built aside (journalRebuild) and synced before the
+// damaged one is renamed to journal.db.corrupt-<time> and the new one
+// into its place: a crash before that rename leaves the damaged journal,
+// which the next open rebuilds again; after it, FinishRebuild completes
+// the second rename. The leases are never missing from a journal in use.
+func (l *Layout) RebuildJournal(why error, salv *journal.Salvaged, lockTimeout time.Duration) (Rebuilt, error) {
+	var out Rebuilt
+	if err := l.FS.Remove(journalRebuild); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return out, fmt.Errorf("%w (removing %s: %v)", why, journalRebuild, err)
+	}
+	db, err := journal.Open(filepath.Join(l.StateRoot, journalRebuild), journal.Options{LockTimeout: lockTimeout})
+	if err != nil {
+		return out, fmt.Errorf("%w (building a new journal: %v)", why, err)
+	}
+	now := l.now()
+	lost := salv == nil || salv.LeasesLost || salv.Newer()
+	err = db.Update(func(tx *journal.Tx) error {
+		if salv != nil {
+			for _, l := range salv.Leases {
+				if l.Expired(now) {
+					continue
+				}
+				if err := tx.PutLease(l.Lease); err != nil {
+					return err
+				}
+				if err := tx.AddLeaseBlobs(l.ID, l.Blobs...); err != nil {
+					return err
+				}
+				out.Leases++
+			}
+		}
+		if lost {
+			out.Pinned = now.Add(RebuildPin)
+			return tx.SetPinnedUntil(now, out.Pinned)
+		}
+		return nil
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Rebuilt{}, fmt.Errorf("build a new journal: %w", err)
+	}
+	if err := l.FS.SyncDir(layout.StateDir); err != nil {
+		return Rebuilt{}, &fsio.SyncError{Path: layout.StateDir, Err: err}
+	}
+	if out.Aside, err = l.MoveJournalAside(why); err != nil {
+		return Rebuilt{}, err
+	}
+	if err := l.FinishRebuild(); err != nil {
+		return Rebuilt{}, err
+	}
+	if out.Leases > 0 {
+		l.Log.Warn("journal rebuilt: the leases that could be read are kept", "leases", out.Leases)
+	}
+	if lost {
+		l.Log.Warn("journal rebuilt without all its leases: nothing is freed until the pin ends", "until", out.Pinned)
+	}
+	return out, nil
+}
+
+// FinishRebuild puts the journal rebuildJournal built in place when a crash
+// left it aside with no journal (after the damaged one was moved away).
+func (l *Layout) FinishRebuild() error {
+	if _, err := l.FS.Lstat(JournalFile); !errors.Is(err, fs.ErrNotExist) {
+		return nil // there is a journal (or the open reports why not)
+	}
+	if fi, err := l.FS.Lstat(journalRebuild); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if err := l.FS.Rename(journalRebuild, JournalFile); err != nil {
+		return fmt.Errorf("journal: put the rebuilt one in place: %w", err)
+	}
+	if err := l.FS.SyncDir(layout.StateDir); err != nil {
+		return &fsio.SyncError{Path: layout.StateDir, Err: err}
+	}
+	return nil
+}
+
+// NewerJournal is NewerJournalAt for the layout's journal, which is not
+// opened when it, or .ocistore, is not what it should be (a symlink out of
+// the layout is never followed: the open that follows reports it).
+func (l *Layout) NewerJournal(lockTimeout time.Duration) error {
+	if bad, _ := JournalNotRegular(l.FS); bad != "" {
+		return nil
+	}
+	return NewerJournalAt(l.JournalPath(), lockTimeout)
+}
+
+// NewerJournalAt returns an error wrapping ErrJournalNewer when a newer
+// ocistore wrote the journal at path, damaged or not (a damaged one is
+// salvaged read-only for its version); nil otherwise, whatever else may be
+// wrong with it (the caller's own open reports that). It changes nothing
+// and waits at most lockTimeout for a writer (negative: not at all, and a
+// journal a writer holds passes).
+func NewerJournalAt(path string, lockTimeout time.Duration) error {
+	db, err := journal.Open(path, journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+	switch {
+	case err == nil:
+		return db.Close()
+	case errors.Is(err, errdef.ErrJournalNewer):
+		return err
+	case errors.Is(err, errdef.ErrCorrupt):
+		if salv, _ := journal.SalvageFile(path, lockTimeout); salv != nil && salv.Newer() {
+			return salv.NewerError(path)
+		}
+	}
+	return nil
+}
+
+// JournalNotRegular returns the path of .ocistore or of the journal when it
+// exists but is not a directory, or not a regular file, with why.
+func JournalNotRegular(fsys fsio.FS) (string, string) {
+	for _, c := range []struct {
+		path string
+		ok   func(fs.FileMode) bool
+		want string
+	}{
+		{layout.StateDir, fs.FileMode.IsDir, "a directory"},
+		{JournalFile, fs.FileMode.IsRegular, "a regular file"},
+	} {
+		fi, err := fsys.Lstat(c.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", ""
+		}
+		if err != nil {
+			return c.path, err.Error()
+		}
+		if !c.ok(fi.Mode()) {
+			return c.path, fmt.Sprintf("%s is %s, not %s: not opened", c.path, KindOf(fi.Mode()), c.want)
+		}
+	}
+	return "", ""
+}
+
+// KindOf words a file mode for messages ("a symlink", "a directory").
+func KindOf(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a regular file"
+	case m&fs.ModeSymlink != 0:
+		return "a symlink"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	}
+	return "a special file"
+}
+
+// MoveJournalAside renames the damaged journal to
+// journal.db.corrupt-<unix nanoseconds> and syncs .ocistore, so that a new
+// one can be built from the layout; the old file stays for a person to look
+// at. It returns the new name.
+func (l *Layout) MoveJournalAside(why error) (string, error) {
+	aside := fmt.Sprintf("%s.corrupt-%d", JournalFile, time.Now().UnixNano())
+	l.Log.Warn("journal is corrupt; keeping it aside and rebuilding from the layout", "err", why, "aside", aside)
+	if err := l.FS.Rename(JournalFile, aside); err != nil {
+		return "", fmt.Errorf("%w (moving it aside: %v)", why, err)
+	}
+	if err := l.FS.SyncDir(layout.StateDir); err != nil {
+		return "", &fsio.SyncError{Path: layout.StateDir, Err: err}
+	}
+	return aside, nil
+}
