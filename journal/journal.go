@@ -6,21 +6,20 @@
 // Reading never changes the journal and runs no recovery; it takes bbolt's
 // shared lock, waiting while a writer holds the journal. Everything that
 // changes the journal does so through package store, under its writer lock:
-// the schema is described in docs/DESIGN.md §5.
+// the schema is described in docs/DESIGN.md §7.
 package journal
 
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
 	ij "github.com/ocistore/ocistore/internal/journal"
-	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/protocol"
 )
 
@@ -82,10 +81,16 @@ func Read(dir string, lockTimeout time.Duration) (*Contents, error) {
 	}
 	path, scope := filepath.Join(abs, protocol.JournalFile), ""
 	if shared == "" {
-		// bbolt opens the file by path: a .ocistore that is a symlink out
-		// of the layout is refused, never followed.
-		if fi, err := os.Lstat(filepath.Join(abs, layout.StateDir)); err == nil && !fi.IsDir() {
-			return nil, fmt.Errorf("%s is not a directory: not opened: %w", filepath.Join(abs, layout.StateDir), errdef.ErrCorrupt)
+		// bbolt opens the file by path: a .ocistore or a journal.db that
+		// is a symlink (out of the layout) is refused, never followed.
+		fsys, err := fsio.OpenOS(abs)
+		if err != nil {
+			return nil, err
+		}
+		bad, detail := protocol.JournalNotRegular(fsys)
+		fsys.Close()
+		if bad != "" {
+			return nil, fmt.Errorf("%s: %w", detail, errdef.ErrCorrupt)
 		}
 	} else {
 		if scope, err = filepath.EvalSymlinks(abs); err != nil {

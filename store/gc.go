@@ -77,24 +77,18 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 	if o.Grace < 0 {
 		o.Grace = 0
 	}
-	if err := s.writable(); err != nil {
-		return nil, err
-	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	if err := s.writable(); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	db, cur, err := s.lock(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer db.Close()
+	var res *GCResult
+	err := s.withWriter(ctx, sectionIndex, func(db *journal.DB, cur *protocol.State) error {
+		var err error
+		res, err = s.collect(ctx, db, cur, o)
+		return err
+	})
+	return res, err
+}
 
+// collect is GC under the writer lock, on the layout after recovery.
+func (s *Store) collect(ctx context.Context, db *journal.DB, cur *protocol.State, o GCOptions) (*GCResult, error) {
+	start := time.Now()
 	now := s.now()
 	res := &GCResult{DryRun: o.DryRun}
 	cands, err := s.listBlobs(ctx, now.Add(-o.Grace), res)

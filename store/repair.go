@@ -336,22 +336,14 @@ func (s *Store) repairOnline(ctx context.Context, res *RepairResult, o *RepairOp
 // recount replaces the stored reference counts with a recount of the index
 // on disk, under the writer lock (they disagreed with it).
 func (s *Store) recount(ctx context.Context, res *RepairResult) error {
-	if err := s.writable(); err != nil {
-		return err
-	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	db, cur, err := s.lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	n, err := protocol.Recount(s.envFor(db), db, cur)
-	if err != nil {
-		return s.check(err)
-	}
-	res.act(s.log, "recount", "stored reference counts differed from a recount: %d blobs referenced by %s", n, cur.Digest)
-	return nil
+	return s.withWriter(ctx, sectionIndex, func(db *journal.DB, cur *protocol.State) error {
+		n, err := protocol.Recount(s.envFor(db), db, cur)
+		if err != nil {
+			return s.check(err)
+		}
+		res.act(s.log, "recount", "stored reference counts differed from a recount: %d blobs referenced by %s", n, cur.Digest)
+		return nil
+	})
 }
 
 func hasProblem(r *recovery.Report, p recovery.Problem) bool {
@@ -389,16 +381,14 @@ func (s *Store) quarantineBlobs(ctx context.Context, rep *recovery.Report, res *
 		return nil
 	}
 	sort.Slice(suspects, func(i, j int) bool { return suspects[i] < suspects[j] })
-	if err := s.writable(); err != nil {
-		return err
-	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	db, _, err := s.lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
+	return s.withWriter(ctx, sectionIndex, func(*journal.DB, *protocol.State) error {
+		return s.quarantineSuspects(ctx, suspects, res)
+	})
+}
+
+// quarantineSuspects moves the suspect blobs that are what the check said
+// (re-hashed) to the quarantine folder, under the writer lock.
+func (s *Store) quarantineSuspects(ctx context.Context, suspects []digest.Digest, res *RepairResult) error {
 	for _, d := range suspects {
 		p := layout.BlobPath(d)
 		fi, err := s.lay.FS.Lstat(p)
@@ -441,17 +431,14 @@ func (s *Store) quarantineBlobs(ctx context.Context, rep *recovery.Report, res *
 // it refuses (ErrRefused, nothing changed) to remove every entry, or any
 // when the layout's blobs seem to live elsewhere.
 func (s *Store) dropBroken(ctx context.Context, o *RepairOptions, res *RepairResult) error {
+	return s.withWriter(ctx, sectionIndex, func(db *journal.DB, cur *protocol.State) error {
+		return s.dropBrokenLocked(ctx, db, cur, o, res)
+	})
+}
+
+// dropBrokenLocked is dropBroken under the writer lock.
+func (s *Store) dropBrokenLocked(ctx context.Context, db *journal.DB, cur *protocol.State, o *RepairOptions, res *RepairResult) error {
 	keepOrphans := o.KeepOrphans
-	if err := s.writable(); err != nil {
-		return err
-	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	db, cur, err := s.lock(ctx)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
 	broken, err := fsck.BrokenEntries(ctx, s.lay.FS, cur.Index)
 	if err != nil || len(broken) == 0 {
 		return err

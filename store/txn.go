@@ -145,7 +145,10 @@ func (s *Store) commit(ctx context.Context, changes []*change) {
 	}
 }
 
-// commitOnce is one attempt of commit; errSolo asks for another.
+// commitOnce is one attempt of commit; errSolo asks for another. It is the
+// protocol's forward path (docs/DESIGN.md §4.2): plan and journal in one
+// bbolt transaction, then apply (index.json, unlinks, clear), then the
+// callers' results.
 func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 	if err := s.writable(); err != nil { // closed or poisoned while we waited
 		return err
@@ -174,142 +177,179 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 	}
 	defer db.Close()
 
-	// 1. Plan and 2. journal commit: the plans, the refcounts, the image
-	// metadata and the record in one bbolt transaction.
-	var (
-		rec       journal.Record
-		freed     []v1.Descriptor
-		owner     map[digest.Digest]*change // who freed each blob
-		swept     []journal.Lease
-		used      map[digest.Digest]time.Time
-		next      *layout.Index
-		newBytes  []byte
-		newDigest digest.Digest
-		hasher    *layout.IndexHasher // for the transactions after this one
-		ops       []string
-		prepared  *fsio.Prepared  // the new index.json, written before the commit
-		pinned    string          // why nothing is freed (pinReason)
-		kept      []v1.Descriptor // what would have been freed but for it
-	)
+	p := &planned{cur: cur}
 	err = db.Update(func(tx *journal.Tx) error {
-		t := s.newTxn(tx)
-		var err error
-		if swept, err = s.sweepLeases(tx, t.now); err != nil {
+		if err := s.plan(tx, live, changes, p); err != nil {
 			return err
 		}
-		if used, err = s.flushLastUse(tx); err != nil {
-			return err
-		}
-		c := &refcount.Counter{T: tx, Load: t.load, Present: s.present}
-		var freedBy []*change // who freed each of c.Freed, by index
-		ops = ops[:0]
-		prev := cur.Index.Entries
-		for _, ch := range live {
-			ch.err = nil
-			entries, err := ch.plan(cur.Index.With(prev), t)
-			if err != nil {
-				if len(live) == 1 {
-					return err
-				}
-				ch.err = err // its plan changed nothing: the others go on
-				continue
-			}
-			added, removed := diffRoots(prev, entries)
-			t.prefetch(append(added[:len(added):len(added)], removed...))
-			from := len(c.Freed)
-			// An image is a manifest, its config and a few layers.
-			c.Reserve(4 * (len(added) + len(removed)))
-			for _, d := range added {
-				if err = c.Inc(d); err != nil {
-					break
-				}
-			}
-			for _, d := range removed {
-				if err != nil {
-					break
-				}
-				err = c.Dec(d)
-			}
-			if err != nil {
-				if len(live) == 1 {
-					return err
-				}
-				return errSolo{solo: indexOf(changes, ch)}
-			}
-			for range c.Freed[from:] {
-				freedBy = append(freedBy, ch)
-			}
-			prev = entries
-			ops = append(ops, ch.op)
-		}
-		if len(ops) == 0 || sameEntries(cur.Index.Entries, prev) {
-			return errNoChange // every plan failed, or none changed an entry
-		}
-		next = cur.Index.With(prev)
-		newBytes = next.Marshal()
-		newDigest, hasher = s.snap.Load().hasher.Sum(newBytes)
-		if newDigest == cur.Digest {
-			return errNoChange
-		}
-		// A blob freed by one change and used again by a later one stays.
-		var gone []v1.Descriptor
-		owner = make(map[digest.Digest]*change, len(c.Freed))
-		for i, f := range c.Freed {
-			owner[f.Digest] = freedBy[i] // the last change to free it
-		}
-		seen := make(map[digest.Digest]bool, len(c.Freed))
-		for _, f := range c.Freed {
-			if seen[f.Digest] {
-				continue
-			}
-			seen[f.Digest] = true
-			if len(live) > 1 {
-				r, err := tx.GetRef(f.Digest)
-				if err != nil {
-					return err
-				}
-				if r.Count > 0 {
-					continue
-				}
-			}
-			gone = append(gone, f)
-		}
-		// Blobs a live lease holds stay, unreferenced, until it ends (GC).
-		if freed, err = withoutLeased(tx, gone, t.now); err != nil {
-			return err
-		}
-		// Unknown means pinned: while a closure is unknown, nothing goes.
-		if len(freed) > 0 {
-			if pinned = pinReason(tx, t.now); pinned != "" {
-				kept, freed = freed, nil
-			}
-		}
-		added, removed := diffRoots(cur.Index.Entries, prev)
-		if err := s.trackImages(t, cur.Digest, newDigest, prev, added, removed); err != nil {
-			return err
-		}
-		rec = journal.Record{Op: groupOp(ops), Time: time.Now().UTC(), OldIndex: cur.Digest, NewIndex: newDigest, Deltas: c.Deltas}
-		for _, f := range freed {
-			rec.Unlink = append(rec.Unlink, f.Digest)
-		}
-		var base []byte
-		if tx.IndexDigest() == cur.Digest {
-			base = cur.Bytes // stored as a delta against it
-		}
-		if err := tx.AddPendingFrom(&rec, newBytes, base); err != nil {
-			return err
-		}
-		// The new index.json is written and synced before the commit: a
-		// full disk or a failed write fails the transaction while nothing
-		// is committed, so that an error means nothing changed.
-		prepared, err = protocol.PrepareIndex(s.lay.FS, newBytes)
-		return err
+		return s.journal(tx, p)
 	})
 	if err != nil {
-		if aerr := prepared.Abort(); aerr != nil {
+		if aerr := p.prepared.Abort(); aerr != nil {
 			s.log.Warn("temp index.json not removed; recovery removes it", "err", aerr)
 		}
+		return s.failed(live, err)
 	}
+	s.logSwept(p.swept)
+	s.flushedLastUse(p.used)
+	crash.Point(crash.TxnJournaled)
+	present, err := s.apply(db, p)
+	if err != nil {
+		return s.check(err)
+	}
+	s.results(live, p, present, start)
+	return nil
+}
+
+// planned is a transaction between its plan and its results.
+type planned struct {
+	cur       *protocol.State // the layout it starts from
+	rec       journal.Record
+	freed     []v1.Descriptor
+	owner     map[digest.Digest]*change // who freed each blob
+	swept     []journal.Lease
+	used      map[digest.Digest]time.Time
+	next      *layout.Index
+	newBytes  []byte
+	newDigest digest.Digest
+	hasher    *layout.IndexHasher // for the transactions after this one
+	ops       []string
+	deltas    map[digest.Digest]int64 // the refcount changes, recorded with the record
+	prepared  *fsio.Prepared          // the new index.json, written before the commit
+	pinned    string                  // why nothing is freed (pinReason)
+	kept      []v1.Descriptor         // what would have been freed but for it
+}
+
+// plan is step 1, inside the bbolt transaction: each change's plan on the
+// index the previous ones made, the refcounts they change, and what they
+// free (not what a live lease holds, nothing while a closure is unknown).
+// errNoChange when nothing changes; errSolo when a change of a group must
+// run alone.
+func (s *Store) plan(tx *journal.Tx, live, changes []*change, p *planned) error {
+	t := s.newTxn(tx)
+	var err error
+	if p.swept, err = s.sweepLeases(tx, t.now); err != nil {
+		return err
+	}
+	if p.used, err = s.flushLastUse(tx); err != nil {
+		return err
+	}
+	cur := p.cur
+	c := &refcount.Counter{T: tx, Load: t.load, Present: s.present}
+	var freedBy []*change // who freed each of c.Freed, by index
+	p.ops = p.ops[:0]
+	prev := cur.Index.Entries
+	for _, ch := range live {
+		ch.err = nil
+		entries, err := ch.plan(cur.Index.With(prev), t)
+		if err != nil {
+			if len(live) == 1 {
+				return err
+			}
+			ch.err = err // its plan changed nothing: the others go on
+			continue
+		}
+		added, removed := diffRoots(prev, entries)
+		t.prefetch(append(added[:len(added):len(added)], removed...))
+		from := len(c.Freed)
+		// An image is a manifest, its config and a few layers.
+		c.Reserve(4 * (len(added) + len(removed)))
+		for _, d := range added {
+			if err = c.Inc(d); err != nil {
+				break
+			}
+		}
+		for _, d := range removed {
+			if err != nil {
+				break
+			}
+			err = c.Dec(d)
+		}
+		if err != nil {
+			if len(live) == 1 {
+				return err
+			}
+			return errSolo{solo: indexOf(changes, ch)}
+		}
+		for range c.Freed[from:] {
+			freedBy = append(freedBy, ch)
+		}
+		prev = entries
+		p.ops = append(p.ops, ch.op)
+	}
+	if len(p.ops) == 0 || sameEntries(cur.Index.Entries, prev) {
+		return errNoChange // every plan failed, or none changed an entry
+	}
+	p.next = cur.Index.With(prev)
+	p.newBytes = p.next.Marshal()
+	p.newDigest, p.hasher = s.snap.Load().hasher.Sum(p.newBytes)
+	if p.newDigest == cur.Digest {
+		return errNoChange
+	}
+	// A blob freed by one change and used again by a later one stays.
+	var gone []v1.Descriptor
+	p.owner = make(map[digest.Digest]*change, len(c.Freed))
+	for i, f := range c.Freed {
+		p.owner[f.Digest] = freedBy[i] // the last change to free it
+	}
+	seen := make(map[digest.Digest]bool, len(c.Freed))
+	for _, f := range c.Freed {
+		if seen[f.Digest] {
+			continue
+		}
+		seen[f.Digest] = true
+		if len(live) > 1 {
+			r, err := tx.GetRef(f.Digest)
+			if err != nil {
+				return err
+			}
+			if r.Count > 0 {
+				continue
+			}
+		}
+		gone = append(gone, f)
+	}
+	// Blobs a live lease holds stay, unreferenced, until it ends (GC).
+	if p.freed, err = withoutLeased(tx, gone, t.now); err != nil {
+		return err
+	}
+	// Unknown means pinned: while a closure is unknown, nothing goes.
+	if len(p.freed) > 0 {
+		if p.pinned = pinReason(tx, t.now); p.pinned != "" {
+			p.kept, p.freed = p.freed, nil
+		}
+	}
+	p.deltas = c.Deltas
+	added, removed := diffRoots(cur.Index.Entries, prev)
+	return s.trackImages(t, cur.Digest, p.newDigest, prev, added, removed)
+}
+
+// journal is step 2, in the same bbolt transaction: the record (what it
+// frees, the new index's bytes) and the new index.json, written and synced
+// under a temp name before the commit, so that a full disk or a failed
+// write fails the transaction while nothing is committed: an error means
+// nothing changed.
+func (s *Store) journal(tx *journal.Tx, p *planned) error {
+	p.rec = journal.Record{Op: groupOp(p.ops), Time: time.Now().UTC(), OldIndex: p.cur.Digest, NewIndex: p.newDigest, Deltas: p.deltas}
+	for _, f := range p.freed {
+		p.rec.Unlink = append(p.rec.Unlink, f.Digest)
+	}
+	var base []byte
+	if tx.IndexDigest() == p.cur.Digest {
+		base = p.cur.Bytes // stored as a delta against it
+	}
+	if err := tx.AddPendingFrom(&p.rec, p.newBytes, base); err != nil {
+		return err
+	}
+	var err error
+	p.prepared, err = protocol.PrepareIndex(s.lay.FS, p.newBytes)
+	return err
+}
+
+// failed settles a transaction that committed nothing: errNoChange is a
+// success that changed nothing; a single change gets its error; a group
+// returns it (or errSolo) for commit to share out or retry.
+func (s *Store) failed(live []*change, err error) error {
 	if errors.Is(err, errNoChange) {
 		for _, c := range live {
 			if c.err == nil {
@@ -318,61 +358,64 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		}
 		return nil
 	}
-	if err != nil {
-		var es errSolo
-		if errors.As(err, &es) {
-			return err
-		}
-		err = s.check(err)
-		if len(live) == 1 {
-			live[0].err = err
-			return nil
-		}
+	var es errSolo
+	if errors.As(err, &es) {
 		return err
 	}
-	s.logSwept(swept)
-	s.flushedLastUse(used)
-	crash.Point(crash.TxnJournaled)
-	// 3-5. index.json, unlinks, clear. What was freed is what was on
-	// disk to unlink (a foreign layer never was).
-	byPath := make(map[string]digest.Digest, len(freed))
-	for _, f := range freed {
+	err = s.check(err)
+	if len(live) == 1 {
+		live[0].err = err
+		return nil
+	}
+	return err
+}
+
+// apply is steps 3 to 5 (protocol.Apply): index.json renamed into place,
+// the freed blobs unlinked or trashed, the record cleared. It returns the
+// freed blobs that were on disk to unlink (a foreign layer never was).
+func (s *Store) apply(db *journal.DB, p *planned) (map[digest.Digest]bool, error) {
+	byPath := make(map[string]digest.Digest, len(p.freed))
+	for _, f := range p.freed {
 		byPath[layout.BlobPath(f.Digest)] = f.Digest
 	}
-	present := make(map[digest.Digest]bool, len(freed))
+	present := make(map[digest.Digest]bool, len(p.freed))
 	env := s.env()
-	env.Unlinked = func(p string) { present[byPath[p]] = true }
-	stamp, err := protocol.Apply(env, db, &rec, prepared, cur)
+	env.Unlinked = func(path string) { present[byPath[path]] = true }
+	stamp, err := protocol.Apply(env, db, &p.rec, p.prepared, p.cur)
 	if err != nil {
-		return s.check(err)
+		return nil, err
 	}
-	s.snap.Store(&snapshot{ix: next, raw: newBytes, digest: newDigest, stamp: stamp, hasher: hasher})
+	s.snap.Store(&snapshot{ix: p.next, raw: p.newBytes, digest: p.newDigest, stamp: stamp, hasher: p.hasher})
+	return present, nil
+}
 
+// results gives each change its result: its transaction, what it freed
+// (what was on disk) and what a pin kept.
+func (s *Store) results(live []*change, p *planned, present map[digest.Digest]bool, start time.Time) {
 	for _, c := range live {
 		if c.err == nil {
-			c.res = &Result{Txn: rec.ID}
+			c.res = &Result{Txn: p.rec.ID}
 		}
 	}
-	for _, f := range kept {
-		res := owner[f.Digest].res
-		res.Pinned = pinned
+	for _, f := range p.kept {
+		res := p.owner[f.Digest].res
+		res.Pinned = p.pinned
 		res.Kept = append(res.Kept, Blob{Digest: f.Digest.String(), Size: f.Size})
 	}
-	if pinned != "" {
-		s.log.Warn("transaction freed nothing", "op", rec.Op, attrTxn, rec.ID, "kept", len(kept), "why", pinned)
+	if p.pinned != "" {
+		s.log.Warn("transaction freed nothing", "op", p.rec.Op, attrTxn, p.rec.ID, "kept", len(p.kept), "why", p.pinned)
 	}
 	var bytes int64
-	for _, f := range freed {
+	for _, f := range p.freed {
 		if !present[f.Digest] {
 			continue // never on disk (a foreign layer): nothing was freed
 		}
-		res := owner[f.Digest].res
+		res := p.owner[f.Digest].res
 		res.Freed = append(res.Freed, Blob{Digest: f.Digest.String(), Size: f.Size})
 		res.BytesFreed += f.Size
 		bytes += f.Size
 	}
-	s.log.Debug("transaction committed", "op", rec.Op, attrTxn, rec.ID, "changes", len(ops), "freed", len(freed), "bytes", bytes, "took", time.Since(start))
-	return nil
+	s.log.Debug("transaction committed", "op", p.rec.Op, attrTxn, p.rec.ID, "changes", len(p.ops), "freed", len(p.freed), "bytes", bytes, "took", time.Since(start))
 }
 
 // sameEntries reports whether a and b are the same entries, byte for byte:
