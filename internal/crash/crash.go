@@ -3,6 +3,11 @@
 // between two steps. In production no crash point is armed and Point costs one
 // atomic load.
 //
+// DESIGN.md §4.7 maps each point to its step of the protocol (§4.2 for a
+// transaction, §4.5 for an ingest, §4.6 for init and journal creation) and
+// says what is durable there; §5.3 says what recovery does after a crash at
+// each.
+//
 // A process is armed through the environment variable OCISTORE_CRASHPOINT,
 // read once at start: "NAME" kills the process (SIGKILL, no deferred code, no
 // buffered output) the first time Point(NAME) is reached; "NAME@K" kills it at
@@ -28,7 +33,7 @@ const EnvVar = "OCISTORE_CRASHPOINT"
 
 // The crash points of the protocol, in the order a transaction reaches them.
 const (
-	// Transaction (the protocol in the README, How it works).
+	// Transaction (DESIGN.md §4.2: the step of each point is in its comment).
 	IndexTempWritten  = "index-temp-written" // step 2, before the journal commit: temp index written, not yet synced (recovery: a replay's temp index)
 	TxnJournaled      = "txn-journaled"      // step 2 done: record durable, new index.json prepared under a temp name
 	IndexRenamed      = "index-renamed"      // step 3: renamed over index.json, layout dir not synced
@@ -36,14 +41,14 @@ const (
 	BlobUnlinked      = "blob-unlinked"      // step 4: after each unlink, before the blob dir sync
 	BlobDirSynced     = "blob-dir-synced"    // step 4 done: blob dirs synced, record not cleared
 	TxnCleared        = "txn-cleared"        // step 5 done
-	TrashUnlinked     = "trash-unlinked"     // after step 4 through the trash: after each unlink of a trash file
-	IngestWritten     = "ingest-written"     // ingest: temp file written and synced, not renamed
+	TrashUnlinked     = "trash-unlinked"     // after step 4 through the trash (DESIGN.md §11): after each unlink of a trash file
+	IngestWritten     = "ingest-written"     // ingest (DESIGN.md §4.5): temp file written and synced, not renamed
 	IngestRenamed     = "ingest-renamed"     // ingest: renamed into blobs/, dir not synced
 	IngestSynced      = "ingest-synced"      // ingest: blob dir synced, journal not told
-	RecoverReplayed   = "recover-replayed"   // recovery: index.json rewritten from the record
+	RecoverReplayed   = "recover-replayed"   // recovery (DESIGN.md §5.2): index.json rewritten from the record
 	RecoverUnlinked   = "recover-unlinked"   // recovery: after each unlink of a pending record
-	RecoverRecounted  = "recover-recounted"  // recovery: refcounts recounted, record not dropped
-	JournalCreated    = "journal-created"    // adoption: db file created, directory not synced
+	RecoverRecounted  = "recover-recounted"  // recovery: before the commit that stores a recount (and drops a record rolled back)
+	JournalCreated    = "journal-created"    // adoption (DESIGN.md §4.6): db file created, directory not synced
 	LayoutInitialized = "layout-initialized" // init: oci-layout written, index.json not yet
 )
 

@@ -24,15 +24,19 @@ var (
 	// ErrLocked: another process holds the layout's writer lock.
 	ErrLocked = errors.New("locked by another process")
 	// ErrDurability marks an error of an fsync or of a journal commit: the
-	// state on disk is unknown, and the handle that saw it must be poisoned.
+	// state on disk is unknown, and the handle that saw it must be poisoned
+	// (DESIGN.md §3.1).
 	ErrDurability = errors.New("durability failure")
 	// ErrPoisoned: an earlier fsync or journal commit failed; the handle refuses
 	// writes until it is closed and opened again.
 	ErrPoisoned = errors.New("store handle poisoned by an earlier durability failure; reopen it")
 	// ErrClosed: the store has been closed.
 	ErrClosed = errors.New("store closed")
-	// ErrConflict: another tool changed index.json during a transaction; the
-	// transaction's unlinks were not done and recovery rolls it back.
+	// ErrConflict: another tool changed index.json during a transaction: its
+	// index stands, and the transaction's record is dropped with a recount
+	// of the file (at once, or by the next recovery for a GC). Blobs taken
+	// into the trash that the file reaches are put back; blobs unlinked in
+	// place before the change was seen stay unlinked (DESIGN.md §4.3, §9.2).
 	ErrConflict = errors.New("index.json changed by another tool during the transaction")
 	// ErrReadOnly: a write on a store opened read-only.
 	ErrReadOnly = errors.New("store opened read-only")
@@ -47,7 +51,7 @@ var (
 	// recovery): the change happened, but its cleanup (unlinking the blobs
 	// it freed, clearing its record) is pending until recovery runs
 	// (`ocistore recover`, or the next open or writer). Any other error of
-	// a write means that nothing changed.
+	// a write means that nothing changed (DESIGN.md §4.3).
 	ErrIncomplete = errors.New("change made, cleanup pending")
 	// ErrNotLayout: a directory holds files but is not an OCI image layout.
 	ErrNotLayout = errors.New("not an OCI image layout")

@@ -5,6 +5,9 @@
 //
 // # Durability rules
 //
+// DESIGN.md §3.1 states them with their reasons; the protocol that relies on
+// them is DESIGN.md §4.2.
+//
 //   - A file is published only after its data is synced: temp file in the
 //     destination's file system, write, fsync, rename.
 //   - A rename or an unlink is durable only after the directory that holds the
@@ -16,7 +19,8 @@
 //
 // All paths are slash-separated and relative to the layout root. The OS file
 // system confines every access to the root (os.Root): a symlink or a ".."
-// that leads outside the layout is an error, never a read or write outside it.
+// that leads outside the layout is an error, never a read or write outside it
+// (DESIGN.md §3.2).
 package fsio
 
 import (

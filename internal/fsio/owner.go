@@ -10,7 +10,7 @@ import (
 	"syscall"
 )
 
-// Owners of temp files.
+// Owners of temp files (DESIGN.md §12).
 //
 // Whoever writes files that only it may remove while it lives (an ingest's
 // temp file, the files a transaction put in the trash) names them after a

@@ -13,7 +13,7 @@ import (
 // root, not yet renamed over its final name. It splits ReplaceFile in two,
 // so that the part that needs space and can fail for want of it (writing
 // and syncing the data) runs before a journal commit, and the part after
-// the commit is a rename, which needs none.
+// the commit is a rename, which needs none (DESIGN.md §4.2, steps 2 and 3).
 type Prepared struct {
 	fsys FS
 	tmp  string

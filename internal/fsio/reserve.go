@@ -13,15 +13,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The space reserve (a ballast file, as CockroachDB keeps one): a file of
-// real, allocated blocks next to the journal that holds back enough space
-// for the transactions that free space to run on a full file system. When
-// the file system is full, everything ocistore writes fails: the journal
-// (bbolt grows its file with ftruncate, a sparse extension, so a commit
-// that writes a page past the last one written needs a new block and fails
-// its write with ENOSPC), the temp file of the new index.json, the trash
-// directory. Unlinking the reserve gives those writes their space back;
-// the store makes it again once the space is free (see package store).
+// The space reserve (a ballast file, as CockroachDB keeps one; see
+// DESIGN.md §13): a file of real, allocated blocks next to the journal that
+// holds back enough space for the transactions that free space to run on a
+// full file system. When the file system is full, everything ocistore
+// writes fails: the journal (bbolt grows its file with ftruncate, a sparse
+// extension, so a commit that writes a page past the last one written needs
+// a new block and fails its write with ENOSPC), the temp file of the new
+// index.json, the trash directory. Unlinking the reserve gives those writes
+// their space back; the store makes it again once the space is free (see
+// package store).
 //
 // The reserve holds no data: it needs no fsync for what it holds, only for
 // its blocks and its name to survive a crash, and a failure to make or

@@ -16,7 +16,8 @@ import (
 // journal, whose refcounts must live with the blobs they count, the ingest
 // temp files, which must be renamed into the blob directory on the same
 // file system, the quarantine) to the shared directory's ".ocistore";
-// everything else (index.json, oci-layout) to the layout.
+// everything else (index.json, oci-layout) to the layout. See DESIGN.md
+// §2.3 for the routing and §10 for what the store makes of it.
 type Shared struct {
 	Layout FS // the layout root
 	Blobs  FS // the shared blob directory

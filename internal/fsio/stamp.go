@@ -9,7 +9,9 @@ import (
 
 // Stamp identifies one version of a file cheaply: a rename gives a new
 // inode, an in-place rewrite new change times. Equal stamps mean the same
-// content for every writer that does not forge timestamps.
+// content for every writer that does not forge timestamps. DESIGN.md §9
+// says where the store relies on it (and where a stamp taken too soon
+// after a change is not trusted alone).
 type Stamp struct {
 	Ino, Size    uint64
 	Mtime, Ctime int64

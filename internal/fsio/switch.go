@@ -2,9 +2,10 @@ package fsio
 
 import "sync"
 
-// Durability switches: each names one fsync of the protocol. A test turns
-// one off to prove that the crash harness notices when it is missing; in
-// production none is ever off and a check costs one map lookup.
+// Durability switches: each names one fsync of the protocol (DESIGN.md
+// §3.3). A test turns one off to prove that the crash harness notices when
+// it is missing; in production none is ever off and a check costs one map
+// lookup.
 const (
 	SyncIndexFile  = "index-file"  // the new index.json's data, before its rename
 	SyncLayoutDir  = "layout-dir"  // the layout root, after index.json is renamed

@@ -17,11 +17,12 @@ import (
 // with "/" turned to "-". A missing file counts as taken out. It then
 // syncs each directory it took a file out of, and the trash, once.
 // Taking a file into the trash frees nothing; an unlink of its last name
-// also frees the inode and blocks, which on a 2-core machine costs about
-// three times as long (10,000 small files: 85-150 ms into the trash,
-// 260-320 ms unlinked), and on a file system mounted with discard makes
-// the next commit wait for the device. The trash is emptied later
-// (RemoveFiles) by whoever the caller gives the returned trash paths to.
+// also frees the inode and blocks, which costs several times as long (see
+// BENCHMARKS.md, "Figures behind design choices"), and on a file system
+// mounted with discard makes the next commit wait for the device. The
+// trash is emptied later (RemoveFiles) by whoever the caller gives the
+// returned trash paths to. The trash's part in the protocol: DESIGN.md
+// §11.
 //
 // When the trash directory cannot be made, every name is unlinked in place.
 // A name that cannot be taken into the trash for a reason of the trash
@@ -120,10 +121,9 @@ type DirLinker interface {
 // directory; a rename between two directories is serialized with every
 // other in the file system (the kernel's per-file-system rename lock), so
 // the workers of TrashFiles overlap links and unlinks but not renames
-// (10,000 small files on ext4: 85-95 ms linked and unlinked by four
-// workers, 100-150 ms renamed). Between the two steps the file has both
-// names; either is a state recovery handles (the blob is still in the
-// layout, or it is out of it).
+// (figures: BENCHMARKS.md, "Figures behind design choices"). Between the
+// two steps the file has both names; either is a state recovery handles
+// (the blob is still in the layout, or it is out of it: DESIGN.md §5.3).
 func (c *dirCache) move(oldname, newname string) error {
 	oh, ob := c.dir(oldname)
 	nh, nb := c.dir(newname)

@@ -98,11 +98,13 @@ func RemoveFiles(fsys FS, purpose string, names []string, after func(name string
 // Guard is asked before the first name of a batch (RemoveFilesGuarded,
 // TrashFilesGuarded) and again before every GuardEvery names: an error
 // stops the batch there, and is returned. A transaction's unlinks use it
-// to stop as soon as another tool rewrites index.json.
+// to stop as soon as another tool rewrites index.json (DESIGN.md §9.2).
 type Guard func() error
 
 // GuardEvery is how many names a batch takes between two questions to its
-// Guard: a stat of index.json costs about a tenth of an unlink.
+// Guard: a stat of index.json is cheap next to an unlink, so asking every
+// 32 names costs the batch little while bounding what goes after another
+// tool's write (figure: BENCHMARKS.md, "Figures behind design choices").
 const GuardEvery = 32
 
 // RemoveFilesGuarded is RemoveFiles asking guard (when not nil) as it goes.
@@ -149,9 +151,9 @@ func RemoveFilesGuarded(fsys FS, purpose string, names []string, guard Guard, af
 }
 
 // parallelRemoveMin is the batch from which RemoveFiles unlinks with
-// several workers: unlinks in one directory still overlap in the kernel
-// (measured on ext4: 10,000 unlinks took 480-600 ms with one goroutine,
-// 295-360 ms with two).
+// several workers: unlinks in one directory still overlap in the kernel,
+// so a large batch ends sooner on several goroutines (figures:
+// BENCHMARKS.md, "Figures behind design choices").
 const parallelRemoveMin = 64
 
 // removeWorkers is how many unlinks run at once.

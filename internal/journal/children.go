@@ -11,11 +11,11 @@ import (
 	"github.com/ocistore/ocistore/internal/errdef"
 )
 
-// A Ref of an expanded manifest or index may carry its children (v3), so
-// that releasing it reads no blob: the digest, size and media type of each
-// descriptor it references, in its order. Manifests are content addressed,
-// so what was read from one when it became live is what it holds until it
-// dies.
+// A Ref of an expanded manifest or index may carry its children (v3;
+// DESIGN.md §7.2 and §8.1), so that releasing it reads no blob: the
+// digest, size and media type of each descriptor it references, in its
+// order. Manifests are content addressed, so what was read from one when
+// it became live is what it holds until it dies.
 //
 // Stored form, after the flag byte (bit 2 set): uvarint count, then per
 // child its media type (uvarint code of mediaTypeCodes, 0 for a

@@ -11,10 +11,11 @@ import (
 	"github.com/ocistore/ocistore/internal/errdef"
 )
 
-// Copies of index.json in the indexes bucket are stored whole or as a
-// delta against another stored copy, its base: a transaction that changes
-// a few entries of a large index journals a few hundred bytes, not the
-// whole file again (at 20,000 images index.json is about 5 MB).
+// Copies of index.json in the indexes bucket (DESIGN.md §7.2) are stored
+// whole or as a delta against another stored copy, its base: a transaction
+// that changes a few entries of a large index journals a few hundred
+// bytes, not the whole file again (at 20,000 images index.json is about
+// 5 MB).
 //
 // A whole copy is the file's bytes; they start with '{' or white space, as
 // any JSON document does. A delta starts with deltaTag:

@@ -3,6 +3,10 @@
 //
 // # Schema (version 4)
 //
+// DESIGN.md §7 describes this schema with its encodings (§7.2), its
+// versions and upgrades (§7.3), salvage and rebuild (§7.4) and shared
+// journals (§7.5); the record's part in the protocol is DESIGN.md §4.2.
+//
 //	meta/                      bucket
 //	  "schema"        -> uint64 big endian: schema version (4)
 //	  "index"         -> digest of the index.json last committed through the journal
@@ -10,6 +14,13 @@
 //	  "index-stamp"   -> digest, NUL, stamp: the stamp (inode, size, mtime,
 //	                     ctime; opaque here) that index.json had when it was
 //	                     known to hold that digest (optional; v2)
+//	  "images-index"  -> digest of the index.json whose roots images/ and
+//	                     referrers/ describe (v2)
+//	  "live-bytes"    -> uint64 big endian (v2, top level only): total size
+//	                     of the blobs in refs/
+//	  "unknown-refs"  -> uint64 big endian (v4, top level only): how many
+//	                     live refs have an unknown closure; absent until the
+//	                     store recounts an upgraded database
 //	  "pinned"        -> (optional, top level only) two int64 big endian,
 //	                     Unix nanoseconds: when the database was rebuilt
 //	                     without the leases of the one it replaced, and
@@ -31,12 +42,6 @@
 //	                     manifest (see children.go), or (v4, flag bit 4)
 //	                     why a live manifest's children could not be
 //	                     counted (its closure is unknown: see unknown.go)
-//	  "unknown-refs"  -> (in meta, v4) uint64 big endian: how many live refs
-//	                     have an unknown closure; absent until the store
-//	                     recounts an upgraded database
-//	  "live-bytes"    -> uint64 big endian (v2): total size of the blobs in refs/
-//	  "images-index"  -> digest of the index.json whose roots images/ and
-//	                     referrers/ describe (v2)
 //	images/                    bucket (v2): one key per root manifest of index.json
 //	  <digest>        -> ImageMeta: version byte, then firstSeen, created,
 //	                     lastUsed, subject, labels (see encodeImage)
@@ -54,7 +59,8 @@
 //	                           "index-stamp", "next-txn", "images-index"),
 //	                           indexes/, pending/, images/ and referrers/, as
 //	                           above; refs/, leases/ and the top-level meta
-//	                           ("schema", "live-bytes") count every layout
+//	                           ("schema", "live-bytes", "unknown-refs",
+//	                           "pinned") count every layout
 //
 // Version 1 had none of the buckets and keys marked (v2); version 2 stored
 // no children in refs and no copy of index.json in a bucket of its own;
@@ -88,13 +94,13 @@
 // and a shared one for read-only. ocistore opens the database read-write only
 // for the length of one transaction (or one recovery), so that lock is the
 // cross-process writer lock of the layout: a second process waits up to its
-// timeout, then gets ErrLocked.
+// timeout, then gets ErrLocked (DESIGN.md §4.1).
 //
 // # Caveats
 //
 // bbolt does not fsync the directory of a file it creates. Open reports
 // Created, and the caller (which owns the layout's directories through fsio)
-// syncs .ocistore before relying on the file.
+// syncs .ocistore before relying on the file (DESIGN.md §3.1, rule 4).
 package journal
 
 import (
@@ -857,7 +863,8 @@ func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
 	}
 	// Keys go in sorted order: bbolt keeps a node's keys in one slice until
 	// the commit splits it, so random order costs a memmove per insert
-	// (quadratic: 20 s for 80,000 blobs), sorted order an append.
+	// (quadratic in the number of blobs; the figure is in BENCHMARKS.md,
+	// "Figures behind design choices"), sorted order an append.
 	b.FillPercent = 1.0
 	keys := make([]string, 0, len(refs))
 	for d, r := range refs {

@@ -13,7 +13,7 @@ import (
 
 // Lease is a stored lease: while it has not expired, the blobs added to it
 // are not deleted by a transaction or by GC, whether anything references
-// them or not.
+// them or not (DESIGN.md §8.3).
 type Lease struct {
 	ID      string
 	Created time.Time

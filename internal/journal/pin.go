@@ -8,10 +8,11 @@ import (
 var kPinned = []byte("pinned")
 
 // SetPinnedUntil records that the database was rebuilt at since without
-// knowing the leases of the one it replaced, so that nothing may be freed
-// before until (the blobs of a lease that could not be read are unknown:
-// any unreferenced blob may be one of them). It is in the top-level meta
-// bucket: leases are shared by every layout of a shared journal.
+// knowing the leases of the one it replaced (DESIGN.md §7.4, §8.2), so
+// that nothing may be freed before until (the blobs of a lease that could
+// not be read are unknown: any unreferenced blob may be one of them). It
+// is in the top-level meta bucket: leases are shared by every layout of a
+// shared journal.
 func (t *Tx) SetPinnedUntil(since, until time.Time) error {
 	v := make([]byte, 16)
 	binary.BigEndian.PutUint64(v, uint64(since.UnixNano()))

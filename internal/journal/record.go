@@ -18,8 +18,10 @@ import (
 // RecordVersion is the encoding version of Record.
 const RecordVersion = 1
 
-// Record is one planned transaction (step 2 of the protocol in the README, How it works): everything needed
-// to finish it, or to know that it must be dropped, after a crash.
+// Record is one planned transaction (step 2 of the protocol, DESIGN.md
+// §4.2): everything needed to finish it, or to know that it must be
+// dropped, after a crash (the recovery table, DESIGN.md §5.2). Its stored
+// form is DESIGN.md §7.2.
 type Record struct {
 	ID       uint64          `json:"id"`
 	Op       string          `json:"op"`
@@ -44,9 +46,10 @@ func (r *Record) Encode() []byte {
 
 // appendJSON appends the JSON of r that encoding/json would write (the
 // same bytes: TestRecordJSON), without its reflection: a prune's record
-// lists about 10,000 digests to unlink and 20,000 deltas, which
-// encoding/json took 10-15 ms to write, sorting the map's keys by
-// reflection. Digests whose characters need no escaping (every valid one)
+// lists about 10,000 digests to unlink and 20,000 deltas, and
+// encoding/json's reflection and sorting of the map's keys were a visible
+// part of a prune's commit (figures: BENCHMARKS.md, "Figures behind design
+// choices"). Digests whose characters need no escaping (every valid one)
 // are copied as they are; any other string goes through encoding/json.
 func (r *Record) appendJSON(b []byte) []byte {
 	b = append(b, `{"id":`...)

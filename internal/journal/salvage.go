@@ -21,7 +21,7 @@ import (
 
 // Salvaged is what could still be read from a damaged journal: enough to
 // finish the transactions it held and to restore index.json, before the
-// database is rebuilt from the layout.
+// database is rebuilt from the layout (DESIGN.md §7.4, §14.2).
 type Salvaged struct {
 	// Pending are the records that still decode, in transaction order.
 	Pending []*Record

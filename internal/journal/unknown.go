@@ -6,7 +6,7 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Unknown closures (schema v4).
+// Unknown closures (schema v4; "unknown means pinned", DESIGN.md §8.2).
 //
 // A manifest or index that is live but whose children could not be read
 // when it was counted (too large, unreadable, malformed, nested too deep)

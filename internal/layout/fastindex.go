@@ -13,10 +13,12 @@ import (
 
 // parseIndexFast parses the index.json that tools write (ASCII strings
 // without escapes, each field of the image-spec structs under its exact
-// name and once, integer sizes) in one pass, about ten times faster than
-// encoding/json. It gives up (ok false) on anything else (a key that
-// encoding/json matches under case folding, "Manifests", or a duplicate),
-// for ParseIndex to parse the slow way: so its result, when it has one, is
+// name and once, integer sizes) in one pass, without encoding/json's
+// reflection, which made the first read of a large index.json several
+// times slower (figure: BENCHMARKS.md, "Figures behind design choices").
+// It gives up (ok false) on anything else (a key that encoding/json
+// matches under case folding, "Manifests", or a duplicate), for
+// ParseIndex to parse the slow way: so its result, when it has one, is
 // the one encoding/json gives (FuzzParseIndexFast checks it). It does not
 // validate descriptors (ParseIndex does).
 func parseIndexFast(b []byte) (top map[string]json.RawMessage, entries []Entry, ok bool) {

@@ -1,6 +1,8 @@
 // Package layout knows the OCI image layout format: file names, digest
 // validation, index.json and manifest parsing, and the reference graph.
-// It reads through fsio and never mutates anything.
+// It reads through fsio and never mutates anything. DESIGN.md §1.1 says
+// what of the format ocistore follows and which limits it applies; §2 lists
+// the files of a layout and of its state directory.
 package layout
 
 import (
@@ -27,11 +29,12 @@ const (
 	IndexFile     = "index.json"
 	LayoutFile    = "oci-layout"
 	BlobsDir      = "blobs"
-	StateDir      = ".ocistore" // ours: journal database and nothing else
+	StateDir      = ".ocistore" // ours: the journal and the other state of DESIGN.md §2.2; other tools ignore it
 	LayoutVersion = "1.0.0"
 )
 
-// Size limits for files that are parsed in memory.
+// Size limits for files that are parsed in memory. Reaching one never frees
+// anything: what lies beyond is an unknown closure (DESIGN.md §8.2).
 const (
 	MaxIndexSize    = 256 << 20 // index.json
 	MaxManifestSize = 8 << 20   // one manifest or nested index blob

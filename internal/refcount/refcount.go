@@ -7,7 +7,8 @@
 // is live while its count is above zero). When a manifest becomes live its
 // children are counted, and the Ref is marked Expanded and records them (so
 // that a release reads no blob); when it dies they are released, whatever
-// media type a later reference claims.
+// media type a later reference claims. DESIGN.md §8.1 and §8.2 describe the
+// rules and the unknown closures a lenient count records.
 package refcount
 
 import (
