@@ -10,7 +10,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -47,12 +46,12 @@ func runLs(ctx context.Context, a *app, _ []string) error {
 		if err != nil {
 			return err
 		}
-		g := newGraph(s)
+		sz := newSizer(s)
 		rows := make([]lsRow, 0, len(imgs))
 		for _, im := range imgs {
 			d := im.Descriptor
 			r := lsRow{Name: im.Name, Digest: d.Digest.String(), MediaType: d.MediaType, Size: d.Size}
-			if _, total, err := g.size(ctx, d); err != nil {
+			if _, total, err := sz.size(ctx, d); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
@@ -132,8 +131,8 @@ func runInspect(ctx context.Context, a *app, args []string) error {
 				out.Tags = append(out.Tags, im.Name)
 			}
 		}
-		g := newGraph(s)
-		if layout.IsManifest(desc.MediaType) {
+		sz := newSizer(s)
+		if store.IsManifest(desc.MediaType) {
 			b, err := readManifest(ctx, s, desc)
 			if err != nil {
 				return err
@@ -145,7 +144,7 @@ func runInspect(ctx context.Context, a *app, args []string) error {
 			out.manifestDoc = *doc
 		}
 		for _, m := range out.Manifests {
-			_, n, err := g.size(ctx, m)
+			_, n, err := sz.size(ctx, m)
 			if err != nil {
 				return err
 			}
@@ -154,7 +153,7 @@ func runInspect(ctx context.Context, a *app, args []string) error {
 			}
 			out.ManifestSizes[m.Digest.String()] = n
 		}
-		if out.TotalBlobs, out.TotalSize, err = g.size(ctx, desc); err != nil {
+		if out.TotalBlobs, out.TotalSize, err = sz.size(ctx, desc); err != nil {
 			return err
 		}
 		if a.json() {

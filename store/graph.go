@@ -1,0 +1,219 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+
+	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/layout"
+)
+
+// Graph walks: the blobs an image references, read with the rules the store
+// counts references by (the same media types are manifests, the same limits
+// hold, a root is read whatever its media type says), but for a root of an
+// unknown media type too large to be read: a leaf here, where the counts
+// take what it references as unknown.
+//
+// A walk reads and verifies every manifest and index of the graph. The
+// children the journal records of live manifests (digest, size and media
+// type) would spare those reads, but they drop the rest of a descriptor
+// (platform, annotations), they do not show a manifest that went missing or
+// was damaged after it was counted, and reading them takes the journal's
+// lock, which a reader such as `ocistore ls` never waits for.
+
+// Limits of what the store reads of a graph.
+const (
+	// MaxManifestSize is the largest manifest or index blob the store
+	// reads (ErrTooLarge beyond).
+	MaxManifestSize = layout.MaxManifestSize
+	// MaxDepth is how deep a graph may nest below its root: a blob at a
+	// greater depth is corruption (ErrCorrupt).
+	MaxDepth = layout.MaxDepth
+)
+
+// IsManifest reports whether mediaType is one whose blob references other
+// blobs: an OCI image manifest or index, a Docker manifest or manifest
+// list, or the artifact manifest of the image-spec 1.1 release candidates.
+func IsManifest(mediaType string) bool { return layout.IsManifest(mediaType) }
+
+// GraphNode is one blob of an image's graph, as Walk meets it.
+type GraphNode struct {
+	// Descriptor is the blob's descriptor as the reference Walk followed
+	// to it names it (for the root, the caller's).
+	Descriptor v1.Descriptor
+	// Depth is 0 for the root, 1 for what the root references, and so on.
+	Depth int
+	// Children are the descriptors the blob references, in the order of
+	// its document: config, layers, manifests, blobs. The subject of an
+	// OCI 1.1 manifest is not one (it points at the image the manifest is
+	// about). Nil for a leaf (a config, a layer, a blob of another media
+	// type) and for a manifest that references nothing.
+	Children []v1.Descriptor
+}
+
+// ErrSkipChildren, returned by a WalkFunc, makes Walk go on without visiting
+// the children of the node: they are not visited from there, though another
+// reference may reach them.
+var ErrSkipChildren = errors.New("skip children")
+
+// WalkFunc is what Walk calls on each node. An error other than
+// ErrSkipChildren stops the walk: Walk returns it as it is.
+type WalkFunc func(n GraphNode) error
+
+// Walk visits the graph of root, an image of the layout (an index.json
+// entry, or a manifest or blob one references): root, then depth first,
+// in the order of each document, what it references. Each distinct blob
+// (digest) is visited once, at the first reference met, so that a layer
+// that several platforms of an index share is visited once. fn is called
+// on a node once its children are known, before they are visited.
+//
+// Walk reads the manifests and indexes of the graph (verified, as Fetch
+// does, though not counted as a use of the image), no other blob: a leaf
+// is what its descriptor says, whether its blob is present or not. A
+// manifest or index is a blob of a manifest media type (IsManifest), or
+// the root whatever its media type says when it is small enough to be one
+// (some tools write index.json entries without media types); a root that
+// does not parse as a manifest is then a leaf.
+//
+// Walk stops at the first manifest it cannot read: one missing from the
+// layout (ErrCorrupt, since the layout holds whole graphs; fsck tells
+// more), over MaxManifestSize (ErrTooLarge), not of its descriptor's size
+// or digest (ErrSizeMismatch, ErrDigestMismatch) or that does not parse
+// (ErrCorrupt); and at a blob nested deeper than MaxDepth (ErrCorrupt).
+// It checks ctx between nodes.
+func (s *Store) Walk(ctx context.Context, root v1.Descriptor, fn WalkFunc) error {
+	if err := s.readable(); err != nil {
+		return err
+	}
+	seen := map[digest.Digest]bool{}
+	var walk func(d v1.Descriptor, depth int) error
+	walk = func(d v1.Descriptor, depth int) error {
+		if seen[d.Digest] {
+			return nil
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if depth > MaxDepth {
+			return fmt.Errorf("manifest %s: nested deeper than %d: %w", d.Digest, MaxDepth, errdef.ErrCorrupt)
+		}
+		seen[d.Digest] = true
+		kids, err := s.children(d, depth == 0)
+		if err != nil {
+			return err
+		}
+		switch err := fn(GraphNode{Descriptor: d, Depth: depth, Children: kids}); {
+		case errors.Is(err, ErrSkipChildren):
+			return nil
+		case err != nil:
+			return err
+		}
+		for _, k := range kids {
+			if err := walk(k, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return walk(root, 0)
+}
+
+// Size returns the number and total size of the distinct blobs of root's
+// graph (Walk's nodes), root included: for an image manifest, the manifest,
+// its config and its layers; for an index, the index and the graph of each
+// of its manifests, a blob they share counted once. The sizes are the
+// descriptors'; only manifests and indexes are read. Its errors are Walk's.
+func (s *Store) Size(ctx context.Context, root v1.Descriptor) (blobs int, size int64, err error) {
+	err = s.Walk(ctx, root, func(n GraphNode) error {
+		blobs++
+		size += n.Descriptor.Size
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	return blobs, size, nil
+}
+
+// FetchManifest reads the whole blob of desc, a manifest or index, verified
+// as Fetch verifies it: ErrNotFound when it is not in the layout,
+// ErrTooLarge (before anything is read) when desc says it is larger than
+// MaxManifestSize, ErrSizeMismatch or ErrDigestMismatch when its content is
+// not what desc says. desc's media type is not checked. As Fetch, it counts
+// as a use of the image (prune's last use) when desc is a manifest.
+func (s *Store) FetchManifest(ctx context.Context, desc v1.Descriptor) ([]byte, error) {
+	if err := s.readable(); err != nil {
+		return nil, err
+	}
+	b, err := s.readManifest(desc)
+	if err != nil {
+		return nil, err
+	}
+	if layout.IsManifest(desc.MediaType) {
+		s.recordUse(desc.Digest)
+	}
+	return b, nil
+}
+
+// readManifest reads and verifies the blob of a manifest or index, within
+// MaxManifestSize.
+func (s *Store) readManifest(d v1.Descriptor) ([]byte, error) {
+	if d.Size > MaxManifestSize {
+		return nil, fmt.Errorf("manifest %s: %d bytes, limit %d: %w", d.Digest, d.Size, MaxManifestSize, errdef.ErrTooLarge)
+	}
+	if err := layout.ValidateDigest(d.Digest); err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	p := layout.BlobPath(d.Digest)
+	f, err := s.fsys.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("fetch %s: %w", d.Digest, errdef.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s (%s): %w", d.Digest, p, err)
+	}
+	defer f.Close()
+	v := layout.NewVerifyReader(f, d)
+	// The bound holds for a size that says "unknown" (negative) too.
+	b, err := io.ReadAll(io.LimitReader(v, MaxManifestSize+1))
+	switch {
+	case err != nil:
+	case len(b) > MaxManifestSize:
+		err = fmt.Errorf("blob %s: more than %d bytes: %w", d.Digest, MaxManifestSize, errdef.ErrTooLarge)
+	default:
+		err = v.Verify()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read manifest %s: %w", d.Digest, err)
+	}
+	return b, nil
+}
+
+// children returns the descriptors d references (GraphNode.Children); root
+// says whether d is the root of the walk.
+func (s *Store) children(d v1.Descriptor, root bool) ([]v1.Descriptor, error) {
+	if !layout.Parsed(d, root) {
+		return nil, nil
+	}
+	b, err := s.readManifest(d)
+	if errors.Is(err, errdef.ErrNotFound) {
+		return nil, fmt.Errorf("manifest %s is missing from the layout (run ocistore fsck): %w", d.Digest, errdef.ErrCorrupt)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c, err := layout.ParseChildrenAs("manifest "+d.Digest.String(), d.MediaType, b)
+	if err != nil && layout.Sniffed(d, err) {
+		return nil, nil // a root that is not a manifest: a leaf
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c.Refs, nil
+}
