@@ -171,7 +171,7 @@ func (s *Store) readManifest(d v1.Descriptor) ([]byte, error) {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
 	p := layout.BlobPath(d.Digest)
-	f, err := s.fsys.Open(p)
+	f, err := s.lay.FS.Open(p)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("fetch %s: %w", d.Digest, errdef.ErrNotFound)
 	}

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
@@ -35,7 +35,7 @@ error.`,
 }
 
 func runInit(ctx context.Context, a *app, _ []string) error {
-	_, err := os.Lstat(filepath.Join(a.layout, layout.LayoutFile))
+	_, err := os.Lstat(filepath.Join(a.layout, v1.ImageLayoutFile))
 	already := err == nil
 	s, err := store.Open(ctx, a.layout, a.storeOptions(!already))
 	if err != nil {
@@ -378,7 +378,7 @@ type journalOutput struct {
 }
 
 func runJournal(ctx context.Context, a *app, _ []string) error {
-	if _, err := os.Stat(filepath.Join(a.layout, layout.LayoutFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(a.layout, v1.ImageLayoutFile)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%s: %w", a.layout, store.ErrNotLayout)
 		}
