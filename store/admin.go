@@ -41,7 +41,7 @@ func (s *Store) recoverNow(ctx context.Context) ([]recovery.Action, error) {
 	return acts, nil
 }
 
-// Check checks the layout's invariants (see package recovery: the blob
+// Check checks the layout's invariants (docs/DESIGN.md §6, §14.1: the blob
 // files are the closure of index.json plus leased blobs; the refcounts match
 // a recount; no record is pending) under the writer lock, so that no
 // transaction is half done while it looks. It changes nothing. A nil o is

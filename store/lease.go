@@ -24,7 +24,7 @@ import (
 //
 // Leases are stored in the journal: they survive a restart, and a process
 // that knows a lease's ID keeps using it with WithLease. Expired leases are
-// swept by the next write.
+// swept by the next write (docs/DESIGN.md §8.3).
 type Lease struct {
 	ID      string    `json:"id"`
 	Created time.Time `json:"created"`

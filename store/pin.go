@@ -11,7 +11,7 @@ import (
 	"github.com/ocistore/ocistore/internal/journal"
 )
 
-// pinReason returns why nothing may be freed at now, "" when freeing is
+// pinReason returns why nothing may be freed at now (docs/DESIGN.md §8.2), "" when freeing is
 // allowed. The places that unlink blobs (a transaction's commit, GC,
 // prune through the transaction, repair's drop of broken entries) ask it
 // in the journal transaction that plans the unlinks; when it says no, the

@@ -14,8 +14,8 @@ import (
 // takes them out of the layout into .ocistore/trash (a hard link there,
 // then the unlink of the blob's name, which frees nothing; then syncs
 // blobs/<alg> and the trash): that is step 4 of the protocol, durable when
-// the call returns, and a third of the cost of unlinking them, which also
-// frees each inode and its blocks. The handle's reclaimer
+// the call returns, and cheaper than unlinking them, which also frees each
+// inode and its blocks (BENCHMARKS.md; docs/DESIGN.md §11). The handle's reclaimer
 // unlinks the trash in the background. Nothing ever leaves the trash but
 // by unlink, and the trash is no part of the layout: whatever a crash
 // leaves there is unlinked by the next open (protocol.Trash).

@@ -423,7 +423,7 @@ func (s *Store) quarantineSuspects(ctx context.Context, suspects []digest.Digest
 }
 
 // dropBroken removes the entries whose closure is not whole from
-// index.json in one journaled transaction (the protocol of package recovery). Its refcounts are
+// index.json in one journaled transaction (docs/DESIGN.md §4.4). Its refcounts are
 // a recount of the new index, so the blobs it unlinks are exactly those no
 // remaining entry reaches (and no live lease holds): a blob another image
 // shares stays, and so does a blob another layout of a shared blob

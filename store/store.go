@@ -8,8 +8,8 @@
 // adopted when another tool wrote it). Blobs go in with PutBlob, manifests
 // with PutManifest; Tag names a manifest in index.json, Untag removes names,
 // Delete removes images and every blob that only they used. Every change of
-// index.json is one journal transaction (see package recovery and the README,
-// How it works): the plan is committed to the journal first, then index.json is replaced
+// index.json is one journal transaction (docs/DESIGN.md §4.2): the plan is
+// committed to the journal first, then index.json is replaced
 // atomically and durably, then the freed blobs are unlinked, then the record
 // is cleared. A crash at any point is finished or undone by the next Open.
 //

@@ -86,7 +86,7 @@ type planFunc func(cur *layout.Index, t *txn) ([]layout.Entry, error)
 // errNoChange rolls back a transaction whose plan changes nothing.
 var errNoChange = errors.New("no change")
 
-// update runs one journal transaction (the README's How it works): plan
+// update runs one journal transaction (docs/DESIGN.md §4.2): plan
 // under the writer lock, journal commit, index.json, unlinks, clear.
 func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, error) {
 	if err := s.writable(); err != nil {

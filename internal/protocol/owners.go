@@ -12,7 +12,7 @@ import (
 	"github.com/ocistore/ocistore/recovery"
 )
 
-// Owners of temp and trash files.
+// Owners of temp and trash files (docs/DESIGN.md §12).
 //
 // An ingest's temp file in IngestDir, and the files a transaction puts in
 // TrashDir, are their writer's to remove for as long as it lives: a

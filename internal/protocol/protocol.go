@@ -7,6 +7,7 @@
 // by other tools. It runs on every store open, at the start of every write
 // transaction, and as `ocistore recover`. Every function here expects the
 // caller to hold the writer lock: the journal, opened read-write (Layout).
+// The protocol is docs/DESIGN.md §4, recovery §5 (the table: §5.2).
 //
 // # The recovery table
 //
@@ -572,7 +573,8 @@ func PrepareIndex(fsys fsio.FS, b []byte) (*fsio.Prepared, error) {
 
 // Apply runs steps 3 to 5 of a journaled transaction whose new index is
 // prepared (PrepareIndex): rename it over index.json, sync the layout
-// directory, then Finish. It returns the stamp of the new index.json.
+// directory, then Finish (docs/DESIGN.md §4.2, what an error means: §4.3;
+// the stamp check: §9.2). It returns the stamp of the new index.json.
 //
 // When index.json no longer has old's stamp (another tool rewrote it
 // since the transaction read it), nothing is renamed: the record is
