@@ -516,6 +516,10 @@ func (f *fixer) repairIndex(ctx context.Context, db *journal.DB, res *Repaired, 
 		}
 		committed = tx.IndexDigest()
 		copyBytes, _ = tx.IndexBytes(committed)
+		if copyBytes != nil && !validCopy(copyBytes, committed) {
+			f.log.Warn("repair: the journal's copy of the committed index does not hash to its digest or does not parse; not restoring it", "digest", committed)
+			copyBytes = nil
+		}
 		return nil
 	}); err != nil {
 		return false, err
@@ -647,4 +651,15 @@ func OrNone(name string) string {
 		return "<none>"
 	}
 	return name
+}
+
+// validCopy reports whether b, a copy of an index.json the journal holds
+// under d, is that index: it hashes to d and parses. A damaged journal
+// never writes index.json.
+func validCopy(b []byte, d digest.Digest) bool {
+	if layout.Sum(b) != d {
+		return false
+	}
+	_, err := layout.ParseIndex(b)
+	return err == nil
 }

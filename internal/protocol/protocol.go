@@ -241,29 +241,29 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 			crash.Point(crash.RecoverReplayed)
 			stamp = fsio.StampFile(env.FS, layout.IndexFile)
 			raw, ix, ixErr = newBytes, newIx, nil
+		case ixErr != nil:
+			// index.json cannot be read and the record cannot replay it:
+			// nothing can be recounted, so the record stays (its refcount
+			// changes are in the counts, and dropping it would leave them
+			// there unmarked) and recovery fails, changing nothing. Repair
+			// restores index.json, and the next run rolls the record back.
+			log.Warn("recovery: index.json is unreadable and the record's new index is not in the journal; keeping the record", "op", rec.Op, "index", describe(raw, ixErr))
+			return nil, fmt.Errorf("txn %d (%s) is pending and its new index is not in the journal: %w", rec.ID, rec.Op, ixErr)
 		default:
-			if onDisk == "" || onDisk == rec.OldIndex {
-				log.Warn("recovery: the record's new index is not in the journal; dropping the record and recounting", "op", rec.Op, "index", describe(raw, ixErr))
+			if onDisk == rec.OldIndex {
+				log.Warn("recovery: the record's new index is not in the journal; dropping the record and recounting", "op", rec.Op)
 			} else {
 				log.Warn("recovery: index.json changed by another tool; dropping the record and recounting", "op", rec.Op)
 			}
 			st.Actions = append(st.Actions, recovery.Action{Kind: "roll-back", Txn: rec.ID, Detail: rec.Op})
-			if ixErr == nil {
-				// The record goes in the commit that stores the recount:
-				// its refcount changes are in the journal's counts, so a
-				// crash between a drop and a recount would leave counts
-				// for an index that is not on disk, in a journal that
-				// looks consistent.
-				if _, err := recountDropping(env, db, &State{Index: ix, Bytes: raw, Digest: onDisk, Stamp: stamp}, rec.ID); err != nil {
-					return nil, fmt.Errorf("roll back txn %d: %w", rec.ID, err)
-				}
-				lastDigest = onDisk
-				continue
-			}
-			if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
+			// The record goes in the commit that stores the recount: its
+			// refcount changes are in the journal's counts, so a crash
+			// between a drop and a recount would leave counts for an index
+			// that is not on disk, in a journal that looks consistent.
+			if _, err := recountDropping(env, db, &State{Index: ix, Bytes: raw, Digest: onDisk, Stamp: stamp}, rec.ID); err != nil {
 				return nil, fmt.Errorf("roll back txn %d: %w", rec.ID, err)
 			}
-			recount = true
+			lastDigest = onDisk
 			continue
 		}
 		on := &State{Index: ix, Bytes: raw, Digest: rec.NewIndex, Stamp: stamp}
