@@ -185,7 +185,7 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 			add(r, recovery.KindNotRegular, d.Digest, p, "%v", err)
 			return nil
 		case !fi.mode.IsRegular():
-			add(r, recovery.KindNotRegular, d.Digest, p, "is %s, not a regular file", typeName(fi.mode.Type()))
+			add(r, recovery.KindNotRegular, d.Digest, p, "is %s, not a regular file", protocol.KindOf(fi.mode.Type()))
 			return nil
 		case fi.size != d.Size:
 			add(r, recovery.KindSizeMismatch, d.Digest, p, "%d bytes on disk, descriptor says %d", fi.size, d.Size)
@@ -392,7 +392,7 @@ func stateDirs(fsys fsio.FS, r *recovery.Report) fsio.FS {
 		if err != nil || fi.IsDir() {
 			continue // missing, or protocol.Temps says why it cannot list it
 		}
-		add(r, recovery.KindNotDirectory, "", dir, "is %s, not a directory: not looked into", typeName(fi.Mode().Type()))
+		add(r, recovery.KindNotDirectory, "", dir, "is %s, not a directory: not looked into", protocol.KindOf(fi.Mode().Type()))
 		skip[dir] = true
 	}
 	if len(skip) == 0 {
@@ -482,7 +482,7 @@ func checkBlobFiles(algs []algDir, nodes map[digest.Digest]*node, r *recovery.Re
 				// A reachable one was reported by the walk. GC leaves
 				// these alone; repair moves them to quarantine.
 				if orphans && !reach(d) {
-					add(r, recovery.KindNotRegular, d, p, "is %s, not a regular file (and nothing reaches it)", typeName(f.Type()))
+					add(r, recovery.KindNotRegular, d, p, "is %s, not a regular file (and nothing reaches it)", protocol.KindOf(f.Type()))
 				}
 				continue
 			}
@@ -606,21 +606,4 @@ func sameChildren(a, b []v1.Descriptor) bool { return slices.EqualFunc(a, b, sam
 // type.
 func sameChild(x, y v1.Descriptor) bool {
 	return x.Digest == y.Digest && x.Size == y.Size && x.MediaType == y.MediaType
-}
-
-// typeName words a file type for a problem's detail.
-func typeName(m fs.FileMode) string {
-	switch {
-	case m&fs.ModeSymlink != 0:
-		return "a symlink"
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeDevice != 0:
-		return "a device"
-	}
-	return "a special file"
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/recovery"
 )
 
@@ -118,7 +119,7 @@ func BrokenEntries(ctx context.Context, fsys fsio.FS, ix *layout.Index) ([]recov
 			case err != nil:
 				return fmt.Sprintf("blob %s (%s): %v", d.Digest, p, err), nil
 			case !fi.Mode().IsRegular():
-				return fmt.Sprintf("blob %s (%s) is %s", d.Digest, p, typeName(fi.Mode().Type())), nil
+				return fmt.Sprintf("blob %s (%s) is %s", d.Digest, p, protocol.KindOf(fi.Mode().Type())), nil
 			case fi.Size() != d.Size:
 				return fmt.Sprintf("blob %s (%s) is %d bytes, its descriptor says %d", d.Digest, p, fi.Size(), d.Size), nil
 			}

@@ -235,6 +235,10 @@ func KindOf(m fs.FileMode) string {
 		return "a directory"
 	case m&fs.ModeNamedPipe != 0:
 		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
 	}
 	return "a special file"
 }
