@@ -31,11 +31,16 @@ import (
 const (
 	// MaxManifestSize is the largest manifest or index blob the store
 	// reads (ErrTooLarge beyond).
-	MaxManifestSize = layout.MaxManifestSize
+	MaxManifestSize = 8 << 20
 	// MaxDepth is how deep a graph may nest below its root: a blob at a
 	// greater depth is corruption (ErrCorrupt).
-	MaxDepth = layout.MaxDepth
+	MaxDepth = 32
 )
+
+// The limits are the parser's (internal/layout): this fails to compile
+// when they differ.
+const _ = uint64(MaxManifestSize-layout.MaxManifestSize) + uint64(layout.MaxManifestSize-MaxManifestSize) +
+	uint64(MaxDepth-layout.MaxDepth) + uint64(layout.MaxDepth-MaxDepth)
 
 // IsManifest reports whether mediaType is one whose blob references other
 // blobs: an OCI image manifest or index, a Docker manifest or manifest
