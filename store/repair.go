@@ -506,11 +506,8 @@ func (s *Store) dropBrokenLocked(ctx context.Context, db *journal.DB, cur *proto
 		if pinReason(tx, now) != "" {
 			rec.Unlink = nil
 		}
-		if err := tx.AddPending(&rec, newBytes); err != nil {
-			return err
-		}
 		var err error
-		prepared, err = protocol.PrepareIndex(s.lay.FS, newBytes)
+		prepared, err = protocol.Journal(tx, s.lay.FS, &rec, newBytes, nil)
 		return err
 	})
 	if err != nil {

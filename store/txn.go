@@ -338,11 +338,8 @@ func (s *Store) journal(tx *journal.Tx, p *planned) error {
 	if tx.IndexDigest() == p.cur.Digest {
 		base = p.cur.Bytes // stored as a delta against it
 	}
-	if err := tx.AddPendingFrom(&p.rec, p.newBytes, base); err != nil {
-		return err
-	}
 	var err error
-	p.prepared, err = protocol.PrepareIndex(s.lay.FS, p.newBytes)
+	p.prepared, err = protocol.Journal(tx, s.lay.FS, &p.rec, p.newBytes, base)
 	return err
 }
 

@@ -602,14 +602,11 @@ func (f *fixer) dropInvalid(db *journal.DB, raw []byte, next *layout.Index, bad 
 	rec := journal.Record{Op: "repair: drop invalid entries", Time: time.Now().UTC(), OldIndex: layout.Sum(raw), NewIndex: layout.Sum(newBytes)}
 	var prepared *fsio.Prepared
 	if err := db.Update(func(tx *journal.Tx) error {
-		if err := tx.AddPending(&rec, newBytes); err != nil {
-			return err
-		}
 		if err := tx.ReplaceRefs(refs); err != nil {
 			return err
 		}
 		var err error
-		prepared, err = protocol.PrepareIndex(f.l.FS, newBytes)
+		prepared, err = protocol.Journal(tx, f.l.FS, &rec, newBytes, nil)
 		return err
 	}); err != nil {
 		_ = prepared.Abort()

@@ -563,16 +563,31 @@ func WriteIndex(fsys fsio.FS, b []byte) error {
 	return nil
 }
 
-// PrepareIndex writes a transaction's new index.json to a temp file in the
+// prepareIndex writes a transaction's new index.json to a temp file in the
 // layout root and syncs it: the part of step 3 that needs space. A
 // transaction does it before its journal commit, so that a full disk or a
 // failed write fails it while nothing is committed.
-func PrepareIndex(fsys fsio.FS, b []byte) (*fsio.Prepared, error) {
+func prepareIndex(fsys fsio.FS, b []byte) (*fsio.Prepared, error) {
 	return fsio.PrepareFile(fsys, layout.IndexFile, b, fsio.SyncIndexFile)
 }
 
+// Journal is step 2 of a transaction that replaces index.json by
+// newBytes, inside the caller's bbolt transaction tx (with the refcount
+// changes the caller made in it): the record, with the new index's bytes
+// (as a delta against base, the committed index's bytes, when given and
+// smaller), and the new index.json written and synced under a temp name
+// (prepareIndex). All of it is before the commit: an error, a full disk
+// included, means nothing changed. The caller aborts the prepared file
+// when the commit fails, and else runs Apply (docs/DESIGN.md §4.2).
+func Journal(tx *journal.Tx, fsys fsio.FS, rec *journal.Record, newBytes, base []byte) (*fsio.Prepared, error) {
+	if err := tx.AddPendingFrom(rec, newBytes, base); err != nil {
+		return nil, err
+	}
+	return prepareIndex(fsys, newBytes)
+}
+
 // Apply runs steps 3 to 5 of a journaled transaction whose new index is
-// prepared (PrepareIndex): rename it over index.json, sync the layout
+// prepared (prepareIndex): rename it over index.json, sync the layout
 // directory, then Finish (docs/DESIGN.md §4.2, what an error means: §4.3;
 // the stamp check: §9.2). It returns the stamp of the new index.json.
 //
