@@ -173,19 +173,11 @@ func (f *fixer) repair(ctx context.Context, res *Repaired, o FilesOptions) (bool
 	if err != nil || !ok {
 		return false, err
 	}
-	if f.l.Scope != "" {
-		// As every transaction on a shared blob directory does: the
-		// other layouts' interrupted transactions first.
-		if err := f.l.RecoverPeers(ctx, db); err != nil {
-			return false, err
-		}
-	}
-	st, err := protocol.Run(ctx, f.l.Env(db, protocol.Env{}), db, nil)
-	if err == nil && f.l.Scope != "" {
-		st, err = f.l.Reconcile(ctx, db, f.l.Env(db, protocol.Env{}), st)
-	}
+	// As every writer does: on a shared blob directory, the other
+	// layouts' interrupted transactions first.
+	st, err := f.l.Recover(ctx, db, f.l.Env(db, protocol.Env{}))
 	if err != nil {
-		return false, fmt.Errorf("recover: %w", err)
+		return false, err
 	}
 	res.Actions = append(res.Actions, st.Actions...)
 	return true, nil
