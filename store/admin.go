@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/ocistore/ocistore/internal/fsck"
-
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsck"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/recovery"
 )
 

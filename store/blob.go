@@ -8,8 +8,6 @@ import (
 	"io"
 	"io/fs"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -17,6 +15,7 @@ import (
 	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
 )
 
 // Exists reports whether the blob of desc is in the layout with desc's size.

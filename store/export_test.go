@@ -4,14 +4,13 @@ import (
 	"context"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
 )
 
 // SetTestFS makes Open use f instead of the real file system (tests only).

@@ -7,13 +7,12 @@ import (
 	"io/fs"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
 )
 
 // DefaultGrace is the grace period of `ocistore gc` and of a repair's

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"

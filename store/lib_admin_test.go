@@ -8,10 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"

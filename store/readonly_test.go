@@ -8,10 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/store"
 )
 

@@ -11,7 +11,6 @@ import (
 	"testing"
 
 	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/ocistore/ocistore/store"
 )
 

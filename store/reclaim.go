@@ -4,10 +4,9 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/protocol"
 )
 
 // The trash. A transaction that frees at least protocol.TrashMin blobs

@@ -11,9 +11,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"

@@ -3,9 +3,8 @@ package store
 import (
 	"time"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/ocistore/ocistore/internal/journal"
+	"github.com/ocistore/ocistore/internal/protocol"
 )
 
 // journalPath is the journal's file: in the layout, or in the shared blob

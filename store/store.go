@@ -60,10 +60,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ocistore/ocistore/recovery"
-
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
@@ -71,6 +67,8 @@ import (
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
+	"github.com/ocistore/ocistore/recovery"
 )
 
 // Errors, for errors.Is. They are the sentinels of every layer.

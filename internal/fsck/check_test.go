@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/fsck"
@@ -20,6 +18,7 @@ import (
 	"github.com/ocistore/ocistore/internal/gen"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/recovery"
 )
 

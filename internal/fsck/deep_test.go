@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ocistore/ocistore/internal/protocol"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/fsck"
@@ -21,6 +19,7 @@ import (
 	"github.com/ocistore/ocistore/internal/gen"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
