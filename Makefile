@@ -1,18 +1,28 @@
 # ocistore: `make demo` runs the main job on a demo layout, `make test` runs every test.
+#
+# Crash points (internal/crash, OCISTORE_CRASHPOINT) exist only in builds with
+# the tag crashpoints: `make build` leaves them out; the tests that kill
+# processes at them, `make crash` and the demo's power-cut scene build with it.
 GO        ?= go
 BIN       := bin/ocistore
+# The CLI with crash points, for the demo's power-cut scene only.
+CRASHBIN  := bin/ocistore-crashpoints
+CRASHTAGS := -tags crashpoints
 DEMO      ?= demo/layout
 DEMO_N    ?= 300
 PKGS      := ./...
 # Tools the interop tests drive; installed from Debian when missing.
 TOOLS     := skopeo umoci
 
-.PHONY: all build test test-short demo bench lint tools fuzz crash clean
+.PHONY: all build build-crashpoints test test-short demo bench lint tools fuzz crash clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ocistore
+
+build-crashpoints:
+	$(GO) build $(CRASHTAGS) -o $(CRASHBIN) ./cmd/ocistore
 
 # tools installs the real programs the interop tests need (root + apt-get).
 tools:
@@ -24,12 +34,18 @@ tools:
 
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
+# test runs every test, with the race detector and the crash points.
 test: tools lint
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race $(CRASHTAGS) -count=1 -timeout 20m $(PKGS)
+
+# test-short is the quick tier (-short: smaller crash enumerations and
+# chaos runs, no race detector, no lint): every package, crash points included.
+test-short:
+	$(GO) test -short $(CRASHTAGS) -count=1 -timeout 10m $(PKGS)
 
 # demo: build the CLI, write a layout of $(DEMO_N) images sharing base layers
 # as another tool would, adopt it, remove some images, check it.
-demo: build
+demo: build build-crashpoints
 	@rm -rf $(DEMO)
 	$(GO) run ./internal/cmd/gendemo -images $(DEMO_N) -repos 30 $(DEMO)
 	@echo
@@ -47,7 +63,8 @@ demo: build
 	$(BIN) -l $(DEMO) journal
 	@echo
 	@echo "== power cut: rm killed (SIGKILL) right after its journal commit, at the crash point txn-journaled"
-	-OCISTORE_CRASHPOINT=txn-journaled $(BIN) -l $(DEMO) rm example.com/repo5:v0 example.com/repo6:v0
+	@echo "   ($(CRASHBIN): the CLI built with -tags crashpoints; $(BIN) has no crash points)"
+	-OCISTORE_CRASHPOINT=txn-journaled $(CRASHBIN) -l $(DEMO) rm example.com/repo5:v0 example.com/repo6:v0
 	$(BIN) -l $(DEMO) journal
 	-$(BIN) -l $(DEMO) fsck
 	@echo
@@ -70,7 +87,7 @@ demo: build
 # totals; foreign=N counts the crash states checked, before recovery, against
 # the invariant for foreign readers. Tier 2 needs root.
 crash: tools
-	@OCISTORE_CRASH_FULL=1 $(GO) test -count=1 -timeout 60m -v \
+	@OCISTORE_CRASH_FULL=1 $(GO) test $(CRASHTAGS) -count=1 -timeout 60m -v \
 		-run '^(TestTier1CrashStates|TestTier1SharedBlobDir|TestTier1Trash|TestTier1Fault|TestTier1FindsMissingFsync|TestRapidStateMachine|TestRapidFindsMissingFsync|TestCrashPoints|TestCrashPointsTrash|TestCrashDuringRecovery|TestSharedBlobDirCrash|TestRecoveryTable|TestChaos|TestPowerCut|TestPowerCutCatchesMissingFsync)$$' \
 		./store/ ./internal/testing/chaos/ ./internal/testing/powercut/ > crash.out 2>&1 || { grep -E '^(tier|crashpoints|---|FAIL)|violation|foreign reader' crash.out; exit 1; }
 	@grep -E '^(tier[0-9](-[a-z]+)*|crashpoints):' crash.out
@@ -101,12 +118,15 @@ bench:
 	cd bench && $(GO) build -o bench . && ./bench $(if $(filter-out 0,$(BENCH_FULL)),-full) \
 		-micro ../bench.out -micro-cmd "go test -run '^$$' -bench . $(BENCH_MICRO) ./store/" -out ../BENCHMARKS.md
 
-# lint: gofmt, go vet and staticcheck must be clean.
+# lint: gofmt, go vet and staticcheck must be clean, with and without the
+# crash points.
 lint:
 	@bad=$$(gofmt -l $$(find . -name '*.go' -not -path './bench/*')); \
 		if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) vet $(CRASHTAGS) $(PKGS)
 	$(GO) run $(STATICCHECK) $(PKGS)
+	$(GO) run $(STATICCHECK) $(CRASHTAGS) $(PKGS)
 
 clean:
 	rm -rf bin demo bench.out

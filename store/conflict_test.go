@@ -1,3 +1,5 @@
+//go:build crashpoints
+
 package store_test
 
 import (

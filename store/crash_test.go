@@ -1,3 +1,5 @@
+//go:build crashpoints
+
 package store_test
 
 // Crash tests: for each step of the protocol, a child process (this test
@@ -9,6 +11,12 @@ package store_test
 // then checks that a second recovery does nothing. Each test prints a
 // summary line, "crashpoints: test=NAME kills=N foreign=N violations=V"
 // (make crash collects them).
+//
+// Built only with the tag crashpoints (go test -tags crashpoints: make test
+// and make crash pass it): a test binary without it has no crash points,
+// its children would never be killed. The files that arm crash points in
+// the test process (crash.Arm: conflict_test.go, pidns_test.go,
+// rapid_group_test.go) and repair_crash_test.go carry the tag too.
 
 import (
 	"context"
@@ -19,17 +27,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
-	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -160,98 +168,6 @@ func runChildEnv(t *testing.T, dir, op, point string, env []string, args ...stri
 	return false
 }
 
-// fixture builds a layout of images sharing base layers; returns tag -> digest.
-func fixture(t *testing.T, dir string) map[string]string {
-	ctx := context.Background()
-	s, err := store.Open(ctx, dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	b := testutil.NewBuilder(t, s, 1)
-	base := []v1.Descriptor{b.Random(100), b.Random(200)}
-	for i := 0; i < 6; i++ {
-		m := b.Manifest(base, 2)
-		b.Tag(m, fmt.Sprintf("img%d", i))
-	}
-	// Two tags on one manifest, and a nested index sharing a manifest.
-	m := b.Manifest(base, 1)
-	b.Tag(m, "twin-a", "twin-b")
-	inner := b.Manifest(base[:1], 1)
-	b.Tag(b.Index(inner, b.Manifest(nil, 1)), "multi")
-	b.Tag(inner, "inner")
-	return tags(t, dir)
-}
-
-func tags(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	s, err := store.Open(context.Background(), dir, nil)
-	if err != nil {
-		t.Fatalf("open after crash: %v", err)
-	}
-	defer s.Close()
-	imgs, err := s.List(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, im := range imgs {
-		name := im.Name
-		if name == "" {
-			name = "<none>" + im.Descriptor.Digest.String()
-		}
-		out[name] = im.Descriptor.Digest.String()
-	}
-	return out
-}
-
-// files lists every file under dir except the journal's.
-func files(t *testing.T, dir string) []string {
-	t.Helper()
-	var out []string
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() || strings.HasPrefix(rel, ".ocistore") {
-			return nil
-		}
-		out = append(out, rel)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// checkClean runs fsck on the layout as it is and fails on any problem,
-// except orphans when allowOrphans (an interrupted ingest leaves blobs that
-// only GC removes).
-func checkClean(t *testing.T, dir string, allowOrphans bool) {
-	t.Helper()
-	rep, err := store.CheckDir(context.Background(), dir, nil)
-	if err != nil {
-		t.Fatalf("fsck: %v", err)
-	}
-	for _, p := range rep.Problems {
-		if allowOrphans && p.Kind == recovery.KindOrphan {
-			continue
-		}
-		t.Errorf("fsck after recovery: %s", p)
-	}
-}
-
-func copyDir(t *testing.T, src, dst string) {
-	t.Helper()
-	out, err := exec.Command("cp", "-a", src+"/.", dst).CombinedOutput()
-	if err != nil {
-		t.Fatalf("cp: %v %s", err, out)
-	}
-}
-
 type crashCase struct {
 	op     string
 	args   []string
@@ -266,17 +182,6 @@ type crashCase struct {
 var txnPoints = []string{
 	crash.IndexTempWritten, crash.TxnJournaled, crash.IndexRenamed, crash.IndexSynced,
 	crash.BlobUnlinked + "@1", crash.BlobUnlinked + "@3", crash.BlobDirSynced, crash.TxnCleared,
-}
-
-func without(m map[string]string, keys ...string) map[string]string {
-	out := map[string]string{}
-	for k, v := range m {
-		out[k] = v
-	}
-	for _, k := range keys {
-		delete(out, k)
-	}
-	return out
 }
 
 func TestCrashPoints(t *testing.T) {
@@ -429,18 +334,6 @@ func assertRecovered(t *testing.T, dir string, c crashCase, point string, before
 	if fa := files(t, dir); strings.Join(fa, "\n") != strings.Join(filesBefore, "\n") {
 		t.Fatalf("second recovery changed files")
 	}
-}
-
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if bv, ok := b[k]; !ok || bv != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestCrashDuringRecovery interrupts a delete after its journal commit, then
@@ -621,6 +514,177 @@ func TestRecoveryTable(t *testing.T) {
 			// img1's blobs are orphans after the other tool's removal (that
 			// tool does not collect them); everything else must be clean.
 			checkClean(t, dir, tc.name == "other-tool")
+		})
+	}
+}
+
+// The crash points of GC, prune and a layout sharing its blob directory.
+
+// TestCrashGC kills a GC at each step of its transaction; recovery removes
+// all of the garbage (once journaled) or none, and never anything else.
+func TestCrashGC(t *testing.T) {
+	gold := t.TempDir()
+	before := fixture(t, gold)
+	func() {
+		s, err := store.Open(context.Background(), gold, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		b := testutil.NewBuilder(t, s, 5)
+		for i := 0; i < 4; i++ {
+			b.Random(100 + i)
+		}
+		if _, err := s.Delete(context.Background(), "img0"); err != nil {
+			t.Fatal(err)
+		}
+		before = without(before, "img0")
+		// Drop another tool's blobs in the sha512 directory too.
+		for i := 0; i < 2; i++ {
+			c := []byte(fmt.Sprintf("sha512 garbage %d", i))
+			p := filepath.Join(gold, filepath.FromSlash(layout.BlobPath(digest.SHA512.FromBytes(c))))
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, c, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}()
+	all := files(t, gold)
+	points := []string{crash.TxnJournaled, crash.BlobUnlinked + "@1", crash.BlobUnlinked + "@5", crash.BlobDirSynced, crash.TxnCleared}
+	for _, point := range points {
+		t.Run(point, func(t *testing.T) {
+			dir := t.TempDir()
+			copyDir(t, gold, dir)
+			if !runChild(t, dir, "gc", point) {
+				t.Fatalf("crash point %s not reached", point)
+			}
+			if got := tags(t, dir); !equalMaps(got, before) {
+				t.Fatalf("gc changed tags: %v", got)
+			}
+			checkClean(t, dir, false)
+			left := files(t, dir)
+			if len(left) != len(all)-6 {
+				t.Errorf("%d files left of %d, want 6 removed", len(left), len(all))
+			}
+		})
+	}
+}
+
+// TestCrashPrune kills a prune (many images and a referrer, one
+// transaction) at each step; recovery leaves all of it done or none.
+func TestCrashPrune(t *testing.T) {
+	gold := t.TempDir()
+	func() {
+		l := libOpen(t, gold, 4)
+		base := l.b.Random(500)
+		for i := 0; i < 6; i++ {
+			l.tag(l.imageWith(day(i+1), nil, []v1.Descriptor{base}, 2), fmt.Sprintf("app:%d", i))
+		}
+		for i := 0; i < 3; i++ {
+			l.tag(l.imageWith(day(i+1), nil, []v1.Descriptor{base}, 1), fmt.Sprintf("keep:%d", i))
+		}
+		first, err := l.s.Resolve(l.ctx, "app:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.tag(l.b.Artifact("sig", &first, "sig"), "sigs:app-0")
+		l.s.Close()
+	}()
+	before := tags(t, gold)
+	after := without(before, "app:0", "app:1", "app:2", "app:3", "app:4", "sigs:app-0")
+	for _, point := range txnPoints {
+		t.Run(point, func(t *testing.T) {
+			dir := t.TempDir()
+			copyDir(t, gold, dir)
+			if !runChild(t, dir, "prune", point, "app:*") {
+				t.Fatalf("crash point %s not reached", point)
+			}
+			got := tags(t, dir)
+			durable := pointOrder[pointName(point)] >= pointOrder[crash.TxnJournaled]
+			want := before
+			if durable {
+				want = after
+			}
+			if !equalMaps(got, want) {
+				t.Fatalf("after a crash at %s:\n got %v\nwant %v", point, got, want)
+			}
+			checkClean(t, dir, false)
+		})
+	}
+}
+
+// TestSharedBlobDirCrash kills a process deleting images of one layout at
+// every crash point of the protocol; then another layout sharing the blob
+// directory runs a GC and a delete first. Its lock recovers the crashed
+// layout's record before anything else, so no blob either layout's
+// index.json reaches is freed, the crashed delete is all or nothing, and
+// both layouts end consistent with no orphan.
+func TestSharedBlobDirCrash(t *testing.T) {
+	points := []string{crash.TxnJournaled, crash.IndexTempWritten, crash.IndexRenamed, crash.IndexSynced,
+		crash.BlobUnlinked + "@1", crash.BlobUnlinked + "@3", crash.BlobDirSynced, crash.TxnCleared}
+	tally := newTally(t)
+	for _, point := range points {
+		tally.run(t, point, func(t *testing.T) {
+			ss := newSharedSet(t, 2)
+			a, b := ss.s[0], ss.s[1]
+			base := []v1.Descriptor{ss.b[0].Random(300), ss.b[0].Random(200)}
+			ma, ma2 := ss.b[0].Manifest(base, 2), ss.b[0].Manifest(base, 1)
+			mb := ss.b[1].Manifest(base, 1)
+			for _, tg := range []struct {
+				s    *store.Store
+				d    v1.Descriptor
+				name string
+			}{{a, ma, "a1"}, {a, ma2, "a2"}, {b, mb, "b1"}, {b, ma2, "from-a"}} {
+				if err := tg.s.Tag(ss.ctx, tg.d, tg.name); err != nil {
+					t.Fatal(err)
+				}
+			}
+			beforeA := sharedTags(t, ss.dirs[0])
+			for i := range ss.s {
+				ss.s[i].Close()
+				ss.s[i] = nil
+			}
+			if !runChild(t, ss.dirs[0], "delete", point, "a1", "a2") {
+				t.Fatalf("the child was not killed at %s", point)
+			}
+			// Both layouts, as a foreign reader sees them before recovery.
+			tally.killed(t, ss.dirs[0], ss.shared)
+			tally.foreign++
+			if err := testutil.ForeignReadableDir(ss.dirs[1], ss.shared); err != nil {
+				t.Errorf("foreign reader, layout b, after a's kill and before recovery: %v", err)
+			}
+			// b works first: its lock recovers a's record.
+			ss.open(1)
+			if _, err := ss.s[1].GC(ss.ctx, store.GCOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			for _, dir := range ss.dirs {
+				for name, d := range sharedTags(t, dir) {
+					var m v1.Descriptor
+					for _, c := range []v1.Descriptor{ma, ma2, mb} {
+						if c.Digest.String() == d {
+							m = c
+						}
+					}
+					for _, bd := range ss.graph(m) {
+						if !ss.blob(bd) {
+							t.Errorf("after %s and a gc from b: %s:%s reaches %s, which is gone", point, dir, name, bd)
+						}
+					}
+				}
+			}
+			if _, err := ss.s[1].Delete(ss.ctx, "b1"); err != nil {
+				t.Fatal(err)
+			}
+			ss.open(0)
+			gotA := sharedTags(t, ss.dirs[0])
+			if len(gotA) != 0 && !mapsEqual(gotA, beforeA) {
+				t.Errorf("after %s layout a has %v: neither before %v nor after (none)", point, gotA, beforeA)
+			}
+			ss.want(true, ss.graph(ma2)...) // b's from-a tag keeps it
+			ss.clean()
 		})
 	}
 }

@@ -16,9 +16,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	bolt "go.etcd.io/bbolt"
 
-	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/journal"
-	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
@@ -198,58 +196,6 @@ func TestGCRollForwardRechecks(t *testing.T) {
 	l.wantBlobs(true, l.graph(img)...)
 	l.wantBlobs(false, orphan.Digest)
 	l.clean()
-}
-
-// TestCrashGC kills a GC at each step of its transaction; recovery removes
-// all of the garbage (once journaled) or none, and never anything else.
-func TestCrashGC(t *testing.T) {
-	gold := t.TempDir()
-	before := fixture(t, gold)
-	func() {
-		s, err := store.Open(context.Background(), gold, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		b := testutil.NewBuilder(t, s, 5)
-		for i := 0; i < 4; i++ {
-			b.Random(100 + i)
-		}
-		if _, err := s.Delete(context.Background(), "img0"); err != nil {
-			t.Fatal(err)
-		}
-		before = without(before, "img0")
-		// Drop another tool's blobs in the sha512 directory too.
-		for i := 0; i < 2; i++ {
-			c := []byte(fmt.Sprintf("sha512 garbage %d", i))
-			p := filepath.Join(gold, filepath.FromSlash(layout.BlobPath(digest.SHA512.FromBytes(c))))
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, c, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}()
-	all := files(t, gold)
-	points := []string{crash.TxnJournaled, crash.BlobUnlinked + "@1", crash.BlobUnlinked + "@5", crash.BlobDirSynced, crash.TxnCleared}
-	for _, point := range points {
-		t.Run(point, func(t *testing.T) {
-			dir := t.TempDir()
-			copyDir(t, gold, dir)
-			if !runChild(t, dir, "gc", point) {
-				t.Fatalf("crash point %s not reached", point)
-			}
-			if got := tags(t, dir); !equalMaps(got, before) {
-				t.Fatalf("gc changed tags: %v", got)
-			}
-			checkClean(t, dir, false)
-			left := files(t, dir)
-			if len(left) != len(all)-6 {
-				t.Errorf("%d files left of %d, want 6 removed", len(left), len(all))
-			}
-		})
-	}
 }
 
 // TestLeaseAgainstConcurrentGC: pullers write layers under a lease, then

@@ -20,7 +20,6 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
@@ -639,49 +638,6 @@ func TestLeaseAgainstConcurrentPrune(t *testing.T) {
 	}
 	l.gc(store.GCOptions{})
 	l.clean()
-}
-
-// TestCrashPrune kills a prune (many images and a referrer, one
-// transaction) at each step; recovery leaves all of it done or none.
-func TestCrashPrune(t *testing.T) {
-	gold := t.TempDir()
-	func() {
-		l := libOpen(t, gold, 4)
-		base := l.b.Random(500)
-		for i := 0; i < 6; i++ {
-			l.tag(l.imageWith(day(i+1), nil, []v1.Descriptor{base}, 2), fmt.Sprintf("app:%d", i))
-		}
-		for i := 0; i < 3; i++ {
-			l.tag(l.imageWith(day(i+1), nil, []v1.Descriptor{base}, 1), fmt.Sprintf("keep:%d", i))
-		}
-		first, err := l.s.Resolve(l.ctx, "app:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.tag(l.b.Artifact("sig", &first, "sig"), "sigs:app-0")
-		l.s.Close()
-	}()
-	before := tags(t, gold)
-	after := without(before, "app:0", "app:1", "app:2", "app:3", "app:4", "sigs:app-0")
-	for _, point := range txnPoints {
-		t.Run(point, func(t *testing.T) {
-			dir := t.TempDir()
-			copyDir(t, gold, dir)
-			if !runChild(t, dir, "prune", point, "app:*") {
-				t.Fatalf("crash point %s not reached", point)
-			}
-			got := tags(t, dir)
-			durable := pointOrder[pointName(point)] >= pointOrder[crash.TxnJournaled]
-			want := before
-			if durable {
-				want = after
-			}
-			if !equalMaps(got, want) {
-				t.Fatalf("after a crash at %s:\n got %v\nwant %v", point, got, want)
-			}
-			checkClean(t, dir, false)
-		})
-	}
 }
 
 // TestNoOpChangesNothing: on a layout another tool wrote (its own JSON

@@ -12,7 +12,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
@@ -307,78 +306,4 @@ func sharedTags(t *testing.T, dir string) map[string]string {
 		out[m.Annotations[v1.AnnotationRefName]] = m.Digest.String()
 	}
 	return out
-}
-
-// TestSharedBlobDirCrash kills a process deleting images of one layout at
-// every crash point of the protocol; then another layout sharing the blob
-// directory runs a GC and a delete first. Its lock recovers the crashed
-// layout's record before anything else, so no blob either layout's
-// index.json reaches is freed, the crashed delete is all or nothing, and
-// both layouts end consistent with no orphan.
-func TestSharedBlobDirCrash(t *testing.T) {
-	points := []string{crash.TxnJournaled, crash.IndexTempWritten, crash.IndexRenamed, crash.IndexSynced,
-		crash.BlobUnlinked + "@1", crash.BlobUnlinked + "@3", crash.BlobDirSynced, crash.TxnCleared}
-	tally := newTally(t)
-	for _, point := range points {
-		tally.run(t, point, func(t *testing.T) {
-			ss := newSharedSet(t, 2)
-			a, b := ss.s[0], ss.s[1]
-			base := []v1.Descriptor{ss.b[0].Random(300), ss.b[0].Random(200)}
-			ma, ma2 := ss.b[0].Manifest(base, 2), ss.b[0].Manifest(base, 1)
-			mb := ss.b[1].Manifest(base, 1)
-			for _, tg := range []struct {
-				s    *store.Store
-				d    v1.Descriptor
-				name string
-			}{{a, ma, "a1"}, {a, ma2, "a2"}, {b, mb, "b1"}, {b, ma2, "from-a"}} {
-				if err := tg.s.Tag(ss.ctx, tg.d, tg.name); err != nil {
-					t.Fatal(err)
-				}
-			}
-			beforeA := sharedTags(t, ss.dirs[0])
-			for i := range ss.s {
-				ss.s[i].Close()
-				ss.s[i] = nil
-			}
-			if !runChild(t, ss.dirs[0], "delete", point, "a1", "a2") {
-				t.Fatalf("the child was not killed at %s", point)
-			}
-			// Both layouts, as a foreign reader sees them before recovery.
-			tally.killed(t, ss.dirs[0], ss.shared)
-			tally.foreign++
-			if err := testutil.ForeignReadableDir(ss.dirs[1], ss.shared); err != nil {
-				t.Errorf("foreign reader, layout b, after a's kill and before recovery: %v", err)
-			}
-			// b works first: its lock recovers a's record.
-			ss.open(1)
-			if _, err := ss.s[1].GC(ss.ctx, store.GCOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			for _, dir := range ss.dirs {
-				for name, d := range sharedTags(t, dir) {
-					var m v1.Descriptor
-					for _, c := range []v1.Descriptor{ma, ma2, mb} {
-						if c.Digest.String() == d {
-							m = c
-						}
-					}
-					for _, bd := range ss.graph(m) {
-						if !ss.blob(bd) {
-							t.Errorf("after %s and a gc from b: %s:%s reaches %s, which is gone", point, dir, name, bd)
-						}
-					}
-				}
-			}
-			if _, err := ss.s[1].Delete(ss.ctx, "b1"); err != nil {
-				t.Fatal(err)
-			}
-			ss.open(0)
-			gotA := sharedTags(t, ss.dirs[0])
-			if len(gotA) != 0 && !mapsEqual(gotA, beforeA) {
-				t.Errorf("after %s layout a has %v: neither before %v nor after (none)", point, gotA, beforeA)
-			}
-			ss.want(true, ss.graph(ma2)...) // b's from-a tag keeps it
-			ss.clean()
-		})
-	}
 }

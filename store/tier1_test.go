@@ -49,7 +49,7 @@ import (
 
 // crashFull is set by OCISTORE_CRASH_FULL=1 (make crash): exhaustive up to
 // 10 unsynced items and 200 random subsets beyond, instead of the bounded
-// sizes `make test` uses.
+// sizes `make test` uses (smaller still with -short: make test-short).
 var crashFull = os.Getenv("OCISTORE_CRASH_FULL") == "1"
 
 type t1Sizes struct {
@@ -57,13 +57,32 @@ type t1Sizes struct {
 	exhaustive int // enumerate every subset up to this many items
 	random     int // random subsets beyond
 	nested     int // states per crash point whose recovery is itself crashed
+	// nestedEvery crashes the recovery (nested) at one crash point in
+	// nestedEvery only (0 or 1: at every point).
+	nestedEvery int
+	// firstViolation stops the enumeration at its first violation (a test
+	// that requires one, with -short).
+	firstViolation bool
 }
 
+// t1Size is the size of the enumerations: full with OCISTORE_CRASH_FULL=1,
+// bounded by default, and with -short (make test-short) every crash point
+// still, with fewer crash states each and the recovery crashed at one point
+// in three.
 func t1Size() t1Sizes {
-	if crashFull {
+	switch {
+	case crashFull:
 		return t1Sizes{images: 12, exhaustive: 10, random: 200, nested: 4}
+	case testing.Short():
+		return t1Sizes{images: 5, exhaustive: 3, random: 4, nested: 1, nestedEvery: 3}
 	}
 	return t1Sizes{images: 5, exhaustive: 5, random: 12, nested: 1}
+}
+
+// t1FindSize is the size of the enumerations that must find a violation
+// (a missing fsync): with -short they stop at the first one.
+func t1FindSize() t1Sizes {
+	return t1Sizes{images: 5, exhaustive: 6, random: 24, firstViolation: testing.Short()}
 }
 
 const journalRel = ".ocistore/journal.db"
@@ -570,13 +589,19 @@ func runTier1(t *testing.T, sizes t1Sizes, seed uint64) *t1Stats {
 			if _, msg := checkState(ctx, scratch, ev, keep, ok, allowed, must, stats, where); msg != "" {
 				stats.violation("%s, kept %s: %s", where, describeKeep(ev.crash, keep), msg)
 			}
+			if sizes.firstViolation && stats.violations > 0 {
+				return stats
+			}
 		}
 		// Crash the recovery of a few of these states at each of its steps.
 		for n, keep := range subsets(ev.crash.Items(), t1Sizes{exhaustive: 0, random: sizes.nested}, rng) {
-			if n >= sizes.nested {
+			if n >= sizes.nested || sizes.nestedEvery > 1 && k%sizes.nestedEvery != 0 {
 				break
 			}
 			stats.states += crashRecovery(ctx, scratch, ev, keep, ok, allowed, must, stats, where)
+		}
+		if sizes.firstViolation && stats.violations > 0 {
+			return stats
 		}
 	}
 	return stats
@@ -890,13 +915,14 @@ func reportTier1(t *testing.T, name string, st *t1Stats) {
 }
 
 // TestTier1FindsMissingFsync proves the harness can fail: with any one fsync
-// of the protocol turned off, the enumeration must find a violation.
+// of the protocol turned off, the enumeration must find a violation (with
+// -short it stops there).
 func TestTier1FindsMissingFsync(t *testing.T) {
 	for _, purpose := range fsio.SyncPurposes {
 		t.Run(purpose, func(t *testing.T) {
 			restore := fsio.DisableSync(purpose)
 			defer restore()
-			st := runTier1(t, t1Sizes{images: 5, exhaustive: 6, random: 24}, 2)
+			st := runTier1(t, t1FindSize(), 2)
 			if st.violations == 0 {
 				t.Fatalf("with the %s fsync off, %d crash states over %d points showed no violation: the harness cannot see this fsync", purpose, st.states, st.points)
 			}
@@ -908,7 +934,7 @@ func TestTier1FindsMissingFsync(t *testing.T) {
 		lowTrashMin(t)
 		restore := fsio.DisableSync(fsio.SyncBlobDir)
 		defer restore()
-		st := runTier1(t, t1Sizes{images: 5, exhaustive: 6, random: 24}, 2)
+		st := runTier1(t, t1FindSize(), 2)
 		if st.violations == 0 {
 			t.Fatalf("with the blob directory's fsync off after moves into the trash, %d crash states over %d points showed no violation", st.states, st.points)
 		}

@@ -21,7 +21,10 @@ import (
 )
 
 // bin is the ocistore binary built by TestMain; the tests run it as a
-// subprocess, as a user would.
+// subprocess, as a user would. It is built with the tag crashpoints, in
+// every build of the tests, so that a test can kill it at a crash point
+// (OCISTORE_CRASHPOINT). internal/testing/embedder runs the binary of a
+// default build with it (TestCrashPointsOffByDefault).
 var bin string
 
 func TestMain(m *testing.M) {
@@ -36,7 +39,7 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	bin = filepath.Join(tmp, "ocistore")
-	args := []string{"build", "-o", bin}
+	args := []string{"build", "-tags", "crashpoints", "-o", bin}
 	if raceBuild {
 		args = append(args, "-race")
 	}

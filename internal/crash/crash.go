@@ -1,34 +1,33 @@
 // Package crash holds named crash points: places in the durability protocol
 // where a test can make the process die as if the power had been cut
-// between two steps. In production no crash point is armed and Point costs one
-// atomic load.
+// between two steps.
 //
 // DESIGN.md §4.7 maps each point to its step of the protocol (§4.2 for a
 // transaction, §4.5 for an ingest, §4.6 for init and journal creation) and
 // says what is durable there; §5.3 says what recovery does after a crash at
 // each.
 //
-// A process is armed through the environment variable OCISTORE_CRASHPOINT,
-// read once at start: "NAME" kills the process (SIGKILL, no deferred code, no
-// buffered output) the first time Point(NAME) is reached; "NAME@K" kills it at
-// the K-th time (1-based). With the suffix ":pause" ("NAME@K:pause") the
-// process instead writes "ocistore: crashpoint NAME reached\n" to stderr and
-// blocks forever, so that a test can cut the power under it (power-loss
-// tests on a real file system) before killing it. Tests in the same process
-// use Arm instead.
+// Crash points exist only in builds with the build tag crashpoints (go
+// build -tags crashpoints, go test -tags crashpoints): the crash tests, the
+// binaries they kill and make demo's power-cut scene. In every other build,
+// the default one and any program that embeds package store, Point is an
+// empty function the compiler inlines away, nothing reads the environment,
+// and Enabled is false: OCISTORE_CRASHPOINT means nothing to them. The names
+// of the points (the constants, All) exist in every build, for the tests
+// that arm them in a child process.
+//
+// In a build with the tag, a process is armed through the environment
+// variable OCISTORE_CRASHPOINT, read once at start: "NAME" kills the process
+// (SIGKILL, no deferred code, no buffered output) the first time Point(NAME)
+// is reached; "NAME@K" kills it at the K-th time (1-based). With the suffix
+// ":pause" ("NAME@K:pause") the process instead writes "ocistore:
+// crashpoint NAME reached\n" to stderr and blocks forever, so that a test can
+// cut the power under it (power-loss tests on a real file system) before
+// killing it. Tests in the same process use Arm (tagged builds only).
 package crash
 
-import (
-	"fmt"
-	"os"
-	"strconv"
-	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
-)
-
-// EnvVar names the environment variable that arms a crash point in a child process.
+// EnvVar names the environment variable that arms a crash point in a child
+// process built with the tag crashpoints (other builds never read it).
 const EnvVar = "OCISTORE_CRASHPOINT"
 
 // The crash points of the protocol, in the order a transaction reaches them.
@@ -59,78 +58,5 @@ var All = []string{
 	RecoverReplayed, RecoverUnlinked, RecoverRecounted, JournalCreated, LayoutInitialized,
 }
 
-var (
-	armed atomic.Bool
-	mu    sync.Mutex
-	name  string
-	left  int
-	hook  func(string)
-)
-
 // PausedMessage is what a paused crash point writes to stderr, with its name.
 const PausedMessage = "ocistore: crashpoint %s reached\n"
-
-func init() {
-	if v := os.Getenv(EnvVar); v != "" {
-		var fn func(string)
-		if p, ok := strings.CutSuffix(v, ":pause"); ok {
-			v, fn = p, pause
-		}
-		n, k := v, 1
-		if i := strings.LastIndexByte(v, '@'); i >= 0 {
-			if c, err := strconv.Atoi(v[i+1:]); err == nil && c > 0 {
-				n, k = v[:i], c
-			}
-		}
-		Arm(n, k, fn)
-	}
-}
-
-func pause(name string) {
-	fmt.Fprintf(os.Stderr, PausedMessage, name)
-	select {} // the test cuts the power, then kills us
-}
-
-// Arm makes the k-th call of Point(n) run fn (or kill the process when fn is
-// nil). It replaces any earlier arming. Disarm undoes it.
-func Arm(n string, k int, fn func(string)) {
-	mu.Lock()
-	defer mu.Unlock()
-	name, left, hook = n, k, fn
-	armed.Store(true)
-}
-
-// Disarm removes any armed crash point.
-func Disarm() {
-	mu.Lock()
-	defer mu.Unlock()
-	name, left, hook = "", 0, nil
-	armed.Store(false)
-}
-
-// Point marks a named step. It does nothing unless that point is armed.
-func Point(n string) {
-	if !armed.Load() {
-		return
-	}
-	mu.Lock()
-	if n != name {
-		mu.Unlock()
-		return
-	}
-	left--
-	if left > 0 {
-		mu.Unlock()
-		return
-	}
-	fn := hook
-	name = ""
-	armed.Store(false)
-	mu.Unlock()
-	if fn != nil {
-		fn(n)
-		return
-	}
-	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-	select {} // SIGKILL is not deliverable late; never return into the protocol
-}

@@ -5,7 +5,7 @@
 //
 // # Single writer
 //
-// A template layout (internal/gen, 1,000 images sharing base layers, tags
+// A template layout (internal/gen, 1,000 images (300 with -short) sharing base layers, tags
 // spread over 40 repositories) is written once and adopted once. Each trial
 // works on a fresh copy (blobs hard-linked, see copyLayout) and runs one of
 //
@@ -64,6 +64,8 @@
 // # Running it
 //
 //	go test ./internal/chaos/          bounded: 40 kills (16 under -race) + 2x30 concurrent ops
+//	go test -short ./internal/chaos/   quick (make test-short): a template of 300
+//	                                   images, 24 kills (16 under -race) + 2x10 concurrent ops
 //	OCISTORE_CRASH_FULL=1 go test -count=1 -timeout 60m -v ./internal/chaos/
 //	                                   full: 500 kills + 2x300 concurrent ops
 //
@@ -115,8 +117,11 @@ func loadConfig(t *testing.T) config {
 		// four times slower: keep the default run near a minute.
 		cfg.kills = 16
 	}
+	if testing.Short() {
+		cfg.images, cfg.kills, cfg.concOps = 300, min(cfg.kills, 24), 10
+	}
 	if v := os.Getenv(envFull); v != "" && v != "0" {
-		cfg.full, cfg.kills, cfg.concOps = true, 500, 300
+		cfg.full, cfg.images, cfg.kills, cfg.concOps = true, 1000, 500, 300
 	}
 	if v := os.Getenv(envSeed); v != "" {
 		s, err := strconv.ParseUint(v, 10, 64)
@@ -175,8 +180,11 @@ func (s *stats) violation(v string) {
 func TestChaos(t *testing.T) {
 	cfg := loadConfig(t)
 	mode := "bounded"
-	if cfg.full {
+	switch {
+	case cfg.full:
 		mode = "full"
+	case testing.Short():
+		mode = "short"
 	}
 	fmt.Printf("chaos: seed=%d mode=%s kills=%d concurrent-ops=%dx2 race=%v (%s=N reproduces, %s=1 runs the full set)\n",
 		cfg.seed, mode, cfg.kills, cfg.concOps, raceBuild, envSeed, envFull)

@@ -2,7 +2,8 @@ package powercut
 
 // Power cuts on a real ext4 under the real ocistore binary (Tier 2 of
 // "prove crash consistency"). For each crash point of `ocistore rm` and
-// `ocistore import`, the binary runs on a fresh copy of a baseline layout
+// `ocistore import`, the binary (built with -tags crashpoints: the default
+// build has no crash points) runs on a fresh copy of a baseline layout
 // with OCISTORE_CRASHPOINT=NAME[@K]:pause; when it reports the point, the
 // file system is shut down without flushing its journal (EXT4_IOC_SHUTDOWN,
 // NOLOGFLUSH: a power cut), the process is killed, the file system is
@@ -402,7 +403,8 @@ func buildBinary(t *testing.T, dir, mutant string) string {
 }
 
 // buildBinaryWith builds cmd/ocistore from this module as dir/ocistore,
-// with the go build overlay overlay(module root) returns, when not nil.
+// with the go build overlay overlay(module root) returns, when not nil, and
+// the tag crashpoints (the tests pause it at crash points).
 func buildBinaryWith(t *testing.T, dir string, overlay func(root string) string) string {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOMOD").Output()
@@ -414,7 +416,7 @@ func buildBinaryWith(t *testing.T, dir string, overlay func(root string) string)
 		t.Fatal("not inside a Go module")
 	}
 	bin := filepath.Join(dir, "ocistore")
-	args := []string{"build", "-o", bin}
+	args := []string{"build", "-tags", "crashpoints", "-o", bin}
 	if overlay != nil {
 		args = append(args, "-overlay", overlay(filepath.Dir(gomod)))
 	}
