@@ -108,7 +108,7 @@ func checkWithoutJournal(ctx context.Context, fsys fsio.FS, o *recovery.CheckOpt
 	return rep, nil
 }
 
-// checkSharedDir is CheckDirWith for a layout with a shared blob
+// checkSharedDir is CheckDir for a layout with a shared blob
 // directory: the layout as it is (no recovery), with the other layouts'
 // references counted.
 func checkSharedDir(ctx context.Context, dir, shared string, lockTimeout time.Duration, o *recovery.CheckOptions) (*recovery.Report, error) {
