@@ -99,9 +99,7 @@ func TestSkopeoRacesPrune(t *testing.T) {
 			} `json:"removed"`
 		}
 		r := mustOcistore(t, l, "prune", "--keep-last", "1", "--dry-run", "--format", "json")
-		if err := json.Unmarshal([]byte(r.stdout), &plan); err != nil {
-			t.Fatal(err)
-		}
+		decodeJSON(t, r, &plan)
 		removed := map[string]bool{}
 		for _, im := range plan.Removed {
 			removed[im.Name] = true
