@@ -35,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -317,7 +318,7 @@ func rfRun(t *testing.T, fx *rfFixture, in rfInput) {
 		t.Fatalf("%v: second recovery: %v", in, err)
 	}
 	again := testutil.Snapshot(t, dir, layout.StateDir)
-	if !rfSameFiles(after, again) {
+	if !maps.Equal(after, again) {
 		t.Fatalf("%v: second recovery changed files", in)
 	}
 	// And the index it leaves parses.
@@ -490,18 +491,6 @@ func rfTempDir(t *testing.T) string {
 		}
 	}
 	return t.TempDir()
-}
-
-func rfSameFiles(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func rfTrim(b []byte) []byte {
