@@ -94,6 +94,25 @@ func (b *Builder) Tag(d v1.Descriptor, names ...string) {
 	}
 }
 
+// Open opens the layout in dir (creating it) with the default options,
+// failing the test on an error.
+func Open(t testing.TB, dir string) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Close closes s, failing the test on an error.
+func Close(t testing.TB, s *store.Store) {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // MustCheck fails the test unless the quick fsck finds no problem.
 func MustCheck(t testing.TB, s *store.Store) {
 	t.Helper()
