@@ -457,18 +457,9 @@ func rfReachable(dir string, raw []byte) map[digest.Digest]bool {
 		if err != nil {
 			return
 		}
-		var m struct {
-			Config    *v1.Descriptor  `json:"config"`
-			Layers    []v1.Descriptor `json:"layers"`
-			Manifests []v1.Descriptor `json:"manifests"`
-			Blobs     []v1.Descriptor `json:"blobs"`
-		}
-		if json.Unmarshal(b, &m) != nil {
+		kids, err := testutil.Listed(b)
+		if err != nil {
 			return
-		}
-		kids := append(append(append([]v1.Descriptor(nil), m.Layers...), m.Manifests...), m.Blobs...)
-		if m.Config != nil {
-			kids = append(kids, *m.Config)
 		}
 		for _, k := range kids {
 			walk(k, false, depth+1)

@@ -640,20 +640,10 @@ func (c *blobCache) closure(dir string, s *layoutState) (map[digest.Digest]bool,
 				return
 			}
 			if manifestTypes[d.MediaType] && !parsed {
-				var m struct {
-					Config    *v1.Descriptor  `json:"config"`
-					Layers    []v1.Descriptor `json:"layers"`
-					Manifests []v1.Descriptor `json:"manifests"`
-					Blobs     []v1.Descriptor `json:"blobs"`
-				}
-				if err := json.Unmarshal(b, &m); err != nil {
+				if kids, err = testutil.Listed(b); err != nil {
 					probs = append(probs, fmt.Sprintf("manifest %s: %v", d.Digest, err))
 					return
 				}
-				if m.Config != nil {
-					kids = append(kids, *m.Config)
-				}
-				kids = slices.Concat(kids, m.Layers, m.Manifests, m.Blobs)
 				c.kids[d.Digest] = kids
 			}
 		}

@@ -367,6 +367,15 @@ type manifestDoc struct {
 	Manifests []v1.Descriptor `json:"manifests"`
 }
 
+// children lists the descriptors m names: its config, layers and manifests.
+func (m manifestDoc) children() []v1.Descriptor {
+	kids := slices.Concat(m.Layers, m.Manifests)
+	if m.Config != nil {
+		kids = append(kids, *m.Config)
+	}
+	return kids
+}
+
 func readManifest(t *testing.T, dir, dgst string) manifestDoc {
 	t.Helper()
 	raw, err := os.ReadFile(blobPath(dir, dgst))
