@@ -171,11 +171,7 @@ func oneMain(args []string) error {
 			return err
 		}
 	default:
-		tmpl, err := r.template(*n, *peerName)
-		if err != nil {
-			return err
-		}
-		if err := r.copyFor(*peerName, tmpl, dir, *scenario == scOpenCold); err != nil {
+		if err := r.copyFor(*n, *peerName, dir, *scenario == scOpenCold); err != nil {
 			return err
 		}
 	}

@@ -232,9 +232,13 @@ func settle(dir string, copied time.Time) error {
 	return s.Close()
 }
 
-// copyFor copies the template of a peer to dir, settled for ocistore
-// unless cold.
-func (r *runner) copyFor(peerName, tmpl, dir string, cold bool) error {
+// copyFor copies the template of n images for a peer (r.template) to dir,
+// settled for ocistore unless cold.
+func (r *runner) copyFor(n int, peerName, dir string, cold bool) error {
+	tmpl, err := r.template(n, peerName)
+	if err != nil {
+		return err
+	}
 	r.remove(dir)
 	if err := copyLayout(tmpl, dir); err != nil {
 		return err
@@ -384,12 +388,8 @@ func (r *runner) deleting(scenario string, n, k int, gone []string) error {
 			if long[p.name] {
 				continue
 			}
-			tmpl, err := r.template(n, p.name)
-			if err != nil {
-				return err
-			}
 			dir := filepath.Join(r.work, "run")
-			if err := r.copyFor(p.name, tmpl, dir, false); err != nil {
+			if err := r.copyFor(n, p.name, dir, false); err != nil {
 				return err
 			}
 			rr := r.child(scenario, p.name, n, k, run, dir, nil)
@@ -426,12 +426,8 @@ func (r *runner) opening(n int) error {
 		if !p.opens || p.name == pOrasGC {
 			continue
 		}
-		tmpl, err := r.template(n, p.name)
-		if err != nil {
-			return err
-		}
 		dir := filepath.Join(r.work, "run")
-		if err := r.copyFor(p.name, tmpl, dir, false); err != nil {
+		if err := r.copyFor(n, p.name, dir, false); err != nil {
 			return err
 		}
 		for run := 1; run <= r.plan.Runs; run++ {
@@ -447,13 +443,9 @@ func (r *runner) opening(n int) error {
 	// ocistore's first open of a fresh copy: index.json has a stamp the
 	// journal does not know, so it is read, hashed and parsed, and the new
 	// stamp noted (one journal commit). A fresh copy per run.
-	tmpl, err := r.template(n, pOcistore)
-	if err != nil {
-		return err
-	}
 	for run := 1; run <= r.plan.Runs; run++ {
 		dir := filepath.Join(r.work, "run")
-		if err := r.copyFor(pOcistore, tmpl, dir, true); err != nil {
+		if err := r.copyFor(n, pOcistore, dir, true); err != nil {
 			return err
 		}
 		r.child(scOpenCold, pOcistore, n, 0, run, dir, nil)

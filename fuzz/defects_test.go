@@ -60,6 +60,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -69,10 +70,7 @@ import (
 func TestDefectD1ForeignSHA512Layer(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := store.Open(ctx, dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := testutil.Open(t, dir)
 	defer s.Close()
 	cfg := []byte(`{}`)
 	cd := v1.Descriptor{MediaType: v1.MediaTypeImageConfig, Digest: digest.FromBytes(cfg), Size: int64(len(cfg))}

@@ -35,6 +35,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -316,7 +317,7 @@ func rfRun(t *testing.T, fx *rfFixture, in rfInput) {
 		t.Fatalf("%v: second recovery: %v", in, err)
 	}
 	again := testutil.Snapshot(t, dir, layout.StateDir)
-	if !rfSameFiles(after, again) {
+	if !maps.Equal(after, again) {
 		t.Fatalf("%v: second recovery changed files", in)
 	}
 	// And the index it leaves parses.
@@ -455,18 +456,9 @@ func rfReachable(dir string, raw []byte) map[digest.Digest]bool {
 		if err != nil {
 			return
 		}
-		var m struct {
-			Config    *v1.Descriptor  `json:"config"`
-			Layers    []v1.Descriptor `json:"layers"`
-			Manifests []v1.Descriptor `json:"manifests"`
-			Blobs     []v1.Descriptor `json:"blobs"`
-		}
-		if json.Unmarshal(b, &m) != nil {
+		kids, err := testutil.Listed(b)
+		if err != nil {
 			return
-		}
-		kids := append(append(append([]v1.Descriptor(nil), m.Layers...), m.Manifests...), m.Blobs...)
-		if m.Config != nil {
-			kids = append(kids, *m.Config)
 		}
 		for _, k := range kids {
 			walk(k, false, depth+1)
@@ -489,18 +481,6 @@ func rfTempDir(t *testing.T) string {
 		}
 	}
 	return t.TempDir()
-}
-
-func rfSameFiles(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 func rfTrim(b []byte) []byte {

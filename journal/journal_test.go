@@ -21,10 +21,7 @@ func layoutWithLease(t *testing.T) string {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := store.Open(ctx, dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := testutil.Open(t, dir)
 	b := testutil.NewBuilder(t, s, 1)
 	b.Tag(b.Manifest(nil, 1), "a:1")
 	b.Tag(b.Manifest(nil, 1), "b:1")
@@ -35,9 +32,7 @@ func layoutWithLease(t *testing.T) string {
 	if err := l.Add(ctx, b.Random(10)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Close(t, s)
 	return dir
 }
 

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -150,37 +149,12 @@ func fsckFlags(fs *flag.FlagSet, a *app) {
 	fs.BoolVar(&a.fsck.dropBroken, "drop-broken", false, "remove broken entries from index.json")
 	fs.BoolVar(&a.fsck.force, "force", false, "let --drop-broken remove every image; repair a layout whose blobs seem to live elsewhere")
 	fs.BoolVar(&a.fsck.rebuildJournal, "rebuild-journal", false, "rebuild a journal a newer ocistore wrote")
-	fs.Func("grace", "keep unreferenced blobs modified within this duration", func(s string) error {
-		d, err := parseDuration(s)
-		if err != nil {
-			return err
-		}
-		if d < 0 {
-			return errors.New("must not be negative")
-		}
-		a.fsck.grace, a.fsck.graceSet = d, true
-		return nil
-	})
+	fs.Func("grace", "keep unreferenced blobs modified within this duration",
+		atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { a.fsck.grace, a.fsck.graceSet = d, true }))
 	fs.BoolVar(&a.fsck.deep, "deep", false, "re-hash every blob")
-	fs.Func("max", "stop hashing after this duration", func(s string) error {
-		d, err := parseDuration(s)
-		if err != nil {
-			return err
-		}
-		if d <= 0 {
-			return errors.New("must be positive")
-		}
-		a.fsck.max = d
-		return nil
-	})
-	fs.Func("workers", "blobs hashed at once", func(s string) error {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			return errors.New("want a positive number")
-		}
-		a.fsck.workers = n
-		return nil
-	})
+	fs.Func("max", "stop hashing after this duration",
+		atLeast(parseDuration, 1, "must be positive", func(d time.Duration) { a.fsck.max = d }))
+	fs.Func("workers", "blobs hashed at once", count("want a positive number", func(n int) { a.fsck.workers = n }))
 }
 
 // checkOptions are the recovery.CheckOptions fsck's flags ask for, with a
@@ -211,14 +185,20 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 	if err != nil {
 		return lockedHint(a, err)
 	}
+	return a.printOutcome(rep, rep.OK(), func() { a.printReport(rep) })
+}
+
+// printOutcome writes fsck's outcome v as JSON, or as text with printText;
+// a layout that is not consistent (not ok) makes the exit status 3.
+func (a *app) printOutcome(v any, ok bool, printText func()) error {
 	if a.json() {
-		if err := a.printJSON(rep); err != nil {
+		if err := a.printJSON(v); err != nil {
 			return err
 		}
 	} else {
-		a.printReport(rep)
+		printText()
 	}
-	if !rep.OK() {
+	if !ok {
 		return exitStatus(exitProblems)
 	}
 	return nil
@@ -233,18 +213,8 @@ func (a *app) runRepair(ctx context.Context) error {
 	if err != nil {
 		return lockedHint(a, err)
 	}
-	if a.json() {
-		if err := a.printJSON(res); err != nil {
-			return err
-		}
-	} else {
-		for _, act := range res.Actions {
-			line := act.Kind
-			if act.Txn != 0 {
-				line += fmt.Sprintf(" txn %d", act.Txn)
-			}
-			fmt.Fprintf(a.stdout, "%s: %s\n", line, act.Detail)
-		}
+	return a.printOutcome(res, res.OK(), func() {
+		a.printActions(res.Actions)
 		if len(res.Actions) == 0 {
 			fmt.Fprintln(a.stdout, "nothing to repair")
 		}
@@ -252,19 +222,23 @@ func (a *app) runRepair(ctx context.Context) error {
 			fmt.Fprintf(a.stdout, "invalid entry manifests[%d] %s: %s (--drop-broken removes it)\n", b.Pos, b.Raw, b.Err)
 		}
 		for _, b := range res.Broken {
-			name := b.Name
-			if name == "" {
-				name = "<none>"
-			}
-			fmt.Fprintf(a.stdout, "broken %s %s: %s (--drop-broken removes it)\n", name, b.Digest, b.Reason)
+			fmt.Fprintf(a.stdout, "broken %s %s: %s (--drop-broken removes it)\n", displayName(b.Name), b.Digest, b.Reason)
 		}
 		fmt.Fprintln(a.stdout, "after repair:")
 		a.printReport(res.Report)
+	})
+}
+
+// printActions writes what recovery or a repair did: one line per action,
+// "KIND [txn N]: DETAIL".
+func (a *app) printActions(acts []recovery.Action) {
+	for _, act := range acts {
+		line := act.Kind
+		if act.Txn != 0 {
+			line += fmt.Sprintf(" txn %d", act.Txn)
+		}
+		fmt.Fprintf(a.stdout, "%s: %s\n", line, act.Detail)
 	}
-	if !res.OK() {
-		return exitStatus(exitProblems)
-	}
-	return nil
 }
 
 // printReport writes a check report as text: one line per problem, the
@@ -333,13 +307,7 @@ func runRecover(ctx context.Context, a *app, _ []string) error {
 			fmt.Fprintln(a.stdout, "nothing to recover")
 			return nil
 		}
-		for _, act := range acts {
-			line := act.Kind
-			if act.Txn != 0 {
-				line += fmt.Sprintf(" txn %d", act.Txn)
-			}
-			fmt.Fprintf(a.stdout, "%s: %s\n", line, act.Detail)
-		}
+		a.printActions(acts)
 		return nil
 	})
 }

@@ -260,15 +260,7 @@ func TestFsckRepairRefusals(t *testing.T) {
 	t.Run("blobs-elsewhere", func(t *testing.T) {
 		shared := filepath.Join(root, "shared")
 		dir := testutil.WriteRawLayout(t, filepath.Join(root, "x"), nil, entries)
-		for d, c := range blobs {
-			p := filepath.Join(shared, d.Algorithm().String(), d.Encoded())
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, c, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		testutil.WriteBlobs(t, shared, blobs)
 		r := must(t, 3, "-l", dir, "fsck")
 		first, _, _ := strings.Cut(r.stdout, "\n")
 		wantContains(t, "first line", first, recovery.KindBlobsElsewhere+" blobs: "+recovery.BlobsElsewhereHint)

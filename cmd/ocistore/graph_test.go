@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -22,12 +21,8 @@ import (
 // size is its own graph's, the total counts every blob once.
 func TestInspectNestedIndex(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
 	dir := t.TempDir()
-	s, err := store.Open(ctx, dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := testutil.Open(t, dir)
 	b := testutil.NewBuilder(t, s, 3)
 	base := b.Random(5000)
 	amd := b.Manifest([]v1.Descriptor{base}, 1)
@@ -37,9 +32,7 @@ func TestInspectNestedIndex(t *testing.T) {
 	inner := b.Index(amd, arm)
 	outer := b.Index(inner, amd)
 	b.Tag(outer, "outer")
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Close(t, s)
 	gOuter, gInner, gAmd := graphOf(t, dir, outer), graphOf(t, dir, inner), graphOf(t, dir, amd)
 	if len(gOuter) != 1+len(gInner) {
 		t.Fatalf("fixture: outer's graph is %d blobs, want inner's %d and itself", len(gOuter), len(gInner))

@@ -111,16 +111,26 @@ type inspectOutput struct {
 	TotalSize     int64            `json:"totalSize"`
 }
 
-func runInspect(ctx context.Context, a *app, args []string) error {
-	ref := args[0]
+// withResolved opens the layout with open (a.withStore or a.withReadStore)
+// and runs fn with the descriptor ref resolves to. A malformed digest is a
+// usage error before the layout is opened.
+func (a *app) withResolved(ctx context.Context, open func(context.Context, func(*store.Store) error) error, ref string,
+	fn func(s *store.Store, desc v1.Descriptor) error) error {
 	if err := checkRef(ref); err != nil {
 		return err
 	}
-	return a.withReadStore(ctx, func(s *store.Store) error {
+	return open(ctx, func(s *store.Store) error {
 		desc, err := s.Resolve(ctx, ref)
 		if err != nil {
 			return err
 		}
+		return fn(s, desc)
+	})
+}
+
+func runInspect(ctx context.Context, a *app, args []string) error {
+	ref := args[0]
+	return a.withResolved(ctx, a.withReadStore, ref, func(s *store.Store, desc v1.Descriptor) error {
 		imgs, err := s.List(ctx)
 		if err != nil {
 			return err
@@ -273,14 +283,7 @@ that manifest stays in index.json as an untagged entry (ocistore rm deletes it).
 
 func runTag(ctx context.Context, a *app, args []string) error {
 	src, dsts := args[0], args[1:]
-	if err := checkRef(src); err != nil {
-		return err
-	}
-	return a.withStore(ctx, func(s *store.Store) error {
-		desc, err := s.Resolve(ctx, src)
-		if err != nil {
-			return err
-		}
+	return a.withResolved(ctx, a.withStore, src, func(s *store.Store, desc v1.Descriptor) error {
 		if err := s.Tag(ctx, desc, dsts...); err != nil {
 			return err
 		}
@@ -355,11 +358,8 @@ func runRm(ctx context.Context, a *app, args []string) error {
 			return err
 		}
 		out := rmOutput{Removed: args, Result: *res}
-		if out.Freed == nil {
-			out.Freed = []store.Blob{}
-		}
 		if a.json() {
-			return a.printJSON(out)
+			return a.printFreeingJSON(&out, &out.Result)
 		}
 		for _, r := range args {
 			fmt.Fprintf(a.stdout, "removed %s\n", r)

@@ -18,7 +18,6 @@ import (
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
-	"github.com/ocistore/ocistore/store"
 )
 
 func journalSum(t *testing.T, path string) string {
@@ -105,10 +104,7 @@ func TestRebuildKeepsLeaseCLI(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	f := newFixture(t)
-	s, err := store.Open(ctx, f.dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := testutil.Open(t, f.dir)
 	lease, err := s.Lease(ctx, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +114,7 @@ func TestRebuildKeepsLeaseCLI(t *testing.T) {
 	if err := s.PutBlob(lease.Context(ctx), held, bytes.NewReader(content)); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Close(t, s)
 	path := filepath.Join(f.dir, protocol.JournalFile)
 	// Scribble on the freelist pages (4 KiB pages): the journal no longer
 	// opens read-write; salvage still reads its leases.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+
+	"github.com/ocistore/ocistore/store"
 )
 
 // outputFormat is the value of --format.
@@ -34,6 +36,16 @@ func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// printFreeingJSON writes v, the outcome of a command that frees blobs (its
+// store.Result is r), as printJSON does; no blob freed is "freed": [], not
+// null.
+func (a *app) printFreeingJSON(v any, r *store.Result) error {
+	if r.Freed == nil {
+		r.Freed = []store.Blob{}
+	}
+	return a.printJSON(v)
 }
 
 // table returns an aligned-column writer on stdout; Flush it when done.

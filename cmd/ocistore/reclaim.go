@@ -28,17 +28,37 @@ const defaultGrace = store.DefaultGrace
 
 func graceFlag(fs *flag.FlagSet, a *app) {
 	a.opts.grace = defaultGrace
-	fs.Func("grace", "keep unreferenced blobs modified within this duration (default 1h)", func(s string) error {
-		d, err := parseDuration(s)
+	fs.Func("grace", "keep unreferenced blobs modified within this duration (default 1h)",
+		atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { a.opts.grace = d }))
+}
+
+// atLeast is a flag.Func callback for a value that parse reads and that must
+// be at least least (else the error tooSmall); set takes it.
+func atLeast[T int64 | time.Duration](parse func(string) (T, error), least T, tooSmall string, set func(T)) func(string) error {
+	return func(s string) error {
+		v, err := parse(s)
 		if err != nil {
 			return err
 		}
-		if d < 0 {
-			return errors.New("must not be negative")
+		if v < least {
+			return errors.New(tooSmall)
 		}
-		a.opts.grace = d
+		set(v)
 		return nil
-	})
+	}
+}
+
+// count is a flag.Func callback for a whole number, at least 1 (else the
+// error want); set takes it.
+func count(want string, set func(int)) func(string) error {
+	return func(s string) error {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return errors.New(want)
+		}
+		set(n)
+		return nil
+	}
 }
 
 var gcCmd = &command{
@@ -77,11 +97,8 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 		if err != nil {
 			return err
 		}
-		if res.Freed == nil {
-			res.Freed = []store.Blob{}
-		}
 		if a.json() {
-			return a.printJSON(res)
+			return a.printFreeingJSON(res, &res.Result)
 		}
 		verb := "removed"
 		if res.DryRun {
@@ -248,36 +265,12 @@ sizeAfter, overBudget, pinned}.`,
 	format:  true,
 	flags: func(fs *flag.FlagSet, a *app) {
 		p := &a.opts.policy
-		fs.Func("keep-last", "keep the newest N per repository", func(s string) error {
-			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 {
-				return errors.New("want a whole number of images, at least 1")
-			}
-			p.KeepLast = n
-			return nil
-		})
-		fs.Func("older-than", "remove images older than this", func(s string) error {
-			d, err := parseDuration(s)
-			if err != nil {
-				return err
-			}
-			if d <= 0 {
-				return errors.New("want a positive duration")
-			}
-			p.OlderThan = d
-			return nil
-		})
-		fs.Func("max-size", "size budget", func(s string) error {
-			n, err := parseSize(s)
-			if err != nil {
-				return err
-			}
-			if n <= 0 {
-				return errors.New("want a positive size")
-			}
-			p.MaxSize = n
-			return nil
-		})
+		fs.Func("keep-last", "keep the newest N per repository",
+			count("want a whole number of images, at least 1", func(n int) { p.KeepLast = n }))
+		fs.Func("older-than", "remove images older than this",
+			atLeast(parseDuration, 1, "want a positive duration", func(d time.Duration) { p.OlderThan = d }))
+		fs.Func("max-size", "size budget",
+			atLeast(parseSize, 1, "want a positive size", func(n int64) { p.MaxSize = n }))
 		fs.Func("filter", "until=TIME, ref=GLOB, label=K[=V]", func(s string) error {
 			return addFilter(p, s, time.Now())
 		})
@@ -367,11 +360,8 @@ func runPrune(ctx context.Context, a *app, _ []string) error {
 		if err != nil {
 			return err
 		}
-		if res.Freed == nil {
-			res.Freed = []store.Blob{}
-		}
 		if a.json() {
-			return a.printJSON(res)
+			return a.printFreeingJSON(res, &res.Result)
 		}
 		verb, freed := "removed", "freed"
 		if res.DryRun {

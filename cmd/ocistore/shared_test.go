@@ -9,7 +9,6 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/testing/testutil"
-	"github.com/ocistore/ocistore/store"
 )
 
 // TestSharedBlobDirCLI: three layouts on one --shared-blob-dir, from the
@@ -25,16 +24,10 @@ func TestSharedBlobDirCLI(t *testing.T) {
 		must(t, 0, "--shared-blob-dir", shared, "-l", d, "init")
 	}
 	// Images through the library: a base layer in every layout, one
-	// manifest tagged in x and y.
+	// manifest tagged in x and y. The layouts are opened without options:
+	// their marker names the shared directory.
 	ctx := context.Background()
-	open := func(d string) *store.Store {
-		s, err := store.Open(ctx, d, nil) // the marker names the shared directory
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	sx := open(dirs[0])
+	sx := testutil.Open(t, dirs[0])
 	b := testutil.NewBuilder(t, sx, 7)
 	base := b.Random(500)
 	m := b.Manifest([]v1.Descriptor{base}, 1)
@@ -48,7 +41,7 @@ func TestSharedBlobDirCLI(t *testing.T) {
 		d    v1.Descriptor
 		name string
 	}{{dirs[1], m, "app:1"}, {dirs[2], mz, "other:1"}} {
-		s := open(tg.dir)
+		s := testutil.Open(t, tg.dir)
 		if err := s.Tag(ctx, tg.d, tg.name); err != nil {
 			t.Fatal(err)
 		}

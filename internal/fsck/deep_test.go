@@ -20,6 +20,7 @@ import (
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/protocol"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
@@ -32,13 +33,7 @@ func adopted(t testing.TB, spec gen.Spec) string {
 	if _, err := gen.Write(dir, spec); err != nil {
 		t.Fatal(err)
 	}
-	s, err := store.Open(context.Background(), dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
+	testutil.Close(t, testutil.Open(t, dir))
 	return dir
 }
 

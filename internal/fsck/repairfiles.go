@@ -403,10 +403,20 @@ func (f *fixer) indexState() (raw []byte, d digest.Digest, exists bool, err erro
 	return nil, "", true, nil
 }
 
-// restoreIndex writes b as index.json, durably, first moving what is at
-// the path (an unreadable file, a symlink, a directory) to the quarantine
-// folder.
+// restoreIndex writes b, from from, as index.json (replaceIndex) and says
+// so.
 func (f *fixer) restoreIndex(b []byte, exists bool, from string, res *Repaired) error {
+	if err := f.replaceIndex(b, exists, res); err != nil {
+		return err
+	}
+	res.act(f.log, recovery.ActionIndexRestored, "%s restored from %s (%s)", layout.IndexFile, from, layout.Sum(b))
+	return nil
+}
+
+// replaceIndex writes b as index.json, durably, first moving what is at
+// the path when it exists (an unreadable file, a symlink, a directory) to
+// the quarantine folder.
+func (f *fixer) replaceIndex(b []byte, exists bool, res *Repaired) error {
 	if exists {
 		dest, err := protocol.Quarantine(f.l.FS, layout.IndexFile, layout.IndexFile)
 		if err != nil {
@@ -414,11 +424,7 @@ func (f *fixer) restoreIndex(b []byte, exists bool, from string, res *Repaired) 
 		}
 		res.act(f.log, recovery.ActionQuarantined, "%s is unreadable: moved to %s", layout.IndexFile, dest)
 	}
-	if err := protocol.WriteIndex(f.l.FS, b); err != nil {
-		return err
-	}
-	res.act(f.log, recovery.ActionIndexRestored, "%s restored from %s (%s)", layout.IndexFile, from, layout.Sum(b))
-	return nil
+	return protocol.WriteIndex(f.l.FS, b)
 }
 
 // applySalvage honours what a damaged journal still holds, before it is
@@ -448,14 +454,7 @@ func (f *fixer) applySalvage(ctx context.Context, salv *journal.Salvaged, source
 			res.Actions = append(res.Actions, recovery.Action{Kind: "roll-forward", Txn: rec.ID,
 				Detail: fmt.Sprintf("%s (salvaged from %s): index.json is its new index; the blobs it freed are orphans now", rec.Op, source)})
 		case nb != nil && (onDisk == "" || onDisk == rec.OldIndex):
-			if onDisk == "" && exists {
-				dest, err := protocol.Quarantine(f.l.FS, layout.IndexFile, layout.IndexFile)
-				if err != nil {
-					return err
-				}
-				res.act(f.log, recovery.ActionQuarantined, "%s is unreadable: moved to %s", layout.IndexFile, dest)
-			}
-			if err := protocol.WriteIndex(f.l.FS, nb); err != nil {
+			if err := f.replaceIndex(nb, onDisk == "" && exists, res); err != nil {
 				return err
 			}
 			onDisk, exists = rec.NewIndex, true

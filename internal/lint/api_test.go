@@ -112,19 +112,8 @@ func TestPublicPackagesChangeNothing(t *testing.T) {
 // ones import no test rig (internal/testing/...): arrows point down.
 func TestFoundationImportsNoRig(t *testing.T) {
 	root := moduleRoot(t)
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		rel = filepath.ToSlash(rel)
-		if d.IsDir() {
-			if rel == "bench" || rel == "internal/testing" || rel == "internal/cmd" || rel == "fuzz" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".") && rel != "." {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+	err := walkFiles(root, []string{"bench", "internal/testing", "internal/cmd", "fuzz"}, func(rel, p string) error {
+		if !isSource(p) {
 			return nil
 		}
 		f, err := parser.ParseFile(token.NewFileSet(), p, nil, parser.ImportsOnly)
@@ -142,4 +131,29 @@ func TestFoundationImportsNoRig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// walkFiles calls fn with every file under root, by its path p and its
+// path rel relative to root, slash-separated. It skips hidden
+// directories, testdata, and the directories (rel) of skip.
+func walkFiles(root string, skip []string, fn func(rel, p string) error) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		if d.IsDir() {
+			if rel != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata" || slices.Contains(skip, rel)) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		return fn(rel, p)
+	})
+}
+
+// isSource reports whether p is a Go file other than a test.
+func isSource(p string) bool {
+	return strings.HasSuffix(p, ".go") && !strings.HasSuffix(p, "_test.go")
 }

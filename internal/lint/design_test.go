@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"go/parser"
 	"go/token"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -171,19 +170,9 @@ func checkDesignRefs(root string) ([]string, error) {
 	}
 	secs, problems := designSections(string(doc), designFile)
 	fset := token.NewFileSet()
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		rel = filepath.ToSlash(rel)
-		if d.IsDir() {
-			if rel != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
+	err = walkFiles(root, nil, func(rel, p string) error {
 		var units []unit
+		var err error
 		switch {
 		case strings.HasSuffix(p, ".go"):
 			units, err = goUnits(fset, p)

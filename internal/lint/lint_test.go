@@ -6,7 +6,6 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,19 +32,8 @@ var allowed = []string{"internal/fsio/", "internal/gen/", "internal/cmd/", "inte
 func TestFileMutationsOnlyInFsio(t *testing.T) {
 	root := moduleRoot(t)
 	fset := token.NewFileSet()
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		rel = filepath.ToSlash(rel)
-		if d.IsDir() {
-			if rel == "bench" || strings.HasPrefix(d.Name(), ".") && rel != "." || d.Name() == "testdata" {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+	err := walkFiles(root, []string{"bench"}, func(rel, p string) error {
+		if !isSource(p) {
 			return nil
 		}
 		for _, a := range allowed {

@@ -3,6 +3,7 @@ package refcount_test
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -301,7 +302,7 @@ func TestCycle(t *testing.T) {
 		t.Errorf("%d loads for a two-node cycle", g.loads)
 	}
 	rm, problems := refcount.Recount(indexOf(a), g.load)
-	if len(problems) != 0 || !maps2Equal(counts(rm), counts(m)) {
+	if len(problems) != 0 || !maps.Equal(counts(rm), counts(m)) {
 		t.Errorf("recount %v (%v), incremental %v", counts(rm), problems, counts(m))
 	}
 }
@@ -337,18 +338,6 @@ func indexOf(ds ...v1.Descriptor) *layout.Index {
 		es = append(es, layout.NewEntry(d, ""))
 	}
 	return (&layout.Index{}).With(es)
-}
-
-func maps2Equal(a, b map[digest.Digest]uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestIncrementalEqualsRecount: random sequences of adding and removing
@@ -403,7 +392,7 @@ func TestIncrementalEqualsRecount(t *testing.T) {
 			if len(problems) != 0 {
 				t.Fatal(problems)
 			}
-			if !maps2Equal(counts(m), counts(want)) {
+			if !maps.Equal(counts(m), counts(want)) {
 				t.Fatalf("seed %d step %d: incremental %v, recount %v", seed, step, counts(m), counts(want))
 			}
 			// Everything freed is unreachable now, everything reachable is counted.
@@ -444,7 +433,7 @@ func TestJournalTable(t *testing.T) {
 	db.View(func(tx *journal.Tx) error {
 		return tx.ForEachRef(func(d digest.Digest, r journal.Ref) error { got[d] = r.Count; return nil })
 	})
-	if !maps2Equal(got, counts(want)) {
+	if !maps.Equal(got, counts(want)) {
 		t.Errorf("journal %v, recount %v", got, counts(want))
 	}
 }
@@ -471,7 +460,7 @@ func TestLeafThenManifest(t *testing.T) {
 			t.Errorf("order %v: shared counted %d times, want 2", order[0].Digest, got)
 		}
 		want, _ := refcount.Recount(indexOf(order...), g.load)
-		if !maps2Equal(counts(mm), counts(want)) {
+		if !maps.Equal(counts(mm), counts(want)) {
 			t.Errorf("incremental %v, recount %v", counts(mm), counts(want))
 		}
 		// Removing the other image never frees what m uses.

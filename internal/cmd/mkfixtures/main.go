@@ -18,18 +18,11 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/ocistore/ocistore/internal/gen"
 )
 
-func main() {
-	if len(os.Args) != 2 || os.Args[1] == "" || os.Args[1][0] == '-' {
-		fmt.Fprintln(os.Stderr, "usage: mkfixtures DIR   (DIR is testdata/layouts)")
-		os.Exit(2)
-	}
-	if err := write(os.Args[1]); err != nil {
-		fmt.Fprintln(os.Stderr, "mkfixtures:", err)
-		os.Exit(1)
-	}
-}
+func main() { gen.Main("mkfixtures", "testdata/layouts", write) }
 
 // write replaces every generated layout under dir.
 func write(dir string) error {

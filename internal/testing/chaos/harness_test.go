@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -25,6 +24,7 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/gen"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 )
 
 // The harness: the real binary, a template layout adopted once, import
@@ -276,18 +276,14 @@ func copyLayout(src, dst string) error {
 	if out, err := exec.Command("cp", "-al", filepath.Join(src, "blobs"), filepath.Join(dst, "blobs")).CombinedOutput(); err != nil {
 		return fmt.Errorf("cp -al: %v: %s", err, out)
 	}
-	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		if rel == "blobs" {
+	return testutil.WalkRel(src, func(rel, p string, d fs.DirEntry) error {
+		switch rel {
+		case ".":
+			return nil
+		case "blobs":
 			return filepath.SkipDir
 		}
-		target := filepath.Join(dst, rel)
+		target := filepath.Join(dst, filepath.FromSlash(rel))
 		info, err := d.Info()
 		if err != nil {
 			return err
@@ -298,25 +294,8 @@ func copyLayout(src, dst string) error {
 		case !d.Type().IsRegular():
 			return fmt.Errorf("copy %s: not a regular file", p)
 		}
-		return copyFile(p, target, info.Mode().Perm())
+		return testutil.CopyFile(p, target, info.Mode().Perm())
 	})
-}
-
-func copyFile(src, dst string, perm fs.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // keep moves a layout that showed a violation out of the scratch directory,
@@ -661,20 +640,10 @@ func (c *blobCache) closure(dir string, s *layoutState) (map[digest.Digest]bool,
 				return
 			}
 			if manifestTypes[d.MediaType] && !parsed {
-				var m struct {
-					Config    *v1.Descriptor  `json:"config"`
-					Layers    []v1.Descriptor `json:"layers"`
-					Manifests []v1.Descriptor `json:"manifests"`
-					Blobs     []v1.Descriptor `json:"blobs"`
-				}
-				if err := json.Unmarshal(b, &m); err != nil {
+				if kids, err = testutil.Listed(b); err != nil {
 					probs = append(probs, fmt.Sprintf("manifest %s: %v", d.Digest, err))
 					return
 				}
-				if m.Config != nil {
-					kids = append(kids, *m.Config)
-				}
-				kids = slices.Concat(kids, m.Layers, m.Manifests, m.Blobs)
 				c.kids[d.Digest] = kids
 			}
 		}
@@ -748,14 +717,9 @@ func (h *harness) audit(dir string) (*layoutState, []digest.Digest, []string) {
 // pages without a change of state).
 func files(dir string) (map[string]int64, error) {
 	out := map[string]int64{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		rel = filepath.ToSlash(rel)
+	err := testutil.WalkRel(dir, func(rel, _ string, d fs.DirEntry) error {
 		switch {
-		case strings.HasPrefix(rel, ".ocistore/journal.db"):
+		case d.IsDir(), strings.HasPrefix(rel, ".ocistore/journal.db"):
 			return nil
 		case strings.HasPrefix(rel, "blobs/"):
 			out[rel] = -1

@@ -120,14 +120,20 @@ func runEnv(t *testing.T, env []string, name string, args ...string) result {
 	return r
 }
 
+// succeeded fails the test when r, a run of what, exited with a non-zero
+// status; it returns r.
+func succeeded(t *testing.T, what string, r result) result {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("%s failed:\n%v", what, r)
+	}
+	return r
+}
+
 // mustRun is run that fails the test on a non-zero exit status.
 func mustRun(t *testing.T, name string, args ...string) result {
 	t.Helper()
-	r := run(t, name, args...)
-	if r.code != 0 {
-		t.Fatalf("command failed:\n%v", r)
-	}
-	return r
+	return succeeded(t, "command", run(t, name, args...))
 }
 
 // ocistoreEnv is the CLI's extra environment: a race-enabled binary would
@@ -143,11 +149,7 @@ func ocistore(t *testing.T, dir string, args ...string) result {
 
 func mustOcistore(t *testing.T, dir string, args ...string) result {
 	t.Helper()
-	r := ocistore(t, dir, args...)
-	if r.code != 0 {
-		t.Fatalf("ocistore failed:\n%v", r)
-	}
-	return r
+	return succeeded(t, "ocistore", ocistore(t, dir, args...))
 }
 
 // skopeo runs skopeo with --insecure-policy (no policy.json needed).
@@ -158,11 +160,7 @@ func skopeo(t *testing.T, args ...string) result {
 
 func mustSkopeo(t *testing.T, args ...string) result {
 	t.Helper()
-	r := skopeo(t, args...)
-	if r.code != 0 {
-		t.Fatalf("skopeo failed:\n%v", r)
-	}
-	return r
+	return succeeded(t, "skopeo", skopeo(t, args...))
 }
 
 func mustUmoci(t *testing.T, args ...string) result {
@@ -178,9 +176,7 @@ func skopeoInspect(t *testing.T, dir, tag, want string) {
 	t.Helper()
 	r := mustSkopeo(t, "inspect", ociRef(dir, tag))
 	var out struct{ Digest string }
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatalf("cannot read the digest from skopeo's output (%v):\n%v", err, r)
-	}
+	decodeJSON(t, r, &out)
 	if out.Digest != want {
 		t.Fatalf("skopeo reports digest %s, want %s (index.json's):\n%v", out.Digest, want, r)
 	}
@@ -190,6 +186,15 @@ func skopeoInspect(t *testing.T, dir, tag, want string) {
 func skopeoCopy(t *testing.T, src, tag, dst, dstTag string) result {
 	t.Helper()
 	return mustSkopeo(t, "copy", "-q", ociRef(src, tag), ociRef(dst, dstTag))
+}
+
+// decodeJSON decodes r's output into out; output that is not JSON fails the
+// test.
+func decodeJSON(t *testing.T, r result, out any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(r.stdout), out); err != nil {
+		t.Fatalf("%s output is not JSON (%v):\n%v", r.name, err, r)
+	}
 }
 
 // show lists the commands that led to a failed check.
@@ -360,6 +365,15 @@ type manifestDoc struct {
 	Config    *v1.Descriptor  `json:"config"`
 	Layers    []v1.Descriptor `json:"layers"`
 	Manifests []v1.Descriptor `json:"manifests"`
+}
+
+// children lists the descriptors m names: its config, layers and manifests.
+func (m manifestDoc) children() []v1.Descriptor {
+	kids := slices.Concat(m.Layers, m.Manifests)
+	if m.Config != nil {
+		kids = append(kids, *m.Config)
+	}
+	return kids
 }
 
 func readManifest(t *testing.T, dir, dgst string) manifestDoc {
@@ -553,9 +567,7 @@ func fsck(t *testing.T, dir string) (*fsckReport, result) {
 	t.Helper()
 	r := ocistore(t, dir, "fsck", "--format", "json")
 	var rep fsckReport
-	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
-		t.Fatalf("fsck output is not its JSON report (%v):\n%v", err, r)
-	}
+	decodeJSON(t, r, &rep)
 	if (r.code == 0) != (len(rep.Problems) == 0) || (r.code != 0 && r.code != 3) {
 		t.Fatalf("fsck exit status does not match its report (want 0 without problems, 3 with):\n%v", r)
 	}
@@ -578,6 +590,15 @@ type lsRow struct {
 	Digest string `json:"digest"`
 }
 
+// ls runs ocistore ls --format json on dir.
+func ls(t *testing.T, dir string) ([]lsRow, result) {
+	t.Helper()
+	r := mustOcistore(t, dir, "ls", "--format", "json")
+	var rows []lsRow
+	decodeJSON(t, r, &rows)
+	return rows, r
+}
+
 // recoverOutput is `ocistore recover --format json`.
 type recoverOutput struct {
 	Actions []struct {
@@ -590,9 +611,7 @@ func recoverLayout(t *testing.T, dir string) (*recoverOutput, result) {
 	t.Helper()
 	r := mustOcistore(t, dir, "recover", "--format", "json")
 	var out recoverOutput
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatalf("recover output is not JSON (%v):\n%v", err, r)
-	}
+	decodeJSON(t, r, &out)
 	return &out, r
 }
 
@@ -629,11 +648,7 @@ func adopt(t *testing.T, dir string) {
 	}
 	fsckClean(t, dir, "after adoption by ocistore recover")
 
-	r = mustOcistore(t, dir, "ls", "--format", "json")
-	var rows []lsRow
-	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
-		t.Fatalf("ls output is not JSON (%v):\n%v", err, r)
-	}
+	rows, r := ls(t, dir)
 	var want []lsRow
 	for _, d := range entries(t, dir) {
 		want = append(want, lsRow{Name: refName(d), Digest: d.Digest.String()})
@@ -683,9 +698,7 @@ func rm(t *testing.T, dir string, refs ...string) []string {
 
 	r := mustOcistore(t, dir, append([]string{"rm", "--format", "json"}, refs...)...)
 	var out rmOutput
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatalf("rm output is not JSON (%v):\n%v", err, r)
-	}
+	decodeJSON(t, r, &out)
 	var freed []string
 	var sum int64
 	for _, b := range out.Freed {

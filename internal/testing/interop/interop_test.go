@@ -11,7 +11,6 @@
 package interop
 
 import (
-	"encoding/json"
 	"errors"
 	"maps"
 	"os"
@@ -29,12 +28,8 @@ import (
 // edited (rm, tag, untag); afterwards skopeo reads and copies every remaining
 // tag, umoci ls lists exactly them, and umoci gc finds nothing to collect.
 func TestUmociLayoutAdoptedAndEdited(t *testing.T) {
-	requireTools(t)
-	t.Parallel()
-	tmp := t.TempDir()
-	src := mkdir(t, tmp, "src")
-	l := filepath.Join(tmp, "L")
-	u := buildBase(t, l, src)
+	tmp, u := baseTest(t)
+	l := u.dir
 	u.insert("base", "app3", "three.txt") // a third image on the base layer
 	u.tag("app3", "v3")                   // and a second manifest with two tags
 	u.insert("base", "solo", "solo.txt")  // an image with a single tag, to untag
@@ -139,13 +134,7 @@ func TestUmociLayoutAdoptedAndEdited(t *testing.T) {
 // by the next ocistore transaction: removing the other tag of the same
 // manifest frees nothing, and the skopeo tags keep every blob.
 func TestSkopeoTagSurvivesOcistoreRm(t *testing.T) {
-	requireTools(t)
-	t.Parallel()
-	tmp := t.TempDir()
-	src := mkdir(t, tmp, "src")
-	l := filepath.Join(tmp, "L")
-	buildBase(t, l, src)
-	x := buildExtra(t, filepath.Join(tmp, "X"), src)
+	tmp, l, x := baseAndExtraTest(t)
 	tg := tags(t, l)
 	baseLayer := fixtureBaseLayer(t, l, tg, "app1", "app2")
 
@@ -212,13 +201,7 @@ func TestSkopeoTagSurvivesOcistoreRm(t *testing.T) {
 // 1.9.3); ocistore lists it as untagged and rm by digest frees what only it
 // used, not the layer it shares.
 func TestSkopeoRetagLeavesUntaggedEntry(t *testing.T) {
-	requireTools(t)
-	t.Parallel()
-	tmp := t.TempDir()
-	src := mkdir(t, tmp, "src")
-	l := filepath.Join(tmp, "L")
-	buildBase(t, l, src)
-	x := buildExtra(t, filepath.Join(tmp, "X"), src)
+	_, l, x := baseAndExtraTest(t)
 	tg := tags(t, l)
 	baseLayer := fixtureBaseLayer(t, l, tg, "app1", "app2")
 	adopt(t, l)
@@ -228,11 +211,7 @@ func TestSkopeoRetagLeavesUntaggedEntry(t *testing.T) {
 	if got := untagged(t, l); !slices.Equal(got, []string{old}) {
 		t.Fatalf("untagged entries %v, want the old app2 manifest %s (skopeo 1.9.3 keeps it without a name), after:\n%v", got, old, c)
 	}
-	r := mustOcistore(t, l, "ls", "--format", "json")
-	var rows []lsRow
-	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
-		t.Fatalf("ls output is not JSON (%v):\n%v", err, r)
-	}
+	rows, r := ls(t, l)
 	if !slices.Contains(rows, lsRow{Name: "", Digest: old}) || !slices.Contains(rows, lsRow{Name: "app2", Digest: moved}) {
 		t.Fatalf("ocistore ls after skopeo moved app2: want an untagged row %s and app2 %s:\n%v", old, moved, r)
 	}
@@ -253,11 +232,8 @@ func TestSkopeoRetagLeavesUntaggedEntry(t *testing.T) {
 // layout ocistore manages; the next ocistore rm counts them. umoci rm leaves
 // orphans that fsck reports and umoci gc collects.
 func TestUmociWritesIntoManagedLayout(t *testing.T) {
-	requireTools(t)
-	t.Parallel()
-	tmp := t.TempDir()
-	l := filepath.Join(tmp, "L")
-	u := buildBase(t, l, mkdir(t, tmp, "src"))
+	_, u := baseTest(t)
+	l := u.dir
 	adopt(t, l)
 	rm(t, l, "app2")
 
@@ -322,9 +298,7 @@ func importLayout(t *testing.T, dst, src string, refs ...string) (map[string]str
 	t.Helper()
 	r := mustOcistore(t, dst, append([]string{"import", "--format", "json", src}, refs...)...)
 	var out importOutput
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatalf("import output is not JSON (%v):\n%v", err, r)
-	}
+	decodeJSON(t, r, &out)
 	imported := map[string]string{}
 	for _, im := range out.Images {
 		imported[im.Name] = im.Descriptor.Digest
@@ -336,12 +310,8 @@ func importLayout(t *testing.T, dst, src string, refs ...string) (map[string]str
 // ocistore, whole and one reference at a time; skopeo reads the result, and
 // the source is left untouched.
 func TestImportSkopeoLayout(t *testing.T) {
-	requireTools(t)
-	t.Parallel()
-	tmp := t.TempDir()
-	src := mkdir(t, tmp, "src")
-	u := filepath.Join(tmp, "U")
-	buildBase(t, u, src)
+	tmp, umoci := baseTest(t)
+	u := umoci.dir
 	s := filepath.Join(tmp, "S") // written by skopeo only
 	c1 := skopeoCopy(t, u, "app1", s, "app1")
 	c2 := skopeoCopy(t, u, "app2", s, "app2")
@@ -417,11 +387,8 @@ func TestImportSkopeoLayout(t *testing.T) {
 // leave them untouched, while ocistore's own leftover temp file is found and
 // removed.
 func TestSkopeoTempFilesLeftAlone(t *testing.T) {
-	requireTools(t)
-	t.Parallel()
-	tmp := t.TempDir()
-	l := filepath.Join(tmp, "L")
-	buildBase(t, l, mkdir(t, tmp, "src"))
+	_, u := baseTest(t)
+	l := u.dir
 	adopt(t, l)
 
 	leftovers := []string{"oci-put-blob123", "oci-put-blob2881705384"}
@@ -480,6 +447,25 @@ func TestSkopeoTempFilesLeftAlone(t *testing.T) {
 }
 
 // Fixtures ----------------------------------------------------------------------
+
+// baseTest starts a test on buildBase's layout: the tools are required and
+// the test runs in parallel. It returns the test's temp dir and umoci on
+// the layout, tmp/L (its files in tmp/src).
+func baseTest(t *testing.T) (tmp string, u *umociLayout) {
+	t.Helper()
+	requireTools(t)
+	t.Parallel()
+	tmp = t.TempDir()
+	return tmp, buildBase(t, filepath.Join(tmp, "L"), mkdir(t, tmp, "src"))
+}
+
+// baseAndExtraTest is baseTest that also builds buildExtra's layout, in
+// tmp/X, from the same files. It returns tmp and both layouts.
+func baseAndExtraTest(t *testing.T) (tmp, l, x string) {
+	t.Helper()
+	tmp, u := baseTest(t)
+	return tmp, u.dir, buildExtra(t, filepath.Join(tmp, "X"), u.src)
+}
 
 // buildExtra builds a second umoci layout with one image, x: the same
 // base.txt layer as buildBase's (same file, so the same blob), then its own
@@ -540,12 +526,8 @@ func sorted(s []string) []string {
 // layer the other still uses, and skopeo still copies the other image out
 // of the shared directory, whole; the last rm frees the base layer.
 func TestSkopeoSharedBlobDir(t *testing.T) {
-	requireTools(t)
-	t.Parallel()
-	tmp := t.TempDir()
-	src := mkdir(t, tmp, "src")
-	l := filepath.Join(tmp, "L")
-	buildBase(t, l, src)
+	tmp, u := baseTest(t)
+	l := u.dir
 	tg := tags(t, l)
 	baseLayer := fixtureBaseLayer(t, l, tg, "app1", "app2")
 	shared := filepath.Join(tmp, "shared")
@@ -595,12 +577,8 @@ func TestSkopeoSharedBlobDir(t *testing.T) {
 // both check clean once both are adopted, and skopeo still copies the
 // images out of the directory.
 func TestSkopeoSharedBlobDirRepairBeforeAdoption(t *testing.T) {
-	requireTools(t)
-	t.Parallel()
-	tmp := t.TempDir()
-	src := mkdir(t, tmp, "src")
-	l := filepath.Join(tmp, "L")
-	buildBase(t, l, src)
+	tmp, u := baseTest(t)
+	l := u.dir
 	shared := filepath.Join(tmp, "shared")
 	x, y := filepath.Join(tmp, "X"), filepath.Join(tmp, "Y")
 	mustSkopeo(t, "copy", "-q", "--dest-shared-blob-dir", shared, ociRef(l, "app1"), ociRef(x, "app1"))
@@ -635,9 +613,7 @@ func TestSkopeoSharedBlobDirRepairBeforeAdoption(t *testing.T) {
 	// own blobs, which ocistore cannot know Y uses, are orphans for now).
 	r := ocistore(t, x, "--shared-blob-dir", shared, "fsck", "--format", "json")
 	var withDir fsckReport
-	if err := json.Unmarshal([]byte(r.stdout), &withDir); err != nil {
-		t.Fatalf("fsck output is not JSON (%v):\n%v", err, r)
-	}
+	decodeJSON(t, r, &withDir)
 	if k := withDir.kinds(); !slices.Contains(k, "journal-missing") || slices.ContainsFunc(k, func(k string) bool { return k != "journal-missing" && k != "orphan" }) {
 		t.Fatalf("fsck --shared-blob-dir before adoption: want journal-missing and Y's blobs as orphans, got %v:\n%v", k, r)
 	}

@@ -32,19 +32,11 @@ func entryState(t *testing.T, dir string) (whole, broken map[string]bool) {
 		if depth > 8 || (d.MediaType != v1.MediaTypeImageManifest && d.MediaType != v1.MediaTypeImageIndex) {
 			return true
 		}
-		var m struct {
-			Config    *v1.Descriptor  `json:"config"`
-			Layers    []v1.Descriptor `json:"layers"`
-			Manifests []v1.Descriptor `json:"manifests"`
-		}
+		var m manifestDoc
 		if json.Unmarshal(b, &m) != nil {
 			return false
 		}
-		kids := append(append([]v1.Descriptor(nil), m.Layers...), m.Manifests...)
-		if m.Config != nil {
-			kids = append(kids, *m.Config)
-		}
-		for _, k := range kids {
+		for _, k := range m.children() {
 			if !ok(k, depth+1) {
 				return false
 			}
@@ -99,9 +91,7 @@ func TestSkopeoRacesPrune(t *testing.T) {
 			} `json:"removed"`
 		}
 		r := mustOcistore(t, l, "prune", "--keep-last", "1", "--dry-run", "--format", "json")
-		if err := json.Unmarshal([]byte(r.stdout), &plan); err != nil {
-			t.Fatal(err)
-		}
+		decodeJSON(t, r, &plan)
 		removed := map[string]bool{}
 		for _, im := range plan.Removed {
 			removed[im.Name] = true

@@ -398,6 +398,91 @@ func steps(fns ...func(dir string) error) func(string) error {
 	}
 }
 
+// The steps below are the usual changes of a case, for steps.
+
+// removed removes the file rel of the layout.
+func removed(rel string) func(dir string) error {
+	return func(dir string) error { return remove(dir, rel) }
+}
+
+// written writes content to the file rel of the layout.
+func written(rel string, content []byte) func(dir string) error {
+	return func(dir string) error { return writeFile(dir, rel, content) }
+}
+
+// symlinked makes rel a symlink to target.
+func symlinked(rel, target string) func(dir string) error {
+	return func(dir string) error { return symlink(dir, rel, target) }
+}
+
+// mutated rewrites d's blob file with fn.
+func mutated(d v1.Descriptor, fn func([]byte) []byte) func(dir string) error {
+	return func(dir string) error { return mutate(dir, d, fn) }
+}
+
+// flipBit flips a bit of the first byte of a blob, keeping its size.
+func flipBit(c []byte) []byte { c[0] ^= 0x20; return c }
+
+// tornIndex cuts index.json to cut(its size) bytes.
+func tornIndex(cut func(size int) int) func(dir string) error {
+	return func(dir string) error {
+		raw, err := readFile(dir, layout.IndexFile)
+		if err != nil {
+			return err
+		}
+		return writeFile(dir, layout.IndexFile, raw[:cut(len(raw))])
+	}
+}
+
+// scribbleMetas scribbles on both bbolt meta pages of the journal in dir.
+func scribbleMetas(dir string) error {
+	if err := scribble(journalFile(dir), 16, 64); err != nil {
+		return err
+	}
+	return scribble(journalFile(dir), 4096+16, 64)
+}
+
+// deleteApp1 is a delete of app:1, journaled and not finished.
+var deleteApp1 = pending{op: "delete app:1", keep: without("app:1")}
+
+// pendingDelete adopts the layout in dir with deleteApp1 pending: a crash
+// right after its journal commit.
+func pendingDelete(dir string) error {
+	_, err := adopt(dir, &deleteApp1)
+	return err
+}
+
+// deleteIndexWritten adopts the layout in dir with deleteApp1 pending and
+// writes its new index.json: a crash before its unlinks.
+func deleteIndexWritten(dir string) error {
+	nb, err := adopt(dir, &deleteApp1)
+	if err != nil {
+		return err
+	}
+	return writeFile(dir, layout.IndexFile, nb)
+}
+
+// toolLayerSize writes the base layout with tool:latest replaced by
+// manifest name, whose one layer descriptor says the size size(actual
+// size) of the tool layer.
+func toolLayerSize(name string, size func(int64) int64) func(dir string) error {
+	return func(dir string) error {
+		lb := newBase()
+		delete(lb.blobs, lb.named["tool"].Digest)
+		delete(lb.blobs, lb.named["tool-config"].Digest)
+		tl := lb.named["tool-layer"]
+		tl.Size = size(tl.Size)
+		m := lb.manifest(name, []v1.Descriptor{tl})
+		for i, e := range lb.entries {
+			if e.Annotations[v1.AnnotationRefName] == "tool:latest" {
+				m.Annotations = e.Annotations
+				lb.entries[i] = m
+			}
+		}
+		return lb.write(dir)
+	}
+}
+
 // Cases lists the corpus.
 func Cases() []Case {
 	b := newBase()
@@ -407,6 +492,13 @@ func Cases() []Case {
 	healthy := steps(writeBase, adopted)
 	drop := RepairFlags{DropBroken: true}
 	canary := "../../../canary" // from blobs/<alg>/: next to the layout directory
+	// tagApp2Latest: another tool tags app:2 as app:latest.
+	tagApp2Latest := func(dir string) error {
+		entries := append(append([]v1.Descriptor(nil), b.entries...), n["app2"])
+		entries[len(entries)-1].Annotations = map[string]string{v1.AnnotationRefName: "app:latest"}
+		return writeFile(dir, layout.IndexFile, indexBytes(entries))
+	}
+	blob := func(name string) string { return layout.BlobPath(n[name].Digest) }
 
 	return []Case{
 		{Name: "clean", Spec: Spec{Description: "a healthy adopted layout: nothing to report or repair (a foreign layer with URLs is not on disk, and need not be)"},
@@ -418,12 +510,7 @@ func Cases() []Case {
 		{Name: "journal-truncated", Spec: Spec{Description: "the journal lost its tail: refused as corrupt, kept aside, rebuilt from the layout"},
 			Build: steps(healthy, func(dir string) error { return os.Truncate(journalFile(dir), 12288) })},
 		{Name: "journal-bad-meta", Spec: Spec{Description: "both bbolt meta pages scribbled on: nothing can be salvaged; kept aside and rebuilt"},
-			Build: steps(healthy, func(dir string) error {
-				if err := scribble(journalFile(dir), 16, 64); err != nil {
-					return err
-				}
-				return scribble(journalFile(dir), 4096+16, 64)
-			})},
+			Build: steps(healthy, scribbleMetas)},
 		{Name: "journal-garbage", Spec: Spec{Description: "the journal file holds no database at all"},
 			Build: steps(healthy, func(dir string) error {
 				return os.WriteFile(journalFile(dir), bytes.Repeat([]byte("not a bbolt database "), 500), 0o644)
@@ -431,42 +518,11 @@ func Cases() []Case {
 		{Name: "journal-page-freed-in-use", Spec: Spec{Description: "the journal opens, but its freelist also lists a page in use (the next write could overwrite live data): bbolt's consistency check finds it; repair keeps the journal aside and rebuilds it"},
 			Build: steps(healthy, func(dir string) error { return freeLivePage(journalFile(dir)) })},
 		{Name: "journal-bad-freelist-pending-torn-index", Spec: Spec{Description: "a delete was journaled, index.json was then torn, and the journal's freelist pages are scribbled on (it cannot be opened read-write): the record is salvaged read-only and replayed first, then the journal is rebuilt and the blobs the delete freed are removed as orphans"},
-			Build: steps(writeBase, func(dir string) error {
-				if _, err := adopt(dir, &pending{op: "delete app:1", keep: without("app:1")}); err != nil {
-					return err
-				}
-				raw, err := readFile(dir, layout.IndexFile)
-				if err != nil {
-					return err
-				}
-				if err := writeFile(dir, layout.IndexFile, raw[:40]); err != nil {
-					return err
-				}
-				return scribbleFreelist(dir)
-			})},
+			Build: steps(writeBase, pendingDelete, tornIndex(func(int) int { return 40 }), scribbleFreelist)},
 		{Name: "journal-bad-freelist-pending-roll-forward", Spec: Spec{Description: "a delete crashed after index.json was replaced, and the journal's freelist is scribbled on: the salvaged record needs nothing written; the blobs it freed are removed as orphans once the journal is rebuilt"},
-			Build: steps(writeBase, func(dir string) error {
-				nb, err := adopt(dir, &pending{op: "delete app:1", keep: without("app:1")})
-				if err != nil {
-					return err
-				}
-				if err := writeFile(dir, layout.IndexFile, nb); err != nil {
-					return err
-				}
-				return scribbleFreelist(dir)
-			})},
+			Build: steps(writeBase, deleteIndexWritten, scribbleFreelist)},
 		{Name: "journal-bad-freelist-pending-roll-back", Spec: Spec{Description: "a delete was journaled, then another tool rewrote index.json (tagging app:2 as app:latest), and the journal's freelist is scribbled on: the salvaged record is dropped, nothing it planned to unlink is removed while the index on disk references it"},
-			Build: steps(writeBase, func(dir string) error {
-				if _, err := adopt(dir, &pending{op: "delete app:1", keep: without("app:1")}); err != nil {
-					return err
-				}
-				entries := append(append([]v1.Descriptor(nil), b.entries...), n["app2"])
-				entries[len(entries)-1].Annotations = map[string]string{v1.AnnotationRefName: "app:latest"}
-				if err := writeFile(dir, layout.IndexFile, indexBytes(entries)); err != nil {
-					return err
-				}
-				return scribbleFreelist(dir)
-			})},
+			Build: steps(writeBase, pendingDelete, tagApp2Latest, scribbleFreelist)},
 		{Name: "index-missing-journal-aside", Spec: Spec{Description: "an earlier open found the journal corrupt, kept it aside and made a new one, then failed: index.json is missing; repair restores it from the copy in the journal kept aside"},
 			Build: steps(healthy, func(dir string) error {
 				aside := journalFile(dir) + ".corrupt-1704067200000000000"
@@ -486,73 +542,30 @@ func Cases() []Case {
 				return remove(dir, layout.IndexFile)
 			})},
 		{Name: "journal-bad-meta-index-missing", Spec: Spec{Description: "the journal's meta pages and index.json are both gone: nothing to restore index.json from; reported, never replaced by an empty index, nothing deleted"},
-			Build: steps(healthy, func(dir string) error {
-				if err := scribble(journalFile(dir), 16, 64); err != nil {
-					return err
-				}
-				if err := scribble(journalFile(dir), 4096+16, 64); err != nil {
-					return err
-				}
-				return remove(dir, layout.IndexFile)
-			})},
+			Build: steps(healthy, scribbleMetas, removed(layout.IndexFile))},
 		{Name: "pending-roll-forward", Spec: Spec{Description: "a delete of app:1 crashed after index.json was replaced: recovery unlinks what it freed"},
-			Build: steps(writeBase, func(dir string) error {
-				nb, err := adopt(dir, &pending{op: "delete app:1", keep: without("app:1")})
-				if err != nil {
-					return err
-				}
-				return writeFile(dir, layout.IndexFile, nb)
-			})},
+			Build: steps(writeBase, deleteIndexWritten)},
 		{Name: "pending-replay", Spec: Spec{Description: "a delete of app:1 crashed right after its journal commit: recovery writes its new index, then unlinks"},
-			Build: steps(writeBase, func(dir string) error {
-				_, err := adopt(dir, &pending{op: "delete app:1", keep: without("app:1")})
-				return err
-			})},
+			Build: steps(writeBase, pendingDelete)},
 		{Name: "pending-torn-index", Spec: Spec{Description: "a delete was journaled and index.json is torn (another tool wrote it in place): the torn file is quarantined and the record replayed"},
-			Build: steps(writeBase, func(dir string) error {
-				if _, err := adopt(dir, &pending{op: "delete app:1", keep: without("app:1")}); err != nil {
-					return err
-				}
-				raw, err := readFile(dir, layout.IndexFile)
-				if err != nil {
-					return err
-				}
-				return writeFile(dir, layout.IndexFile, raw[:len(raw)/2])
-			})},
+			Build: steps(writeBase, pendingDelete, tornIndex(func(size int) int { return size / 2 }))},
 		{Name: "index-missing", Spec: Spec{Description: "index.json deleted: restored from the journal's copy of the last committed index"},
-			Build: steps(healthy, func(dir string) error { return remove(dir, layout.IndexFile) })},
+			Build: steps(healthy, removed(layout.IndexFile))},
 		{Name: "blobs-elsewhere", Spec: Spec{Description: "the blobs live in a shared blob directory fsck is not given (skopeo --dest-shared-blob-dir; here blobs/ is missing, git keeps no empty directory): one blobs-elsewhere problem, first, in place of a dangling one per blob; the repair, even with --drop-broken, is refused and changes nothing", Repair: RepairFlags{DropBroken: true, Refused: true}},
 			Build: steps(writeBase, func(dir string) error { return os.RemoveAll(filepath.Join(dir, layout.BlobsDir)) })},
 		{Name: "index-missing-no-journal", Spec: Spec{Description: "index.json deleted in a layout with no journal: nothing to restore it from; reported, never replaced by an empty index, no blob deleted"},
-			Build: steps(writeBase, func(dir string) error { return remove(dir, layout.IndexFile) })},
+			Build: steps(writeBase, removed(layout.IndexFile))},
 		{Name: "index-garbage", Spec: Spec{Description: "index.json holds garbage: moved to quarantine, restored from the journal"},
-			Build: steps(healthy, func(dir string) error {
-				return writeFile(dir, layout.IndexFile, []byte("\x00\x00\x00 garbage {"))
-			})},
+			Build: steps(healthy, written(layout.IndexFile, []byte("\x00\x00\x00 garbage {")))},
 		{Name: "index-empty", Spec: Spec{Description: "index.json is empty (in-place rewrite cut by a crash): quarantined, restored"},
-			Build: steps(healthy, func(dir string) error { return writeFile(dir, layout.IndexFile, nil) })},
+			Build: steps(healthy, written(layout.IndexFile, nil))},
 		{Name: "index-symlink", Spec: Spec{Description: "index.json is a symlink to a file outside the layout: never followed; the link is quarantined, index.json restored"},
-			Build: steps(healthy, func(dir string) error {
-				if err := remove(dir, layout.IndexFile); err != nil {
-					return err
-				}
-				return symlink(dir, layout.IndexFile, "../canary")
-			})},
+			Build: steps(healthy, removed(layout.IndexFile), symlinked(layout.IndexFile, "../canary"))},
 		{Name: "index-symlink-inside", Spec: Spec{Description: "index.json is a symlink to multi:1's index blob, inside the layout: never followed (it would read as a valid index.json); the link is quarantined, index.json restored"},
-			Build: steps(healthy, func(dir string) error {
-				if err := remove(dir, layout.IndexFile); err != nil {
-					return err
-				}
-				return symlink(dir, layout.IndexFile, layout.BlobPath(n["multi"].Digest))
-			})},
+			Build: steps(healthy, removed(layout.IndexFile), symlinked(layout.IndexFile, blob("multi")))},
 		{Name: "named-pipes", Spec: Spec{Description: "index.json and tool:latest's layer are named pipes (made by the test): never opened (an open would wait for a writer forever); the pipes are quarantined, index.json restored; tool:latest dropped", Repair: drop,
-			Fifos: []string{layout.IndexFile, layout.BlobPath(n["tool-layer"].Digest)}},
-			Build: steps(healthy, func(dir string) error {
-				if err := remove(dir, layout.IndexFile); err != nil {
-					return err
-				}
-				return remove(dir, layout.BlobPath(n["tool-layer"].Digest))
-			})},
+			Fifos: []string{layout.IndexFile, blob("tool-layer")}},
+			Build: steps(healthy, removed(layout.IndexFile), removed(blob("tool-layer")))},
 		{Name: "index-huge-sparse", Spec: Spec{Description: "index.json is a 2 GiB sparse file: never read (over the size limit), quarantined by a rename, restored", SparseIndex: 2 << 30},
 			Build: healthy},
 		{Name: "index-invalid-entries", Spec: Spec{Description: "another tool added entries with a path-traversal digest, a malformed digest, an unknown algorithm and a negative size: reported; the store refuses to open the layout", Repair: RepairFlags{}},
@@ -560,100 +573,48 @@ func Cases() []Case {
 		{Name: "index-invalid-entries-drop", Spec: Spec{Description: "as index-invalid-entries, repaired with --drop-broken: the entries are removed in a journaled transaction, a copy of the old index.json is kept", Repair: drop},
 			Build: steps(healthy, invalidEntries)},
 		{Name: "external-change", Spec: Spec{Description: "another tool tagged app:2 as app:latest after the last transaction: recount"},
-			Build: steps(healthy, func(dir string) error {
-				entries := append(append([]v1.Descriptor(nil), b.entries...), n["app2"])
-				entries[len(entries)-1].Annotations = map[string]string{v1.AnnotationRefName: "app:latest"}
-				return writeFile(dir, layout.IndexFile, indexBytes(entries))
-			})},
+			Build: steps(healthy, tagApp2Latest)},
 		{Name: "refcount", Spec: Spec{Description: "a stored reference count is wrong: recounted"},
 			Build: steps(healthy, func(dir string) error { return setRef(dir, n["shared"].Digest, 9) })},
 		{Name: "refcount-children", Spec: Spec{Description: "the journal's record of a manifest's children is wrong (another live blob in place of its config): reported; repaired by a recount, so that deleting the image frees its own config and never the other blob"},
 			Build: steps(healthy, func(dir string) error { return swapChild(dir, n["app2"], n["tool-layer"]) })},
 		{Name: "temp-files", Spec: Spec{Description: "a renameio temp file in the root, ingest temp files of two owners that are gone (one left its owner file, unlocked; the other none): removed, with the owner file"},
-			Build: steps(healthy, func(dir string) error {
-				if err := writeFile(dir, ".index.json3141592", []byte(`{"schemaVersion":2,"manif`)); err != nil {
-					return err
-				}
-				if err := writeFile(dir, ".ocistore/owners/5eed5eed5eed5eed5eed5eed5eed5eed", nil); err != nil {
-					return err
-				}
-				if err := writeFile(dir, ".ocistore/ingest/5eed5eed5eed5eed5eed5eed5eed5eed-x1", []byte("partial layer")); err != nil {
-					return err
-				}
-				return writeFile(dir, ".ocistore/ingest/deadbeefdeadbeefdeadbeefdeadbeef-x2", []byte("another partial layer"))
-			})},
+			Build: steps(healthy,
+				written(".index.json3141592", []byte(`{"schemaVersion":2,"manif`)),
+				written(".ocistore/owners/5eed5eed5eed5eed5eed5eed5eed5eed", nil),
+				written(".ocistore/ingest/5eed5eed5eed5eed5eed5eed5eed5eed-x1", []byte("partial layer")),
+				written(".ocistore/ingest/deadbeefdeadbeefdeadbeefdeadbeef-x2", []byte("another partial layer")))},
 		{Name: "orphans", Spec: Spec{Description: "blobs nothing references (one under sha512): removed by a journaled GC"},
 			Build: steps(healthy, orphans)},
 		{Name: "orphans-kept", Spec: Spec{Description: "as orphans, with --keep-orphans: nothing removed, the orphans are left and reported", Repair: RepairFlags{KeepOrphans: true}},
 			Build: steps(healthy, orphans)},
 		{Name: "dangling-layer", Spec: Spec{Description: "a layer of app:2 is missing: app:2 is reported broken and kept without --drop-broken"},
-			Build: steps(healthy, func(dir string) error { return remove(dir, layout.BlobPath(n["app2-layer"].Digest)) })},
+			Build: steps(healthy, removed(blob("app2-layer")))},
 		{Name: "dangling-layer-drop", Spec: Spec{Description: "as dangling-layer, with --drop-broken: app:2 leaves index.json in one transaction; its own blobs are freed, the base layer app:1 shares stays", Repair: drop},
-			Build: steps(healthy, func(dir string) error { return remove(dir, layout.BlobPath(n["app2-layer"].Digest)) })},
+			Build: steps(healthy, removed(blob("app2-layer")))},
 		{Name: "dangling-manifest-drop", Spec: Spec{Description: "the manifest of arm64 inside multi:1 is missing: multi:1 is dropped; what only it used is freed (the arm64 blobs become orphans: their manifest is gone)", Repair: drop},
-			Build: steps(healthy, func(dir string) error { return remove(dir, layout.BlobPath(n["arm64"].Digest)) })},
+			Build: steps(healthy, removed(blob("arm64")))},
 		{Name: "size-mismatch-truncated", Spec: Spec{Description: "a layer of app:1 lost its last bytes: its content no longer matches its digest, so it is quarantined; app:1 is dropped", Repair: drop},
-			Build: steps(healthy, func(dir string) error {
-				return mutate(dir, n["app1-layer"], func(c []byte) []byte { return c[:len(c)-3] })
-			})},
+			Build: steps(healthy, mutated(n["app1-layer"], func(c []byte) []byte { return c[:len(c)-3] }))},
 		{Name: "size-lie", Spec: Spec{Description: "the manifest of tool:latest says its layer is one byte longer than it is: the layer's bytes match its digest, so it stays where it is; tool:latest is broken and dropped", Repair: drop},
-			Build: steps(func(dir string) error {
-				lb := newBase()
-				delete(lb.blobs, lb.named["tool"].Digest)
-				delete(lb.blobs, lb.named["tool-config"].Digest)
-				tl := lb.named["tool-layer"]
-				tl.Size++
-				m := lb.manifest("tool-lie", []v1.Descriptor{tl})
-				for i, e := range lb.entries {
-					if e.Annotations[v1.AnnotationRefName] == "tool:latest" {
-						m.Annotations = e.Annotations
-						lb.entries[i] = m
-					}
-				}
-				return lb.write(dir)
-			}, adopted)},
+			Build: steps(toolLayerSize("tool-lie", func(n int64) int64 { return n + 1 }), adopted)},
 		{Name: "digest-mismatch-layer", Spec: Spec{Description: "one bit of tool:latest's layer flipped (same size: only the deep check sees it): quarantined; tool:latest reported broken"},
-			Build: steps(healthy, func(dir string) error {
-				return mutate(dir, n["tool-layer"], func(c []byte) []byte { c[0] ^= 0x20; return c })
-			})},
+			Build: steps(healthy, mutated(n["tool-layer"], flipBit))},
 		{Name: "digest-mismatch-manifest", Spec: Spec{Description: "app:2's manifest changed (still valid JSON, same size): quarantined; app:2 dropped; its own blobs become orphans and go", Repair: drop},
-			Build: steps(healthy, func(dir string) error {
-				return mutate(dir, n["app2"], func(c []byte) []byte {
-					return bytes.Replace(c, []byte(`"schemaVersion":2`), []byte(`"schemaVersion":3`), 1)
-				})
-			})},
+			Build: steps(healthy, mutated(n["app2"], func(c []byte) []byte {
+				return bytes.Replace(c, []byte(`"schemaVersion":2`), []byte(`"schemaVersion":3`), 1)
+			}))},
 		{Name: "digest-mismatch-orphan", Spec: Spec{Description: "an unreferenced blob whose bytes do not match its name: quarantined, not deleted"},
-			Build: steps(healthy, func(dir string) error {
-				return writeFile(dir, layout.BlobPath(digest.FromString("what it should be")), []byte("what it is"))
-			})},
+			Build: steps(healthy, written(layout.BlobPath(digest.FromString("what it should be")), []byte("what it is")))},
 		{Name: "blob-symlink", Spec: Spec{Description: "tool:latest's layer is a symlink to a file outside the layout, and an unreferenced blob name is another: never followed; both links are moved to quarantine; tool:latest reported broken"},
-			Build: steps(healthy, func(dir string) error {
-				if err := remove(dir, layout.BlobPath(n["tool-layer"].Digest)); err != nil {
-					return err
-				}
-				if err := symlink(dir, layout.BlobPath(n["tool-layer"].Digest), canary); err != nil {
-					return err
-				}
-				return symlink(dir, layout.BlobPath(digest.FromString("a link")), canary)
-			})},
+			Build: steps(healthy, removed(blob("tool-layer")), symlinked(blob("tool-layer"), canary),
+				symlinked(layout.BlobPath(digest.FromString("a link")), canary))},
 		{Name: "blob-symlink-inside", Spec: Spec{Description: "symlinks that stay inside the layout: tool:latest's layer links to app:1's layer, an unreferenced blob name links to index.json: never followed; both links (not what they point at) are moved to quarantine; tool:latest dropped, app:1 and index.json untouched", Repair: drop},
-			Build: steps(healthy, func(dir string) error {
-				if err := remove(dir, layout.BlobPath(n["tool-layer"].Digest)); err != nil {
-					return err
-				}
-				if err := symlink(dir, layout.BlobPath(n["tool-layer"].Digest), n["app1-layer"].Digest.Encoded()); err != nil {
-					return err
-				}
-				return symlink(dir, layout.BlobPath(digest.FromString("index.json")), "../../"+layout.IndexFile)
-			})},
+			Build: steps(healthy, removed(blob("tool-layer")), symlinked(blob("tool-layer"), n["app1-layer"].Digest.Encoded()),
+				symlinked(layout.BlobPath(digest.FromString("index.json")), "../../"+layout.IndexFile))},
 		{Name: "blob-directory", Spec: Spec{Description: "a directory where app:1's layer should be: moved to quarantine whole; app:1 dropped", Repair: drop},
-			Build: steps(healthy, func(dir string) error {
-				p := layout.BlobPath(n["app1-layer"].Digest)
-				if err := remove(dir, p); err != nil {
-					return err
-				}
-				return writeFile(dir, p+"/inside", []byte("a file in a directory named like a blob\n"))
-			})},
+			Build: steps(healthy, removed(blob("app1-layer")),
+				written(blob("app1-layer")+"/inside", []byte("a file in a directory named like a blob\n")))},
 		{Name: "hostile-manifest", Spec: Spec{Description: "a tagged manifest whose layers have a path-traversal digest and an unknown algorithm: reported naming it; dropped; nothing outside the layout is touched", Repair: drop},
 			Build: steps(func(dir string) error {
 				lb := newBase()
@@ -699,49 +660,18 @@ func Cases() []Case {
 				return writeFile(dir, layout.IndexFile, indexBytes(append(lb.entries, d)))
 			}, adopted)},
 		{Name: "size-huge-lie", Spec: Spec{Description: "a descriptor says its layer is 2^62 bytes: a size mismatch, nothing allocated or read past the file; dropped", Repair: drop},
-			Build: steps(func(dir string) error {
-				lb := newBase()
-				delete(lb.blobs, lb.named["tool"].Digest)
-				delete(lb.blobs, lb.named["tool-config"].Digest)
-				tl := lb.named["tool-layer"]
-				tl.Size = 1 << 62
-				m := lb.manifest("tool-huge", []v1.Descriptor{tl})
-				for i, e := range lb.entries {
-					if e.Annotations[v1.AnnotationRefName] == "tool:latest" {
-						m.Annotations = e.Annotations
-						lb.entries[i] = m
-					}
-				}
-				return lb.write(dir)
-			}, adopted)},
+			Build: steps(toolLayerSize("tool-huge", func(int64) int64 { return 1 << 62 }), adopted)},
 		{Name: "state-dir-symlinks", Spec: Spec{Description: ".ocistore/ingest is a symlink to blobs/sha256 and .ocistore/quarantine one to a file outside the layout, and a layer's bit flipped: neither is looked into or followed; repair moves both links aside, then quarantines the layer in a new quarantine folder"},
-			Build: steps(healthy, func(dir string) error {
-				if err := symlink(dir, ".ocistore/ingest", "../blobs/sha256"); err != nil {
-					return err
-				}
-				if err := symlink(dir, ".ocistore/quarantine", "../../canary"); err != nil {
-					return err
-				}
-				return mutate(dir, n["tool-layer"], func(c []byte) []byte { c[0] ^= 0x20; return c })
-			})},
+			Build: steps(healthy, symlinked(".ocistore/ingest", "../blobs/sha256"), symlinked(".ocistore/quarantine", "../../canary"),
+				mutated(n["tool-layer"], flipBit))},
 		{Name: "unknown-files", Spec: Spec{Description: "files under blobs/ not named by a digest (an unknown algorithm, a stray name): reported, never touched"},
-			Build: steps(healthy, func(dir string) error {
-				if err := writeFile(dir, "blobs/md5/d41d8cd98f00b204e9800998ecf8427e", nil); err != nil {
-					return err
-				}
-				return writeFile(dir, "blobs/sha256/README", []byte("not a blob\n"))
-			})},
+			Build: steps(healthy, written("blobs/md5/d41d8cd98f00b204e9800998ecf8427e", nil), written("blobs/sha256/README", []byte("not a blob\n")))},
 		{Name: "oci-layout-missing", Spec: Spec{Description: "oci-layout deleted: written again"},
-			Build: steps(healthy, func(dir string) error { return remove(dir, layout.LayoutFile) })},
+			Build: steps(healthy, removed(layout.LayoutFile))},
 		{Name: "oci-layout-symlink", Spec: Spec{Description: "oci-layout is a symlink to a file outside the layout: never followed; the link is moved to quarantine, oci-layout written again"},
-			Build: steps(healthy, func(dir string) error {
-				if err := remove(dir, layout.LayoutFile); err != nil {
-					return err
-				}
-				return symlink(dir, layout.LayoutFile, "../canary")
-			})},
+			Build: steps(healthy, removed(layout.LayoutFile), symlinked(layout.LayoutFile, "../canary"))},
 		{Name: "oci-layout-garbage", Spec: Spec{Description: "oci-layout does not parse: moved to quarantine, written again"},
-			Build: steps(healthy, func(dir string) error { return writeFile(dir, layout.LayoutFile, []byte("{oops")) })},
+			Build: steps(healthy, written(layout.LayoutFile, []byte("{oops")))},
 	}
 }
 

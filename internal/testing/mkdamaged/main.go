@@ -4,7 +4,7 @@
 // DIR/<case>/layout with DIR/<case>/case.json (what the damage is, the
 // repair flags the golden test uses).
 //
-//	go run ./internal/cmd/mkdamaged testdata/damaged
+//	go run ./internal/testing/mkdamaged testdata/damaged
 //
 // Every case it knows is removed and written again; the golden files
 // (fsck.json, repaired.txt) are left alone: the golden test in package store
@@ -25,19 +25,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
+
+	"github.com/ocistore/ocistore/internal/gen"
 )
 
-func main() {
-	if len(os.Args) != 2 || os.Args[1] == "" || os.Args[1][0] == '-' {
-		fmt.Fprintln(os.Stderr, "usage: mkdamaged DIR   (DIR is testdata/damaged)")
-		os.Exit(2)
-	}
-	if err := write(os.Args[1]); err != nil {
-		fmt.Fprintln(os.Stderr, "mkdamaged:", err)
-		os.Exit(1)
-	}
-}
+func main() { gen.Main("mkdamaged", "testdata/damaged", write) }
 
 // write replaces the layout and case.json of every case under dir.
 func write(dir string) error {
@@ -66,11 +58,6 @@ func write(dir string) error {
 			return err
 		}
 	}
-	var list []string
-	for n := range names {
-		list = append(list, n)
-	}
-	sort.Strings(list)
-	fmt.Printf("wrote %d cases under %s\n", len(list), dir)
+	fmt.Printf("wrote %d cases under %s\n", len(names), dir)
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/journal"
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 )
 
 const committed = "../../../testdata/damaged"
@@ -23,12 +24,7 @@ const committed = "../../../testdata/damaged"
 func tree(t *testing.T, dir string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		rel = filepath.ToSlash(rel)
+	err := testutil.WalkRel(dir, func(rel, p string, d fs.DirEntry) error {
 		switch base := filepath.Base(p); {
 		case rel == ".":
 		case base == "fsck.json" || base == "repaired.txt":
@@ -113,7 +109,7 @@ func TestCorpusReproducible(t *testing.T) {
 	slices.Sort(gk)
 	slices.Sort(ck)
 	if !slices.Equal(gk, ck) {
-		t.Fatalf("the generator writes %d entries, testdata/damaged holds %d: run go run ./internal/cmd/mkdamaged testdata/damaged\nwritten: %v\ncommitted: %v", len(gk), len(ck), gk, ck)
+		t.Fatalf("the generator writes %d entries, testdata/damaged holds %d: run go run ./internal/testing/mkdamaged testdata/damaged\nwritten: %v\ncommitted: %v", len(gk), len(ck), gk, ck)
 	}
 	for _, k := range gk {
 		if strings.Contains(k, ".ocistore/journal.db") { // and the journals kept aside
@@ -124,7 +120,7 @@ func TestCorpusReproducible(t *testing.T) {
 			continue
 		}
 		if gen[k] != com[k] {
-			t.Errorf("%s differs from what the generator writes: run go run ./internal/cmd/mkdamaged testdata/damaged", k)
+			t.Errorf("%s differs from what the generator writes: run go run ./internal/testing/mkdamaged testdata/damaged", k)
 		}
 	}
 	// Every case has its description and golden files.

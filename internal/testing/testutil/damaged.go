@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -22,7 +21,7 @@ import (
 )
 
 // The damaged-layout corpus (testdata/damaged, written by
-// internal/cmd/mkdamaged): helpers shared by the golden tests of the library
+// internal/testing/mkdamaged): helpers shared by the golden tests of the library
 // and of the CLI.
 
 // DamagedCase is one case of the corpus.
@@ -159,12 +158,8 @@ func (c DamagedCase) Materialize(t testing.TB) (string, func()) {
 // space reserve (.ocistore/reserve).
 func CopyTree(t testing.TB, src, dst string) {
 	t.Helper()
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(src, p)
-		to := filepath.Join(dst, rel)
+	err := WalkRel(src, func(rel, p string, d fs.DirEntry) error {
+		to := filepath.Join(dst, filepath.FromSlash(rel))
 		switch {
 		case d.Type()&fs.ModeSymlink != 0:
 			target, err := os.Readlink(p)
@@ -174,27 +169,14 @@ func CopyTree(t testing.TB, src, dst string) {
 			return os.Symlink(target, to)
 		case d.IsDir():
 			return os.MkdirAll(to, 0o755)
-		case filepath.ToSlash(rel) == fsio.ReserveFile:
+		case rel == fsio.ReserveFile:
 			return nil // the space reserve: the copy's first open makes its own
 		}
 		fi, err := d.Info()
 		if err != nil {
 			return err
 		}
-		in, err := os.Open(p)
-		if err != nil {
-			return err
-		}
-		defer in.Close()
-		out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(out, in); err != nil {
-			out.Close()
-			return err
-		}
-		return out.Close()
+		return CopyFile(p, to, fi.Mode().Perm())
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -221,16 +203,9 @@ func NormalizeDamaged(s, dir string) string {
 func LayoutState(t testing.TB, dir string) string {
 	t.Helper()
 	var lines []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		rel = filepath.ToSlash(rel)
-		if rel == "." {
-			return nil
-		}
+	err := WalkRel(dir, func(rel, p string, d fs.DirEntry) error {
 		switch {
+		case rel == ".":
 		case d.Type()&fs.ModeSymlink != 0:
 			target, _ := os.Readlink(p)
 			lines = append(lines, fmt.Sprintf("l %s -> %s", rel, target))

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -135,6 +136,27 @@ func ForeignReadable(readLayout, readBlob ReadFunc) error {
 		walk(m, "index.json entry "+name, 0)
 	}
 	return errors.Join(probs...)
+}
+
+// Listed decodes the descriptors that b, a manifest, an index or an
+// artifact manifest (whatever its media type), lists: its config, layers,
+// manifests and blobs. It uses encoding/json alone, none of ocistore's
+// parsers, for the checks that read a layout without trusting the engine.
+func Listed(b []byte) ([]v1.Descriptor, error) {
+	var m struct {
+		Config    *v1.Descriptor  `json:"config"`
+		Layers    []v1.Descriptor `json:"layers"`
+		Manifests []v1.Descriptor `json:"manifests"`
+		Blobs     []v1.Descriptor `json:"blobs"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	var kids []v1.Descriptor
+	if m.Config != nil {
+		kids = append(kids, *m.Config)
+	}
+	return slices.Concat(kids, m.Layers, m.Manifests, m.Blobs), nil
 }
 
 // ForeignReadableDir is ForeignReadable on the layout in dir, its blobs in

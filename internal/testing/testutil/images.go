@@ -160,12 +160,7 @@ func HasBlob(t testing.TB, dir string, d digest.Digest) bool {
 func Snapshot(t testing.TB, dir string, skip ...string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		rel = filepath.ToSlash(rel)
+	err := WalkRel(dir, func(rel, p string, d fs.DirEntry) error {
 		for _, s := range skip {
 			if strings.HasPrefix(rel, s) {
 				if d.IsDir() {

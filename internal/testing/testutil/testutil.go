@@ -94,6 +94,25 @@ func (b *Builder) Tag(d v1.Descriptor, names ...string) {
 	}
 }
 
+// Open opens the layout in dir (creating it) with the default options,
+// failing the test on an error.
+func Open(t testing.TB, dir string) *store.Store {
+	t.Helper()
+	s, err := store.Open(context.Background(), dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Close closes s, failing the test on an error.
+func Close(t testing.TB, s *store.Store) {
+	t.Helper()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // MustCheck fails the test unless the quick fsck finds no problem.
 func MustCheck(t testing.TB, s *store.Store) {
 	t.Helper()
@@ -109,6 +128,21 @@ func MustCheck(t testing.TB, s *store.Store) {
 	}
 }
 
+// WriteBlobs writes blobs as files <alg>/<hex> under blobDir: the blobs/
+// of a layout, or a shared blob directory.
+func WriteBlobs(t testing.TB, blobDir string, blobs map[digest.Digest][]byte) {
+	t.Helper()
+	for d, c := range blobs {
+		p := filepath.Join(blobDir, d.Algorithm().String(), d.Encoded())
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, c, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // WriteRawLayout writes a layout the way another tool would (no journal):
 // blobs as given and index.json with entries; it returns dir.
 func WriteRawLayout(t testing.TB, dir string, blobs map[digest.Digest][]byte, entries []v1.Descriptor) string {
@@ -118,11 +152,7 @@ func WriteRawLayout(t testing.TB, dir string, blobs map[digest.Digest][]byte, en
 			t.Fatal(err)
 		}
 	}
-	for d, c := range blobs {
-		p := filepath.Join(dir, filepath.FromSlash(layout.BlobPath(d)))
-		must(os.MkdirAll(filepath.Dir(p), 0o755))
-		must(os.WriteFile(p, c, 0o644))
-	}
+	WriteBlobs(t, filepath.Join(dir, layout.BlobsDir), blobs)
 	must(os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755))
 	must(os.WriteFile(filepath.Join(dir, layout.LayoutFile), layout.LayoutFileContent(), 0o644))
 	ix := v1.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageIndex, Manifests: entries}
