@@ -218,7 +218,7 @@ func (s *Store) journalPath() string { return filepath.Join(s.stateRoot, Journal
 
 // journalOptions are the options of every read-write open of the journal.
 func (s *Store) journalOptions(timeout time.Duration) journal.Options {
-	return journal.Options{LockTimeout: timeout, AfterCommit: s.opts.journalHook, Scope: s.scope}
+	return journal.Options{LockTimeout: timeout, AfterCommit: s.opts.journalHook, CommitHook: s.opts.commitHook, Scope: s.scope}
 }
 
 // envFor is env for recovery under the lock db holds: with a shared blob
