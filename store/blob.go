@@ -142,10 +142,8 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	if err := vr.Verify(); err != nil {
 		return err
 	}
-	if !fsio.SyncSkipped(fsio.SyncIngestFile) {
-		if err := tmp.Sync(); err != nil {
-			return s.poison(&fsio.SyncError{Path: tmp.Name(), Err: err})
-		}
+	if err := fsio.SyncFileFor(s.lay.FS, fsio.SyncIngestFile, tmp); err != nil {
+		return s.poison(err)
 	}
 	if err := tmp.Close(); err != nil {
 		return err
@@ -159,6 +157,15 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 		return s.check(err)
 	}
 	if err := s.lay.FS.Rename(tmp.Name(), final); err != nil {
+		// A rename that reports an error may have taken place all the
+		// same (a network file system can): the blob's entry would be in
+		// blobs/ unsynced, and a retry, finding the blob present, would
+		// not sync it. Whatever has its name now is made durable.
+		if fi, lerr := s.lay.FS.Lstat(final); lerr == nil && fi.Mode().IsRegular() {
+			if serr := fsio.SyncDirFor(s.lay.FS, fsio.SyncIngestDir, algDir); serr != nil {
+				return s.poison(fmt.Errorf("%w (and then %w)", err, serr))
+			}
+		}
 		return err
 	}
 	published = true

@@ -9,11 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/journal"
+	"github.com/ocistore/ocistore/internal/testing/errorfs"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
 )
@@ -29,14 +31,9 @@ func TestConcurrentExternalWrite(t *testing.T) {
 	victim := before["img2"]
 	filesBefore := files(t, dir)
 
-	crash.Arm(crash.IndexSynced, 1, func(string) { writeMeanwhile(t, dir, victim) })
-	defer crash.Disarm()
-
-	s, err := store.Open(ctx, dir, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = s.Delete(ctx, "img2")
+	s, efs := openOnErrorFS(t, dir, nil)
+	afterIndexSynced(efs, func() { writeMeanwhile(t, dir, victim) })
+	_, err := s.Delete(ctx, "img2")
 	s.Close()
 	if !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("delete during an external write: %v, want ErrConflict", err)
@@ -69,7 +66,10 @@ func TestExternalWriteDuringUnlinks(t *testing.T) {
 		l.tag(l.image([]v1.Descriptor{base}, 2), fmt.Sprintf("app:%02d", i))
 	}
 	stale := l.indexFile() // what the other tool read before the prune
-	crash.Arm(crash.BlobUnlinked, 40, func(string) {
+	l.s.Close()
+	ps, efs := openOnErrorFS(t, dir, nil)
+	// After the 40th blob taken out of the layout.
+	unlinks := efs.Add(errorfs.Rule{Op: errorfs.OpRemove, Path: "blobs/...", Nth: 40, After: true, Hook: func(errorfs.Event) {
 		f, err := os.OpenFile(filepath.Join(dir, "index.json"), os.O_WRONLY|os.O_TRUNC, 0o644)
 		if err != nil {
 			t.Error(err)
@@ -79,16 +79,18 @@ func TestExternalWriteDuringUnlinks(t *testing.T) {
 		if _, err := f.Write(stale); err != nil {
 			t.Error(err)
 		}
-	})
-	defer crash.Disarm()
-	_, err := l.s.Prune(ctx, store.Policy{KeepLast: 1})
+	}})
+	_, err := ps.Prune(ctx, store.Policy{KeepLast: 1})
 	if !errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrIncomplete) {
 		t.Fatalf("prune during an external write: %v", err)
 	}
-	if err := l.s.WaitReclaimed(ctx); err != nil {
+	if unlinks.Fired() != 1 {
+		t.Fatalf("the prune took %d blobs out, not 40 or more", unlinks.Matched())
+	}
+	if err := ps.WaitReclaimed(ctx); err != nil {
 		t.Fatal(err)
 	}
-	l.s.Close()
+	ps.Close()
 	s, err := store.Open(ctx, dir, nil) // recovery: the record dropped, a recount
 	if err != nil {
 		t.Fatal(err)
@@ -110,12 +112,17 @@ func TestExternalWriteBeforeRename(t *testing.T) {
 	dir := t.TempDir()
 	before := fixture(t, dir)
 	victim := before["img2"]
-	crash.Arm(crash.TxnJournaled, 1, func(string) { writeMeanwhile(t, dir, victim) })
-	defer crash.Disarm()
-	s, err := store.Open(ctx, dir, nil)
+	var journaled atomic.Pointer[func()]
+	o := &store.Options{}
+	store.SetTestCommitHook(o, func(tx *journal.Tx) (func() error, error) {
+		return afterTxnCommit(tx, &journaled), nil
+	})
+	s, err := store.Open(ctx, dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	write := func() { writeMeanwhile(t, dir, victim) }
+	journaled.Store(&write)
 	_, err = s.Delete(ctx, "img2")
 	if !errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrIncomplete) {
 		t.Fatalf("delete with index.json rewritten before its rename: %v", err)

@@ -46,7 +46,7 @@ const (
 	envChildDir = "OCISTORE_TEST_CHILD_DIR"
 	envChildArg = "OCISTORE_TEST_CHILD_ARG"
 	// envChildTrash makes the child's transactions of two blobs or more
-	// go through the trash (protocol.TrashMin).
+	// go through the trash (protocol.Env.TrashMin).
 	envChildTrash = "OCISTORE_TEST_CHILD_TRASH"
 )
 
@@ -59,10 +59,11 @@ func TestCrashChild(t *testing.T) {
 	ctx := context.Background()
 	dir := os.Getenv(envChildDir)
 	args := strings.Fields(os.Getenv(envChildArg))
+	o := &store.Options{}
 	if os.Getenv(envChildTrash) != "" {
-		protocol.TrashMin = 2
+		store.SetTestTrashMin(o, 2)
 	}
-	s, err := store.Open(ctx, dir, nil)
+	s, err := store.Open(ctx, dir, o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(10)

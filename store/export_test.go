@@ -41,6 +41,16 @@ func QueuedChanges(s *Store) int {
 // instead of the real directories (tests only).
 func SetTestSharedFS(o *Options, layout, blobs fsio.FS) { o.sharedFS = [2]fsio.FS{layout, blobs} }
 
+// SetTestTrashMin makes transactions of n blobs or more take them
+// through the trash (protocol.Env.TrashMin; crash tests).
+func SetTestTrashMin(o *Options, n int) { o.trashMin = n }
+
+// SetTestCommitHook passes fn to the journal as its CommitHook (fault
+// tests: a failed journal commit, code run right after one).
+func SetTestCommitHook(o *Options, fn func(tx *journal.Tx) (after func() error, err error)) {
+	o.commitHook = fn
+}
+
 // SetTestSyncReclaim makes the store unlink its trash in the call that
 // fills it instead of in the background (crash tests).
 func SetTestSyncReclaim(o *Options) { o.syncReclaim = true }

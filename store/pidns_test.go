@@ -20,8 +20,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/protocol"
+	"github.com/ocistore/ocistore/internal/testing/errorfs"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
@@ -124,18 +125,29 @@ func nsWorkerMain(t *testing.T) {
 	fmt.Fprintf(os.Stderr, "%s%d\n", nsWorker, os.Getpid())
 	ctx := context.Background()
 	op := os.Getenv(envNSOp)
-	point := crash.IngestWritten
-	if op == "trash" {
-		point = crash.TrashUnlinked
-		protocol.TrashMin = 2
+	dir := os.Getenv(envNSDir)
+	osfs, err := fsio.OpenOS(dir)
+	if err != nil {
+		fail("open: %v", err)
 	}
-	crash.Arm(point, 1, func(name string) {
-		fmt.Fprintf(os.Stderr, "%s%s\n", nsPaused, name)
+	pause := func(ev errorfs.Event) {
+		fmt.Fprintf(os.Stderr, "%s%s\n", nsPaused, ev)
 		if line, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil || line != "go\n" {
 			fail("resume: %q, %v", line, err)
 		}
-	})
-	s, err := store.Open(ctx, os.Getenv(envNSDir), nil)
+	}
+	o := &store.Options{}
+	efs := errorfs.New(osfs)
+	if op == "trash" {
+		// After the first unlink of a file of the trash.
+		store.SetTestTrashMin(o, 2)
+		efs.Add(errorfs.Rule{Op: errorfs.OpRemove, Path: protocol.TrashDir + "/*", Nth: 1, After: true, Hook: pause})
+	} else {
+		// The ingest temp file written, synced and closed, not renamed.
+		efs.Add(errorfs.Rule{Op: errorfs.OpRename, From: protocol.IngestDir + "/*", Nth: 1, Hook: pause})
+	}
+	store.SetTestFS(o, efs)
+	s, err := store.Open(ctx, dir, o)
 	if err != nil {
 		fail("open: %v", err)
 	}

@@ -41,7 +41,6 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	"pgregory.net/rapid"
 
-	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/testing/memfs"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
@@ -186,12 +185,13 @@ func (m *rpMachine) group(t *rapid.T, changes []rpChange) {
 	var journalAt []byte
 	var crashAt *memfs.Crash
 	mem := m.mem
-	crash.Arm(crash.TxnJournaled, 1, func(string) {
+	snap := func() {
 		crashAt = mem.Snapshot()
 		journalAt, _ = os.ReadFile(filepath.Join(m.dir, journalRel))
-	})
+	}
+	m.journaled.Store(&snap)
 	res, errs := rpCommitGroup(m.ctx, m.s, changes)
-	crash.Disarm()
+	m.journaled.Store(nil)
 
 	// The group unlinks what a member freed and no later member used
 	// again (a blob may also enter and leave the closure within the
@@ -305,7 +305,7 @@ func (m *rpMachine) checkGroupCrash(t *rapid.T, c *memfs.Crash, jb []byte, want 
 		m.fail(t, "crash after the group's journal commit: foreign reader, before recovery: %v", err)
 	}
 	o := &store.Options{LockTimeout: -1}
-	store.SetTestFS(o, mem)
+	store.SetTestFS(o, m.fs(mem))
 	s, err := store.Open(m.ctx, dir, o)
 	if err != nil {
 		m.fail(t, "crash after the group's journal commit: recovery: %v", err)
@@ -442,7 +442,7 @@ func TestRapidGroupInterleavings(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			base := rpTempDir(t)
 			rapid.Check(t, func(rt *rapid.T) {
-				m := rpNewMachine(rt, base)
+				m := rpNewMachine(rt, base, "")
 				shared := m.rawBlob(rt, "shared layer")
 				img := m.image(rt, shared, "img", sc.pretags...)
 				other := m.image(rt, shared, "other", "other")

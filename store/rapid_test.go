@@ -44,6 +44,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,7 +54,9 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
+	"github.com/ocistore/ocistore/internal/testing/errorfs"
 	"github.com/ocistore/ocistore/internal/testing/memfs"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
@@ -161,11 +164,16 @@ type rpMachine struct {
 	manifests []digest.Digest // image manifests and indexes, in the order made
 	steps     []string        // what ran, for failure messages
 	leaseID   string          // the live lease, "" when none (its blobs: m.m.leased)
+	omit      string          // the fsync purpose left out, "" for none (m.fs)
+	// journaled, when set, runs once, right after the next journal
+	// commit of a transaction (afterTxnCommit).
+	journaled atomic.Pointer[func()]
 }
 
-func rpNewMachine(t *rapid.T, base string) *rpMachine {
+func rpNewMachine(t *rapid.T, base, omit string) *rpMachine {
 	m := &rpMachine{
 		ctx:   context.Background(),
+		omit:  omit,
 		base:  base,
 		m:     rpModel{tags: map[string]digest.Digest{}, untagged: map[digest.Digest]bool{}, present: map[digest.Digest]bool{}, leased: map[digest.Digest]bool{}},
 		blobs: map[digest.Digest]*rpBlob{},
@@ -195,15 +203,47 @@ func (m *rpMachine) newDir(t *rapid.T) string {
 func (m *rpMachine) open(t *rapid.T, why string) {
 	mem := m.mem
 	o := &store.Options{LockTimeout: -1}
-	store.SetTestFS(o, mem)
+	store.SetTestFS(o, m.fs(mem))
 	// The journal is a real file: its directory entry is tracked in memfs,
 	// unsynced until .ocistore is synced.
 	store.SetTestJournalHook(o, func() { _ = mem.AddExternal(journalRel) })
+	store.SetTestCommitHook(o, func(tx *journal.Tx) (func() error, error) {
+		return afterTxnCommit(tx, &m.journaled), nil
+	})
 	s, err := store.Open(m.ctx, m.dir, o)
 	if err != nil {
 		m.fail(t, "%s: open: %v", why, err)
 	}
 	m.s = s
+}
+
+// afterTxnCommit is a journal CommitHook's answer for a commit of tx:
+// when tx leaves a pending record (the journal commit of a transaction,
+// step 2 of the protocol) and fn holds a function, that function, taken
+// out of fn, to run right after the commit.
+func afterTxnCommit(tx *journal.Tx, fn *atomic.Pointer[func()]) func() error {
+	if fn.Load() == nil {
+		return nil
+	}
+	if recs, err := tx.Pending(); err != nil || len(recs) == 0 {
+		return nil
+	}
+	f := fn.Swap(nil)
+	if f == nil {
+		return nil
+	}
+	return func() error { (*f)(); return nil }
+}
+
+// fs is the file system the machine's stores use on mem: mem, or mem
+// leaving out the fsyncs of m.omit.
+func (m *rpMachine) fs(mem *memfs.FS) fsio.FS {
+	if m.omit == "" {
+		return mem
+	}
+	e := errorfs.New(mem)
+	e.OmitSync(m.omit)
+	return e
 }
 
 func (m *rpMachine) fail(t *rapid.T, format string, args ...any) {
@@ -875,14 +915,17 @@ func (c *rpCounter) String() string {
 }
 
 // rpProp is the property: a machine run from an empty layout.
-func rpProp(base string) func(*rapid.T) {
+//
+// omit, when set, names an fsync purpose the machine's file systems leave
+// out (TestRapidFindsMissingFsync).
+func rpProp(base, omit string) func(*rapid.T) {
 	return func(t *rapid.T) {
 		dir, err := os.MkdirTemp(base, "check")
 		if err != nil {
 			t.Fatalf("harness: %v", err)
 		}
 		t.Cleanup(func() { os.RemoveAll(dir) })
-		m := rpNewMachine(t, dir)
+		m := rpNewMachine(t, dir, omit)
 		t.Repeat(rapid.StateMachineActions(m))
 	}
 }
@@ -939,7 +982,7 @@ func TestRapidStateMachine(t *testing.T) {
 	base := rpTempDir(t)
 	t.Chdir("..") // the module root: fail files in testdata/rapid/
 	rpStats = rpCounter{}
-	rapid.Check(t, rpProp(base))
+	rapid.Check(t, rpProp(base, ""))
 	t.Logf("actions: %s", &rpStats)
 }
 
@@ -993,10 +1036,8 @@ func TestRapidFindsMissingFsync(t *testing.T) {
 				"rapid.seed": "1", "rapid.checks": fmt.Sprint(checks), "rapid.steps": fmt.Sprint(steps),
 				"rapid.shrinktime": "1s", "rapid.nofailfile": "true", "rapid.failfile": "",
 			})
-			restore := fsio.DisableSync(purpose)
-			defer restore()
 			tb := &rpTB{name: t.Name()}
-			rapid.Check(tb, rpProp(rpTempDir(t)))
+			rapid.Check(tb, rpProp(rpTempDir(t), purpose))
 			if !tb.failed {
 				t.Fatalf("with the %s fsync off, 100 runs of the machine found no violation", purpose)
 			}

@@ -9,7 +9,7 @@ import (
 	"github.com/ocistore/ocistore/internal/protocol"
 )
 
-// The trash. A transaction that frees at least protocol.TrashMin blobs
+// The trash. A transaction that frees at least protocol.DefaultTrashMin blobs
 // takes them out of the layout into .ocistore/trash (a hard link there,
 // then the unlink of the blob's name, which frees nothing; then syncs
 // blobs/<alg> and the trash): that is step 4 of the protocol, durable when

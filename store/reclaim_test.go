@@ -68,9 +68,9 @@ func trashFixture(t *testing.T, n int) (dir string, s *store.Store, g *gatedFS, 
 	return l.dir, s, g, imgs
 }
 
-// TestDeleteThroughTrash: a delete that frees protocol.TrashMin blobs or
-// more returns once they are out of the layout (in the trash), reports
-// them freed, and leaves their unlinking to the handle's reclaimer:
+// TestDeleteThroughTrash: a delete that frees protocol.DefaultTrashMin
+// blobs or more returns once they are out of the layout (in the trash),
+// reports them freed, and leaves their unlinking to the handle's reclaimer:
 // WaitReclaimed waits for it, fsck finds nothing wrong meanwhile, and a
 // blob put again while its old copy waits in the trash is not lost.
 func TestDeleteThroughTrash(t *testing.T) {
@@ -92,8 +92,8 @@ func TestDeleteThroughTrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	layer := m.Layers[0]
-	if len(want) < protocol.TrashMin {
-		t.Fatalf("fixture frees %d blobs, fewer than TrashMin %d", len(want), protocol.TrashMin)
+	if len(want) < protocol.DefaultTrashMin {
+		t.Fatalf("fixture frees %d blobs, fewer than TrashMin %d", len(want), protocol.DefaultTrashMin)
 	}
 	res, err := s.Delete(ctx, refs...)
 	if err != nil {

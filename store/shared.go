@@ -13,7 +13,7 @@ func (s *Store) journalPath() string { return s.lay.JournalPath() }
 
 // journalOptions are the options of every read-write open of the journal.
 func (s *Store) journalOptions(timeout time.Duration) journal.Options {
-	return journal.Options{LockTimeout: timeout, AfterCommit: s.opts.journalHook, Scope: s.lay.Scope}
+	return journal.Options{LockTimeout: timeout, AfterCommit: s.opts.journalHook, CommitHook: s.opts.commitHook, Scope: s.lay.Scope}
 }
 
 // envFor is env for recovery under the lock db holds: with a shared blob

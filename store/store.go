@@ -140,6 +140,12 @@ type Options struct {
 	// syncReclaim unlinks the trash in the call that fills it, not in
 	// the background (crash tests: every mutation in a known order).
 	syncReclaim bool
+	// trashMin, when positive, is protocol.Env.TrashMin (crash tests: the
+	// trash taken by small transactions).
+	trashMin int
+	// commitHook is passed to the journal as CommitHook (fault tests:
+	// a failed journal commit, code run right after one).
+	commitHook func(*journal.Tx) (after func() error, err error)
 	// reserveSize, when positive, is the space reserve's size instead of
 	// reserveWant's (crash tests: a small reserve is cheap to snapshot).
 	reserveSize int64
@@ -541,7 +547,7 @@ func (s *Store) initLayout() error {
 // lock (see protocol.Layout.OpenJournal); a durability failure poisons the
 // handle.
 func (s *Store) openJournal() (*journal.DB, error) {
-	db, err := s.lay.OpenJournal(s.opts.LockTimeout, s.opts.journalHook)
+	db, err := s.lay.OpenJournal(s.journalOptions(s.opts.LockTimeout))
 	if err != nil {
 		return nil, s.check(err)
 	}
@@ -679,7 +685,7 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *protocol
 }
 
 func (s *Store) env() protocol.Env {
-	env := protocol.Env{FS: s.lay.FS, Log: s.log, Reclaim: s.reclaim, Owner: s.owner, Self: s.ownerToken()}
+	env := protocol.Env{FS: s.lay.FS, Log: s.log, Reclaim: s.reclaim, Owner: s.owner, Self: s.ownerToken(), TrashMin: s.opts.trashMin}
 	if s.opts.syncReclaim {
 		env.Reclaim = s.reclaimNow
 	}

@@ -41,6 +41,7 @@ import (
 	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/protocol"
+	"github.com/ocistore/ocistore/internal/testing/errorfs"
 	"github.com/ocistore/ocistore/internal/testing/memfs"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
@@ -124,21 +125,40 @@ func t1Trash(mem *memfs.FS) []string {
 	return out
 }
 
+// t1TrashMin, when positive, makes the stores of the scenario take the
+// trash with transactions of that many blobs (lowTrashMin).
+var t1TrashMin int
+
+// t1OmitSync, when set, names the fsync purpose the file systems of the
+// scenario leave out (TestTier1FindsMissingFsync).
+var t1OmitSync string
+
 // t1Open opens the scenario's layout on mem; dir is the real directory
 // that mem stands for (the journal is a real file under it).
 func t1Open(ctx context.Context, dir string, mem *memfs.FS, hook func()) (*store.Store, error) {
 	o := &store.Options{LockTimeout: -1}
 	store.SetTestSyncReclaim(o) // no mutation out of the recorded order
 	store.SetTestReserveSize(o, t1ReserveSize)
+	if t1TrashMin > 0 {
+		store.SetTestTrashMin(o, t1TrashMin)
+	}
 	if hook != nil {
 		store.SetTestJournalHook(o, hook)
 	}
+	wrap := func(f fsio.FS) fsio.FS {
+		if t1OmitSync == "" {
+			return f
+		}
+		e := errorfs.New(f)
+		e.OmitSync(t1OmitSync)
+		return e
+	}
 	if !t1Shared {
-		store.SetTestFS(o, mem)
+		store.SetTestFS(o, wrap(mem))
 		return store.Open(ctx, dir, o)
 	}
 	o.SharedBlobDir = filepath.Join(dir, "shared")
-	store.SetTestSharedFS(o, mem.Sub("layout"), mem.Sub("shared"))
+	store.SetTestSharedFS(o, wrap(mem.Sub("layout")), wrap(mem.Sub("shared")))
 	return store.Open(ctx, filepath.Join(dir, "layout"), o)
 }
 
@@ -878,7 +898,7 @@ func TestTier1SharedBlobDir(t *testing.T) {
 
 // TestTier1Trash is the enumeration with every transaction that frees two
 // blobs or more taking them out of the layout through the trash (which
-// otherwise only transactions of protocol.TrashMin blobs do): every crash
+// otherwise only transactions of protocol.DefaultTrashMin blobs do): every crash
 // point of the links, the unlinks, their syncs and the trash's unlinking.
 func TestTier1Trash(t *testing.T) {
 	lowTrashMin(t)
@@ -893,9 +913,15 @@ func TestTier1Trash(t *testing.T) {
 // lowTrashMin makes transactions of two blobs or more use the trash until
 // the test ends.
 func lowTrashMin(t *testing.T) {
-	old := protocol.TrashMin
-	protocol.TrashMin = 2
-	t.Cleanup(func() { protocol.TrashMin = old })
+	t1TrashMin = 2
+	t.Cleanup(func() { t1TrashMin = 0 })
+}
+
+// omitSync makes the file systems of the scenario leave out the fsyncs
+// of purpose until the test ends.
+func omitSync(t *testing.T, purpose string) {
+	t1OmitSync = purpose
+	t.Cleanup(func() { t1OmitSync = "" })
 }
 
 // reportTier1 prints an enumeration's summary line (make crash collects
@@ -920,8 +946,7 @@ func reportTier1(t *testing.T, name string, st *t1Stats) {
 func TestTier1FindsMissingFsync(t *testing.T) {
 	for _, purpose := range fsio.SyncPurposes {
 		t.Run(purpose, func(t *testing.T) {
-			restore := fsio.DisableSync(purpose)
-			defer restore()
+			omitSync(t, purpose)
 			st := runTier1(t, t1FindSize(), 2)
 			if st.violations == 0 {
 				t.Fatalf("with the %s fsync off, %d crash states over %d points showed no violation: the harness cannot see this fsync", purpose, st.states, st.points)
@@ -932,8 +957,7 @@ func TestTier1FindsMissingFsync(t *testing.T) {
 	// Moves into the trash are durable by the same sync as unlinks.
 	t.Run(fsio.SyncBlobDir+"-trash", func(t *testing.T) {
 		lowTrashMin(t)
-		restore := fsio.DisableSync(fsio.SyncBlobDir)
-		defer restore()
+		omitSync(t, fsio.SyncBlobDir)
 		st := runTier1(t, t1FindSize(), 2)
 		if st.violations == 0 {
 			t.Fatalf("with the blob directory's fsync off after moves into the trash, %d crash states over %d points showed no violation", st.states, st.points)

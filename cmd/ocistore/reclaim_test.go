@@ -400,8 +400,8 @@ func TestPruneEmptiesTrash(t *testing.T) {
 	before := blobCount(t, dir)
 	r := must(t, 0, "-l", dir, "prune", "--keep-last", "1", "--json")
 	res := decodeJSON[store.PruneResult](t, r)
-	if len(res.Removed) != st.Images-2 || len(res.Freed) < protocol.TrashMin {
-		t.Fatalf("pruned %d images, %d blobs; want %d images and at least %d blobs (the trash path)", len(res.Removed), len(res.Freed), st.Images-2, protocol.TrashMin)
+	if len(res.Removed) != st.Images-2 || len(res.Freed) < protocol.DefaultTrashMin {
+		t.Fatalf("pruned %d images, %d blobs; want %d images and at least %d blobs (the trash path)", len(res.Removed), len(res.Freed), st.Images-2, protocol.DefaultTrashMin)
 	}
 	if after := blobCount(t, dir); after != before-len(res.Freed) {
 		t.Errorf("%d blob files after freeing %d of %d", after, len(res.Freed), before)

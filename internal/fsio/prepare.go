@@ -22,7 +22,7 @@ type Prepared struct {
 
 // PrepareFile writes data to a new temp file in the layout root, named
 // "."+base(name)+"-"+suffix (recovery removes such leftovers), and syncs
-// it unless the durability switch purpose is off. On error nothing is left.
+// it for purpose (see SyncFileFor). On error nothing is left.
 func PrepareFile(fsys FS, name string, data []byte, purpose string) (*Prepared, error) {
 	f, err := fsys.CreateTemp(".", "."+path.Base(name)+"-")
 	if err != nil {
@@ -31,10 +31,8 @@ func PrepareFile(fsys FS, name string, data []byte, purpose string) (*Prepared, 
 	p := &Prepared{fsys: fsys, tmp: f.Name(), name: name}
 	_, err = f.Write(data)
 	crash.Point(crash.IndexTempWritten)
-	if err == nil && !SyncSkipped(purpose) {
-		if serr := f.Sync(); serr != nil {
-			err = &SyncError{Path: p.tmp, Err: serr}
-		}
+	if err == nil {
+		err = SyncFileFor(fsys, purpose, f)
 	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr

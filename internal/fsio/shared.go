@@ -157,6 +157,12 @@ func (s *Shared) SyncDir(name string) error {
 	return f.SyncDir(rel)
 }
 
+// SkipSync leaves out the fsyncs of purpose when the layout's or the
+// shared directory's file system does (SyncSkipper: tests).
+func (s *Shared) SkipSync(purpose string) bool {
+	return skipSync(s.Layout, purpose) || skipSync(s.Blobs, purpose)
+}
+
 // OpenDir opens a directory for a batch, when the file system it is on can.
 func (s *Shared) OpenDir(name string) (DirHandle, error) {
 	f, rel := s.route(name)

@@ -159,6 +159,7 @@ type DB struct {
 	bolt        *bolt.DB
 	path        string
 	afterCommit func()
+	commitHook  func(*Tx) (func() error, error)
 	scope       []byte
 	// Created is true when Open found no database (or an empty file) and
 	// initialized it: it holds no state for the layout yet.
@@ -181,6 +182,18 @@ type Options struct {
 	// file: each committed Update, and the initialization of a new
 	// database. Crash tests use it to snapshot the journal between steps.
 	AfterCommit func()
+	// CommitHook, when set, is called in every Update whose fn succeeded,
+	// with its transaction, just before the commit (tests: a failed
+	// commit, code run right after one). An error fails the commit as a
+	// failed write or fsync of the database would: bbolt rolls the
+	// transaction back and Update returns an error wrapping
+	// errdef.ErrDurability and it. Otherwise the commit runs and, once
+	// it is durable (and AfterCommit has run), after is called when not
+	// nil: an error it returns is returned by Update as a failed commit
+	// too, although the change is committed, as when the fsync of a
+	// commit fails after its pages reached the disk (the one outcome a
+	// caller cannot know).
+	CommitHook func(tx *Tx) (after func() error, err error)
 }
 
 // Open opens or creates the journal at path.
@@ -220,7 +233,7 @@ func Open(path string, o Options) (*DB, error) {
 	if err != nil {
 		return nil, classifyOpenErr(path, err)
 	}
-	d := &DB{bolt: bdb, path: path, Created: created, afterCommit: o.AfterCommit}
+	d := &DB{bolt: bdb, path: path, Created: created, afterCommit: o.AfterCommit, commitHook: o.CommitHook}
 	if o.Scope != "" {
 		d.scope = []byte(o.Scope)
 	}
@@ -342,19 +355,32 @@ func (d *DB) Close() error { return d.bolt.Close() }
 func (d *DB) Update(fn func(*Tx) error) (err error) {
 	defer recoverCorrupt(d.path, &err)
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	var fnErr error
+	var (
+		fnErr error
+		after func() error
+	)
 	err = d.bolt.Update(func(btx *bolt.Tx) error {
 		t := &Tx{tx: btx, scope: d.scope}
 		if fnErr = fn(t); fnErr == nil {
 			fnErr = t.flush()
 		}
-		return fnErr
+		if fnErr != nil || d.commitHook == nil {
+			return fnErr
+		}
+		var herr error
+		after, herr = d.commitHook(t)
+		return herr // not fn's: a failed commit
 	})
 	if err != nil && fnErr == nil {
 		return fmt.Errorf("journal %s: commit: %w: %w", d.path, errdef.ErrDurability, err)
 	}
 	if err == nil && d.afterCommit != nil {
 		d.afterCommit()
+	}
+	if err == nil && after != nil {
+		if aerr := after(); aerr != nil {
+			return fmt.Errorf("journal %s: commit: %w: %w", d.path, errdef.ErrDurability, aerr)
+		}
 	}
 	return err
 }

@@ -378,3 +378,63 @@ func TestRefsWithinTransaction(t *testing.T) {
 	}
 	db.View(func(tx *journal.Tx) error { check(tx, "after the commit"); return nil })
 }
+
+// TestCommitHook: an error of the hook fails the commit as a failed write
+// or fsync would (rolled back, ErrDurability); an error of its after
+// function is a commit reported failed although it is durable.
+func TestCommitHook(t *testing.T) {
+	errInjected := errors.New("injected")
+	var fail, failAfter bool
+	afterCommits := 0
+	db := open(t, filepath.Join(t.TempDir(), "journal.db"), journal.Options{
+		AfterCommit: func() { afterCommits++ },
+		CommitHook: func(tx *journal.Tx) (func() error, error) {
+			if _, ok, err := tx.GetLease("l"); err != nil || !ok {
+				t.Errorf("the hook does not see the transaction's writes: %v, %v", ok, err)
+			}
+			switch {
+			case fail:
+				return nil, errInjected
+			case failAfter:
+				return func() error { return errInjected }, nil
+			}
+			return nil, nil
+		},
+	})
+	afterCommits = 0 // the initialization's
+	put := func() error {
+		return db.Update(func(tx *journal.Tx) error {
+			return tx.PutLease(journal.Lease{ID: "l", Created: time.Now(), Expires: time.Now().Add(time.Hour)})
+		})
+	}
+	stored := func() bool {
+		var ok bool
+		if err := db.View(func(tx *journal.Tx) (err error) {
+			_, ok, err = tx.GetLease("l")
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	fail = true
+	if err := put(); !errors.Is(err, errdef.ErrDurability) || !errors.Is(err, errInjected) {
+		t.Fatalf("failed commit: %v", err)
+	}
+	if stored() || afterCommits != 0 {
+		t.Fatalf("a failed commit was committed (stored %v, AfterCommit %d)", stored(), afterCommits)
+	}
+	fail, failAfter = false, true
+	if err := put(); !errors.Is(err, errdef.ErrDurability) || !errors.Is(err, errInjected) {
+		t.Fatalf("commit reported failed: %v", err)
+	}
+	if !stored() || afterCommits != 1 {
+		t.Fatalf("a commit reported failed after it was durable is not there (stored %v, AfterCommit %d)", stored(), afterCommits)
+	}
+	// An error of fn is fn's: no commit, no hook.
+	fail, failAfter = true, false
+	errFn := errors.New("fn")
+	if err := db.Update(func(*journal.Tx) error { return errFn }); !errors.Is(err, errFn) || errors.Is(err, errdef.ErrDurability) {
+		t.Fatalf("fn's error: %v", err)
+	}
+}

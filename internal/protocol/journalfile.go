@@ -23,7 +23,9 @@ import (
 // follows, keeping the leases it can still read (RebuildJournal). One that
 // a newer ocistore wrote is refused (ErrJournalNewer) and left as it is,
 // even when it is damaged too, as long as its version can be read.
-func (l *Layout) OpenJournal(lockTimeout time.Duration, afterCommit func()) (*journal.DB, error) {
+func (l *Layout) OpenJournal(o journal.Options) (*journal.DB, error) {
+	o.Scope = l.Scope
+	lockTimeout := o.LockTimeout
 	if _, err := fsio.MkdirDurable(l.FS, layout.StateDir); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
@@ -31,7 +33,7 @@ func (l *Layout) OpenJournal(lockTimeout time.Duration, afterCommit func()) (*jo
 		return nil, err
 	}
 	path := l.JournalPath()
-	db, err := journal.Open(path, journal.Options{LockTimeout: lockTimeout, AfterCommit: afterCommit, Scope: l.Scope})
+	db, err := journal.Open(path, o)
 	if errors.Is(err, errdef.ErrCorrupt) {
 		salv, serr := journal.SalvageFile(path, lockTimeout)
 		if serr != nil {
@@ -43,7 +45,7 @@ func (l *Layout) OpenJournal(lockTimeout time.Duration, afterCommit func()) (*jo
 		if _, rerr := l.RebuildJournal(err, salv, lockTimeout); rerr != nil {
 			return nil, rerr
 		}
-		db, err = journal.Open(path, journal.Options{LockTimeout: lockTimeout, AfterCommit: afterCommit, Scope: l.Scope})
+		db, err = journal.Open(path, o)
 	}
 	if errors.Is(err, errdef.ErrLocked) {
 		return nil, l.Locked(lockTimeout, err)

@@ -100,6 +100,10 @@ type Env struct {
 	// files a transaction puts in the trash (see OwnersDir), making its
 	// owner file on first use.
 	Owner func() (string, error)
+	// TrashMin is the number of blobs from which a transaction takes
+	// them into the trash (with Reclaim); 0 means DefaultTrashMin. Crash
+	// tests lower it to take the trash with small transactions.
+	TrashMin int
 	// Self is the token of the caller's owner, "" when it has none yet:
 	// recovery takes its files in the trash too (they are its own), and
 	// leaves its ingest temp files.
@@ -598,8 +602,11 @@ func Journal(tx *journal.Tx, fsys fsio.FS, rec *journal.Record, newBytes, base [
 // disk, and Apply rolls the record back (rollBack) before it returns, so
 // the error means the transaction did not happen, unless the roll back
 // failed too (then the error wraps ErrIncomplete: recovery will apply
-// it). Any error after the rename wraps ErrIncomplete: the new index is
-// in place, and recovery finishes the cleanup.
+// it), or index.json is no longer old's file after the failed rename
+// (then the outcome is unknown: the error wraps ErrIncomplete and
+// ErrDurability, and the record is left to recovery). Any error after
+// the rename wraps ErrIncomplete: the new index is in place, and recovery
+// finishes the cleanup.
 func Apply(env Env, db *journal.DB, rec *journal.Record, p *fsio.Prepared, old *State) (fsio.Stamp, error) {
 	if old != nil && !old.Stamp.IsZero() && fsio.StampFile(env.FS, layout.IndexFile) != old.Stamp {
 		// Another tool wrote index.json since the transaction read it: its
@@ -614,6 +621,16 @@ func Apply(env Env, db *journal.DB, rec *journal.Record, p *fsio.Prepared, old *
 	}
 	if err := p.Commit(); err != nil {
 		_ = p.Abort()
+		if old != nil && !old.Stamp.IsZero() && fsio.StampFile(env.FS, layout.IndexFile) != old.Stamp {
+			// The rename failed, yet index.json is no longer the file it
+			// was: the rename may have taken place all the same (a
+			// network file system can report an error for a rename it
+			// did). Rolled back, the journal would count the old index
+			// while the new one is on disk and say that nothing changed.
+			// The outcome is unknown: the record stays, for recovery to
+			// finish (or roll back, if another tool wrote the file).
+			return fsio.Stamp{}, fmt.Errorf("txn %d: %w: %w: %w (%s changed: the rename may have taken place; recovery decides)", rec.ID, errdef.ErrIncomplete, errdef.ErrDurability, err, layout.IndexFile)
+		}
 		if rerr := rollBack(env, db, rec, old); rerr != nil {
 			return fsio.Stamp{}, fmt.Errorf("txn %d: %w: %w (and it could not be rolled back, so the next recovery applies it: %v)", rec.ID, errdef.ErrIncomplete, err, rerr)
 		}
@@ -787,7 +804,7 @@ func finish(env Env, db *journal.DB, rec *journal.Record, point string, reached 
 	// lock): the unlinks stop as soon as its stamp changes, and what went
 	// into the trash that the new index.json reaches comes back.
 	guard := indexGuard(env.FS, stamp)
-	if env.Reclaim != nil && env.Owner != nil && len(paths) >= TrashMin {
+	if env.Reclaim != nil && env.Owner != nil && len(paths) >= env.trashMin() {
 		tok, err := env.Owner()
 		if err != nil {
 			return fmt.Errorf("txn %d: owner of the trash: %w", rec.ID, err)
@@ -921,7 +938,15 @@ var indexTemp = regexp.MustCompile(`^\.(` + regexp.QuoteMeta(layout.IndexFile) +
 // directory, in that directory's).
 const TrashDir = layout.StateDir + "/trash"
 
-// TrashMin is the number of blobs from which a transaction moves them
-// into the trash rather than unlinking them in place. A variable so that
-// the crash tests can take the trash path with small transactions.
-var TrashMin = 64
+// DefaultTrashMin is Env.TrashMin's default: the number of blobs from
+// which a transaction moves them into the trash rather than unlinking
+// them in place.
+const DefaultTrashMin = 64
+
+// trashMin is the number of blobs from which a transaction takes the trash.
+func (env Env) trashMin() int {
+	if env.TrashMin > 0 {
+		return env.TrashMin
+	}
+	return DefaultTrashMin
+}

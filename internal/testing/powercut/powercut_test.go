@@ -358,27 +358,43 @@ func TestPowerCut(t *testing.T) {
 // mutantOverlay writes a go build overlay that adds one file to
 // internal/fsio (nothing in the tree changes): it turns off the fsyncs named
 // by off (comma-separated fsio.Sync* purposes), to show that the power cuts
-// catch a missing fsync.
+// catch a missing fsync. The file gives the OS file system a SkipSync
+// method (fsio.SyncSkipper), which the real one has not.
 func mutantOverlay(t *testing.T, dir, root, off string) string {
 	t.Helper()
-	var calls []string
+	var cases []string
 	for _, p := range strings.Split(off, ",") {
-		calls = append(calls, fmt.Sprintf("DisableSync(%q)", p))
+		cases = append(cases, fmt.Sprintf("%q", p))
 	}
 	t.Logf("MUTANT binary: fsyncs turned off: %s", off)
-	return fsioOverlay(t, dir, root, calls...)
+	return fsioOverlayCode(t, dir, root, "// SkipSync makes this binary a mutant: see fsio.SyncSkipper.\n"+
+		"func (o *OS) SkipSync(purpose string) bool {\n"+
+		"\tswitch purpose {\n"+
+		"\tcase "+strings.Join(cases, ", ")+":\n"+
+		"\t\treturn true\n"+
+		"\t}\n"+
+		"\treturn false\n"+
+		"}\n")
 }
 
 // fsioOverlay writes a go build overlay that adds to internal/fsio one
 // file whose init makes calls (nothing in the tree changes).
 func fsioOverlay(t *testing.T, dir, root string, calls ...string) string {
 	t.Helper()
-	src := filepath.Join(dir, "mutant_fsio.go")
-	code := "package fsio\n\nfunc init() {\n"
+	code := "func init() {\n"
 	for _, c := range calls {
 		code += "\t" + c + "\n"
 	}
 	code += "}\n"
+	return fsioOverlayCode(t, dir, root, code)
+}
+
+// fsioOverlayCode writes a go build overlay that adds to internal/fsio one
+// file of code, declarations of package fsio (nothing in the tree changes).
+func fsioOverlayCode(t *testing.T, dir, root, code string) string {
+	t.Helper()
+	src := filepath.Join(dir, "mutant_fsio.go")
+	code = "package fsio\n\n" + code
 	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
 		t.Fatal(err)
 	}
