@@ -14,9 +14,9 @@ package store_test
 //
 // Built only with the tag crashpoints (go test -tags crashpoints: make test
 // and make crash pass it): a test binary without it has no crash points,
-// its children would never be killed. The files that arm crash points in
-// the test process (crash.Arm: conflict_test.go, pidns_test.go,
-// rapid_group_test.go) and repair_crash_test.go carry the tag too.
+// its children would never be killed. repair_crash_test.go carries the tag
+// too; tests that stop the protocol in the test process use errorfs hooks
+// instead (conflict_test.go, pidns_test.go, rapid_group_test.go).
 
 import (
 	"context"
@@ -421,15 +421,6 @@ func TestCrashAdoptInitRecount(t *testing.T) {
 		}
 		checkClean(t, dir, false)
 	})
-}
-
-func blobSize(t *testing.T, dir, d string) int64 {
-	alg, hex, _ := strings.Cut(d, ":")
-	fi, err := os.Stat(filepath.Join(dir, "blobs", alg, hex))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Size()
 }
 
 // TestCrashThenExternalChange: a delete is journaled, the process dies, and

@@ -135,3 +135,12 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+func blobSize(t *testing.T, dir, d string) int64 {
+	alg, hex, _ := strings.Cut(d, ":")
+	fi, err := os.Stat(filepath.Join(dir, "blobs", alg, hex))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}

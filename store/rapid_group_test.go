@@ -1,5 +1,3 @@
-//go:build crashpoints
-
 package store_test
 
 // Group commit in the model (rapid_test.go): changes that free and
@@ -18,10 +16,8 @@ package store_test
 // journal commit (foreign-readable, and recovered to the group's result),
 // then the model's invariants (Check).
 //
-// Built only with the tag crashpoints: the crash state right after the
-// group's journal commit is taken by arming crash.TxnJournaled in this
-// process (crash.Arm). Without the tag the machine has no Group action and
-// TestRapidGroupInterleavings does not exist; make test passes the tag.
+// The crash state right after the group's journal commit is taken by an
+// errorfs hook in this process (no crash point: every build has it).
 
 import (
 	"bytes"

@@ -2,7 +2,7 @@ package store_test
 
 // Model-based test: a rapid state machine drives a store on memfs with
 // random operations (blobs, manifests, indexes, tags, untags, deletes,
-// group commits (rapid_group_test.go, in builds with the tag crashpoints),
+// group commits (rapid_group_test.go),
 // a lease, reopens, and crashes between acknowledged operations) and
 // compares it after every step with a plain model: the tags and untagged
 // entries of index.json, the blobs that must be on disk (the closure of

@@ -23,7 +23,9 @@
 // ":pause" ("NAME@K:pause") the process instead writes "ocistore:
 // crashpoint NAME reached\n" to stderr and blocks forever, so that a test can
 // cut the power under it (power-loss tests on a real file system) before
-// killing it. Tests in the same process use Arm (tagged builds only).
+// killing it. Tests that stop the protocol in their own process use errorfs
+// hooks (internal/testing/errorfs), not crash points: there is no arming
+// but the environment, and no process-global switch.
 package crash
 
 // EnvVar names the environment variable that arms a crash point in a child

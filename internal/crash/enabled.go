@@ -18,7 +18,7 @@ import (
 const Enabled = true
 
 // This file is the build with crash points (go build -tags crashpoints):
-// OCISTORE_CRASHPOINT is read at start, Arm and Disarm exist, Point costs one
+// OCISTORE_CRASHPOINT is read at start, and Point costs one
 // atomic load unless armed.
 
 var (
@@ -41,7 +41,7 @@ func init() {
 				n, k = v[:i], c
 			}
 		}
-		Arm(n, k, fn)
+		arm(n, k, fn)
 	}
 }
 
@@ -54,21 +54,13 @@ func pause(name string) {
 	}
 }
 
-// Arm makes the k-th call of Point(n) run fn (or kill the process when fn is
-// nil). It replaces any earlier arming. Disarm undoes it.
-func Arm(n string, k int, fn func(string)) {
+// arm makes the k-th call of Point(n) run fn (or kill the process when fn
+// is nil).
+func arm(n string, k int, fn func(string)) {
 	mu.Lock()
 	defer mu.Unlock()
 	name, left, hook = n, k, fn
 	armed.Store(true)
-}
-
-// Disarm removes any armed crash point.
-func Disarm() {
-	mu.Lock()
-	defer mu.Unlock()
-	name, left, hook = "", 0, nil
-	armed.Store(false)
 }
 
 // Point marks a named step. It does nothing unless that point is armed.
