@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -110,7 +111,7 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	final := layout.BlobPath(desc.Digest)
 	if fi, err := s.lay.FS.Lstat(final); err == nil && fi.Mode().IsRegular() && (desc.Size < 0 || fi.Size() == desc.Size) {
 		s.log.Debug("blob already present", attrDigest, desc.Digest)
-		return nil
+		return s.durableBlobName(final, fi)
 	}
 	if _, err := fsio.MkdirDurable(s.lay.FS, layout.StateDir); err != nil {
 		return s.check(err)
@@ -170,11 +171,54 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	}
 	published = true
 	crash.Point(crash.IngestRenamed)
-	if err := fsio.SyncDirFor(s.lay.FS, fsio.SyncIngestDir, algDir); err != nil {
+	if err := s.syncBlobDir(algDir); err != nil {
 		return s.poison(err)
 	}
 	crash.Point(crash.IngestSynced)
 	s.log.Debug("blob written", attrDigest, desc.Digest, "size", vr.N())
+	return nil
+}
+
+// durableBlobName makes sure the name of a blob found present (fi) survives
+// a power cut before PutBlob says it is there: its writer may have died
+// between its rename into blobs/ and the sync of the directory (another
+// process, or a handle poisoned by that sync), leaving a name that a power
+// cut takes back after a manifest that uses it was committed. The
+// directory is synced unless this handle synced it after the name
+// appeared (by its ctime; always where the file system gives none).
+func (s *Store) durableBlobName(final string, fi fs.FileInfo) error {
+	dir := fsio.Dir(final)
+	ctime := fsio.StampOf(fi).Ctime
+	s.dirSynced.Lock()
+	since := s.dirSynced.m[dir]
+	s.dirSynced.Unlock()
+	if ctime != 0 && ctime < since {
+		return nil
+	}
+	if err := s.syncBlobDir(dir); err != nil {
+		return s.poison(err)
+	}
+	return nil
+}
+
+// blobNameMargin is how much earlier than its sync a blob directory is
+// taken as durable: a file system's timestamps come from a coarse clock,
+// which may lag the one syncBlobDir reads.
+const blobNameMargin = time.Second
+
+// syncBlobDir syncs a blob directory after an ingest's rename, and notes
+// that every name it held a little before is durable.
+func (s *Store) syncBlobDir(dir string) error {
+	before := time.Now().Add(-blobNameMargin).UnixNano()
+	if err := fsio.SyncDirFor(s.lay.FS, fsio.SyncIngestDir, dir); err != nil {
+		return err
+	}
+	s.dirSynced.Lock()
+	if s.dirSynced.m == nil {
+		s.dirSynced.m = map[string]int64{}
+	}
+	s.dirSynced.m[dir] = max(s.dirSynced.m[dir], before)
+	s.dirSynced.Unlock()
 	return nil
 }
 

@@ -658,3 +658,76 @@ func TestFaultIngestRenameDone(t *testing.T) {
 	}
 	testutil.MustCheck(t, s2)
 }
+
+// TestPresentBlobNameMadeDurable: a writer dies between its blob's rename
+// into blobs/ and the sync of the directory (here: the sync fails, which
+// poisons its handle), leaving a name a power cut would take back. Another
+// handle's PutBlob of the same blob finds it present: it syncs the
+// directory before it says so, so that the image it then commits keeps
+// its layer through a power cut.
+func TestPresentBlobNameMadeDurable(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mem := memfs.New(dir)
+	efs := errorfs.New(mem)
+	open := func() *store.Store {
+		o := &store.Options{LockTimeout: -1}
+		store.SetTestFS(o, efs)
+		store.SetTestJournalHook(o, func() { _ = mem.AddExternal(journalRel) })
+		s, err := store.Open(ctx, dir, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	layer := bytes.Repeat([]byte("a layer whose writer died before its directory was synced\n"), 200)
+	ld := v1.Descriptor{MediaType: v1.MediaTypeImageLayer, Digest: digest.SHA512.FromBytes(layer), Size: int64(len(layer))}
+	h := efs.Add(errorfs.Rule{Op: errorfs.OpSyncDir, Path: "blobs/sha512", Nth: 1, Err: errEIO})
+	dead := open()
+	if err := dead.PutBlob(ctx, ld, bytes.NewReader(layer)); !errors.Is(err, store.ErrDurability) || h.Fired() != 1 {
+		t.Fatalf("put blob whose directory sync fails: %v (fired %d)", err, h.Fired())
+	}
+	dead.Close()
+
+	s := open()
+	defer s.Close()
+	if err := s.PutBlob(ctx, ld, bytes.NewReader(layer)); err != nil {
+		t.Fatalf("put the blob that is present: %v", err)
+	}
+	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+	cd := testutil.Blob(cfg, v1.MediaTypeImageConfig)
+	if err := s.PutBlob(ctx, cd, bytes.NewReader(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
+		v1.MediaTypeImageManifest, cd.MediaType, cd.Digest, cd.Size, ld.MediaType, ld.Digest, ld.Size)
+	if _, err := s.PutManifest(ctx, v1.MediaTypeImageManifest, []byte(m), "app"); err != nil {
+		t.Fatal(err)
+	}
+
+	// The power is cut: only what was synced is left.
+	c := mem.Snapshot()
+	jb, err := os.ReadFile(filepath.Join(dir, journalRel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scratch := t.TempDir()
+	cut, err := materialize(scratch, t1Event{crash: c, journal: jb}, make([]bool, c.Items()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o2 := &store.Options{LockTimeout: -1}
+	store.SetTestFS(o2, cut)
+	s2, err := store.Open(ctx, scratch, o2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if ok, err := s2.Exists(ctx, ld); err != nil || !ok {
+		t.Fatalf("the layer of the committed image is gone after the power cut: %v, %v", ok, err)
+	}
+	testutil.MustCheck(t, s2)
+}

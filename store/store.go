@@ -176,6 +176,14 @@ type Store struct {
 	// under an ingest (which then could not remove its temp file).
 	ingests sync.RWMutex
 
+	// dirSynced is, for each blob directory, a time before which every
+	// name in it is known durable: this handle synced the directory after
+	// it (see durableBlobName).
+	dirSynced struct {
+		sync.Mutex
+		m map[string]int64 // blobs/<alg> -> Unix nanoseconds
+	}
+
 	// snap is the last index this handle committed or read; readers load it
 	// without locks and writers swap it after their commit point.
 	snap atomic.Pointer[snapshot]
