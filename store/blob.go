@@ -243,7 +243,7 @@ func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byt
 		return desc, fmt.Errorf("put manifest: media type %q is not a manifest or index: %w", mediaType, errdef.ErrInvalidArgument)
 	}
 	for _, n := range names {
-		if err := ValidTag(n); err != nil {
+		if err := validTag(n); err != nil {
 			return desc, fmt.Errorf("put manifest %s: %w", desc.Digest, err)
 		}
 	}

@@ -136,9 +136,9 @@ func opName(op string, refs []string) string {
 	return fmt.Sprintf("%s %s and %d more", op, refs[0], len(refs)-1)
 }
 
-// ValidTag reports whether name can be a tag: not empty, no control
+// validTag reports whether name can be a tag: not empty, no control
 // characters, not shaped like a digest.
-func ValidTag(name string) error {
+func validTag(name string) error {
 	if name == "" {
 		return fmt.Errorf("empty tag: %w", errdef.ErrInvalidArgument)
 	}
@@ -199,7 +199,7 @@ func checkTagArgs(desc v1.Descriptor, names []string) error {
 		return fmt.Errorf("no tag given: %w", errdef.ErrInvalidArgument)
 	}
 	for _, n := range names {
-		if err := ValidTag(n); err != nil {
+		if err := validTag(n); err != nil {
 			return err
 		}
 	}
