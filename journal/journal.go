@@ -25,7 +25,11 @@ import (
 
 // SchemaVersion is the newest journal schema this build reads and writes.
 // A journal of a newer one is refused by every command (ErrJournalNewer).
-const SchemaVersion = ij.SchemaVersion
+const SchemaVersion = 4
+
+// This fails to compile when the journal's schema moves on without this
+// package.
+const _ = uint64(SchemaVersion-ij.SchemaVersion) + uint64(ij.SchemaVersion-SchemaVersion)
 
 // Record is a transaction the journal records before changing index.json:
 // the index it replaces and the one it writes, and the blobs it frees.

@@ -43,6 +43,9 @@ const (
 	// shared blob directory the check was not told about. It stands first,
 	// in place of one dangling problem per missing blob.
 	KindBlobsElsewhere = "blobs-elsewhere"
+	// KindUnreadable: a blob file could not be read to the end (an I/O
+	// error: the disk may be failing). Only the deep check reads blobs.
+	KindUnreadable = "unreadable"
 )
 
 // BlobsElsewhereHint starts the detail of a blobs-elsewhere problem.
@@ -79,10 +82,6 @@ type Report struct {
 
 // OK reports whether no problem was found.
 func (r *Report) OK() bool { return len(r.Problems) == 0 }
-
-// KindUnreadable: a blob file could not be read to the end (an I/O error:
-// the disk may be failing). Only the deep check reads blobs.
-const KindUnreadable = "unreadable"
 
 // CheckOptions tune a check (store.Store.CheckWith, store.CheckDir). A nil
 // *CheckOptions is the quick check.
