@@ -235,15 +235,40 @@ func (s *Store) plan(tx *journal.Tx, live, changes []*change, p *planned) error 
 	}
 	cur := p.cur
 	c := &refcount.Counter{T: tx, Load: t.load, Present: s.present}
-	var freedBy []*change // who freed each of c.Freed, by index
+	prev, freedBy, err := planChanges(t, c, live, changes, p)
+	if err != nil {
+		return err
+	}
+	if len(p.ops) == 0 || sameEntries(cur.Index.Entries, prev) {
+		return errNoChange // every plan failed, or none changed an entry
+	}
+	p.next = cur.Index.With(prev)
+	p.newBytes = p.next.Marshal()
+	p.newDigest, p.hasher = s.snap.Load().hasher.Sum(p.newBytes)
+	if p.newDigest == cur.Digest {
+		return errNoChange
+	}
+	if err := planFreed(t, c, freedBy, len(live) > 1, p); err != nil {
+		return err
+	}
+	p.deltas = c.Deltas
+	added, removed := diffRoots(cur.Index.Entries, prev)
+	return s.trackImages(t, cur.Digest, p.newDigest, prev, added, removed)
+}
+
+// planChanges runs each change's plan on the index the previous ones made
+// and counts what it adds and removes. It returns the entries of the new
+// index and, for each blob c freed (by index), the change that freed it.
+func planChanges(t *txn, c *refcount.Counter, live, changes []*change, p *planned) ([]layout.Entry, []*change, error) {
+	var freedBy []*change
 	p.ops = p.ops[:0]
-	prev := cur.Index.Entries
+	prev := p.cur.Index.Entries
 	for _, ch := range live {
 		ch.err = nil
-		entries, err := ch.plan(cur.Index.With(prev), t)
+		entries, err := ch.plan(p.cur.Index.With(prev), t)
 		if err != nil {
 			if len(live) == 1 {
-				return err
+				return nil, nil, err
 			}
 			ch.err = err // its plan changed nothing: the others go on
 			continue
@@ -266,9 +291,9 @@ func (s *Store) plan(tx *journal.Tx, live, changes []*change, p *planned) error 
 		}
 		if err != nil {
 			if len(live) == 1 {
-				return err
+				return nil, nil, err
 			}
-			return errSolo{solo: indexOf(changes, ch)}
+			return nil, nil, errSolo{solo: indexOf(changes, ch)}
 		}
 		for range c.Freed[from:] {
 			freedBy = append(freedBy, ch)
@@ -276,16 +301,14 @@ func (s *Store) plan(tx *journal.Tx, live, changes []*change, p *planned) error 
 		prev = entries
 		p.ops = append(p.ops, ch.op)
 	}
-	if len(p.ops) == 0 || sameEntries(cur.Index.Entries, prev) {
-		return errNoChange // every plan failed, or none changed an entry
-	}
-	p.next = cur.Index.With(prev)
-	p.newBytes = p.next.Marshal()
-	p.newDigest, p.hasher = s.snap.Load().hasher.Sum(p.newBytes)
-	if p.newDigest == cur.Digest {
-		return errNoChange
-	}
-	// A blob freed by one change and used again by a later one stays.
+	return prev, freedBy, nil
+}
+
+// planFreed decides what the transaction frees: what its changes freed,
+// but a blob one change freed and a later one (of a group) uses again, a
+// blob a live lease holds (until it ends: GC), and anything at all while a
+// closure is unknown (pinned: p.kept).
+func planFreed(t *txn, c *refcount.Counter, freedBy []*change, group bool, p *planned) error {
 	var gone []v1.Descriptor
 	p.owner = make(map[digest.Digest]*change, len(c.Freed))
 	for i, f := range c.Freed {
@@ -297,8 +320,8 @@ func (s *Store) plan(tx *journal.Tx, live, changes []*change, p *planned) error 
 			continue
 		}
 		seen[f.Digest] = true
-		if len(live) > 1 {
-			r, err := tx.GetRef(f.Digest)
+		if group {
+			r, err := t.tx.GetRef(f.Digest)
 			if err != nil {
 				return err
 			}
@@ -308,19 +331,16 @@ func (s *Store) plan(tx *journal.Tx, live, changes []*change, p *planned) error 
 		}
 		gone = append(gone, f)
 	}
-	// Blobs a live lease holds stay, unreferenced, until it ends (GC).
-	if p.freed, err = withoutLeased(tx, gone, t.now); err != nil {
+	var err error
+	if p.freed, err = withoutLeased(t.tx, gone, t.now); err != nil {
 		return err
 	}
-	// Unknown means pinned: while a closure is unknown, nothing goes.
 	if len(p.freed) > 0 {
-		if p.pinned = pinReason(tx, t.now); p.pinned != "" {
+		if p.pinned = pinReason(t.tx, t.now); p.pinned != "" {
 			p.kept, p.freed = p.freed, nil
 		}
 	}
-	p.deltas = c.Deltas
-	added, removed := diffRoots(cur.Index.Entries, prev)
-	return s.trackImages(t, cur.Digest, p.newDigest, prev, added, removed)
+	return nil
 }
 
 // journal is step 2, in the same bbolt transaction: the record (what it
