@@ -110,102 +110,11 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 			return nil, err
 		}
 	}
-	get := func(d digest.Digest) *node {
-		n := nodes[d]
-		if n == nil {
-			n = &node{}
-			nodes[d] = n
-		}
-		return n
-	}
-	var walk func(d v1.Descriptor, depth int) error
-	// expand reads a manifest or index and walks its children.
-	expand := func(n *node, d v1.Descriptor, depth int, p string) error {
-		if depth > layout.MaxDepth {
-			add(r, recovery.KindManifestCorrupt, d.Digest, p, "nested deeper than %d: %s", layout.MaxDepth, unknownClosure)
-			return nil
-		}
-		c, err := n.load(fsys, d)
-		if err != nil && layout.Sniffed(d, err) {
-			n.bad, n.failed = err, true // the recount sees the same leaf
-			return nil
-		}
-		if err != nil {
-			n.bad, n.failed = err, true
-			kind := recovery.KindManifestCorrupt
-			if errors.Is(err, errdef.ErrDigestMismatch) {
-				kind = recovery.KindDigestMismatch
-			}
-			add(r, kind, d.Digest, p, "%v: %s", err, unknownClosure)
-			return nil
-		}
-		n.kids, n.expanded = c, true
-		for _, k := range c.Refs {
-			if err := walk(k, depth+1); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	walk = func(d v1.Descriptor, depth int) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n := get(d.Digest)
-		if n.reached {
-			// Another descriptor of the same blob may say another size.
-			if d.Size != n.size {
-				p := layout.BlobPath(d.Digest)
-				if fi, err := n.lstat(fsys, d.Digest); err == nil && fi.size != d.Size {
-					add(r, recovery.KindSizeMismatch, d.Digest, p, "%d bytes on disk, a descriptor says %d", fi.size, d.Size)
-				}
-			}
-			// First met under a leaf media type, now as a manifest: its
-			// children are reachable too (the refcounts expand it as well).
-			if n.ok && !n.expanded && !n.failed && layout.IsManifest(d.MediaType) {
-				return expand(n, d, depth, layout.BlobPath(d.Digest))
-			}
-			return nil
-		}
-		n.reached = true
-		n.size = d.Size
-		p := layout.BlobPath(d.Digest)
-		fi, err := n.lstat(fsys, d.Digest)
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			switch {
-			case len(d.URLs) > 0: // a foreign layer
-			case layout.Parsed(d, depth == 0):
-				add(r, recovery.KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing: %s", d.MediaType, d.Size, unknownClosure)
-			default:
-				add(r, recovery.KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing", d.MediaType, d.Size)
-			}
-			return nil
-		case err != nil:
-			add(r, recovery.KindNotRegular, d.Digest, p, "%v", err)
-			return nil
-		case !fi.mode.IsRegular():
-			add(r, recovery.KindNotRegular, d.Digest, p, "is %s, not a regular file", protocol.KindOf(fi.mode.Type()))
-			return nil
-		case fi.size != d.Size:
-			add(r, recovery.KindSizeMismatch, d.Digest, p, "%d bytes on disk, descriptor says %d", fi.size, d.Size)
-			return nil
-		}
-		r.Blobs++
-		r.Bytes += d.Size
-		n.ok = true
-		if !layout.Parsed(d, depth == 0) {
-			if depth == 0 && layout.TooLargeToSniff(d) {
-				add(r, recovery.KindManifestCorrupt, d.Digest, p, "%s root of %d bytes, over the %d-byte limit of a manifest, is not read: %s", orUnknownType(d.MediaType), d.Size, layout.MaxManifestSize, unknownClosure)
-			}
-			return nil
-		}
-		return expand(n, d, depth, p)
-	}
 	if ix != nil {
 		r.Images = len(ix.Entries)
+		w := &walker{ctx: ctx, fsys: fsys, r: r, nodes: nodes}
 		for _, e := range walkIx.Entries {
-			if err := walk(e.Desc, 0); err != nil {
+			if err := w.walk(e.Desc, 0); err != nil {
 				return nil, err
 			}
 		}
@@ -245,10 +154,129 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 	if ix != nil {
 		elsewhere(fsys, ix, list.algs, r)
 	}
+	if err := checkLeftovers(fsys, r); err != nil {
+		return nil, err
+	}
+	if db == nil {
+		add(r, recovery.KindJournalMissing, "", journalFile, "no journal: the layout was not adopted by ocistore yet")
+		return r, nil
+	}
+	<-jdone
+	r.Problems = append(r.Problems, jr.Problems...)
+	return r, nil
+}
+
+// walker walks the closure of index.json once, reporting what it finds
+// in r; nodes keeps what it read of each blob, for the recount.
+type walker struct {
+	ctx   context.Context
+	fsys  fsio.FS
+	r     *recovery.Report
+	nodes map[digest.Digest]*node
+}
+
+func (w *walker) get(d digest.Digest) *node {
+	n := w.nodes[d]
+	if n == nil {
+		n = &node{}
+		w.nodes[d] = n
+	}
+	return n
+}
+
+// expand reads a manifest or index and walks its children.
+func (w *walker) expand(n *node, d v1.Descriptor, depth int, p string) error {
+	if depth > layout.MaxDepth {
+		add(w.r, recovery.KindManifestCorrupt, d.Digest, p, "nested deeper than %d: %s", layout.MaxDepth, unknownClosure)
+		return nil
+	}
+	c, err := n.load(w.fsys, d)
+	if err != nil && layout.Sniffed(d, err) {
+		n.bad, n.failed = err, true // the recount sees the same leaf
+		return nil
+	}
+	if err != nil {
+		n.bad, n.failed = err, true
+		kind := recovery.KindManifestCorrupt
+		if errors.Is(err, errdef.ErrDigestMismatch) {
+			kind = recovery.KindDigestMismatch
+		}
+		add(w.r, kind, d.Digest, p, "%v: %s", err, unknownClosure)
+		return nil
+	}
+	n.kids, n.expanded = c, true
+	for _, k := range c.Refs {
+		if err := w.walk(k, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// walk checks the blob of d and, for a manifest or index, walks on.
+func (w *walker) walk(d v1.Descriptor, depth int) error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
+	n := w.get(d.Digest)
+	if n.reached {
+		// Another descriptor of the same blob may say another size.
+		if d.Size != n.size {
+			p := layout.BlobPath(d.Digest)
+			if fi, err := n.lstat(w.fsys, d.Digest); err == nil && fi.size != d.Size {
+				add(w.r, recovery.KindSizeMismatch, d.Digest, p, "%d bytes on disk, a descriptor says %d", fi.size, d.Size)
+			}
+		}
+		// First met under a leaf media type, now as a manifest: its
+		// children are reachable too (the refcounts expand it as well).
+		if n.ok && !n.expanded && !n.failed && layout.IsManifest(d.MediaType) {
+			return w.expand(n, d, depth, layout.BlobPath(d.Digest))
+		}
+		return nil
+	}
+	n.reached = true
+	n.size = d.Size
+	p := layout.BlobPath(d.Digest)
+	fi, err := n.lstat(w.fsys, d.Digest)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		switch {
+		case len(d.URLs) > 0: // a foreign layer
+		case layout.Parsed(d, depth == 0):
+			add(w.r, recovery.KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing: %s", d.MediaType, d.Size, unknownClosure)
+		default:
+			add(w.r, recovery.KindDangling, d.Digest, p, "referenced (%s, %d bytes) but missing", d.MediaType, d.Size)
+		}
+		return nil
+	case err != nil:
+		add(w.r, recovery.KindNotRegular, d.Digest, p, "%v", err)
+		return nil
+	case !fi.mode.IsRegular():
+		add(w.r, recovery.KindNotRegular, d.Digest, p, "is %s, not a regular file", protocol.KindOf(fi.mode.Type()))
+		return nil
+	case fi.size != d.Size:
+		add(w.r, recovery.KindSizeMismatch, d.Digest, p, "%d bytes on disk, descriptor says %d", fi.size, d.Size)
+		return nil
+	}
+	w.r.Blobs++
+	w.r.Bytes += d.Size
+	n.ok = true
+	if !layout.Parsed(d, depth == 0) {
+		if depth == 0 && layout.TooLargeToSniff(d) {
+			add(w.r, recovery.KindManifestCorrupt, d.Digest, p, "%s root of %d bytes, over the %d-byte limit of a manifest, is not read: %s", orUnknownType(d.MediaType), d.Size, layout.MaxManifestSize, unknownClosure)
+		}
+		return nil
+	}
+	return w.expand(n, d, depth, p)
+}
+
+// checkLeftovers reports the temp, owner and trash files a process that is
+// gone left in .ocistore (the next open removes them).
+func checkLeftovers(fsys fsio.FS, r *recovery.Report) error {
 	sfs := stateDirs(fsys, r)
 	temps, err := protocol.Temps(sfs)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, t := range temps {
 		if strings.HasPrefix(t, protocol.OwnersDir+"/") {
@@ -259,18 +287,12 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 	}
 	trash, err := protocol.Trash(sfs)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, t := range trash {
 		add(r, recovery.KindTempFile, "", t, "leftover trash: out of the layout, not yet unlinked by the process that took it out (gone); the next open unlinks it")
 	}
-	if db == nil {
-		add(r, recovery.KindJournalMissing, "", journalFile, "no journal: the layout was not adopted by ocistore yet")
-		return r, nil
-	}
-	<-jdone
-	r.Problems = append(r.Problems, jr.Problems...)
-	return r, nil
+	return nil
 }
 
 // elsewhere replaces the dangling problems of r by one blobs-elsewhere
