@@ -621,28 +621,8 @@ func TestFaultIngestRenameDone(t *testing.T) {
 		}
 		t.Fatalf("put blob again: %v", err)
 	}
-	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
-	cd := testutil.Blob(cfg, v1.MediaTypeImageConfig)
-	if err := s.PutBlob(ctx, cd, bytes.NewReader(cfg)); err != nil {
-		t.Fatal(err)
-	}
-	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
-		v1.MediaTypeImageManifest, cd.MediaType, cd.Digest, cd.Size, ld.MediaType, ld.Digest, ld.Size)
-	if _, err := s.PutManifest(ctx, v1.MediaTypeImageManifest, []byte(m), "app"); err != nil {
-		t.Fatal(err)
-	}
-
-	// The power is cut: only what was synced is left.
-	c := mem.Snapshot()
-	jb, err := os.ReadFile(filepath.Join(dir, journalRel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	scratch := t.TempDir()
-	cut, err := materialize(scratch, t1Event{crash: c, journal: jb}, make([]bool, c.Items()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	commitLayerImage(t, s, ld)
+	scratch, cut := cutPower(t, mem, dir)
 	if err := testutil.ForeignReadableFS(cut, nil); err != nil {
 		t.Errorf("after the power cut, before recovery: %v", err)
 	}
@@ -697,28 +677,8 @@ func TestPresentBlobNameMadeDurable(t *testing.T) {
 	if err := s.PutBlob(ctx, ld, bytes.NewReader(layer)); err != nil {
 		t.Fatalf("put the blob that is present: %v", err)
 	}
-	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
-	cd := testutil.Blob(cfg, v1.MediaTypeImageConfig)
-	if err := s.PutBlob(ctx, cd, bytes.NewReader(cfg)); err != nil {
-		t.Fatal(err)
-	}
-	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
-		v1.MediaTypeImageManifest, cd.MediaType, cd.Digest, cd.Size, ld.MediaType, ld.Digest, ld.Size)
-	if _, err := s.PutManifest(ctx, v1.MediaTypeImageManifest, []byte(m), "app"); err != nil {
-		t.Fatal(err)
-	}
-
-	// The power is cut: only what was synced is left.
-	c := mem.Snapshot()
-	jb, err := os.ReadFile(filepath.Join(dir, journalRel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	scratch := t.TempDir()
-	cut, err := materialize(scratch, t1Event{crash: c, journal: jb}, make([]bool, c.Items()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	commitLayerImage(t, s, ld)
+	scratch, cut := cutPower(t, mem, dir)
 	o2 := &store.Options{LockTimeout: -1}
 	store.SetTestFS(o2, cut)
 	s2, err := store.Open(ctx, scratch, o2)
@@ -730,4 +690,39 @@ func TestPresentBlobNameMadeDurable(t *testing.T) {
 		t.Fatalf("the layer of the committed image is gone after the power cut: %v, %v", ok, err)
 	}
 	testutil.MustCheck(t, s2)
+}
+
+// commitLayerImage tags "app", an image of layer ld (in the store) and a
+// config it writes.
+func commitLayerImage(t *testing.T, s *store.Store, ld v1.Descriptor) {
+	t.Helper()
+	ctx := context.Background()
+	cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+	cd := testutil.Blob(cfg, v1.MediaTypeImageConfig)
+	if err := s.PutBlob(ctx, cd, bytes.NewReader(cfg)); err != nil {
+		t.Fatal(err)
+	}
+	m := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
+		v1.MediaTypeImageManifest, cd.MediaType, cd.Digest, cd.Size, ld.MediaType, ld.Digest, ld.Size)
+	if _, err := s.PutManifest(ctx, v1.MediaTypeImageManifest, []byte(m), "app"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cutPower cuts the power under mem (the files of the layout in dir): what
+// was synced is written to a new directory, returned with a file system
+// on it.
+func cutPower(t *testing.T, mem *memfs.FS, dir string) (string, fsio.FS) {
+	t.Helper()
+	c := mem.Snapshot()
+	jb, err := os.ReadFile(filepath.Join(dir, journalRel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scratch := t.TempDir()
+	cut, err := materialize(scratch, t1Event{crash: c, journal: jb}, make([]bool, c.Items()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return scratch, cut
 }

@@ -51,19 +51,7 @@ func tags(t *testing.T, dir string) map[string]string {
 		t.Fatalf("open after crash: %v", err)
 	}
 	defer s.Close()
-	imgs, err := s.List(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, im := range imgs {
-		name := im.Name
-		if name == "" {
-			name = "<none>" + im.Descriptor.Digest.String()
-		}
-		out[name] = im.Descriptor.Digest.String()
-	}
-	return out
+	return listTags(t, s)
 }
 
 // files lists every file under dir except the journal's.
