@@ -29,7 +29,7 @@ package fuzz
 //	    parse like no bytes (roll back when the old index is on disk).
 //	    Regression: d2b-stored-bytes-not-an-index.
 //	D3  fixed (1311674): before unlinking, recovery (Finish) trusted the
-//	    journal's refcounts, not the index on disk (package recovery asks for a re-check
+//	    journal's refcounts, not the index on disk (recovery asks for a re-check
 //	    against the index on disk: a referenced blob is never unlinked, "whatever
 //	    the journal says"): a
 //	    record whose refcount changes were not committed with it unlinked

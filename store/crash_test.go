@@ -7,7 +7,7 @@ package store_test
 // there; the parent first checks the layout as the kill left it against the
 // invariant for foreign readers (testutil.ForeignReadable: skopeo and umoci
 // run no recovery), then opens the layout (running recovery), checks every
-// invariant of the store (package recovery's Check, and a recount) and that the operation is all there or all gone,
+// invariant of the store (the check of internal/fsck, and a recount) and that the operation is all there or all gone,
 // then checks that a second recovery does nothing. Each test prints a
 // summary line, "crashpoints: test=NAME kills=N foreign=N violations=V"
 // (make crash collects them).
@@ -426,7 +426,7 @@ func TestCrashAdoptInitRecount(t *testing.T) {
 // TestCrashThenExternalChange: a delete is journaled, the process dies, and
 // before ocistore runs again another tool rewrites index.json so that it
 // still uses the image being deleted. Recovery must roll back: drop the
-// record and unlink nothing (the last row of the recovery table in package recovery).
+// record and unlink nothing (the last row of the recovery table, DESIGN.md §5.2).
 func TestCrashThenExternalChange(t *testing.T) {
 	dir := t.TempDir()
 	before := fixture(t, dir)
@@ -452,7 +452,7 @@ func TestCrashThenExternalChange(t *testing.T) {
 	checkClean(t, dir, false)
 }
 
-// TestRecoveryTable walks the rows of the recovery table (package recovery) for a journaled delete
+// TestRecoveryTable walks the rows of the recovery table (DESIGN.md §5.2) for a journaled delete
 // whose process died: index.json on disk is the new one, the old one,
 // missing, empty, torn, or written by another tool.
 func TestRecoveryTable(t *testing.T) {

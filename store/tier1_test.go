@@ -13,7 +13,7 @@ package store_test
 // foreign readers (testutil.ForeignReadable: skopeo and umoci run no
 // recovery, so index.json must parse and every blob it reaches be there),
 // then opens a store (recovery runs), then checks the invariants
-// of the store (package recovery's Check, and a recount), that every operation acknowledged before the crash is
+// of the store (the check of internal/fsck, and a recount), that every operation acknowledged before the crash is
 // there in full and the one in flight is all there or all gone, and that a
 // second recovery changes nothing. Then it crashes that recovery at each of
 // its own steps and recovers again: same result.
