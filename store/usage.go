@@ -127,17 +127,34 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 		onDisk[f.d] = f
 		u.TotalBytes += f.size
 	}
+	images := usageImages(u, sn.ix.Entries)
+	uses, kids, err := s.usageWalk(ctx, u, images)
+	if err != nil {
+		return nil, err
+	}
+	usageTotals(u, images, uses, kids, onDisk)
+	if err := s.usageOrphans(u, files, uses, now); err != nil {
+		return nil, err
+	}
+	sort.SliceStable(u.Repositories, func(i, j int) bool { return u.Repositories[i].Name < u.Repositories[j].Name })
+	return u, nil
+}
 
+// usageImage is a distinct image of a repository.
+type usageImage struct {
+	desc v1.Descriptor
+	repo int // index in Usage.Repositories
+}
+
+// usageImages fills u's repositories, their tags and images, and returns
+// the distinct images of each repository, in index order.
+func usageImages(u *Usage, entries []layout.Entry) []usageImage {
 	// Repositories and their distinct images, in index order.
 	repoIdx := map[string]int{}
-	type image struct {
-		desc v1.Descriptor
-		repo int
-	}
-	var images []image
+	var images []usageImage
 	seenImage := map[string]bool{} // repo index + digest
 	seenDigest := map[digest.Digest]bool{}
-	for _, e := range sn.ix.Entries {
+	for _, e := range entries {
 		name := Repository(e.Name())
 		ri, ok := repoIdx[name]
 		if !ok {
@@ -152,15 +169,19 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 		}
 		seenImage[k] = true
 		u.Repositories[ri].Images++
-		images = append(images, image{desc: e.Desc, repo: ri})
+		images = append(images, usageImage{desc: e.Desc, repo: ri})
 		if !seenDigest[e.Desc.Digest] {
 			seenDigest[e.Desc.Digest] = true
 			u.Images++
 		}
 	}
+	return images
+}
 
-	// Walk each image's graph once; a blob remembers the first image and
-	// repository that used it and whether another did.
+// usageWalk walks each image's graph once: a blob remembers the first
+// image and repository that used it and whether another did. It returns
+// the blobs' uses and the children of each manifest it read.
+func (s *Store) usageWalk(ctx context.Context, u *Usage, images []usageImage) (map[digest.Digest]*blobUse, map[digest.Digest][]v1.Descriptor, error) {
 	uses := map[digest.Digest]*blobUse{}
 	kids := map[digest.Digest][]v1.Descriptor{}
 	load := layout.LoadChildren(s.lay.FS)
@@ -213,12 +234,16 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 			return nil
 		}
 		if err := walk(im.desc, 0); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
+	return uses, kids, nil
+}
 
-	// Per repository totals need each blob once per repository: a second
-	// pass over the graphs, from the cached children.
+// usageTotals adds up the bytes of each repository (each blob once per
+// repository: a second pass over the graphs, from the cached children) and
+// of the layout: referenced, shared, unique.
+func usageTotals(u *Usage, images []usageImage, uses map[digest.Digest]*blobUse, kids map[digest.Digest][]v1.Descriptor, onDisk map[digest.Digest]gcCandidate) {
 	perRepo := make([]map[digest.Digest]bool, len(u.Repositories))
 	for i := range perRepo {
 		perRepo[i] = map[digest.Digest]bool{}
@@ -264,8 +289,12 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 			u.UniqueBytes += f.size
 		}
 	}
+}
 
-	// Orphans, and what of them GC would take.
+// usageOrphans adds up the blobs nothing in the layout references: those
+// other layouts of a shared blob directory use, and of the rest (orphans)
+// what a lease holds, what is too young, and what GC would take.
+func (s *Store) usageOrphans(u *Usage, files []gcCandidate, uses map[digest.Digest]*blobUse, now time.Time) error {
 	var leased map[digest.Digest]bool
 	others := map[digest.Digest]bool{} // used by other layouts sharing the blob directory
 	if err := s.journalRead(func(tx *journal.Tx) error {
@@ -285,7 +314,7 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 		}
 		return nil
 	}); err != nil {
-		return nil, fmt.Errorf("leases: %w", err)
+		return fmt.Errorf("leases: %w", err)
 	}
 	for _, f := range files {
 		if _, ok := uses[f.d]; ok {
@@ -305,6 +334,5 @@ func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
 			u.ReclaimableBytes += f.size
 		}
 	}
-	sort.SliceStable(u.Repositories, func(i, j int) bool { return u.Repositories[i].Name < u.Repositories[j].Name })
-	return u, nil
+	return nil
 }
