@@ -193,6 +193,54 @@ type pruneEntry struct {
 
 func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult) ([]layout.Entry, error) {
 	entries := cur.Entries
+	info, err := s.pruneInfo(t, entries, p)
+	if err != nil {
+		return nil, err
+	}
+	protected := keepLastProtected(entries, info, p.KeepLast)
+	isProtected := func(i int) bool { return protected[info[i].repo+" "+entries[i].Desc.Digest.String()] }
+
+	dr := newDropper(t, entries, !p.KeepReferrers)
+	// The refcount simulation tells what the removals free: the budget
+	// needs it as it goes, a dry run for its report, the cascade to find
+	// the referrers of what goes. Otherwise the transaction's own count
+	// says it (SizeAfter is read after the commit).
+	dr.simulate = p.MaxSize > 0 || p.DryRun || dr.cascade
+	if err := pruneByRules(t, dr, entries, info, p, isProtected); err != nil {
+		return nil, err
+	}
+	if !p.KeepReferrers {
+		if err := pruneDanglingReferrers(t, dr, info); err != nil {
+			return nil, err
+		}
+	}
+	if err := dr.follow(); err != nil {
+		return nil, err
+	}
+	live, err := pruneToBudget(t, dr, info, p, isProtected, out)
+	if err != nil {
+		return nil, err
+	}
+	out.SizeBefore, out.SizeAfter = live, live-dr.freedBytes()
+	if !dr.simulate {
+		out.SizeAfter = -1 // read after the commit
+	}
+	for i, e := range entries {
+		if dr.drop[i] {
+			out.Removed = append(out.Removed, PrunedImage{Name: e.Name(), Digest: e.Desc.Digest.String(), Repository: info[i].repo, Reason: dr.reason[i]})
+		}
+	}
+	if p.DryRun {
+		if err := s.wouldFree(t, dr.sim.Freed, &out.Result); err != nil {
+			return nil, err
+		}
+	}
+	return dr.kept(), nil
+}
+
+// pruneInfo gives each entry its repository, its image metadata, its age
+// and last use, and whether the policy's refs and labels select it.
+func (s *Store) pruneInfo(t *txn, entries []layout.Entry, p *Policy) ([]pruneEntry, error) {
 	info := make([]pruneEntry, len(entries))
 	metas := make(map[digest.Digest]journal.ImageMeta, len(entries))
 	if len(entries) > 64 {
@@ -228,11 +276,15 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 		pe.candidate = matchRefs(p.Refs, e.Name()) && matchLabels(p.Labels, m.Labels)
 		info[i] = pe
 	}
+	return info, nil
+}
 
-	// Keep-last: the newest KeepLast images (distinct manifests) of each
-	// repository, among the candidates that are not referrers.
+// keepLastProtected returns the newest keepLast images (distinct
+// manifests) of each repository, among the candidates that are not
+// referrers, as repo + " " + digest.
+func keepLastProtected(entries []layout.Entry, info []pruneEntry, keepLast int) map[string]bool {
 	protected := map[string]bool{} // repo + " " + digest
-	if p.KeepLast > 0 {
+	if keepLast > 0 {
 		type img struct {
 			d   digest.Digest
 			age time.Time
@@ -261,20 +313,17 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 				}
 				return ims[a].pos > ims[b].pos
 			})
-			for _, im := range ims[:min(p.KeepLast, len(ims))] {
+			for _, im := range ims[:min(keepLast, len(ims))] {
 				protected[repo+" "+im.d.String()] = true
 			}
 		}
 	}
-	isProtected := func(i int) bool { return protected[info[i].repo+" "+entries[i].Desc.Digest.String()] }
+	return protected
+}
 
-	dr := newDropper(t, entries, !p.KeepReferrers)
-	// The refcount simulation tells what the removals free: the budget
-	// needs it as it goes, a dry run for its report, the cascade to find
-	// the referrers of what goes. Otherwise the transaction's own count
-	// says it (SizeAfter is read after the commit).
-	dr.simulate = p.MaxSize > 0 || p.DryRun || dr.cascade
-	// The age and keep-last rules.
+// pruneByRules removes the candidates the age rule (older than the cutoff)
+// or, alone, the keep-last rule selects.
+func pruneByRules(t *txn, dr *dropper, entries []layout.Entry, info []pruneEntry, p *Policy, isProtected func(int) bool) error {
 	hasAge := p.OlderThan > 0 || !p.Until.IsZero()
 	var cutoff time.Time
 	if p.OlderThan > 0 {
@@ -306,39 +355,43 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 	}
 	for j, i := range chosen {
 		if err := dr.remove(i, reasons[j]); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	// Referrers left dangling before this prune.
-	if !p.KeepReferrers {
-		for i := range entries {
-			pe := &info[i]
-			if !pe.candidate || pe.meta.Subject == "" || dr.drop[i] {
-				continue
-			}
-			r, err := t.tx.GetRef(pe.meta.Subject)
-			if err != nil {
-				return nil, err
-			}
-			if r.Count == 0 {
-				if err := dr.remove(i, ReasonDanglingReferrer); err != nil {
-					return nil, err
-				}
-			}
-		}
-	}
-	if err := dr.follow(); err != nil {
-		return nil, err
-	}
+	return nil
+}
 
-	// The budget: least recently used first.
+// pruneDanglingReferrers removes the referrers whose subject was gone
+// before this prune.
+func pruneDanglingReferrers(t *txn, dr *dropper, info []pruneEntry) error {
+	for i := range info {
+		pe := &info[i]
+		if !pe.candidate || pe.meta.Subject == "" || dr.drop[i] {
+			continue
+		}
+		r, err := t.tx.GetRef(pe.meta.Subject)
+		if err != nil {
+			return err
+		}
+		if r.Count == 0 {
+			if err := dr.remove(i, ReasonDanglingReferrer); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// pruneToBudget removes the least recently used candidates while the
+// layout is over p.MaxSize. It returns the live bytes before the prune.
+func pruneToBudget(t *txn, dr *dropper, info []pruneEntry, p *Policy, isProtected func(int) bool, out *PruneResult) (int64, error) {
 	live, err := t.tx.LiveBytes()
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if p.MaxSize > 0 && live-dr.freedBytes() > p.MaxSize {
 		var lru []int
-		for i := range entries {
+		for i := range info {
 			pe := &info[i]
 			if pe.candidate && pe.meta.Subject == "" && !isProtected(i) && !dr.drop[i] {
 				lru = append(lru, i)
@@ -359,30 +412,15 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 				break
 			}
 			if err := dr.remove(i, ReasonMaxSize); err != nil {
-				return nil, err
+				return 0, err
 			}
 			if err := dr.follow(); err != nil {
-				return nil, err
+				return 0, err
 			}
 		}
 		out.OverBudget = live-dr.freedBytes() > p.MaxSize
 	}
-
-	out.SizeBefore, out.SizeAfter = live, live-dr.freedBytes()
-	if !dr.simulate {
-		out.SizeAfter = -1 // read after the commit
-	}
-	for i, e := range entries {
-		if dr.drop[i] {
-			out.Removed = append(out.Removed, PrunedImage{Name: e.Name(), Digest: e.Desc.Digest.String(), Repository: info[i].repo, Reason: dr.reason[i]})
-		}
-	}
-	if p.DryRun {
-		if err := s.wouldFree(t, dr.sim.Freed, &out.Result); err != nil {
-			return nil, err
-		}
-	}
-	return dr.kept(), nil
+	return live, nil
 }
 
 // wouldFree fills res with what unlinking freed would free: not the blobs
