@@ -83,7 +83,7 @@ type Report struct {
 // OK reports whether no problem was found.
 func (r *Report) OK() bool { return len(r.Problems) == 0 }
 
-// CheckOptions tune a check (store.Store.CheckWith, store.CheckDir). A nil
+// CheckOptions tune a check (store.Store.Check, store.CheckDir). A nil
 // *CheckOptions is the quick check.
 type CheckOptions struct {
 	// Deep also re-hashes every blob file under blobs/, reachable or not,

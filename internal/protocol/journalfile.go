@@ -152,7 +152,7 @@ func (l *Layout) RebuildJournal(why error, salv *journal.Salvaged, lockTimeout t
 	return out, nil
 }
 
-// FinishRebuild puts the journal rebuildJournal built in place when a crash
+// FinishRebuild puts the journal RebuildJournal built in place when a crash
 // left it aside with no journal (after the damaged one was moved away).
 func (l *Layout) FinishRebuild() error {
 	if _, err := l.FS.Lstat(JournalFile); !errors.Is(err, fs.ErrNotExist) {
