@@ -21,7 +21,7 @@ import (
 
 // Exists reports whether the blob of desc is in the layout with desc's size.
 func (s *Store) Exists(ctx context.Context, desc v1.Descriptor) (bool, error) {
-	if err := s.readable(); err != nil {
+	if err := s.reading(ctx); err != nil {
 		return false, err
 	}
 	if err := layout.ValidateDigest(desc.Digest); err != nil {
@@ -39,9 +39,10 @@ func (s *Store) Exists(ctx context.Context, desc v1.Descriptor) (bool, error) {
 
 // Fetch opens the blob of desc. The reader checks size and digest as it is
 // read: its last Read returns ErrSizeMismatch or ErrDigestMismatch instead of
-// io.EOF when the content is not what desc says.
+// io.EOF when the content is not what desc says. Once ctx is done, its
+// Reads fail with ctx's error.
 func (s *Store) Fetch(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, error) {
-	if err := s.readable(); err != nil {
+	if err := s.reading(ctx); err != nil {
 		return nil, err
 	}
 	if err := layout.ValidateDigest(desc.Digest); err != nil {
@@ -58,15 +59,19 @@ func (s *Store) Fetch(ctx context.Context, desc v1.Descriptor) (io.ReadCloser, e
 	if layout.IsManifest(desc.MediaType) {
 		s.recordUse(desc.Digest) // kept when it is a root: prune's last use
 	}
-	return &verifyingReadCloser{v: layout.NewVerifyReader(f, desc), c: f}, nil
+	return &verifyingReadCloser{ctx: ctx, v: layout.NewVerifyReader(f, desc), c: f}, nil
 }
 
 type verifyingReadCloser struct {
-	v *layout.VerifyReader
-	c io.Closer
+	ctx context.Context
+	v   *layout.VerifyReader
+	c   io.Closer
 }
 
 func (r *verifyingReadCloser) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
 	n, err := r.v.Read(p)
 	if err == io.EOF {
 		if verr := r.v.Verify(); verr != nil {

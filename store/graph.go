@@ -93,7 +93,7 @@ type WalkFunc func(n GraphNode) error
 // (ErrCorrupt); and at a blob nested deeper than MaxDepth (ErrCorrupt).
 // It checks ctx between nodes.
 func (s *Store) Walk(ctx context.Context, root v1.Descriptor, fn WalkFunc) error {
-	if err := s.readable(); err != nil {
+	if err := s.reading(ctx); err != nil {
 		return err
 	}
 	seen := map[digest.Digest]bool{}
@@ -153,7 +153,7 @@ func (s *Store) Size(ctx context.Context, root v1.Descriptor) (blobs int, size i
 // not what desc says. desc's media type is not checked. As Fetch, it counts
 // as a use of the image (prune's last use) when desc is a manifest.
 func (s *Store) FetchManifest(ctx context.Context, desc v1.Descriptor) ([]byte, error) {
-	if err := s.readable(); err != nil {
+	if err := s.reading(ctx); err != nil {
 		return nil, err
 	}
 	b, err := s.readManifest(desc)

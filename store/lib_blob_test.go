@@ -420,3 +420,43 @@ func TestCloseDuringPutBlob(t *testing.T) {
 		t.Errorf("PutBlob after Close = %v", err)
 	}
 }
+
+// TestReadersHonourContext: every reader fails at once with a context that
+// is already done, and a blob being read stops once its context ends.
+func TestReadersHonourContext(t *testing.T) {
+	l := newLib(t)
+	d := l.image(nil, 1)
+	l.tag(d, "app:1")
+	layer := l.b.Put(bytes.Repeat([]byte("x"), 1<<16), v1.MediaTypeImageLayer)
+
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	checks := map[string]func() error{
+		"Fetch":         func() error { _, err := l.s.Fetch(done, layer); return err },
+		"FetchManifest": func() error { _, err := l.s.FetchManifest(done, d); return err },
+		"Exists":        func() error { _, err := l.s.Exists(done, layer); return err },
+		"Resolve":       func() error { _, err := l.s.Resolve(done, "app:1"); return err },
+		"List":          func() error { _, err := l.s.List(done); return err },
+		"Walk":          func() error { return l.s.Walk(done, d, func(store.GraphNode) error { return nil }) },
+		"Usage":         func() error { _, err := l.s.Usage(done, store.UsageOptions{}); return err },
+	}
+	for name, call := range checks {
+		if err := call(); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a cancelled context = %v, want context.Canceled", name, err)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	r, err := l.s.Fetch(ctx, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Read(make([]byte, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := io.ReadAll(r); !errors.Is(err, context.Canceled) {
+		t.Fatalf("reading on after the context ended = %v, want context.Canceled", err)
+	}
+}

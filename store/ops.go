@@ -21,7 +21,7 @@ type Image struct {
 
 // List returns the entries of index.json in file order.
 func (s *Store) List(ctx context.Context) ([]Image, error) {
-	if err := s.readable(); err != nil {
+	if err := s.reading(ctx); err != nil {
 		return nil, err
 	}
 	sn, err := s.current()
@@ -38,7 +38,7 @@ func (s *Store) List(ctx context.Context) ([]Image, error) {
 // Resolve returns the descriptor a reference (tag or digest) names in
 // index.json.
 func (s *Store) Resolve(ctx context.Context, ref string) (v1.Descriptor, error) {
-	if err := s.readable(); err != nil {
+	if err := s.reading(ctx); err != nil {
 		return v1.Descriptor{}, err
 	}
 	sn, err := s.current()

@@ -436,6 +436,15 @@ func (s *Store) writable() error {
 	return nil
 }
 
+// reading is readable for a reader called with ctx: a context already
+// done fails it before it looks at anything.
+func (s *Store) reading(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.readable()
+}
+
 func (s *Store) readable() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

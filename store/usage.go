@@ -108,7 +108,7 @@ type blobUse struct {
 }
 
 func (s *Store) usage(ctx context.Context, o UsageOptions) (*Usage, error) {
-	if err := s.readable(); err != nil {
+	if err := s.reading(ctx); err != nil {
 		return nil, err
 	}
 	sn, err := s.current()
