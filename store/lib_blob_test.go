@@ -11,11 +11,13 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
@@ -458,5 +460,45 @@ func TestReadersHonourContext(t *testing.T) {
 	cancel()
 	if _, err := io.ReadAll(r); !errors.Is(err, context.Canceled) {
 		t.Fatalf("reading on after the context ended = %v, want context.Canceled", err)
+	}
+}
+
+// TestLockWaitHonoursContext: a writer, and Open, waiting for another
+// process's writer lock give up when their context ends, long before the
+// lock timeout, and change nothing.
+func TestLockWaitHonoursContext(t *testing.T) {
+	l := newLib(t)
+	d := l.image(nil, 1)
+	l.tag(d, "app:1")
+	l.s.Close()
+	o := &store.Options{LockTimeout: 5 * time.Second}
+	s, err := store.Open(context.Background(), l.dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	before := testutil.Snapshot(t, l.dir)
+
+	// Another process's writer: the journal's file lock, held.
+	held, err := journal.Open(filepath.Join(l.dir, protocol.JournalFile), journal.Options{LockTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.Tag(ctx, d, "app:2"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Tag behind a held lock, its context ending = %v, want context.DeadlineExceeded (not the lock timeout)", err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel2()
+	if _, err := store.Open(ctx2, l.dir, o); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Open behind a held lock, its context ending = %v, want context.DeadlineExceeded", err)
+	}
+	held.Close()
+	testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, l.dir))
+	if _, err := s.Resolve(context.Background(), "app:2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the cancelled Tag tagged: %v", err)
 	}
 }

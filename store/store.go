@@ -563,8 +563,8 @@ func (s *Store) initLayout() error {
 // openJournal opens the journal read-write, taking the layout's writer
 // lock (see protocol.Layout.OpenJournal); a durability failure poisons the
 // handle.
-func (s *Store) openJournal() (*journal.DB, error) {
-	db, err := s.lay.OpenJournal(s.journalOptions(s.opts.LockTimeout))
+func (s *Store) openJournal(ctx context.Context) (*journal.DB, error) {
+	db, err := s.lay.OpenJournal(ctx, s.journalOptions(s.opts.LockTimeout))
 	if err != nil {
 		return nil, s.check(err)
 	}
@@ -618,7 +618,7 @@ func (s *Store) withWriter(ctx context.Context, sec section, fn func(db *journal
 	)
 	switch sec {
 	case sectionCheck, sectionJournal:
-		db, err = s.openJournal()
+		db, err = s.openJournal(ctx)
 	default:
 		db, cur, err = s.lockWith(ctx, sec == sectionLazy)
 	}
@@ -644,7 +644,7 @@ func (s *Store) lockLazy(ctx context.Context) (*journal.DB, *protocol.State, err
 }
 
 func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *protocol.State, error) {
-	db, err := s.openJournal()
+	db, err := s.openJournal(ctx)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -318,7 +318,7 @@ func (f *fixer) repairJournal(ctx context.Context, res *Repaired, rebuildNewer b
 				res.act(f.log, recovery.ActionJournalCreated, "%s was missing or empty: created, counting references from the layout", protocol.JournalFile)
 				// openJournal syncs .ocistore for the new file.
 				db.Close()
-				return f.l.OpenJournal(journal.Options{LockTimeout: f.lockTimeout})
+				return f.l.OpenJournal(ctx, journal.Options{LockTimeout: f.lockTimeout})
 			}
 			return db, nil
 		}
@@ -343,7 +343,7 @@ func (f *fixer) repairJournal(ctx context.Context, res *Repaired, rebuildNewer b
 			res.act(f.log, recovery.ActionPinned, "the leases of the journal kept aside could not all be read (or a newer ocistore wrote it): nothing is freed until %s", rb.Pinned.UTC().Format(time.RFC3339))
 		}
 	}
-	return f.l.OpenJournal(journal.Options{LockTimeout: f.lockTimeout})
+	return f.l.OpenJournal(ctx, journal.Options{LockTimeout: f.lockTimeout})
 }
 
 // sharedJournalDamaged is the error of a repair that finds the journal of

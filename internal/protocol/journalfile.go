@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -23,7 +24,10 @@ import (
 // follows, keeping the leases it can still read (RebuildJournal). One that
 // a newer ocistore wrote is refused (ErrJournalNewer) and left as it is,
 // even when it is damaged too, as long as its version can be read.
-func (l *Layout) OpenJournal(o journal.Options) (*journal.DB, error) {
+//
+// The wait for another process's lock (o.LockTimeout: zero forever,
+// negative not at all) ends early, with ctx's error, when ctx is done.
+func (l *Layout) OpenJournal(ctx context.Context, o journal.Options) (*journal.DB, error) {
 	o.Scope = l.Scope
 	lockTimeout := o.LockTimeout
 	if _, err := fsio.MkdirDurable(l.FS, layout.StateDir); err != nil {
@@ -33,7 +37,7 @@ func (l *Layout) OpenJournal(o journal.Options) (*journal.DB, error) {
 		return nil, err
 	}
 	path := l.JournalPath()
-	db, err := journal.Open(path, o)
+	db, err := openWaiting(ctx, path, o)
 	if errors.Is(err, errdef.ErrCorrupt) {
 		salv, serr := journal.SalvageFile(path, lockTimeout)
 		if serr != nil {
@@ -45,7 +49,7 @@ func (l *Layout) OpenJournal(o journal.Options) (*journal.DB, error) {
 		if _, rerr := l.RebuildJournal(err, salv, lockTimeout); rerr != nil {
 			return nil, rerr
 		}
-		db, err = journal.Open(path, o)
+		db, err = openWaiting(ctx, path, o)
 	}
 	if errors.Is(err, errdef.ErrLocked) {
 		return nil, l.Locked(lockTimeout, err)
@@ -62,6 +66,43 @@ func (l *Layout) OpenJournal(o journal.Options) (*journal.DB, error) {
 		l.Log.Info("journal created; counting references from the layout", "path", path)
 	}
 	return db, nil
+}
+
+// lockPoll is how long one try of openWaiting waits for the lock before
+// it looks at its context again.
+const lockPoll = 50 * time.Millisecond
+
+// openWaiting opens the journal at path, waiting for another process's
+// lock as o.LockTimeout says, in tries of lockPoll that each look at ctx
+// first: a caller that gives up (a cancelled context, Ctrl-C) is not held
+// for the whole lock timeout.
+func openWaiting(ctx context.Context, path string, o journal.Options) (*journal.DB, error) {
+	if ctx.Done() == nil || o.LockTimeout < 0 {
+		return journal.Open(path, o)
+	}
+	var deadline time.Time
+	if o.LockTimeout > 0 {
+		deadline = time.Now().Add(o.LockTimeout)
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("wait for the writer lock: %w", err)
+		}
+		try := o
+		try.LockTimeout = lockPoll
+		if !deadline.IsZero() {
+			left := time.Until(deadline)
+			if left <= 0 {
+				try.LockTimeout = -1 // one last try
+			} else {
+				try.LockTimeout = min(lockPoll, left)
+			}
+		}
+		db, err := journal.Open(path, try)
+		if !errors.Is(err, errdef.ErrLocked) || try.LockTimeout < 0 {
+			return db, err
+		}
+	}
 }
 
 // RebuildPin is how long nothing is freed (by a transaction, GC or prune)
