@@ -116,7 +116,7 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	final := layout.BlobPath(desc.Digest)
 	if fi, err := s.lay.FS.Lstat(final); err == nil && fi.Mode().IsRegular() && (desc.Size < 0 || fi.Size() == desc.Size) {
 		s.log.Debug("blob already present", attrDigest, desc.Digest)
-		return s.durableBlobName(final, fi)
+		return nil // its name is made durable by the commit that references it (present)
 	}
 	if _, err := fsio.MkdirDurable(s.lay.FS, layout.StateDir); err != nil {
 		return s.check(err)
@@ -176,7 +176,7 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	}
 	published = true
 	crash.Point(crash.IngestRenamed)
-	if err := s.syncBlobDir(algDir); err != nil {
+	if err := s.syncBlobDir(algDir, final); err != nil {
 		return s.poison(err)
 	}
 	crash.Point(crash.IngestSynced)
@@ -184,26 +184,25 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	return nil
 }
 
-// durableBlobName makes sure the name of a blob found present (fi) survives
-// a power cut before PutBlob says it is there: its writer may have died
-// between its rename into blobs/ and the sync of the directory (another
-// process, or a handle poisoned by that sync), leaving a name that a power
-// cut takes back after a manifest that uses it was committed. The
-// directory is synced unless this handle synced it after the name
-// appeared (by its ctime; always where the file system gives none).
+// durableBlobName makes sure the name of a blob found present (fi)
+// survives a power cut before a transaction references it: its writer may
+// have died between its rename into blobs/ and the sync of the directory
+// (another process, or a handle poisoned by that sync; PutBlob and Exists
+// then find it present), leaving a name a power cut takes back after the
+// commit. The directory is synced unless this handle synced it after the
+// name appeared (by its ctime; always where the file system gives none),
+// or renamed the name in itself and synced it.
 func (s *Store) durableBlobName(final string, fi fs.FileInfo) error {
 	dir := fsio.Dir(final)
 	ctime := fsio.StampOf(fi).Ctime
 	s.dirSynced.Lock()
 	since := s.dirSynced.m[dir]
+	_, own := s.dirSynced.recent[final]
 	s.dirSynced.Unlock()
-	if ctime != 0 && ctime < since {
+	if own || ctime != 0 && ctime < since {
 		return nil
 	}
-	if err := s.syncBlobDir(dir); err != nil {
-		return s.poison(err)
-	}
-	return nil
+	return s.syncBlobDir(dir)
 }
 
 // blobNameMargin is how much earlier than its sync a blob directory is
@@ -211,19 +210,29 @@ func (s *Store) durableBlobName(final string, fi fs.FileInfo) error {
 // which may lag the one syncBlobDir reads.
 const blobNameMargin = time.Second
 
-// syncBlobDir syncs a blob directory after an ingest's rename, and notes
-// that every name it held a little before is durable.
-func (s *Store) syncBlobDir(dir string) error {
+// syncBlobDir syncs a blob directory, after the rename of names into it
+// (an ingest) or for names found there, and notes that every name it held
+// a little before is durable, and names too.
+func (s *Store) syncBlobDir(dir string, names ...string) error {
 	before := time.Now().Add(-blobNameMargin).UnixNano()
 	if err := fsio.SyncDirFor(s.lay.FS, fsio.SyncIngestDir, dir); err != nil {
 		return err
 	}
+	now := time.Now().UnixNano()
 	s.dirSynced.Lock()
+	defer s.dirSynced.Unlock()
 	if s.dirSynced.m == nil {
-		s.dirSynced.m = map[string]int64{}
+		s.dirSynced.m, s.dirSynced.recent = map[string]int64{}, map[string]int64{}
 	}
 	s.dirSynced.m[dir] = max(s.dirSynced.m[dir], before)
-	s.dirSynced.Unlock()
+	for p, at := range s.dirSynced.recent {
+		if at < s.dirSynced.m[fsio.Dir(p)] {
+			delete(s.dirSynced.recent, p) // renamed in before that: covered by the time
+		}
+	}
+	for _, n := range names {
+		s.dirSynced.recent[n] = now
+	}
 	return nil
 }
 

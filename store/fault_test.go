@@ -642,10 +642,17 @@ func TestFaultIngestRenameDone(t *testing.T) {
 // TestPresentBlobNameMadeDurable: a writer dies between its blob's rename
 // into blobs/ and the sync of the directory (here: the sync fails, which
 // poisons its handle), leaving a name a power cut would take back. Another
-// handle's PutBlob of the same blob finds it present: it syncs the
-// directory before it says so, so that the image it then commits keeps
-// its layer through a power cut.
+// handle finds the blob present, by PutBlob or by Exists, and commits an
+// image that uses it: the commit makes the name durable, so that the image
+// keeps its layer through a power cut. The same holds for a manifest found
+// present: the child of an index.
 func TestPresentBlobNameMadeDurable(t *testing.T) {
+	for _, how := range []string{"put again", "exists", "child manifest"} {
+		t.Run(how, func(t *testing.T) { presentBlobNameMadeDurable(t, how) })
+	}
+}
+
+func presentBlobNameMadeDurable(t *testing.T, how string) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
@@ -663,21 +670,63 @@ func TestPresentBlobNameMadeDurable(t *testing.T) {
 		}
 		return s
 	}
+	// What the dead writer leaves: a sha512 layer, or (child manifest) a
+	// sha512 manifest over a synced layer.
 	layer := bytes.Repeat([]byte("a layer whose writer died before its directory was synced\n"), 200)
 	ld := v1.Descriptor{MediaType: v1.MediaTypeImageLayer, Digest: digest.SHA512.FromBytes(layer), Size: int64(len(layer))}
+	var md v1.Descriptor
+	var mb []byte
+	if how == "child manifest" {
+		ld.Digest = digest.SHA256.FromBytes(layer)
+		cfg := []byte(`{"architecture":"amd64","os":"linux"}`)
+		cd := testutil.Blob(cfg, v1.MediaTypeImageConfig)
+		mb = []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":%d},"layers":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
+			v1.MediaTypeImageManifest, cd.MediaType, cd.Digest, cd.Size, ld.MediaType, ld.Digest, ld.Size))
+		md = v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: digest.SHA512.FromBytes(mb), Size: int64(len(mb))}
+		s := open()
+		for _, b := range []struct {
+			d v1.Descriptor
+			c []byte
+		}{{ld, layer}, {cd, cfg}} {
+			if err := s.PutBlob(ctx, b.d, bytes.NewReader(b.c)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.Close()
+	}
 	h := efs.Add(errorfs.Rule{Op: errorfs.OpSyncDir, Path: "blobs/sha512", Nth: 1, Err: errEIO})
 	dead := open()
-	if err := dead.PutBlob(ctx, ld, bytes.NewReader(layer)); !errors.Is(err, store.ErrDurability) || h.Fired() != 1 {
+	var err error
+	if how == "child manifest" {
+		err = dead.PutBlob(ctx, md, bytes.NewReader(mb))
+	} else {
+		err = dead.PutBlob(ctx, ld, bytes.NewReader(layer))
+	}
+	if !errors.Is(err, store.ErrDurability) || h.Fired() != 1 {
 		t.Fatalf("put blob whose directory sync fails: %v (fired %d)", err, h.Fired())
 	}
 	dead.Close()
 
 	s := open()
 	defer s.Close()
-	if err := s.PutBlob(ctx, ld, bytes.NewReader(layer)); err != nil {
-		t.Fatalf("put the blob that is present: %v", err)
+	switch how {
+	case "put again":
+		if err := s.PutBlob(ctx, ld, bytes.NewReader(layer)); err != nil {
+			t.Fatalf("put the blob that is present: %v", err)
+		}
+		commitLayerImage(t, s, ld)
+	case "exists":
+		if ok, err := s.Exists(ctx, ld); err != nil || !ok {
+			t.Fatalf("exists: %v, %v", ok, err)
+		}
+		commitLayerImage(t, s, ld)
+	case "child manifest":
+		ix := fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"manifests":[{"mediaType":%q,"digest":%q,"size":%d}]}`,
+			v1.MediaTypeImageIndex, md.MediaType, md.Digest, md.Size)
+		if _, err := s.PutManifest(ctx, v1.MediaTypeImageIndex, []byte(ix), "app"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	commitLayerImage(t, s, ld)
 	scratch, cut := cutPower(t, mem, dir)
 	o2 := &store.Options{LockTimeout: -1}
 	store.SetTestFS(o2, cut)
@@ -686,8 +735,12 @@ func TestPresentBlobNameMadeDurable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	if ok, err := s2.Exists(ctx, ld); err != nil || !ok {
-		t.Fatalf("the layer of the committed image is gone after the power cut: %v, %v", ok, err)
+	gone := ld
+	if how == "child manifest" {
+		gone = md
+	}
+	if ok, err := s2.Exists(ctx, gone); err != nil || !ok {
+		t.Fatalf("a blob of the committed image is gone after the power cut: %v, %v", ok, err)
 	}
 	testutil.MustCheck(t, s2)
 }

@@ -178,10 +178,12 @@ type Store struct {
 
 	// dirSynced is, for each blob directory, a time before which every
 	// name in it is known durable: this handle synced the directory after
-	// it (see durableBlobName).
+	// it; and the names this handle renamed in and synced since a little
+	// before that time (see durableBlobName).
 	dirSynced struct {
 		sync.Mutex
-		m map[string]int64 // blobs/<alg> -> Unix nanoseconds
+		m      map[string]int64 // blobs/<alg> -> Unix nanoseconds
+		recent map[string]int64 // blob path -> when it was synced, until m passes it
 	}
 
 	// snap is the last index this handle committed or read; readers load it

@@ -593,7 +593,7 @@ func withoutLeased(tx *journal.Tx, freed []v1.Descriptor, now time.Time) ([]v1.D
 	return out, nil
 }
 
-// present checks that a leaf blob that becomes referenced is on disk with the
+// present checks that a blob that becomes referenced is on disk with the
 // right size. Descriptors with URLs (foreign layers) may be absent.
 func (s *Store) present(d v1.Descriptor) error {
 	p := layout.BlobPath(d.Digest)
@@ -610,7 +610,9 @@ func (s *Store) present(d v1.Descriptor) error {
 	if fi.Size() != d.Size {
 		return fmt.Errorf("blob %s (%s): %d bytes on disk, descriptor says %d: %w", d.Digest, p, fi.Size(), d.Size, errdef.ErrSizeMismatch)
 	}
-	return nil
+	// The transaction references it from now on: its name must outlive a
+	// power cut, whoever renamed it in.
+	return s.durableBlobName(p, fi)
 }
 
 func errorsIsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

@@ -40,8 +40,9 @@ type Counter struct {
 	// Problems and leaving them unexpanded) instead of failing.
 	Lenient  bool
 	Problems []error
-	// Present, when set, is called for every leaf blob that becomes live, to
-	// verify that it is on disk with its descriptor's size.
+	// Present, when set, is called for every blob that becomes live (a
+	// leaf, or a manifest once read), to verify that it is on disk with its
+	// descriptor's size and make its name durable.
 	Present func(v1.Descriptor) error
 	// Freed collects blobs whose count dropped to zero, with their sizes.
 	Freed []v1.Descriptor
@@ -105,8 +106,18 @@ func (c *Counter) inc(d v1.Descriptor, depth int) error {
 		case err == nil:
 			r.Expanded, r.Unknown = true, ""
 			r.Children = children(kids.Refs)
+			if c.Present != nil {
+				if err := c.Present(d); err != nil {
+					return err
+				}
+			}
 		case layout.Sniffed(d, err): // a root that is not a manifest: a leaf
 			kids = layout.Children{}
+			if c.Present != nil {
+				if err := c.Present(d); err != nil {
+					return err
+				}
+			}
 		case c.Lenient:
 			c.Problems = append(c.Problems, err)
 			r.Unknown = reason(err)

@@ -189,22 +189,25 @@ func TestIncErrors(t *testing.T) {
 		var checked []digest.Digest
 		c := &refcount.Counter{T: m, Load: g.load, Present: func(d v1.Descriptor) error {
 			checked = append(checked, d.Digest)
-			return fmt.Errorf("blob %s: %w", d.Digest, errdef.ErrMissingDependency)
+			if d.Digest == l.Digest {
+				return fmt.Errorf("blob %s: %w", d.Digest, errdef.ErrMissingDependency)
+			}
+			return nil
 		}}
 		if err := c.Inc(a); !errors.Is(err, errdef.ErrMissingDependency) {
 			t.Fatalf("Inc = %v", err)
 		}
-		if !slices.Equal(checked, []digest.Digest{l.Digest}) {
-			t.Errorf("Present called for %v, want the leaf only", checked)
+		if !slices.Equal(checked, []digest.Digest{a.Digest, l.Digest}) {
+			t.Errorf("Present called for %v, want the manifest, then its leaf", checked)
 		}
-		// Once live, a leaf is not checked again.
+		// Once live, a blob is not checked again: only the new manifest is.
 		m2 := refcount.Map{}
 		(&refcount.Counter{T: m2, Load: g.load}).Inc(a)
 		checked = nil
 		c = &refcount.Counter{T: m2, Load: g.load, Present: func(d v1.Descriptor) error { checked = append(checked, d.Digest); return nil }}
 		b := g.manifest("b", l)
-		if err := c.Inc(b); err != nil || len(checked) != 0 {
-			t.Errorf("Inc = %v, Present called for %v", err, checked)
+		if err := c.Inc(b); err != nil || !slices.Equal(checked, []digest.Digest{b.Digest}) {
+			t.Errorf("Inc = %v, Present called for %v, want the new manifest only", err, checked)
 		}
 	})
 }
