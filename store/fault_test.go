@@ -592,19 +592,8 @@ func TestFaultShortWriteNoSpace(t *testing.T) {
 // was synced through the cut.
 func TestFaultIngestRenameDone(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	mem := memfs.New(dir)
-	efs := errorfs.New(mem)
-	o := &store.Options{LockTimeout: -1}
-	store.SetTestFS(o, efs)
-	store.SetTestJournalHook(o, func() { _ = mem.AddExternal(journalRel) })
-	s, err := store.Open(ctx, dir, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, mem, efs, open := memStore(t)
+	s := open()
 	defer s.Close()
 	layer := bytes.Repeat([]byte("a layer whose rename reported an error\n"), 200)
 	// A sha512 blob: the ingests of the sha256 blobs that follow do not
@@ -654,22 +643,7 @@ func TestPresentBlobNameMadeDurable(t *testing.T) {
 
 func presentBlobNameMadeDurable(t *testing.T, how string) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	mem := memfs.New(dir)
-	efs := errorfs.New(mem)
-	open := func() *store.Store {
-		o := &store.Options{LockTimeout: -1}
-		store.SetTestFS(o, efs)
-		store.SetTestJournalHook(o, func() { _ = mem.AddExternal(journalRel) })
-		s, err := store.Open(ctx, dir, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	dir, mem, efs, open := memStore(t)
 	// What the dead writer leaves: a sha512 layer, or (child manifest) a
 	// sha512 manifest over a synced layer.
 	layer := bytes.Repeat([]byte("a layer whose writer died before its directory was synced\n"), 200)
@@ -743,6 +717,30 @@ func presentBlobNameMadeDurable(t *testing.T, how string) {
 		t.Fatalf("a blob of the committed image is gone after the power cut: %v, %v", ok, err)
 	}
 	testutil.MustCheck(t, s2)
+}
+
+// memStore is a layout on memfs (what a power cut keeps: what was synced)
+// under errorfs; open opens a store on it.
+func memStore(t *testing.T) (dir string, mem *memfs.FS, efs *errorfs.FS, open func() *store.Store) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, ".ocistore"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mem = memfs.New(dir)
+	efs = errorfs.New(mem)
+	open = func() *store.Store {
+		t.Helper()
+		o := &store.Options{LockTimeout: -1}
+		store.SetTestFS(o, efs)
+		store.SetTestJournalHook(o, func() { _ = mem.AddExternal(journalRel) })
+		s, err := store.Open(context.Background(), dir, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	return dir, mem, efs, open
 }
 
 // commitLayerImage tags "app", an image of layer ld (in the store) and a
