@@ -100,13 +100,7 @@ func (c DamagedCase) Materialize(t testing.TB) (string, func()) {
 	parent := t.TempDir()
 	dir := filepath.Join(parent, "layout")
 	canary := filepath.Join(parent, "canary")
-	// No child process may be forked while the canary is open for writing:
-	// a child of a parallel test would close the inherited descriptor at its
-	// exec, after the watch below started (an IN_CLOSE_WRITE nobody made).
-	syscall.ForkLock.RLock()
-	err := os.WriteFile(canary, []byte(canaryContent), 0o600)
-	syscall.ForkLock.RUnlock()
-	if err != nil {
+	if err := writeUnforked(canary, []byte(canaryContent), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	old := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // WalkRel walks the tree under dir as filepath.WalkDir does, calling fn
@@ -32,6 +33,8 @@ func CopyFile(src, dst string, perm fs.FileMode) error {
 		return err
 	}
 	defer in.Close()
+	syscall.ForkLock.RLock() // see writeUnforked
+	defer syscall.ForkLock.RUnlock()
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
 	if err != nil {
 		return err
@@ -41,4 +44,14 @@ func CopyFile(src, dst string, perm fs.FileMode) error {
 		return err
 	}
 	return out.Close()
+}
+
+// writeUnforked writes a file that a test may watch (WatchFiles) while no
+// child process can be forked: a child of a parallel test would close the
+// inherited descriptor at its exec, after the watch started, which the
+// watch reports as a write nobody made. CopyFile does the same.
+func writeUnforked(path string, b []byte, perm fs.FileMode) error {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	return os.WriteFile(path, b, perm)
 }
