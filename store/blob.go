@@ -202,7 +202,12 @@ func (s *Store) durableBlobName(final string, fi fs.FileInfo) error {
 	if own || ctime != 0 && ctime < since {
 		return nil
 	}
-	return s.syncBlobDir(dir)
+	if err := s.syncBlobDir(dir); err != nil {
+		// Poisoned at once: a group commit retries its members alone,
+		// and a sync is never tried again after it failed.
+		return s.poison(err)
+	}
+	return nil
 }
 
 // blobNameMargin is how much earlier than its sync a blob directory is
