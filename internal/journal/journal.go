@@ -173,6 +173,12 @@ type Options struct {
 	LockTimeout time.Duration
 	// ReadOnly opens with a shared lock and no writes; the file must exist.
 	ReadOnly bool
+	// Snapshot opens a private copy of the file as its last commit left it
+	// (see openSnapshot), taken without a lock: it never waits for a writer
+	// and never blocks one, and changes no byte on disk. With ReadOnly the
+	// copy is read-only; without, writes go to the copy only (a dry run's
+	// recovery and plan) and vanish with it. The file must exist.
+	Snapshot bool
 	// Scope, when set, keeps the layout's own state (committed index,
 	// pending records, image metadata) under layouts/<Scope>/ in a journal
 	// that several layouts share with their blob directory; refcounts,
@@ -218,6 +224,9 @@ func Open(path string, o Options) (*DB, error) {
 	default:
 		return nil, fmt.Errorf("journal %s: %w", path, statErr)
 	}
+	if created && o.Snapshot {
+		return nil, fmt.Errorf("journal %s: %w", path, errdef.ErrNotFound)
+	}
 	if err := checkFile(path); err != nil {
 		return nil, err
 	}
@@ -225,11 +234,20 @@ func Open(path string, o Options) (*DB, error) {
 	if timeout < 0 {
 		timeout = time.Nanosecond
 	}
-	bdb, err := openBolt(path, &bolt.Options{
+	bo := &bolt.Options{
 		Timeout:      timeout,
 		ReadOnly:     o.ReadOnly,
 		FreelistType: bolt.FreelistMapType,
-	})
+	}
+	if o.Snapshot {
+		mem, err := openSnapshot(path, o.LockTimeout)
+		if err != nil {
+			return nil, err
+		}
+		bo.Timeout = time.Nanosecond // the copy is this open's alone
+		bo.OpenFile = func(string, int, os.FileMode) (*os.File, error) { return mem, nil }
+	}
+	bdb, err := openBolt(path, bo)
 	if err != nil {
 		return nil, classifyOpenErr(path, err)
 	}
