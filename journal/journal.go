@@ -3,8 +3,9 @@
 // transactions that have not finished (none between the transactions of a
 // healthy store), and the leases that protect blobs from freeing.
 //
-// Reading never changes the journal and runs no recovery; it takes bbolt's
-// shared lock, waiting while a writer holds the journal. Everything that
+// Reading never changes the journal and runs no recovery; it reads a copy
+// of the journal as its last commit left it, taken without a lock, so it
+// neither waits for a writer nor blocks one. Everything that
 // changes the journal does so through package store, under its writer lock:
 // the schema is described in docs/DESIGN.md §7.
 package journal
@@ -64,10 +65,16 @@ type Contents struct {
 	// Leases are the leases of the journal (on a shared blob directory,
 	// those of every layout sharing it).
 	Leases []Lease `json:"leases"`
+	// InFlight is true when a writer held the journal as it was read: its
+	// pending records may be a transaction in flight, not one a crash
+	// interrupted.
+	InFlight bool `json:"inFlight"`
 }
 
-// Read reads the journal of the layout in dir, waiting up to lockTimeout
-// for a writer (zero: 30 s). A layout ocistore has not adopted has no
+// Read reads the journal of the layout in dir as its last commit left it,
+// without waiting for a writer; only when a writer commits during every
+// one of its copies does it wait for one, up to lockTimeout (zero: 30 s).
+// A layout ocistore has not adopted has no
 // journal: Read returns an error wrapping errdef's not-found sentinel
 // (store.ErrNotFound). A journal a newer ocistore wrote is refused with
 // store.ErrJournalNewer.
@@ -102,7 +109,11 @@ func Read(dir string, lockTimeout time.Duration) (*Contents, error) {
 		}
 		path = filepath.Join(shared, protocol.JournalFile)
 	}
-	db, err := ij.Open(path, ij.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: scope})
+	busy, err := ij.Busy(path)
+	if err != nil {
+		return nil, err
+	}
+	db, err := ij.Open(path, ij.Options{Snapshot: true, ReadOnly: true, LockTimeout: lockTimeout, Scope: scope})
 	if errors.Is(err, errdef.ErrLocked) {
 		return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", abs, lockTimeout, protocol.JournalFile, err)
 	}
@@ -110,7 +121,7 @@ func Read(dir string, lockTimeout time.Duration) (*Contents, error) {
 		return nil, err
 	}
 	defer db.Close()
-	c := &Contents{Path: path, Pending: []Record{}, Leases: []Lease{}}
+	c := &Contents{Path: path, Pending: []Record{}, Leases: []Lease{}, InFlight: busy}
 	err = db.View(func(tx *ij.Tx) error {
 		c.SchemaVersion = tx.SchemaVersion()
 		recs, err := tx.Pending()

@@ -46,6 +46,11 @@ const (
 	// KindUnreadable: a blob file could not be read to the end (an I/O
 	// error: the disk may be failing). Only the deep check reads blobs.
 	KindUnreadable = "unreadable"
+	// KindInFlight: another process held the journal while the layout
+	// was checked (a transaction in flight): its pending record is that
+	// transaction's, not an interrupted one, and the layout may have
+	// changed during the check.
+	KindInFlight = "in-flight"
 )
 
 // BlobsElsewhereHint starts the detail of a blobs-elsewhere problem.

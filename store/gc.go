@@ -13,6 +13,7 @@ import (
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/protocol"
+	"github.com/ocistore/ocistore/recovery"
 )
 
 // DefaultGrace is the grace period of `ocistore gc` and of a repair's
@@ -38,6 +39,9 @@ type GCResult struct {
 	Scanned int  `json:"scanned"` // blob files looked at
 	Young   int  `json:"young"`   // unreferenced, kept: newer than the grace period
 	Leased  int  `json:"leased"`  // unreferenced, kept: held by a live lease
+	// Recovery, for a dry run only, is what the recovery that a real GC
+	// does first would do (see PruneResult.Recovery).
+	Recovery []recovery.Action `json:"recovery,omitempty"`
 }
 
 // gcCandidate is an unreferenced-looking blob file found by the listing.
@@ -77,11 +81,20 @@ func (s *Store) gc(ctx context.Context, o GCOptions) (*GCResult, error) {
 		o.Grace = 0
 	}
 	var res *GCResult
-	err := s.withWriter(ctx, sectionIndex, func(db *journal.DB, cur *protocol.State) error {
+	collect := func(db *journal.DB, cur *protocol.State) error {
 		var err error
 		res, err = s.collect(ctx, db, cur, o)
 		return err
-	})
+	}
+	if o.DryRun {
+		acts, err := s.withDry(ctx, collect)
+		if err != nil {
+			return nil, err
+		}
+		res.Recovery = acts
+		return res, nil
+	}
+	err := s.withWriter(ctx, sectionIndex, collect)
 	return res, err
 }
 

@@ -274,11 +274,11 @@ func (s *Store) journalWrite(ctx context.Context, fn func(tx *journal.Tx) error)
 	})
 }
 
-// journalRead runs fn in a read transaction of the journal, opened
-// read-only (a shared lock: it waits for a writer of another process, up to
-// the lock timeout, but never blocks one for longer than fn).
+// journalRead runs fn in a read transaction of a copy of the journal as
+// its last commit left it (journal.Options.Snapshot): it neither waits for
+// a writer of another process nor blocks one.
 func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
-	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.lay.Scope})
+	db, err := journal.Open(s.journalPath(), journal.Options{Snapshot: true, ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.lay.Scope})
 	if err != nil {
 		err = s.lay.Locked(s.opts.LockTimeout, err)
 	}

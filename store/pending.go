@@ -2,9 +2,11 @@ package store
 
 import (
 	"errors"
+	"path/filepath"
 	"time"
 
 	"github.com/ocistore/ocistore/internal/errdef"
+	ij "github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/journal"
 )
@@ -14,8 +16,9 @@ import (
 // opening it as a store, so without running recovery: what `ocistore
 // journal` shows. A layout ocistore has not adopted has no journal:
 // ErrNotFound (one on a shared blob directory whose journal does not know
-// it yet has no record). It waits up to lockTimeout for a writer (zero:
-// DefaultLockTimeout).
+// it yet has no record). It reads the journal as its last commit left it,
+// without waiting for a writer (see journal.Read; lockTimeout, zero for
+// DefaultLockTimeout, bounds the wait of its rare fallback).
 func PendingRecords(dir string, lockTimeout time.Duration) ([]journal.Record, error) {
 	if lockTimeout == 0 {
 		lockTimeout = DefaultLockTimeout
@@ -30,4 +33,20 @@ func PendingRecords(dir string, lockTimeout time.Duration) ([]journal.Record, er
 		return nil, err
 	}
 	return c.Pending, nil
+}
+
+// InFlight reports whether a writer (this process's or another's) holds
+// the journal of the layout in dir now: a pending record PendingRecords
+// returns is then likely a transaction in flight, not one a crash
+// interrupted. It does not wait and takes no lock that outlives it.
+func InFlight(dir string) (bool, error) {
+	root := dir
+	shared, err := protocol.SharedBlobDirOf(dir)
+	if err != nil {
+		return false, err
+	}
+	if shared != "" {
+		root = shared
+	}
+	return ij.Busy(filepath.Join(root, protocol.JournalFile))
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/refcount"
+	"github.com/ocistore/ocistore/recovery"
 )
 
 // Policy says what Prune removes. Filters (Refs, Labels) choose the
@@ -91,6 +92,10 @@ type PruneResult struct {
 	// OverBudget is set when MaxSize could not be met by removing what
 	// the policy allows.
 	OverBudget bool `json:"overBudget,omitempty"`
+	// Recovery, for a dry run only, is what the recovery that a real run
+	// does first would do (recount after another tool's write, finish an
+	// interrupted transaction): the plan is of the layout after it.
+	Recovery []recovery.Action `json:"recovery,omitempty"`
 }
 
 // errDryRun rolls back a dry run after its plan.
@@ -138,7 +143,7 @@ func (s *Store) Prune(ctx context.Context, p Policy) (res *PruneResult, err erro
 
 func (s *Store) prune(ctx context.Context, p Policy) (*PruneResult, error) {
 	out := &PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}}
-	res, err := s.update(ctx, "prune", func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
+	plan := func(cur *layout.Index, t *txn) ([]layout.Entry, error) {
 		*out = PruneResult{DryRun: p.DryRun, Removed: []PrunedImage{}} // a retry starts over
 		// A prune is for space: while freeing is not allowed (pinReason)
 		// it would free nothing, so it removes nothing either; its plan
@@ -154,7 +159,18 @@ func (s *Store) prune(ctx context.Context, p Policy) (*PruneResult, error) {
 			return nil, errDryRun
 		}
 		return entries, nil
-	})
+	}
+	var res *Result
+	var err error
+	if p.DryRun {
+		var acts []recovery.Action
+		acts, err = s.updateDry(ctx, "prune", plan)
+		if err == nil {
+			out.Recovery, err = acts, errDryRun
+		}
+	} else {
+		res, err = s.update(ctx, "prune", plan)
+	}
 	switch {
 	case errors.Is(err, errDryRun):
 		if out.Pinned != "" {

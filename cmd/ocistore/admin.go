@@ -318,10 +318,13 @@ var journalCmd = &command{
 	help: `Lists the transactions that are journaled but not finished, as the journal
 holds them, without running recovery: id, operation, time, the index.json
 digest before and after, and how many blobs the transaction unlinks. A healthy
-layout has none between commands; ocistore recover finishes them.
+layout has none between commands; ocistore recover finishes them. It never
+waits for a writer: it reads the journal as the last commit left it, and when
+another process holds the journal (a transaction in flight) it says so: its
+records are then that transaction's, not an interrupted one.
 
-JSON output: {journal, pending: [record...]}; journal is false for a layout
-ocistore has not opened yet (it has no journal).`,
+JSON output: {journal, inFlight, pending: [record...]}; journal is false for a
+layout ocistore has not opened yet (it has no journal).`,
 	maxArgs: 0,
 	format:  true,
 	run:     runJournal,
@@ -341,8 +344,9 @@ type pendingRecord struct {
 }
 
 type journalOutput struct {
-	Journal bool            `json:"journal"`
-	Pending []pendingRecord `json:"pending"`
+	Journal  bool            `json:"journal"`
+	InFlight bool            `json:"inFlight"`
+	Pending  []pendingRecord `json:"pending"`
 }
 
 func runJournal(ctx context.Context, a *app, _ []string) error {
@@ -360,12 +364,18 @@ func runJournal(ctx context.Context, a *app, _ []string) error {
 	case err != nil:
 		return lockedHint(a, err)
 	}
+	if out.InFlight, err = store.InFlight(a.layout); err != nil {
+		return err
+	}
 	for _, r := range recs {
 		out.Pending = append(out.Pending, pendingRecord{ID: r.ID, Op: r.Op, Time: r.Time, OldIndex: r.OldIndex, NewIndex: r.NewIndex,
 			Unlink: r.Unlink, Deltas: r.Deltas, UnlinkCount: len(r.Unlink)})
 	}
 	if a.json() {
 		return a.printJSON(out)
+	}
+	if out.InFlight {
+		fmt.Fprintln(a.stdout, "a transaction is in flight (another process holds the journal); shown as its last commit left it")
 	}
 	switch {
 	case !out.Journal:

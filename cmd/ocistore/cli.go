@@ -273,6 +273,16 @@ func (a *app) withReadStore(ctx context.Context, fn func(s *store.Store) error) 
 	return a.withStoreOpts(ctx, o, fn)
 }
 
+// withWriteOrDry is withStore, or for a dry run withReadStore: a dry run
+// takes no lock, runs no recovery and changes no byte (it says what
+// recovery would do).
+func (a *app) withWriteOrDry(dry bool) func(context.Context, func(*store.Store) error) error {
+	if dry {
+		return a.withReadStore
+	}
+	return a.withStore
+}
+
 func (a *app) withStoreOpts(ctx context.Context, o *store.Options, fn func(s *store.Store) error) error {
 	s, err := store.Open(ctx, a.layout, o)
 	if err != nil {

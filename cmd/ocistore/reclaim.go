@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -92,7 +93,7 @@ size}], bytesFreed, dryRun, scanned, young, leased, pinned}.`,
 }
 
 func runGC(ctx context.Context, a *app, _ []string) error {
-	return a.withStore(ctx, func(s *store.Store) error {
+	return a.withWriteOrDry(a.opts.dryRun)(ctx, func(s *store.Store) error {
 		res, err := s.GC(ctx, store.GCOptions{Grace: a.opts.grace, DryRun: a.opts.dryRun})
 		if err != nil {
 			return err
@@ -104,6 +105,7 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 		if res.DryRun {
 			verb = "would remove"
 		}
+		a.printWouldRecover(res.Recovery)
 		tw := a.table()
 		for _, b := range res.Freed {
 			fmt.Fprintf(tw, "%s\t%s\t%s\n", verb, b.Digest, humanSize(b.Size))
@@ -355,7 +357,7 @@ func runPrune(ctx context.Context, a *app, _ []string) error {
 	if err := a.opts.policy.Validate(); err != nil {
 		return &usageError{err}
 	}
-	return a.withStore(ctx, func(s *store.Store) error {
+	return a.withWriteOrDry(a.opts.policy.DryRun)(ctx, func(s *store.Store) error {
 		res, err := s.Prune(ctx, a.opts.policy)
 		if err != nil {
 			return err
@@ -367,6 +369,7 @@ func runPrune(ctx context.Context, a *app, _ []string) error {
 		if res.DryRun {
 			verb, freed = "would remove", "would free"
 		}
+		a.printWouldRecover(res.Recovery)
 		tw := a.table()
 		for _, r := range res.Removed {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", verb, displayName(r.Name), r.Digest, r.Reason)
@@ -383,4 +386,17 @@ func runPrune(ctx context.Context, a *app, _ []string) error {
 		a.warnPinned(res.Pinned, -1)
 		return nil
 	})
+}
+
+// printWouldRecover writes, for a dry run, what the recovery a real run
+// does first would do (recount, finish a transaction): the dry run did
+// none of it.
+func (a *app) printWouldRecover(acts []recovery.Action) {
+	for _, act := range acts {
+		line := act.Kind
+		if act.Txn != 0 {
+			line += fmt.Sprintf(" txn %d", act.Txn)
+		}
+		fmt.Fprintf(a.stdout, "would first %s: %s\n", line, act.Detail)
+	}
 }

@@ -25,12 +25,12 @@ import (
 // options say nothing.
 const DefaultLockTimeout = 30 * time.Second
 
-// CheckDir checks the layout in dir as it is (see store.CheckDir). The
+// checkDirOnce checks the layout in dir as it is (see store.CheckDir). The
 // blobs of a layout on a shared blob directory are looked for there: the
 // one its marker names (.ocistore/shared-blob-dir, written when ocistore
 // adopted it), or o.SharedBlobDir for a layout not adopted yet (skopeo
 // copied into it with --dest-shared-blob-dir).
-func CheckDir(ctx context.Context, dir string, o *recovery.CheckOptions) (*recovery.Report, error) {
+func checkDirOnce(ctx context.Context, dir string, o *recovery.CheckOptions) (*recovery.Report, error) {
 	var want string
 	lockTimeout := DefaultLockTimeout
 	if o != nil {
@@ -65,7 +65,7 @@ func CheckDir(ctx context.Context, dir string, o *recovery.CheckOptions) (*recov
 		return rep, nil
 	}
 	path := filepath.Join(dir, protocol.JournalFile)
-	db, err := journal.Open(path, journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+	db, err := journal.Open(path, journal.Options{Snapshot: true, ReadOnly: true, LockTimeout: lockTimeout})
 	if errors.Is(err, errdef.ErrCorrupt) {
 		if nerr := protocol.NewerJournalAt(path, lockTimeout); nerr != nil {
 			err = nerr // damaged, and newer: newer says what to do
@@ -122,7 +122,7 @@ func checkSharedDir(ctx context.Context, dir, shared string, lockTimeout time.Du
 		opts = *o
 	}
 	var peers []layout.Entry
-	db, err := journal.Open(l.JournalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: l.Scope})
+	db, err := journal.Open(l.JournalPath(), journal.Options{Snapshot: true, ReadOnly: true, LockTimeout: lockTimeout, Scope: l.Scope})
 	if errors.Is(err, errdef.ErrCorrupt) {
 		if nerr := protocol.NewerJournalAt(l.JournalPath(), lockTimeout); nerr != nil {
 			err = nerr
@@ -135,7 +135,7 @@ func checkSharedDir(ctx context.Context, dir, shared string, lockTimeout time.Du
 	switch {
 	case errors.Is(err, errdef.ErrNotFound):
 		db = nil
-		shdb, err = journal.Open(l.JournalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+		shdb, err = journal.Open(l.JournalPath(), journal.Options{Snapshot: true, ReadOnly: true, LockTimeout: lockTimeout})
 		switch {
 		case errors.Is(err, errdef.ErrNotFound):
 			shdb = nil

@@ -30,7 +30,7 @@ var ErrUnstable = errors.New("changed while it was copied")
 //
 // That is a consistent copy of a file whose writer changes its head last
 // in every commit and never rewrites, before its next commit, what the head
-// it replaced refers to: bbolt's meta pages (DESIGN.md §7.4).
+// it replaced refers to: bbolt's meta pages (DESIGN.md §17.1).
 func CopyStable(path string, head int64, tries int) (*os.File, error) {
 	src, err := os.Open(path)
 	if err != nil {
@@ -117,7 +117,7 @@ func copyOnce(src *os.File, head int64) (*os.File, error) {
 		return nil, err
 	}
 	first = first[:n]
-	mem, err := memFile()
+	mem, err := NewMemFile()
 	if err != nil {
 		return nil, err
 	}
@@ -150,8 +150,9 @@ func copyOnce(src *os.File, head int64) (*os.File, error) {
 	return mem, nil
 }
 
-// memFile is a new anonymous memory file.
-func memFile() (*os.File, error) {
+// NewMemFile is a new, empty anonymous memory file: it changes no file
+// system and vanishes with its last descriptor.
+func NewMemFile() (*os.File, error) {
 	fd, err := unix.MemfdCreate("ocistore-copy", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("memfd_create: %w", err)

@@ -122,6 +122,7 @@ import (
 	bolterr "go.etcd.io/bbolt/errors"
 
 	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
 )
 
 // SchemaVersion is the version of the bucket layout above.
@@ -176,8 +177,9 @@ type Options struct {
 	// Snapshot opens a private copy of the file as its last commit left it
 	// (see openSnapshot), taken without a lock: it never waits for a writer
 	// and never blocks one, and changes no byte on disk. With ReadOnly the
-	// copy is read-only; without, writes go to the copy only (a dry run's
-	// recovery and plan) and vanish with it. The file must exist.
+	// copy is read-only and the file must exist; without, writes go to the
+	// copy only (a dry run's recovery and plan) and vanish with it, and a
+	// missing file is a new, empty copy (Created).
 	Snapshot bool
 	// Scope, when set, keeps the layout's own state (committed index,
 	// pending records, image metadata) under layouts/<Scope>/ in a journal
@@ -224,7 +226,7 @@ func Open(path string, o Options) (*DB, error) {
 	default:
 		return nil, fmt.Errorf("journal %s: %w", path, statErr)
 	}
-	if created && o.Snapshot {
+	if created && o.Snapshot && o.ReadOnly {
 		return nil, fmt.Errorf("journal %s: %w", path, errdef.ErrNotFound)
 	}
 	if err := checkFile(path); err != nil {
@@ -240,7 +242,15 @@ func Open(path string, o Options) (*DB, error) {
 		FreelistType: bolt.FreelistMapType,
 	}
 	if o.Snapshot {
-		mem, err := openSnapshot(path, o.LockTimeout)
+		var mem *os.File
+		var err error
+		if created {
+			// No journal yet: the copy starts empty (a dry run on a
+			// layout not adopted yet counts it from scratch).
+			mem, err = fsio.NewMemFile()
+		} else {
+			mem, err = openSnapshot(path, o.LockTimeout)
+		}
 		if err != nil {
 			return nil, err
 		}

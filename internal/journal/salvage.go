@@ -247,24 +247,7 @@ func checkFile(path string) error {
 	if err != nil || fi.Size() == 0 {
 		return err
 	}
-	var best *metaPage
-	m0, ok0 := readMeta(f, 0)
-	if ok0 {
-		best = &m0
-	}
-	// Page 1 is one page after page 0, whose size only a valid meta tells.
-	sizes := []uint32{4096, 16384, 65536}
-	if ok0 {
-		sizes = []uint32{m0.pageSize}
-	}
-	for _, ps := range sizes {
-		if m1, ok := readMeta(f, int64(ps)); ok {
-			if best == nil || m1.txid > best.txid {
-				best = &m1
-			}
-			break
-		}
-	}
+	best := bestMeta(f)
 	if best == nil {
 		return nil
 	}
@@ -303,6 +286,30 @@ func checkFile(path string) error {
 }
 
 // metaPage holds the fields of a bbolt meta page that checkFile needs.
+// bestMeta is the valid meta page of f with the highest txid, nil when
+// neither is valid.
+func bestMeta(f io.ReaderAt) *metaPage {
+	var best *metaPage
+	m0, ok0 := readMeta(f, 0)
+	if ok0 {
+		best = &m0
+	}
+	// Page 1 is one page after page 0, whose size only a valid meta tells.
+	sizes := []uint32{4096, 16384, 65536}
+	if ok0 {
+		sizes = []uint32{m0.pageSize}
+	}
+	for _, ps := range sizes {
+		if m1, ok := readMeta(f, int64(ps)); ok {
+			if best == nil || m1.txid > best.txid {
+				best = &m1
+			}
+			break
+		}
+	}
+	return best
+}
+
 type metaPage struct {
 	pageSize uint32
 	freelist uint64

@@ -11,7 +11,7 @@ import (
 	"github.com/ocistore/ocistore/internal/fsio"
 )
 
-// Readers' copies (DESIGN.md §7.6).
+// Readers' copies (DESIGN.md §17.1).
 //
 // bbolt commits by writing the pages of the new version where the current
 // one does not live (pages that no committed version still needs), then one
@@ -65,3 +65,19 @@ func metaHead(path string) int64 {
 // in this process or another) holds the journal at path now. It does not
 // wait and keeps no lock.
 func Busy(path string) (bool, error) { return fsio.Busy(path) }
+
+// LastTxID is the id of the last commit of the journal at path, as its
+// valid meta pages say, read without a lock; 0 when it has none (missing,
+// empty or unreadable). Two reads that return the same id saw no commit
+// in between.
+func LastTxID(path string) uint64 {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	if m := bestMeta(f); m != nil {
+		return m.txid
+	}
+	return 0
+}

@@ -228,7 +228,7 @@ func (l *Layout) NewerJournal(lockTimeout time.Duration) error {
 // and waits at most lockTimeout for a writer (negative: not at all, and a
 // journal a writer holds passes).
 func NewerJournalAt(path string, lockTimeout time.Duration) error {
-	db, err := journal.Open(path, journal.Options{ReadOnly: true, LockTimeout: lockTimeout})
+	db, err := journal.Open(path, journal.Options{Snapshot: true, ReadOnly: true, LockTimeout: lockTimeout})
 	switch {
 	case err == nil:
 		return db.Close()

@@ -108,6 +108,13 @@ type Env struct {
 	// recovery takes its files in the trash too (they are its own), and
 	// leaves its ingest temp files.
 	Self string
+	// Dry makes recovery change no file: it works on a private copy of
+	// the journal (journal.Options.Snapshot), as a dry run's plan does,
+	// and says what it would do (State.Actions). A pending record's new
+	// index is taken as the index (what rolling it forward or replaying
+	// it would leave) and the record dropped from the copy; leftovers
+	// are not swept.
+	Dry bool
 }
 
 // withPeers returns ix with the root entries of the peers added: the graph
@@ -177,8 +184,10 @@ func RunLazy(ctx context.Context, env Env, db *journal.DB) (*State, error) {
 
 func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) (*State, error) {
 	st := &State{}
-	if err := sweepLeftovers(env, st, known == nil); err != nil {
-		return nil, err
+	if !env.Dry {
+		if err := sweepLeftovers(env, st, known == nil); err != nil {
+			return nil, err
+		}
 	}
 	var recs []*journal.Record
 	var lastDigest digest.Digest
@@ -239,6 +248,10 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 			// index.json.
 			log.Info("recovery: replaying", "op", rec.Op, "index", describe(raw, ixErr))
 			st.Actions = append(st.Actions, recovery.Action{Kind: "replay", Txn: rec.ID, Detail: rec.Op})
+			if env.Dry {
+				raw, ix, ixErr = newBytes, newIx, nil
+				break
+			}
 			if err := WriteIndex(env.FS, newBytes); err != nil {
 				return nil, fmt.Errorf("replay txn %d: %w", rec.ID, err)
 			}
@@ -268,6 +281,14 @@ func run(ctx context.Context, env Env, db *journal.DB, known *State, lazy bool) 
 				return nil, fmt.Errorf("roll back txn %d: %w", rec.ID, err)
 			}
 			lastDigest = onDisk
+			continue
+		}
+		if env.Dry {
+			// What finishing it would leave in the journal: no record.
+			if err := db.Update(func(tx *journal.Tx) error { return tx.DeletePending(rec.ID) }); err != nil {
+				return nil, fmt.Errorf("txn %d: %w", rec.ID, err)
+			}
+			lastDigest = rec.NewIndex
 			continue
 		}
 		on := &State{Index: ix, Bytes: raw, Digest: rec.NewIndex, Stamp: stamp}
