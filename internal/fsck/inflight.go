@@ -85,10 +85,15 @@ func generationOf(dir, jpath string) generation {
 func markInFlight(rep *recovery.Report, still bool) {
 	n := 0
 	for i, p := range rep.Problems {
-		if p.Kind == recovery.KindPending {
+		switch p.Kind {
+		case recovery.KindPending:
 			rep.Problems[i].Kind = recovery.KindInFlight
 			rep.Problems[i].Detail = fmt.Sprintf("%s in another process, which holds the journal (not interrupted: no recovery needed)", trimPendingAdvice(p.Detail))
 			n++
+		case recovery.KindTempFile:
+			// The writer's own: its prepared index.json, an ingest.
+			rep.Problems[i].Kind = recovery.KindInFlight
+			rep.Problems[i].Detail = "temp file of the writer that holds the journal"
 		}
 	}
 	switch {
