@@ -164,7 +164,7 @@ type Store struct {
 
 	// wmu serializes writers in this process; the journal's file lock
 	// serializes them across processes.
-	wmu sync.Mutex
+	wmu ctxMutex
 	// group queues the changes that wait for wmu (group commit).
 	group struct {
 		sync.Mutex
@@ -605,7 +605,9 @@ func (s *Store) withWriter(ctx context.Context, sec section, fn func(db *journal
 	if err := ok(); err != nil {
 		return err
 	}
-	s.wmu.Lock()
+	if err := s.wmu.LockContext(ctx); err != nil {
+		return err
+	}
 	defer s.wmu.Unlock()
 	if err := ok(); err != nil { // closed or poisoned while we waited
 		return err

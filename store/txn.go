@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -91,7 +92,9 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	if err := s.writable(); err != nil {
 		return nil, err
 	}
-	s.wmu.Lock()
+	if err := s.wmu.LockContext(ctx); err != nil {
+		return nil, err
+	}
 	defer s.wmu.Unlock()
 	c := &change{ctx: ctx, op: op, plan: plan}
 	s.commit(ctx, []*change{c})
@@ -106,6 +109,8 @@ type change struct {
 	res  *Result
 	err  error
 	done chan struct{} // closed when res or err is set (group commit)
+	// state is changeWaiting, changeClaimed or changeWithdrawn (claim).
+	state atomic.Int32
 }
 
 // errSolo rolls back a group whose member at index solo failed while its
@@ -164,17 +169,24 @@ func (s *Store) commitOnce(ctx context.Context, changes []*change) error {
 		return nil
 	}
 	start := time.Now()
-	// A group waits for the lock as long as the lock timeout says, not
-	// as long as the context of whoever leads it.
-	lockCtx := live[0].ctx
-	if len(live) > 1 {
-		lockCtx = context.WithoutCancel(ctx)
-	}
-	db, cur, err := s.lock(lockCtx)
+	// ctx ends when no caller waits any more (batchContext; a lone
+	// caller's own context).
+	db, cur, err := s.lock(ctx)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	// Under the lock, each change is claimed (its caller then waits for
+	// this commit) or was withdrawn by a caller whose context ended.
+	claimed := live[:0:0]
+	for _, c := range live {
+		if c.claim() {
+			claimed = append(claimed, c)
+		}
+	}
+	if live = claimed; len(live) == 0 {
+		return nil
+	}
 
 	p := &planned{cur: cur}
 	err = db.Update(func(tx *journal.Tx) error {
@@ -489,20 +501,37 @@ func (s *Store) updateGrouped(ctx context.Context, op string, plan planFunc) (*R
 
 	// Every queued change has its caller here or leading: whoever gets wmu
 	// commits the whole queue, so no change waits for a leader that left.
-	s.wmu.Lock()
+	// A caller whose context ends while it waits withdraws its change
+	// (unless a leader holding the lock claimed it) and returns.
+	if err := s.wmu.LockContext(ctx); err != nil {
+		return c.withdraw()
+	}
 	s.group.Lock()
 	batch := s.group.queue
 	s.group.queue = nil
 	s.group.Unlock()
-	if len(batch) > 0 {
-		s.commit(ctx, batch)
-		for _, b := range batch {
-			close(b.done)
-		}
+	if len(batch) == 0 {
+		s.wmu.Unlock() // a leader took c
+	} else {
+		// The commit runs for the whole batch: it goes on when this
+		// caller leaves, and waits for the lock as long as any caller
+		// of the batch does.
+		bctx, stop := batchContext(batch)
+		go func() {
+			defer s.wmu.Unlock()
+			defer stop()
+			s.commit(bctx, batch)
+			for _, b := range batch {
+				close(b.done)
+			}
+		}()
 	}
-	s.wmu.Unlock()
-	<-c.done
-	return c.res, c.err
+	select {
+	case <-c.done:
+		return c.res, c.err
+	case <-ctx.Done():
+		return c.withdraw()
+	}
 }
 
 // manifestCache remembers what load returned for each manifest, for the
