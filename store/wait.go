@@ -6,7 +6,7 @@ import (
 	"sync/atomic"
 )
 
-// Waits that honour the context (DESIGN.md §4.4): a caller waiting for
+// Waits that honour the context (DESIGN.md §17.4): a caller waiting for
 // this process's writer (wmu), for the leader of its group commit or for
 // another process's lock returns when its context ends, and its change is
 // then not made.
