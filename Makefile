@@ -34,9 +34,19 @@ tools:
 
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-# test runs every test, with the race detector and the crash points.
+# test runs every test, with the race detector and the crash points, in
+# steps that say what runs: lint, every package but ./store, ./store (the
+# longest: crash enumerations, about 5 minutes on 2 cores, silent until it
+# ends), then the bench/ module's own tests (its own go.mod, so ./... leaves
+# it out). It needs the network once: apt-get for skopeo and umoci (tools),
+# the Go module proxy for the modules and staticcheck.
 test: tools lint
-	$(GO) test -race $(CRASHTAGS) -count=1 -timeout 20m $(PKGS)
+	@echo "== go test -race -tags crashpoints: every package but ./store (a few minutes)"
+	$(GO) test -race $(CRASHTAGS) -count=1 -timeout 20m $$($(GO) list $(PKGS) | grep -vx 'github.com/ocistore/ocistore/store')
+	@echo "== go test -race -tags crashpoints: ./store (about 5 minutes on 2 cores; prints when it ends)"
+	$(GO) test -race $(CRASHTAGS) -count=1 -timeout 20m ./store/
+	@echo "== go test: the bench/ module (its own go.mod)"
+	cd bench && $(GO) test -count=1 ./...
 
 # test-short is the quick tier (-short: smaller crash enumerations and
 # chaos runs, no race detector, no lint): every package, crash points included.
@@ -44,43 +54,61 @@ test-short:
 	$(GO) test -short $(CRASHTAGS) -count=1 -timeout 10m $(PKGS)
 
 # demo: build the CLI, write a layout of $(DEMO_N) images sharing base layers
-# as another tool would, adopt it, remove some images, check it.
+# as another tool would, adopt it, remove some images, cut the power in the
+# middle of an rm (SIGKILL at a crash point), recover, prune, check it. Each
+# command is printed as "$ COMMAND" before its output.
+#
+# show prints a command, then runs it.
+show = echo '$$ $(1)' && $(1)
+# The power-cut scene: rm is meant to die by SIGKILL at the crash point
+# txn-journaled. Its own output still shows (fd 3), the shell's "Killed"
+# notice does not (the shell prints it to its own stderr, here /dev/null);
+# exit status 137 (128 + SIGKILL) is the plan, anything else stops the demo.
+CRASHENV := OCISTORE_CRASHPOINT=txn-journaled
+CRASHRM  := $(CRASHBIN) -l $(DEMO) rm example.com/repo5:v0 example.com/repo6:v0
 demo: build build-crashpoints
 	@rm -rf $(DEMO)
 	$(GO) run ./internal/cmd/gendemo -images $(DEMO_N) -repos 30 $(DEMO)
 	@echo
 	@echo "== ocistore ls (first 8 of $(DEMO_N) images)"
-	@$(BIN) -l $(DEMO) ls | head -9
+	@$(call show,$(BIN) -l $(DEMO) ls | head -9)
 	@echo
 	@echo "== ocistore rm: 3 images in one transaction"
-	$(BIN) -l $(DEMO) rm example.com/repo1:v0 example.com/repo2:v0 example.com/repo3:v0
+	@$(call show,$(BIN) -l $(DEMO) rm example.com/repo1:v0 example.com/repo2:v0 example.com/repo3:v0)
 	@echo
-	@echo "== ocistore untag (keeps the image as an untagged entry) and tag"
-	$(BIN) -l $(DEMO) tag example.com/repo4:v0 example.com/repo4:stable
-	$(BIN) -l $(DEMO) untag example.com/repo4:v0
+	@echo "== ocistore tag and untag: repo4's image gets a second tag, then loses its first (untag never deletes data)"
+	@$(call show,$(BIN) -l $(DEMO) tag example.com/repo4:v0 example.com/repo4:stable)
+	@$(call show,$(BIN) -l $(DEMO) untag example.com/repo4:v0)
 	@echo
 	@echo "== ocistore journal (no pending transaction between commands)"
-	$(BIN) -l $(DEMO) journal
+	@$(call show,$(BIN) -l $(DEMO) journal)
 	@echo
 	@echo "== power cut: rm killed (SIGKILL) right after its journal commit, at the crash point txn-journaled"
 	@echo "   ($(CRASHBIN): the CLI built with -tags crashpoints; $(BIN) has no crash points)"
-	-OCISTORE_CRASHPOINT=txn-journaled $(CRASHBIN) -l $(DEMO) rm example.com/repo5:v0 example.com/repo6:v0
-	$(BIN) -l $(DEMO) journal
-	-$(BIN) -l $(DEMO) fsck
+	@echo '$$ $(CRASHENV) $(CRASHRM)'
+	@if { $(CRASHENV) sh -c 'exec "$$@" 2>&3' sh $(CRASHRM); } 3>&2 2>/dev/null; then \
+		echo "demo: rm finished: it should have been killed at the crash point txn-journaled" >&2; exit 1; \
+	else st=$$?; if [ $$st -ne 137 ]; then echo "demo: rm failed (exit status $$st) before the crash point" >&2; exit 1; fi; \
+		echo "(rm was killed at the crash point, exit status $$st = 128 + SIGKILL, as planned: its transaction is committed to the journal, index.json is not replaced yet)"; fi
+	@echo
+	@echo "== after the power cut: the journal holds the committed transaction, and fsck reports it as pending"
+	@$(call show,$(BIN) -l $(DEMO) journal)
+	@$(call show,$(BIN) -l $(DEMO) fsck) || echo "(fsck exit status $$?, as expected here: the killed rm left its transaction unfinished, and its new index.json in a temp file; recover finishes both)"
 	@echo
 	@echo "== ocistore recover: finishes the journaled transaction"
-	$(BIN) -l $(DEMO) recover
+	@$(call show,$(BIN) -l $(DEMO) recover)
 	@echo
-	@echo "== ocistore fsck"
-	$(BIN) -l $(DEMO) fsck
+	@echo "== ocistore fsck: clean again, repo5:v0 and repo6:v0 are gone"
+	@$(call show,$(BIN) -l $(DEMO) fsck)
 	@echo
-	@echo "== ocistore prune: keep the newest 5 images of each repository, in ONE transaction (dry run, then for real)"
-	$(BIN) -l $(DEMO) prune --keep-last 5 --dry-run | tail -3
-	$(BIN) -l $(DEMO) prune --keep-last 5 | tail -3
+	@echo "== ocistore prune: keep the newest 5 images of each repository, in ONE transaction (dry run, then for real; last 3 lines of each)"
+	@$(call show,$(BIN) -l $(DEMO) prune --keep-last 5 --dry-run | tail -3)
+	@$(call show,$(BIN) -l $(DEMO) prune --keep-last 5 | tail -3)
 	@echo
-	@echo "== ocistore du"
-	$(BIN) -l $(DEMO) du | tail -6
-	$(BIN) -l $(DEMO) fsck
+	@echo "== ocistore du: space per repository (the first 2 of 30) and in total, then a last fsck"
+	@$(call show,$(BIN) -l $(DEMO) du | head -3)
+	@$(call show,$(BIN) -l $(DEMO) du | tail -4)
+	@$(call show,$(BIN) -l $(DEMO) fsck)
 
 # crash runs every crash-consistency tier at full size (OCISTORE_CRASH_FULL=1)
 # and prints one summary line per tier (and per crash-point test), then the
@@ -106,7 +134,9 @@ fuzz:
 # bench: the micro benchmarks of ./store, then the bench/ module (its own
 # go.mod: ocistore against containers/image, oras-go and go-containerregistry
 # on the same generated layouts) at a quick size, every size with
-# BENCH_FULL=1; rewrites BENCHMARKS.md with both.
+# BENCH_FULL=1. A full run rewrites BENCHMARKS.md (and bench/results.json)
+# with both; a quick run writes bench/quick.md (and bench/quick.json, both
+# gitignored) and leaves the published full-size tables alone.
 # The micro benchmarks run adaptively (-benchtime 1s) in the quick mode and
 # 10 iterations each with BENCH_FULL=1 (BenchmarkPruneHalf generates and
 # adopts a layout of up to 20,000 images per iteration).
@@ -116,11 +146,12 @@ bench:
 	$(GO) test -run '^$$' -bench . $(BENCH_MICRO) ./store/ > bench.out 2>&1 || { cat bench.out; exit 1; }
 	@cat bench.out
 	cd bench && $(GO) build -o bench . && ./bench $(if $(filter-out 0,$(BENCH_FULL)),-full) \
-		-micro ../bench.out -micro-cmd "go test -run '^$$' -bench . $(BENCH_MICRO) ./store/" -out ../BENCHMARKS.md
+		-micro ../bench.out -micro-cmd "go test -run '^$$' -bench . $(BENCH_MICRO) ./store/"
 
 # lint: gofmt, go vet and staticcheck must be clean, with and without the
 # crash points.
 lint:
+	@echo "== lint: gofmt, go vet and staticcheck, with and without the crash points"
 	@bad=$$(gofmt -l $$(find . -name '*.go' -not -path './bench/*')); \
 		if [ -n "$$bad" ]; then echo "gofmt needed: $$bad"; exit 1; fi
 	$(GO) vet $(PKGS)

@@ -1,9 +1,10 @@
 // Command bench measures ocistore against containers/image, oras-go and
 // go-containerregistry on the same generated OCI layouts, in one run, and
-// writes BENCHMARKS.md (issue 6). It is its own module so that the main
-// module never depends on the peers.
+// writes the report: BENCHMARKS.md for a full run (-full), quick.md for a
+// quick one (see outputs). It is its own module so that the main module
+// never depends on the peers.
 //
-//	bench [-full] [-out ../BENCHMARKS.md] [-micro ../bench.out]   every scenario, then the report
+//	bench [-full] [-out REPORT] [-micro ../bench.out]           every scenario, then the report
 //	bench one -scenario S -peer P -n N [-k K] [-cpuprofile F]   one run of one cell
 //	bench report -from results.json [-out ...] [-micro ...]      rewrite the report from a run's saved results
 //	bench rerun -from results.json -scenario S -peer P [-n N,...] measure one peer's cells again, in place of its saved runs
@@ -63,19 +64,89 @@ func newRunner(p plan, work string) (*runner, error) {
 		templates: map[int]string{}, adopted: map[int]string{}, genTime: map[int]time.Duration{}}, nil
 }
 
+// Where a run writes. A full run's report is the published BENCHMARKS.md,
+// its raw results results.json (which `bench report` and `bench rerun`
+// read), and the report includes the hand-written analysis of that run. A
+// quick run (the default: the small sizes, a smoke test of the machine)
+// writes quick.md and quick.json (gitignored) and never the full run's
+// files: its tables would replace the full-size ones.
+const (
+	fullReport  = "../BENCHMARKS.md"
+	fullJSON    = "results.json"
+	fullNotes   = "analysis.md"
+	quickReport = "quick.md"
+	quickJSON   = "quick.json"
+)
+
+// outputs are the files a run writes (report, raw results) and the analysis
+// its report includes ("": none).
+type outputs struct {
+	report, json, analysis string
+}
+
+// chooseOutputs returns the mode's outputs, with the values of the flags
+// out, json and analysis given on the command line (set) in their place. A
+// quick run may not write the full run's report or results.
+func chooseOutputs(full bool, set map[string]string) (outputs, error) {
+	o := outputs{report: quickReport, json: quickJSON}
+	if full {
+		o = outputs{report: fullReport, json: fullJSON, analysis: fullNotes}
+	}
+	if v, ok := set["out"]; ok {
+		o.report = v
+	}
+	if v, ok := set["json"]; ok {
+		o.json = v
+	}
+	if v, ok := set["analysis"]; ok {
+		o.analysis = v
+	}
+	if o.report == "" {
+		return o, fmt.Errorf("-out: no report file given")
+	}
+	if !full {
+		if samePath(o.report, fullReport) || filepath.Base(o.report) == filepath.Base(fullReport) {
+			return o, fmt.Errorf("-out %s: a quick run does not write %s, whose tables are the full run's: run with -full (BENCH_FULL=1), or write elsewhere (default %s)", o.report, filepath.Base(fullReport), quickReport)
+		}
+		if o.json != "" && samePath(o.json, fullJSON) {
+			return o, fmt.Errorf("-json %s: a quick run does not replace the full run's saved results: run with -full (BENCH_FULL=1), or write elsewhere (default %s)", o.json, quickJSON)
+		}
+	}
+	return o, nil
+}
+
+// samePath reports whether a and b name the same file, relative to the
+// working directory.
+func samePath(a, b string) bool {
+	aa, err1 := filepath.Abs(a)
+	bb, err2 := filepath.Abs(b)
+	return err1 == nil && err2 == nil && aa == bb
+}
+
+// setFlags returns the flags of fs given on the command line, by name.
+func setFlags(fs *flag.FlagSet) map[string]string {
+	set := map[string]string{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = f.Value.String() })
+	return set
+}
+
 func benchMain(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	full := fs.Bool("full", os.Getenv("BENCH_FULL") != "" && os.Getenv("BENCH_FULL") != "0", "all sizes (default: quick; also BENCH_FULL=1)")
-	out := fs.String("out", "../BENCHMARKS.md", "report to write")
+	fs.String("out", "", "report to write (default: "+fullReport+" with -full, else "+quickReport+"; a quick run never writes "+filepath.Base(fullReport)+")")
 	micro := fs.String("micro", "", "micro benchmark output to append to the report")
 	microCmd := fs.String("micro-cmd", "", "the command that wrote -micro (for the report)")
-	analysis := fs.String("analysis", "analysis.md", "hand-written analysis of missed targets to include (\"\": none)")
+	fs.String("analysis", "", "hand-written analysis of missed targets to include (default: "+fullNotes+" with -full, else none)")
 	work := fs.String("work", ".work", "scratch directory for the layouts (removed at the end)")
 	keep := fs.Bool("keep", false, "keep the scratch directory")
 	runs := fs.Int("runs", 0, "runs per cell (0: the mode's)")
 	repo := fs.String("repo", "..", "the main module's checkout (for its commit)")
-	jsonOut := fs.String("json", "results.json", "also write the run's raw results as JSON here (for `bench report`; \"\": none)")
+	fs.String("json", "", "also write the run's raw results as JSON here, for `bench report` (default: "+fullJSON+" with -full, else "+quickJSON+"; set to \"\": none)")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	o, err := chooseOutputs(*full, setFlags(fs))
+	if err != nil {
 		return err
 	}
 	p := quickPlan()
@@ -99,7 +170,7 @@ func benchMain(args []string) error {
 		return err
 	}
 	wall := time.Since(started)
-	if *jsonOut != "" {
+	if o.json != "" {
 		sr := savedRun{Full: p.Full, Runs: p.Runs, Started: started, WallNs: int64(wall), Versions: vers, Loads: r.loads, IOWaits: r.ioWaits, IONoisy: r.ioNoisy, Results: r.results, MicroCmd: *microCmd}
 		if *micro != "" {
 			if m, err := os.ReadFile(*micro); err == nil {
@@ -107,14 +178,14 @@ func benchMain(args []string) error {
 			}
 		}
 		raw, _ := json.MarshalIndent(sr, "", " ")
-		if err := os.WriteFile(*jsonOut, raw, 0o644); err != nil {
+		if err := os.WriteFile(o.json, raw, 0o644); err != nil {
 			return err
 		}
 	}
-	if err := r.writeReport(*out, reportInfo{started: started, wall: wall, micro: *micro, microCmd: *microCmd, analysis: *analysis, versions: vers}); err != nil {
+	if err := r.writeReport(o.report, reportInfo{started: started, wall: wall, micro: *micro, microCmd: *microCmd, analysis: o.analysis, results: o.json, versions: vers}); err != nil {
 		return err
 	}
-	r.logf("wrote %s (%s)", *out, wall.Round(time.Second))
+	r.logf("wrote %s (%s)", o.report, wall.Round(time.Second))
 	return nil
 }
 
@@ -256,15 +327,19 @@ func loadSaved(path string) (savedRun, plan, error) {
 func reportMain(args []string) error {
 	fs := flag.NewFlagSet("report", flag.ContinueOnError)
 	from := fs.String("from", "results.json", "saved run (bench -json)")
-	out := fs.String("out", "../BENCHMARKS.md", "report to write")
+	fs.String("out", "", "report to write (default: "+fullReport+" for a full run, else "+quickReport+"; a quick run's never goes to "+filepath.Base(fullReport)+")")
 	micro := fs.String("micro", "", "micro benchmark output to append to the report (default: the one saved with the run)")
 	microCmd := fs.String("micro-cmd", "", "the command that wrote -micro (for the report)")
-	analysis := fs.String("analysis", "analysis.md", "hand-written analysis of missed targets to include (\"\": none)")
+	fs.String("analysis", "", "hand-written analysis of missed targets to include (default: "+fullNotes+" for a full run, else none)")
 	work := fs.String("work", ".work", "where the layouts were (for the file system line)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	sr, p, err := loadSaved(*from)
+	if err != nil {
+		return err
+	}
+	o, err := chooseOutputs(sr.Full, setFlags(fs))
 	if err != nil {
 		return err
 	}
@@ -290,5 +365,5 @@ func reportMain(args []string) error {
 			*microCmd = sr.MicroCmd
 		}
 	}
-	return r.writeReport(*out, reportInfo{started: sr.Started, wall: time.Duration(sr.WallNs), micro: *micro, microCmd: *microCmd, analysis: *analysis, versions: sr.Versions})
+	return r.writeReport(o.report, reportInfo{started: sr.Started, wall: time.Duration(sr.WallNs), micro: *micro, microCmd: *microCmd, analysis: o.analysis, results: *from, versions: sr.Versions})
 }

@@ -196,6 +196,7 @@ type reportInfo struct {
 	micro    string            // path of the micro benchmark output, "" if none
 	microCmd string            // the command that wrote it
 	analysis string            // path of the hand-written analysis of missed targets, "" if none
+	results  string            // path of the run's saved results (bench -json), "" if none
 	versions map[string]string // moduleVersions at the start of the run
 }
 
@@ -208,14 +209,18 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 		mode = "full (`BENCH_FULL=1`)"
 	}
 	w("# Benchmarks\n\n")
-	w("Written by `make bench` (the `bench/` module; issue 6) on %s, mode %s, in %s of wall time. ",
+	w("Written by `make bench` (the `bench/` module: ocistore against containers/image, oras-go and go-containerregistry) on %s, mode %s, in %s of wall time. ",
 		info.started.UTC().Format("2006-01-02 15:04 UTC"), mode, info.wall.Round(time.Second))
 	if len(r.remeasured) == 0 {
 		w("Every number below was measured in this one run, on this machine, with every peer on an identical copy (`cp -a`) of the same generated layout. ")
 	} else {
 		w("Every number below was measured on this machine, with every peer on an identical copy (`cp -a`) of the same generated layout, in this one run except the cells listed next, measured again later with the same method (`bench rerun`) in place of that run's. ")
 	}
-	w("Do not edit: `make bench` rewrites this file (`BENCH_FULL=1 make bench` for all sizes).\n\n")
+	if p.Full {
+		w("Do not edit: `BENCH_FULL=1 make bench` rewrites this file; a quick `make bench` (the small sizes only) writes `bench/%s` instead and leaves this file alone.\n\n", quickReport)
+	} else {
+		w("A quick run: the small sizes only, a smoke test of this machine; the published full-size tables are in BENCHMARKS.md (`BENCH_FULL=1 make bench` rewrites them). Do not edit: every quick `make bench` rewrites this file.\n\n")
+	}
 	for _, m := range r.remeasured {
 		var ns []string
 		for _, n := range m.Ns {
@@ -253,7 +258,7 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 	for _, l := range r.summaryLines() {
 		w("- %s\n", l)
 	}
-	w("\n## Targets (issues 4 and 6)\n\n| target | measured | |\n|---|---|---|\n")
+	w("\n## Targets\n\n| target | measured | |\n|---|---|---|\n")
 	for _, t := range r.targets() {
 		w("| %s | %s | %s |\n", t[0], t[1], t[2])
 	}
@@ -417,7 +422,14 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 	w("- Medians and [min–max] are over runs (%d per cell, fewer where a single run took over %s: the note says so).\n", p.Runs, p.Budget)
 	w("- The consistency check is the benchmark's own (`bench/check.go`, no peer's code): dangling = distinct digests the graph from index.json names but the blob store lacks; orphans = blobs present but unreachable; tags lost = tags that should remain but are gone; not deleted = tags deleted but still listed.\n")
 	w("- Reproduce one cell, with a CPU profile: `cd bench && go run . one -scenario delete-one -peer ocistore -n 5000 -k 10 -cpuprofile cpu.out && go tool pprof -top cpu.out` (the copy is settled as above; `-scenario open-cold` for the unsettled open; `-keep` reuses the templates on the next call).\n")
-	w("- Every run's raw result is in `bench/results.json` (written by the run); `cd bench && go run . report` writes this file again from it, with `bench/analysis.md`, without measuring again.\n")
+	if info.results != "" {
+		from := filepath.Base(info.results)
+		if p.Full {
+			w("- Every run's raw result is in `bench/%s` (written by the run); `cd bench && go run . report -from %s` writes this file again from it, with `bench/%s`, without measuring again.\n", from, from, fullNotes)
+		} else {
+			w("- Every run's raw result is in `bench/%s` (written by the run); `cd bench && go run . report -from %s` writes this file again from it, without measuring again.\n", from, from)
+		}
+	}
 
 	if info.analysis != "" {
 		if raw, err := os.ReadFile(info.analysis); err == nil {
@@ -625,15 +637,15 @@ func (r *runner) targets() [][3]string {
 		rows = append(rows, [3]string{"delete half ≥3× faster than oras-go's fastest path at N=5000",
 			fmt.Sprintf("%.3g× (ocistore %s s, %s %s s; until the space is back: %.3g×, %s vs %s s)", bv/ours, fmtNum(ours/1000), bn, fmtNum(bv/1000), rbv/back, fmtNum(back/1000), fmtNum(rbv/1000)), verdict(bv/ours >= 3, m)})
 	}
-	// Issue 4: half of the layout in one call (the transaction path a
-	// prune takes), every fsync in place.
+	// The prune target: half of the layout in one call (the transaction
+	// path a prune takes), every fsync in place.
 	for _, c := range []struct {
 		n   int
 		max float64 // seconds
 	}{{5000, 0.3}, {20000, 1.5}} {
 		ours := r.medianOf(scDeleteHalf, pOcistore, c.n, totalMs)
 		back := r.medianOf(scDeleteHalf, pOcistore, c.n, reclaimedMs)
-		rows = append(rows, [3]string{fmt.Sprintf("half of N=%d in one call under %s s (issue 4)", c.n, fmtNum(c.max)),
+		rows = append(rows, [3]string{fmt.Sprintf("half of N=%d in one call under %s s", c.n, fmtNum(c.max)),
 			fmt.Sprintf("%s s (space back after %s s)", fmtNum(ours/1000), fmtNum(back/1000)), verdict(ours/1000 < c.max, !math.IsNaN(ours))})
 	}
 	{

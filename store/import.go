@@ -85,6 +85,15 @@ func (s *Store) importLayout(ctx context.Context, src string, refs []string, opt
 			picked = append(picked, six.Entries[p])
 		}
 	}
+	// A name is copied as it is: one that the other tools on the layout
+	// would refuse is not written here either (validTag).
+	for _, e := range picked {
+		if n := e.Name(); n != "" {
+			if err := validTag(n); err != nil {
+				return nil, fmt.Errorf("entry %s of %s: %w", e.Desc.Digest, layout.IndexFile, err)
+			}
+		}
+	}
 	// Walk the graphs first (manifests are read and verified), children
 	// before parents, then copy what is missing here.
 	seen := map[string]bool{}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -136,21 +137,89 @@ func opName(op string, refs []string) string {
 	return fmt.Sprintf("%s %s and %d more", op, refs[0], len(refs)-1)
 }
 
-// validTag reports whether name can be a tag: not empty, no control
-// characters, not shaped like a digest.
+// Reference names.
+//
+// A name ocistore writes into index.json (the annotation
+// org.opencontainers.image.ref.name) must be one that the other tools on the
+// layout accept back:
+//
+//   - every name matches the image-spec grammar of the annotation, which
+//     skopeo's oci transport ("Invalid image") and umoci ("invalid
+//     characters") enforce:
+//     ref ::= component ("/" component)*, component ::= alphanum (separator
+//     alphanum)*, alphanum ::= [A-Za-z0-9]+, separator ::= [-._:@+] | "--";
+//   - a name with a colon is read as REPO:TAG, as skopeo writes
+//     example.com/repo:v1: REPO must be a distribution-spec repository name
+//     (lowercase; [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)* components joined by
+//     "/"), whose first component may be a registry HOST:PORT, and TAG a
+//     distribution-spec tag ([a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}). A colon
+//     followed later by a "/" is a port, not a tag (localhost:5000/repo).
+//
+// Reads, untag and rm take any name index.json holds, so that a name another
+// tool wrote outside these rules can still be looked at and removed.
+var (
+	refNameRE = regexp.MustCompile(`^` + refComponent + `(?:/` + refComponent + `)*$`)
+	repoRE    = regexp.MustCompile(`^` + repoComponent + `(?:/` + repoComponent + `)*$`)
+	hostRE    = regexp.MustCompile(`^` + hostLabel + `(?:\.` + hostLabel + `)*:[0-9]+$`)
+	tagRE     = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
+)
+
+const (
+	refComponent  = `[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*`
+	repoComponent = `[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*`
+	hostLabel     = `[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?`
+
+	ruleRefName = "invalid reference name: components joined by /, each letters and digits (A-Z, a-z, 0-9) joined by one of - . _ : @ + or --"
+	ruleRepo    = "a name with a colon is REPO:TAG, and REPO must be lowercase letters and digits joined by . _ __ or dashes, in components joined by / (the first may be a registry HOST:PORT)"
+	ruleTag     = "a name with a colon is REPO:TAG, and TAG must be 1 to 128 letters, digits, _ . or -, not starting with . or -"
+)
+
+// validTag reports whether name may be written as a tag (see Reference
+// names above); the error, ErrInvalidArgument, states the rule broken.
 func validTag(name string) error {
 	if name == "" {
 		return fmt.Errorf("empty tag: %w", errdef.ErrInvalidArgument)
 	}
-	for _, r := range name {
-		if r < 0x20 || r == 0x7f {
-			return fmt.Errorf("tag %q has a control character: %w", name, errdef.ErrInvalidArgument)
-		}
+	if !refNameRE.MatchString(name) {
+		return fmt.Errorf("tag %q: %s: %w", name, ruleRefName, errdef.ErrInvalidArgument)
 	}
 	if _, isDigest, _ := isDigestRef(name); isDigest {
 		return fmt.Errorf("tag %q looks like a digest: %w", name, errdef.ErrInvalidArgument)
 	}
+	repo, tag, ok := splitRepoTag(name)
+	if !ok {
+		return nil
+	}
+	if !validRepo(repo) {
+		return fmt.Errorf("tag %q: repository %q: %s: %w", name, repo, ruleRepo, errdef.ErrInvalidArgument)
+	}
+	if tag != "" && !tagRE.MatchString(tag) {
+		return fmt.Errorf("tag %q: tag part %q: %s: %w", name, tag, ruleTag, errdef.ErrInvalidArgument)
+	}
 	return nil
+}
+
+// splitRepoTag splits a name with a colon into REPO and TAG at its last
+// colon; TAG is "" when a "/" follows that colon (then it is HOST:PORT/REPO).
+// ok is false for a name without a colon, a plain tag.
+func splitRepoTag(name string) (repo, tag string, ok bool) {
+	i := strings.LastIndexByte(name, ':')
+	if i < 0 {
+		return "", "", false
+	}
+	if strings.Contains(name[i+1:], "/") {
+		return name, "", true
+	}
+	return name[:i], name[i+1:], true
+}
+
+// validRepo reports whether repo is a distribution-spec repository name,
+// after an optional HOST:PORT first component.
+func validRepo(repo string) bool {
+	if host, path, ok := strings.Cut(repo, "/"); ok && strings.Contains(host, ":") {
+		return hostRE.MatchString(host) && repoRE.MatchString(path)
+	}
+	return repoRE.MatchString(repo)
 }
 
 // Tag names desc in index.json, in one transaction. desc must be a manifest
