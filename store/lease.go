@@ -278,6 +278,11 @@ func (s *Store) journalWrite(ctx context.Context, fn func(tx *journal.Tx) error)
 // read-only (a shared lock: it waits for a writer of another process, up to
 // the lock timeout, but never blocks one for longer than fn).
 func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
+	// bbolt opens the journal by path: a .ocistore or journal.db that is
+	// not what it should be (a symlink) is refused, never followed.
+	if bad, detail := protocol.JournalNotRegular(s.lay.FS); bad != "" {
+		return fmt.Errorf("%s: %w", detail, errdef.ErrCorrupt)
+	}
 	db, err := journal.Open(s.journalPath(), journal.Options{ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.lay.Scope})
 	if err != nil {
 		err = s.lay.Locked(s.opts.LockTimeout, err)
