@@ -115,9 +115,9 @@ func (p Problem) String() string {
 
 // Report is the result of Check.
 type Report struct {
-	Images   int       `json:"images"`   // entries of index.json
-	Blobs    int       `json:"blobs"`    // blobs reachable from index.json
-	Bytes    int64     `json:"bytes"`    // their total size
+	Images int   `json:"images"` // entries of index.json
+	Blobs  int   `json:"blobs"`  // blobs reachable from index.json
+	Bytes  int64 `json:"bytes"`  // their total size
 	// Problems lists every finding, problems and notices (each has its
 	// Severity); it has no problem when the layout is consistent.
 	Problems []Problem `json:"problems"`
