@@ -1,5 +1,7 @@
 // Package recovery holds what ocistore's recovery tool reports: the
-// problems a check finds (Report, Problem and their kinds), the options of a
+// findings of a check (Report, Problem, their kinds and their Severity:
+// damage, or a notice of a state that is normal for a layout other tools
+// share), the options of a
 // check, what recovery and repair did (Action and its kinds), and the
 // entries of index.json a repair could not keep whole (Broken, BadEntry).
 // They are plain data, encoded as `ocistore fsck --format json` prints them.
@@ -37,7 +39,11 @@ const (
 	KindJournalNewer    = "journal-newer"    // the journal was written by a newer ocistore (left as it is)
 	KindExternalChange  = "external-change"  // index.json differs from the last one committed through the journal
 	KindRefcount        = "refcount"         // a stored reference count differs from a recount
-	KindNotDirectory    = "not-directory"    // .ocistore/ingest or .ocistore/quarantine is a symlink or a file
+	// KindNotDirectory: a directory of the layout is a symlink (never
+	// followed), a file or a device: .ocistore, blobs/, an algorithm
+	// directory of blobs/ (blobs/sha256), or .ocistore/ingest, quarantine,
+	// trash or owners. What is under it is not looked at.
+	KindNotDirectory = "not-directory"
 	// KindBlobsElsewhere: blobs/ is missing or holds no blob, and most
 	// entries of index.json have no blob: the blobs most likely live in a
 	// shared blob directory the check was not told about. It stands first,
@@ -56,13 +62,51 @@ const (
 // BlobsElsewhereHint starts the detail of a blobs-elsewhere problem.
 const BlobsElsewhereHint = "blobs live elsewhere? pass --shared-blob-dir"
 
-// Problem is one finding of Check.
-type Problem struct {
-	Kind   string `json:"kind"`
-	Digest string `json:"digest,omitempty"`
-	Path   string `json:"path,omitempty"`
-	Detail string `json:"detail"`
+// Severity says what a finding of Check means.
+type Severity string
+
+const (
+	// SeverityProblem: damage, or a state that needs ocistore (recover,
+	// fsck --repair) or a person before the layout is whole. fsck exits 3.
+	SeverityProblem Severity = "problem"
+	// SeverityNotice: a state that is normal for a layout other tools
+	// write too (skopeo, umoci), or that the next ocistore command clears
+	// by itself. fsck prints it and exits 0: a healthy layout has notices.
+	SeverityNotice Severity = "notice"
+)
+
+// noticeKinds are the kinds whose findings are notices: a kind is made a
+// notice by one line here. Every other kind, one unknown to this build
+// included, is a problem.
+var noticeKinds = map[string]bool{
+	KindJournalMissing: true, // not adopted yet: the next ocistore write adopts it
+	KindExternalChange: true, // another tool wrote index.json: the next write recounts
+	KindOrphan:         true, // unreferenced (umoci rm before umoci gc): gc removes it
+	KindTempFile:       true, // a leftover of a process that is gone: the next open removes it
+	KindInFlight:       true, // a live writer's transaction, not an interrupted one
 }
+
+// SeverityOf returns the severity of the findings of kind.
+func SeverityOf(kind string) Severity {
+	if noticeKinds[kind] {
+		return SeverityNotice
+	}
+	return SeverityProblem
+}
+
+// Problem is one finding of Check: a problem or a notice (Severity).
+type Problem struct {
+	Kind string `json:"kind"`
+	// Severity is SeverityOf(Kind): Check sets it. Empty counts as a
+	// problem.
+	Severity Severity `json:"severity"`
+	Digest   string   `json:"digest,omitempty"`
+	Path     string   `json:"path,omitempty"`
+	Detail   string   `json:"detail"`
+}
+
+// IsNotice reports whether p is a notice, not a problem.
+func (p Problem) IsNotice() bool { return p.Severity == SeverityNotice }
 
 func (p Problem) String() string {
 	s := p.Kind
@@ -77,16 +121,34 @@ func (p Problem) String() string {
 
 // Report is the result of Check.
 type Report struct {
-	Images   int       `json:"images"`   // entries of index.json
-	Blobs    int       `json:"blobs"`    // blobs reachable from index.json
-	Bytes    int64     `json:"bytes"`    // their total size
-	Problems []Problem `json:"problems"` // empty when the layout is consistent
+	Images int   `json:"images"` // entries of index.json
+	Blobs  int   `json:"blobs"`  // blobs reachable from index.json
+	Bytes  int64 `json:"bytes"`  // their total size
+	// Problems lists every finding, problems and notices (each has its
+	// Severity); it has no problem when the layout is consistent.
+	Problems []Problem `json:"problems"`
 	// Deep describes the hashing of a deep check; nil for a quick one.
 	Deep *DeepStats `json:"deep,omitempty"`
 }
 
-// OK reports whether no problem was found.
-func (r *Report) OK() bool { return len(r.Problems) == 0 }
+// OK reports whether no problem was found: the findings, if any, are
+// notices (fsck exits 0).
+func (r *Report) OK() bool {
+	problems, _ := r.Count()
+	return problems == 0
+}
+
+// Count returns how many findings are problems and how many notices.
+func (r *Report) Count() (problems, notices int) {
+	for _, p := range r.Problems {
+		if p.IsNotice() {
+			notices++
+		} else {
+			problems++
+		}
+	}
+	return problems, notices
+}
 
 // CheckOptions tune a check (store.Store.Check, store.CheckDir). A nil
 // *CheckOptions is the quick check.

@@ -35,8 +35,9 @@ func hostileCopy(t *testing.T) (dir, outsideDir string, outside func()) {
 
 // TestHostileStateDir: .ocistore, or the journal in it, is a symlink to a
 // directory or file outside the layout (holding a journal with a pending
-// record). fsck reports it and never opens what it points at; repair
-// refuses to run (exit 1), naming it; nothing outside the layout changes.
+// record). fsck reports it (not-directory, journal-corrupt) and never opens
+// what it points at; repair moves the link aside as it is; nothing outside
+// the layout changes.
 func TestHostileStateDir(t *testing.T) {
 	for _, which := range []string{".ocistore", ".ocistore/journal.db"} {
 		t.Run(which, func(t *testing.T) {
@@ -63,7 +64,11 @@ func TestHostileStateDir(t *testing.T) {
 				if p.Kind == recovery.KindPending {
 					t.Errorf("fsck read the journal outside the layout: %v", p)
 				}
-				if p.Kind == recovery.KindJournalCorrupt && p.Path == which && strings.Contains(p.Detail, "symlink") {
+				want := recovery.KindJournalCorrupt
+				if which == ".ocistore" {
+					want = recovery.KindNotDirectory
+				}
+				if p.Kind == want && p.Path == which && strings.Contains(p.Detail, "symlink") {
 					found = true
 				}
 			}
@@ -74,12 +79,8 @@ func TestHostileStateDir(t *testing.T) {
 				t.Errorf("PendingRecords = %v", err)
 			}
 			res, err := store.Repair(ctx, dir, nil)
-			if which == ".ocistore" {
-				if err == nil || !strings.Contains(err.Error(), ".ocistore") {
-					t.Errorf("repair with .ocistore a symlink = %v, %v", res, err)
-				}
-			} else if err != nil || !strings.Contains(res.Actions[0].Detail, "symlink") {
-				t.Errorf("repair with the journal a symlink = %+v, %v", res, err)
+			if err != nil || !strings.Contains(res.Actions[0].Detail, "symlink") {
+				t.Errorf("repair with %s a symlink = %+v, %v", which, res, err)
 			}
 			watch.Check(t) // nothing outside was opened, read or written
 			testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, elsewhere))
@@ -92,8 +93,9 @@ func TestHostileStateDir(t *testing.T) {
 }
 
 // TestHostileBlobsDir: blobs/ or blobs/sha256 is a symlink out of the
-// layout: fsck and repair fail with an error naming it (os.Root refuses to
-// leave the layout), and nothing outside changes.
+// layout: fsck reports it (not-directory); repair with DropBroken refuses
+// (every image is broken without it), naming it; repair moves it to the
+// quarantine folder; nothing outside changes.
 func TestHostileBlobsDir(t *testing.T) {
 	for _, which := range []string{"blobs", "blobs/sha256"} {
 		t.Run(which, func(t *testing.T) {
@@ -109,17 +111,16 @@ func TestHostileBlobsDir(t *testing.T) {
 				t.Fatal(err)
 			}
 			watch := testutil.WatchFiles(t, elsewhere)
-			// blobs/ itself cannot be listed: an error; blobs/sha256 is an
-			// entry of blobs/ that is not a directory: problems.
 			rep, err := store.CheckDir(ctx, dir, &recovery.CheckOptions{LockTimeout: time.Second, Deep: true})
-			switch {
-			case which == "blobs" && (err == nil || !strings.Contains(err.Error(), "blobs")):
-				t.Errorf("fsck = %v, want an error naming blobs", err)
-			case which != "blobs" && (err != nil || !strings.Contains(fmt.Sprint(rep.Problems), "blobs/sha256")):
-				t.Errorf("fsck = %v, %v, want problems naming blobs/sha256", rep, err)
+			if err != nil || !strings.Contains(fmt.Sprint(rep.Problems), recovery.KindNotDirectory+" ("+which+"): is a symlink") {
+				t.Errorf("fsck = %v, %v, want a not-directory problem naming %s", rep, err, which)
 			}
-			if _, err := store.Repair(ctx, dir, &store.RepairOptions{DropBroken: true}); err == nil || !strings.Contains(err.Error(), "blobs") {
-				t.Errorf("repair = %v, want an error naming blobs", err)
+			if _, err := store.Repair(ctx, dir, &store.RepairOptions{DropBroken: true}); !errors.Is(err, store.ErrRefused) || !strings.Contains(err.Error(), "blobs") {
+				t.Errorf("repair = %v, want a refusal naming blobs", err)
+			}
+			res, err := store.Repair(ctx, dir, nil)
+			if err != nil || len(res.Actions) == 0 || !strings.Contains(res.Actions[0].Detail, which+" is a symlink") || res.OK() {
+				t.Errorf("repair = %+v, %v, want the link moved aside, and the images broken", res, err)
 			}
 			watch.Check(t) // nothing outside was opened, read or written
 			after := testutil.Snapshot(t, elsewhere)

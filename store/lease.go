@@ -278,6 +278,11 @@ func (s *Store) journalWrite(ctx context.Context, fn func(tx *journal.Tx) error)
 // its last commit left it (journal.Options.Snapshot): it neither waits for
 // a writer of another process nor blocks one.
 func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
+	// bbolt opens the journal by path: a .ocistore or journal.db that is
+	// not what it should be (a symlink) is refused, never followed.
+	if bad, detail := protocol.JournalNotRegular(s.lay.FS); bad != "" {
+		return fmt.Errorf("%s: %w", detail, errdef.ErrCorrupt)
+	}
 	db, err := journal.Open(s.journalPath(), journal.Options{Snapshot: true, ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.lay.Scope})
 	if err != nil {
 		err = s.lay.Locked(s.opts.LockTimeout, err)

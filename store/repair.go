@@ -196,7 +196,7 @@ func repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
 	log := opts.Logger.With(slog.String(attrLayout, abs))
-	l, err := protocol.OpenLayout(abs, protocol.LayoutOptions{SharedBlobDir: shared, NoCreate: true, Log: log})
+	l, err := protocol.OpenLayout(abs, protocol.LayoutOptions{SharedBlobDir: shared, NoCreate: true, AsItIs: true, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}

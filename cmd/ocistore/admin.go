@@ -61,9 +61,9 @@ var fsckCmd = &command{
 	help: `Checks the layout as it is on disk, without running recovery first (an
 interrupted transaction shows as a pending record): oci-layout and index.json
 parse; every blob reachable from index.json is present with the size its
-descriptor says; no orphan blobs or leftover temp files; the journal is sound
-and its reference counts match a recount. Blob contents other than manifests
-are not read.
+descriptor says; the journal is sound and its reference counts match a
+recount; orphan blobs and leftover temp files are reported too. Blob
+contents other than manifests are not read.
 
 With --deep every blob file under blobs/ (reachable or not) is also read and
 hashed, on every core, streamed (memory does not grow with blob size); a blob
@@ -71,10 +71,25 @@ whose bytes do not hash to its name is a digest-mismatch. A progress line is
 drawn on a terminal. --max stops the hashing after a duration; the output
 then says how much was hashed.
 
-Text output: one line per problem, "KIND DIGEST PATH: DETAIL", then a
-summary. JSON output: the report {images, blobs, bytes, problems: [{kind,
-digest, path, detail}], deep: {files, bytes, hashedFiles, hashedBytes,
-stopped}}.
+Each finding is a problem (damage: exit 3) or a notice (a state that is
+normal for a layout other tools write too, or that the next ocistore command
+clears by itself: exit 0). Notices: journal-missing (ocistore has not
+adopted the layout yet; its next write does), external-change (another
+tool, e.g. skopeo or umoci, wrote index.json; the next write recounts),
+orphan (a blob nothing references, e.g. left by umoci rm before umoci gc;
+gc removes it), temp-file (a leftover of a process that is gone; the next
+open removes it). Every other kind is a problem, among them pending (an
+interrupted transaction: ocistore recover), dangling, size-mismatch,
+digest-mismatch, refcount, journal-corrupt, journal-newer and not-directory
+(.ocistore, blobs/ or blobs/ALG, or a directory of .ocistore, is a symlink
+or a file: not followed).
+
+Text output: one line per finding, "KIND DIGEST PATH: DETAIL", a notice's
+line starting with "notice: ", then a summary ("..., N problems, M
+notices"; the notices only when there are some). JSON output: the report
+{images, blobs, bytes, problems: [{kind, severity, digest, path, detail}],
+deep: {files, bytes, hashedFiles, hashedBytes, stopped}}: problems lists
+every finding, severity is "problem" or "notice".
 
 With --repair the layout is brought back to a consistent state, keeping
 whatever can be kept, then checked again: recovery runs (interrupted
@@ -85,7 +100,11 @@ still holds are honoured first); index.json, when missing or unreadable, is
 restored from the journal's copy of the last committed index (never replaced
 by an empty one); blobs whose bytes do not match their digest, and symlinks
 or directories where blobs should be, are moved to .ocistore/quarantine/
-(never followed, never deleted); unreferenced blobs are removed in one
+(never followed, never deleted), and so is blobs/ or blobs/ALG when it is
+a symlink or a file (an empty directory is made in its place: the images
+whose blobs were behind it are then broken); a .ocistore that is not a
+directory is renamed to .ocistore.corrupt-TIME and the layout adopted
+again; unreferenced blobs are removed in one
 journaled transaction unless --keep-orphans; index.json entries whose blobs
 are missing or damaged are reported, and removed only with --drop-broken
 (one journaled transaction; the blobs only they used are freed). Output: what
@@ -109,9 +128,10 @@ refuses it (exit 1, naming both versions) unless --rebuild-journal is given,
 which rebuilds it as a damaged one is: kept aside, its leases kept when they
 can be read, and, when they cannot, nothing freed for a day.
 
-Exit status 0 when the layout is consistent (after --repair: when nothing is
-left), 3 when a problem is found (or left), 1 when the check or repair could
-not run. ocistore recover fixes what an interrupted transaction left.`,
+Exit status 0 when no problem is found (after --repair: when no problem is
+left; notices may be), 3 when a problem is found (or left), 1 when the
+check or repair could not run. ocistore recover fixes what an interrupted
+transaction left.`,
 	flagHelp: `      --deep            also re-hash every blob (digest-mismatch)
       --max DURATION    stop hashing after DURATION (e.g. 10m); with --deep
       --workers N       blobs hashed at once (default: one per core)
@@ -189,7 +209,8 @@ func runFsck(ctx context.Context, a *app, _ []string) error {
 }
 
 // printOutcome writes fsck's outcome v as JSON, or as text with printText;
-// a layout that is not consistent (not ok) makes the exit status 3.
+// a layout with a problem (not ok; notices are no problem) makes the exit
+// status 3.
 func (a *app) printOutcome(v any, ok bool, printText func()) error {
 	if a.json() {
 		if err := a.printJSON(v); err != nil {
@@ -241,18 +262,12 @@ func (a *app) printActions(acts []recovery.Action) {
 	}
 }
 
-// printReport writes a check report as text: one line per problem, the
-// deep check's figures, then a summary line.
+// printReport writes a check report as text: one line per finding (a
+// notice's marked "notice: "), the deep check's figures, then a summary
+// line.
 func (a *app) printReport(rep *recovery.Report) {
 	for _, p := range rep.Problems {
-		line := p.Kind
-		if p.Digest != "" {
-			line += " " + p.Digest
-		}
-		if p.Path != "" {
-			line += " " + p.Path
-		}
-		fmt.Fprintf(a.stdout, "%s: %s\n", line, p.Detail)
+		fmt.Fprintln(a.stdout, findingLine(p))
 	}
 	if d := rep.Deep; d != nil {
 		fmt.Fprintf(a.stdout, "deep: %d of %s hashed, %s of %s", d.HashedFiles, plural(d.Files, "blob", "blobs"), humanSize(d.HashedBytes), humanSize(d.Bytes))
@@ -261,8 +276,29 @@ func (a *app) printReport(rep *recovery.Report) {
 		}
 		fmt.Fprintln(a.stdout)
 	}
-	fmt.Fprintf(a.stdout, "%s, %s, %s, %s\n", plural(rep.Images, "image", "images"), plural(rep.Blobs, "blob", "blobs"),
-		sizeWithBytes(rep.Bytes), plural(len(rep.Problems), "problem", "problems"))
+	problems, notices := rep.Count()
+	summary := fmt.Sprintf("%s, %s, %s, %s", plural(rep.Images, "image", "images"), plural(rep.Blobs, "blob", "blobs"),
+		sizeWithBytes(rep.Bytes), plural(problems, "problem", "problems"))
+	if notices > 0 {
+		summary += ", " + plural(notices, "notice", "notices")
+	}
+	fmt.Fprintln(a.stdout, summary)
+}
+
+// findingLine words a finding of fsck: "KIND DIGEST PATH: DETAIL", with
+// "notice: " first for a notice.
+func findingLine(p recovery.Problem) string {
+	line := p.Kind
+	if p.IsNotice() {
+		line = "notice: " + line
+	}
+	if p.Digest != "" {
+		line += " " + p.Digest
+	}
+	if p.Path != "" {
+		line += " " + p.Path
+	}
+	return line + ": " + p.Detail
 }
 
 // lockedHint makes a lock timeout of a read-only open say which layout is

@@ -91,13 +91,21 @@ func problemLinesOf(stdout string) string {
 	return b.String()
 }
 
-var summaryLine = regexp.MustCompile(`^[0-9]+ images?, [0-9]+ blobs?, .*, [0-9]+ problems?\n$`)
+var summaryLine = regexp.MustCompile(`^[0-9]+ images?, [0-9]+ blobs?, .*, [0-9]+ problems?(, [1-9][0-9]* notices?)?\n$`)
 
-// textLines renders problems as fsck's text output does.
+// textLines renders findings as fsck's text output does: a notice's line
+// starts with "notice: ".
 func textLines(ps []recovery.Problem) string {
 	var b strings.Builder
 	for _, p := range ps {
 		line := p.Kind
+		switch p.Severity {
+		case recovery.SeverityNotice:
+			line = "notice: " + line
+		case recovery.SeverityProblem:
+		default:
+			line = "(no severity) " + line
+		}
 		if p.Digest != "" {
 			line += " " + p.Digest
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -30,14 +31,20 @@ import (
 const journalFile = protocol.JournalFile
 
 func add(r *recovery.Report, kind string, d digest.Digest, path, format string, args ...any) {
-	r.Problems = append(r.Problems, recovery.Problem{Kind: kind, Digest: string(d), Path: path, Detail: fmt.Sprintf(format, args...)})
+	r.Problems = append(r.Problems, finding(kind, d, path, fmt.Sprintf(format, args...)))
+}
+
+// finding is one finding of a check, with its kind's severity.
+func finding(kind string, d digest.Digest, path, detail string) recovery.Problem {
+	return recovery.Problem{Kind: kind, Severity: recovery.SeverityOf(kind), Digest: string(d), Path: path, Detail: detail}
 }
 
 // Check verifies the invariants of a layout (the blob files are the
 // closure of index.json plus leased and orphan blobs; the refcounts match a
 // recount; no record is pending) without reading blob contents (manifests
 // are read, since the graph runs through them). db may be nil when
-// the layout has no journal. It changes nothing.
+// the layout has no journal. It changes nothing. Its findings are problems
+// or notices (recovery.SeverityOf).
 func Check(ctx context.Context, fsys fsio.FS, db *journal.DB) (*recovery.Report, error) {
 	return CheckWith(ctx, fsys, db, nil)
 }
@@ -56,17 +63,29 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 		o = &recovery.CheckOptions{}
 	}
 	r := &recovery.Report{Problems: []recovery.Problem{}}
+	// A directory that is not one is reported, not looked into: with one
+	// of blobs/, no blob is checked (the walk, the listing of blobs/ and
+	// the recount are skipped); with .ocistore, no journal is expected.
+	stateBad, blobsBad, err := notDirectories(fsys, r)
+	if err != nil {
+		return nil, err
+	}
 	// What does not depend on index.json is read meanwhile: the listing of
 	// blobs/ and the journal.
 	listing := make(chan blobListing, 1)
 	go func() {
+		if blobsBad {
+			listing <- blobListing{}
+			return
+		}
 		algs, err := listBlobFiles(fsys)
 		listing <- blobListing{algs, err}
 	}()
 	var journalc chan journalState
 	if db != nil {
 		journalc = make(chan journalState, 1)
-		go func() { journalc <- readJournal(db) }()
+		_, shared := fsys.(*fsio.Shared)
+		go func() { journalc <- readJournal(db, shared) }()
 	}
 	// Both are waited for on every return.
 	var list blobListing
@@ -106,12 +125,12 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 	}
 	var nodes map[digest.Digest]*node
 	if ix != nil {
+		r.Images = len(ix.Entries)
+	}
+	if ix != nil && !blobsBad {
 		if nodes, err = readAheadClosure(ctx, fsys, walkIx); err != nil {
 			return nil, err
 		}
-	}
-	if ix != nil {
-		r.Images = len(ix.Entries)
 		w := &walker{ctx: ctx, fsys: fsys, r: r, nodes: nodes}
 		for _, e := range walkIx.Entries {
 			if err := w.walk(e.Desc, 0); err != nil {
@@ -130,7 +149,7 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 	if db != nil {
 		go func() {
 			defer close(jdone)
-			checkJournal(jst, walkIx, raw, nodes, &jr)
+			checkJournal(jst, walkIx, raw, nodes, !blobsBad, &jr)
 		}()
 	} else {
 		close(jdone)
@@ -140,7 +159,7 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 	if err != nil {
 		return nil, err
 	}
-	if o.Deep {
+	if o.Deep && !blobsBad {
 		known := map[digest.Digest]bool{}
 		for _, p := range r.Problems {
 			if p.Kind == recovery.KindDigestMismatch {
@@ -151,14 +170,16 @@ func CheckShared(ctx context.Context, fsys fsio.FS, db *journal.DB, o *recovery.
 			return nil, err
 		}
 	}
-	if ix != nil {
+	if ix != nil && !blobsBad {
 		elsewhere(fsys, ix, list.algs, r)
 	}
 	if err := checkLeftovers(fsys, r); err != nil {
 		return nil, err
 	}
 	if db == nil {
-		add(r, recovery.KindJournalMissing, "", journalFile, "no journal: the layout was not adopted by ocistore yet")
+		if !stateBad {
+			add(r, recovery.KindJournalMissing, "", journalFile, "no journal: the layout was not adopted by ocistore yet")
+		}
 		return r, nil
 	}
 	<-jdone
@@ -270,6 +291,42 @@ func (w *walker) walk(d v1.Descriptor, depth int) error {
 	return w.expand(n, d, depth, p)
 }
 
+// notDirectories reports the directories of the layout that are not
+// directories (protocol.NotDirectories), and says whether .ocistore is one
+// of them and whether one of blobs/ and its algorithm directories is.
+func notDirectories(fsys fsio.FS, r *recovery.Report) (stateBad, blobsBad bool, err error) {
+	bad, err := protocol.NotDirectories(fsys)
+	if err != nil {
+		return false, false, err
+	}
+	for _, b := range bad {
+		if b.Path == layout.StateDir {
+			stateBad = true
+			add(r, recovery.KindNotDirectory, "", b.Path, "is %s, not a directory: not looked into (ocistore commands that write or read the journal refuse the layout; fsck --repair moves it aside and adopts the layout again)", protocol.KindOf(b.Mode))
+			continue
+		}
+		blobsBad = true
+		add(r, recovery.KindNotDirectory, "", b.Path, "is %s, not a directory: not followed, and no blob is checked (ocistore refuses the layout; fsck --repair moves it to the quarantine folder and makes an empty directory: the images whose blobs were there are then broken)", protocol.KindOf(b.Mode))
+	}
+	return stateBad, blobsBad, nil
+}
+
+// blobDirsBad returns the paths of blobs/ and of its algorithm
+// directories that are not directories.
+func blobDirsBad(fsys fsio.FS) ([]string, error) {
+	bad, err := protocol.NotDirectories(fsys)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, b := range bad {
+		if b.Path != layout.StateDir {
+			out = append(out, b.Path)
+		}
+	}
+	return out, nil
+}
+
 // checkLeftovers reports the temp, owner and trash files a process that is
 // gone left in .ocistore (the next open removes them).
 func checkLeftovers(fsys fsio.FS, r *recovery.Report) error {
@@ -313,7 +370,7 @@ func elsewhere(fsys fsio.FS, ix *layout.Index, algs []algDir, r *recovery.Report
 	if !blobsElsewhere(roots, dangling) {
 		return
 	}
-	kept := []recovery.Problem{{Kind: recovery.KindBlobsElsewhere, Path: layout.BlobsDir, Detail: elsewhereDetail(algs == nil, roots, dangling, len(missing))}}
+	kept := []recovery.Problem{finding(recovery.KindBlobsElsewhere, "", layout.BlobsDir, elsewhereDetail(algs == nil, roots, dangling, len(missing)))}
 	for _, p := range r.Problems {
 		if p.Kind != recovery.KindDangling {
 			kept = append(kept, p)
@@ -371,6 +428,11 @@ func hasBlobFile(algs []algDir) bool {
 func BlobsElsewhere(fsys fsio.FS, ix *layout.Index) (string, error) {
 	if _, shared := fsys.(*fsio.Shared); shared || ix == nil {
 		return "", nil
+	}
+	// blobs/ or one of its directories is not a directory: that is the
+	// problem (not-directory), and repair moves it aside first.
+	if bad, err := blobDirsBad(fsys); err != nil || len(bad) > 0 {
+		return "", err
 	}
 	algs, err := listBlobFiles(fsys)
 	if err != nil {
@@ -534,10 +596,16 @@ type journalState struct {
 	pending   []*journal.Record
 	last      digest.Digest
 	stored    refcount.Map
-	err       error // reading the journal failed
+	// peers are the layouts sharing the blob directory whose index.json
+	// changed outside ocistore (their new references are not counted yet).
+	peers []protocol.PeerChange
+	err   error // reading the journal failed
 }
 
-func readJournal(db *journal.DB) journalState {
+// readJournal reads what checkJournal compares; with shared, the journal
+// is a shared blob directory's, and the other layouts' external changes
+// are looked for too.
+func readJournal(db *journal.DB, shared bool) journalState {
 	st := journalState{checkErrs: db.Check(), stored: refcount.Map{}}
 	st.err = db.View(func(tx *journal.Tx) error {
 		recs, err := tx.Pending()
@@ -551,10 +619,17 @@ func readJournal(db *journal.DB) journalState {
 			return nil
 		})
 	})
+	if shared && st.err == nil {
+		// Every layout but this one (whose change the caller sees by its
+		// index's digest): this one is listed only when it changed too.
+		st.peers, st.err = protocol.PeerChanges(db, "")
+	}
 	return st
 }
 
-func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[digest.Digest]*node, r *recovery.Report) {
+// checkJournal compares the journal with the layout; without recount (the
+// blobs were not walked) its counts are not compared.
+func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[digest.Digest]*node, recount bool, r *recovery.Report) {
 	for _, e := range st.checkErrs {
 		add(r, recovery.KindJournalCorrupt, "", journalFile, "%v", e)
 	}
@@ -573,6 +648,17 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 	}
 	if now := layout.Sum(raw); now != last {
 		add(r, recovery.KindExternalChange, now, layout.IndexFile, "index.json changed outside ocistore (journal has %s): the next write recounts", last)
+		return
+	}
+	if len(st.peers) > 0 {
+		// Their references are counted from index.json on disk, the
+		// stored counts are not yet: the counts cannot be compared.
+		for _, c := range st.peers {
+			add(r, recovery.KindExternalChange, c.Now, filepath.Join(c.Dir, layout.IndexFile), "the index.json of %s, a layout sharing the blob directory, changed outside ocistore (journal has %s): reference counts not compared; the next write recounts", c.Dir, c.Committed)
+		}
+		return
+	}
+	if !recount {
 		return
 	}
 	// The recount expands what the walk expanded, from what it read.

@@ -55,13 +55,14 @@ func checkDirOnce(ctx context.Context, dir string, o *recovery.CheckOptions) (*r
 	defer fsys.Close()
 	// bbolt opens the journal by path, outside os.Root: a .ocistore or a
 	// journal.db that is not what it should be (a symlink out of the layout)
-	// is reported, never opened.
+	// is reported, never opened. The check reports a .ocistore that is not
+	// a directory itself (not-directory).
 	if bad, detail := protocol.JournalNotRegular(fsys); bad != "" {
 		rep, err := CheckWith(ctx, fsys, nil, o)
-		if err != nil {
-			return nil, err
+		if err != nil || bad == layout.StateDir {
+			return rep, err
 		}
-		rep.Problems = append(rep.Problems[:len(rep.Problems)-1], recovery.Problem{Kind: recovery.KindJournalCorrupt, Path: bad, Detail: detail})
+		rep.Problems = append(rep.Problems[:len(rep.Problems)-1], finding(recovery.KindJournalCorrupt, "", bad, detail))
 		return rep, nil
 	}
 	path := filepath.Join(dir, protocol.JournalFile)
@@ -104,7 +105,7 @@ func checkWithoutJournal(ctx context.Context, fsys fsio.FS, o *recovery.CheckOpt
 	if errors.Is(err, errdef.ErrJournalNewer) {
 		kind = recovery.KindJournalNewer
 	}
-	rep.Problems = append(rep.Problems[:len(rep.Problems)-1], recovery.Problem{Kind: kind, Path: protocol.JournalFile, Detail: err.Error()})
+	rep.Problems = append(rep.Problems[:len(rep.Problems)-1], finding(kind, "", protocol.JournalFile, err.Error()))
 	return rep, nil
 }
 
@@ -112,7 +113,7 @@ func checkWithoutJournal(ctx context.Context, fsys fsio.FS, o *recovery.CheckOpt
 // directory: the layout as it is (no recovery), with the other layouts'
 // references counted.
 func checkSharedDir(ctx context.Context, dir, shared string, lockTimeout time.Duration, o *recovery.CheckOptions) (*recovery.Report, error) {
-	l, err := protocol.OpenLayout(dir, protocol.LayoutOptions{SharedBlobDir: shared, ReadOnly: true})
+	l, err := protocol.OpenLayout(dir, protocol.LayoutOptions{SharedBlobDir: shared, ReadOnly: true, AsItIs: true})
 	if err != nil {
 		return nil, fmt.Errorf("check %s: %w", dir, err)
 	}

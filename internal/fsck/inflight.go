@@ -87,22 +87,22 @@ func markInFlight(rep *recovery.Report, still bool) {
 	for i, p := range rep.Problems {
 		switch p.Kind {
 		case recovery.KindPending:
-			rep.Problems[i].Kind = recovery.KindInFlight
+			rep.Problems[i].Kind, rep.Problems[i].Severity = recovery.KindInFlight, recovery.SeverityOf(recovery.KindInFlight)
 			rep.Problems[i].Detail = fmt.Sprintf("%s in another process, which holds the journal (not interrupted: no recovery needed)", trimPendingAdvice(p.Detail))
 			n++
 		case recovery.KindTempFile:
 			// The writer's own: its prepared index.json, an ingest.
-			rep.Problems[i].Kind = recovery.KindInFlight
+			rep.Problems[i].Kind, rep.Problems[i].Severity = recovery.KindInFlight, recovery.SeverityOf(recovery.KindInFlight)
 			rep.Problems[i].Detail = "temp file of the writer that holds the journal"
 		}
 	}
 	switch {
 	case !still:
-		rep.Problems = append(rep.Problems, recovery.Problem{Kind: recovery.KindInFlight, Path: protocol.JournalFile,
-			Detail: "a writer committed during the check, each time it ran: what it reports may be a moment of that writer's transaction; run fsck again"})
+		rep.Problems = append(rep.Problems, finding(recovery.KindInFlight, "", protocol.JournalFile,
+			"a writer committed during the check, each time it ran: what it reports may be a moment of that writer's transaction; run fsck again"))
 	case n == 0:
-		rep.Problems = append(rep.Problems, recovery.Problem{Kind: recovery.KindInFlight, Path: protocol.JournalFile,
-			Detail: "another process holds the journal (a transaction in flight); the check read the journal as its last commit left it"})
+		rep.Problems = append(rep.Problems, finding(recovery.KindInFlight, "", protocol.JournalFile,
+			"another process holds the journal (a transaction in flight); the check read the journal as its last commit left it"))
 	}
 }
 

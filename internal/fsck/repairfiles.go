@@ -86,7 +86,7 @@ func Registered(l *protocol.Layout, lockTimeout time.Duration) bool {
 // (index.json damaged) is left to the repair, whose DropBroken refuses to
 // remove every image again once index.json is whole.
 func Preflight(ctx context.Context, dir, shared string, force, dropBroken bool) error {
-	ro, err := protocol.OpenLayout(dir, protocol.LayoutOptions{SharedBlobDir: shared, ReadOnly: true})
+	ro, err := protocol.OpenLayout(dir, protocol.LayoutOptions{SharedBlobDir: shared, ReadOnly: true, AsItIs: true})
 	if err != nil {
 		return err
 	}
@@ -119,7 +119,13 @@ func Preflight(ctx context.Context, dir, shared string, force, dropBroken bool) 
 			detail, PluralImages(len(ix.Entries)), errdef.ErrRefused)
 	}
 	if dropBroken && len(ix.Entries) > 0 {
-		broken, err := BrokenEntries(ctx, ro.FS, ix)
+		// The repair moves a blob directory that is not one aside: the
+		// blobs under it are missing then.
+		bad, err := blobDirsBad(ro.FS)
+		if err != nil {
+			return err
+		}
+		broken, err := BrokenEntries(ctx, without{ro.FS, bad}, ix)
 		if err != nil {
 			return err
 		}
@@ -161,12 +167,18 @@ func (f *fixer) repair(ctx context.Context, res *Repaired, o FilesOptions) (bool
 	if hopeless, err := f.indexHopeless(); err != nil || hopeless {
 		return false, err
 	}
+	if err := f.repairStateRoot(res); err != nil {
+		return false, err
+	}
 	db, err := f.repairJournal(ctx, res, o.RebuildJournal)
 	if err != nil {
 		return false, err
 	}
 	defer db.Close()
 	if err := f.repairStateDirs(res); err != nil {
+		return false, err
+	}
+	if err := f.repairBlobDirs(res); err != nil {
 		return false, err
 	}
 	ok, err := f.repairIndex(ctx, db, res, o)
@@ -195,6 +207,11 @@ func (f *fixer) indexHopeless() (bool, error) {
 		if _, _, lerr := ParseIndexLenient(raw); lerr == nil {
 			return false, nil
 		}
+	}
+	if fi, err := f.l.LayoutFS().Lstat(layout.StateDir); err == nil && !fi.IsDir() {
+		// No journal in it (repairStateRoot moves it aside).
+		f.log.Warn("repair: index.json is missing or unreadable and there is no journal to restore it from; changing nothing")
+		return true, nil
 	}
 	fi, err := f.l.FS.Lstat(protocol.JournalFile)
 	switch {
@@ -381,6 +398,91 @@ func (f *fixer) repairStateDirs(res *Repaired) error {
 		res.act(f.log, recovery.ActionMovedAside, "%s is %s, not a directory: moved aside as %s", dir, protocol.KindOf(fi.Mode()), aside)
 	}
 	return nil
+}
+
+// repairStateRoot renames the layout's .ocistore out of the way (to
+// .ocistore.corrupt-<unix nanoseconds>, next to it) when it is not a
+// directory: a file, or a symlink (never followed: what it leads to is
+// left as it is). No journal could be opened in it, so no ocistore process
+// used it (none takes the writer lock there); the repair then creates the
+// journal and counts from the layout, as for a layout never adopted. The
+// root is synced.
+func (f *fixer) repairStateRoot(res *Repaired) error {
+	lfs := f.l.LayoutFS()
+	fi, err := lfs.Lstat(layout.StateDir)
+	if errors.Is(err, fs.ErrNotExist) || err == nil && fi.IsDir() {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	aside := fmt.Sprintf("%s.corrupt-%d", layout.StateDir, time.Now().UnixNano())
+	if err := lfs.Rename(layout.StateDir, aside); err != nil {
+		return fmt.Errorf("move %s aside: %w", layout.StateDir, err)
+	}
+	if err := lfs.SyncDir("."); err != nil {
+		return &fsio.SyncError{Path: ".", Err: err}
+	}
+	res.act(f.log, recovery.ActionMovedAside, "%s is %s, not a directory: moved aside as %s", layout.StateDir, protocol.KindOf(fi.Mode()), aside)
+	return nil
+}
+
+// repairBlobDirs moves blobs/, or an algorithm directory of it, that is
+// not a directory (a symlink, in or out of the layout, never followed; a
+// file) to the quarantine folder as it is, and makes an empty directory in
+// its place: the images whose blobs were behind it are broken then (the
+// check reports them; DropBroken removes them). What a symlink leads to is
+// never opened, changed or removed. The writer lock is held.
+func (f *fixer) repairBlobDirs(res *Repaired) error {
+	bad, err := blobDirsBad(f.l.FS)
+	if err != nil {
+		return err
+	}
+	for _, p := range bad {
+		fi, err := f.l.FS.Lstat(p)
+		if err != nil {
+			return err
+		}
+		dest, err := protocol.Quarantine(f.l.FS, p, strings.ReplaceAll(p, "/", "-"))
+		if err != nil {
+			return err
+		}
+		if _, err := fsio.MkdirDurable(f.l.FS, p); err != nil {
+			return fmt.Errorf("make %s again: %w", p, err)
+		}
+		res.act(f.log, recovery.ActionQuarantined, "%s is %s, not a directory: moved to %s, and an empty directory made in its place", p, protocol.KindOf(fi.Mode()), dest)
+	}
+	return nil
+}
+
+// without is an FS on which the paths under the directories of hide
+// do not exist.
+type without struct {
+	fsio.FS
+	hide []string
+}
+
+func (w without) hidden(name string) bool {
+	for _, h := range w.hide {
+		if name == h || strings.HasPrefix(name, h+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func (w without) Lstat(name string) (fs.FileInfo, error) {
+	if w.hidden(name) {
+		return nil, &fs.PathError{Op: "lstat", Path: name, Err: fs.ErrNotExist}
+	}
+	return w.FS.Lstat(name)
+}
+
+func (w without) Open(name string) (fsio.File, error) {
+	if w.hidden(name) {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	}
+	return w.FS.Open(name)
 }
 
 // indexState reads index.json: its bytes and digest when it parses (or

@@ -261,7 +261,7 @@ func JournalNotRegular(fsys fsio.FS) (string, string) {
 			return c.path, err.Error()
 		}
 		if !c.ok(fi.Mode()) {
-			return c.path, fmt.Sprintf("%s is %s, not %s: not opened", c.path, KindOf(fi.Mode()), c.want)
+			return c.path, fmt.Sprintf("%s is %s, not %s: not opened (fsck --repair moves it aside)", c.path, KindOf(fi.Mode()), c.want)
 		}
 	}
 	return "", ""

@@ -56,6 +56,12 @@ type LayoutOptions struct {
 	// ReadOnly creates nothing and writes no marker; NoCreate creates no
 	// layout directory (a shared blob directory is still created).
 	ReadOnly, NoCreate bool
+	// AsItIs opens a layout whose directories may not be directories
+	// (NotDirectories), for fsck and its repair: without it, one of
+	// blobs/ and its algorithm directories that is not is an error, and
+	// so is .ocistore unless ReadOnly (a reader does not need it). A
+	// marker is not written into a .ocistore that is not a directory.
+	AsItIs bool
 	// SharedFS, in tests, replaces the layout's and the shared blob
 	// directory's file systems; FS replaces the layout's (no shared
 	// directory).
@@ -67,7 +73,9 @@ type LayoutOptions struct {
 
 // OpenLayout opens the layout in dir (absolute), creating its directory
 // unless o says not to. A directory that does not exist is
-// errdef.ErrNotLayout.
+// errdef.ErrNotLayout. Unless o.AsItIs, a directory of the layout that is
+// not one (NotDirectories) is an error wrapping errdef.ErrCorrupt that
+// names it and says to run fsck --repair.
 func OpenLayout(dir string, o LayoutOptions) (*Layout, error) {
 	l := &Layout{Dir: dir, StateRoot: dir, Log: o.Log, Now: o.Now}
 	if l.Log == nil {
@@ -78,6 +86,15 @@ func OpenLayout(dir string, o LayoutOptions) (*Layout, error) {
 		if err := l.openShared(o); err != nil {
 			return nil, err
 		}
+		if err := l.checkDirs(o); err != nil {
+			l.Close()
+			return nil, err
+		}
+		if err := l.writeMarker(o); err != nil {
+			l.Close()
+			return nil, err
+		}
+		return l, nil
 	case o.FS != nil:
 		l.FS = o.FS
 	default:
@@ -95,7 +112,86 @@ func OpenLayout(dir string, o LayoutOptions) (*Layout, error) {
 		}
 		l.FS = osfs
 	}
+	if err := l.checkDirs(o); err != nil {
+		l.Close()
+		return nil, err
+	}
 	return l, nil
+}
+
+// NotDirectory is a directory of a layout that is something else: a
+// symlink (never followed, whether it leads out of the layout or not), a
+// file, a device.
+type NotDirectory struct {
+	Path string      // relative to the layout root: .ocistore, blobs, blobs/sha256
+	Mode fs.FileMode // what is there
+}
+
+func (n NotDirectory) String() string {
+	return fmt.Sprintf("%s is %s, not a directory", n.Path, KindOf(n.Mode))
+}
+
+// BlobAlgorithms are the algorithm directories of blobs/ (the algorithms
+// layout.ValidateDigest accepts).
+var BlobAlgorithms = []string{"sha256", "sha384", "sha512"}
+
+// NotDirectories returns the directories of the layout in fsys that exist
+// and are not directories: .ocistore (the layout's own, for a layout on a
+// shared blob directory), blobs/ and its algorithm directories. Nothing
+// under one can be taken for the layout's (a symlink may lead anywhere):
+// fsck reports each, repair moves each aside, and a store does not open
+// (OpenLayout).
+func NotDirectories(fsys fsio.FS) ([]NotDirectory, error) {
+	var out []NotDirectory
+	look := func(fsys fsio.FS, name string) (bool, error) {
+		fi, err := fsys.Lstat(name)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return false, nil
+		case err != nil:
+			return false, err
+		case !fi.IsDir():
+			out = append(out, NotDirectory{Path: name, Mode: fi.Mode()})
+			return false, nil
+		}
+		return true, nil
+	}
+	lfs := fsys
+	if sh, ok := fsys.(*fsio.Shared); ok {
+		lfs = sh.Layout
+	}
+	if _, err := look(lfs, layout.StateDir); err != nil {
+		return nil, err
+	}
+	ok, err := look(fsys, layout.BlobsDir)
+	if err != nil || !ok {
+		return out, err
+	}
+	for _, alg := range BlobAlgorithms {
+		if _, err := look(fsys, layout.BlobsDir+"/"+alg); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// checkDirs refuses a layout whose directories are not all directories
+// (see LayoutOptions.AsItIs).
+func (l *Layout) checkDirs(o LayoutOptions) error {
+	if o.AsItIs {
+		return nil
+	}
+	bad, err := NotDirectories(l.FS)
+	if err != nil {
+		return err
+	}
+	for _, b := range bad {
+		if o.ReadOnly && b.Path == layout.StateDir {
+			continue
+		}
+		return fmt.Errorf("%s: run ocistore fsck --repair: %w", b, errdef.ErrCorrupt)
+	}
+	return nil
 }
 
 // Close closes the layout's file system.
@@ -131,13 +227,23 @@ func (l *Layout) openShared(o LayoutOptions) error {
 	}
 	l.FS = &fsio.Shared{Layout: lfs, Blobs: bfs}
 	l.StateRoot, l.Scope = shared, scope
-	if !o.ReadOnly {
-		if err := writeSharedMarker(lfs, shared); err != nil {
-			l.FS.Close()
-			return err
+	return nil
+}
+
+// writeMarker records the shared blob directory in the layout, unless
+// read-only, or as it is with a .ocistore that is not a directory (the
+// repair moves it aside; the open that follows writes the marker).
+func (l *Layout) writeMarker(o LayoutOptions) error {
+	if o.ReadOnly {
+		return nil
+	}
+	lfs := l.LayoutFS()
+	if o.AsItIs {
+		if fi, err := lfs.Lstat(layout.StateDir); err == nil && !fi.IsDir() {
+			return nil
 		}
 	}
-	return nil
+	return writeSharedMarker(lfs, l.StateRoot)
 }
 
 // openSharedDirs opens (creating them unless read-only) the layout and the
@@ -192,8 +298,14 @@ func writeSharedMarker(lfs fsio.FS, shared string) error {
 }
 
 // SharedBlobDirOf returns the shared blob directory the layout in dir was
-// opened with ("" when none), from its marker.
+// opened with ("" when none), from its marker. A .ocistore that is not a
+// directory holds no marker, and is not looked into (a symlink is not
+// followed): "" (OpenLayout then refuses it to a writer, and fsck reports
+// it).
 func SharedBlobDirOf(dir string) (string, error) {
+	if fi, err := os.Lstat(filepath.Join(dir, layout.StateDir)); err == nil && !fi.IsDir() {
+		return "", nil
+	}
 	p := filepath.Join(dir, SharedMarker)
 	fi, err := os.Lstat(p)
 	if errors.Is(err, fs.ErrNotExist) {
