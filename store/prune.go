@@ -21,18 +21,32 @@ import (
 )
 
 // Policy says what Prune removes. Filters (Refs, Labels) choose the
-// candidates; rules (KeepLast, OlderThan/Until, MaxSize) choose among them.
-// At least one rule must be given. An image is a manifest: entries of one
-// manifest (several tags) share its age, labels and last use.
+// candidates; rules (KeepLast, OlderThan/Until, MaxSize, Untagged) choose
+// among them. At least one rule must be given. An image is a manifest:
+// entries of one manifest (several tags) share its age, labels and last use.
 //
-//   - KeepLast alone removes every candidate but the KeepLast newest images
-//     of each repository (see Repository). With another rule it only
-//     protects them: the others rules remove what they choose among the rest.
+//   - KeepLast without OlderThan, Until or MaxSize removes every candidate
+//     but the KeepLast newest images of each repository (see Repository).
+//     With one of them it only protects those: the other rules remove what
+//     they choose among the rest.
 //   - OlderThan or Until removes the candidates created before the cutoff
 //     (both given: before both).
-//   - MaxSize then removes more candidates, least recently used first, until
-//     the bytes index.json keeps are at most MaxSize. What KeepLast protects
-//     stays, so the budget may stay unmet (PruneResult.OverBudget).
+//   - MaxSize then removes more candidates, untagged ones first, then least
+//     recently used first, until the bytes index.json keeps are at most
+//     MaxSize. What KeepLast protects stays, so the budget may stay unmet
+//     (PruneResult.OverBudget).
+//   - Untagged removes every untagged candidate, as podman image prune
+//     does, whatever the other rules choose.
+//
+// Untagged entries go first, as Docker's and podman's dangling images do:
+// an untagged root (an index.json entry without a ref name, whose manifest
+// no tagged entry names, that no other manifest of the layout references,
+// and that is not a referrer) is never protected by KeepLast, and MaxSize
+// evicts the untagged roots before any tagged image. An untagged entry that
+// a manifest staying in the layout references (a platform manifest of an
+// index also listed in index.json) is not a root: it is an image like the
+// others. Leases still keep their blobs, and a pin (see PruneResult.Pinned)
+// still stops everything.
 //
 // An image's age is its config's "created" (or its
 // org.opencontainers.image.created annotation), else when the store first
@@ -49,6 +63,7 @@ type Policy struct {
 	OlderThan time.Duration // remove images older than this; 0: no such rule
 	Until     time.Time     // remove images created before this; zero: no such rule
 	MaxSize   int64         // keep the referenced bytes at most this; 0: no budget
+	Untagged  bool          // remove every untagged root
 
 	// Refs are globs (path.Match) on tags: an entry whose tag matches none
 	// is not a candidate, and untagged entries match none. Empty: every
@@ -67,6 +82,7 @@ const (
 	ReasonKeepLast         = "keep-last"         // not among the newest KeepLast of its repository
 	ReasonOlderThan        = "older-than"        // created before the cutoff
 	ReasonMaxSize          = "max-size"          // evicted to meet the size budget
+	ReasonUntagged         = "untagged"          // an untagged root (Policy.Untagged)
 	ReasonReferrer         = "referrer"          // its subject was removed
 	ReasonDanglingReferrer = "dangling-referrer" // its subject is not in the layout
 )
@@ -110,8 +126,8 @@ func (p *Policy) Validate() error {
 		return fmt.Errorf("older-than %s: %w", p.OlderThan, errdef.ErrInvalidArgument)
 	case p.MaxSize < 0:
 		return fmt.Errorf("max-size %d: %w", p.MaxSize, errdef.ErrInvalidArgument)
-	case p.KeepLast == 0 && p.OlderThan == 0 && p.Until.IsZero() && p.MaxSize == 0:
-		return fmt.Errorf("no rule: give keep-last, older-than, until or max-size: %w", errdef.ErrInvalidArgument)
+	case p.KeepLast == 0 && p.OlderThan == 0 && p.Until.IsZero() && p.MaxSize == 0 && !p.Untagged:
+		return fmt.Errorf("no rule: give keep-last, older-than, until, max-size or untagged: %w", errdef.ErrInvalidArgument)
 	}
 	for _, r := range p.Refs {
 		if _, err := path.Match(r, ""); err != nil {
@@ -205,12 +221,16 @@ type pruneEntry struct {
 	meta      journal.ImageMeta
 	age, used time.Time
 	candidate bool // matches the filters
+	untagged  bool // an untagged root: goes first (see Policy)
 }
 
 func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult) ([]layout.Entry, error) {
 	entries := cur.Entries
 	info, err := s.pruneInfo(t, entries, p)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.markUntaggedRoots(t, entries, info); err != nil {
 		return nil, err
 	}
 	protected := keepLastProtected(entries, info, p.KeepLast)
@@ -296,8 +316,8 @@ func (s *Store) pruneInfo(t *txn, entries []layout.Entry, p *Policy) ([]pruneEnt
 }
 
 // keepLastProtected returns the newest keepLast images (distinct
-// manifests) of each repository, among the candidates that are not
-// referrers, as repo + " " + digest.
+// manifests) of each repository, among the candidates that are neither
+// referrers nor untagged roots, as repo + " " + digest.
 func keepLastProtected(entries []layout.Entry, info []pruneEntry, keepLast int) map[string]bool {
 	protected := map[string]bool{} // repo + " " + digest
 	if keepLast > 0 {
@@ -310,7 +330,7 @@ func keepLastProtected(entries []layout.Entry, info []pruneEntry, keepLast int) 
 		seen := map[string]*img{}
 		for i, e := range entries {
 			pe := &info[i]
-			if !pe.candidate || pe.meta.Subject != "" {
+			if !pe.candidate || pe.meta.Subject != "" || pe.untagged {
 				continue
 			}
 			k := pe.repo + " " + e.Desc.Digest.String()
@@ -337,8 +357,8 @@ func keepLastProtected(entries []layout.Entry, info []pruneEntry, keepLast int) 
 	return protected
 }
 
-// pruneByRules removes the candidates the age rule (older than the cutoff)
-// or, alone, the keep-last rule selects.
+// pruneByRules removes the candidates the untagged rule, the age rule
+// (older than the cutoff) or, alone, the keep-last rule selects.
 func pruneByRules(t *txn, dr *dropper, entries []layout.Entry, info []pruneEntry, p *Policy, isProtected func(int) bool) error {
 	hasAge := p.OlderThan > 0 || !p.Until.IsZero()
 	var cutoff time.Time
@@ -352,10 +372,13 @@ func pruneByRules(t *txn, dr *dropper, entries []layout.Entry, info []pruneEntry
 	var reasons []string
 	for i := range entries {
 		pe := &info[i]
-		if !pe.candidate || pe.meta.Subject != "" || isProtected(i) {
+		if !pe.candidate || pe.meta.Subject != "" {
 			continue
 		}
 		switch {
+		case p.Untagged && pe.untagged:
+			chosen, reasons = append(chosen, i), append(reasons, ReasonUntagged)
+		case isProtected(i):
 		case hasAge && pe.age.Before(cutoff):
 			chosen, reasons = append(chosen, i), append(reasons, ReasonOlderThan)
 		case !hasAge && p.MaxSize == 0 && p.KeepLast > 0:
@@ -398,8 +421,8 @@ func pruneDanglingReferrers(t *txn, dr *dropper, info []pruneEntry) error {
 	return nil
 }
 
-// pruneToBudget removes the least recently used candidates while the
-// layout is over p.MaxSize. It returns the live bytes before the prune.
+// pruneToBudget removes the untagged roots, then the least recently used
+// candidates, while the layout is over p.MaxSize. It returns the live bytes before the prune.
 func pruneToBudget(t *txn, dr *dropper, info []pruneEntry, p *Policy, isProtected func(int) bool, out *PruneResult) (int64, error) {
 	live, err := t.tx.LiveBytes()
 	if err != nil {
@@ -415,6 +438,9 @@ func pruneToBudget(t *txn, dr *dropper, info []pruneEntry, p *Policy, isProtecte
 		}
 		sort.SliceStable(lru, func(a, b int) bool {
 			x, y := &info[lru[a]], &info[lru[b]]
+			if x.untagged != y.untagged {
+				return x.untagged // untagged roots first
+			}
 			if !x.used.Equal(y.used) {
 				return x.used.Before(y.used)
 			}
@@ -437,6 +463,114 @@ func pruneToBudget(t *txn, dr *dropper, info []pruneEntry, p *Policy, isProtecte
 		out.OverBudget = live-dr.freedBytes() > p.MaxSize
 	}
 	return live, nil
+}
+
+// markUntaggedRoots marks the untagged roots among entries (see Policy):
+// untagged candidates, not referrers, their manifest named by no tagged
+// entry and referenced by no manifest that stays. An untagged index and the untagged
+// entries of its own platform manifests are roots together. It reads the
+// children the journal recorded for each manifest of the layout (a
+// manifest only when a Ref does not record them), and only when there is
+// an untagged entry.
+func (s *Store) markUntaggedRoots(t *txn, entries []layout.Entry, info []pruneEntry) error {
+	tagged := map[digest.Digest]bool{}
+	for _, e := range entries {
+		if e.Name() != "" {
+			tagged[e.Desc.Digest] = true
+		}
+	}
+	roots := map[digest.Digest]bool{} // untagged roots, so far
+	for i, e := range entries {
+		if e.Name() == "" && info[i].candidate && info[i].meta.Subject == "" && !tagged[e.Desc.Digest] {
+			roots[e.Desc.Digest] = true
+		}
+	}
+	if len(roots) == 0 {
+		return nil
+	}
+	// parents[d]: the entries' manifests whose graph reaches the untagged
+	// entry d below its root.
+	parents := map[digest.Digest]map[digest.Digest]bool{}
+	kids := map[digest.Digest][]v1.Descriptor{}
+	walked := map[digest.Digest]bool{}
+	for _, e := range entries {
+		root := e.Desc
+		if walked[root.Digest] {
+			continue
+		}
+		walked[root.Digest] = true
+		seen := map[digest.Digest]bool{root.Digest: true}
+		stack := []v1.Descriptor{root}
+		for len(stack) > 0 {
+			d := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			ks, ok := kids[d.Digest]
+			if !ok {
+				var err error
+				if ks, err = s.recordedChildren(t, d, d.Digest == root.Digest); err != nil {
+					return err
+				}
+				kids[d.Digest] = ks
+			}
+			for _, k := range ks {
+				if seen[k.Digest] {
+					continue
+				}
+				seen[k.Digest] = true
+				if roots[k.Digest] {
+					if parents[k.Digest] == nil {
+						parents[k.Digest] = map[digest.Digest]bool{}
+					}
+					parents[k.Digest][root.Digest] = true
+				}
+				if layout.IsManifest(k.MediaType) {
+					stack = append(stack, k)
+				}
+			}
+		}
+	}
+	// An untagged entry that a manifest staying in the layout references
+	// is not a root; what only untagged roots reference is one.
+	for changed := true; changed; {
+		changed = false
+		for d := range roots {
+			for p := range parents[d] {
+				if !roots[p] {
+					delete(roots, d)
+					changed = true
+					break
+				}
+			}
+		}
+	}
+	for i, e := range entries {
+		info[i].untagged = e.Name() == "" && roots[e.Desc.Digest]
+	}
+	return nil
+}
+
+// recordedChildren returns the children of d, a live manifest or index (or
+// a root, which may be one whatever its media type): those its Ref
+// records, else read from the blob. A leaf has none.
+func (s *Store) recordedChildren(t *txn, d v1.Descriptor, root bool) ([]v1.Descriptor, error) {
+	r, err := t.tx.GetRef(d.Digest)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case r.Expanded && r.Children != nil:
+		return r.Children, nil
+	case !r.Expanded || !layout.Parsed(d, root):
+		return nil, nil // a leaf (a closure that is unknown pins the prune before its plan)
+	}
+	c, err := t.load(d)
+	switch {
+	case err == nil:
+		return c.Refs, nil
+	case layout.Sniffed(d, err):
+		return nil, nil
+	}
+	return nil, err
 }
 
 // wouldFree fills res with what unlinking freed would free: not the blobs

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -137,7 +138,8 @@ func sameDigests(a []digest.Digest, b []store.Blob) bool {
 // TestPruneKeepLast: the newest N images of each repository stay; ties go
 // to the later entry; an image with several tags counts once and keeps all
 // its tags; an image also tagged in another repository keeps its blobs;
-// names without a tag part form one group, untagged entries another.
+// names without a tag part form one group; untagged entries are kept by
+// none.
 func TestPruneKeepLast(t *testing.T) {
 	l := newLib(t)
 	base := l.b.Random(3000)
@@ -161,14 +163,15 @@ func TestPruneKeepLast(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	wantFreed := l.onlyUsedBy([]v1.Descriptor{app[0], app[2], app[3], plain[0]}, []v1.Descriptor{app[1], app[4], app[5], plain[1], plain[2], dangling})
+	// The untagged entry is not a repository's: keep-last keeps none of it.
+	wantFreed := l.onlyUsedBy([]v1.Descriptor{app[0], app[2], app[3], plain[0], dangling}, []v1.Descriptor{app[1], app[4], app[5], plain[1], plain[2]})
 	dry := l.prune(store.Policy{KeepLast: 2, DryRun: true})
 	res := l.prune(store.Policy{KeepLast: 2})
-	wantRemoved(t, res, "reg.io/app:0/keep-last", "reg.io/app:1/keep-last", "reg.io/app:2/keep-last", "reg.io/app:3/keep-last", "v1/keep-last")
+	wantRemoved(t, res, "reg.io/app:0/keep-last", "reg.io/app:1/keep-last", "reg.io/app:2/keep-last", "reg.io/app:3/keep-last", "v1/keep-last", "<none>/keep-last")
 	if !slices.Equal(removed(dry), removed(res)) || !sameDigests(digestsOf(res.Freed), dry.Freed) || dry.BytesFreed != res.BytesFreed || !dry.DryRun || dry.Txn != 0 {
 		t.Errorf("dry run differs: %+v\nreal: %+v", dry, res)
 	}
-	if got, want := l.names(), []string{"<none>", "other/x:1", "reg.io/app:4", "reg.io/app:5", "reg.io/app:latest", "v2", "v3"}; !slices.Equal(got, want) {
+	if got, want := l.names(), []string{"other/x:1", "reg.io/app:4", "reg.io/app:5", "reg.io/app:latest", "v2", "v3"}; !slices.Equal(got, want) {
 		t.Errorf("left %v, want %v", got, want)
 	}
 	if !sameDigests(wantFreed, res.Freed) || res.Txn == 0 {
@@ -183,7 +186,7 @@ func TestPruneKeepLast(t *testing.T) {
 	if res := l.prune(store.Policy{KeepLast: 2}); len(res.Removed) != 0 || res.Txn != 0 {
 		t.Errorf("second prune: %+v", res)
 	}
-	// Keep-last 1: the untagged group keeps its one image too.
+	// Keep-last 1.
 	res = l.prune(store.Policy{KeepLast: 1})
 	wantRemoved(t, res, "reg.io/app:4/keep-last", "v3/keep-last")
 	l.clean()
@@ -404,8 +407,9 @@ func TestPruneFilters(t *testing.T) {
 	wantRemoved(t, l.prune(store.Policy{Until: until, Refs: []string{"reg.io/a:*"}, DryRun: true}), "reg.io/a:1/older-than", "reg.io/a:2/older-than", "reg.io/a:3/older-than")
 	wantRemoved(t, l.prune(store.Policy{Until: until, Refs: []string{"*"}, DryRun: true})) // '*' does not cross '/'; untagged never match
 	wantRemoved(t, l.prune(store.Policy{Until: until, Refs: []string{"reg.io/b:?", "reg.io/a:3"}}), "reg.io/b:1/older-than", "reg.io/a:3/older-than")
-	// No filter: the untagged entry is a candidate too.
-	wantRemoved(t, l.prune(store.Policy{KeepLast: 1}), "reg.io/a:1/keep-last")
+	// No filter: the untagged entry is a candidate too, which keep-last
+	// does not protect.
+	wantRemoved(t, l.prune(store.Policy{KeepLast: 1}), "reg.io/a:1/keep-last", "<none>/keep-last")
 	l.clean()
 
 	for _, p := range []store.Policy{
@@ -677,4 +681,177 @@ func TestNoOpChangesNothing(t *testing.T) {
 	if b, _ := os.ReadFile(idx); string(b) != styled {
 		t.Errorf("index.json rewritten:\n%s", b)
 	}
+}
+
+// byDigest maps the digest of each entry a prune removed to its reason.
+func byDigest(r *store.PruneResult) map[digest.Digest]string {
+	out := map[digest.Digest]string{}
+	for _, im := range r.Removed {
+		out[digest.Digest(im.Digest)] = im.Reason
+	}
+	return out
+}
+
+// untagged tags d with a throw-away name and removes the name: d stays as
+// an untagged entry.
+func (l *lib) untagged(d v1.Descriptor) {
+	l.t.Helper()
+	name := "tmp-" + d.Digest.Encoded()[:12]
+	l.tag(d, name)
+	if err := l.s.Untag(l.ctx, name); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+// TestPruneUntagged: Policy.Untagged removes every untagged root, as
+// podman image prune does: not an untagged entry that a tagged index
+// references (a platform manifest also listed in index.json), not an
+// untagged referrer whose subject stays; an untagged index goes with the
+// untagged entries of its own platforms, and a referrer with its subject.
+// Filters still choose the candidates; a lease still keeps its blobs.
+func TestPruneUntagged(t *testing.T) {
+	l := newLib(t)
+	base := l.b.Random(2000)
+	t1 := l.imageWith(day(1), nil, []v1.Descriptor{base}, 1)
+	l.tag(t1, "app:1")
+	l.tag(l.imageWith(day(2), nil, []v1.Descriptor{base}, 1), "app:2")
+	u1 := l.imageWith(day(1), nil, []v1.Descriptor{base}, 1)
+	u2 := l.imageWith(day(9), map[string]string{"tier": "tmp"}, nil, 2)
+	l.untagged(u1)
+	l.untagged(u2)
+	p1, p2 := l.imageWith(day(1), nil, []v1.Descriptor{base}, 1), l.imageWith(day(1), nil, nil, 1)
+	l.tag(l.b.Index(p1, p2), "multi:1")
+	l.untagged(p1) // a platform of multi:1, also listed untagged
+	uc := l.imageWith(day(1), nil, nil, 1)
+	ui := l.b.Index(uc)
+	l.untagged(uc)
+	l.untagged(ui) // an untagged index over an untagged entry
+	sigT := l.b.Artifact("sig", &t1, "sig")
+	l.untagged(sigT) // an untagged referrer of a tagged image
+	sigU := l.b.Artifact("sig", &u1, "sig")
+	l.untagged(sigU) // an untagged referrer of an untagged image
+	m := l.manifestOf(u2)
+	leased := m.Layers[0]
+	lease, err := l.s.Lease(l.ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lease.Add(l.ctx, leased); err != nil {
+		t.Fatal(err)
+	}
+
+	// Filters: a ref glob never matches an untagged entry; labels do.
+	wantRemoved(t, l.prune(store.Policy{Untagged: true, Refs: []string{"*"}, DryRun: true}))
+	if got := byDigest(l.prune(store.Policy{Untagged: true, Labels: []string{"tier=tmp"}, DryRun: true})); len(got) != 1 || got[u2.Digest] != store.ReasonUntagged {
+		t.Errorf("untagged with a label filter: %v", got)
+	}
+
+	want := map[digest.Digest]string{
+		u1.Digest: store.ReasonUntagged, u2.Digest: store.ReasonUntagged,
+		ui.Digest: store.ReasonUntagged, uc.Digest: store.ReasonUntagged,
+		sigU.Digest: store.ReasonReferrer,
+	}
+	dry := l.prune(store.Policy{Untagged: true, DryRun: true})
+	res := l.prune(store.Policy{Untagged: true})
+	for what, r := range map[string]*store.PruneResult{"dry run": dry, "prune": res} {
+		if got := byDigest(r); !maps.Equal(got, want) {
+			t.Errorf("%s removed %v, want %v", what, got, want)
+		}
+	}
+	if !sameDigests(digestsOf(res.Freed), dry.Freed) || res.Txn == 0 {
+		t.Errorf("dry run freed %v, the prune %v", dry.Freed, res.Freed)
+	}
+	imgs, err := l.s.List(l.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, im := range imgs {
+		if im.Name == "" {
+			left = append(left, im.Descriptor.Digest.String())
+		}
+	}
+	if wantLeft := []string{p1.Digest.String(), sigT.Digest.String()}; !slices.Equal(left, wantLeft) {
+		t.Errorf("untagged entries left %v, want p1 and t1's signature %v", left, wantLeft)
+	}
+	l.wantBlobs(true, leased.Digest, base.Digest, p1.Digest, sigT.Digest)
+	l.wantBlobs(false, u1.Digest, u2.Digest, ui.Digest, uc.Digest, sigU.Digest)
+	l.clean()
+	// Nothing untagged is left to remove.
+	if res := l.prune(store.Policy{Untagged: true}); len(res.Removed) != 0 || res.Txn != 0 {
+		t.Errorf("second prune: %+v", res)
+	}
+	if err := lease.Release(l.ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPruneUntaggedDuplicateAndPin: an untagged entry of a manifest that
+// is also tagged is no untagged root; a pin stops the untagged rule too.
+func TestPruneUntaggedDuplicateAndPin(t *testing.T) {
+	blobs := map[digest.Digest][]byte{}
+	img := testutil.RawImage(blobs, []byte(`{"n":1}`), []byte("layer 1"))
+	dangling := testutil.RawImage(blobs, []byte(`{"n":2}`), []byte("layer 2"))
+	dir := testutil.WriteRawLayout(t, t.TempDir(), blobs, []v1.Descriptor{testutil.Named(img, "app:1"), img, dangling})
+	l := libOpen(t, dir, 1)
+	res := l.prune(store.Policy{Untagged: true})
+	if got := byDigest(res); len(got) != 1 || got[dangling.Digest] != store.ReasonUntagged {
+		t.Errorf("removed %v, want only the dangling image", got)
+	}
+	if got := l.index(); len(got) != 2 {
+		t.Errorf("index.json %v, want app:1 and its untagged duplicate", got)
+	}
+	l.clean()
+
+	// A manifest that cannot be followed pins the layout: nothing goes.
+	blobs = map[digest.Digest][]byte{}
+	dangling = testutil.RawImage(blobs, []byte(`{"n":3}`), []byte("layer 3"))
+	broken := []byte(`{"schemaVersion":2,"layers":{"oops":1}}`)
+	bd := testutil.Blob(broken, v1.MediaTypeImageManifest)
+	blobs[bd.Digest] = broken
+	dir = testutil.WriteRawLayout(t, t.TempDir(), blobs, []v1.Descriptor{testutil.Named(bd, "broken:1"), dangling})
+	l = libOpen(t, dir, 1)
+	res = l.prune(store.Policy{Untagged: true})
+	if len(res.Removed) != 0 || res.Pinned == "" || res.Txn != 0 {
+		t.Errorf("pinned prune: %+v", res)
+	}
+	if got := l.index(); len(got) != 2 {
+		t.Errorf("index.json %v after a pinned prune", got)
+	}
+}
+
+// TestPruneUntaggedFirst: the untagged roots go before any tagged image
+// under a size budget, and keep-last protects none of them, whatever
+// their age or last use.
+func TestPruneUntaggedFirst(t *testing.T) {
+	clock := newClock()
+	l := libOpenClock(t, filepath.Join(t.TempDir(), "layout"), clock)
+	old := l.imageWith(day(1), nil, nil, 2)
+	l.tag(old, "app:1")
+	clock.Advance(time.Hour)
+	fresh := l.imageWith(day(9), nil, nil, 2) // newer, and seen later
+	l.untagged(fresh)
+	clock.Advance(time.Hour)
+	if _, err := l.s.Resolve(l.ctx, fresh.Digest.String()); err != nil { // and used last
+		t.Fatal(err)
+	}
+	total := l.sizeOfImage(old) + l.sizeOfImage(fresh)
+
+	res := l.prune(store.Policy{MaxSize: total - 1, DryRun: true})
+	if got := byDigest(res); len(got) != 1 || got[fresh.Digest] != store.ReasonMaxSize {
+		t.Errorf("max-size evicted %v, want the untagged image first", got)
+	}
+	res = l.prune(store.Policy{MaxSize: 1, KeepLast: 1, DryRun: true})
+	if got := byDigest(res); len(got) != 1 || got[fresh.Digest] != store.ReasonMaxSize || !res.OverBudget {
+		t.Errorf("max-size with keep-last 1 evicted %v (over budget %v), want the untagged image, app:1 kept", got, res.OverBudget)
+	}
+	res = l.prune(store.Policy{OlderThan: 30 * 24 * time.Hour, KeepLast: 1, DryRun: true})
+	if got := byDigest(res); len(got) != 1 || got[fresh.Digest] != store.ReasonOlderThan {
+		t.Errorf("older-than with keep-last 1 removed %v, want the untagged image, app:1 kept", got)
+	}
+	res = l.prune(store.Policy{KeepLast: 1})
+	if got := byDigest(res); len(got) != 1 || got[fresh.Digest] != store.ReasonKeepLast {
+		t.Errorf("keep-last 1 removed %v, want the untagged image", got)
+	}
+	l.clean()
 }

@@ -15,7 +15,9 @@ import (
 )
 
 // UntaggedRepository is the repository of index.json entries without a
-// name (Repository's result for "").
+// name (Repository's result for ""). It is a Go value, for grouping: the
+// JSON of the command line never carries it (an untagged entry has no
+// repository there, and "untagged": true).
 const UntaggedRepository = "<none>"
 
 // Repository returns the repository an index.json entry's name belongs to:
@@ -28,6 +30,21 @@ func Repository(name string) string {
 	if name == "" {
 		return UntaggedRepository
 	}
+	repo, _ := SplitRef(name)
+	return repo
+}
+
+// SplitRef splits an index.json entry's name (its
+// org.opencontainers.image.ref.name) into its repository, as Repository
+// returns it, and its tag: "example.com/app:1.0" is "example.com/app" and
+// "1.0"; a name with no ':', '/' or '@' is a tag alone, as OCI layouts
+// usually name their entries ("latest": "" and "latest"); a name with no
+// tag part has the tag "" ("localhost:5000/app", "app@sha256:..."). An
+// untagged entry ("") has neither: "" and "".
+func SplitRef(name string) (repository, tag string) {
+	if name == "" {
+		return "", ""
+	}
 	repo, _, byDigest := strings.Cut(name, "@")
 	if byDigest && repo != "" {
 		name = repo // a digest reference, "app@sha256:...", maybe "app:1@sha256:..."
@@ -35,11 +52,13 @@ func Repository(name string) string {
 	i := strings.LastIndexByte(name, ':')
 	switch {
 	case i >= 0 && i > strings.LastIndexByte(name, '/'):
-		return name[:i]
+		return name[:i], name[i+1:]
 	case byDigest && repo != "":
-		return repo
+		return repo, ""
+	case !strings.ContainsAny(name, ":/@"):
+		return "", name
 	}
-	return ""
+	return "", ""
 }
 
 // UsageOptions tune Usage.
@@ -50,8 +69,13 @@ type UsageOptions struct {
 
 // Usage is the space a layout takes, by blob file.
 type Usage struct {
-	Images int `json:"images"` // distinct manifests of index.json
-	Blobs  int `json:"blobs"`  // blob files on disk
+	// Images are the entries of index.json, tagged or not, as
+	// recovery.Report.Images counts them (and ls lists them); Manifests
+	// the distinct manifests they name (two tags of one manifest are two
+	// images, one manifest).
+	Images    int `json:"images"`
+	Manifests int `json:"manifests"`
+	Blobs     int `json:"blobs"` // blob files on disk
 	// TotalBytes is the size of every blob file: ReferencedBytes +
 	// OrphanBytes (+ OtherLayoutsBytes with a shared blob directory).
 	TotalBytes      int64 `json:"totalBytes"`
@@ -78,9 +102,13 @@ type Usage struct {
 
 // RepositoryUsage is the space of one repository's images.
 type RepositoryUsage struct {
-	Name   string `json:"name"`   // see Repository
-	Tags   int    `json:"tags"`   // index.json entries
-	Images int    `json:"images"` // distinct manifests
+	Name string `json:"name"` // see Repository; UntaggedRepository for the untagged entries
+	// Untagged is set for the group of the untagged entries (Name is
+	// UntaggedRepository), not for names without a repository part (Name
+	// is "").
+	Untagged  bool `json:"untagged"`
+	Images    int  `json:"images"`    // index.json entries
+	Manifests int  `json:"manifests"` // distinct manifests
 	// TotalBytes counts each blob of its images once; UniqueBytes only the
 	// blobs no other repository uses (what removing the repository frees);
 	// SharedBytes the rest.
@@ -146,33 +174,35 @@ type usageImage struct {
 	repo int // index in Usage.Repositories
 }
 
-// usageImages fills u's repositories, their tags and images, and returns
-// the distinct images of each repository, in index order.
+// usageImages counts u's images and manifests, fills its repositories with
+// theirs, and returns the distinct manifests of each repository, in index
+// order.
 func usageImages(u *Usage, entries []layout.Entry) []usageImage {
 	// Repositories and their distinct images, in index order.
 	repoIdx := map[string]int{}
 	var images []usageImage
 	seenImage := map[string]bool{} // repo index + digest
 	seenDigest := map[digest.Digest]bool{}
+	u.Images = len(entries)
 	for _, e := range entries {
 		name := Repository(e.Name())
 		ri, ok := repoIdx[name]
 		if !ok {
 			ri = len(u.Repositories)
 			repoIdx[name] = ri
-			u.Repositories = append(u.Repositories, RepositoryUsage{Name: name})
+			u.Repositories = append(u.Repositories, RepositoryUsage{Name: name, Untagged: e.Name() == ""})
 		}
-		u.Repositories[ri].Tags++
+		u.Repositories[ri].Images++
 		k := fmt.Sprintf("%d %s", ri, e.Desc.Digest)
 		if seenImage[k] {
 			continue
 		}
 		seenImage[k] = true
-		u.Repositories[ri].Images++
+		u.Repositories[ri].Manifests++
 		images = append(images, usageImage{desc: e.Desc, repo: ri})
 		if !seenDigest[e.Desc.Digest] {
 			seenDigest[e.Desc.Digest] = true
-			u.Images++
+			u.Manifests++
 		}
 	}
 	return images

@@ -33,6 +33,32 @@ func TestRepository(t *testing.T) {
 	}
 }
 
+// TestSplitRef: the repository is Repository's; the tag is what follows
+// it, or the whole name for a bare tag; an untagged entry has neither.
+func TestSplitRef(t *testing.T) {
+	for name, want := range map[string][2]string{
+		"example.com/app:1.0":          {"example.com/app", "1.0"},
+		"app:latest":                   {"app", "latest"},
+		"latest":                       {"", "latest"},
+		"v1.2":                         {"", "v1.2"},
+		"localhost:5000/app":           {"", ""},
+		"localhost:5000/app:1":         {"localhost:5000/app", "1"},
+		"":                             {"", ""},
+		"a:b:c":                        {"a:b", "c"},
+		"registry.io/ns/app@sha256:ab": {"registry.io/ns/app", ""},
+		"app:1@sha256:ab":              {"app", "1"},
+		"ns/app":                       {"", ""},
+	} {
+		repo, tag := store.SplitRef(name)
+		if repo != want[0] || tag != want[1] {
+			t.Errorf("SplitRef(%q) = %q, %q; want %q, %q", name, repo, tag, want[0], want[1])
+		}
+		if name != "" && store.Repository(name) != repo {
+			t.Errorf("SplitRef(%q): repository %q, Repository says %q", name, repo, store.Repository(name))
+		}
+	}
+}
+
 func sizesOf(t *testing.T, dir string, ds []digest.Digest) map[digest.Digest]int64 {
 	t.Helper()
 	out := map[digest.Digest]int64{}
@@ -95,7 +121,8 @@ func TestUsage(t *testing.T) {
 		}
 	}
 	var want store.Usage
-	want.Images = len(graphs)
+	want.Images = 7 // index.json entries, as fsck counts them
+	want.Manifests = len(graphs)
 	users := map[digest.Digest]int{}
 	sizes := map[digest.Digest]int64{}
 	for _, g := range graphs {
@@ -128,7 +155,7 @@ func TestUsage(t *testing.T) {
 	if !reflect.DeepEqual(*got, want) {
 		t.Errorf("usage\n got %+v\nwant %+v", *got, want)
 	}
-	wantTags := map[string]int{"reg.io/app": 3, "other": 1, "multi": 1, "": 1, store.UntaggedRepository: 1}
+	wantImages := map[string]int{"reg.io/app": 3, "other": 1, "multi": 1, "": 1, store.UntaggedRepository: 1}
 	if len(reposGot) != len(repoBlobs) {
 		t.Fatalf("repositories %+v", reposGot)
 	}
@@ -137,10 +164,10 @@ func TestUsage(t *testing.T) {
 			t.Errorf("repositories not sorted: %+v", reposGot)
 		}
 		var w store.RepositoryUsage
-		w.Name, w.Tags = r.Name, wantTags[r.Name]
+		w.Name, w.Images, w.Untagged = r.Name, wantImages[r.Name], r.Name == store.UntaggedRepository
 		for _, im := range imgs {
 			if im.repo == r.Name {
-				w.Images++
+				w.Manifests++
 			}
 		}
 		for d, n := range repoBlobs[r.Name] {
@@ -162,6 +189,11 @@ func TestUsage(t *testing.T) {
 		}
 	}
 
+	// Usage counts images as fsck does: the entries of index.json.
+	if rep, err := l.s.Check(l.ctx, nil); err != nil || rep.Images != got.Images {
+		t.Errorf("fsck counts %d images, usage %d (%v)", rep.Images, got.Images, err)
+	}
+
 	// What Usage calls reclaimable is what GC removes.
 	res := l.gc(store.GCOptions{Grace: time.Hour})
 	if res.BytesFreed != want.ReclaimableBytes {
@@ -181,7 +213,7 @@ func TestUsage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ro.Close()
-	if u, err := ro.Usage(l.ctx, store.UsageOptions{}); err != nil || u.Images != 4 {
+	if u, err := ro.Usage(l.ctx, store.UsageOptions{}); err != nil || u.Images != 4 || u.Manifests != 4 {
 		t.Errorf("read-only usage: %+v, %v", u, err)
 	}
 	e := newLib(t)

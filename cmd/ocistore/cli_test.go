@@ -20,7 +20,6 @@ import (
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/recovery"
-	"github.com/ocistore/ocistore/store"
 )
 
 func TestUsage(t *testing.T) {
@@ -169,12 +168,16 @@ func TestLs(t *testing.T) {
 		}
 		byName := map[string]map[string]any{}
 		for _, row := range rows {
-			for _, k := range []string{"name", "digest", "mediaType", "size", "totalSize"} {
+			for _, k := range []string{"ref", "repository", "tag", "untagged", "digest", "mediaType", "size", "totalSize"} {
 				if _, ok := row[k]; !ok {
 					t.Errorf("row %v has no %s", row, k)
 				}
 			}
-			byName[row["name"].(string)] = row
+			name, _ := row["ref"].(string)
+			if (name == "") != row["untagged"] {
+				t.Errorf("row %v: ref and untagged disagree", row)
+			}
+			byName[name] = row
 		}
 		for name, d := range map[string]v1.Descriptor{"a": f.a, "b": f.b, "multi": f.multi, "": f.untagged} {
 			row := byName[name]
@@ -229,8 +232,8 @@ func TestInspect(t *testing.T) {
 	if out.Descriptor.Digest != f.a.Digest || out.Config == nil || out.Config.Digest != m.Config.Digest || len(out.Layers) != 2 {
 		t.Errorf("inspect json: %+v", out)
 	}
-	if !slices.Equal(out.Tags, []string{"a", "a2"}) || out.TotalBlobs != len(ga) || out.TotalSize != total(ga) {
-		t.Errorf("inspect json: tags %v, total %d blobs %d bytes; want %d, %d", out.Tags, out.TotalBlobs, out.TotalSize, len(ga), total(ga))
+	if !slices.Equal(out.Refs, []string{"a", "a2"}) || out.Untagged || out.TotalBlobs != len(ga) || out.TotalSize != total(ga) {
+		t.Errorf("inspect json: refs %v, total %d blobs %d bytes; want %d, %d", out.Refs, out.TotalBlobs, out.TotalSize, len(ga), total(ga))
 	}
 
 	// An index: its manifests with platform and their sizes.
@@ -268,7 +271,7 @@ func TestTagUntag(t *testing.T) {
 	rows := decodeJSON[[]lsRow](t, must(t, 0, "-l", f.dir, "ls", "--json"))
 	got := map[string]string{}
 	for _, row := range rows {
-		got[row.Name] = row.Digest
+		got[row.name()] = row.Digest
 	}
 	if got["b-new"] != f.b.Digest.String() || got["b-other"] != f.b.Digest.String() || got["from-digest"] != f.a.Digest.String() {
 		t.Errorf("after tag: %v", got)
@@ -288,7 +291,7 @@ func TestTagUntag(t *testing.T) {
 	rows = decodeJSON[[]lsRow](t, must(t, 0, "-l", f.dir, "ls", "--json"))
 	untagged := 0
 	for _, row := range rows {
-		if row.Name == "" && row.Digest == f.b.Digest.String() {
+		if row.Untagged && row.Digest == f.b.Digest.String() {
 			untagged++
 		}
 	}
@@ -296,13 +299,6 @@ func TestTagUntag(t *testing.T) {
 		t.Errorf("b's manifest should stay as one untagged entry: %+v", rows)
 	}
 	must(t, 0, "-l", f.dir, "fsck")
-}
-
-type rmJSON struct {
-	Removed    []string     `json:"removed"`
-	Txn        uint64       `json:"txn"`
-	Freed      []store.Blob `json:"freed"`
-	BytesFreed int64        `json:"bytesFreed"`
 }
 
 func TestRm(t *testing.T) {
@@ -348,7 +344,7 @@ func TestRm(t *testing.T) {
 		freed := graphOf(t, f.dir, f.a)
 		delete(freed, f.base.Digest)
 		r := must(t, 0, "-l", f.dir, "rm", f.a.Digest.String(), "--format", "json")
-		out := decodeJSON[rmJSON](t, r)
+		out := decodeJSON[rmOutput](t, r)
 		if !slices.Equal(out.Removed, []string{f.a.Digest.String()}) || out.Txn == 0 || out.BytesFreed != total(freed) || len(out.Freed) != len(freed) {
 			t.Errorf("rm json: %+v, want %d blobs, %d bytes", out, len(freed), total(freed))
 		}
@@ -380,7 +376,7 @@ func TestRm(t *testing.T) {
 		}
 		// Then all of them at once: one transaction.
 		r = must(t, 0, "-l", f.dir, "rm", "b", "multi", "--json")
-		if out := decodeJSON[rmJSON](t, r); !slices.Equal(out.Removed, []string{"b", "multi"}) || len(out.Freed) == 0 {
+		if out := decodeJSON[rmOutput](t, r); !slices.Equal(out.Removed, []string{"b", "multi"}) || len(out.Freed) == 0 {
 			t.Errorf("rm b multi: %+v", out)
 		}
 		must(t, 0, "-l", f.dir, "fsck")
@@ -405,7 +401,7 @@ func TestImport(t *testing.T) {
 			"imported   a ", "<none>")
 		want := decodeJSON[[]lsRow](t, must(t, 0, "-l", src.dir, "ls", "--json"))
 		got := decodeJSON[[]lsRow](t, must(t, 0, "-l", dst, "ls", "--json"))
-		key := func(r lsRow) string { return r.Name + " " + r.Digest }
+		key := func(r lsRow) string { return r.name() + " " + r.Digest }
 		wk, gk := []string{}, []string{}
 		for _, r := range want {
 			wk = append(wk, key(r))
@@ -420,7 +416,7 @@ func TestImport(t *testing.T) {
 		}
 		must(t, 0, "-l", dst, "fsck")
 		// Again: nothing to copy.
-		out := decodeJSON[store.ImportResult](t, must(t, 0, "-l", dst, "import", "--json", src.dir))
+		out := decodeJSON[importOutput](t, must(t, 0, "-l", dst, "import", "--json", src.dir))
 		if out.BlobsCopied != 0 || out.BytesCopied != 0 || len(out.Images) != 5 {
 			t.Errorf("second import: %+v", out)
 		}
@@ -430,8 +426,8 @@ func TestImport(t *testing.T) {
 		dst := t.TempDir()
 		must(t, 0, "-l", dst, "init")
 		want := graphOf(t, src.dir, src.b)
-		out := decodeJSON[store.ImportResult](t, must(t, 0, "-l", dst, "import", src.dir, "b", "--format", "json"))
-		if len(out.Images) != 1 || out.Images[0].Name != "b" || out.BlobsCopied != len(want) || out.BytesCopied != total(want) {
+		out := decodeJSON[importOutput](t, must(t, 0, "-l", dst, "import", src.dir, "b", "--format", "json"))
+		if len(out.Images) != 1 || out.Images[0].name() != "b" || out.BlobsCopied != len(want) || out.BytesCopied != total(want) {
 			t.Errorf("import b: %+v, want %d blobs %d bytes", out, len(want), total(want))
 		}
 		r := must(t, 0, "-l", dst, "import", src.dir, "multi", src.a.Digest.String())

@@ -24,20 +24,33 @@ manifest, manifest + config + layers; for an index, the index and every
 platform's graph, a blob shared by several counted once. It is computed from
 the descriptors; only manifests are read.
 
-JSON output is an array of {name, digest, mediaType, size, totalSize}: size is
-the manifest's own size, totalSize the graph's (absent when a manifest of the
-graph cannot be read; run ocistore fsck).`,
+JSON output (docs/JSON.md) is an array of {ref, repository, tag, untagged,
+digest, mediaType, size, totalSize}: ref is the tag, null when untagged, and
+repository and tag its parts; size is the manifest's own size, totalSize the
+graph's (null when a manifest of the graph cannot be read; run ocistore
+fsck).`,
 	maxArgs: 0,
 	format:  true,
 	run:     runLs,
 }
 
-type lsRow struct {
-	Name      string `json:"name"`
+// entryRow is an index.json entry in JSON: its name (entryRef) and its
+// descriptor's digest, media type and size.
+type entryRow struct {
+	entryRef
 	Digest    string `json:"digest"`
 	MediaType string `json:"mediaType"`
 	Size      int64  `json:"size"`
-	TotalSize *int64 `json:"totalSize,omitempty"`
+}
+
+func rowOf(im store.Image) entryRow {
+	d := im.Descriptor
+	return entryRow{entryRef: refOf(im.Name), Digest: d.Digest.String(), MediaType: d.MediaType, Size: d.Size}
+}
+
+type lsRow struct {
+	entryRow
+	TotalSize *int64 `json:"totalSize"` // null when the graph cannot be read
 }
 
 func runLs(ctx context.Context, a *app, _ []string) error {
@@ -50,7 +63,7 @@ func runLs(ctx context.Context, a *app, _ []string) error {
 		rows := make([]lsRow, 0, len(imgs))
 		for _, im := range imgs {
 			d := im.Descriptor
-			r := lsRow{Name: im.Name, Digest: d.Digest.String(), MediaType: d.MediaType, Size: d.Size}
+			r := lsRow{entryRow: rowOf(im)}
 			if _, total, err := sz.size(ctx, d); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -71,7 +84,7 @@ func runLs(ctx context.Context, a *app, _ []string) error {
 			if r.TotalSize != nil {
 				size = humanSize(*r.TotalSize)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", displayName(r.Name), r.Digest, r.MediaType, size)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", displayName(r.name()), r.Digest, r.MediaType, size)
 		}
 		return tw.Flush()
 	})
@@ -93,6 +106,11 @@ tag of the same manifest, and the manifest summarized: for an image, its
 config and layers with sizes; for an index, its manifests with platform and
 the size of each one's graph. Totals count the distinct blobs of the graph.
 
+JSON output (docs/JSON.md): {reference, refs, untagged, descriptor, then the
+manifest's own mediaType, artifactType, config, layers, manifests, blobs,
+subject and annotations (each present when the manifest has it),
+manifestSizes (an index only), totalBlobs, totalSize}.
+
 Exit status 2 when REF is not in index.json.`,
 	minArgs: 1,
 	maxArgs: 1,
@@ -101,8 +119,11 @@ Exit status 2 when REF is not in index.json.`,
 }
 
 type inspectOutput struct {
-	Reference  string        `json:"reference"`
-	Tags       []string      `json:"tags"`
+	Reference string `json:"reference"` // REF as given
+	// Refs are the ref names of every entry of the manifest; Untagged is
+	// set when it has none.
+	Refs       []string      `json:"refs"`
+	Untagged   bool          `json:"untagged"`
 	Descriptor v1.Descriptor `json:"descriptor"`
 	manifestDoc
 	// Sizes of each manifest's graph, for an index: digest -> total size.
@@ -135,12 +156,13 @@ func runInspect(ctx context.Context, a *app, args []string) error {
 		if err != nil {
 			return err
 		}
-		out := inspectOutput{Reference: ref, Tags: []string{}, Descriptor: desc}
+		out := inspectOutput{Reference: ref, Refs: []string{}, Descriptor: desc}
 		for _, im := range imgs {
 			if im.Descriptor.Digest == desc.Digest && im.Name != "" {
-				out.Tags = append(out.Tags, im.Name)
+				out.Refs = append(out.Refs, im.Name)
 			}
 		}
+		out.Untagged = len(out.Refs) == 0
 		sz := newSizer(s)
 		if store.IsManifest(desc.MediaType) {
 			b, err := readManifest(ctx, s, desc)
@@ -177,7 +199,7 @@ func printInspect(a *app, o *inspectOutput) error {
 	tw := a.table()
 	d := o.Descriptor
 	fmt.Fprintf(tw, "Reference:\t%s\n", o.Reference)
-	tags := strings.Join(o.Tags, ", ")
+	tags := strings.Join(o.Refs, ", ")
 	if tags == "" {
 		tags = "<none>"
 	}
@@ -332,7 +354,10 @@ The OCI 1.1 referrers of every image that leaves the layout (signatures,
 SBOMs: manifests whose subject it is) are removed with it, and theirs, unless
 --keep-referrers.
 
-Prints the removed references, each freed blob with its size, and the total.`,
+Prints the removed references, each freed blob with its size, and the total.
+JSON output (docs/JSON.md): {removed, referrers: [{ref, repository, tag,
+untagged, digest, mediaType, size}], txn, freed: [{digest, size}],
+bytesFreed, pinned, kept}.`,
 	flagHelp: `      --keep-referrers  keep the referrers (signatures, SBOMs) of removed images`,
 	minArgs:  1,
 	maxArgs:  -1,
@@ -344,8 +369,9 @@ Prints the removed references, each freed blob with its size, and the total.`,
 }
 
 type rmOutput struct {
-	Removed []string `json:"removed"`
-	store.Result
+	Removed   []string   `json:"removed"`   // the REF arguments, as given
+	Referrers []entryRow `json:"referrers"` // removed with their subjects
+	freedJSON
 }
 
 func runRm(ctx context.Context, a *app, args []string) error {
@@ -357,9 +383,12 @@ func runRm(ctx context.Context, a *app, args []string) error {
 		if err != nil {
 			return err
 		}
-		out := rmOutput{Removed: args, Result: *res}
 		if a.json() {
-			return a.printFreeingJSON(&out, &out.Result)
+			out := rmOutput{Removed: args, Referrers: []entryRow{}, freedJSON: freedOf(res)}
+			for _, r := range res.Referrers {
+				out.Referrers = append(out.Referrers, rowOf(r))
+			}
+			return a.printJSON(out)
 		}
 		for _, r := range args {
 			fmt.Fprintf(a.stdout, "removed %s\n", r)
@@ -368,13 +397,13 @@ func runRm(ctx context.Context, a *app, args []string) error {
 			fmt.Fprintf(a.stdout, "removed referrer %s (%s)\n", displayName(r.Name), r.Descriptor.Digest)
 		}
 		tw := a.table()
-		for _, b := range out.Freed {
+		for _, b := range res.Freed {
 			fmt.Fprintf(tw, "freed\t%s\t%s\n", b.Digest, humanSize(b.Size))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(a.stdout, "freed %s, %s\n", plural(len(out.Freed), "blob", "blobs"), sizeWithBytes(out.BytesFreed))
+		_, err = fmt.Fprintf(a.stdout, "freed %s, %s\n", plural(len(res.Freed), "blob", "blobs"), sizeWithBytes(res.BytesFreed))
 		a.warnPinned(res.Pinned, len(res.Kept))
 		return err
 	})

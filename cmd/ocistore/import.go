@@ -18,11 +18,21 @@ SRC-LAYOUT into this one, keeping their tags. Blobs are copied first
 to index.json in one transaction, so a crash or Ctrl-C leaves either all of
 them or none. Blobs already here are not copied again.
 
+JSON output (docs/JSON.md): {images: [{ref, repository, tag, untagged,
+digest, mediaType, size}], blobsCopied, bytesCopied}: images are the entries
+added to index.json.
+
 Exit status 2 when a REF is not in SRC-LAYOUT.`,
 	minArgs: 1,
 	maxArgs: -1,
 	format:  true,
 	run:     runImport,
+}
+
+type importOutput struct {
+	Images      []entryRow `json:"images"` // the entries added to index.json
+	BlobsCopied int        `json:"blobsCopied"`
+	BytesCopied int64      `json:"bytesCopied"`
 }
 
 func runImport(ctx context.Context, a *app, args []string) error {
@@ -40,10 +50,11 @@ func runImport(ctx context.Context, a *app, args []string) error {
 			return err
 		}
 		if a.json() {
-			if res.Images == nil {
-				res.Images = []store.Image{}
+			out := importOutput{Images: []entryRow{}, BlobsCopied: res.BlobsCopied, BytesCopied: res.BytesCopied}
+			for _, im := range res.Images {
+				out.Images = append(out.Images, rowOf(im))
 			}
-			return a.printJSON(res)
+			return a.printJSON(out)
 		}
 		tw := a.table()
 		for _, im := range res.Images {

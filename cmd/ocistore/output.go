@@ -31,21 +31,75 @@ func (f *outputFormat) Set(s string) error {
 
 func (a *app) json() bool { return a.format == formatJSON }
 
-// printJSON writes v to stdout, indented, with a final newline.
+// printJSON writes v to stdout, indented, with a final newline. Nothing is
+// HTML-escaped: '<', '>' and '&' are written as they are.
 func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.stdout)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
 	return enc.Encode(v)
 }
 
-// printFreeingJSON writes v, the outcome of a command that frees blobs (its
-// store.Result is r), as printJSON does; no blob freed is "freed": [], not
-// null.
-func (a *app) printFreeingJSON(v any, r *store.Result) error {
-	if r.Freed == nil {
-		r.Freed = []store.Blob{}
+// The JSON output of every command is a contract, documented field by
+// field in docs/JSON.md: every field is always present, a list is [] when
+// empty (never null), and what does not apply is null; no display
+// placeholder (<none>, -) appears in it.
+
+// entryRef names an index.json entry the same way in every command's
+// JSON: ref is its org.opencontainers.image.ref.name, repository and tag
+// its parts (store.SplitRef); an untagged entry has null for all three and
+// untagged true. A ref without a repository part ("latest") has the
+// repository "", a ref without a tag part ("app@sha256:...") the tag null.
+type entryRef struct {
+	Ref        *string `json:"ref"`
+	Repository *string `json:"repository"`
+	Tag        *string `json:"tag"`
+	Untagged   bool    `json:"untagged"`
+}
+
+func refOf(name string) entryRef {
+	if name == "" {
+		return entryRef{Untagged: true}
 	}
-	return a.printJSON(v)
+	repo, tag := store.SplitRef(name)
+	r := entryRef{Ref: &name, Repository: &repo}
+	if tag != "" {
+		r.Tag = &tag
+	}
+	return r
+}
+
+// name is the entry's ref name, "" when untagged.
+func (r entryRef) name() string {
+	if r.Ref == nil {
+		return ""
+	}
+	return *r.Ref
+}
+
+// freedJSON is what a command that frees blobs says of them (store.Result).
+type freedJSON struct {
+	Txn        uint64       `json:"txn"` // 0: nothing committed
+	Freed      []store.Blob `json:"freed"`
+	BytesFreed int64        `json:"bytesFreed"`
+	Pinned     *string      `json:"pinned"`
+	Kept       []store.Blob `json:"kept"`
+}
+
+func freedOf(r *store.Result) freedJSON {
+	f := freedJSON{Txn: r.Txn, Freed: nonNil(r.Freed), BytesFreed: r.BytesFreed, Kept: nonNil(r.Kept)}
+	if r.Pinned != "" {
+		f.Pinned = &r.Pinned
+	}
+	return f
+}
+
+// nonNil returns s, or an empty slice for nil: JSON [] rather than null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
 }
 
 // table returns an aligned-column writer on stdout; Flush it when done.

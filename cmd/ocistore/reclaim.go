@@ -78,8 +78,11 @@ next command.
 Prints each removed blob with its size and the total; with --dry-run, what
 would be removed. For a day after the journal was rebuilt without its
 leases (they could not be read from the damaged one), nothing is removed and
-a line "freed nothing: ..." says why. JSON output: {txn, freed: [{digest,
-size}], bytesFreed, dryRun, scanned, young, leased, pinned}.`,
+a line "freed nothing: ..." says why.
+
+JSON output (docs/JSON.md): {dryRun, txn, freed: [{digest, size}],
+bytesFreed, pinned, kept, scanned, young, leased}; every field is always
+there (txn 0 when nothing was committed, pinned null when not pinned).`,
 	flagHelp: `      --grace DURATION  keep unreferenced blobs modified within DURATION
                         (default 1h; e.g. 30m, 0s, 7d)
       --dry-run         show what would be removed; change nothing`,
@@ -92,6 +95,14 @@ size}], bytesFreed, dryRun, scanned, young, leased, pinned}.`,
 	run: runGC,
 }
 
+type gcOutput struct {
+	DryRun bool `json:"dryRun"`
+	freedJSON
+	Scanned int `json:"scanned"` // blob files looked at
+	Young   int `json:"young"`   // unreferenced, kept: within the grace period
+	Leased  int `json:"leased"`  // unreferenced, kept: held by a live lease
+}
+
 func runGC(ctx context.Context, a *app, _ []string) error {
 	return a.withWriteOrDry(a.opts.dryRun)(ctx, func(s *store.Store) error {
 		res, err := s.GC(ctx, store.GCOptions{Grace: a.opts.grace, DryRun: a.opts.dryRun})
@@ -99,7 +110,7 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 		if a.json() {
-			return a.printFreeingJSON(res, &res.Result)
+			return a.printJSON(gcOutput{DryRun: res.DryRun, freedJSON: freedOf(&res.Result), Scanned: res.Scanned, Young: res.Young, Leased: res.Leased})
 		}
 		verb := "removed"
 		if res.DryRun {
@@ -157,20 +168,74 @@ index.json), split into unique (used by one image) and shared (by several);
 orphaned (used by nothing), split into leased (held by a pull in progress),
 within the grace period, and reclaimable (what ocistore gc with the same
 --grace removes). Then per repository (the part of the tag before ':'; "-"
-groups tags without one, <none> the untagged entries): tags, images, total
-size, unique (what removing the repository frees) and shared.
+groups tags without one, <none> the untagged entries): images, manifests,
+total size, unique (what removing the repository frees) and shared.
+
+Images are the entries of index.json, as fsck and ls count them (a
+manifest with two tags is two images); manifests the distinct manifests
+among them.
 
 Every manifest is read, no other blob. du takes no lock and runs no
 recovery: it describes the last committed index.json.
 
-JSON output: {images, blobs, totalBytes, referencedBytes, uniqueBytes,
-sharedBytes, orphanBytes, leasedBytes, youngBytes, reclaimableBytes,
-repositories: [{name, tags, images, totalBytes, uniqueBytes, sharedBytes}]}.`,
+JSON output (docs/JSON.md): {images, manifests, blobs, totalBytes,
+referencedBytes, uniqueBytes, sharedBytes, orphanBytes, leasedBytes,
+youngBytes, reclaimableBytes, otherLayoutsBytes, unreadable, repositories:
+[{repository, untagged, images, manifests, totalBytes, uniqueBytes,
+sharedBytes}]}; repository is "" for tags without one, null for the
+untagged entries.`,
 	flagHelp: `      --grace DURATION  the grace period of gc, for what is reclaimable (default 1h)`,
 	maxArgs:  0,
 	format:   true,
 	flags:    graceFlag,
 	run:      runDu,
+}
+
+type duOutput struct {
+	Images            int               `json:"images"`    // index.json entries, as fsck counts them
+	Manifests         int               `json:"manifests"` // distinct manifests among them
+	Blobs             int               `json:"blobs"`
+	TotalBytes        int64             `json:"totalBytes"`
+	ReferencedBytes   int64             `json:"referencedBytes"`
+	UniqueBytes       int64             `json:"uniqueBytes"`
+	SharedBytes       int64             `json:"sharedBytes"`
+	OrphanBytes       int64             `json:"orphanBytes"`
+	LeasedBytes       int64             `json:"leasedBytes"`
+	YoungBytes        int64             `json:"youngBytes"`
+	ReclaimableBytes  int64             `json:"reclaimableBytes"`
+	OtherLayoutsBytes int64             `json:"otherLayoutsBytes"`
+	Unreadable        []string          `json:"unreadable"`
+	Repositories      []duRepositoryRow `json:"repositories"`
+}
+
+type duRepositoryRow struct {
+	Repository  *string `json:"repository"` // "" for tags without one; null for the untagged entries
+	Untagged    bool    `json:"untagged"`
+	Images      int     `json:"images"`
+	Manifests   int     `json:"manifests"`
+	TotalBytes  int64   `json:"totalBytes"`
+	UniqueBytes int64   `json:"uniqueBytes"`
+	SharedBytes int64   `json:"sharedBytes"`
+}
+
+func duOf(u *store.Usage) duOutput {
+	out := duOutput{
+		Images: u.Images, Manifests: u.Manifests, Blobs: u.Blobs, TotalBytes: u.TotalBytes,
+		ReferencedBytes: u.ReferencedBytes, UniqueBytes: u.UniqueBytes, SharedBytes: u.SharedBytes,
+		OrphanBytes: u.OrphanBytes, LeasedBytes: u.LeasedBytes, YoungBytes: u.YoungBytes,
+		ReclaimableBytes: u.ReclaimableBytes, OtherLayoutsBytes: u.OtherLayoutsBytes,
+		Unreadable: nonNil(u.Unreadable), Repositories: []duRepositoryRow{},
+	}
+	for _, r := range u.Repositories {
+		row := duRepositoryRow{Untagged: r.Untagged, Images: r.Images, Manifests: r.Manifests,
+			TotalBytes: r.TotalBytes, UniqueBytes: r.UniqueBytes, SharedBytes: r.SharedBytes}
+		if !r.Untagged {
+			name := r.Name
+			row.Repository = &name
+		}
+		out.Repositories = append(out.Repositories, row)
+	}
+	return out
 }
 
 func runDu(ctx context.Context, a *app, _ []string) error {
@@ -180,23 +245,27 @@ func runDu(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 		if a.json() {
-			return a.printJSON(u)
+			return a.printJSON(duOf(u))
 		}
 		tw := a.table()
-		fmt.Fprintln(tw, "REPOSITORY\tTAGS\tIMAGES\tSIZE\tUNIQUE\tSHARED")
+		fmt.Fprintln(tw, "REPOSITORY\tIMAGES\tMANIFESTS\tSIZE\tUNIQUE\tSHARED")
 		for _, r := range u.Repositories {
 			name := r.Name
-			if name == "" {
+			switch {
+			case r.Untagged:
+				name = "<none>"
+			case name == "":
 				name = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", name, r.Tags, r.Images, humanSize(r.TotalBytes), humanSize(r.UniqueBytes), humanSize(r.SharedBytes))
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", name, r.Images, r.Manifests, humanSize(r.TotalBytes), humanSize(r.UniqueBytes), humanSize(r.SharedBytes))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
 		fmt.Fprintln(a.stdout)
 		tw = a.table()
-		fmt.Fprintf(tw, "Total:\t%s in %s, %s\n", sizeWithBytes(u.TotalBytes), plural(u.Blobs, "blob", "blobs"), plural(u.Images, "image", "images"))
+		fmt.Fprintf(tw, "Total:\t%s in %s, %s (%s)\n", sizeWithBytes(u.TotalBytes), plural(u.Blobs, "blob", "blobs"),
+			plural(u.Images, "image", "images"), plural(u.Manifests, "manifest", "manifests"))
 		fmt.Fprintf(tw, "Referenced:\t%s (unique %s, shared %s)\n", sizeWithBytes(u.ReferencedBytes), humanSize(u.UniqueBytes), humanSize(u.SharedBytes))
 		fmt.Fprintf(tw, "Orphaned:\t%s (leased %s, within the grace period %s)\n", sizeWithBytes(u.OrphanBytes), humanSize(u.LeasedBytes), humanSize(u.YoungBytes))
 		if u.OtherLayoutsBytes > 0 {
@@ -224,19 +293,31 @@ func shortDuration(d time.Duration) string {
 
 var pruneCmd = &command{
 	name:    "prune",
-	summary: "remove images by policy: keep-last, age, size budget, filters",
+	summary: "remove images by policy: untagged, keep-last, age, size budget, filters",
 	help: `Removes the images a policy chooses, and every blob only they used, in ONE
 transaction whatever their number (one journal record, one index.json write).
 Filters choose the candidates; rules choose among them; give at least one rule.
 
 Rules:
-  --keep-last N        keep the newest N images of each repository; alone it
-                       removes the others, with another rule it protects them
+  --untagged           remove every untagged entry (podman image prune does
+                       so by default; Docker calls them dangling images)
+  --keep-last N        keep the newest N images of each repository; without
+                       --older-than, until or --max-size it removes the
+                       others, with one of them it only protects them
   --older-than DUR     remove images created more than DUR ago (720h, 30d)
   --filter until=TIME  remove images created before TIME (RFC 3339, a date
                        2006-01-02, Unix seconds, or a duration ago: 24h)
-  --max-size SIZE      then remove least recently used images until the layout
-                       keeps at most SIZE bytes (20GiB, 500MB, 1G, 12345)
+  --max-size SIZE      then remove untagged entries, then the least recently
+                       used images, until the layout keeps at most SIZE bytes
+                       (20GiB, 500MB, 1G, 12345)
+
+Untagged entries go first, as dangling images do with Docker and podman:
+--keep-last keeps none of them (they belong to no repository), --max-size
+removes them before any tagged image, and --untagged removes them all
+whatever the other rules choose. An untagged entry is not removed as such
+when it is also tagged, when an image that stays references it (a platform
+manifest of a tagged index that index.json also lists), or when it is a
+referrer. Leases still keep their blobs.
 
 Filters (repeatable; an image must match every label and one ref):
   --filter ref=GLOB    tags matching GLOB (path.Match: * does not cross /);
@@ -244,22 +325,29 @@ Filters (repeatable; an image must match every label and one ref):
   --filter label=K=V   config label K has value V (label=K: K is set)
 
 A repository is the part of the tag before ':' ("example.com/app" for
-"example.com/app:1.0"); tags without one form one group, untagged entries
-another. An image's age is its config's "created", else when the store first
-saw it; its last use is the last resolve or manifest read through the
-library, else when the store first saw it. An image with several tags counts
-once. Referrers (signatures, SBOMs: manifests with a subject) are never chosen
-by a rule: they go with their subject, unless --keep-referrers.
+"example.com/app:1.0"); tags without one form one group. An image's age is
+its config's "created", else when the store first saw it; its last use is
+the last resolve or manifest read through the library, else when the store
+first saw it. An image with several tags counts once. Referrers (signatures,
+SBOMs: manifests with a subject) are never chosen by a rule: they go with
+their subject, unless --keep-referrers.
 
-Prints each removed reference with the rule that removed it, then the blobs
-and bytes freed and the size kept. For a day after the journal was rebuilt
-without its leases, the images go but their blobs stay (for a later gc), and a
-line "freed nothing: ..." says why. JSON output: {txn, freed, bytesFreed,
-dryRun, removed: [{name, digest, repository, reason}], sizeBefore,
-sizeAfter, overBudget, pinned}.`,
-	flagHelp: `      --keep-last N       keep the newest N images per repository
+Prints each removed reference with the rule that removed it (untagged,
+keep-last, older-than, max-size, referrer, dangling-referrer), then the
+blobs and bytes freed and the size kept. For a day after the journal was
+rebuilt without its leases, nothing is removed and a line
+"freed nothing: ..." says why.
+
+JSON output (docs/JSON.md): {dryRun, txn, freed: [{digest, size}],
+bytesFreed, pinned, kept, removed: [{ref, repository, tag, untagged, digest,
+reason}], sizeBefore, sizeAfter, overBudget}; every field is always there, a
+dry run's too (txn 0 when nothing was committed, pinned null when not
+pinned).`,
+	flagHelp: `      --untagged          remove every untagged entry
+      --keep-last N       keep the newest N images per repository
       --older-than DUR    remove images older than DUR
-      --max-size SIZE     keep at most SIZE bytes, least recently used go first
+      --max-size SIZE     keep at most SIZE bytes: untagged entries, then the
+                          least recently used images go first
       --filter KEY=VALUE  until=TIME, ref=GLOB or label=K[=V]; repeatable
       --keep-referrers    do not remove referrers with their subjects
       --dry-run           show what would be removed; change nothing`,
@@ -267,6 +355,7 @@ sizeAfter, overBudget, pinned}.`,
 	format:  true,
 	flags: func(fs *flag.FlagSet, a *app) {
 		p := &a.opts.policy
+		fs.BoolVar(&p.Untagged, "untagged", false, "remove every untagged entry")
 		fs.Func("keep-last", "keep the newest N per repository",
 			count("want a whole number of images, at least 1", func(n int) { p.KeepLast = n }))
 		fs.Func("older-than", "remove images older than this",
@@ -353,6 +442,21 @@ func parseSize(s string) (int64, error) {
 	return int64(n), nil
 }
 
+type pruneOutput struct {
+	DryRun bool `json:"dryRun"`
+	freedJSON
+	Removed    []prunedRow `json:"removed"`
+	SizeBefore int64       `json:"sizeBefore"`
+	SizeAfter  int64       `json:"sizeAfter"`
+	OverBudget bool        `json:"overBudget"`
+}
+
+type prunedRow struct {
+	entryRef
+	Digest string `json:"digest"`
+	Reason string `json:"reason"` // a store.Reason* constant
+}
+
 func runPrune(ctx context.Context, a *app, _ []string) error {
 	if err := a.opts.policy.Validate(); err != nil {
 		return &usageError{err}
@@ -363,7 +467,12 @@ func runPrune(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 		if a.json() {
-			return a.printFreeingJSON(res, &res.Result)
+			out := pruneOutput{DryRun: res.DryRun, freedJSON: freedOf(&res.Result), Removed: []prunedRow{},
+				SizeBefore: res.SizeBefore, SizeAfter: res.SizeAfter, OverBudget: res.OverBudget}
+			for _, r := range res.Removed {
+				out.Removed = append(out.Removed, prunedRow{entryRef: refOf(r.Name), Digest: r.Digest, Reason: r.Reason})
+			}
+			return a.printJSON(out)
 		}
 		verb, freed := "removed", "freed"
 		if res.DryRun {

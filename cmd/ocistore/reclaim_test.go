@@ -17,6 +17,7 @@ import (
 	"github.com/ocistore/ocistore/internal/gen"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
+	"github.com/ocistore/ocistore/recovery"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -44,7 +45,7 @@ func TestGCCommand(t *testing.T) {
 
 	// Dry run: lists, removes nothing.
 	r := must(t, 0, "-l", f.dir, "gc", "--dry-run", "--format", "json")
-	res := decodeJSON[store.GCResult](t, r)
+	res := decodeJSON[gcOutput](t, r)
 	if !res.DryRun || len(res.Freed) != 1 || res.Freed[0].Digest != old.String() || res.BytesFreed != int64(len("old garbage")) || res.Young != 1 || res.Txn != 0 {
 		t.Errorf("dry run: %+v", res)
 	}
@@ -62,7 +63,7 @@ func TestGCCommand(t *testing.T) {
 	}
 	// No grace: the young one too; the layout is then clean.
 	r = must(t, 0, "-l", f.dir, "gc", "--grace", "0s", "--json")
-	if res := decodeJSON[store.GCResult](t, r); len(res.Freed) != 1 || res.Freed[0].Digest != young.String() || res.Txn == 0 {
+	if res := decodeJSON[gcOutput](t, r); len(res.Freed) != 1 || res.Freed[0].Digest != young.String() || res.Txn == 0 {
 		t.Errorf("gc --grace 0s: %+v", res)
 	}
 	must(t, 0, "-l", f.dir, "fsck")
@@ -114,7 +115,7 @@ func TestDuCommand(t *testing.T) {
 	dropBlob(t, f.dir, "old garbage", 2*time.Hour)
 	dropBlob(t, f.dir, "young garbage", 0)
 	r := must(t, 0, "-l", f.dir, "du", "--format", "json")
-	u := decodeJSON[store.Usage](t, r)
+	u := decodeJSON[duOutput](t, r)
 	// Independently: every blob file, and the graphs of the fixture.
 	var files int64
 	for _, p := range blobFiles(t, f.dir) {
@@ -129,19 +130,25 @@ func TestDuCommand(t *testing.T) {
 	if u.TotalBytes != files || u.ReferencedBytes != total(ref) || u.OrphanBytes != int64(len("old garbage")+len("young garbage")) {
 		t.Errorf("du: %+v (files %d, referenced %d)", u, files, total(ref))
 	}
-	if u.ReclaimableBytes != int64(len("old garbage")) || u.YoungBytes != int64(len("young garbage")) || u.Images != 4 {
+	if u.ReclaimableBytes != int64(len("old garbage")) || u.YoungBytes != int64(len("young garbage")) || u.Images != 5 || u.Manifests != 4 {
 		t.Errorf("du: %+v", u)
 	}
+	// Images are what fsck counts: the entries of index.json.
+	if rep := decodeJSON[recovery.Report](t, cli(t, "-l", f.dir, "fsck", "--json")); rep.Images != u.Images {
+		t.Errorf("fsck counts %d images, du %d", rep.Images, u.Images)
+	}
 	// The fixture's tags have no repository part: one group, and the untagged entry.
-	if len(u.Repositories) != 2 || u.Repositories[0].Name != "" || u.Repositories[0].Tags != 4 || u.Repositories[1].Name != store.UntaggedRepository {
+	if len(u.Repositories) != 2 || u.Repositories[0].Repository == nil || *u.Repositories[0].Repository != "" || u.Repositories[0].Untagged ||
+		u.Repositories[0].Images != 4 || u.Repositories[0].Manifests != 3 ||
+		u.Repositories[1].Repository != nil || !u.Repositories[1].Untagged || u.Repositories[1].Images != 1 {
 		t.Errorf("repositories: %+v", u.Repositories)
 	}
 	r = must(t, 0, "-l", f.dir, "du", "--grace", "0s", "--json")
-	if u := decodeJSON[store.Usage](t, r); u.ReclaimableBytes != u.OrphanBytes {
+	if u := decodeJSON[duOutput](t, r); u.ReclaimableBytes != u.OrphanBytes {
 		t.Errorf("du --grace 0s: %+v", u)
 	}
 	r = must(t, 0, "-l", f.dir, "du")
-	wantContains(t, "stdout", r.stdout, "REPOSITORY", "UNIQUE", "SHARED", "<none>", "Total:", "Referenced:", "Orphaned:", "Reclaimable:", "ocistore gc --grace 1h)")
+	wantContains(t, "stdout", r.stdout, "REPOSITORY", "IMAGES", "MANIFESTS", "UNIQUE", "SHARED", "<none>", "5 images (4 manifests)", "Total:", "Referenced:", "Orphaned:", "Reclaimable:", "ocistore gc --grace 1h)")
 	for _, args := range [][]string{{"du", "x"}, {"du", "--grace", "x"}} {
 		if r := cli(t, append([]string{"-l", f.dir}, args...)...); r.code != exitUsage {
 			t.Errorf("%v: want exit 2:\n%s", args, r)
@@ -212,10 +219,10 @@ func TestPruneCommand(t *testing.T) {
 
 	// Dry run, JSON: keep 2 of app; app:1's signature goes with it.
 	r := must(t, 0, "-l", dir, "prune", "--keep-last", "2", "--filter", "ref=app:*", "--dry-run", "--format", "json")
-	res := decodeJSON[store.PruneResult](t, r)
+	res := decodeJSON[pruneOutput](t, r)
 	got := map[string]string{}
 	for _, im := range res.Removed {
-		got[im.Name] = im.Reason
+		got[im.name()] = im.Reason
 	}
 	want := map[string]string{"app:1": store.ReasonKeepLast, "app:2": store.ReasonKeepLast, "sigs:1": store.ReasonReferrer}
 	if !res.DryRun || res.Txn != 0 || len(got) != 3 || got["app:1"] != want["app:1"] || got["app:2"] != want["app:2"] || got["sigs:1"] != want["sigs:1"] || res.BytesFreed <= 0 {
@@ -236,7 +243,7 @@ func TestPruneCommand(t *testing.T) {
 	must(t, 0, "-l", dir, "fsck")
 	// The signature's subject is gone: a prune that matches it takes it.
 	r = must(t, 0, "-l", dir, "prune", "--keep-last", "5", "--json")
-	if res := decodeJSON[store.PruneResult](t, r); len(res.Removed) != 1 || res.Removed[0].Name != "sigs:1" || res.Removed[0].Reason != store.ReasonDanglingReferrer || res.Txn == 0 {
+	if res := decodeJSON[pruneOutput](t, r); len(res.Removed) != 1 || res.Removed[0].name() != "sigs:1" || res.Removed[0].Reason != store.ReasonDanglingReferrer || res.Txn == 0 {
 		t.Errorf("dangling referrer: %+v", res)
 	}
 	if exists(filepath.Join(dir, "blobs", "sha256", sig.Digest.Encoded())) {
@@ -244,13 +251,13 @@ func TestPruneCommand(t *testing.T) {
 	}
 	// Created before 2025-12-31: none (the configs say 2026-01-01).
 	r = must(t, 0, "-l", dir, "prune", "--filter", "until=2025-12-31", "--json")
-	if res := decodeJSON[store.PruneResult](t, r); len(res.Removed) != 0 || res.Txn != 0 {
+	if res := decodeJSON[pruneOutput](t, r); len(res.Removed) != 0 || res.Txn != 0 {
 		t.Errorf("until before every image: %+v", res)
 	}
 	// A budget below one image, keeping the newest of each repository.
 	r = must(t, 0, "-l", dir, "prune", "--max-size", "1", "--keep-last", "1")
 	wantContains(t, "stdout", r.stdout, "app:3", "max-size", "over budget")
-	if res := decodeJSON[store.PruneResult](t, must(t, 0, "-l", dir, "prune", "--max-size", "1", "--json")); res.OverBudget || res.SizeAfter != 0 || len(res.Removed) != 2 {
+	if res := decodeJSON[pruneOutput](t, must(t, 0, "-l", dir, "prune", "--max-size", "1", "--json")); res.OverBudget || res.SizeAfter != 0 || len(res.Removed) != 2 {
 		t.Errorf("prune to nothing: %+v", res)
 	}
 	must(t, 0, "-l", dir, "fsck")
@@ -351,11 +358,11 @@ func TestLeaseAcrossProcesses(t *testing.T) {
 	}
 
 	r := must(t, 0, "-l", dir, "gc", "--grace", "0s", "--json")
-	if res := decodeJSON[store.GCResult](t, r); len(res.Freed) != 0 || res.Leased != 1 {
+	if res := decodeJSON[gcOutput](t, r); len(res.Freed) != 0 || res.Leased != 1 {
 		t.Errorf("gc under a lease: %+v", res)
 	}
 	r = must(t, 0, "-l", dir, "prune", "--keep-last", "3", "--filter", "ref=app:*", "--json")
-	res := decodeJSON[store.PruneResult](t, r)
+	res := decodeJSON[pruneOutput](t, r)
 	if len(res.Removed) != 2 { // app:1 and its signature
 		t.Errorf("prune: %+v", res)
 	}
@@ -371,7 +378,7 @@ func TestLeaseAcrossProcesses(t *testing.T) {
 	}
 	must(t, 0, "-l", dir, "fsck") // leased blobs are not orphans
 	r = must(t, 0, "-l", dir, "du", "--grace", "0s", "--json")
-	if u := decodeJSON[store.Usage](t, r); u.LeasedBytes != int64(len(pulled))+own.Size || u.ReclaimableBytes != 0 {
+	if u := decodeJSON[duOutput](t, r); u.LeasedBytes != int64(len(pulled))+own.Size || u.ReclaimableBytes != 0 {
 		t.Errorf("du under a lease: %+v", u)
 	}
 
@@ -379,7 +386,7 @@ func TestLeaseAcrossProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = must(t, 0, "-l", dir, "gc", "--grace", "0s", "--json")
-	if res := decodeJSON[store.GCResult](t, r); len(res.Freed) != 2 {
+	if res := decodeJSON[gcOutput](t, r); len(res.Freed) != 2 {
 		t.Errorf("gc after release: %+v", res)
 	}
 	must(t, 0, "-l", dir, "fsck")
@@ -400,7 +407,7 @@ func TestPruneEmptiesTrash(t *testing.T) {
 	}
 	before := blobCount(t, dir)
 	r := must(t, 0, "-l", dir, "prune", "--keep-last", "1", "--json")
-	res := decodeJSON[store.PruneResult](t, r)
+	res := decodeJSON[pruneOutput](t, r)
 	if len(res.Removed) != st.Images-2 || len(res.Freed) < protocol.DefaultTrashMin {
 		t.Fatalf("pruned %d images, %d blobs; want %d images and at least %d blobs (the trash path)", len(res.Removed), len(res.Freed), st.Images-2, protocol.DefaultTrashMin)
 	}
@@ -446,4 +453,63 @@ func TestRepairGrace(t *testing.T) {
 	if _, err := os.Stat(f.blobPath(young)); !os.IsNotExist(err) {
 		t.Errorf("--grace 0s left the young orphan: %v", err)
 	}
+}
+
+// TestPruneUntaggedCommand: --untagged removes every untagged entry but
+// one that a tagged index lists; the untagged entries are the first a size
+// budget removes, and --keep-last keeps none of them.
+func TestPruneUntaggedCommand(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	ctx := context.Background()
+	s, err := store.Open(ctx, f.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Tag(ctx, f.amd64, "amd64"); err != nil { // a platform of multi, listed too
+		t.Fatal(err)
+	}
+	if err := s.Untag(ctx, "amd64"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	untaggedOnly := func(r result, reason string) {
+		t.Helper()
+		res := decodeJSON[pruneOutput](t, r)
+		if len(res.Removed) != 1 || res.Removed[0].Digest != f.untagged.Digest.String() || !res.Removed[0].Untagged ||
+			res.Removed[0].Ref != nil || res.Removed[0].Repository != nil || res.Removed[0].Tag != nil || res.Removed[0].Reason != reason {
+			t.Errorf("removed %+v, want only the untagged entry (%s)", res.Removed, reason)
+		}
+	}
+	ls := must(t, 0, "-l", f.dir, "ls").stdout
+	// A budget one byte short: the untagged entry goes, not a (used least
+	// recently: first seen first).
+	u := decodeJSON[duOutput](t, must(t, 0, "-l", f.dir, "du", "--json"))
+	untaggedOnly(must(t, 0, "-l", f.dir, "prune", "--max-size", fmt.Sprint(u.ReferencedBytes-1), "--dry-run", "--json"), store.ReasonMaxSize)
+	// Keep-last protects none of them.
+	r := must(t, 0, "-l", f.dir, "prune", "--keep-last", "5", "--dry-run", "--json")
+	untaggedOnly(r, store.ReasonKeepLast)
+	if got := must(t, 0, "-l", f.dir, "ls").stdout; got != ls {
+		t.Fatalf("a dry run changed the layout:\n%s", got)
+	}
+	r = must(t, 0, "-l", f.dir, "prune", "--untagged", "--dry-run")
+	wantContains(t, "stdout", r.stdout, "would remove   <none>   "+f.untagged.Digest.String()+"   untagged", "would remove 1 reference")
+	untaggedOnly(must(t, 0, "-l", f.dir, "prune", "--untagged", "--json"), store.ReasonUntagged)
+	// What is left untagged is multi's platform, which stays.
+	var left []string
+	for _, row := range decodeJSON[[]lsRow](t, must(t, 0, "-l", f.dir, "ls", "--json")) {
+		if row.Untagged {
+			left = append(left, row.Digest)
+		}
+	}
+	if len(left) != 1 || left[0] != f.amd64.Digest.String() {
+		t.Errorf("untagged entries left: %v, want multi's amd64 platform", left)
+	}
+	if res := decodeJSON[pruneOutput](t, must(t, 0, "-l", f.dir, "prune", "--untagged", "--json")); len(res.Removed) != 0 || res.Txn != 0 {
+		t.Errorf("second prune --untagged: %+v", res)
+	}
+	must(t, 0, "-l", f.dir, "fsck")
+	wantContains(t, "help", must(t, 0, "prune", "-h").stdout, "--untagged", "Untagged entries go first")
 }

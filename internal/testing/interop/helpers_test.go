@@ -599,7 +599,7 @@ func fsckClean(t *testing.T, dir, when string) *fsckReport {
 
 // lsRow is one row of `ocistore ls --format json`.
 type lsRow struct {
-	Name   string `json:"name"`
+	Name   string `json:"ref"` // null (here "") when untagged
 	Digest string `json:"digest"`
 }
 

@@ -285,10 +285,8 @@ func TestUmociWritesIntoManagedLayout(t *testing.T) {
 // importOutput is `ocistore import --format json`.
 type importOutput struct {
 	Images []struct {
-		Name       string `json:"name"`
-		Descriptor struct {
-			Digest string `json:"digest"`
-		} `json:"descriptor"`
+		Name   string `json:"ref"` // null (here "") when untagged
+		Digest string `json:"digest"`
 	} `json:"images"`
 	BlobsCopied int `json:"blobsCopied"`
 }
@@ -301,7 +299,7 @@ func importLayout(t *testing.T, dst, src string, refs ...string) (map[string]str
 	decodeJSON(t, r, &out)
 	imported := map[string]string{}
 	for _, im := range out.Images {
-		imported[im.Name] = im.Descriptor.Digest
+		imported[im.Name] = im.Digest
 	}
 	return imported, out.BlobsCopied, r
 }

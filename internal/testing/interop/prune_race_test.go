@@ -88,7 +88,7 @@ func TestSkopeoRacesPrune(t *testing.T) {
 		mustSkopeo(t, "copy", "-q", ociRef(l, "example.com/repo0:v0"), ociRef(src, "src"))
 		var plan struct {
 			Removed []struct {
-				Name string `json:"name"`
+				Name string `json:"ref"`
 			} `json:"removed"`
 		}
 		r := mustOcistore(t, l, "prune", "--keep-last", "1", "--dry-run", "--format", "json")
