@@ -48,5 +48,8 @@ func InFlight(dir string) (bool, error) {
 	if shared != "" {
 		root = shared
 	}
+	if !protocol.JournalAtIsRegular(root) {
+		return false, nil // never opened through a symlink; fsck reports it
+	}
 	return ij.Busy(filepath.Join(root, protocol.JournalFile))
 }

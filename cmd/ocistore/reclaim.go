@@ -81,8 +81,15 @@ leases (they could not be read from the damaged one), nothing is removed and
 a line "freed nothing: ..." says why.
 
 JSON output (docs/JSON.md): {dryRun, txn, freed: [{digest, size}],
-bytesFreed, pinned, kept, scanned, young, leased}; every field is always
-there (txn 0 when nothing was committed, pinned null when not pinned).`,
+bytesFreed, pinned, kept, scanned, young, leased, recovery: [{kind, txn,
+detail}]}; every field is always there (txn 0 when nothing was committed,
+pinned null when not pinned; recovery, for a dry run, what the recovery a
+real run does first would do, else []).
+
+A dry run takes no lock and changes no byte (it works on a read-only
+mount and while another process writes): it runs the real plan on a
+private copy of the journal, after the recovery a real run does first,
+done in that copy only, and prints that recovery as "would first ...".`,
 	flagHelp: `      --grace DURATION  keep unreferenced blobs modified within DURATION
                         (default 1h; e.g. 30m, 0s, 7d)
       --dry-run         show what would be removed; change nothing`,
@@ -101,6 +108,17 @@ type gcOutput struct {
 	Scanned int `json:"scanned"` // blob files looked at
 	Young   int `json:"young"`   // unreferenced, kept: within the grace period
 	Leased  int `json:"leased"`  // unreferenced, kept: held by a live lease
+	// Recovery is, for a dry run, what the recovery a real run does
+	// first would do; [] otherwise.
+	Recovery []recovery.Action `json:"recovery"`
+}
+
+// wouldRecover is the recovery field of a dry run's JSON: [] when none.
+func wouldRecover(acts []recovery.Action) []recovery.Action {
+	if acts == nil {
+		return []recovery.Action{}
+	}
+	return acts
 }
 
 func runGC(ctx context.Context, a *app, _ []string) error {
@@ -110,7 +128,7 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 		if a.json() {
-			return a.printJSON(gcOutput{DryRun: res.DryRun, freedJSON: freedOf(&res.Result), Scanned: res.Scanned, Young: res.Young, Leased: res.Leased})
+			return a.printJSON(gcOutput{DryRun: res.DryRun, freedJSON: freedOf(&res.Result), Scanned: res.Scanned, Young: res.Young, Leased: res.Leased, Recovery: wouldRecover(res.Recovery)})
 		}
 		verb := "removed"
 		if res.DryRun {
@@ -340,9 +358,10 @@ rebuilt without its leases, nothing is removed and a line
 
 JSON output (docs/JSON.md): {dryRun, txn, freed: [{digest, size}],
 bytesFreed, pinned, kept, removed: [{ref, repository, tag, untagged, digest,
-reason}], sizeBefore, sizeAfter, overBudget}; every field is always there, a
-dry run's too (txn 0 when nothing was committed, pinned null when not
-pinned).`,
+reason}], sizeBefore, sizeAfter, overBudget, recovery: [{kind, txn,
+detail}]}; every field is always there, a dry run's too (txn 0 when nothing
+was committed, pinned null when not pinned; recovery as gc's). A dry run
+changes no byte and takes no lock, as gc's.`,
 	flagHelp: `      --untagged          remove every untagged entry
       --keep-last N       keep the newest N images per repository
       --older-than DUR    remove images older than DUR
@@ -449,6 +468,8 @@ type pruneOutput struct {
 	SizeBefore int64       `json:"sizeBefore"`
 	SizeAfter  int64       `json:"sizeAfter"`
 	OverBudget bool        `json:"overBudget"`
+	// Recovery: as gcOutput's.
+	Recovery []recovery.Action `json:"recovery"`
 }
 
 type prunedRow struct {
@@ -467,7 +488,7 @@ func runPrune(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 		if a.json() {
-			out := pruneOutput{DryRun: res.DryRun, freedJSON: freedOf(&res.Result), Removed: []prunedRow{},
+			out := pruneOutput{DryRun: res.DryRun, freedJSON: freedOf(&res.Result), Removed: []prunedRow{}, Recovery: wouldRecover(res.Recovery),
 				SizeBefore: res.SizeBefore, SizeAfter: res.SizeAfter, OverBudget: res.OverBudget}
 			for _, r := range res.Removed {
 				out.Removed = append(out.Removed, prunedRow{entryRef: refOf(r.Name), Digest: r.Digest, Reason: r.Reason})

@@ -71,8 +71,10 @@ func (g generation) same(h generation) bool { return g.txid == h.txid && g.index
 
 func generationOf(dir, jpath string) generation {
 	var g generation
-	g.busy, _ = journal.Busy(jpath)
-	g.txid = journal.LastTxID(jpath)
+	if protocol.JournalAtIsRegular(filepath.Dir(filepath.Dir(jpath))) {
+		g.busy, _ = journal.Busy(jpath)
+		g.txid = journal.LastTxID(jpath)
+	}
 	if fi, err := os.Lstat(filepath.Join(dir, layout.IndexFile)); err == nil {
 		g.index = fsio.StampOf(fi)
 	}

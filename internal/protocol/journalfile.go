@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -265,6 +266,28 @@ func JournalNotRegular(fsys fsio.FS) (string, string) {
 		}
 	}
 	return "", ""
+}
+
+// JournalAtIsRegular reports whether root/.ocistore is a directory and
+// root/.ocistore/journal.db a regular file (or missing), looked at without
+// following a symlink: only then may a reader open or probe it by path.
+func JournalAtIsRegular(root string) bool {
+	for _, c := range []struct {
+		path string
+		ok   func(fs.FileMode) bool
+	}{
+		{filepath.Join(root, layout.StateDir), fs.FileMode.IsDir},
+		{filepath.Join(root, JournalFile), fs.FileMode.IsRegular},
+	} {
+		fi, err := os.Lstat(c.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			return true
+		}
+		if err != nil || !c.ok(fi.Mode()) {
+			return false
+		}
+	}
+	return true
 }
 
 // KindOf words a file mode for messages ("a symlink", "a directory").
