@@ -86,6 +86,7 @@ var (
 	ErrMissingDependency = errdef.ErrMissingDependency
 	ErrTooLarge          = errdef.ErrTooLarge
 	ErrNotLayout         = errdef.ErrNotLayout
+	ErrLayoutMissing     = errdef.ErrLayoutMissing
 	ErrReadOnly          = errdef.ErrReadOnly
 	ErrDurability        = errdef.ErrDurability
 	ErrConflict          = errdef.ErrConflict
@@ -111,7 +112,8 @@ type Options struct {
 	// before failing with ErrLocked. Zero means 30 seconds; negative fails at once.
 	LockTimeout time.Duration
 	// NoCreate makes Open fail with ErrNotLayout instead of creating a layout
-	// in an empty or missing directory.
+	// in an empty or missing directory (ErrLayoutMissing, which wraps
+	// ErrNotLayout, for a missing one).
 	NoCreate bool
 	// SharedBlobDir, when set, is a directory of blobs (<alg>/<hex>, the
 	// layout of skopeo's --shared-blob-dir) that this layout uses in place

@@ -3,7 +3,10 @@
 // test for them with errors.Is. The public store package re-exports them.
 package errdef
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// ErrNotFound: a reference, digest or blob does not exist.
@@ -55,6 +58,10 @@ var (
 	ErrIncomplete = errors.New("change made, cleanup pending")
 	// ErrNotLayout: a directory holds files but is not an OCI image layout.
 	ErrNotLayout = errors.New("not an OCI image layout")
+	// ErrLayoutMissing: the layout's directory does not exist (and the
+	// caller did not ask for it to be created). It wraps ErrNotLayout, so
+	// a test for ErrNotLayout matches it too.
+	ErrLayoutMissing = fmt.Errorf("layout directory does not exist: %w", ErrNotLayout)
 	// ErrRefused: a repair would remove every image of a layout, or act on
 	// a layout whose blobs seem to live elsewhere (a shared blob directory
 	// it was not told about), and was not forced. Nothing was changed.

@@ -73,9 +73,10 @@ type LayoutOptions struct {
 
 // OpenLayout opens the layout in dir (absolute), creating its directory
 // unless o says not to. A directory that does not exist is
-// errdef.ErrNotLayout. Unless o.AsItIs, a directory of the layout that is
-// not one (NotDirectories) is an error wrapping errdef.ErrCorrupt that
-// names it and says to run fsck --repair.
+// errdef.ErrLayoutMissing (which wraps errdef.ErrNotLayout). Unless
+// o.AsItIs, a directory of the layout that is not one (NotDirectories) is
+// an error wrapping errdef.ErrCorrupt that names it and says to run fsck
+// --repair.
 func OpenLayout(dir string, o LayoutOptions) (*Layout, error) {
 	l := &Layout{Dir: dir, StateRoot: dir, Log: o.Log, Now: o.Now}
 	if l.Log == nil {
@@ -106,7 +107,7 @@ func OpenLayout(dir string, o LayoutOptions) (*Layout, error) {
 		osfs, err := fsio.OpenOS(dir)
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
-				err = errdef.ErrNotLayout
+				err = errdef.ErrLayoutMissing
 			}
 			return nil, err
 		}
@@ -262,7 +263,7 @@ func openSharedDirs(dir, shared string, o LayoutOptions) (lfs, bfs fsio.FS, scop
 	}
 	if scope, err = filepath.EvalSymlinks(dir); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			err = errdef.ErrNotLayout
+			err = errdef.ErrLayoutMissing
 		}
 		return nil, nil, "", err
 	}
