@@ -8,8 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -19,7 +17,7 @@ import (
 	"github.com/ocistore/ocistore/store"
 )
 
-// Commands on the layout as a whole: init, fsck, recover, journal, version.
+// Commands on the layout as a whole: init, fsck, recover, journal.
 
 var initCmd = &command{
 	name:    "init",
@@ -434,40 +432,6 @@ func orDash(d digest.Digest) string {
 		return "-"
 	}
 	return d.String()
-}
-
-var versionCmd = &command{
-	name:    "version",
-	summary: "print the version",
-	maxArgs: 0,
-	run: func(_ context.Context, a *app, _ []string) error {
-		_, err := fmt.Fprintln(a.stdout, versionString())
-		return err
-	},
-}
-
-// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
-var version = ""
-
-func versionString() string {
-	v, rev := version, ""
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		if v == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-			v = bi.Main.Version
-		}
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-				rev = s.Value[:12]
-			}
-		}
-	}
-	if v == "" {
-		v = "devel"
-	}
-	if rev != "" {
-		v += " " + rev
-	}
-	return fmt.Sprintf("ocistore %s (%s %s/%s)", v, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
 // repairGrace is the library's RepairOptions.Grace for fsck's --grace: the

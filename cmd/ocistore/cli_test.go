@@ -114,8 +114,10 @@ func TestInit(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(other, "notes.txt"), []byte("mine"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r = must(t, 1, "-l", other, "init")
-	wantContains(t, "stderr", r.stderr, "ocistore: init: ", "not an OCI image layout")
+	r = must(t, exitNotLayout, "-l", other, "init")
+	if want := "ocistore: init: " + other + ": not an OCI image layout (no oci-layout file)\n"; r.stderr != want {
+		t.Errorf("stderr %q, want %q", r.stderr, want)
+	}
 	if exists(filepath.Join(other, "oci-layout")) {
 		t.Error("init wrote oci-layout into a directory with other files")
 	}
@@ -203,8 +205,8 @@ func TestLs(t *testing.T) {
 	}
 	// ls never creates a layout.
 	none := filepath.Join(t.TempDir(), "none")
-	r = must(t, 1, "-l", none, "ls")
-	wantContains(t, "stderr", r.stderr, "ocistore: ls: ", "not an OCI image layout")
+	r = must(t, exitLayoutMissing, "-l", none, "ls")
+	wantContains(t, "stderr", r.stderr, "ocistore: ls: "+none+": layout directory does not exist")
 	if exists(none) {
 		t.Error("ls created the layout directory")
 	}
@@ -444,8 +446,8 @@ func TestImport(t *testing.T) {
 		must(t, 0, "-l", dst, "init")
 		r := must(t, 2, "-l", dst, "import", src.dir, "b", "nope")
 		wantContains(t, "stderr", r.stderr, "ocistore: import: ", "nope", "not found")
-		r = must(t, 1, "-l", dst, "import", filepath.Join(src.dir, "missing"))
-		wantContains(t, "stderr", r.stderr, "ocistore: import: ")
+		r = must(t, exitLayoutMissing, "-l", dst, "import", filepath.Join(src.dir, "missing"))
+		wantContains(t, "stderr", r.stderr, "ocistore: import: "+filepath.Join(src.dir, "missing")+": layout directory does not exist")
 		if got := blobFiles(t, dst); len(got) != 0 {
 			t.Errorf("failed imports left blobs: %v", got)
 		}
@@ -528,8 +530,9 @@ func TestFsck(t *testing.T) {
 	})
 	t.Run("not a directory", func(t *testing.T) {
 		t.Parallel()
-		r := must(t, 1, "-l", filepath.Join(t.TempDir(), "none"), "fsck")
-		wantContains(t, "stderr", r.stderr, "ocistore: fsck: ")
+		none := filepath.Join(t.TempDir(), "none")
+		r := must(t, exitLayoutMissing, "-l", none, "fsck")
+		wantContains(t, "stderr", r.stderr, "ocistore: fsck: "+none+": layout directory does not exist")
 	})
 }
 
@@ -584,7 +587,7 @@ func TestJournalAndRecover(t *testing.T) {
 		wantContains(t, "stdout", r.stdout, "recount: ")
 		must(t, 0, "-l", dir, "fsck")
 		// Not a layout at all.
-		r = must(t, 1, "-l", t.TempDir(), "journal")
+		r = must(t, exitNotLayout, "-l", t.TempDir(), "journal")
 		wantContains(t, "stderr", r.stderr, "ocistore: journal: ", "not an OCI image layout")
 	})
 	t.Run("interrupted rm", func(t *testing.T) {
@@ -716,8 +719,8 @@ func TestLocked(t *testing.T) {
 		{"gc"},
 	} {
 		start := time.Now()
-		r := must(t, 1, append([]string{"-l", f.dir, "--lock-timeout", "200ms"}, args...)...)
-		wantContains(t, "stderr", r.stderr, "ocistore: "+args[0]+": ", "is locked by another process")
+		r := must(t, exitLocked, append([]string{"-l", f.dir, "--lock-timeout", "200ms"}, args...)...)
+		wantContains(t, "stderr", r.stderr, "ocistore: "+args[0]+": "+f.dir+": locked by another process (gave up after --lock-timeout 200ms)")
 		if took := time.Since(start); took > 20*time.Second {
 			t.Errorf("%s waited %s with --lock-timeout 200ms", args[0], took)
 		}

@@ -119,11 +119,16 @@ func TestDamagedGraphCLI(t *testing.T) {
 	}
 
 	for ref, why := range map[string]string{"ix": missing, "big": tooLarge, "deep": tooDeep} {
-		for _, args := range [][]string{{"inspect", ref}, {"inspect", "--json", ref}} {
-			r := must(t, 1, append([]string{"-l", dir}, args...)...)
-			if !strings.HasPrefix(r.stderr, "ocistore: inspect: ") || !strings.Contains(r.stderr, why) || strings.Count(r.stderr, "\n") != 1 || r.stdout != "" {
-				t.Errorf("inspect %s: want one line saying %q on stderr, nothing on stdout:\n%s", ref, why, r)
-			}
+		r := must(t, 1, "-l", dir, "inspect", ref)
+		if !strings.HasPrefix(r.stderr, "ocistore: inspect: ") || !strings.Contains(r.stderr, why) || strings.Count(r.stderr, "\n") != 1 || r.stdout != "" {
+			t.Errorf("inspect %s: want one line saying %q on stderr, nothing on stdout:\n%s", ref, why, r)
+		}
+		// With --json, the error is one JSON object on stderr.
+		r = must(t, 1, "-l", dir, "inspect", "--json", ref)
+		var e errorJSON
+		if err := json.Unmarshal([]byte(r.stderr), &e); err != nil || !strings.Contains(e.Error, why) || e.Kind != kindError || e.Exit != 1 ||
+			strings.Count(r.stderr, "\n") != 1 || r.stdout != "" {
+			t.Errorf("inspect --json %s: want one JSON error saying %q on stderr, nothing on stdout (%v):\n%s", ref, why, err, r)
 		}
 	}
 }

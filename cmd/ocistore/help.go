@@ -1,13 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 )
 
-const globalHelp = `Global flags (before COMMAND):
+const globalHelp = `Global flags (before or after COMMAND; a flag given twice: the last wins):
   -l, --layout DIR          the OCI image layout to work on
                             (default $OCISTORE_LAYOUT, or "." when it is unset)
       --shared-blob-dir DIR the blobs (<alg>/<hex>) are in DIR, which other
@@ -20,16 +21,27 @@ const globalHelp = `Global flags (before COMMAND):
       --lock-timeout DUR    how long to wait for another process's writer lock,
                             e.g. 200ms, 1m (default 30s; 0 means the default,
                             a negative value fails at once)
+      --version             print the version
   -h, --help                show this help
 
-Exit codes:
-  0  success
-  1  error (including a layout locked by another process, and a journal
-     written by a newer ocistore: refused by every command, left as it is)
-  2  not found, or a usage error
-  3  fsck found problems
-  4  the change was made but its cleanup is pending (run ocistore recover);
-     any other failure of a command that writes means nothing changed
+Exit codes (the same for every command):
+  0    success
+  1    error; nothing changed (among them a journal written by a newer
+       ocistore: refused by every command, left as it is)
+  2    usage error, or a reference or digest not found
+  3    fsck found problems
+  4    the change was made but its cleanup is pending (run ocistore recover)
+  5    the layout directory does not exist
+  6    the directory is not an OCI image layout (no oci-layout file)
+  75   another process held the layout's lock past --lock-timeout: try again
+  130  interrupted (Ctrl-C; 143: SIGTERM): nothing changed. A second Ctrl-C
+       kills the process at once
+  Any failure of a command that writes, other than 4, means nothing changed.
+
+Errors: one line on stderr, "ocistore: COMMAND: MESSAGE"; with --format json
+(or --json), one JSON object {"error", "kind", "exit"} instead, kind one of
+usage, not-found, layout-missing, not-layout, locked, incomplete,
+interrupted, error.
 `
 
 // usage prints the program's help.
@@ -44,7 +56,9 @@ Commands:
 `)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, c := range commands {
-		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
+		if !c.hidden {
+			fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
+		}
 	}
 	fmt.Fprintf(tw, "  %s\t%s\n", "help", "show help for a command")
 	tw.Flush()
@@ -85,7 +99,7 @@ func (a *app) commandUsage(w io.Writer, c *command) {
 }
 
 // help runs "ocistore help [COMMAND]".
-func (a *app) help(args []string) int {
+func (a *app) help(ctx context.Context, args []string) int {
 	switch len(args) {
 	case 0:
 		a.usage(a.stdout)
@@ -93,10 +107,10 @@ func (a *app) help(args []string) int {
 	case 1:
 		c := lookup(args[0])
 		if c == nil {
-			return a.fail(nil, usagef("help: unknown command %q", args[0]))
+			return a.fail(ctx, nil, usagef("help: unknown command %q", args[0]))
 		}
 		a.commandUsage(a.stdout, c)
 		return exitOK
 	}
-	return a.fail(nil, usagef("help: want at most one command, got %d", len(args)))
+	return a.fail(ctx, nil, usagef("help: want at most one command, got %d", len(args)))
 }

@@ -87,9 +87,9 @@ func TestGCCommand(t *testing.T) {
 	}
 	r = must(t, 0, "gc", "-h")
 	wantContains(t, "stdout", r.stdout, "Usage: ocistore [global flags] gc [flags] [--format text|json]", "--grace DURATION", "--dry-run", "--json")
-	// Not a layout: exit 1, nothing created.
+	// Not a layout: exit 6, nothing created.
 	empty := t.TempDir()
-	must(t, 1, "-l", empty, "gc")
+	must(t, exitNotLayout, "-l", empty, "gc")
 }
 
 func TestParseDuration(t *testing.T) {
@@ -154,7 +154,7 @@ func TestDuCommand(t *testing.T) {
 			t.Errorf("%v: want exit 2:\n%s", args, r)
 		}
 	}
-	must(t, 1, "-l", t.TempDir(), "du")
+	must(t, exitNotLayout, "-l", t.TempDir(), "du")
 }
 
 func TestShortDuration(t *testing.T) {
