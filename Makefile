@@ -19,10 +19,10 @@ TOOLS     := skopeo umoci
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/ocistore
+	$(GO) build -buildvcs=$(if $(filter $(shell git rev-parse --absolute-git-dir 2>/dev/null),$(shell git rev-parse --path-format=absolute --git-common-dir 2>/dev/null)),true,false) -ldflags "-X main.commit=$(shell git rev-parse HEAD 2>/dev/null) -X main.modified=$(if $(shell git status --porcelain 2>/dev/null | head -1),true,false) -X main.version=$(OCISTORE_VERSION)" -o $(BIN) ./cmd/ocistore
 
 build-crashpoints:
-	$(GO) build $(CRASHTAGS) -o $(CRASHBIN) ./cmd/ocistore
+	$(GO) build $(CRASHTAGS) -buildvcs=$(if $(filter $(shell git rev-parse --absolute-git-dir 2>/dev/null),$(shell git rev-parse --path-format=absolute --git-common-dir 2>/dev/null)),true,false) -ldflags "-X main.commit=$(shell git rev-parse HEAD 2>/dev/null) -X main.modified=$(if $(shell git status --porcelain 2>/dev/null | head -1),true,false) -X main.version=$(OCISTORE_VERSION)" -o $(CRASHBIN) ./cmd/ocistore
 
 # tools installs the real programs the interop tests need (root + apt-get).
 tools:

@@ -412,7 +412,8 @@ _ocistore() {
 		pre=${cur%%%%=*}=
 		kind=$(_ocistore_value "$cmd" "${cur%%%%=*}") || kind=
 	elif [[ $cur == -* ]]; then
-		kind="choice $(_ocistore_flags "$cmd") $(_ocistore_flags '')"
+		kind="choice $(_ocistore_flags '')"
+		[[ -n $cmd ]] && kind+=" $(_ocistore_flags "$cmd")"
 	elif [[ -z $cmd ]]; then
 		kind=command
 	else
@@ -524,7 +525,8 @@ _ocistore() {
 		kind=$(_ocistore_value "$cmd" "${cur%%%%=*}") || kind=
 	elif [[ $cur == -* ]]; then
 		local -a fl
-		fl=(${=$(_ocistore_flags "$cmd")} ${=$(_ocistore_flags '')})
+		fl=(${=$(_ocistore_flags '')})
+		[[ -n $cmd ]] && fl+=(${=$(_ocistore_flags "$cmd")})
 		compadd -- $fl
 		return
 	elif [[ -z $cmd ]]; then
@@ -682,8 +684,8 @@ function __ocistore_complete
 		set pre (string replace -r -- '=.*' '=' $cur)
 		set kind (__ocistore_value "$cmd" (string replace -r -- '=.*' '' $cur)); or set kind ''
 	else if string match -q -- '-*' $cur
-		__ocistore_flags "$cmd"
 		__ocistore_flags ''
+		test -n "$cmd"; and __ocistore_flags "$cmd"
 		return
 	else if test -z "$cmd"
 		__ocistore_commands
