@@ -201,7 +201,7 @@ func repair(ctx context.Context, dir string, o *RepairOptions) (*RepairResult, e
 		return nil, fmt.Errorf("repair %s: %w", abs, err)
 	}
 	if l.Scope != "" {
-		opts.adopting = !fsck.Registered(l, opts.LockTimeout)
+		opts.adopting = !fsck.Registered(ctx, l, opts.LockTimeout)
 	}
 	files := fsck.Repaired{Actions: []recovery.Action{}}
 	openable, err := fsck.RepairFiles(ctx, l, fsck.FilesOptions{LockTimeout: opts.LockTimeout, RebuildJournal: opts.RebuildJournal, DropBroken: opts.DropBroken}, &files)

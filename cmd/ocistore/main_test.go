@@ -81,18 +81,7 @@ func cliWith(t *testing.T, o runOpts, args ...string) result {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = o.dir
-	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, "OCISTORE_") || strings.HasPrefix(kv, "NO_COLOR=") {
-			continue
-		}
-		cmd.Env = append(cmd.Env, kv)
-	}
-	if raceBuild {
-		// The race runtime sleeps a second at exit by default; a race it
-		// finds still fails the run (exit code 66).
-		cmd.Env = append(cmd.Env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	}
-	cmd.Env = append(cmd.Env, o.env...)
+	cmd.Env = childEnv(o.env)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -106,6 +95,24 @@ func cliWith(t *testing.T, o runOpts, args ...string) result {
 		t.Fatalf("run ocistore %v: %v", args, err)
 	}
 	return r
+}
+
+// childEnv is the environment of a run of the binary: this process's, but
+// for the variables ocistore reads, and then extra.
+func childEnv(extra []string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "OCISTORE_") || strings.HasPrefix(kv, "NO_COLOR=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	if raceBuild {
+		// The race runtime sleeps a second at exit by default; a race it
+		// finds still fails the run (exit code 66).
+		env = append(env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	}
+	return append(env, extra...)
 }
 
 // must runs the binary and fails the test unless it exits with code.

@@ -65,9 +65,10 @@ func RepairFiles(ctx context.Context, l *protocol.Layout, o FilesOptions, res *R
 
 // Registered reports whether the layout has its state in the journal of
 // its shared blob directory (ocistore adopted it before). When that cannot
-// be read, it says yes: the repair then finds out what is wrong.
-func Registered(l *protocol.Layout, lockTimeout time.Duration) bool {
-	db, err := journal.Open(l.JournalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: l.Scope})
+// be read, it says yes: the repair then finds out what is wrong. Its wait
+// for a writer ends with ctx.
+func Registered(ctx context.Context, l *protocol.Layout, lockTimeout time.Duration) bool {
+	db, err := protocol.OpenWaiting(ctx, l.JournalPath(), journal.Options{ReadOnly: true, LockTimeout: lockTimeout, Scope: l.Scope})
 	if errors.Is(err, errdef.ErrNotFound) {
 		return false
 	}
@@ -293,7 +294,7 @@ func (f *fixer) repairJournal(ctx context.Context, res *Repaired, rebuildNewer b
 		err = fmt.Errorf("journal %s is %s, not a regular file: %w", protocol.JournalFile, protocol.KindOf(fi.Mode()), errdef.ErrCorrupt)
 		why = err
 	} else {
-		db, err = journal.Open(path, journal.Options{LockTimeout: f.lockTimeout, Scope: f.l.Scope})
+		db, err = protocol.OpenWaiting(ctx, path, journal.Options{LockTimeout: f.lockTimeout, Scope: f.l.Scope})
 	}
 	if f.l.Scope != "" && (why != nil || errors.Is(err, errdef.ErrCorrupt)) {
 		return nil, f.sharedJournalDamaged(cmp.Or(why, err))

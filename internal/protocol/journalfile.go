@@ -69,6 +69,12 @@ func (l *Layout) OpenJournal(ctx context.Context, o journal.Options) (*journal.D
 	return db, nil
 }
 
+// OpenWaiting opens the journal at path as openWaiting does: for a caller
+// that must open it as it is, outside OpenJournal (fsck's repair).
+func OpenWaiting(ctx context.Context, path string, o journal.Options) (*journal.DB, error) {
+	return openWaiting(ctx, path, o)
+}
+
 // lockPoll is how long one try of openWaiting waits for the lock before
 // it looks at its context again.
 const lockPoll = 50 * time.Millisecond
