@@ -222,7 +222,9 @@ func TestCtrlCDuringLockWait(t *testing.T) {
 		g := newFixture(t)
 		// rm paused at a crash point: it no longer looks at its context.
 		p := startOnPty(t, []string{crash.EnvVar + "=" + crash.TxnJournaled + ":pause"}, "-l", g.dir, "rm", "b")
-		waitFor(t, p, "paused", func() bool { return strings.Contains(p.output(), fmt.Sprintf(crash.PausedMessage, crash.TxnJournaled)[:20]) })
+		waitFor(t, p, "paused", func() bool {
+			return strings.Contains(p.output(), fmt.Sprintf(crash.PausedMessage, crash.TxnJournaled)[:20])
+		})
 		p.ctrlC(t)
 		// The first Ctrl-C cancels the command, which does not stop (give
 		// it the time to see the signal: not an assertion on time).
