@@ -223,7 +223,7 @@ func TestCtrlCDuringLockWait(t *testing.T) {
 		// rm paused at a crash point: it no longer looks at its context.
 		p := startOnPty(t, []string{crash.EnvVar + "=" + crash.TxnJournaled + ":pause"}, "-l", g.dir, "rm", "b")
 		waitFor(t, p, "paused", func() bool {
-			return strings.Contains(p.output(), fmt.Sprintf(crash.PausedMessage, crash.TxnJournaled)[:20])
+			return strings.Contains(p.output(), strings.TrimSuffix(fmt.Sprintf(crash.PausedMessage, crash.TxnJournaled), "\n"))
 		})
 		p.ctrlC(t)
 		// The first Ctrl-C cancels the command, which does not stop (give
