@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/lmittmann/tint"
@@ -301,10 +302,10 @@ func asksJSON(args []string) bool {
 		if arg == "--" {
 			return false
 		}
-		name, val, hasVal := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 		if !strings.HasPrefix(arg, "-") {
 			continue
 		}
+		name, val, hasVal := strings.Cut(strings.TrimLeft(arg, "-"), "=")
 		switch {
 		case name == "json" && (!hasVal || val == "true" || val == "1"):
 			return true
@@ -480,7 +481,7 @@ func (e *layoutError) Unwrap() error { return e.err }
 func probeLayout(dir string, damaged bool) error {
 	fi, err := os.Stat(dir)
 	switch {
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR): // ENOTDIR: a file on the path
 		return &layoutError{dir: dir, err: store.ErrLayoutMissing}
 	case err != nil:
 		return nil
@@ -507,6 +508,10 @@ func (a *app) checkLayouts(c *command, args []string) error {
 	case layoutExisting, layoutDamaged:
 		if err := probeLayout(a.layout, c.layout == layoutDamaged); err != nil {
 			return err
+		}
+	case layoutCreate:
+		if fi, err := os.Stat(a.layout); err == nil && !fi.IsDir() {
+			return &layoutError{dir: a.layout, err: store.ErrNotLayout, detail: "not a directory"}
 		}
 	}
 	for i, k := range argKinds(c) {

@@ -124,9 +124,11 @@ func TestErrorSituations(t *testing.T) {
 		if after := testutil.Snapshot(t, plain); len(after) != len(before) {
 			t.Errorf("a command wrote into a directory that is not a layout: %v", after)
 		}
-		// A regular file.
+		// A regular file; a path through one.
 		file := filepath.Join(plain, "notes.txt")
 		errorOutcome(t, cli(t, "-l", file, "ls", "--json"), "ls", true, exitNotLayout, kindNotLayout, file+": not an OCI image layout (not a directory)")
+		errorOutcome(t, cli(t, "-l", file, "init"), "init", false, exitNotLayout, kindNotLayout, file+": not an OCI image layout (not a directory)")
+		errorOutcome(t, cli(t, "-l", file+"/x", "ls"), "ls", false, exitLayoutMissing, kindLayoutMissing, file+"/x: layout directory does not exist")
 		// Import's source.
 		errorOutcome(t, cli(t, "-l", f.dir, "import", plain), "import", false, exitNotLayout, kindNotLayout, plain+": not an OCI image layout (no oci-layout file)")
 	})
