@@ -713,6 +713,8 @@ func TestLocked(t *testing.T) {
 	for _, args := range [][]string{{"ls"}, {"inspect", "a"}, {"du"}, {"fsck"}, {"journal"}, {"gc", "--dry-run"}} {
 		must(t, 0, append([]string{"-l", f.dir, "--lock-timeout", "200ms"}, args...)...)
 	}
+	// Writers wait --lock-timeout, then fail (every writer:
+	// TestErrorSituations).
 	for _, args := range [][]string{
 		{"tag", "a", "x"},
 		{"rm", "b"},
