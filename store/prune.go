@@ -121,13 +121,13 @@ var errDryRun = errors.New("dry run")
 func (p *Policy) Validate() error {
 	switch {
 	case p.KeepLast < 0:
-		return fmt.Errorf("keep-last %d: %w", p.KeepLast, errdef.ErrInvalidArgument)
+		return fmt.Errorf("KeepLast %d: %w", p.KeepLast, errdef.ErrInvalidArgument)
 	case p.OlderThan < 0:
-		return fmt.Errorf("older-than %s: %w", p.OlderThan, errdef.ErrInvalidArgument)
+		return fmt.Errorf("OlderThan %s: %w", p.OlderThan, errdef.ErrInvalidArgument)
 	case p.MaxSize < 0:
-		return fmt.Errorf("max-size %d: %w", p.MaxSize, errdef.ErrInvalidArgument)
+		return fmt.Errorf("MaxSize %d: %w", p.MaxSize, errdef.ErrInvalidArgument)
 	case p.KeepLast == 0 && p.OlderThan == 0 && p.Until.IsZero() && p.MaxSize == 0 && !p.Untagged:
-		return fmt.Errorf("no rule: give keep-last, older-than, until, max-size or untagged: %w", errdef.ErrInvalidArgument)
+		return fmt.Errorf("no rule: set KeepLast, OlderThan, Until, MaxSize or Untagged: %w", errdef.ErrInvalidArgument)
 	}
 	for _, r := range p.Refs {
 		if _, err := path.Match(r, ""); err != nil {

@@ -479,7 +479,18 @@ type prunedRow struct {
 }
 
 func runPrune(ctx context.Context, a *app, _ []string) error {
-	if err := a.opts.policy.Validate(); err != nil {
+	p := &a.opts.policy
+	switch {
+	case p.KeepLast < 0:
+		return usagef("--keep-last %d: want a number of images, 1 or more", p.KeepLast)
+	case p.OlderThan < 0:
+		return usagef("--older-than %s: want a positive duration", p.OlderThan)
+	case p.MaxSize < 0:
+		return usagef("--max-size %d: want a positive size", p.MaxSize)
+	case p.KeepLast == 0 && p.OlderThan == 0 && p.Until.IsZero() && p.MaxSize == 0 && !p.Untagged:
+		return usagef("no rule: give --keep-last, --older-than, --filter until=TIME, --max-size or --untagged")
+	}
+	if err := p.Validate(); err != nil {
 		return &usageError{err}
 	}
 	return a.withWriteOrDry(a.opts.policy.DryRun)(ctx, func(s *store.Store) error {

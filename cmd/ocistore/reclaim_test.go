@@ -212,6 +212,9 @@ func TestPruneCommand(t *testing.T) {
 		if r.code != exitUsage {
 			t.Errorf("%v: want exit 2:\n%s", args, r)
 		}
+		if len(args) == 1 {
+			wantContains(t, "prune with no rule", r.stderr, "--keep-last, --older-than", "--untagged")
+		}
 	}
 	if ls() != before {
 		t.Fatal("a refused prune changed the layout")
