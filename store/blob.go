@@ -19,7 +19,9 @@ import (
 	"github.com/ocistore/ocistore/internal/protocol"
 )
 
-// Exists reports whether the blob of desc is in the layout with desc's size.
+// Exists reports whether the blob of desc is in the layout, with desc's
+// size when desc says it (a negative size, or zero for a digest other than
+// the empty blob's, is unknown: any size will do).
 func (s *Store) Exists(ctx context.Context, desc v1.Descriptor) (bool, error) {
 	if err := s.reading(ctx); err != nil {
 		return false, err
@@ -34,7 +36,7 @@ func (s *Store) Exists(ctx context.Context, desc v1.Descriptor) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("exists %s: %w", desc.Digest, err)
 	}
-	return fi.Mode().IsRegular() && fi.Size() == desc.Size, nil
+	return fi.Mode().IsRegular() && (!sizeKnown(desc) || fi.Size() == desc.Size), nil
 }
 
 // Fetch opens the blob of desc. The reader checks size and digest as it is

@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -276,14 +279,18 @@ func (s *Store) journalWrite(ctx context.Context, fn func(tx *journal.Tx) error)
 
 // journalRead runs fn in a read transaction of a copy of the journal as
 // its last commit left it (journal.Options.Snapshot): it neither waits for
-// a writer of another process nor blocks one.
+// a writer of another process nor blocks one. The copy is shared by the
+// reads that find the journal at the same commit (journalCopies), so a
+// server's reads copy it once per commit, not once per request.
 func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
 	// bbolt opens the journal by path: a .ocistore or journal.db that is
 	// not what it should be (a symlink) is refused, never followed.
 	if bad, detail := protocol.JournalNotRegular(s.lay.FS); bad != "" {
 		return fmt.Errorf("%s: %w", detail, errdef.ErrCorrupt)
 	}
-	db, err := journal.Open(s.journalPath(), journal.Options{Snapshot: true, ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.lay.Scope})
+	c, err := s.copies.acquire(s.journalPath(), func(path string) (*journal.DB, error) {
+		return journal.Open(path, journal.Options{Snapshot: true, ReadOnly: true, LockTimeout: s.opts.LockTimeout, Scope: s.lay.Scope})
+	})
 	if err != nil {
 		err = s.lay.Locked(s.opts.LockTimeout, err)
 	}
@@ -293,8 +300,81 @@ func (s *Store) journalRead(fn func(tx *journal.Tx) error) error {
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	return db.View(fn)
+	defer s.copies.release(c)
+	return c.db.View(fn)
+}
+
+// journalCopies shares one reader's copy of the journal between the reads
+// that find the journal at the same commit (its last txid, read from the
+// meta pages: a commit changes it).
+type journalCopies struct {
+	mu  sync.Mutex
+	cur *journalCopy
+}
+
+type journalCopy struct {
+	db    *journal.DB
+	txid  uint64
+	ino   uint64 // the file's: a rebuilt journal starts its txids again
+	refs  int    // reads using it (under journalCopies.mu)
+	stale bool   // replaced: closed by its last release
+}
+
+// acquire returns the copy for the journal's current commit, opening a new
+// one with open when the journal committed since the last (or has no
+// commit: then no copy is kept).
+func (j *journalCopies) acquire(path string, open func(string) (*journal.DB, error)) (*journalCopy, error) {
+	txid := journal.LastTxID(path)
+	var ino uint64
+	if fi, err := os.Stat(path); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			ino = st.Ino
+		}
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if c := j.cur; c != nil && txid != 0 && c.txid == txid && c.ino == ino {
+		c.refs++
+		return c, nil
+	}
+	db, err := open(path)
+	if err != nil {
+		return nil, err
+	}
+	// Labelled with the commit seen before the copy: a copy of a later
+	// one is only taken again at the next read, never kept as current
+	// past its commit.
+	c := &journalCopy{db: db, txid: txid, ino: ino, refs: 1}
+	if old := j.cur; old != nil {
+		old.stale = true
+		if old.refs == 0 {
+			old.db.Close()
+		}
+	}
+	j.cur = c
+	return c, nil
+}
+
+func (j *journalCopies) release(c *journalCopy) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	c.refs--
+	if c.stale && c.refs == 0 {
+		c.db.Close()
+	}
+}
+
+// close closes the current copy once no read uses it.
+func (j *journalCopies) close() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if c := j.cur; c != nil {
+		c.stale = true
+		if c.refs == 0 {
+			c.db.Close()
+		}
+		j.cur = nil
+	}
 }
 
 // now is the store's clock.

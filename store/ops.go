@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -36,8 +37,11 @@ func (s *Store) List(ctx context.Context) ([]Image, error) {
 	return out, nil
 }
 
-// Resolve returns the descriptor a reference (tag or digest) names in
-// index.json.
+// Resolve returns the descriptor a reference names: a tag, or the digest
+// of an index.json entry (its descriptor there), or the digest of any
+// other manifest or index the layout holds (a platform manifest of an
+// index, a referrer without a tag: its descriptor from its content, see
+// Stat).
 func (s *Store) Resolve(ctx context.Context, ref string) (v1.Descriptor, error) {
 	if err := s.reading(ctx); err != nil {
 		return v1.Descriptor{}, err
@@ -47,6 +51,18 @@ func (s *Store) Resolve(ctx context.Context, ref string) (v1.Descriptor, error) 
 		return v1.Descriptor{}, err
 	}
 	pos, err := find(sn.ix, ref)
+	if errors.Is(err, errdef.ErrNotFound) {
+		if d, isDigest, _ := isDigestRef(ref); isDigest {
+			desc, herr := s.resolveHeld(d)
+			if herr == nil {
+				s.recordUse(d)
+				return desc, nil
+			}
+			if !errors.Is(herr, errdef.ErrNotFound) {
+				err = herr
+			}
+		}
+	}
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("resolve %s: %w", ref, err)
 	}

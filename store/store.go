@@ -163,6 +163,8 @@ type Store struct {
 	lay  *protocol.Layout
 	log  *slog.Logger
 	opts Options
+	// copies is the readers' shared copy of the journal (journalRead).
+	copies journalCopies
 
 	// wmu serializes writers in this process; the journal's file lock
 	// serializes them across processes.
@@ -377,6 +379,7 @@ func (s *Store) Close() error {
 		s.ensureReserve() // the space a transaction freed through the trash is back
 	}
 	s.releaseOwner()
+	s.copies.close()
 	return s.lay.FS.Close()
 }
 
