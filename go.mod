@@ -12,4 +12,9 @@ require (
 	pgregory.net/rapid v1.3.0
 )
 
-require golang.org/x/sys v0.50.0
+require (
+	golang.org/x/sys v0.50.0
+	oras.land/oras-go/v2 v2.7.0
+)
+
+require golang.org/x/sync v0.24.0 // indirect

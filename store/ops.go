@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -456,4 +457,61 @@ func (s *Store) deleteWith(ctx context.Context, refs []string, o *DeleteOptions)
 	}
 	res.Referrers = cascaded
 	return res, nil
+}
+
+// AddUntagged adds each manifest or index of descs to index.json as an
+// untagged entry (a root with no name), in one transaction, unless
+// index.json already has an entry for it; every blob it references must
+// be in the layout. A referrer pushed without a tag (a signature, an SBOM)
+// is kept this way: prune removes it with its subject, and untagged entries
+// go first in every prune policy.
+func (s *Store) AddUntagged(ctx context.Context, descs ...v1.Descriptor) error {
+	if len(descs) == 0 {
+		return nil
+	}
+	for _, d := range descs {
+		if err := layout.ValidateDigest(d.Digest); err != nil {
+			return fmt.Errorf("add untagged %s: %w", d.Digest, err)
+		}
+		if !layout.IsManifest(d.MediaType) {
+			return fmt.Errorf("add untagged %s: media type %q is not a manifest or index: %w", d.Digest, d.MediaType, errdef.ErrInvalidArgument)
+		}
+	}
+	_, err := s.updateGrouped(ctx, opName("add-untagged", digestStrings(descs)), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
+		out := cur.Entries
+		for _, d := range descs {
+			if holdsDigest(out, d.Digest) {
+				continue
+			}
+			if err := s.present(d); err != nil {
+				return nil, err
+			}
+			out = append(slices.Clip(out), layout.NewEntry(v1.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, ArtifactType: d.ArtifactType}, ""))
+		}
+		return out, nil
+	})
+	if errors.Is(err, errNoChange) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("add untagged: %w", err)
+	}
+	return nil
+}
+
+func holdsDigest(entries []layout.Entry, d digest.Digest) bool {
+	for _, e := range entries {
+		if e.Desc.Digest == d {
+			return true
+		}
+	}
+	return false
+}
+
+func digestStrings(descs []v1.Descriptor) []string {
+	out := make([]string, len(descs))
+	for i, d := range descs {
+		out[i] = d.Digest.String()
+	}
+	return out
 }
