@@ -157,3 +157,36 @@ func TestReferrers(t *testing.T) {
 		t.Errorf("Referrers after rm of one = %+v, %v", got, err)
 	}
 }
+
+// AddUntagged makes manifests untagged roots, once each, and refuses what
+// is not a manifest or not in the layout, changing nothing.
+func TestAddUntagged(t *testing.T) {
+	l := newLib(t)
+	img := l.image(nil, 1)
+	l.tag(img, "app:1")
+	sig := l.b.Artifact("application/vnd.example.signature", &img)
+	for range 2 {
+		if err := l.s.AddUntagged(l.ctx, sig, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	imgs, err := l.s.List(l.ctx)
+	if err != nil || len(imgs) != 2 || imgs[1].Name != "" || imgs[1].Descriptor.Digest != sig.Digest {
+		t.Fatalf("List after AddUntagged twice = %+v, %v; want app:1 and the untagged signature", imgs, err)
+	}
+	if refs, err := l.s.Referrers(l.ctx, img.Digest, ""); err != nil || len(refs) != 1 {
+		t.Errorf("Referrers of an untagged referrer's subject = %+v, %v", refs, err)
+	}
+	before := l.indexFile()
+	layer := l.b.Random(10)
+	if err := l.s.AddUntagged(l.ctx, layer); !errors.Is(err, store.ErrInvalidArgument) {
+		t.Errorf("AddUntagged of a layer = %v, want ErrInvalidArgument", err)
+	}
+	absent := v1.Descriptor{MediaType: v1.MediaTypeImageManifest, Digest: digest.FromString("absent"), Size: 6}
+	if err := l.s.AddUntagged(l.ctx, absent); !errors.Is(err, store.ErrMissingDependency) {
+		t.Errorf("AddUntagged of an absent manifest = %v, want ErrMissingDependency (as Tag)", err)
+	}
+	if !bytes.Equal(before, l.indexFile()) {
+		t.Error("a refused AddUntagged changed index.json")
+	}
+}
