@@ -13,3 +13,5 @@ require (
 )
 
 require golang.org/x/sys v0.50.0
+
+require golang.org/x/crypto v0.59.0
