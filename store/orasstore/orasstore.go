@@ -7,8 +7,9 @@
 // is written under one lease of the store (store.Lease), so that a GC or a
 // prune running meanwhile never frees what the copy wrote and has not
 // tagged yet. Close ends the copy: it keeps the referrers the copy pushed
-// (see below) and releases the lease; if the process dies first, the lease
-// expires (Options.LeaseTTL) and GC frees what the copy left untagged.
+// (see below) and releases the lease; Abort ends a copy that failed,
+// keeping nothing. If the process dies first, the lease expires
+// (Options.LeaseTTL) and GC frees what the copy left untagged.
 //
 // Manifests pushed without a tag are not made roots of index.json (oras-go's
 // own OCI store does that, leaving untagged entries for a later prune to
@@ -280,6 +281,26 @@ func (t *Target) Close(ctx context.Context) error {
 		}
 	}
 	return mapErr(err)
+}
+
+// Abort ends a copy that failed: it releases the lease and keeps nothing,
+// not even the referrers Close would keep, so that index.json is as it was
+// before the copy. What the copy wrote and nothing references is GC's once
+// the lease is gone. A Target is not used after Abort; Close after Abort
+// does nothing.
+func (t *Target) Abort(ctx context.Context) error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	lease := t.lease
+	t.mu.Unlock()
+	if lease == nil {
+		return nil
+	}
+	return mapErr(lease.Release(ctx))
 }
 
 // mapErr adds to a store error the oras-go error of its category, so that

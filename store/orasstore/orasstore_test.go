@@ -218,3 +218,36 @@ func TestDelete(t *testing.T) {
 	}
 	testutil.MustCheck(t, s)
 }
+
+// Abort ends a failed copy: the referrer it pushed, whose subject the
+// store holds, is not kept (index.json is as before), the lease is
+// released, and GC frees everything the copy wrote.
+func TestAbort(t *testing.T) {
+	ctx := context.Background()
+	mem, img, sig := source(t)
+	s := openStore(t)
+	dst := orasstore.New(s, nil)
+	if err := oras.ExtendedCopyGraph(ctx, mem, dst, img, oras.DefaultExtendedCopyGraphOptions); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.Exists(ctx, sig); err != nil || !ok {
+		t.Fatalf("the signature was not pushed: %v, %v", ok, err)
+	}
+	if err := dst.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(ctx); err != nil {
+		t.Fatalf("Close after Abort = %v", err)
+	}
+	if imgs, err := s.List(ctx); err != nil || len(imgs) != 0 {
+		t.Fatalf("index.json after Abort = %+v, %v; want it empty", imgs, err)
+	}
+	if leases, err := s.Leases(ctx); err != nil || len(leases) != 0 {
+		t.Fatalf("leases after Abort = %v, %v", leases, err)
+	}
+	gc, err := s.GC(ctx, store.GCOptions{Grace: -1})
+	if err != nil || len(gc.Freed) != 7 {
+		t.Fatalf("GC after Abort freed %d blobs, %v; want the image's 4 and the signature's 3", len(gc.Freed), err)
+	}
+	testutil.MustCheck(t, s)
+}
