@@ -19,13 +19,16 @@ import (
 // key is the command's name, or "fsck --repair".
 func situationArgs(src string) map[string][]string {
 	return map[string][]string{
-		"init":          nil,
-		"ls":            nil,
-		"inspect":       {"a"},
-		"tag":           {"a", "x"},
-		"untag":         {"a"},
-		"rm":            {"a"},
-		"import":        {src},
+		"init":    nil,
+		"ls":      nil,
+		"inspect": {"a"},
+		"tag":     {"a", "x"},
+		"untag":   {"a"},
+		"rm":      {"a"},
+		"import":  {src},
+		// pull and push meet these situations before any request.
+		"pull":          {"127.0.0.1:9/app:1"},
+		"push":          {"a", "127.0.0.1:9/app:1"},
 		"prune":         {"--keep-last", "1"},
 		"gc":            nil,
 		"du":            nil,

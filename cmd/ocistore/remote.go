@@ -8,7 +8,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -570,10 +572,10 @@ func (x *transferRun) run(ctx context.Context) (*transferResult, error) {
 	var into *orasstore.Target
 	if x.dst.isLayout() {
 		into = orasstore.New(x.dstStore, &orasstore.Options{LeaseTTL: x.ttl})
-		dst = &namedDest{Target: into, name: "the layout " + x.dst.dir}
+		dst = &namedDest{Target: into, name: "the layout " + x.dst.dir, from: src.name}
 	} else {
 		repo := x.repository(x.dst)
-		dst = &namedDest{Target: repo, name: x.dst.ref.Registry + "/" + x.dst.ref.Repository}
+		dst = &namedDest{Target: repo, name: x.dst.ref.Registry + "/" + x.dst.ref.Repository, from: src.name}
 	}
 
 	x.seen[root.Digest] = true
@@ -714,25 +716,29 @@ func (x *transferRun) sortedReferrers() []v1.Descriptor {
 	return out
 }
 
-// result counts what the copy did. A sub-graph the destination had counts
-// with its every blob, walked in the layout when a side is one.
+// result counts what the copy did. With a layout on either side, the
+// blobs skipped are those of the image's graph (and its referrers') that
+// were not copied, walked in the layout; between two registries, the roots
+// of the sub-graphs the destination had, each counted once.
 func (x *transferRun) result(ctx context.Context, root v1.Descriptor) (*transferResult, error) {
 	skipped := map[digest.Digest]bool{}
 	walkIn := x.dstStore
 	if walkIn == nil {
 		walkIn = x.srcStore
 	}
-	for _, d := range x.skippedAt {
-		if walkIn == nil || !store.IsManifest(d.MediaType) {
+	if walkIn == nil {
+		for _, d := range x.skippedAt {
 			skipped[d.Digest] = true
-			continue
 		}
-		err := walkIn.Walk(ctx, d, func(n store.GraphNode) error {
-			skipped[n.Descriptor.Digest] = true
-			return nil
-		})
-		if err != nil {
-			return nil, err
+	} else {
+		for _, d := range append([]v1.Descriptor{root}, x.sortedReferrers()...) {
+			err := walkIn.Walk(ctx, d, func(n store.GraphNode) error {
+				skipped[n.Descriptor.Digest] = true
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
 		}
 	}
 	for d := range x.copied {
@@ -801,7 +807,7 @@ func (a *app) printTransfer(r *transferResult) error {
 		fmt.Fprintf(a.stdout, "  referrer %s %s\n", d.Digest, what)
 	}
 	_, err := fmt.Fprintf(a.stdout, "  %s copied (%s), %s already there\n",
-		plural(r.copied, "blob", "blobs"), sizeWithBytes(r.bytes), plural(r.skipped, "blob", "blobs"))
+		plural(r.copied, "blob", "blobs"), humanSize(r.bytes), plural(r.skipped, "blob", "blobs"))
 	return err
 }
 
@@ -818,25 +824,39 @@ type namedSource struct {
 func (s *namedSource) Fetch(ctx context.Context, d v1.Descriptor) (io.ReadCloser, error) {
 	rc, err := s.ReadOnlyGraphTarget.Fetch(ctx, d)
 	if err != nil {
-		return nil, &blobError{desc: d, what: "fetch from " + s.name, err: err}
+		return nil, &blobError{desc: d, from: s.name, err: err}
 	}
-	return &blobReader{rc: rc, desc: d, from: s.name}, nil
+	r := &blobReader{rc: rc, desc: d, from: s.name}
+	if d.Digest.Algorithm().Available() {
+		r.digester = d.Digest.Algorithm().Digester()
+	}
+	return r, nil
 }
 
+// blobReader reads a blob from the source, counting and hashing what it
+// reads, so that an error says how far it got and what came.
 type blobReader struct {
-	rc   io.ReadCloser
-	desc v1.Descriptor
-	from string
-	n    int64
+	rc       io.ReadCloser
+	desc     v1.Descriptor
+	from     string
+	n        int64
+	digester digest.Digester // nil for an algorithm not linked in
+	eof      bool
 }
 
 func (r *blobReader) Read(p []byte) (int, error) {
 	n, err := r.rc.Read(p)
 	r.n += int64(n)
-	if err != nil && err != io.EOF {
+	if r.digester != nil {
+		r.digester.Hash().Write(p[:n])
+	}
+	switch {
+	case err == io.EOF:
+		r.eof = true
+	case err != nil:
 		var be *blobError
 		if !errors.As(err, &be) {
-			err = &blobError{desc: r.desc, what: fmt.Sprintf("read from %s, cut after %d of %d bytes", r.from, r.n, r.desc.Size), err: err}
+			err = &blobError{desc: r.desc, from: r.from, what: fmt.Sprintf("the response was cut after %d of %d bytes", r.n, r.desc.Size), err: err}
 		}
 	}
 	return n, err
@@ -844,10 +864,20 @@ func (r *blobReader) Read(p []byte) (int, error) {
 
 func (r *blobReader) Close() error { return r.rc.Close() }
 
+// received says what came, once the whole body was read: "N bytes hashing
+// to DIGEST".
+func (r *blobReader) received() string {
+	if !r.eof || r.digester == nil {
+		return ""
+	}
+	return fmt.Sprintf("%d bytes hashing to %s", r.n, r.digester.Digest())
+}
+
 // namedDest is the destination of a copy whose push errors name the blob.
 type namedDest struct {
 	oras.Target
 	name string
+	from string // the source, named
 }
 
 func (d *namedDest) Push(ctx context.Context, desc v1.Descriptor, r io.Reader) error {
@@ -856,17 +886,24 @@ func (d *namedDest) Push(ctx context.Context, desc v1.Descriptor, r io.Reader) e
 	if err == nil || errors.Is(err, errdef.ErrAlreadyExists) || errors.As(err, &be) || ctx.Err() != nil {
 		return err
 	}
-	if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) || errors.Is(err, content.ErrMismatchedDigest) || errors.Is(err, content.ErrTrailingData) {
-		return &blobError{desc: desc, what: "the content received does not match it", err: err}
+	if errors.Is(err, store.ErrDigestMismatch) || errors.Is(err, store.ErrSizeMismatch) ||
+		errors.Is(err, content.ErrMismatchedDigest) || errors.Is(err, content.ErrTrailingData) {
+		what := "what the source sent does not match the digest"
+		if br, ok := r.(*blobReader); ok && br.received() != "" {
+			what = "the source sent " + br.received() + ": it does not match the digest"
+		}
+		return &blobError{desc: desc, from: d.from, what: what, err: err, quiet: true}
 	}
 	return &blobError{desc: desc, what: "write to " + d.name, err: err}
 }
 
 // blobError is a copy that failed on one blob.
 type blobError struct {
-	desc v1.Descriptor
-	what string
-	err  error
+	desc  v1.Descriptor
+	from  string // the source, when the blob's bytes are at fault
+	what  string // what went wrong, "" when err says it
+	err   error
+	quiet bool // what says it all: err is not printed
 }
 
 func (e *blobError) Error() string {
@@ -874,31 +911,68 @@ func (e *blobError) Error() string {
 	if store.IsManifest(e.desc.MediaType) {
 		kind = "manifest"
 	}
-	return fmt.Sprintf("%s %s (%s): %s: %v", kind, e.desc.Digest, humanSize(e.desc.Size), e.what, describeCause(e.err))
+	msg := fmt.Sprintf("%s %s (%s)", kind, e.desc.Digest, humanSize(e.desc.Size))
+	if e.from != "" {
+		msg += " from " + e.from
+	}
+	if e.what != "" {
+		msg += ": " + e.what
+	}
+	if !e.quiet {
+		msg += ": " + describeCause(e.err)
+	}
+	return msg
 }
 
 func (e *blobError) Unwrap() error { return e.err }
 
 // describeCause words a registry's or the network's error for a message.
 func describeCause(err error) string {
-	var er *errcode.ErrorResponse
+	err = trimCopyError(err)
+	var (
+		er  *errcode.ErrorResponse
+		cv  *tls.CertificateVerificationError
+		ua  x509.UnknownAuthorityError
+		hn  x509.HostnameError
+		ci  x509.CertificateInvalidError
+		op  *net.OpError
+		uer *url.Error
+	)
 	switch {
 	case errors.As(err, &er) && er.StatusCode == http.StatusUnauthorized:
-		return fmt.Sprintf("authentication failed: %s %s: 401 Unauthorized (check --username and --password-stdin, or the credentials in the config files)", er.Method, er.URL.Redacted())
+		return fmt.Sprintf("authentication failed (%s %s: 401 Unauthorized): check --username and --password-stdin, or the credentials in the config files", er.Method, er.URL.Redacted())
 	case errors.As(err, &er) && er.StatusCode == http.StatusForbidden:
-		return fmt.Sprintf("access denied: %s %s: 403 Forbidden", er.Method, er.URL.Redacted())
+		return fmt.Sprintf("access denied (%s %s: 403 Forbidden)", er.Method, er.URL.Redacted())
 	case errors.Is(err, auth.ErrBasicCredentialNotFound):
 		return "the registry asks for credentials and none were given (--username and --password-stdin, or a config file)"
+	case errors.As(err, &cv), errors.As(err, &ua), errors.As(err, &hn), errors.As(err, &ci):
+		return "the registry's TLS certificate is not trusted (--ca-file FILE trusts its CA, --insecure skips the check): " + innermost(err)
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return "the registry speaks plain HTTP, not HTTPS (--plain-http)"
+	case errors.As(err, &op) && op.Op == "dial":
+		return "cannot reach the registry: " + op.Error()
+	case errors.As(err, &uer):
+		// The request's URL says again what the message says.
+		return uer.Err.Error()
 	}
-	return trimCopyError(err).Error()
+	return err.Error()
+}
+
+// innermost is the message of err without its *url.Error's method and URL.
+func innermost(err error) string {
+	var uer *url.Error
+	if errors.As(err, &uer) {
+		return uer.Err.Error()
+	}
+	return err.Error()
 }
 
 // trimCopyError drops oras-go's copy wrappers ("failed to perform "Push" on
 // destination: ..."), which say nothing to a user, keeping what they wrap.
 func trimCopyError(err error) error {
 	for {
-		var ce *oras.CopyError
-		if !errors.As(err, &ce) || ce != err {
+		ce, ok := err.(*oras.CopyError)
+		if !ok {
 			return err
 		}
 		err = ce.Err
@@ -915,7 +989,7 @@ func (x *transferRun) copyError(err error) error {
 	if errors.As(err, &be) {
 		return &wordedError{msg: be.Error(), err: err}
 	}
-	return &wordedError{msg: describeCause(trimCopyError(err)), err: err}
+	return &wordedError{msg: describeCause(err), err: err}
 }
 
 // resolveError words a failure to find the image of the source: not found

@@ -4,10 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"encoding/base64"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -460,4 +462,433 @@ func TestPullKilled(t *testing.T) {
 			fsckClean(t, tr.dir)
 		}
 	}
+}
+
+// TestPullFaults: a registry that serves a blob whose bytes do not match
+// its digest, that cuts a blob's body short, or that stops answering in
+// the middle of a pull: each pull fails (exit 1) with one line naming the
+// blob's digest, leaves index.json as it was and fsck clean, and GC frees
+// what it wrote at once (its lease is released).
+func TestPullFaults(t *testing.T) {
+	t.Parallel()
+	reg := registry.Start(t, registry.Options{})
+	im := putImage(t, reg, "app", "v1", 5, 1, 4, 8192)
+	bad := im.layers[2]
+	for _, c := range []struct {
+		name  string
+		fault registry.Fault
+		// want is in the message; blob is the digest it names ("": any
+		// blob of the image).
+		want []string
+		blob digest.Digest
+	}{
+		{"corrupt", registry.CorruptBlob(bad.Digest), []string{"does not match"}, bad.Digest},
+		{"truncated", registry.TruncateBlob(bad.Digest, 1000), []string{"cut after 1000 of 8192 bytes"}, bad.Digest},
+		// HEAD and GET of the manifest, then GETs of the config and
+		// layers, one at a time: the registry stops at a layer.
+		{"stopped", registry.StopAfter(4), nil, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			host := registry.Faulty(t, reg, c.fault)
+			dir := newLayout(t)
+			ref := host + "/app:v1"
+			r := cli(t, "-l", dir, "pull", "--plain-http", "--concurrency", "1", ref)
+			if r.code != exitError || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 {
+				t.Fatalf("want exit 1 and one line on stderr:\n%s", r)
+			}
+			wantContains(t, "stderr", r.stderr, append(c.want, "ocistore: pull: ")...)
+			named := c.blob
+			if named == "" {
+				for d := range im.graph {
+					if strings.Contains(r.stderr, "blob "+d.String()) {
+						named = d
+					}
+				}
+			}
+			if named == "" || !strings.Contains(r.stderr, "blob "+named.String()) {
+				t.Errorf("the error names no blob of the image (want %q):\n%s", c.blob, r)
+			}
+			if got := entries(t, dir); len(got) != 0 {
+				t.Errorf("index.json after a failed pull: %v", got)
+			}
+			fsckClean(t, dir)
+			must(t, 0, "-l", dir, "gc", "--grace", "0s")
+			if got := blobFiles(t, dir); len(got) != 0 {
+				t.Errorf("GC after a failed pull left %d blobs: %v", len(got), got)
+			}
+			// Straight from the registry, the pull completes.
+			must(t, 0, "-l", dir, "pull", "--plain-http", reg.Host+"/app:v1")
+			fsckClean(t, dir)
+			t.Logf("%s", r.stderr)
+		})
+	}
+}
+
+// TestPullMultiArch: a multi-platform index skopeo pushed is pulled whole
+// (the index, every platform) or, with --platform, as the one manifest of
+// that platform, which becomes the image; a platform the index does not
+// have is not found (exit 2).
+func TestPullMultiArch(t *testing.T) {
+	t.Parallel()
+	reg := registry.Start(t, registry.Options{})
+	srcDir := filepath.Join(t.TempDir(), "src")
+	b := newImageBuilder(t, srcDir, 2)
+	amd := b.manifest(2, 1000, &v1.Platform{OS: "linux", Architecture: "amd64"})
+	arm := b.manifest(2, 1000, &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"})
+	amd.desc.Platform = &v1.Platform{OS: "linux", Architecture: "amd64"}
+	arm.desc.Platform = &v1.Platform{OS: "linux", Architecture: "arm64", Variant: "v8"}
+	ix := b.index(amd, arm)
+	b.tag(ix, "multi")
+	ref := reg.Host + "/multi:1"
+	skopeo(t, "copy", "-q", "--all", "--preserve-digests", "--dest-tls-verify=false", "oci:"+srcDir+":multi", "docker://"+ref)
+
+	whole := newLayout(t)
+	out := transferJSONOf(t, must(t, 0, "-l", whole, "pull", "--plain-http", "--json", ref, "multi"))
+	if out.Digest != ix.Digest || out.MediaType != v1.MediaTypeImageIndex || out.Blobs.Copied != 9 {
+		t.Errorf("pull of the index: %+v, want %s with 9 blobs", out, ix.Digest)
+	}
+	if got := skopeoDigest(t, "oci:"+whole+":multi"); got != ix.Digest {
+		t.Errorf("skopeo reads %s, want the index %s", got, ix.Digest)
+	}
+	for _, p := range []string{"linux/amd64", "linux/arm64/v8"} {
+		skopeo(t, "--override-os", "linux", "--override-arch", strings.Split(p, "/")[1], "inspect", "oci:"+whole+":multi")
+	}
+	fsckClean(t, whole)
+
+	one := newLayout(t)
+	out = transferJSONOf(t, must(t, 0, "-l", one, "pull", "--plain-http", "--json", "--platform", "linux/arm64/v8", ref, "arm"))
+	if out.Digest != arm.desc.Digest || out.MediaType != v1.MediaTypeImageManifest || out.Blobs.Copied != 4 {
+		t.Errorf("pull of linux/arm64/v8: %+v, want the manifest %s with 4 blobs", out, arm.desc.Digest)
+	}
+	if got := entries(t, one); len(got) != 1 || !slices.Equal(got["arm"], []digest.Digest{arm.desc.Digest}) {
+		t.Errorf("index.json: %v, want arm tagging the arm64 manifest", got)
+	}
+	if n := len(blobFiles(t, one)); n != 4 {
+		t.Errorf("%d blobs in the layout, want the arm64 manifest's 4 (not the index, not amd64's)", n)
+	}
+	if got := skopeoDigest(t, "oci:"+one+":arm"); got != arm.desc.Digest {
+		t.Errorf("skopeo reads %s, want %s", got, arm.desc.Digest)
+	}
+	fsckClean(t, one)
+
+	// A platform the index does not have.
+	msg := ref + ": no manifest for platform linux/s390x: not found"
+	errorOutcome(t, cli(t, "-l", one, "pull", "--plain-http", "--platform", "linux/s390x", ref), "pull", false, exitUsage, kindNotFound, msg)
+	// Malformed: a usage error.
+	r := must(t, exitUsage, "-l", one, "pull", "--platform", "linux", ref)
+	wantContains(t, "stderr", r.stderr, `invalid value "linux" for --platform: want os/arch or os/arch/variant`)
+}
+
+// TestPush: images of the layout, pushed to the registry (by tag, by
+// digest; an index whole or one platform), read back by skopeo; a
+// reference the layout does not have is not found (exit 2).
+func TestPush(t *testing.T) {
+	t.Parallel()
+	reg := registry.Start(t, registry.Options{})
+	dir := filepath.Join(t.TempDir(), "layout")
+	b := newImageBuilder(t, dir, 3)
+	amd := b.manifest(2, 1500, nil)
+	amd.desc.Platform = &v1.Platform{OS: "linux", Architecture: "amd64"}
+	arm := b.manifest(1, 1500, &v1.Platform{OS: "linux", Architecture: "arm64"})
+	arm.desc.Platform = &v1.Platform{OS: "linux", Architecture: "arm64"}
+	ix := b.index(amd, arm)
+	b.tag(ix, "multi")
+	b.tag(amd.desc, "app:1")
+
+	ref := reg.Host + "/pushed/app:1"
+	out := transferJSONOf(t, must(t, 0, "-l", dir, "push", "--plain-http", "--json", "app:1", ref))
+	want := transferOutput{Source: "oci:" + dir + ":app:1", Destination: ref, Digest: amd.desc.Digest, MediaType: v1.MediaTypeImageManifest,
+		Size: amd.desc.Size, Blobs: blobCounts{Copied: 4}, Bytes: total(graphOf(t, dir, amd.desc)), Referrers: []referrerJSON{}}
+	if !equalJSON(t, out, want) {
+		t.Errorf("push JSON %+v, want %+v", out, want)
+	}
+	if got := skopeoDigest(t, "--tls-verify=false", "docker://"+ref); got != amd.desc.Digest {
+		t.Errorf("skopeo reads %s from the registry, want %s", got, amd.desc.Digest)
+	}
+	skopeo(t, "inspect", "--tls-verify=false", "docker://"+ref)
+
+	// The index, by tag: the amd64 blobs are there already.
+	multi := reg.Host + "/pushed/app:multi"
+	r := must(t, 0, "-l", dir, "push", "--plain-http", "multi", multi)
+	wantContains(t, "stdout", r.stdout, "pushed oci:"+dir+":multi to "+multi, "4 blobs copied", "4 blobs already there")
+	if got := skopeoDigest(t, "--tls-verify=false", "docker://"+multi); got != ix.Digest {
+		t.Errorf("skopeo reads %s, want the index %s", got, ix.Digest)
+	}
+	// One platform, by digest: no tag.
+	byDigest := reg.Host + "/other@" + arm.desc.Digest.String()
+	must(t, 0, "-l", dir, "push", "--plain-http", "--platform", "linux/arm64", "multi", byDigest)
+	if got := skopeoDigest(t, "--tls-verify=false", "docker://"+byDigest); got != arm.desc.Digest {
+		t.Errorf("skopeo reads %s, want %s", got, arm.desc.Digest)
+	}
+	// A digest that is not the image's.
+	r = must(t, exitError, "-l", dir, "push", "--plain-http", "multi", byDigest)
+	wantContains(t, "stderr", r.stderr, "the image of oci:"+dir+":multi is "+ix.Digest.String())
+
+	errorOutcome(t, cli(t, "-l", dir, "push", "--plain-http", "nosuch:1", ref), "push", false, exitUsage, kindNotFound, "nosuch:1: not found")
+	errorOutcome(t, cli(t, "-l", dir, "push", "--plain-http", "--json", "nosuch:1", ref), "push", true, exitUsage, kindNotFound, "nosuch:1: not found")
+}
+
+// TestCopy: copy between a registry and layouts, both ways, between two
+// repositories, and between two layouts.
+func TestCopy(t *testing.T) {
+	t.Parallel()
+	reg := registry.Start(t, registry.Options{})
+	im := putImage(t, reg, "src", "v1", 7, 1, 3, 500)
+	src := reg.Host + "/src:v1"
+	a, b := newLayout(t), newLayout(t)
+	// Registry to layout: the tag is DST's, else SRC's reference.
+	must(t, 0, "copy", "--plain-http", src, "oci:"+a+":copied")
+	must(t, 0, "copy", "--plain-http", src, "oci:"+a)
+	if got := entries(t, a); len(got) != 2 || !slices.Equal(got["copied"], []digest.Digest{im.root.Digest}) || !slices.Equal(got[src], []digest.Digest{im.root.Digest}) {
+		t.Errorf("index.json of the layout: %v", got)
+	}
+	fsckClean(t, a)
+	// Layout to layout: the tag of SRC when DST names none.
+	out := transferJSONOf(t, must(t, 0, "copy", "--json", "oci:"+a+":copied", "oci:"+b))
+	if out.Destination != "oci:"+b+":copied" || out.Blobs.Copied != 5 {
+		t.Errorf("copy between layouts: %+v", out)
+	}
+	fsckClean(t, b)
+	// Layout to registry, registry to registry.
+	must(t, 0, "copy", "--plain-http", "oci:"+b+":copied", reg.Host+"/back:v1")
+	must(t, 0, "copy", "--plain-http", reg.Host+"/back:v1", reg.Host+"/third:v1")
+	if got := skopeoDigest(t, "--tls-verify=false", "docker://"+reg.Host+"/third:v1"); got != im.root.Digest {
+		t.Errorf("skopeo reads %s, want %s", got, im.root.Digest)
+	}
+	// By digest into a layout, no tag: untagged.
+	c := newLayout(t)
+	must(t, 0, "copy", "--plain-http", reg.Host+"/third@"+im.root.Digest.String(), "oci:"+c)
+	if got := entries(t, c); len(got) != 1 || !slices.Equal(got[""], []digest.Digest{im.root.Digest}) {
+		t.Errorf("index.json: %v, want one untagged entry", got)
+	}
+	// A layout that does not exist, one that is not a layout.
+	missing := filepath.Join(t.TempDir(), "missing")
+	errorOutcome(t, cli(t, "copy", "--plain-http", src, "oci:"+missing+":x"), "copy", false, exitLayoutMissing, kindLayoutMissing, missing+": layout directory does not exist")
+	plain := t.TempDir()
+	errorOutcome(t, cli(t, "copy", "oci:"+plain+":x", src, "--json"), "copy", true, exitNotLayout, kindNotLayout, plain+": not an OCI image layout (no oci-layout file)")
+	errorOutcome(t, cli(t, "copy", "oci:"+a+":nosuch", "oci:"+b), "copy", false, exitUsage, kindNotFound, "oci:"+a+":nosuch: not found")
+}
+
+// TestRemoteUsage: usage errors of pull, push and copy, before any
+// request.
+func TestRemoteUsage(t *testing.T) {
+	t.Parallel()
+	dir := newLayout(t)
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"pull", "app"}, "app: not a registry reference (REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST)"},
+		{[]string{"pull", "oci:/x:y"}, "oci:/x:y: want a registry reference"},
+		{[]string{"pull", "127.0.0.1:9/app:1", "sha256:" + strings.Repeat("a", 64)}, "want a tag for the layout, not a digest"},
+		{[]string{"pull", "--username", "u", "127.0.0.1:9/app:1"}, "--username needs --password-stdin"},
+		{[]string{"pull", "--password-stdin", "127.0.0.1:9/app:1"}, "--password-stdin needs --username"},
+		{[]string{"pull", "--concurrency", "0", "127.0.0.1:9/app:1"}, "--concurrency"},
+		{[]string{"pull", "--ca-file", filepath.Join(dir, "nosuch.pem"), "127.0.0.1:9/app:1"}, "--ca-file"},
+		{[]string{"push", "a"}, "want 2 argument(s)"},
+		{[]string{"copy", "oci:" + dir, "oci:" + dir + ":b"}, "name the image"},
+		{[]string{"copy", "oci::x", "oci:" + dir}, "no directory"},
+	} {
+		r := cliIn(t, "", nil, append([]string{"-l", dir}, c.args...)...)
+		if r.code != exitUsage {
+			t.Errorf("want exit 2:\n%s", r)
+		}
+		wantContains(t, "stderr", r.stderr, c.msg)
+	}
+	r := cliIn(t, "", []string{EnvLeaseTTL + "=soon"}, "-l", dir, "pull", "127.0.0.1:9/app:1")
+	if r.code != exitUsage {
+		t.Errorf("want exit 2:\n%s", r)
+	}
+	wantContains(t, "stderr", r.stderr, "$OCISTORE_LEASE_TTL")
+	// A registry nothing listens on: exit 1, the reason.
+	r = must(t, exitError, "-l", dir, "pull", "--plain-http", "127.0.0.1:9/app:1")
+	wantContains(t, "stderr", r.stderr, "ocistore: pull: 127.0.0.1:9/app:1: cannot reach the registry")
+	if got := entries(t, dir); len(got) != 0 {
+		t.Errorf("index.json: %v", got)
+	}
+}
+
+// putReferrer puts into repo a signature whose subject is subject, and
+// lists it in the tag-schema index (tag sha256-<hex> of the subject), as
+// oras and cosign do on a registry without the referrers API
+// (distribution 2.8).
+func putReferrer(t *testing.T, reg *registry.Registry, repo string, subject v1.Descriptor) v1.Descriptor {
+	t.Helper()
+	empty := reg.PutBlob(t, repo, []byte("{}"))
+	empty.MediaType = v1.MediaTypeEmptyJSON
+	sigBlob := reg.PutBlob(t, repo, []byte("a signature of "+subject.Digest.String()))
+	sigBlob.MediaType = "application/vnd.example.signature.v1"
+	const artifactType = "application/vnd.example.signature"
+	subj := v1.Descriptor{MediaType: subject.MediaType, Digest: subject.Digest, Size: subject.Size}
+	raw := mustJSON(t, v1.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageManifest,
+		ArtifactType: artifactType, Config: empty, Layers: []v1.Descriptor{sigBlob}, Subject: &subj})
+	sig := reg.PutManifest(t, repo, digest.FromBytes(raw).String(), v1.MediaTypeImageManifest, raw)
+	sig.ArtifactType = artifactType
+	ix := mustJSON(t, v1.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageIndex, Manifests: []v1.Descriptor{sig}})
+	reg.PutManifest(t, repo, "sha256-"+subject.Digest.Encoded(), v1.MediaTypeImageIndex, ix)
+	return sig
+}
+
+// TestPullReferrers: distribution 2.8 has no referrers API; a signature
+// listed in the tag schema (sha256-<hex>) is pulled with --referrers and
+// kept as an untagged entry that the store knows as a referrer, not
+// without; push --referrers writes it to another repository, in the tag
+// schema too.
+func TestPullReferrers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg := registry.Start(t, registry.Options{})
+	// The registry has no referrers API: the fallback is what is tested.
+	resp, err := reg.Client().Get(reg.URL + "/v2/signed/referrers/" + digest.FromString("x").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Fatalf("GET the referrers API: %s, want 404 (distribution 2.8 has none)", resp.Status)
+	}
+	im := putImage(t, reg, "signed", "v1", 13, 1, 2, 600)
+	sig := putReferrer(t, reg, "signed", im.root)
+	ref := reg.Host + "/signed:v1"
+
+	plain := newLayout(t)
+	out := transferJSONOf(t, must(t, 0, "-l", plain, "pull", "--plain-http", "--json", ref))
+	if len(out.Referrers) != 0 || out.Blobs.Copied != 4 {
+		t.Errorf("pull without --referrers: %+v", out)
+	}
+	if got := entries(t, plain); len(got) != 1 {
+		t.Errorf("index.json: %v, want only the image", got)
+	}
+
+	dir := newLayout(t)
+	out = transferJSONOf(t, must(t, 0, "-l", dir, "pull", "--plain-http", "--json", "--referrers", ref))
+	at := sig.ArtifactType
+	wantRefs := []referrerJSON{{Digest: sig.Digest, MediaType: v1.MediaTypeImageManifest, ArtifactType: &at, Size: sig.Size}}
+	if !equalJSON(t, out.Referrers, wantRefs) || out.Blobs.Copied != 7 || out.Digest != im.root.Digest {
+		t.Errorf("pull --referrers: %+v, want the image and the signature (7 blobs)", out)
+	}
+	if got := entries(t, dir); len(got) != 2 || !slices.Equal(got[ref], []digest.Digest{im.root.Digest}) || !slices.Equal(got[""], []digest.Digest{sig.Digest}) {
+		t.Errorf("index.json: %v, want the image tagged and the signature untagged", got)
+	}
+	fsckClean(t, dir)
+	s, err := store.Open(ctx, dir, &store.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs, err := s.Referrers(ctx, im.root.Digest, "")
+	s.Close()
+	if err != nil || len(refs) != 1 || refs[0].Digest != sig.Digest || refs[0].ArtifactType != sig.ArtifactType {
+		t.Errorf("the store's referrers of the image: %+v, %v; want the signature", refs, err)
+	}
+	r := must(t, 0, "-l", dir, "pull", "--plain-http", "--referrers", ref)
+	wantContains(t, "stdout", r.stdout, "referrer "+sig.Digest.String()+" "+sig.ArtifactType, "0 blobs copied", "7 blobs already there")
+
+	// Push it with its referrer to another repository: the registry gets
+	// the tag-schema index.
+	mirror := reg.Host + "/mirror:v1"
+	out = transferJSONOf(t, must(t, 0, "-l", dir, "push", "--plain-http", "--json", "--referrers", ref, mirror))
+	if !equalJSON(t, out.Referrers, wantRefs) {
+		t.Errorf("push --referrers: %+v", out)
+	}
+	idx := skopeo(t, "inspect", "--raw", "--tls-verify=false", "docker://"+reg.Host+"/mirror:sha256-"+im.root.Digest.Encoded())
+	var got v1.Index
+	if err := json.Unmarshal([]byte(idx), &got); err != nil || len(got.Manifests) != 1 || got.Manifests[0].Digest != sig.Digest {
+		t.Errorf("the mirror's referrers index: %s (%v), want the signature", idx, err)
+	}
+	if d := skopeoDigest(t, "--tls-verify=false", "docker://"+reg.Host+"/mirror@"+sig.Digest.String()); d != sig.Digest {
+		t.Errorf("skopeo reads %s, want the signature %s", d, sig.Digest)
+	}
+}
+
+// TestRemoteTLSAuth: a registry with TLS (a CA the test made) and htpasswd
+// basic auth: pull and push with --ca-file, --username and
+// --password-stdin, or credentials from Docker's or podman's config file;
+// a wrong password, no credentials, an untrusted certificate: one clear
+// error each, exit 1, nothing changed.
+func TestRemoteTLSAuth(t *testing.T) {
+	t.Parallel()
+	reg := registry.Start(t, registry.Options{TLS: true, Auth: true})
+	im := putImage(t, reg, "secure", "v1", 17, 1, 2, 700)
+	ref := reg.Host + "/secure:v1"
+	// No credentials anywhere but where the test puts them.
+	home := t.TempDir()
+	env := []string{"HOME=" + home, "DOCKER_CONFIG=" + filepath.Join(home, "docker"), "REGISTRY_AUTH_FILE=",
+		"XDG_RUNTIME_DIR=" + filepath.Join(home, "run"), "XDG_CONFIG_HOME=" + filepath.Join(home, "config")}
+	dir := newLayout(t)
+	pull := func(stdin string, env []string, flags ...string) result {
+		t.Helper()
+		return cliIn(t, stdin, env, append(append([]string{"-l", dir, "pull"}, flags...), ref)...)
+	}
+	failsWith := func(r result, msg ...string) {
+		t.Helper()
+		t.Logf("%s", r.stderr)
+		if r.code != exitError || r.stdout != "" || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("want exit 1 and one line on stderr:\n%s", r)
+		}
+		wantContains(t, "stderr", r.stderr, append(msg, "ocistore: pull: "+ref+": ")...)
+		if got := entries(t, dir); len(got) != 0 {
+			t.Errorf("index.json after a failed pull: %v", got)
+		}
+	}
+	failsWith(pull("wrong\n", env, "--ca-file", reg.CAFile, "--username", reg.Username, "--password-stdin"), "authentication failed", "401 Unauthorized")
+	failsWith(pull("", env, "--ca-file", reg.CAFile), "the registry asks for credentials and none were given")
+	failsWith(pull(reg.Password+"\n", env, "--username", reg.Username, "--password-stdin"), "TLS certificate is not trusted", "--ca-file")
+	failsWith(pull("", env, "--plain-http", "--ca-file", reg.CAFile), "400")
+
+	r := pull(reg.Password+"\n", env, "--ca-file", reg.CAFile, "--username", reg.Username, "--password-stdin")
+	if r.code != 0 {
+		t.Fatalf("pull with the CA and the credentials:\n%s", r)
+	}
+	if got := skopeoDigest(t, "oci:"+dir+":"+ref); got != im.root.Digest {
+		t.Errorf("skopeo reads %s, want %s", got, im.root.Digest)
+	}
+	fsckClean(t, dir)
+
+	// Credentials from the config files: Docker's, podman's (by
+	// $REGISTRY_AUTH_FILE, and at ${XDG_RUNTIME_DIR}/containers/auth.json).
+	authJSON := mustJSON(t, map[string]any{"auths": map[string]any{reg.Host: map[string]string{
+		"auth": base64.StdEncoding.EncodeToString([]byte(reg.Creds()))}}})
+	for _, c := range []struct{ name, file string }{
+		{"docker", filepath.Join(home, "docker", "config.json")},
+		{"podman REGISTRY_AUTH_FILE", filepath.Join(home, "registry-auth.json")},
+		{"podman XDG_RUNTIME_DIR", filepath.Join(home, "run", "containers", "auth.json")},
+	} {
+		if err := os.MkdirAll(filepath.Dir(c.file), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(c.file, authJSON, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e := env
+		if strings.Contains(c.name, "REGISTRY_AUTH_FILE") {
+			e = append(slices.Clone(env), "REGISTRY_AUTH_FILE="+c.file)
+		}
+		other := newLayout(t)
+		r := cliIn(t, "", e, "-l", other, "pull", "--ca-file", reg.CAFile, ref, "from-file")
+		if r.code != 0 {
+			t.Errorf("%s: pull with the credentials of %s:\n%s", c.name, c.file, r)
+		}
+		if err := os.Remove(c.file); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// --insecure: no CA needed.
+	other := newLayout(t)
+	if r := cliIn(t, reg.Password, env, "-l", other, "pull", "--insecure", "--username", reg.Username, "--password-stdin", ref); r.code != 0 {
+		t.Errorf("pull --insecure:\n%s", r)
+	}
+	// Push, read back by skopeo through the CA and the credentials.
+	pushed := reg.Host + "/pushed:v2"
+	if r := cliIn(t, reg.Password+"\n", env, "-l", dir, "push", "--ca-file", reg.CAFile, "--username", reg.Username, "--password-stdin", ref, pushed); r.code != 0 {
+		t.Fatalf("push:\n%s", r)
+	}
+	if got := skopeoDigest(t, "--cert-dir", reg.CertDir, "--creds", reg.Creds(), "docker://"+pushed); got != im.root.Digest {
+		t.Errorf("skopeo reads %s, want %s", got, im.root.Digest)
+	}
+	r = cliIn(t, "wrong", env, "-l", dir, "push", "--ca-file", reg.CAFile, "--username", reg.Username, "--password-stdin", ref, reg.Host+"/pushed:v3")
+	if r.code != exitError {
+		t.Errorf("push with a wrong password: want exit 1:\n%s", r)
+	}
+	wantContains(t, "stderr", r.stderr, "authentication failed")
 }
