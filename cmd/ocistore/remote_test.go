@@ -9,9 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -426,13 +431,19 @@ func TestPullKilled(t *testing.T) {
 		}
 		trials_ = append(trials_, tr)
 	}
-	finished := 0
+	finished, released := 0, 0
 	for _, tr := range trials_ {
 		if tr.finished {
 			finished++
 		}
+		if tr.released {
+			released++
+		}
 	}
-	t.Logf("%d trials: %d left part of the image's blobs, %d had finished", trials, partial, finished)
+	t.Logf("%d trials: %d left part of the image's blobs, %d had finished, %d exited 130 on SIGINT", trials, partial, finished, released)
+	if partial == 0 || released == 0 {
+		t.Errorf("no kill fell in the middle of a pull, or no SIGINT was handled: the trials test nothing of it")
+	}
 	// An interrupted pull released its lease: GC frees what it wrote now.
 	// A killed one's lease expires.
 	for pass := range 2 {
@@ -891,4 +902,75 @@ func TestRemoteTLSAuth(t *testing.T) {
 		t.Errorf("push with a wrong password: want exit 1:\n%s", r)
 	}
 	wantContains(t, "stderr", r.stderr, "authentication failed")
+}
+
+// slowProxy starts a proxy in front of reg that waits delay before it
+// forwards each GET of a blob, and returns its host (plain HTTP).
+func slowProxy(t *testing.T, reg *registry.Registry, delay time.Duration) string {
+	t.Helper()
+	target, err := url.Parse(reg.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.Transport = reg.Transport()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			time.Sleep(delay)
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestPullProgress: with stderr on a terminal, pull draws a progress line
+// (the label, the seconds, blobs done of those seen) and clears it at the
+// end; on a pipe it draws nothing. The registry answers each blob after a
+// while, so that the pull lasts several draws.
+func TestPullProgress(t *testing.T) {
+	t.Parallel()
+	reg := registry.Start(t, registry.Options{})
+	putImage(t, reg, "slow", "v1", 19, 1, 6, 100)
+	ref := slowProxy(t, reg, 150*time.Millisecond) + "/slow:v1"
+
+	dir := newLayout(t)
+	ptmx, pts := openPty(t)
+	cmd := exec.Command(bin, "-l", dir, "pull", "--plain-http", "--concurrency", "1", ref)
+	cmd.Env = childEnv(nil)
+	var stdout bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, pts
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pts.Close()
+	var tty bytes.Buffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			tty.Write(buf[:n])
+			if err != nil {
+				return // EIO once the child is gone
+			}
+		}
+	}()
+	err := cmd.Wait()
+	<-done
+	if err != nil {
+		t.Fatalf("pull: %v\n%s", err, stdout.String())
+	}
+	out := tty.String()
+	draws := regexp.MustCompile(`\r\x1b\[Kpulling `+regexp.QuoteMeta(ref)+` [0-9.]+s [0-9]+/[0-9]+`).FindAllString(out, -1)
+	if len(draws) < 2 || !strings.HasSuffix(out, "\r\x1b[K") {
+		t.Errorf("progress on the terminal: %q", out)
+	}
+	wantContains(t, "stdout", stdout.String(), "pulled "+ref, "8 blobs copied")
+
+	r := must(t, 0, "-l", newLayout(t), "pull", "--plain-http", ref)
+	if r.stderr != "" {
+		t.Errorf("progress drawn on a pipe: %q", r.stderr)
+	}
 }
