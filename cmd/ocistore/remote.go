@@ -90,7 +90,7 @@ const remoteFlagHelp = `      --platform OS/ARCH[/VARIANT]
       --concurrency N   blobs transferred at once (default 3)
       --username USER   the registry's user, with --password-stdin; without
                         them, credentials come from the podman and Docker
-                        config files (see below)
+                        config files (see above)
       --password-stdin  read the password from stdin (one line)
       --plain-http      speak HTTP, not HTTPS, to the registry
       --insecure        do not verify the registry's TLS certificate
@@ -438,7 +438,7 @@ func (a *app) registryClient() (*auth.Client, error) {
 	if o.passwordStdin && o.username == "" {
 		return nil, usagef("--password-stdin needs --username")
 	}
-	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.insecure} //nolint:gosec // --insecure asks for it
+	tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.insecure}
 	if o.caFile != "" {
 		pem, err := os.ReadFile(o.caFile)
 		if err != nil {
