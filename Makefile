@@ -11,8 +11,10 @@ CRASHTAGS := -tags crashpoints
 DEMO      ?= demo/layout
 DEMO_N    ?= 300
 PKGS      := ./...
-# Tools the interop tests drive; installed from Debian when missing.
-TOOLS     := skopeo umoci
+# Tools the interop and registry tests drive; installed from Debian when
+# missing. docker-registry is the Debian package of distribution (2.8): the
+# registry tests start it themselves (internal/testing/registry).
+TOOLS     := skopeo umoci docker-registry
 
 .PHONY: all build build-crashpoints test test-short demo bench lint tools fuzz crash clean
 

@@ -13,6 +13,7 @@ require (
 )
 
 require (
+	golang.org/x/crypto v0.59.0
 	golang.org/x/sys v0.50.0
 	oras.land/oras-go/v2 v2.7.0
 )
