@@ -218,3 +218,29 @@ func TestDelete(t *testing.T) {
 	}
 	testutil.MustCheck(t, s)
 }
+
+// A referrer is kept only when index.json reaches its subject: copied
+// with a subject that nothing tags, both go once the copy's lease ends.
+func TestReferrerOfUntaggedSubject(t *testing.T) {
+	ctx := context.Background()
+	mem, img, _ := source(t)
+	s := openStore(t)
+	dst := orasstore.New(s, nil)
+	if _, err := oras.ExtendedCopy(ctx, mem, "v1", dst, img.Digest.String(), oras.DefaultExtendedCopyOptions); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if imgs, err := s.List(ctx); err != nil || len(imgs) != 0 {
+		t.Fatalf("index.json after a copy that tagged nothing = %+v, %v; want empty", imgs, err)
+	}
+	if ok, err := s.Referenced(ctx, img.Digest); err != nil || ok {
+		t.Errorf("Referenced(untagged subject) = %v, %v", ok, err)
+	}
+	gc, err := s.GC(ctx, store.GCOptions{Grace: -1})
+	if err != nil || len(gc.Freed) != 7 {
+		t.Fatalf("GC freed %d blobs, %v; want the image's 4 and the signature's 3", len(gc.Freed), err)
+	}
+	testutil.MustCheck(t, s)
+}
