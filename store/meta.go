@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"runtime"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -62,9 +64,11 @@ func (s *Store) describeImage(t *txn, d v1.Descriptor) journal.ImageMeta {
 	if c.Config == nil || c.Config.Size > layout.MaxManifestSize {
 		return m
 	}
-	b, err := layout.ReadBlob(s.lay.FS, *c.Config, layout.MaxManifestSize)
-	if err != nil {
-		return m
+	b, ok := t.configs[c.Config.Digest]
+	if !ok {
+		if b, err = layout.ReadBlob(s.lay.FS, *c.Config, layout.MaxManifestSize); err != nil {
+			return m
+		}
 	}
 	var cfg imageConfig
 	if json.Unmarshal(b, &cfg) != nil {
@@ -137,6 +141,14 @@ func (s *Store) trackImages(t *txn, old, new digest.Digest, entries []layout.Ent
 // ix): roots without metadata are described, metadata of other manifests
 // dropped.
 func (s *Store) reconcileImages(t *txn, entries []layout.Entry, ix digest.Digest) error {
+	var fresh []v1.Descriptor
+	for _, e := range entries {
+		if _, ok, err := t.tx.GetImage(e.Desc.Digest); err == nil && !ok {
+			fresh = append(fresh, e.Desc)
+		}
+	}
+	t.configs = s.prefetchConfigs(t, fresh)
+	defer func() { t.configs = nil }()
 	roots := make(map[digest.Digest]bool, len(entries))
 	added := 0
 	for _, e := range entries {
@@ -177,12 +189,12 @@ func (s *Store) reconcileImages(t *txn, entries []layout.Entry, ix digest.Digest
 
 // syncImages brings the image metadata up to date with the index on disk,
 // when it is not (run by the writer after recovery).
-func (s *Store) syncImages(db *journal.DB, st *protocol.State) error {
+func (s *Store) syncImages(db *journal.DB, st *protocol.State, mc *manifestCache) error {
 	if inSync, err := s.imagesInSync(db, st.Digest); err != nil || inSync {
 		return err
 	}
 	err := db.Update(func(tx *journal.Tx) error {
-		t := s.newTxn(tx)
+		t := s.newTxnWith(tx, mc)
 		return s.reconcileImages(t, st.Index.Entries, st.Digest)
 	})
 	if err != nil {
@@ -302,4 +314,44 @@ func (s *Store) persistLastUse() {
 		return
 	}
 	s.flushedLastUse(used)
+}
+
+// prefetchConfigs reads the configs of the manifests of roots on every
+// core (their manifests first, through t.load), for describeImage: an
+// adoption describes every image. Nothing for a few roots; a config that
+// cannot be read is left out (describeImage meets the error itself).
+func (s *Store) prefetchConfigs(t *txn, roots []v1.Descriptor) map[digest.Digest][]byte {
+	workers := runtime.GOMAXPROCS(0)
+	if len(roots) < prefetchMin || workers < 2 {
+		return nil
+	}
+	out := make(map[digest.Digest][]byte, len(roots))
+	var mu sync.Mutex
+	next := make(chan v1.Descriptor)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for d := range next {
+				c, err := t.load(d)
+				if err != nil || c.Config == nil || c.Config.Size > layout.MaxManifestSize {
+					continue
+				}
+				b, err := layout.ReadBlob(s.lay.FS, *c.Config, layout.MaxManifestSize)
+				if err != nil {
+					continue
+				}
+				mu.Lock()
+				out[c.Config.Digest] = b
+				mu.Unlock()
+			}
+		})
+	}
+	for _, d := range roots {
+		if layout.Parsed(d, true) {
+			next <- d
+		}
+	}
+	close(next)
+	wg.Wait()
+	return out
 }

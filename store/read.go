@@ -329,3 +329,25 @@ func (s *Store) Referrers(ctx context.Context, subject digest.Digest, artifactTy
 	slices.SortFunc(out, func(a, b v1.Descriptor) int { return cmp.Compare(a.Digest, b.Digest) })
 	return out, nil
 }
+
+// Referenced reports whether the graph of index.json reaches the blob d
+// (an entry, or a blob an entry's graph uses), from the journal's counts:
+// no scan of the layout. On a layout not adopted yet (a read-only handle)
+// it is false for every blob.
+func (s *Store) Referenced(ctx context.Context, d digest.Digest) (bool, error) {
+	if err := s.reading(ctx); err != nil {
+		return false, err
+	}
+	if err := layout.ValidateDigest(d); err != nil {
+		return false, fmt.Errorf("referenced: %w", err)
+	}
+	var n uint64
+	if err := s.journalRead(func(tx *journal.Tx) error {
+		r, err := tx.GetRef(d)
+		n = r.Count
+		return err
+	}); err != nil {
+		return false, fmt.Errorf("referenced %s: %w", d, err)
+	}
+	return n > 0, nil
+}

@@ -190,3 +190,22 @@ func TestAddUntagged(t *testing.T) {
 		t.Error("a refused AddUntagged changed index.json")
 	}
 }
+
+// Referenced follows the journal's counts: a root and the blobs of its
+// graph are, a blob nothing reaches is not, and a removal is seen at once.
+func TestReferenced(t *testing.T) {
+	l := newLib(t)
+	layer := l.b.Random(100)
+	img := l.image([]v1.Descriptor{layer}, 0)
+	loose := l.b.Random(50)
+	l.tag(img, "app:1")
+	for d, want := range map[digest.Digest]bool{img.Digest: true, layer.Digest: true, loose.Digest: false} {
+		if got, err := l.s.Referenced(l.ctx, d); err != nil || got != want {
+			t.Errorf("Referenced(%s) = %v, %v; want %v", d, got, err, want)
+		}
+	}
+	l.del("app:1")
+	if got, err := l.s.Referenced(l.ctx, img.Digest); err != nil || got {
+		t.Errorf("Referenced after rm = %v, %v", got, err)
+	}
+}

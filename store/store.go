@@ -675,27 +675,32 @@ func (s *Store) lockWith(ctx context.Context, lazy bool) (*journal.DB, *protocol
 			return nil, nil, s.check(err)
 		}
 	}
+	// One cache of manifests for recovery's recounts and the image
+	// metadata after it: an adoption reads each manifest once.
+	mc := newManifestCache(layout.LoadChildren(s.lay.FS))
+	env := s.envFor(db)
+	env.Load, env.Prefetch = mc.Load, mc.Prefetch
 	var st *protocol.State
 	if lazy && known == nil {
-		st, err = protocol.RunLazy(ctx, s.envFor(db), db)
+		st, err = protocol.RunLazy(ctx, env, db)
 		if err == nil && st.Index == nil {
 			var inSync bool
 			if inSync, err = s.imagesInSync(db, st.Digest); err == nil && !inSync {
-				st, err = protocol.Run(ctx, s.envFor(db), db, nil) // the image metadata needs the entries
+				st, err = protocol.Run(ctx, env, db, nil) // the image metadata needs the entries
 			}
 		}
 	} else {
-		st, err = protocol.Run(ctx, s.envFor(db), db, known)
+		st, err = protocol.Run(ctx, env, db, known)
 	}
 	if err == nil && s.lay.Scope != "" {
-		st, err = s.lay.Reconcile(ctx, db, s.envFor(db), st)
+		st, err = s.lay.Reconcile(ctx, db, env, st)
 	}
 	if err != nil {
 		db.Close()
 		return nil, nil, s.check(fmt.Errorf("recover: %w", err))
 	}
 	if st.Index != nil {
-		if err := s.syncImages(db, st); err != nil {
+		if err := s.syncImages(db, st, mc); err != nil {
 			db.Close()
 			return nil, nil, s.check(err)
 		}

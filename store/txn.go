@@ -60,11 +60,18 @@ type txn struct {
 	load     refcount.Loader
 	prefetch func([]v1.Descriptor) // warms load for a batch of roots
 	now      time.Time
+	// configs are image configs read ahead (prefetchConfigs), by digest.
+	configs map[digest.Digest][]byte
 }
 
 // newTxn starts what a plan reads in tx.
 func (s *Store) newTxn(tx *journal.Tx) *txn {
-	mc := newManifestCache(layout.LoadChildren(s.lay.FS))
+	return s.newTxnWith(tx, newManifestCache(layout.LoadChildren(s.lay.FS)))
+}
+
+// newTxnWith is newTxn reading manifests through mc (one the caller
+// filled already).
+func (s *Store) newTxnWith(tx *journal.Tx, mc *manifestCache) *txn {
 	prefetch := func(ds []v1.Descriptor) {
 		// The refcounts of manifests already live record their children:
 		// only the others are read.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -35,6 +37,41 @@ type sizeResult struct {
 
 func newSizer(s *store.Store) *sizer {
 	return &sizer{s: s, done: map[sizeKey]sizeResult{}}
+}
+
+// sizeAll sizes the graphs of ds on every core (each manifest read and
+// verified once), so that size then answers from what it found: ls of a
+// large layout reads its manifests in parallel.
+func (z *sizer) sizeAll(ctx context.Context, ds []v1.Descriptor) {
+	workers := runtime.GOMAXPROCS(0)
+	if workers < 2 || len(ds) < 64 {
+		return
+	}
+	var mu sync.Mutex
+	next := make(chan v1.Descriptor)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for d := range next {
+				blobs, bytes, err := z.s.Size(ctx, d)
+				if ctx.Err() != nil {
+					continue
+				}
+				mu.Lock()
+				z.done[sizeKey{d.Digest, d.Size, d.MediaType}] = sizeResult{blobs, bytes, err}
+				mu.Unlock()
+			}
+		})
+	}
+	seen := map[sizeKey]bool{}
+	for _, d := range ds {
+		if k := (sizeKey{d.Digest, d.Size, d.MediaType}); !seen[k] && ctx.Err() == nil {
+			seen[k] = true
+			next <- d
+		}
+	}
+	close(next)
+	wg.Wait()
 }
 
 // size returns the number and total size of the distinct blobs of d's graph,

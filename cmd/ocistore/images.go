@@ -60,6 +60,11 @@ func runLs(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 		sz := newSizer(s)
+		descs := make([]v1.Descriptor, len(imgs))
+		for i, im := range imgs {
+			descs[i] = im.Descriptor
+		}
+		sz.sizeAll(ctx, descs)
 		rows := make([]lsRow, 0, len(imgs))
 		for _, im := range imgs {
 			d := im.Descriptor

@@ -57,6 +57,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/crash"
 	"github.com/ocistore/ocistore/internal/errdef"
@@ -108,6 +109,13 @@ type Env struct {
 	// recovery takes its files in the trash too (they are its own), and
 	// leaves its ingest temp files.
 	Self string
+	// Load, when set, reads a manifest's children for the recounts
+	// (else layout.LoadChildren of FS): a store passes a cache it reuses
+	// after recovery (the image metadata), so that an adoption reads each
+	// manifest once. Prefetch, when set, is given the roots of a recount
+	// first, to read their manifests in parallel.
+	Load     refcount.Loader
+	Prefetch func(roots []v1.Descriptor)
 	// Dry makes recovery change no file: it works on a private copy of
 	// the journal (journal.Options.Snapshot), as a dry run's plan does,
 	// and says what it would do (State.Actions). A pending record's new
@@ -115,6 +123,14 @@ type Env struct {
 	// it would leave) and the record dropped from the copy; leftovers
 	// are not swept.
 	Dry bool
+}
+
+// loader is Load, or the children of the manifests of FS.
+func (env Env) loader() refcount.Loader {
+	if env.Load != nil {
+		return env.Load
+	}
+	return layout.LoadChildren(env.FS)
 }
 
 // withPeers returns ix with the root entries of the peers added: the graph
@@ -543,7 +559,14 @@ func recountDropping(env Env, db *journal.DB, st *State, drop uint64) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	m, problems := refcount.Recount(all, layout.LoadChildren(env.FS))
+	if env.Prefetch != nil {
+		roots := make([]v1.Descriptor, len(all.Entries))
+		for i, e := range all.Entries {
+			roots[i] = e.Desc
+		}
+		env.Prefetch(roots)
+	}
+	m, problems := refcount.Recount(all, env.loader())
 	for _, p := range problems {
 		env.Log.Warn("recount: cannot follow a manifest", "err", p)
 	}
@@ -760,7 +783,7 @@ func finishRecovered(env Env, db *journal.DB, rec *journal.Record, on *State) (b
 	if err != nil {
 		return false, fmt.Errorf("txn %d: %w", rec.ID, err)
 	}
-	walk, problems := refcount.Recount(all, layout.LoadChildren(env.FS))
+	walk, problems := refcount.Recount(all, env.loader())
 	for _, p := range problems {
 		env.Log.Warn("recovery: cannot follow a manifest of index.json; unlinking nothing", "err", p, attrTxn, rec.ID)
 	}
@@ -896,7 +919,7 @@ func restoreTrashed(env Env, trashed []string) ([]string, error) {
 			all = true
 		} else {
 			var problems []error
-			reach, problems = refcount.Recount(ix, layout.LoadChildren(env.FS))
+			reach, problems = refcount.Recount(ix, env.loader())
 			all = len(problems) > 0
 		}
 	}

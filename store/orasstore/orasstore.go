@@ -19,7 +19,8 @@
 // SBOM), which nothing tags: when the copy ends, each one pushed whose
 // subject the store holds becomes an untagged entry of index.json, so that
 // it stays, is listed by Referrers and Predecessors, and goes with its
-// subject when prune removes that.
+// subject when prune removes that. (A referrer whose subject the copy
+// pushed but nothing tagged goes with that subject, once the lease ends.)
 package orasstore
 
 import (
@@ -250,9 +251,9 @@ func (t *Target) Tags(ctx context.Context, last string, fn func(tags []string) e
 	return fn(tags)
 }
 
-// Close ends the copy: the referrers it pushed whose subject the store
-// holds become untagged entries of index.json (one transaction), then its
-// lease is released. A Target is not used after Close.
+// Close ends the copy: the referrers it pushed whose subject index.json
+// reaches become untagged entries of index.json (one transaction), then
+// its lease is released. A Target is not used after Close.
 func (t *Target) Close(ctx context.Context) error {
 	t.mu.Lock()
 	if t.closed {
@@ -267,9 +268,12 @@ func (t *Target) Close(ctx context.Context) error {
 	lease := t.lease
 	t.mu.Unlock()
 
+	// A referrer is kept when index.json reaches its subject (a root, or
+	// a platform manifest of one): one whose subject the copy pushed but
+	// never tagged goes with it, when the lease ends.
 	var keep []v1.Descriptor
 	for _, r := range refs {
-		if _, err := t.s.Resolve(ctx, r.subject.String()); err == nil {
+		if ok, err := t.s.Referenced(ctx, r.subject); err == nil && ok {
 			keep = append(keep, r.desc)
 		}
 	}

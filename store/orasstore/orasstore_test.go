@@ -219,13 +219,47 @@ func TestDelete(t *testing.T) {
 	testutil.MustCheck(t, s)
 }
 
-// Abort ends a failed copy: the referrer it pushed, whose subject the
-// store holds, is not kept (index.json is as before), the lease is
-// released, and GC frees everything the copy wrote.
+// A referrer is kept only when index.json reaches its subject: copied
+// with a subject that nothing tags, both go once the copy's lease ends.
+func TestReferrerOfUntaggedSubject(t *testing.T) {
+	ctx := context.Background()
+	mem, img, _ := source(t)
+	s := openStore(t)
+	dst := orasstore.New(s, nil)
+	if _, err := oras.ExtendedCopy(ctx, mem, "v1", dst, img.Digest.String(), oras.DefaultExtendedCopyOptions); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if imgs, err := s.List(ctx); err != nil || len(imgs) != 0 {
+		t.Fatalf("index.json after a copy that tagged nothing = %+v, %v; want empty", imgs, err)
+	}
+	if ok, err := s.Referenced(ctx, img.Digest); err != nil || ok {
+		t.Errorf("Referenced(untagged subject) = %v, %v", ok, err)
+	}
+	gc, err := s.GC(ctx, store.GCOptions{Grace: -1})
+	if err != nil || len(gc.Freed) != 7 {
+		t.Fatalf("GC freed %d blobs, %v; want the image's 4 and the signature's 3", len(gc.Freed), err)
+	}
+	testutil.MustCheck(t, s)
+}
+
+// Abort ends a failed copy: the referrer it pushed is not kept, even
+// though index.json reaches its subject (which Close would keep), the
+// lease is released, and GC frees what the copy wrote.
 func TestAbort(t *testing.T) {
 	ctx := context.Background()
 	mem, img, sig := source(t)
 	s := openStore(t)
+	// The image is in the layout and tagged already.
+	first := orasstore.New(s, nil)
+	if _, err := oras.Copy(ctx, mem, "v1", first, "v1", oras.DefaultCopyOptions); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 	dst := orasstore.New(s, nil)
 	if err := oras.ExtendedCopyGraph(ctx, mem, dst, img, oras.DefaultExtendedCopyGraphOptions); err != nil {
 		t.Fatal(err)
@@ -239,15 +273,15 @@ func TestAbort(t *testing.T) {
 	if err := dst.Close(ctx); err != nil {
 		t.Fatalf("Close after Abort = %v", err)
 	}
-	if imgs, err := s.List(ctx); err != nil || len(imgs) != 0 {
-		t.Fatalf("index.json after Abort = %+v, %v; want it empty", imgs, err)
+	if imgs, err := s.List(ctx); err != nil || len(imgs) != 1 || imgs[0].Name != "v1" {
+		t.Fatalf("index.json after Abort = %+v, %v; want v1 alone", imgs, err)
 	}
 	if leases, err := s.Leases(ctx); err != nil || len(leases) != 0 {
 		t.Fatalf("leases after Abort = %v, %v", leases, err)
 	}
 	gc, err := s.GC(ctx, store.GCOptions{Grace: -1})
-	if err != nil || len(gc.Freed) != 7 {
-		t.Fatalf("GC after Abort freed %d blobs, %v; want the image's 4 and the signature's 3", len(gc.Freed), err)
+	if err != nil || len(gc.Freed) != 3 {
+		t.Fatalf("GC after Abort freed %d blobs, %v; want the signature's 3", len(gc.Freed), err)
 	}
 	testutil.MustCheck(t, s)
 }
