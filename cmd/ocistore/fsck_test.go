@@ -126,6 +126,38 @@ func openPty(t *testing.T) (ptmx, pts *os.File) {
 	return ptmx, pts
 }
 
+// runWithTerminalStderr runs the binary with args, its stderr on a
+// pseudo-terminal, and returns its stdout, what the terminal showed and
+// its error.
+func runWithTerminalStderr(t *testing.T, args ...string) (stdout, tty string, err error) {
+	t.Helper()
+	ptmx, pts := openPty(t)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = childEnv(nil)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, pts
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pts.Close()
+	var term bytes.Buffer
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			term.Write(buf[:n])
+			if err != nil {
+				return // EIO once the child is gone
+			}
+		}
+	}()
+	err = cmd.Wait()
+	<-done
+	return out.String(), term.String(), err
+}
+
 // TestFsckDeepProgress: with stderr on a terminal, fsck --deep draws a
 // progress line (the label, the seconds, MiB hashed of the total) over and
 // over and clears it at the end; on a pipe it draws nothing. The layout
@@ -143,38 +175,15 @@ func TestFsckDeepProgress(t *testing.T) {
 	}
 	bf.Close()
 
-	ptmx, pts := openPty(t)
-	cmd := exec.Command(bin, "-l", f.dir, "fsck", "--deep", "--max", "1s", "--workers", "1")
-	var stdout bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, pts
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pts.Close()
-	var tty bytes.Buffer
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			n, err := ptmx.Read(buf)
-			tty.Write(buf[:n])
-			if err != nil {
-				return // EIO once the child is gone
-			}
-		}
-	}()
-	err = cmd.Wait()
-	<-done
+	stdout, out, err := runWithTerminalStderr(t, "-l", f.dir, "fsck", "--deep", "--max", "1s", "--workers", "1")
 	if err != nil { // the orphan is a notice: exit 0
-		t.Fatalf("fsck: %v\n%s", err, stdout.String())
+		t.Fatalf("fsck: %v\n%s", err, stdout)
 	}
-	out := tty.String()
 	draws := regexp.MustCompile(`\r\x1b\[Kfsck: hashing blobs \(MiB\) [0-9.]+s [0-9]+/[0-9]+`).FindAllString(out, -1)
 	if len(draws) < 2 || !strings.HasSuffix(out, "\r\x1b[K") || !strings.Contains(draws[len(draws)-1], "/4096") {
 		t.Errorf("progress on the terminal: %q", out)
 	}
-	wantContains(t, "stdout", stdout.String(), "STOPPED EARLY (--max 1s)")
+	wantContains(t, "stdout", stdout, "STOPPED EARLY (--max 1s)")
 
 	r := must(t, 0, "-l", f.dir, "fsck", "--deep", "--max", "300ms", "--workers", "1")
 	if r.stderr != "" {

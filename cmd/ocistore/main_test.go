@@ -63,10 +63,14 @@ func (r result) String() string {
 	return fmt.Sprintf("ocistore %s: exit %d\n--- stdout:\n%s--- stderr:\n%s", strings.Join(r.args, " "), r.code, r.stdout, r.stderr)
 }
 
-// runOpts tune one run: extra environment and the working directory.
+// runOpts tune one run: extra environment, the working directory, what
+// stdin holds, and how long the run may take (default 2 minutes; a run
+// still going then is killed, and its result says so).
 type runOpts struct {
-	env []string
-	dir string
+	env     []string
+	dir     string
+	stdin   string
+	timeout time.Duration
 }
 
 // cli runs the binary with args and returns what it did.
@@ -77,11 +81,16 @@ func cli(t *testing.T, args ...string) result {
 
 func cliWith(t *testing.T, o runOpts, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	timeout := o.timeout
+	if timeout == 0 {
+		timeout = 2 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = o.dir
 	cmd.Env = childEnv(o.env)
+	cmd.Stdin = strings.NewReader(o.stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -93,6 +102,9 @@ func cliWith(t *testing.T, o runOpts, args ...string) result {
 		r.code = ee.ExitCode()
 	default:
 		t.Fatalf("run ocistore %v: %v", args, err)
+	}
+	if ctx.Err() != nil {
+		r.stderr += fmt.Sprintf("\n(killed after %s: it was still running)", timeout)
 	}
 	return r
 }

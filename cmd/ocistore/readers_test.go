@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,7 +57,8 @@ func TestReadersNeverWait(t *testing.T) {
 		{"ls"}, {"inspect", "a"}, {"du"}, {"journal"}, {"journal", "--format", "json"}, {"fsck"}, {"fsck", "--format", "json"},
 		{"prune", "--keep-last", "1", "--dry-run"}, {"gc", "--dry-run"},
 	} {
-		r := cliWithin(t, 90*time.Second, append([]string{"-l", f.dir, "--lock-timeout", "1h"}, args...)...)
+		// A reader that waited would be killed after 90 s (exit -1).
+		r := cliWith(t, runOpts{timeout: 90 * time.Second}, append([]string{"-l", f.dir, "--lock-timeout", "1h"}, args...)...)
 		if r.code != 0 {
 			t.Errorf("behind a writer: %s", r)
 			continue
@@ -76,25 +76,6 @@ func TestReadersNeverWait(t *testing.T) {
 		}
 	}
 	testutil.AssertNothingRemoved(t, before, testutil.Snapshot(t, f.dir))
-}
-
-// cliWithin is cli with a deadline: a command still running then is
-// killed and reported as exit -1.
-func cliWithin(t *testing.T, d time.Duration, args ...string) result {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{args: args, stdout: out.String(), stderr: errb.String(), code: cmd.ProcessState.ExitCode()}
-	if ctx.Err() != nil {
-		r.stderr += fmt.Sprintf("\n(killed after %s: it waited)", d)
-	} else if err != nil && cmd.ProcessState == nil {
-		t.Fatal(err)
-	}
-	return r
 }
 
 // roMount bind-mounts dir read-only on a new directory and returns it; the

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -177,24 +176,7 @@ func entries(t *testing.T, dir string) map[string][]digest.Digest {
 // cliIn runs the binary with stdin and extra environment.
 func cliIn(t *testing.T, stdin string, env []string, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = childEnv(env)
-	cmd.Stdin = strings.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	r := result{args: args, stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("run ocistore %v: %v", args, err)
-	}
-	return r
+	return cliWith(t, runOpts{stdin: stdin, env: env}, args...)
 }
 
 // transferJSONOf decodes the JSON of pull, push or copy, checking its
@@ -975,39 +957,15 @@ func TestPullProgress(t *testing.T) {
 	ref := slowProxy(t, reg, 150*time.Millisecond) + "/slow:v1"
 
 	dir := newLayout(t)
-	ptmx, pts := openPty(t)
-	cmd := exec.Command(bin, "-l", dir, "pull", "--plain-http", "--concurrency", "1", ref)
-	cmd.Env = childEnv(nil)
-	var stdout bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, pts
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pts.Close()
-	var tty bytes.Buffer
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			n, err := ptmx.Read(buf)
-			tty.Write(buf[:n])
-			if err != nil {
-				return // EIO once the child is gone
-			}
-		}
-	}()
-	err := cmd.Wait()
-	<-done
+	stdout, out, err := runWithTerminalStderr(t, "-l", dir, "pull", "--plain-http", "--concurrency", "1", ref)
 	if err != nil {
-		t.Fatalf("pull: %v\n%s", err, stdout.String())
+		t.Fatalf("pull: %v\n%s", err, stdout)
 	}
-	out := tty.String()
 	draws := regexp.MustCompile(`\r\x1b\[Kpulling `+regexp.QuoteMeta(ref)+` [0-9.]+s [0-9]+/[0-9]+`).FindAllString(out, -1)
 	if len(draws) < 2 || !strings.HasSuffix(out, "\r\x1b[K") {
 		t.Errorf("progress on the terminal: %q", out)
 	}
-	wantContains(t, "stdout", stdout.String(), "pulled "+ref, "8 blobs copied")
+	wantContains(t, "stdout", stdout, "pulled "+ref, "8 blobs copied")
 
 	r := must(t, 0, "-l", newLayout(t), "pull", "--plain-http", ref)
 	if r.stderr != "" {
