@@ -198,20 +198,20 @@ func validTag(name string) error {
 		return fmt.Errorf("empty tag: %w", errdef.ErrInvalidArgument)
 	}
 	if !refNameRE.MatchString(name) {
-		return fmt.Errorf("tag %q: %s: %w", name, ruleRefName, errdef.ErrInvalidArgument)
+		return fmt.Errorf("%q: %s: %w", name, ruleRefName, errdef.ErrInvalidArgument)
 	}
 	if _, isDigest, _ := isDigestRef(name); isDigest {
-		return fmt.Errorf("tag %q looks like a digest: %w", name, errdef.ErrInvalidArgument)
+		return fmt.Errorf("%q looks like a digest, not a tag: %w", name, errdef.ErrInvalidArgument)
 	}
 	repo, tag, ok := splitRepoTag(name)
 	if !ok {
 		return nil
 	}
 	if !validRepo(repo) {
-		return fmt.Errorf("tag %q: repository %q: %s: %w", name, repo, ruleRepo, errdef.ErrInvalidArgument)
+		return fmt.Errorf("%q: repository %q: %s: %w", name, repo, ruleRepo, errdef.ErrInvalidArgument)
 	}
 	if tag != "" && !tagRE.MatchString(tag) {
-		return fmt.Errorf("tag %q: tag part %q: %s: %w", name, tag, ruleTag, errdef.ErrInvalidArgument)
+		return fmt.Errorf("%q: tag part %q: %s: %w", name, tag, ruleTag, errdef.ErrInvalidArgument)
 	}
 	return nil
 }
@@ -247,7 +247,7 @@ func validRepo(repo string) bool {
 // holds it.
 func (s *Store) Tag(ctx context.Context, desc v1.Descriptor, names ...string) error {
 	if err := checkTagArgs(desc, names); err != nil {
-		return fmt.Errorf("tag %s: %w", desc.Digest, err)
+		return err // it names the tag or the digest it refuses
 	}
 	_, err := s.updateGrouped(ctx, "tag "+strings.Join(names, ","), func(cur *layout.Index, _ *txn) ([]layout.Entry, error) {
 		// The refcounts only look at a manifest's blob when it becomes live:

@@ -48,8 +48,8 @@ func TestTagNameRule(t *testing.T) {
 	}
 	before := index()
 	for _, c := range []struct{ name, rule string }{
-		{"bad tag!", `tag "bad tag!": invalid reference name: components joined by /, each letters and digits (A-Z, a-z, 0-9) joined by one of - . _ : @ + or --`},
-		{".lead", `tag ".lead": invalid reference name`},
+		{"bad tag!", `tag: "bad tag!": invalid reference name: components joined by /, each letters and digits (A-Z, a-z, 0-9) joined by one of - . _ : @ + or --`},
+		{".lead", `tag: ".lead": invalid reference name`},
 		{"Repo:v1", `repository "Repo": a name with a colon is REPO:TAG, and REPO must be lowercase letters and digits`},
 		{"a:b:c", `repository "a:b"`},
 		{"repo:v1+build", `TAG must be 1 to 128 letters, digits, _ . or -`},
