@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -321,37 +320,20 @@ func (s *Store) persistLastUse() {
 // adoption describes every image. Nothing for a few roots; a config that
 // cannot be read is left out (describeImage meets the error itself).
 func (s *Store) prefetchConfigs(t *txn, roots []v1.Descriptor) map[digest.Digest][]byte {
-	workers := runtime.GOMAXPROCS(0)
-	if len(roots) < prefetchMin || workers < 2 {
-		return nil
-	}
-	out := make(map[digest.Digest][]byte, len(roots))
+	out := map[digest.Digest][]byte{}
 	var mu sync.Mutex
-	next := make(chan v1.Descriptor)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for d := range next {
-				c, err := t.load(d)
-				if err != nil || c.Config == nil || c.Config.Size > layout.MaxManifestSize {
-					continue
-				}
-				b, err := layout.ReadBlob(s.lay.FS, *c.Config, layout.MaxManifestSize)
-				if err != nil {
-					continue
-				}
-				mu.Lock()
-				out[c.Config.Digest] = b
-				mu.Unlock()
-			}
-		})
-	}
-	for _, d := range roots {
-		if layout.Parsed(d, true) {
-			next <- d
+	forEachManifest(roots, func(d v1.Descriptor) {
+		c, err := t.load(d)
+		if err != nil || c.Config == nil || c.Config.Size > layout.MaxManifestSize {
+			return
 		}
-	}
-	close(next)
-	wg.Wait()
+		b, err := layout.ReadBlob(s.lay.FS, *c.Config, layout.MaxManifestSize)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		out[c.Config.Digest] = b
+		mu.Unlock()
+	})
 	return out
 }

@@ -152,48 +152,40 @@ func (s *Store) OpenBlob(ctx context.Context, desc v1.Descriptor) (*BlobReader, 
 }
 
 // Stat returns the descriptor of the blob d: its digest and size, and, for
-// a manifest or index, its media type, artifact type and annotations (from
-// index.json when it is an entry there, else from its content). Any other
-// blob has media type "application/octet-stream". ErrNotFound when the
-// layout does not hold it.
+// a manifest or index, its media type, artifact type and annotations, from
+// its content. Any other blob has media type "application/octet-stream".
+// Only a blob that starts as JSON does and is small enough to be a
+// manifest is read whole. ErrNotFound when the layout does not hold it.
 func (s *Store) Stat(ctx context.Context, d digest.Digest) (v1.Descriptor, error) {
 	if err := s.reading(ctx); err != nil {
 		return v1.Descriptor{}, err
 	}
-	desc, err := s.stat(d, true)
+	desc, err := s.stat(d)
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("stat %s: %w", d, err)
 	}
 	return desc, nil
 }
 
-// stat is Stat; with fromIndex, a manifest that index.json lists is
-// described by its entry there, without reading it.
-func (s *Store) stat(d digest.Digest, fromIndex bool) (v1.Descriptor, error) {
+func (s *Store) stat(d digest.Digest) (v1.Descriptor, error) {
 	if err := layout.ValidateDigest(d); err != nil {
 		return v1.Descriptor{}, err
 	}
-	fi, err := s.lay.FS.Lstat(layout.BlobPath(d))
+	p := layout.BlobPath(d)
+	f, err := s.lay.FS.Open(p) // a regular file only, never followed
 	if errors.Is(err, fs.ErrNotExist) {
 		return v1.Descriptor{}, errdef.ErrNotFound
 	}
 	if err != nil {
-		return v1.Descriptor{}, err
+		return v1.Descriptor{}, fmt.Errorf("%s: %w", p, err)
 	}
-	if !fi.Mode().IsRegular() {
-		return v1.Descriptor{}, fmt.Errorf("%s is not a regular file: %w", layout.BlobPath(d), errdef.ErrCorrupt)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("%s: %w", p, err)
 	}
 	desc := v1.Descriptor{MediaType: mediaTypeOctetStream, Digest: d, Size: fi.Size()}
-	if sn, err := s.current(); err == nil && fromIndex {
-		for _, e := range sn.ix.Entries {
-			if e.Desc.Digest == d && e.Desc.Size == desc.Size && layout.IsManifest(e.Desc.MediaType) {
-				desc.MediaType, desc.ArtifactType = e.Desc.MediaType, e.Desc.ArtifactType
-				desc.Annotations = withoutRefName(e.Desc.Annotations)
-				return desc, nil
-			}
-		}
-	}
-	if desc.Size > MaxManifestSize {
+	if desc.Size > MaxManifestSize || !startsAsObject(f) {
 		return desc, nil
 	}
 	b, err := s.readManifest(desc)
@@ -208,22 +200,20 @@ func (s *Store) stat(d digest.Digest, fromIndex bool) (v1.Descriptor, error) {
 
 const mediaTypeOctetStream = "application/octet-stream"
 
-// withoutRefName is a descriptor's annotations without the ref name that
-// index.json puts there (it names the entry, not the content).
-func withoutRefName(a map[string]string) map[string]string {
-	if _, ok := a[v1.AnnotationRefName]; !ok {
-		return a
-	}
-	out := make(map[string]string, len(a))
-	for k, v := range a {
-		if k != v1.AnnotationRefName {
-			out[k] = v
+// startsAsObject reports whether the first byte of f that is not JSON
+// white space opens an object, as a manifest's does: a layer or any other
+// binary blob is then described without being read.
+func startsAsObject(f io.ReaderAt) bool {
+	var head [512]byte
+	n, _ := f.ReadAt(head[:], 0)
+	for _, c := range head[:n] {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
 		}
+		return c == '{'
 	}
-	if len(out) == 0 {
-		return nil
-	}
-	return out
+	return false
 }
 
 // sniffed is what sniffManifest learns of a blob that is a manifest.
@@ -279,7 +269,7 @@ func sniffManifest(b []byte) (sniffed, bool) {
 // of an index, a referrer pushed without a tag), ErrNotFound for anything
 // else.
 func (s *Store) resolveHeld(d digest.Digest) (v1.Descriptor, error) {
-	desc, err := s.stat(d, false)
+	desc, err := s.stat(d)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
@@ -314,7 +304,7 @@ func (s *Store) Referrers(ctx context.Context, subject digest.Digest, artifactTy
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		desc, err := s.stat(d, false) // the manifest says its artifact type
+		desc, err := s.stat(d) // the manifest says its artifact type
 		if errors.Is(err, errdef.ErrNotFound) {
 			continue // removed since the journal's last commit
 		}

@@ -589,6 +589,13 @@ const prefetchMin = 64
 // sequential, finds them parsed. Errors are cached, to be met by the walk
 // where it would have met them.
 func (c *manifestCache) Prefetch(ds []v1.Descriptor) {
+	forEachManifest(ds, func(d v1.Descriptor) { _, _ = c.Load(d) })
+}
+
+// forEachManifest calls fn for each root of ds that is read for children
+// (layout.Parsed), on every core; nothing for fewer than prefetchMin or on
+// one core (the caller's sequential work then reads them).
+func forEachManifest(ds []v1.Descriptor, fn func(v1.Descriptor)) {
 	workers := runtime.GOMAXPROCS(0)
 	if len(ds) < prefetchMin || workers < 2 {
 		return
@@ -598,7 +605,7 @@ func (c *manifestCache) Prefetch(ds []v1.Descriptor) {
 	for range workers {
 		wg.Go(func() {
 			for d := range next {
-				_, _ = c.Load(d)
+				fn(d)
 			}
 		})
 	}

@@ -272,6 +272,39 @@ func flagNames(fs []complFlag) []string {
 	return out
 }
 
+// valueCase is a flag that takes a value: the case patterns that name it
+// in the word before the cursor, and the kind of value it takes.
+type valueCase struct {
+	patterns []string
+	kind     string
+}
+
+// valueCases lists the flags that take a value, global ones first (named
+// after any word), then each command's (after that command), their
+// patterns made by pattern (cmd "" for a global flag).
+func (sp complSpec) valueCases(pattern func(cmd, flag string) string) []valueCase {
+	var out []valueCase
+	add := func(cmd string, f complFlag) {
+		if !f.value {
+			return
+		}
+		c := valueCase{kind: f.valueKind()}
+		for _, s := range f.spellings() {
+			c.patterns = append(c.patterns, pattern(cmd, s))
+		}
+		out = append(out, c)
+	}
+	for _, f := range sp.globals {
+		add("", f)
+	}
+	for _, c := range sp.cmds {
+		for _, f := range c.flags {
+			add(c.name, f)
+		}
+	}
+	return out
+}
+
 // dirFlagPatterns are the case patterns (each followed by suffix,
 // unquoted) of the global flags that name a directory (--layout,
 // --shared-blob-dir): the scripts pass them on to __complete-refs.
@@ -313,25 +346,13 @@ func writeShData(w io.Writer, sp complSpec) {
 	fmt.Fprintln(w, "# _ocistore_value CMD FLAG: fails unless FLAG of CMD takes a value; prints")
 	fmt.Fprintln(w, "# what the value is: dir, \"choice WORD...\", or nothing (anything).")
 	fmt.Fprintln(w, "_ocistore_value() {\n\tcase \"$1 $2\" in")
-	for _, f := range sp.globals {
-		if f.value {
-			var ps []string
-			for _, s := range f.spellings() {
-				ps = append(ps, "*"+shQuote(" "+s))
-			}
-			fmt.Fprintf(w, "\t%s) echo %s ;;\n", strings.Join(ps, "|"), shQuote(f.valueKind()))
+	for _, c := range sp.valueCases(func(cmd, flag string) string {
+		if cmd == "" {
+			return "*" + shQuote(" "+flag)
 		}
-	}
-	for _, c := range sp.cmds {
-		for _, f := range c.flags {
-			if f.value {
-				var ps []string
-				for _, s := range f.spellings() {
-					ps = append(ps, shQuote(c.name+" "+s))
-				}
-				fmt.Fprintf(w, "\t%s) echo %s ;;\n", strings.Join(ps, "|"), shQuote(f.valueKind()))
-			}
-		}
+		return shQuote(cmd + " " + flag)
+	}) {
+		fmt.Fprintf(w, "\t%s) echo %s ;;\n", strings.Join(c.patterns, "|"), shQuote(c.kind))
 	}
 	fmt.Fprint(w, "\t*) return 1 ;;\n\tesac\n}\n\n")
 
@@ -582,25 +603,13 @@ function __ocistore_commands
 
 	fmt.Fprint(w, "# __ocistore_value CMD FLAG: fails unless FLAG of CMD takes a value; prints\n# what the value is: dir, \"choice WORD...\", or nothing (anything).\n")
 	fmt.Fprint(w, "function __ocistore_value --argument-names cmd flag\n\tswitch \"$cmd $flag\"\n")
-	for _, f := range sp.globals {
-		if f.value {
-			var ps []string
-			for _, s := range f.spellings() {
-				ps = append(ps, fishQuote("* "+s))
-			}
-			fmt.Fprintf(w, "\t\tcase %s\n\t\t\techo %s\n", strings.Join(ps, " "), fishQuote(f.valueKind()))
+	for _, c := range sp.valueCases(func(cmd, flag string) string {
+		if cmd == "" {
+			return fishQuote("* " + flag)
 		}
-	}
-	for _, c := range sp.cmds {
-		for _, f := range c.flags {
-			if f.value {
-				var ps []string
-				for _, s := range f.spellings() {
-					ps = append(ps, fishQuote(c.name+" "+s))
-				}
-				fmt.Fprintf(w, "\t\tcase %s\n\t\t\techo %s\n", strings.Join(ps, " "), fishQuote(f.valueKind()))
-			}
-		}
+		return fishQuote(cmd + " " + flag)
+	}) {
+		fmt.Fprintf(w, "\t\tcase %s\n\t\t\techo %s\n", strings.Join(c.patterns, " "), fishQuote(c.kind))
 	}
 	fmt.Fprint(w, "\t\tcase '*'\n\t\t\treturn 1\n\tend\nend\n\n")
 

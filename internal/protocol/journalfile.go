@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -274,26 +273,17 @@ func JournalNotRegular(fsys fsio.FS) (string, string) {
 	return "", ""
 }
 
-// JournalAtIsRegular reports whether root/.ocistore is a directory and
-// root/.ocistore/journal.db a regular file (or missing), looked at without
-// following a symlink: only then may a reader open or probe it by path.
+// JournalAtIsRegular is JournalNotRegular for the layout or shared blob
+// directory root, by its path: whether a reader may open or probe its
+// journal by path (missing counts as regular: there is nothing to follow).
 func JournalAtIsRegular(root string) bool {
-	for _, c := range []struct {
-		path string
-		ok   func(fs.FileMode) bool
-	}{
-		{filepath.Join(root, layout.StateDir), fs.FileMode.IsDir},
-		{filepath.Join(root, JournalFile), fs.FileMode.IsRegular},
-	} {
-		fi, err := os.Lstat(c.path)
-		if errors.Is(err, fs.ErrNotExist) {
-			return true
-		}
-		if err != nil || !c.ok(fi.Mode()) {
-			return false
-		}
+	fsys, err := fsio.OpenOS(root)
+	if err != nil {
+		return false
 	}
-	return true
+	defer fsys.Close()
+	bad, _ := JournalNotRegular(fsys)
+	return bad == ""
 }
 
 // KindOf words a file mode for messages ("a symlink", "a directory").
