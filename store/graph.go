@@ -11,6 +11,8 @@ import (
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/ocistore/ocistore/internal/errdef"
+	"github.com/ocistore/ocistore/internal/fsio"
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 )
 
@@ -96,6 +98,11 @@ func (s *Store) Walk(ctx context.Context, root v1.Descriptor, fn WalkFunc) error
 	if err := s.reading(ctx); err != nil {
 		return err
 	}
+	return s.walk(ctx, root, s.children, fn)
+}
+
+// walk is Walk with the children of each node from kids.
+func (s *Store) walk(ctx context.Context, root v1.Descriptor, kids func(d v1.Descriptor, root bool) ([]v1.Descriptor, error), fn WalkFunc) error {
 	seen := map[digest.Digest]bool{}
 	var walk func(d v1.Descriptor, depth int) error
 	walk = func(d v1.Descriptor, depth int) error {
@@ -109,17 +116,17 @@ func (s *Store) Walk(ctx context.Context, root v1.Descriptor, fn WalkFunc) error
 			return fmt.Errorf("manifest %s: nested deeper than %d: %w", d.Digest, MaxDepth, errdef.ErrCorrupt)
 		}
 		seen[d.Digest] = true
-		kids, err := s.children(d, depth == 0)
+		ks, err := kids(d, depth == 0)
 		if err != nil {
 			return err
 		}
-		switch err := fn(GraphNode{Descriptor: d, Depth: depth, Children: kids}); {
+		switch err := fn(GraphNode{Descriptor: d, Depth: depth, Children: ks}); {
 		case errors.Is(err, ErrSkipChildren):
 			return nil
 		case err != nil:
 			return err
 		}
-		for _, k := range kids {
+		for _, k := range ks {
 			if err := walk(k, depth+1); err != nil {
 				return err
 			}
@@ -135,15 +142,88 @@ func (s *Store) Walk(ctx context.Context, root v1.Descriptor, fn WalkFunc) error
 // of its manifests, a blob they share counted once. The sizes are the
 // descriptors'; only manifests and indexes are read. Its errors are Walk's.
 func (s *Store) Size(ctx context.Context, root v1.Descriptor) (blobs int, size int64, err error) {
-	err = s.Walk(ctx, root, func(n GraphNode) error {
-		blobs++
-		size += n.Descriptor.Size
-		return nil
-	})
+	r, err := s.Sizes(ctx, []v1.Descriptor{root})
 	if err != nil {
 		return 0, 0, err
 	}
-	return blobs, size, nil
+	return r[0].Blobs, r[0].Bytes, r[0].Err
+}
+
+// GraphSize is what Sizes found of one root: Size's results.
+type GraphSize struct {
+	Blobs int
+	Bytes int64
+	Err   error // the root's own error (its graph could not be read); the others go on
+}
+
+// Sizes is Size of each of roots, in one pass: the manifests the journal
+// counted are not read, since it recorded their children when it counted
+// them (content addressed: what a digest references never changes), so
+// that a listing of 100,000 images reads no manifest. Such a manifest is
+// looked up (one stat): one missing from the layout, or not of its
+// descriptor's size, stops its root's walk as Walk's read does (a
+// manifest whose bytes changed in place is fsck's to find). A manifest the
+// journal has not counted (a layout not adopted yet, or that another tool
+// changed since) is read, as Walk reads it. The error returned is one that
+// stops the whole pass (ctx, the journal); a root whose graph cannot be
+// read has its own in its GraphSize.
+func (s *Store) Sizes(ctx context.Context, roots []v1.Descriptor) ([]GraphSize, error) {
+	if err := s.reading(ctx); err != nil {
+		return nil, err
+	}
+	out := make([]GraphSize, len(roots))
+	sizeAll := func(kids func(d v1.Descriptor, root bool) ([]v1.Descriptor, error)) error {
+		for i, root := range roots {
+			r := &out[i]
+			r.Err = s.walk(ctx, root, kids, func(n GraphNode) error {
+				r.Blobs++
+				r.Bytes += n.Descriptor.Size
+				return nil
+			})
+			if r.Err != nil {
+				r.Blobs, r.Bytes = 0, 0
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	walked := false
+	err := s.journalRead(func(tx *journal.Tx) error {
+		walked = true
+		return sizeAll(func(d v1.Descriptor, isRoot bool) ([]v1.Descriptor, error) {
+			if r, err := tx.GetRef(d.Digest); err == nil && r.Count > 0 && r.Children != nil {
+				return r.Children, s.manifestPresent(d)
+			}
+			return s.children(d, isRoot)
+		})
+	})
+	if err == nil && !walked {
+		err = sizeAll(s.children) // no journal yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// manifestPresent reports, as readManifest would, a manifest missing from
+// the layout or of another size than d says, with a stat of its blob.
+func (s *Store) manifestPresent(d v1.Descriptor) error {
+	p := layout.BlobPath(d.Digest)
+	fi, err := s.lay.FS.Lstat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("manifest %s is missing from the layout (run ocistore fsck): %w", d.Digest, errdef.ErrCorrupt)
+	case err != nil:
+		return fmt.Errorf("fetch %s (%s): %w", d.Digest, p, err)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("fetch %s (%s): %w", d.Digest, p, fsio.ErrNotRegular)
+	case d.Size >= 0 && fi.Size() != d.Size:
+		return fmt.Errorf("read manifest %s (%s): %d bytes, descriptor says %d: %w", d.Digest, p, fi.Size(), d.Size, errdef.ErrSizeMismatch)
+	}
+	return nil
 }
 
 // FetchManifest reads the whole blob of desc, a manifest or index, verified

@@ -1,11 +1,13 @@
 package store_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -360,5 +362,53 @@ func TestWalkContextAndClosed(t *testing.T) {
 	}
 	if _, err := l.s.FetchManifest(l.ctx, ix); !errors.Is(err, store.ErrClosed) {
 		t.Errorf("FetchManifest on a closed store = %v; want ErrClosed", err)
+	}
+}
+
+// TestSizesFromJournal: Sizes answers from the children the journal
+// recorded when it counted each manifest, reading none (a manifest whose
+// bytes changed in place, size kept, is not noticed: that is fsck's), and
+// gives the results Size gives by reading them. A root the journal has
+// not counted is read.
+func TestSizesFromJournal(t *testing.T) {
+	l := newLib(t)
+	base := l.b.Random(100)
+	m1, m2 := l.image([]v1.Descriptor{base}, 2), l.image([]v1.Descriptor{base}, 1)
+	ix := l.b.Index(m1, m2)
+	l.tag(ix, "ix")
+	l.tag(m1, "m1")
+	roots := []v1.Descriptor{ix, m1, m2, base}
+	want := make([]store.GraphSize, len(roots))
+	for i, r := range roots {
+		b, n, err := l.s.Size(l.ctx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = store.GraphSize{Blobs: b, Bytes: n}
+	}
+	got, err := l.s.Sizes(l.ctx, roots)
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("Sizes = %+v, %v; want %+v", got, err, want)
+	}
+	// m1's bytes replaced in place by others of the same size.
+	p := testutil.BlobFile(l.dir, m1.Digest)
+	old, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, bytes.Repeat([]byte{' '}, len(old)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.walk(m1); !errors.Is(err, store.ErrDigestMismatch) {
+		t.Fatalf("Walk of the changed manifest = %v, want ErrDigestMismatch", err)
+	}
+	if got, err := l.s.Sizes(l.ctx, roots); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("Sizes read a manifest the journal counted: %+v, %v; want %+v", got, err, want)
+	}
+	// A manifest the journal never counted is read.
+	m3 := l.image([]v1.Descriptor{base}, 1)
+	got, err = l.s.Sizes(l.ctx, []v1.Descriptor{m3})
+	if err != nil || got[0].Err != nil || got[0].Blobs != len(l.graph(m3)) {
+		t.Errorf("Sizes of an uncounted manifest = %+v, %v; want %d blobs", got, err, len(l.graph(m3)))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -142,30 +143,37 @@ func (s *Store) trackImages(t *txn, old, new digest.Digest, entries []layout.Ent
 func (s *Store) reconcileImages(t *txn, entries []layout.Entry, ix digest.Digest) error {
 	var fresh []v1.Descriptor
 	for _, e := range entries {
-		if _, ok, err := t.tx.GetImage(e.Desc.Digest); err == nil && !ok {
+		_, ok, err := t.tx.GetImage(e.Desc.Digest)
+		if err != nil {
+			return err
+		}
+		if !ok {
 			fresh = append(fresh, e.Desc)
 		}
 	}
 	t.configs = s.prefetchConfigs(t, fresh)
 	defer func() { t.configs = nil }()
 	roots := make(map[digest.Digest]bool, len(entries))
-	added := 0
 	for _, e := range entries {
-		if roots[e.Desc.Digest] {
-			continue
-		}
 		roots[e.Desc.Digest] = true
-		_, ok, err := t.tx.GetImage(e.Desc.Digest)
-		if err != nil {
+	}
+	// Put in key order: bbolt inserts into a node that stays whole until
+	// the commit, so keys in random order each move the node's tail
+	// (quadratic: 5.4 s for the 100,000 images of a first open), and in
+	// order append.
+	seen := make(map[digest.Digest]bool, len(fresh))
+	fresh = slices.DeleteFunc(fresh, func(d v1.Descriptor) bool {
+		dup := seen[d.Digest]
+		seen[d.Digest] = true
+		return dup
+	})
+	slices.SortFunc(fresh, func(a, b v1.Descriptor) int { return strings.Compare(string(a.Digest), string(b.Digest)) })
+	for _, d := range fresh {
+		if err := t.tx.PutImage(d.Digest, s.describeImage(t, d)); err != nil {
 			return err
 		}
-		if !ok {
-			if err := t.tx.PutImage(e.Desc.Digest, s.describeImage(t, e.Desc)); err != nil {
-				return err
-			}
-			added++
-		}
 	}
+	added := len(fresh)
 	var stale []digest.Digest
 	if err := t.tx.ForEachImage(func(d digest.Digest, _ journal.ImageMeta) error {
 		if !roots[d] {

@@ -39,39 +39,39 @@ func newSizer(s *store.Store) *sizer {
 	return &sizer{s: s, done: map[sizeKey]sizeResult{}}
 }
 
-// sizeAll sizes the graphs of ds on every core (each manifest read and
-// verified once), so that size then answers from what it found: ls of a
-// large layout reads its manifests in parallel.
+// sizeAll sizes the graphs of ds (store.Sizes: from the journal's record
+// of each manifest's children, or reading the manifests it has not
+// counted), in one part per core, so that size then answers from what it
+// found.
 func (z *sizer) sizeAll(ctx context.Context, ds []v1.Descriptor) {
-	workers := runtime.GOMAXPROCS(0)
-	if workers < 2 || len(ds) < 64 {
-		return
-	}
-	var mu sync.Mutex
-	next := make(chan v1.Descriptor)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Go(func() {
-			for d := range next {
-				blobs, bytes, err := z.s.Size(ctx, d)
-				if ctx.Err() != nil {
-					continue
-				}
-				mu.Lock()
-				z.done[sizeKey{d.Digest, d.Size, d.MediaType}] = sizeResult{blobs, bytes, err}
-				mu.Unlock()
-			}
-		})
-	}
+	var todo []v1.Descriptor
 	seen := map[sizeKey]bool{}
 	for _, d := range ds {
-		if k := (sizeKey{d.Digest, d.Size, d.MediaType}); !seen[k] && ctx.Err() == nil {
+		if k := (sizeKey{d.Digest, d.Size, d.MediaType}); !seen[k] {
 			seen[k] = true
-			next <- d
+			todo = append(todo, d)
 		}
 	}
-	close(next)
+	if len(todo) < 64 {
+		return
+	}
+	parts := runtime.GOMAXPROCS(0)
+	results := make([][]store.GraphSize, parts)
+	per := (len(todo) + parts - 1) / parts
+	var wg sync.WaitGroup
+	for i := range parts {
+		part := todo[min(i*per, len(todo)):min((i+1)*per, len(todo))]
+		wg.Go(func() {
+			results[i], _ = z.s.Sizes(ctx, part) // on error: sized one by one later
+		})
+	}
 	wg.Wait()
+	for i, r := range results {
+		for j, g := range r {
+			d := todo[i*per+j]
+			z.done[sizeKey{d.Digest, d.Size, d.MediaType}] = sizeResult{g.Blobs, g.Bytes, g.Err}
+		}
+	}
 }
 
 // size returns the number and total size of the distinct blobs of d's graph,

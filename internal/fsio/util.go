@@ -25,6 +25,9 @@ func randSuffix() string { return strconv.FormatUint(rand.Uint64(), 36) }
 // ReadFile reads a whole regular file of at most limit bytes. A larger file
 // gives an error wrapping errdef.ErrTooLarge without reading it all.
 func ReadFile(fsys FS, name string, limit int64) ([]byte, error) {
+	if r, ok := fsys.(wholeFileReader); ok {
+		return r.readFile(name, limit)
+	}
 	f, err := fsys.Open(name)
 	if err != nil {
 		return nil, err
