@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"slices"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -172,8 +174,16 @@ func (s *Store) Sizes(ctx context.Context, roots []v1.Descriptor) ([]GraphSize, 
 		return nil, err
 	}
 	out := make([]GraphSize, len(roots))
+	// In digest order, so that one lookup in the journal lands near the
+	// last (the refs are keyed by digest).
+	order := make([]int, len(roots))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(string(roots[a].Digest), string(roots[b].Digest)) })
 	sizeAll := func(kids func(d v1.Descriptor, root bool) ([]v1.Descriptor, error)) error {
-		for i, root := range roots {
+		for _, i := range order {
+			root := roots[i]
 			r := &out[i]
 			r.Err = s.walk(ctx, root, kids, func(n GraphNode) error {
 				r.Blobs++
@@ -193,6 +203,9 @@ func (s *Store) Sizes(ctx context.Context, roots []v1.Descriptor) ([]GraphSize, 
 	err := s.journalRead(func(tx *journal.Tx) error {
 		walked = true
 		return sizeAll(func(d v1.Descriptor, isRoot bool) ([]v1.Descriptor, error) {
+			if !layout.Parsed(d, isRoot) {
+				return nil, nil // a leaf: nothing to look up
+			}
 			if r, err := tx.GetRef(d.Digest); err == nil && r.Count > 0 && r.Children != nil {
 				return r.Children, s.manifestPresent(d)
 			}
