@@ -2,6 +2,7 @@ package layout
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -75,6 +76,7 @@ type fastParser struct {
 	b      []byte
 	i      int
 	space  bool              // white space met inside the current entry
+	fresh  bool              // str copies: the caller drops b (a manifest)
 	intern map[string]string // the strings every entry repeats: media types, keys
 }
 
@@ -106,15 +108,29 @@ func (p *fastParser) span() (start, end int, ok bool) {
 	return start, start + n, true
 }
 
-// repeated are strings most entries hold, returned without a lookup.
-var repeated = []string{
-	"mediaType", "digest", "size", "annotations", "platform", "artifactType",
-	v1.AnnotationRefName, v1.AnnotationCreated,
-	v1.MediaTypeImageManifest, v1.MediaTypeImageIndex,
-	"application/vnd.docker.distribution.manifest.v2+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"architecture", "os", "variant", "amd64", "arm64", "linux",
-}
+// repeated are strings most entries hold, returned without an allocation:
+// keys, the media types of the image-spec and Docker's, platform values.
+var repeated = func() map[string]string {
+	m := map[string]string{}
+	for _, s := range []string{
+		"mediaType", "digest", "size", "annotations", "platform", "artifactType",
+		"schemaVersion", "config", "layers", "manifests", "blobs", "subject",
+		v1.AnnotationRefName, v1.AnnotationCreated,
+		v1.MediaTypeImageManifest, v1.MediaTypeImageIndex, v1.MediaTypeImageConfig,
+		v1.MediaTypeEmptyJSON, v1.MediaTypeDescriptor, v1.MediaTypeLayoutHeader,
+		v1.MediaTypeImageLayer, v1.MediaTypeImageLayerGzip, v1.MediaTypeImageLayerZstd,
+		v1.MediaTypeImageLayerNonDistributable, v1.MediaTypeImageLayerNonDistributableGzip,
+		v1.MediaTypeImageLayerNonDistributableZstd, MediaTypeArtifactManifest,
+		MediaTypeDockerManifest, MediaTypeDockerManifestList,
+		"application/vnd.docker.container.image.v1+json",
+		"application/vnd.docker.image.rootfs.diff.tar.gzip",
+		"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+		"architecture", "os", "variant", "amd64", "arm64", "linux",
+	} {
+		m[s] = s
+	}
+	return m
+}()
 
 // istr is str for a string that many entries repeat: one copy of each.
 func (p *fastParser) istr() (string, bool) {
@@ -123,10 +139,8 @@ func (p *fastParser) istr() (string, bool) {
 		return "", false
 	}
 	raw := p.b[start:end]
-	for _, r := range repeated {
-		if len(r) == len(raw) && r == string(raw) {
-			return r, true
-		}
+	if s, ok := repeated[string(raw)]; ok {
+		return s, true
 	}
 	if s, ok := p.intern[string(raw)]; ok {
 		return s, true
@@ -169,6 +183,9 @@ func (p *fastParser) str() (string, bool) {
 	start, end, ok := p.span()
 	if !ok || start == end {
 		return "", ok
+	}
+	if p.fresh {
+		return string(p.b[start:end]), true
 	}
 	// The string shares b's memory, as Raw does: b, the file's bytes, is
 	// kept and never written by whoever keeps the index.
@@ -248,6 +265,17 @@ func (p *fastParser) strings() ([]string, bool) {
 	return out, ok
 }
 
+// stringMap reads an object of strings.
+func (p *fastParser) stringMap() (map[string]string, bool) {
+	m := map[string]string{}
+	ok := p.object(func(k string) bool {
+		v, ok := p.str()
+		m[k] = v
+		return ok
+	})
+	return m, ok
+}
+
 // object calls field for each key of an object; field reads the value.
 func (p *fastParser) object(field func(key string) bool) bool {
 	return p.list('{', '}', func() bool {
@@ -301,67 +329,7 @@ func (p *fastParser) entries() ([]Entry, bool) {
 	ok := p.array(func() bool {
 		p.space = false
 		start := p.i
-		var d v1.Descriptor
-		var seen uint16
-		ok := p.object(func(key string) bool {
-			// A repeated field merges into the first in encoding/json
-			// (maps, the platform): the slow way.
-			if bit := knownBit(key); bit != 0 {
-				if seen&bit != 0 {
-					return false
-				}
-				seen |= bit
-			}
-			var ok bool
-			switch key {
-			case "mediaType":
-				d.MediaType, ok = p.istr()
-			case "artifactType":
-				d.ArtifactType, ok = p.istr()
-			case "digest":
-				var s string
-				s, ok = p.str()
-				d.Digest = digest.Digest(s)
-			case "size":
-				d.Size, ok = p.int()
-			case "urls":
-				d.URLs, ok = p.strings()
-			case "annotations":
-				m := map[string]string{}
-				ok = p.object(func(k string) bool {
-					v, ok := p.str()
-					m[k] = v
-					return ok
-				})
-				d.Annotations = m
-			case "platform":
-				pl := &v1.Platform{}
-				ok = p.object(func(k string) bool {
-					var ok bool
-					switch k {
-					case "architecture":
-						pl.Architecture, ok = p.istr()
-					case "os":
-						pl.OS, ok = p.istr()
-					case "os.version":
-						pl.OSVersion, ok = p.istr()
-					case "variant":
-						pl.Variant, ok = p.istr()
-					case "os.features":
-						pl.OSFeatures, ok = p.strings()
-					default:
-						return !foldsToKnown(k) && p.skipValue()
-					}
-					return ok
-				})
-				d.Platform = pl
-			case "data":
-				return false // base64: the slow way
-			default:
-				return !foldsToKnown(key) && p.skipValue()
-			}
-			return ok
-		})
+		d, ok := p.descriptor()
 		if !ok {
 			return false
 		}
@@ -378,4 +346,78 @@ func (p *fastParser) entries() ([]Entry, bool) {
 		return true
 	})
 	return out, ok
+}
+
+// descriptor reads a descriptor object (its strings share b's memory
+// unless p.fresh).
+func (p *fastParser) descriptor() (v1.Descriptor, bool) {
+	var d v1.Descriptor
+	var seen uint16
+	ok := p.object(func(key string) bool {
+		// A repeated field merges into the first in encoding/json
+		// (maps, the platform): the slow way.
+		if bit := knownBit(key); bit != 0 {
+			if seen&bit != 0 {
+				return false
+			}
+			seen |= bit
+		}
+		var ok bool
+		switch key {
+		case "mediaType":
+			d.MediaType, ok = p.istr()
+		case "artifactType":
+			d.ArtifactType, ok = p.istr()
+		case "digest":
+			var s string
+			s, ok = p.str()
+			d.Digest = digest.Digest(s)
+		case "size":
+			d.Size, ok = p.int()
+		case "urls":
+			d.URLs, ok = p.strings()
+		case "annotations":
+			d.Annotations, ok = p.stringMap()
+		case "platform":
+			pl := &v1.Platform{}
+			ok = p.object(func(k string) bool {
+				var ok bool
+				switch k {
+				case "architecture":
+					pl.Architecture, ok = p.istr()
+				case "os":
+					pl.OS, ok = p.istr()
+				case "os.version":
+					pl.OSVersion, ok = p.istr()
+				case "variant":
+					pl.Variant, ok = p.istr()
+				case "os.features":
+					pl.OSFeatures, ok = p.strings()
+				default:
+					return !foldsToKnown(k) && p.skipValue()
+				}
+				return ok
+			})
+			d.Platform = pl
+		case "data":
+			d.Data, ok = p.base64()
+		default:
+			return !foldsToKnown(key) && p.skipValue()
+		}
+		return ok
+	})
+	return d, ok
+}
+
+// base64 reads a string of base64 as encoding/json decodes it into a
+// []byte: "" is an empty slice, not nil.
+func (p *fastParser) base64() ([]byte, bool) {
+	start, end, ok := p.span()
+	if !ok {
+		return nil, false
+	}
+	src := p.b[start:end]
+	dst := make([]byte, base64.StdEncoding.DecodedLen(len(src)))
+	n, err := base64.StdEncoding.Decode(dst, src)
+	return dst[:n], err == nil
 }

@@ -210,20 +210,30 @@ func ParseChildren(where string, b []byte) (Children, error) {
 // when it is not the zero descriptor (what v1.Manifest holds when there is
 // none).
 func ParseChildrenAs(where, mediaType string, b []byte) (Children, error) {
-	var m anyManifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		var te *json.UnmarshalTypeError
-		if !errors.As(err, &te) {
-			return Children{}, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
-		}
-		var ok bool
-		if m, ok = eachKind(b, mediaType); !ok {
-			return Children{}, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
+	m, ok := parseChildrenFast(b)
+	if !ok {
+		var err error
+		if m, err = decodeManifest(where, mediaType, b); err != nil {
+			return Children{}, err
 		}
 	}
+	return childrenOf(where, m)
+}
+
+// childrenOf returns the children of m, a decoded manifest, and checks
+// their descriptors.
+func childrenOf(where string, m anyManifest) (Children, error) {
 	c := Children{MediaType: m.MediaType, Subject: m.Subject, Created: m.Annotations[v1.AnnotationCreated]}
-	if !reflect.ValueOf(m.Config).IsZero() {
-		cfg := m.Config
+	n := len(m.Layers) + len(m.Manifests) + len(m.Blobs)
+	cfg := m.Config
+	hasConfig := !reflect.ValueOf(&cfg).Elem().IsZero()
+	if hasConfig {
+		n++
+	}
+	if n > 0 { // nil when there are none, as append leaves it
+		c.Refs = make([]v1.Descriptor, 0, n)
+	}
+	if hasConfig {
 		c.Config = &cfg
 		c.Refs = append(c.Refs, cfg)
 	}
@@ -241,6 +251,23 @@ func ParseChildrenAs(where, mediaType string, b []byte) (Children, error) {
 		}
 	}
 	return c, nil
+}
+
+// decodeManifest is the slow way of ParseChildrenAs: encoding/json into an
+// anyManifest, and into each kind apart when a field has the wrong type.
+func decodeManifest(where, mediaType string, b []byte) (anyManifest, error) {
+	var m anyManifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) {
+			return m, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
+		}
+		var ok bool
+		if m, ok = eachKind(b, mediaType); !ok {
+			return m, fmt.Errorf("%s: %w: %v", where, errdef.ErrCorrupt, err)
+		}
+	}
+	return m, nil
 }
 
 // eachKind decodes b as a manifest, an index and an artifact manifest apart
