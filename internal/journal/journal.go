@@ -203,7 +203,20 @@ type Options struct {
 	// commit fails after its pages reached the disk (the one outcome a
 	// caller cannot know).
 	CommitHook func(tx *Tx) (after func() error, err error)
+	// MapHint is how large the database may grow while this handle is
+	// open (an estimate). Past bbolt's allocation step (mapHintMin) it
+	// maps that much address space at open, so that commits that grow the
+	// file do not remap it: a remap first copies every node the
+	// transaction holds out of the old mapping (2.2 s of the 14 s first
+	// open of 100,000 images). Below the step it changes nothing: bbolt
+	// would then grow the file in whole steps of the mapping.
+	MapHint int64
 }
+
+// mapHintMin is bbolt's default allocation step (DefaultAllocSize): a
+// database mapped larger than it grows its file by that step past what a
+// commit needs, which a small journal must not pay.
+const mapHintMin = 16 << 20
 
 // Open opens or creates the journal at path.
 func Open(path string, o Options) (*DB, error) {
@@ -241,6 +254,9 @@ func Open(path string, o Options) (*DB, error) {
 		Timeout:      timeout,
 		ReadOnly:     o.ReadOnly,
 		FreelistType: bolt.FreelistMapType,
+	}
+	if o.MapHint > mapHintMin && !o.ReadOnly && int64(int(o.MapHint)) == o.MapHint {
+		bo.InitialMmapSize = int(o.MapHint)
 	}
 	if o.Snapshot {
 		var mem *os.File

@@ -438,3 +438,48 @@ func TestCommitHook(t *testing.T) {
 		t.Fatalf("fn's error: %v", err)
 	}
 }
+
+// TestMapHint: a journal opened with a hint of its size keeps what it
+// commits past its first mapping (no remap), and a hint below bbolt's
+// allocation step leaves a small journal small.
+func TestMapHint(t *testing.T) {
+	dir := t.TempDir()
+	big, small := filepath.Join(dir, "big.db"), filepath.Join(dir, "small.db")
+	fill := func(path string, hint int64, n int) {
+		t.Helper()
+		db, err := journal.Open(path, journal.Options{MapHint: hint})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		err = db.Update(func(tx *journal.Tx) error {
+			m := map[digest.Digest]journal.Ref{}
+			for i := range n {
+				m[digest.FromString(fmt.Sprint(i))] = journal.Ref{Count: 1, Size: int64(i)}
+			}
+			return tx.ReplaceRefs(m)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill(big, 64<<20, 200_000) // about 20 MB of refs: past the first mapping
+	db := open(t, big, journal.Options{ReadOnly: true})
+	n := 0
+	db.View(func(tx *journal.Tx) error {
+		return tx.ForEachRef(func(d digest.Digest, r journal.Ref) error {
+			if r.Count != 1 {
+				t.Fatalf("%s: %+v", d, r)
+			}
+			n++
+			return nil
+		})
+	})
+	if n != 200_000 {
+		t.Errorf("%d refs read back, want 200000", n)
+	}
+	fill(small, 1<<20, 10)
+	if fi, err := os.Stat(small); err != nil || fi.Size() > 1<<20 {
+		t.Errorf("a small journal opened with a small hint: %v, %v", fi.Size(), err)
+	}
+}

@@ -37,6 +37,12 @@ func (l *Layout) OpenJournal(ctx context.Context, o journal.Options) (*journal.D
 		return nil, err
 	}
 	path := l.JournalPath()
+	if fi, err := l.FS.Lstat(layout.IndexFile); err == nil && o.MapHint == 0 {
+		// The journal of a layout takes about six times its index.json
+		// (the counts and children of every blob, a copy of the index):
+		// a first open of a large layout maps it all at once.
+		o.MapHint = 8 * fi.Size()
+	}
 	db, err := openWaiting(ctx, path, o)
 	if errors.Is(err, errdef.ErrCorrupt) {
 		salv, serr := journal.SalvageFile(path, lockTimeout)
