@@ -64,14 +64,11 @@ func (s *Store) describeImage(t *txn, d v1.Descriptor) journal.ImageMeta {
 	if c.Config == nil || c.Config.Size > layout.MaxManifestSize {
 		return m
 	}
-	b, ok := t.configs[c.Config.Digest]
+	cfg, ok := t.configs[c.Config.Digest]
 	if !ok {
-		if b, err = layout.ReadBlob(s.lay.FS, *c.Config, layout.MaxManifestSize); err != nil {
-			return m
-		}
+		cfg = s.readConfig(*c.Config)
 	}
-	var cfg imageConfig
-	if json.Unmarshal(b, &cfg) != nil {
+	if cfg == nil {
 		return m
 	}
 	if ts, err := time.Parse(time.RFC3339Nano, cfg.Created); err == nil && cfg.Created != "" {
@@ -327,21 +324,33 @@ func (s *Store) persistLastUse() {
 // core (their manifests first, through t.load), for describeImage: an
 // adoption describes every image. Nothing for a few roots; a config that
 // cannot be read is left out (describeImage meets the error itself).
-func (s *Store) prefetchConfigs(t *txn, roots []v1.Descriptor) map[digest.Digest][]byte {
-	out := map[digest.Digest][]byte{}
+func (s *Store) prefetchConfigs(t *txn, roots []v1.Descriptor) map[digest.Digest]*imageConfig {
+	out := map[digest.Digest]*imageConfig{}
 	var mu sync.Mutex
 	forEachManifest(roots, func(d v1.Descriptor) {
 		c, err := t.load(d)
 		if err != nil || c.Config == nil || c.Config.Size > layout.MaxManifestSize {
 			return
 		}
-		b, err := layout.ReadBlob(s.lay.FS, *c.Config, layout.MaxManifestSize)
-		if err != nil {
-			return
-		}
+		cfg := s.readConfig(*c.Config)
 		mu.Lock()
-		out[c.Config.Digest] = b
+		out[c.Config.Digest] = cfg
 		mu.Unlock()
 	})
 	return out
+}
+
+// readConfig reads and decodes the config d, nil when it cannot be read
+// or decoded (the image is then described without it). Only what prune
+// uses is kept: an adoption holds the configs of every image at once.
+func (s *Store) readConfig(d v1.Descriptor) *imageConfig {
+	b, err := layout.ReadBlob(s.lay.FS, d, layout.MaxManifestSize)
+	if err != nil {
+		return nil
+	}
+	var cfg imageConfig
+	if json.Unmarshal(b, &cfg) != nil {
+		return nil
+	}
+	return &cfg
 }

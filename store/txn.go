@@ -61,7 +61,7 @@ type txn struct {
 	prefetch func([]v1.Descriptor) // warms load for a batch of roots
 	now      time.Time
 	// configs are image configs read ahead (prefetchConfigs), by digest.
-	configs map[digest.Digest][]byte
+	configs map[digest.Digest]*imageConfig
 }
 
 // newTxn starts what a plan reads in tx.
