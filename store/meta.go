@@ -165,6 +165,9 @@ func (s *Store) reconcileImages(t *txn, entries []layout.Entry, ix digest.Digest
 		return dup
 	})
 	slices.SortFunc(fresh, func(a, b v1.Descriptor) int { return strings.Compare(string(a.Digest), string(b.Digest)) })
+	if len(fresh) >= prefetchMin {
+		t.tx.FillImages()
+	}
 	for _, d := range fresh {
 		if err := t.tx.PutImage(d.Digest, s.describeImage(t, d)); err != nil {
 			return err

@@ -159,6 +159,16 @@ func (t *Tx) GetImage(d digest.Digest) (ImageMeta, bool, error) {
 	return m, err == nil, err
 }
 
+// FillImages makes this transaction write the images bucket's pages
+// full, for a caller that puts many images in key order (an adoption):
+// bbolt splits pages at half by default, which an append in key order
+// leaves half empty for good (12 MB of 24 at 100,000 images).
+func (t *Tx) FillImages() {
+	if b := t.sb(bImages); b != nil {
+		b.FillPercent = 1.0
+	}
+}
+
 // PutImage stores the metadata of the root manifest d, and indexes it under
 // its subject when it has one. The subject must not change.
 func (t *Tx) PutImage(d digest.Digest, m ImageMeta) error {
