@@ -160,6 +160,7 @@ func benchMain(args []string) error {
 	if err != nil {
 		return err
 	}
+	r.repo = *repo
 	if !*keep {
 		defer os.RemoveAll(r.work)
 	}
@@ -194,7 +195,7 @@ func benchMain(args []string) error {
 // child's result and its peak RSS.
 func oneMain(args []string) error {
 	fs := flag.NewFlagSet("one", flag.ContinueOnError)
-	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, open-cold, ingest, concurrent, adopt")
+	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, open-cold, ingest, concurrent, adopt (adoption: the same), cli-rm, cli-ls, cli-ls-json, cli-du, cli-fsck")
 	peerName := fs.String("peer", pOcistore, "peer")
 	n := fs.Int("n", 1000, "images")
 	k := fs.Int("k", 10, "images to delete")
@@ -234,11 +235,20 @@ func oneMain(args []string) error {
 			return err
 		}
 		extra = append(extra, "-size", strconv.FormatInt(*size, 10), "-seed", "7", "-digest", dg)
-	case scAdopt:
+	case scAdopt, scAdoption:
 		if _, err := r.template(*n, pCImage); err != nil {
 			return err
 		}
 		if err := copyLayout(r.templates[*n], dir); err != nil {
+			return err
+		}
+	case scCLIRm, scCLILs, scCLILsJSON, scCLIDu, scCLIFsck:
+		bin, err := r.cli()
+		if err != nil {
+			return err
+		}
+		extra = append(extra, "-cli", bin)
+		if err := r.copyFor(*n, pOcistore, dir, false); err != nil {
 			return err
 		}
 	default:
@@ -250,7 +260,7 @@ func oneMain(args []string) error {
 	if *scenario != scIngest {
 		var gone []string
 		switch *scenario {
-		case scDeleteOne, scConcurrent:
+		case scDeleteOne, scConcurrent, scCLIRm:
 			gone = pickSpread(*n, *k)
 		case scDeleteHalf:
 			gone = pickHalf(*n)
