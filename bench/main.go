@@ -8,6 +8,7 @@
 //	bench one -scenario S -peer P -n N [-k K] [-cpuprofile F]   one run of one cell
 //	bench report -from results.json [-out ...] [-micro ...]      rewrite the report from a run's saved results
 //	bench rerun -from results.json -scenario S -peer P [-n N,...] measure one peer's cells again, in place of its saved runs
+//	bench scale -n N,... [-parts adoption,delete,cli] [-template DIR]  the adoption table and the scale rows only
 //	bench gen -n N [-layer-size B] DIR                           write a layout
 //	bench child ...                                              (internal: one run, in its own process)
 package main
@@ -36,6 +37,8 @@ func main() {
 			err = reportMain(os.Args[2:])
 		case "rerun":
 			err = rerunMain(os.Args[2:])
+		case "scale":
+			err = scaleMain(os.Args[2:])
 		default:
 			err = benchMain(os.Args[1:])
 		}
@@ -239,6 +242,7 @@ func oneMain(args []string) error {
 		if _, err := r.template(*n, pCImage); err != nil {
 			return err
 		}
+		r.remove(dir)
 		if err := copyLayout(r.templates[*n], dir); err != nil {
 			return err
 		}

@@ -301,7 +301,7 @@ func (r *runner) template(n int, peerName string) (string, error) {
 		return r.templates[n], nil
 	}
 	if _, ok := r.adopted[n]; !ok {
-		dir := r.templates[n] + "-ocistore"
+		dir := r.adoptedDir(n)
 		r.remove(dir)
 		if err := copyLayout(r.templates[n], dir); err != nil {
 			return "", err
@@ -313,6 +313,12 @@ func (r *runner) template(n int, peerName string) (string, error) {
 		r.adopted[n] = dir
 	}
 	return r.adopted[n], nil
+}
+
+// adoptedDir is where the adopted template of n images goes (in the
+// scratch directory, whatever the plain template's place).
+func (r *runner) adoptedDir(n int) string {
+	return filepath.Join(r.work, fmt.Sprintf("tmpl-%d-ocistore", n))
 }
 
 // child runs one scenario in a child process and records it.

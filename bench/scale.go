@@ -9,14 +9,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"flag"
 	"fmt"
 	"io/fs"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -165,7 +169,10 @@ func (r *runner) scaling() error {
 	r.logf("adoption table: %s", time.Since(t0).Round(time.Second))
 	for _, n := range r.plan.Scale {
 		t1 := time.Now()
-		if err := r.scale(n); err != nil {
+		if err := r.scaleDelete(n); err != nil {
+			return err
+		}
+		if err := r.scaleCLI(n); err != nil {
 			return err
 		}
 		r.logf("scale rows at N=%d: %s", n, time.Since(t1).Round(time.Second))
@@ -191,7 +198,7 @@ func (r *runner) adoption(n int) error {
 			dir := filepath.Join(r.work, "run")
 			keep := false
 			if _, ok := r.adopted[n]; !ok && name == pOcistore {
-				dir, keep = tmpl+"-ocistore", true
+				dir, keep = r.adoptedDir(n), true
 			}
 			r.remove(dir)
 			if err := copyLayout(tmpl, dir); err != nil {
@@ -221,17 +228,20 @@ func (r *runner) adoption(n int) error {
 	return nil
 }
 
-// scale runs the rows at n: the library's single delete (unless the
-// delete-one table has n already), then, r.plan.Runs times on a fresh
-// settled copy, the read-only commands once each and K `rm` processes,
-// and the journal's size after adoption and after the deletes.
-func (r *runner) scale(n int) error {
-	k := r.plan.ScaleK
-	if !slices.ContainsFunc(r.plan.DeleteOne, func(sk sizeK) bool { return sk.N == n }) {
-		if err := r.deleting(scDeleteOne, n, k, pickSpread(n, k)); err != nil {
-			return err
-		}
+// scaleDelete runs the library's single delete at n, unless the
+// delete-one table has n already.
+func (r *runner) scaleDelete(n int) error {
+	if slices.ContainsFunc(r.plan.DeleteOne, func(sk sizeK) bool { return sk.N == n }) {
+		return nil
 	}
+	return r.deleting(scDeleteOne, n, r.plan.ScaleK, pickSpread(n, r.plan.ScaleK))
+}
+
+// scaleCLI runs, r.plan.Runs times on a fresh settled copy of the layout
+// of n images, the read-only commands once each and K `rm` processes, and
+// reads the journal's size after adoption and after the deletes.
+func (r *runner) scaleCLI(n int) error {
+	k := r.plan.ScaleK
 	bin, err := r.cli()
 	if err != nil {
 		return err
@@ -407,7 +417,8 @@ func perKBlobs(msv float64, blobs int) float64 {
 // blob at every size above base is at most tol times the cost per blob at
 // base. cost maps sizes to ms per 1,000 blobs (NaN: not measured). It
 // returns the worst ratio and its size; measured is false without the
-// base or without a size above it.
+// base or without a size above it measured, and ok false when a size above
+// it was not measured (a failed run proves nothing linear).
 func linearity(cost map[int]float64, base int, tol float64) (worst float64, worstN int, ok, measured bool) {
 	b, has := cost[base]
 	if !has || math.IsNaN(b) || b <= 0 {
@@ -419,9 +430,14 @@ func linearity(cost map[int]float64, base int, tol float64) (worst float64, wors
 	}
 	sort.Ints(ns)
 	worst = math.NaN()
+	missing := false
 	for _, n := range ns {
 		c := cost[n]
-		if n <= base || math.IsNaN(c) {
+		if n <= base {
+			continue
+		}
+		if math.IsNaN(c) {
+			missing = true
 			continue
 		}
 		measured = true
@@ -429,7 +445,7 @@ func linearity(cost map[int]float64, base int, tol float64) (worst float64, wors
 			worst, worstN = ratio, n
 		}
 	}
-	return worst, worstN, measured && worst <= tol, measured
+	return worst, worstN, measured && !missing && worst <= tol, measured
 }
 
 // adoptionCost is the median adoption (or open) time of a peer at each size
@@ -555,9 +571,18 @@ func mb(b int64) string { return fmtNum(float64(b) / 1e6) }
 // writeScale writes sections 7 (adoption) and 8 (scale).
 func (r *runner) writeScale(w func(format string, a ...any)) {
 	p := r.plan
-	if len(p.Adopt) == 0 && len(p.Scale) == 0 {
-		return
+	// Only what was measured: a run saved before these sections has none.
+	if len(p.Adopt) > 0 && len(r.sel(scAdoption, pOcistore, -1))+len(r.sel(scAdoption, pOras, -1)) > 0 {
+		r.writeAdoption(w)
 	}
+	if slices.ContainsFunc(r.results, func(x runResult) bool { return isCLI(x.Scenario) || x.Scenario == scJournal }) {
+		r.writeScaleRows(w)
+	}
+}
+
+// writeAdoption writes section 7.
+func (r *runner) writeAdoption(w func(format string, a ...any)) {
+	p := r.plan
 	w("\n## 7. Adoption: the first open of a layout another tool wrote\n\n")
 	w("ocistore: `store.Open` of a layout with no journal (as skopeo or umoci leave one): it builds the journal, reads every manifest once and counts every blob's references, and notes index.json's stamp. oras-go: `oci.NewWithContext` of the same (reads index.json and every manifest into its in-memory graph). ")
 	w("Each run is its own process on a fresh `cp -a` copy of the same generated layout (the page cache warm: the copy was just written, and synced), %d runs per peer and size, the two peers alternating; ms median [min–max]; **per 1,000 blobs** is the median over the layout's blobs in thousands (4N+30 blobs), so that a cost linear in the blobs shows as a flat column. ", p.Runs)
@@ -589,7 +614,7 @@ func (r *runner) writeScale(w func(format string, a ...any)) {
 		_, perK := r.adoptionCost(name)
 		var parts []string
 		for _, n := range p.Adopt {
-			if b := perK[linearBaseN]; n > linearBaseN && !math.IsNaN(perK[n]) && !math.IsNaN(b) {
+			if b, ok := perK[linearBaseN]; ok && b > 0 && n > linearBaseN && !math.IsNaN(perK[n]) {
 				parts = append(parts, fmt.Sprintf("N=%d %.3g×", n, perK[n]/b))
 			}
 		}
@@ -598,10 +623,11 @@ func (r *runner) writeScale(w func(format string, a ...any)) {
 		}
 	}
 	w("\n")
+}
 
-	if len(p.Scale) == 0 {
-		return
-	}
+// writeScaleRows writes section 8.
+func (r *runner) writeScaleRows(w func(format string, a ...any)) {
+	p := r.plan
 	var ns []string
 	for _, n := range p.Scale {
 		ns = append(ns, fmt.Sprint(n))
@@ -695,12 +721,14 @@ func (r *runner) scaleTargets(verdict func(ok, measured bool) string) [][3]strin
 		all, measured := true, true
 		for _, n := range p.Adopt {
 			a, b := oursAt[n], orasAt[n]
+			if math.IsNaN(a) && len(r.sel(scAdoption, pOcistore, n)) > 0 {
+				parts = append(parts, fmt.Sprintf("N=%d ocistore failed", n))
+				all = false // not faster there
+				continue
+			}
 			if math.IsNaN(a) || math.IsNaN(b) {
 				parts = append(parts, fmt.Sprintf("N=%d not measured", n))
 				measured = false
-				if math.IsNaN(a) {
-					all = false // ocistore failed: not faster there
-				}
 				continue
 			}
 			parts = append(parts, fmt.Sprintf("N=%d %.3g (%s vs %s ms)", n, a/b, fmtNum(a), fmtNum(b)))
@@ -781,7 +809,7 @@ func (r *runner) scaleTargets(verdict func(ok, measured bool) string) [][3]strin
 // scaleSummary are the summary lines of sections 7 and 8.
 func (r *runner) scaleSummary() []string {
 	var out []string
-	if len(r.plan.Adopt) > 0 {
+	if len(r.plan.Adopt) > 0 && len(r.sel(scAdoption, pOcistore, -1)) > 0 {
 		oursAt, _ := r.adoptionCost(pOcistore)
 		orasAt, _ := r.adoptionCost(pOras)
 		var parts []string
@@ -791,6 +819,9 @@ func (r *runner) scaleSummary() []string {
 		out = append(out, "7. adoption against oras-go's open: "+strings.Join(parts, "; "))
 	}
 	for _, n := range r.plan.Scale {
+		if !slices.ContainsFunc(r.results, func(x runResult) bool { return x.N == n && (isCLI(x.Scenario) || x.Scenario == scJournal) }) {
+			continue
+		}
 		var parts []string
 		for _, row := range r.scaleRows(n) {
 			if strings.Contains(row.label, pOras) || strings.Contains(row.label, pCImage) || len(row.ms) == 0 {
@@ -803,4 +834,120 @@ func (r *runner) scaleSummary() []string {
 		out = append(out, fmt.Sprintf("8. N=%d: %s; journal.db %.3g× index.json; peak RSS of any command %s MiB", n, strings.Join(parts, ", "), ratio, fmtNum(worst)))
 	}
 	return out
+}
+
+// scaleMain runs the adoption table and the scale rows only, at the sizes
+// given, and writes their sections and target rows (figures before and
+// after a change, without the whole run). With -template, the plain layout
+// of the one size given is copied from DIR (read only) instead of
+// generated.
+func scaleMain(args []string) error {
+	fs := flag.NewFlagSet("scale", flag.ContinueOnError)
+	nList := fs.String("n", "5000", "comma-separated sizes")
+	parts := fs.String("parts", "adoption,delete,cli", "what to measure: adoption (the table of section 7), delete (the library's single delete), cli (the CLI and the journal)")
+	runs := fs.Int("runs", 3, "runs per cell")
+	k := fs.Int("k", 10, "deletes per run (library and rm)")
+	tmpl := fs.String("template", "", "a plain layout of the one size -n (as `bench gen` writes it) to copy from, read only")
+	work := fs.String("work", ".work-scale", "scratch directory (removed at the end unless -keep)")
+	keep := fs.Bool("keep", false, "keep the scratch directory")
+	repo := fs.String("repo", "..", "the main module's checkout (the CLI is built from it)")
+	out := fs.String("out", "", "markdown to write (default: stdout)")
+	jsonOut := fs.String("json", "", "also write the raw results here")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var ns []int
+	for _, f := range strings.Split(*nList, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return fmt.Errorf("scale: -n %q: not a size", f)
+		}
+		ns = append(ns, n)
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(*parts, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "adoption", "delete", "cli":
+			want[s] = true
+		default:
+			return fmt.Errorf("scale: -parts: unknown part %q", s)
+		}
+	}
+	if *tmpl != "" && len(ns) != 1 {
+		return fmt.Errorf("scale: -template needs one size (-n)")
+	}
+	p := fullPlan()
+	p.Runs, p.ScaleK, p.DeleteOne = *runs, *k, nil
+	p.Adopt, p.Scale = nil, nil
+	if want["adoption"] {
+		p.Adopt = ns
+	}
+	if want["delete"] || want["cli"] {
+		p.Scale = ns
+	}
+	r, err := newRunner(p, *work)
+	if err != nil {
+		return err
+	}
+	r.repo = *repo
+	if !*keep {
+		defer os.RemoveAll(r.work)
+	}
+	if *tmpl != "" {
+		if _, err := os.Stat(filepath.Join(*tmpl, "index.json")); err != nil {
+			return fmt.Errorf("scale: -template: %w", err)
+		}
+		r.templates[ns[0]] = *tmpl
+	}
+	started := time.Now()
+	r.logf("bench scale: N=%s, %s, %d runs per cell, K=%d", *nList, *parts, p.Runs, p.ScaleK)
+	for _, n := range p.Adopt {
+		if err := r.adoption(n); err != nil {
+			return err
+		}
+	}
+	for _, n := range p.Scale {
+		if want["delete"] {
+			if err := r.scaleDelete(n); err != nil {
+				return err
+			}
+		}
+		if want["cli"] {
+			if err := r.scaleCLI(n); err != nil {
+				return err
+			}
+		}
+	}
+	wall := time.Since(started)
+	r.logf("bench scale: %s", wall.Round(time.Second))
+	if *jsonOut != "" {
+		raw, _ := json.MarshalIndent(savedRun{Full: true, Runs: p.Runs, Started: started, WallNs: int64(wall), Loads: r.loads, IOWaits: r.ioWaits, IONoisy: r.ioNoisy, Results: r.results}, "", " ")
+		if err := os.WriteFile(*jsonOut, raw, 0o644); err != nil {
+			return err
+		}
+	}
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# Adoption and scale (`bench scale -n %s -parts %s`)\n\n", *nList, *parts)
+	w("Measured on %s in %s, engine at %s, %d runs per cell; load average (1 min) at the start of each child process: median %.2f, max %.2f on %d cores.\n",
+		started.UTC().Format("2006-01-02 15:04 UTC"), wall.Round(time.Second), engineCommit(*repo), p.Runs, r.loads.median(), r.loads.max(), runtime.NumCPU())
+	w("\n| target | measured | |\n|---|---|---|\n")
+	verdict := func(ok, measured bool) string {
+		switch {
+		case !measured:
+			return "not measured"
+		case ok:
+			return "met"
+		}
+		return "**missed**"
+	}
+	for _, t := range r.scaleTargets(verdict) {
+		w("| %s | %s | %s |\n", t[0], t[1], t[2])
+	}
+	r.writeScale(w)
+	if *out == "" {
+		_, err := os.Stdout.WriteString(b.String())
+		return err
+	}
+	return os.WriteFile(*out, []byte(b.String()), 0o644)
 }

@@ -44,6 +44,7 @@ func TestLinearity(t *testing.T) {
 		{"no base", map[int]float64{1000: 3, 20000: 2}, nan, 0, false, false},
 		{"base not measured", map[int]float64{5000: nan, 20000: 2}, nan, 0, false, false},
 		{"the size above not measured", map[int]float64{5000: 2, 20000: nan}, nan, 0, false, false},
+		{"one size above not measured", map[int]float64{5000: 2, 20000: 2, 100000: nan}, 1, 20000, false, true},
 	} {
 		worst, worstN, ok, meas := linearity(c.cost, 5000, 1.5)
 		if ok != c.ok || meas != c.meas || worstN != c.worstN || (math.IsNaN(c.worst) != math.IsNaN(worst)) || (!math.IsNaN(c.worst) && math.Abs(worst-c.worst) > 1e-9) {
