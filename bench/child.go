@@ -33,9 +33,14 @@ type childResult struct {
 	// Attempted are the tags the child tried to delete (delete-one and
 	// concurrent stop starting deletes once their budget is spent).
 	Attempted []string `json:"attempted,omitempty"`
-	// PeakKiB is this process's peak RSS (VmHWM of /proc/self/status).
-	PeakKiB int64  `json:"peak_kib"`
-	ErrMsg  string `json:"err_msg,omitempty"`
+	// PeakKiB is this process's peak RSS (VmHWM of /proc/self/status);
+	// for the CLI scenarios (scale.go), the largest of OpsRSSKiB.
+	PeakKiB int64 `json:"peak_kib"`
+	// OpsRSSKiB (CLI scenarios) is each CLI process's peak RSS (wait4's
+	// ru_maxrss), one per operation, and SelfKiB this child's own peak.
+	OpsRSSKiB []int64 `json:"ops_rss_kib,omitempty"`
+	SelfKiB   int64   `json:"self_kib,omitempty"`
+	ErrMsg    string  `json:"err_msg,omitempty"`
 }
 
 const (
@@ -106,11 +111,18 @@ func childMain(args []string) error {
 	dg := fs.String("digest", "", "blob digest (ingest)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measured section")
 	budget := fs.Duration("budget", 0, "delete-one, concurrent: start no delete after this long (0: no limit; at least one delete runs)")
+	cli := fs.String("cli", "", "the ocistore CLI (cli-* scenarios)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctx := context.Background()
 	res := &childResult{}
+	if isCLI(*scenario) {
+		if err := cliChild(ctx, res, *scenario, *cli, *dir, *n, *k, *budget); err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
 	startProfile := func() func() {
 		if *cpuprofile == "" {
 			return func() {}
@@ -153,6 +165,9 @@ func childMain(args []string) error {
 			return err
 		}
 		var stop func()
+		if *scenario == scAdoption {
+			*scenario = scAdopt // the same run; the parent keeps the two apart
+		}
 		if *scenario == scOpen || *scenario == scOpenCold || *scenario == scAdopt {
 			stop = startProfile()
 		}

@@ -9,6 +9,7 @@ require (
 	github.com/ocistore/ocistore v0.0.0-00010101000000-000000000000
 	github.com/opencontainers/go-digest v1.0.0
 	github.com/opencontainers/image-spec v1.1.1
+	go.etcd.io/bbolt v1.5.0
 	go.podman.io/image/v5 v5.42.1
 	golang.org/x/sys v0.50.0
 	oras.land/oras-go/v2 v2.7.0
@@ -22,7 +23,6 @@ require (
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/moby/moby/client v0.6.2 // indirect
 	github.com/sirupsen/logrus v1.10.2 // indirect
-	go.etcd.io/bbolt v1.5.0 // indirect
 	go.podman.io/storage v1.65.1 // indirect
 	golang.org/x/sync v0.24.0 // indirect
 )

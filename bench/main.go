@@ -8,6 +8,7 @@
 //	bench one -scenario S -peer P -n N [-k K] [-cpuprofile F]   one run of one cell
 //	bench report -from results.json [-out ...] [-micro ...]      rewrite the report from a run's saved results
 //	bench rerun -from results.json -scenario S -peer P [-n N,...] measure one peer's cells again, in place of its saved runs
+//	bench scale -n N,... [-parts adoption,delete,cli] [-template DIR]  the adoption table and the scale rows only
 //	bench gen -n N [-layer-size B] DIR                           write a layout
 //	bench child ...                                              (internal: one run, in its own process)
 package main
@@ -36,6 +37,8 @@ func main() {
 			err = reportMain(os.Args[2:])
 		case "rerun":
 			err = rerunMain(os.Args[2:])
+		case "scale":
+			err = scaleMain(os.Args[2:])
 		default:
 			err = benchMain(os.Args[1:])
 		}
@@ -160,6 +163,7 @@ func benchMain(args []string) error {
 	if err != nil {
 		return err
 	}
+	r.repo = *repo
 	if !*keep {
 		defer os.RemoveAll(r.work)
 	}
@@ -194,7 +198,7 @@ func benchMain(args []string) error {
 // child's result and its peak RSS.
 func oneMain(args []string) error {
 	fs := flag.NewFlagSet("one", flag.ContinueOnError)
-	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, open-cold, ingest, concurrent, adopt")
+	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, open-cold, ingest, concurrent, adopt (adoption: the same), cli-rm, cli-ls, cli-ls-json, cli-du, cli-fsck")
 	peerName := fs.String("peer", pOcistore, "peer")
 	n := fs.Int("n", 1000, "images")
 	k := fs.Int("k", 10, "images to delete")
@@ -234,11 +238,21 @@ func oneMain(args []string) error {
 			return err
 		}
 		extra = append(extra, "-size", strconv.FormatInt(*size, 10), "-seed", "7", "-digest", dg)
-	case scAdopt:
+	case scAdopt, scAdoption:
 		if _, err := r.template(*n, pCImage); err != nil {
 			return err
 		}
+		r.remove(dir)
 		if err := copyLayout(r.templates[*n], dir); err != nil {
+			return err
+		}
+	case scCLIRm, scCLILs, scCLILsJSON, scCLIDu, scCLIFsck:
+		bin, err := r.cli()
+		if err != nil {
+			return err
+		}
+		extra = append(extra, "-cli", bin)
+		if err := r.copyFor(*n, pOcistore, dir, false); err != nil {
 			return err
 		}
 	default:
@@ -250,7 +264,7 @@ func oneMain(args []string) error {
 	if *scenario != scIngest {
 		var gone []string
 		switch *scenario {
-		case scDeleteOne, scConcurrent:
+		case scDeleteOne, scConcurrent, scCLIRm:
 			gone = pickSpread(*n, *k)
 		case scDeleteHalf:
 			gone = pickHalf(*n)

@@ -35,8 +35,15 @@ type plan struct {
 	IngestSize int64   // scenario 4
 	Concurrent []sizeK // scenario 5
 	Workers    int
-	Timeout    time.Duration // per child process
-	Budget     time.Duration // a first run longer than this is not repeated; deletes one at a time stop after it
+	// Adopt are the sizes of the adoption table (ocistore's first open of
+	// a foreign layout against oras-go's open); Scale the sizes of the
+	// scale rows (library delete, the CLI, the journal's size), ScaleK
+	// the deletes there (scale.go).
+	Adopt   []int
+	Scale   []int
+	ScaleK  int
+	Timeout time.Duration // per child process
+	Budget  time.Duration // a first run longer than this is not repeated; deletes one at a time stop after it
 	// MaxN[scenario][peer] is the largest N a peer runs a scenario at: past
 	// it, a single call costs minutes (go-containerregistry's GarbageCollect
 	// re-parses index.json for every image: O(N²)).
@@ -52,6 +59,9 @@ func quickPlan() plan {
 		IngestSize: 256 << 20,
 		Concurrent: []sizeK{{1000, 16}},
 		Workers:    8,
+		Adopt:      []int{100, 1000, 5000},
+		Scale:      []int{5000},
+		ScaleK:     10,
 		Timeout:    10 * time.Minute,
 		Budget:     5 * time.Second,
 		MaxN: map[string]map[string]int{
@@ -72,10 +82,13 @@ func fullPlan() plan {
 		IngestSize: 1 << 30,
 		Concurrent: []sizeK{{5000, 32}, {20000, 16}},
 		Workers:    8,
+		Adopt:      []int{100, 1000, 5000, 20000, 100000},
+		Scale:      []int{20000, 100000},
+		ScaleK:     10,
 		Timeout:    10 * time.Minute,
 		Budget:     30 * time.Second,
 		MaxN: map[string]map[string]int{
-			scDeleteOne:  {pGGCR: 1000},
+			scDeleteOne:  {pGGCR: 1000, pOrasGC: 20000},
 			scDeleteHalf: {pGGCR: 5000, pCImage: 1000, pOras: 5000},
 			scConcurrent: {pGGCR: 1000},
 		},
@@ -84,18 +97,19 @@ func fullPlan() plan {
 
 // runResult is one child run as the parent saw it.
 type runResult struct {
-	Scenario  string       `json:"scenario"`
-	Peer      string       `json:"peer"`
-	N         int          `json:"n"`
-	K         int          `json:"k"`
-	Run       int          `json:"run"`
-	Res       childResult  `json:"result"`
-	WallMs    float64      `json:"wall_ms"`     // the child process, start to exit
-	MaxRSSKiB int64        `json:"max_rss_kib"` // the child's VmHWM
-	CPUMs     float64      `json:"cpu_ms"`      // the child's user+system time
-	Check     *checkReport `json:"check,omitempty"`
-	Err       string       `json:"err,omitempty"` // the child failed as a whole
-	Note      string       `json:"note,omitempty"`
+	Scenario  string        `json:"scenario"`
+	Peer      string        `json:"peer"`
+	N         int           `json:"n"`
+	K         int           `json:"k"`
+	Run       int           `json:"run"`
+	Res       childResult   `json:"result"`
+	WallMs    float64       `json:"wall_ms"`     // the child process, start to exit
+	MaxRSSKiB int64         `json:"max_rss_kib"` // the child's VmHWM
+	CPUMs     float64       `json:"cpu_ms"`      // the child's user+system time
+	Check     *checkReport  `json:"check,omitempty"`
+	Journal   *journalStats `json:"journal,omitempty"` // scenario journal: the journal's size (scale.go)
+	Err       string        `json:"err,omitempty"`     // the child failed as a whole
+	Note      string        `json:"note,omitempty"`
 }
 
 type runner struct {
@@ -113,6 +127,9 @@ type runner struct {
 	ioNoisy    int         // children started with the I/O still busy after ioQuietMax
 	reuse      bool        // templates already in work are used as they are (bench one -keep)
 	only       string      // bench rerun: the one peer the delete scenarios run
+	repo       string      // the main module's checkout (the CLI is built from it: scale.go)
+	cliBin     string      // the CLI built from repo, once per run
+	noIOWait   bool        // tests: children start without waiting for quiet I/O
 	remeasured []remeasure // bench report: cells measured again after the run
 }
 
@@ -284,7 +301,7 @@ func (r *runner) template(n int, peerName string) (string, error) {
 		return r.templates[n], nil
 	}
 	if _, ok := r.adopted[n]; !ok {
-		dir := r.templates[n] + "-ocistore"
+		dir := r.adoptedDir(n)
 		r.remove(dir)
 		if err := copyLayout(r.templates[n], dir); err != nil {
 			return "", err
@@ -298,6 +315,12 @@ func (r *runner) template(n int, peerName string) (string, error) {
 	return r.adopted[n], nil
 }
 
+// adoptedDir is where the adopted template of n images goes (in the
+// scratch directory, whatever the plain template's place).
+func (r *runner) adoptedDir(n int) string {
+	return filepath.Join(r.work, fmt.Sprintf("tmpl-%d-ocistore", n))
+}
+
 // child runs one scenario in a child process and records it.
 func (r *runner) child(scenario, peerName string, n, k, run int, dir string, extra []string) runResult {
 	args := append([]string{"child", "-scenario", scenario, "-peer", peerName, "-dir", dir,
@@ -305,10 +328,12 @@ func (r *runner) child(scenario, peerName string, n, k, run int, dir string, ext
 		"-budget", r.plan.Budget.String()}, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), r.plan.Timeout)
 	defer cancel()
-	waited, quiet := ioQuiet()
-	r.ioWaits = append(r.ioWaits, ms(waited))
-	if !quiet {
-		r.ioNoisy++
+	if !r.noIOWait {
+		waited, quiet := ioQuiet()
+		r.ioWaits = append(r.ioWaits, ms(waited))
+		if !quiet {
+			r.ioNoisy++
+		}
 	}
 	r.loads = append(r.loads, loadavg())
 	cmd := exec.CommandContext(ctx, r.self, args...)
@@ -419,6 +444,7 @@ var slowWhy = map[string]string{
 	pGGCR:   "`GarbageCollect` re-reads index.json for every image: O(N²) per call",
 	pCImage: "no batch API: N/2 `DeleteImage` calls, each reading every manifest",
 	pOras:   "`Delete` copies its tag map per call: O(N²) over a batch",
+	pOrasGC: "`GC` reads every manifest again and lists every blob in each call: seconds per delete at N=20000",
 }
 
 func (r *runner) opening(n int) error {
@@ -547,5 +573,5 @@ func (r *runner) runAll() error {
 			return err
 		}
 	}
-	return nil
+	return r.scaling()
 }
