@@ -750,3 +750,147 @@ func pullMBs(x runResult) float64 {
 	}
 	return float64(x.Bytes) / 1e6 / (x.Res.TotalMs / 1000)
 }
+
+// registryVersion is `docker-registry --version`'s version, or why not.
+func registryVersion() string {
+	out, err := exec.Command(registryBinary, "--version").Output()
+	if err != nil {
+		return "not found"
+	}
+	f := strings.Fields(string(out))
+	if len(f) == 0 {
+		return "unknown"
+	}
+	return f[len(f)-1]
+}
+
+// --- the report
+
+// pullCPUMs is a run's CPU time: the pulling processes' for the command
+// lines, the child's own for the library.
+func pullCPUMs(x runResult) float64 {
+	if x.Res.ToolCPUMs > 0 {
+		return x.Res.ToolCPUMs
+	}
+	return x.CPUMs
+}
+
+func pullS(x runResult) float64 { return x.Res.TotalMs / 1000 }
+
+// perImageMs is a run's time per image.
+func perImageMs(x runResult) float64 {
+	if len(x.Res.OpsMs) == 0 {
+		return math.NaN()
+	}
+	return x.Res.TotalMs / float64(len(x.Res.OpsMs))
+}
+
+// pullWhat names a pull scenario's images.
+func (r *runner) pullWhat(scenario string) string {
+	if scenario == scPull {
+		return fmt.Sprintf("one image of %d layers, %d MiB", r.plan.PullLayers, r.plan.PullSize>>20)
+	}
+	return fmt.Sprintf("%d small images", r.plan.PullImages)
+}
+
+// pullN is the N a pull scenario's results carry.
+func (r *runner) pullN(scenario string) int {
+	if scenario == scPull {
+		return 1
+	}
+	return r.plan.PullImages
+}
+
+func (r *runner) writePullSection(w func(string, ...any), vers map[string]string) {
+	p := r.plan
+	w("\n## 7. Pull from a registry\n\n")
+	w("Debian's `docker-registry` (distribution %s), started by the benchmark on 127.0.0.1 with a temporary configuration: plain HTTP, filesystem storage in the scratch directory (the file system of the layouts), the blob descriptor cache in memory (as Debian's default configuration has it), warnings only in its log. It is seeded, untimed, with %s of incompressible content (repository `%s`), and %d small images (repository `%s`, tags `img0`…: the shape of the generated layouts, each a manifest, a config and 5 layers of %d KiB, 3 of them from one of %d shared base sets). Every layer is gzip (stored blocks): skopeo compresses a layer it finds uncompressed on its way into an OCI layout, which would change the image. ",
+		orUnknown(vers[registryBinary]), r.pullWhat(scPull), bigRepo, p.PullImages, smallRepo, smallLayerSize>>10, smallBaseSets)
+	w("Each run pulls into a fresh empty layout on the same file system, the file system synced before it; runs rotate between peers. The %d small images are pulled one process per image on both sides, as a user's script would, into one layout; the library row pulls them in one process. After each run the layout is checked: every tag names the manifest the registry holds, the graph from index.json is complete, nothing else is in `blobs/`, and every blob hashes to its name (**check**: dangling / orphans).\n\n", p.PullImages)
+	w("| peer | version | how | fsync |\n|---|---|---|---|\n")
+	w("| ocistore | this checkout, the CLI built by `go build ./cmd/ocistore` | %s; the empty layout made by `ocistore init` before the clock | every blob file before its rename and `blobs/sha256` after it, the journal's commits (the lease, the lease's blobs, the tag's transaction, the lease's release), the new `index.json` and the layout directory |\n", pullCommand[pOcistore])
+	w("| skopeo | `%s` (containers/image v5.23.1: the version Debian's skopeo package is built with) | %s, into an empty directory (skopeo writes `oci-layout` and `index.json`) | each layer and config file before its rename (`oci/layout` `PutBlob`); not the manifest, not `index.json` (both by `os.WriteFile`), no directory |\n", orUnknown(vers[pSkopeo]), pullCommand[pSkopeo])
+	w("| %s | this checkout | %s | as ocistore |\n\n", pOcistoreLib, pullCommand[pOcistoreLib])
+	var floor int64
+	for _, x := range r.results {
+		if x.Scenario == scPull || x.Scenario == scPullMany {
+			floor = max(floor, x.Res.LauncherKiB)
+		}
+	}
+	w("**s**: the whole pull, median [min–max]; **CPU s**: user + system time of the pulling processes. **peak RSS**: for the command lines, the largest ru_maxrss (`wait4`) of their processes; a process that Go starts (vfork) keeps its launcher's high-water mark as a floor of it, so the launcher, a small child of the benchmark, lowers its own to its resident size before each start (`/proc/self/clear_refs`): at most %.0f MiB in this run. For the library, the VmHWM of its process.\n\n", float64(floor)/1024)
+	w("| images | peer | s | MB/s | ms per image | peak RSS MiB | CPU s | check | runs | note |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range []struct {
+		scenario string
+		order    []string
+	}{{scPull, pullOrder}, {scPullMany, pullManyOrder}} {
+		for _, name := range c.order {
+			g := summarize(r.sel(c.scenario, name, r.pullN(c.scenario)))
+			mbs := "—"
+			if c.scenario == scPull {
+				mbs = fmtNum(g.values(pullMBs).median())
+			}
+			cpu := g.values(pullCPUMs)
+			w("| %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", r.pullWhat(c.scenario), name, g.values(pullS).spread(), mbs, fmtNum(g.values(perImageMs).median()), g.rss(), fmtNum(cpu.median()/1000), g.checks, len(g.ok), g.status())
+		}
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// pullSummary words the pulls for the summary.
+func (r *runner) pullSummary() []string {
+	var out []string
+	for _, sc := range []string{scPull, scPullMany} {
+		n := r.pullN(sc)
+		ours := r.medianOf(sc, pOcistore, n, totalMs)
+		sk := r.medianOf(sc, pSkopeo, n, totalMs)
+		line := fmt.Sprintf("7. pull of %s: %s", r.pullWhat(sc), ratioLine(ours, sk, pSkopeo))
+		if sc == scPullMany {
+			line += " (one process per image on both sides)"
+			if lib := r.medianOf(sc, pOcistoreLib, n, totalMs); !math.IsNaN(lib) {
+				line += fmt.Sprintf("; in one process through the library: %s s, %s ms per image", fmtNum(lib/1000), fmtNum(lib/float64(n)))
+			}
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// pullTargets are the pull rows of the targets: at least as fast as
+// skopeo copy, for the large image and for the small ones.
+func (r *runner) pullTargets(verdict func(ok, measured bool) string) [][3]string {
+	var rows [][3]string
+	for _, c := range []struct {
+		scenario, label string
+		full            bool // measured at the target's size
+	}{
+		{scPull, "pull of a 1 GiB image of 8 layers at least as fast as skopeo copy", r.plan.PullSize == 1<<30 && r.plan.PullLayers == 8},
+		{scPullMany, "pull of 500 small images at least as fast as skopeo copy (one process per image on both sides)", r.plan.PullImages == 500},
+	} {
+		n := r.pullN(c.scenario)
+		ours := r.medianOf(c.scenario, pOcistore, n, totalMs)
+		sk := r.medianOf(c.scenario, pSkopeo, n, totalMs)
+		m := !math.IsNaN(ours) && !math.IsNaN(sk)
+		measured := "—"
+		if m {
+			measured = fmt.Sprintf("%.3g× (ocistore %s s, skopeo %s s", sk/ours, fmtNum(ours/1000), fmtNum(sk/1000))
+			if c.scenario == scPull {
+				measured += fmt.Sprintf("; %s vs %s MB/s", fmtNum(r.medianOf(c.scenario, pOcistore, n, pullMBs)), fmtNum(r.medianOf(c.scenario, pSkopeo, n, pullMBs)))
+			} else {
+				measured += fmt.Sprintf("; %s vs %s ms per image", fmtNum(ours/float64(n)), fmtNum(sk/float64(n)))
+			}
+			measured += ")"
+		}
+		v := verdict(ours <= sk, m && c.full)
+		if m && !c.full {
+			v += fmt.Sprintf(" (at %s: %s)", r.pullWhat(c.scenario), map[bool]string{true: "as fast or faster", false: "slower"}[ours <= sk])
+		}
+		rows = append(rows, [3]string{c.label, measured, v})
+	}
+	return rows
+}

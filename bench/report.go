@@ -429,6 +429,9 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 	}
 	w("Adoption (ocistore's first open of a foreign layout): %s.\n", r.adoptMem())
 
+	// 7
+	r.writePullSection(w, info.versions)
+
 	w("\n## Method\n\n")
 	w("- Layouts: `bench/gen.go`, the shape of `internal/gen`: N images tagged `img0…`, each a manifest, a config and 5 layers of 256 random bytes, 3 of them from one of 10 shared base sets and 2 its own (4N+30 blobs). One template per N, generated once per run; every peer and every run works on a fresh `cp -a` copy, the file system synced (`syncfs`) after the copy so that no peer pays for another's dirty pages.\n")
 	w("- ocistore runs on the copy of a template it has already opened once (its journal built), as a layout it manages would be; that first open is reported apart (adoption, section 3). Each copy is then settled: one untimed `store.Open` + `Close` in the parent, %s after the copy, notes the copy's index.json stamp in its journal, so that the measured open is the lazy one a managed layout gets (section 3 says why and measures the unsettled open apart).\n", settleAfter)
@@ -602,7 +605,7 @@ func (r *runner) summaryLines() []string {
 		}
 		out = append(out, fmt.Sprintf("6. peak memory: ocistore's worst run %.0f MiB (%s)", worst, where))
 	}
-	return out
+	return append(out, r.pullSummary()...)
 }
 
 // ingestLimit is the machine's limit for an ingest scenario, in ms: the
@@ -701,6 +704,7 @@ func (r *runner) targets() [][3]string {
 		pct := 100 * lim / ours
 		rows = append(rows, [3]string{c.label, fmt.Sprintf("%s (%s s; limit %s s, %s)", pctStr(pct), fmtNum(ours/1000), fmtNum(lim/1000), r.limitWhich(c.scenario)), verdict(pct >= 90, !math.IsNaN(pct))})
 	}
+	rows = append(rows, r.pullTargets(verdict)...)
 	{
 		worst, where, maxN := 0.0, "", 0
 		for _, x := range r.results {
@@ -805,6 +809,8 @@ func moduleVersions(repo string) map[string]string {
 		}
 	}
 	out["github.com/ocistore/ocistore"] = "this checkout (`replace => ../`), " + rev
+	out[pSkopeo] = skopeoVersion()
+	out[registryBinary] = registryVersion()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-u", "-json", "go.podman.io/image/v5", "oras.land/oras-go/v2", "github.com/google/go-containerregistry")

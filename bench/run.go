@@ -119,6 +119,8 @@ type runner struct {
 	plan plan
 	self string // this executable
 	repo string // the main module's checkout (the CLI a pull runs is built from it)
+	// noWait starts children without waiting for quiet I/O (tests).
+	noWait bool
 	// cpuprofile is passed to the children of a pull (bench one).
 	cpuprofile []string
 	work       string // scratch directory (same file system as the layouts measured)
@@ -325,10 +327,12 @@ func (r *runner) child(scenario, peerName string, n, k, run int, dir string, ext
 		"-budget", r.plan.Budget.String()}, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), r.plan.Timeout)
 	defer cancel()
-	waited, quiet := ioQuiet()
-	r.ioWaits = append(r.ioWaits, ms(waited))
-	if !quiet {
-		r.ioNoisy++
+	if !r.noWait {
+		waited, quiet := ioQuiet()
+		r.ioWaits = append(r.ioWaits, ms(waited))
+		if !quiet {
+			r.ioNoisy++
+		}
 	}
 	r.loads = append(r.loads, loadavg())
 	cmd := exec.CommandContext(ctx, r.self, args...)
