@@ -483,7 +483,7 @@ func (r *runner) opening(n int) error {
 	return nil
 }
 
-var ingestOrder = []string{pLimitHash, pOcistore, pLimitDisk, pCImage, pOras, pGGCR}
+var ingestOrder = []string{pLimitHash, pOcistore, pLimitDisk, pCImage, pLimitDiskWB, pOras, pGGCR}
 
 // ingestSeed is the generator's seed of the ingested blob (the parallel
 // case's blobs: ingestSeed, ingestSeed+1, ...).

@@ -144,7 +144,9 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 		}
 	}()
 	vr := layout.NewVerifyReader(&ctxReader{ctx: ctx, r: r}, desc)
-	if _, err := io.Copy(tmp, vr); err != nil {
+	// The disk writes a large blob while it is still being hashed and
+	// written (WriteBehind), instead of all of it at the fsync below.
+	if _, err := io.Copy(fsio.WriteBehind(tmp), vr); err != nil {
 		return err
 	}
 	if err := vr.Verify(); err != nil {
