@@ -62,7 +62,7 @@ func quickPlan() plan {
 		Concurrent:     []sizeK{{1000, 16}},
 		PullSize:       128 << 20,
 		PullLayers:     8,
-		PullImages:     50,
+		PullImages:     30,
 		Workers:        8,
 		Timeout:        10 * time.Minute,
 		Budget:         5 * time.Second,
