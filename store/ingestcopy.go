@@ -3,19 +3,24 @@ package store
 import (
 	"errors"
 	"io"
+	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 // An ingest reads and hashes a blob (the VerifyReader hashes what it
 // reads) and writes it to its temp file. Done one after the other on one
 // goroutine, the ingest of a large blob costs the hash plus the write;
 // ingestCopy runs the write on a second goroutine, a chunk behind the
-// hash, so that it costs about the slower of the two.
+// hash, so that it costs about the slower of the two. That takes a second
+// core: when other ingests of the process run already (a pull's parallel
+// blobs), the cores are busy with them, and the copy stays on one
+// goroutine.
 const (
 	// ingestChunk is what the reading goroutine hands to the writing one at
 	// a time: large enough that handing over costs little, small enough
 	// that the chunk is still in a CPU cache when it is written.
-	ingestChunk = 256 << 10
+	ingestChunk = 1 << 20
 	// ingestPiece is the most it asks of the reader at a time, so that the
 	// hash reads bytes just copied in, still in the core's own cache.
 	ingestPiece = 32 << 10
@@ -26,11 +31,19 @@ const (
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, ingestChunk); return &b }}
 
+// ingestsInFlight counts the ingest copies of the process running.
+var ingestsInFlight atomic.Int32
+
 // ingestCopy copies r to w until r's io.EOF and returns the bytes copied
 // and the first error: r's (the copy stops at once, and no more is
 // written), or w's (the reading stops at the next chunk). A blob that fits
-// in one chunk is copied on this goroutine alone.
+// in one chunk, or one copied while other ingests run (or on one core),
+// is copied on this goroutine alone.
 func ingestCopy(w io.Writer, r io.Reader) (int64, error) {
+	defer ingestsInFlight.Add(-1)
+	if ingestsInFlight.Add(1) > 1 || runtime.GOMAXPROCS(0) < 2 {
+		return io.CopyBuffer(onlyWriter{w}, r, make([]byte, ingestPiece))
+	}
 	first := chunkPool.Get().(*[]byte)
 	n, eof, err := fillChunk(r, *first)
 	if err != nil || eof {
@@ -99,6 +112,10 @@ func ingestCopy(w io.Writer, r io.Reader) (int64, error) {
 	}
 	return written, err
 }
+
+// onlyWriter hides a writer's ReadFrom, so that io.CopyBuffer uses its
+// buffer.
+type onlyWriter struct{ io.Writer }
 
 // errWriterFailed stops the reading once the writer has failed; the
 // writer's error is returned.

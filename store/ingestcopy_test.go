@@ -51,8 +51,18 @@ func testBytes(n int) []byte {
 }
 
 // TestIngestCopy: every size around the chunk boundaries, read in pieces
-// of every kind, arrives whole and in order.
+// of every kind, arrives whole and in order, whether the copy runs on two
+// goroutines (alone) or on one (another ingest in flight).
 func TestIngestCopy(t *testing.T) {
+	t.Run("alone", testIngestCopy)
+	t.Run("another in flight", func(t *testing.T) {
+		ingestsInFlight.Add(1)
+		defer ingestsInFlight.Add(-1)
+		testIngestCopy(t)
+	})
+}
+
+func testIngestCopy(t *testing.T) {
 	for _, size := range []int{0, 1, ingestPiece, ingestChunk - 1, ingestChunk, ingestChunk + 1, 2 * ingestChunk, ingestChunks*ingestChunk + 12345, 20*ingestChunk + 7} {
 		for _, piece := range []int{1 << 30, 4093, ingestPiece, 3 * ingestChunk} {
 			data := testBytes(size)
