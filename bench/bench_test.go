@@ -158,6 +158,9 @@ func TestIngesters(t *testing.T) {
 				t.Fatal(err)
 			}
 			done()
+			if name == pLimitHash {
+				return // hashes only: writes nothing
+			}
 			if err := verifyBlob(dir, dg, size, true); err != nil {
 				t.Fatal(err)
 			}

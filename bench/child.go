@@ -34,13 +34,20 @@ type childResult struct {
 	// concurrent stop starting deletes once their budget is spent).
 	Attempted []string `json:"attempted,omitempty"`
 	// PeakKiB is this process's peak RSS (VmHWM of /proc/self/status);
-	// for the CLI scenarios (scale.go), the largest of OpsRSSKiB.
+	// for the CLI scenarios (scale.go), the largest of OpsRSSKiB; for a
+	// pull by command-line processes, the largest ru_maxrss of those
+	// processes.
 	PeakKiB int64 `json:"peak_kib"`
 	// OpsRSSKiB (CLI scenarios) is each CLI process's peak RSS (wait4's
 	// ru_maxrss), one per operation, and SelfKiB this child's own peak.
 	OpsRSSKiB []int64 `json:"ops_rss_kib,omitempty"`
 	SelfKiB   int64   `json:"self_kib,omitempty"`
-	ErrMsg    string  `json:"err_msg,omitempty"`
+	// ToolCPUMs (pulls by command-line processes) is their CPU time, user
+	// and system, and LauncherKiB this process's resident size when it
+	// started them: a floor of their ru_maxrss (see pullChild).
+	ToolCPUMs   float64 `json:"tool_cpu_ms,omitempty"`
+	LauncherKiB int64   `json:"launcher_kib,omitempty"`
+	ErrMsg      string  `json:"err_msg,omitempty"`
 }
 
 const (
@@ -50,6 +57,7 @@ const (
 	scOpenCold   = "open-cold" // ocistore's first open of a fresh copy: index.json's stamp unknown
 	scAdopt      = "adopt"
 	scIngest     = "ingest"
+	scIngestPar  = "ingest-parallel" // blobs written at once through one handle
 	scConcurrent = "concurrent"
 )
 
@@ -108,10 +116,12 @@ func childMain(args []string) error {
 	workers := fs.Int("workers", 8, "goroutines (concurrent)")
 	size := fs.Int64("size", 0, "blob size (ingest)")
 	seed := fs.Uint64("seed", 1, "blob seed (ingest)")
-	dg := fs.String("digest", "", "blob digest (ingest)")
+	dg := fs.String("digest", "", "blob digest (ingest); ingest-parallel: one per blob, comma-separated")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the measured section")
+	registryHost := fs.String("registry", "", "pull: the registry's host:port")
+	repoName := fs.String("repo", "", "pull: the repository")
 	budget := fs.Duration("budget", 0, "delete-one, concurrent: start no delete after this long (0: no limit; at least one delete runs)")
-	cli := fs.String("cli", "", "the ocistore CLI (cli-* scenarios)")
+	cli := fs.String("cli", "", "the ocistore CLI (cli-* scenarios, pull)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -139,8 +149,17 @@ func childMain(args []string) error {
 		return func() { pprof.StopCPUProfile(); f.Close() }
 	}
 
+	toolRSS := false
 	switch *scenario {
-	case scIngest:
+	case scPull, scPullMany:
+		stop := startProfile()
+		err := pullChild(ctx, res, *scenario, *peerName, *dir, *registryHost, *repoName, *cli, *n)
+		stop()
+		if err != nil {
+			return err
+		}
+		toolRSS = *peerName != pOcistoreLib
+	case scIngest, scIngestPar:
 		mk, ok := ingesters[*peerName]
 		if !ok {
 			return fmt.Errorf("no ingester %q", *peerName)
@@ -149,15 +168,39 @@ func childMain(args []string) error {
 		if err != nil {
 			return err
 		}
-		src := newBlobStream(*size, *seed)
+		// One blob, or (ingest-parallel) one per digest, seeds seed,
+		// seed+1, ...: each goroutine writes its own.
+		dgs := strings.Split(*dg, ",")
+		srcs := make([]*blobStream, len(dgs))
+		for i := range srcs {
+			srcs[i] = newBlobStream(*size, *seed+uint64(i))
+		}
 		stop := startProfile()
 		t0 := time.Now()
-		err = put(ctx, digest.Digest(*dg), *size, src)
+		errs := make([]error, len(dgs))
+		if len(dgs) == 1 || *peerName == pLimitHash {
+			// The hash limit is one core: the blobs one after the other.
+			for i, d := range dgs {
+				errs[i] = put(ctx, digest.Digest(d), *size, srcs[i])
+			}
+		} else {
+			var wg sync.WaitGroup
+			for i, d := range dgs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs[i] = put(ctx, digest.Digest(d), *size, srcs[i])
+				}()
+			}
+			wg.Wait()
+		}
 		res.TotalMs = ms(time.Since(t0))
 		stop()
 		done()
-		if err != nil {
-			res.fail(err)
+		for _, err := range errs {
+			if err != nil {
+				res.fail(err)
+			}
 		}
 	default:
 		p, err := peerByName(*peerName)
@@ -257,7 +300,9 @@ func childMain(args []string) error {
 			res.fail(err)
 		}
 	}
-	res.PeakKiB = vmHWM()
+	if !toolRSS {
+		res.PeakKiB = vmHWM()
+	}
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 

@@ -63,7 +63,7 @@ func newRunner(p plan, work string) (*runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &runner{plan: p, self: self, work: work, log: os.Stderr,
+	return &runner{plan: p, self: self, repo: "..", work: work, log: os.Stderr,
 		templates: map[int]string{}, adopted: map[int]string{}, genTime: map[int]time.Duration{}}, nil
 }
 
@@ -198,11 +198,11 @@ func benchMain(args []string) error {
 // child's result and its peak RSS.
 func oneMain(args []string) error {
 	fs := flag.NewFlagSet("one", flag.ContinueOnError)
-	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, open-cold, ingest, concurrent, adopt (adoption: the same), cli-rm, cli-ls, cli-ls-json, cli-du, cli-fsck")
+	scenario := fs.String("scenario", scDeleteOne, "delete-one, delete-half, open, open-cold, ingest, ingest-parallel, concurrent, adopt (adoption: the same), pull, pull-many, cli-rm, cli-ls, cli-ls-json, cli-du, cli-fsck")
 	peerName := fs.String("peer", pOcistore, "peer")
-	n := fs.Int("n", 1000, "images")
+	n := fs.Int("n", 1000, "images (pull-many: the small images)")
 	k := fs.Int("k", 10, "images to delete")
-	size := fs.Int64("size", 1<<30, "blob size (ingest)")
+	size := fs.Int64("size", 1<<30, "bytes: ingest, the blob; ingest-parallel, the total of the blobs; pull, the image's content")
 	cpuprofile := fs.String("cpuprofile", "", "CPU profile of the measured section")
 	work := fs.String("work", ".work-one", "scratch directory")
 	keep := fs.Bool("keep", false, "keep the scratch directory, and reuse the templates found in it (profiling one cell again without generating and adopting again)")
@@ -229,15 +229,41 @@ func oneMain(args []string) error {
 	}
 	dir := filepath.Join(r.work, "run")
 	switch *scenario {
-	case scIngest:
-		dg, err := streamDigest(*size, 7)
+	case scPull, scPullMany:
+		// A registry seeded with one image of -size bytes (pull) or -n
+		// small images (pull-many), one run.
+		var big int64
+		small := 0
+		if *scenario == scPull {
+			big = *size
+		} else {
+			small = *n
+		}
+		ps, err := r.setupPull(big, small)
+		if err != nil {
+			return err
+		}
+		defer ps.rp.stop()
+		r.cpuprofile = extra
+		if err := r.pullOnce(ps, *scenario, *peerName, 1); err != nil {
+			return err
+		}
+		raw, _ := json.MarshalIndent(r.results[len(r.results)-1], "", " ")
+		fmt.Println(string(raw))
+		return nil
+	case scIngest, scIngestPar:
+		count := 1
+		if *scenario == scIngestPar {
+			count = p.IngestParallel
+		}
+		dgs, err := ingestDigests(*size/int64(count), count)
 		if err != nil {
 			return err
 		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		extra = append(extra, "-size", strconv.FormatInt(*size, 10), "-seed", "7", "-digest", dg)
+		extra = append(extra, "-size", strconv.FormatInt(*size/int64(count), 10), "-seed", strconv.Itoa(ingestSeed), "-digest", dgs)
 	case scAdopt, scAdoption:
 		if _, err := r.template(*n, pCImage); err != nil {
 			return err
@@ -261,7 +287,7 @@ func oneMain(args []string) error {
 		}
 	}
 	rr := r.child(*scenario, *peerName, *n, *k, 1, dir, extra)
-	if *scenario != scIngest {
+	if *scenario != scIngest && *scenario != scIngestPar {
 		var gone []string
 		switch *scenario {
 		case scDeleteOne, scConcurrent, scCLIRm:

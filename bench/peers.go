@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 	cilayout "go.podman.io/image/v5/oci/layout"
 	"go.podman.io/image/v5/pkg/blobinfocache/none"
 	citypes "go.podman.io/image/v5/types"
+	"golang.org/x/sys/unix"
 	orasoci "oras.land/oras-go/v2/content/oci"
 
 	"github.com/ocistore/ocistore/store"
@@ -249,20 +251,26 @@ func (h ggcrH) close() error { return nil }
 
 // --- ingest: each peer's blob-writing call, and the machine's limit
 
-// putFunc writes size bytes of r as the blob dg.
+// putFunc writes size bytes of r as the blob dg. The parallel case calls it
+// from several goroutines at once: it must be safe for that.
 type putFunc func(ctx context.Context, dg digest.Digest, size int64, r io.Reader) error
 
 // ingesters prepare (untimed) a peer's handle on the layout dir and return
 // its blob-writing call.
 var ingesters = map[string]func(ctx context.Context, dir string) (putFunc, func(), error){
-	pLimit: func(ctx context.Context, dir string) (putFunc, func(), error) {
+	pLimitHash: func(ctx context.Context, dir string) (putFunc, func(), error) {
 		return func(ctx context.Context, dg digest.Digest, size int64, r io.Reader) error {
-			return ingestLimit(dir, dg, size, r, 32<<10)
+			return hashOnly(dg, size, r)
 		}, func() {}, nil
 	},
-	pLimit1M: func(ctx context.Context, dir string) (putFunc, func(), error) {
+	pLimitDisk: func(ctx context.Context, dir string) (putFunc, func(), error) {
 		return func(ctx context.Context, dg digest.Digest, size int64, r io.Reader) error {
-			return ingestLimit(dir, dg, size, r, 1<<20)
+			return writeOnly(dir, dg, size, r, 0)
+		}, func() {}, nil
+	},
+	pLimitDiskWB: func(ctx context.Context, dir string) (putFunc, func(), error) {
+		return func(ctx context.Context, dg digest.Digest, size int64, r io.Reader) error {
+			return writeOnly(dir, dg, size, r, writeBehindEvery)
 		}, func() {}, nil
 	},
 	pOcistore: func(ctx context.Context, dir string) (putFunc, func(), error) {
@@ -319,19 +327,55 @@ var ingesters = map[string]func(ctx context.Context, dir string) (putFunc, func(
 	},
 }
 
-// The machine's limit, measured with two buffer sizes: 32 KiB (io.Copy's,
-// small enough that the bytes just hashed are still in the CPU's cache
-// when write(2) copies them) and 1 MiB (fewer system calls). The limit is
-// the faster of the two medians.
+// The machine's limit for an ingest is the slower of two measurements, each
+// run alone: one core hashing the bytes with sha256 (no disk), and the disk
+// writing and fsyncing them (no hash). A peer that hashes and writes at
+// once cannot beat the slower of the two; one that does them one after
+// the other takes about their sum. The disk is measured two ways, and its
+// limit is the faster: written, then fsynced (as `dd conv=fsync`); and
+// with its writeback started every writeBehindEvery bytes as they are
+// written (sync_file_range), so that the disk writes while the rest is
+// produced (as ocistore's ingest does).
 const (
-	pLimit   = "limit"
-	pLimit1M = "limit, 1 MiB buffers"
+	pLimitHash   = "limit: sha256, one core"
+	pLimitDisk   = "limit: write + fsync"
+	pLimitDiskWB = "limit: write + fsync, early writeback"
 )
 
-// ingestLimit is what the machine can do with the same bytes in one pass:
-// sha256 and write to a temp file, bufSize bytes at a time, then fsync,
-// rename, fsync of the directory.
-func ingestLimit(dir string, dg digest.Digest, size int64, r io.Reader, bufSize int) error {
+// writeBehindEvery is the disk limit's writeback step: ocistore's
+// (fsio.WriteBehindEvery, which this module does not import: the limits
+// use no code of the peers').
+const writeBehindEvery = 8 << 20
+
+// hashBuf is the hash limit's read size: small enough that the bytes the
+// generator just wrote are still in the CPU's cache when sha256 reads them.
+const hashBuf = 32 << 10
+
+// hashOnly hashes size bytes of r with sha256 on this goroutine (one core),
+// hashBuf bytes at a time, and checks the digest: no disk.
+func hashOnly(dg digest.Digest, size int64, r io.Reader) error {
+	h := sha256.New()
+	n, err := io.CopyBuffer(h, r, make([]byte, hashBuf))
+	if err != nil {
+		return err
+	}
+	if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != dg || n != size {
+		return fmt.Errorf("hash limit: got %s/%d, want %s/%d", got, n, dg, size)
+	}
+	return nil
+}
+
+// writeBuf is the disk limit's write size: small enough that the bytes the
+// generator just wrote are still in the CPU's cache when write(2) copies
+// them (1 MiB writes measured slower on this machine).
+const writeBuf = 32 << 10
+
+// writeOnly is the disk's part of an ingest: size bytes of r written to a
+// temp file in the layout's blobs/sha256, writeBuf bytes at a time, the file
+// fsynced, renamed to dg's name, the directory fsynced. No hash: dg is
+// trusted. every > 0 starts the writeback of each every bytes written
+// (sync_file_range, SYNC_FILE_RANGE_WRITE) before the fsync.
+func writeOnly(dir string, dg digest.Digest, size int64, r io.Reader, every int64) error {
 	bdir := filepath.Join(dir, "blobs", "sha256")
 	if err := os.MkdirAll(bdir, 0o755); err != nil {
 		return err
@@ -341,37 +385,22 @@ func ingestLimit(dir string, dg digest.Digest, size int64, r io.Reader, bufSize 
 		return err
 	}
 	defer os.Remove(f.Name())
-	dgr := digest.SHA256.Digester()
-	h := dgr.Hash()
-	buf := make([]byte, bufSize)
-	var n int64
-	for {
-		m, rerr := io.ReadFull(r, buf)
-		if m > 0 {
-			h.Write(buf[:m])
-			if _, err := f.Write(buf[:m]); err != nil {
-				f.Close()
-				return err
-			}
-			n += int64(m)
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			f.Close()
-			return rerr
-		}
+	var w io.Writer = struct{ io.Writer }{f} // no ReadFrom: writeBuf-sized writes
+	if every > 0 {
+		w = &writeback{f: f, every: every}
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
+	n, err := io.CopyBuffer(w, r, make([]byte, writeBuf))
+	if err == nil && n != size {
+		err = fmt.Errorf("disk limit: wrote %d bytes, want %d", n, size)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if got := dgr.Digest(); got != dg || n != size {
-		return fmt.Errorf("limit pass: got %s/%d, want %s/%d", got, n, dg, size)
 	}
 	if err := os.Rename(f.Name(), filepath.Join(bdir, dg.Encoded())); err != nil {
 		return err
@@ -382,6 +411,25 @@ func ingestLimit(dir string, dg digest.Digest, size int64, r io.Reader, bufSize 
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// writeback writes to f and starts the writeback of each every bytes.
+type writeback struct {
+	f                *os.File
+	every            int64
+	written, started int64
+}
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.written += int64(n)
+	if w.written-w.started >= w.every {
+		if serr := unix.SyncFileRange(int(w.f.Fd()), w.started, w.written-w.started, unix.SYNC_FILE_RANGE_WRITE); serr != nil && err == nil {
+			err = serr
+		}
+		w.started = w.written
+	}
+	return n, err
 }
 
 // fsyncs says, per peer, what it makes durable (read from each version's

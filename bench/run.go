@@ -32,8 +32,16 @@ type plan struct {
 	DeleteOne  []sizeK // scenario 1
 	DeleteHalf []int   // scenario 2
 	OpenN      int     // scenario 3
-	IngestSize int64   // scenario 4
-	Concurrent []sizeK // scenario 5
+	IngestSize int64   // scenario 4: one blob of this size
+	// IngestParallel blobs of IngestSize/IngestParallel bytes each are
+	// written at once, through one handle (scenario 4, parallel).
+	IngestParallel int
+	Concurrent     []sizeK // scenario 5
+	// Scenario 7: a pull of one image of PullLayers layers, PullSize bytes
+	// of content in all, and of PullImages small images.
+	PullSize   int64
+	PullLayers int
+	PullImages int
 	Workers    int
 	// Adopt are the sizes of the adoption table (ocistore's first open of
 	// a foreign layout against oras-go's open); Scale the sizes of the
@@ -52,18 +60,22 @@ type plan struct {
 
 func quickPlan() plan {
 	return plan{
-		Runs:       3,
-		DeleteOne:  []sizeK{{100, 10}, {1000, 10}, {5000, 5}},
-		DeleteHalf: []int{1000, 5000},
-		OpenN:      5000,
-		IngestSize: 256 << 20,
-		Concurrent: []sizeK{{1000, 16}},
-		Workers:    8,
-		Adopt:      []int{100, 1000, 5000},
-		Scale:      []int{5000},
-		ScaleK:     10,
-		Timeout:    10 * time.Minute,
-		Budget:     5 * time.Second,
+		Runs:           3,
+		DeleteOne:      []sizeK{{100, 10}, {1000, 10}, {5000, 5}},
+		DeleteHalf:     []int{1000, 5000},
+		OpenN:          5000,
+		IngestSize:     256 << 20,
+		IngestParallel: 8,
+		Concurrent:     []sizeK{{1000, 16}},
+		PullSize:       128 << 20,
+		PullLayers:     8,
+		PullImages:     30,
+		Workers:        8,
+		Adopt:          []int{100, 1000, 5000},
+		Scale:          []int{5000},
+		ScaleK:         10,
+		Timeout:        10 * time.Minute,
+		Budget:         5 * time.Second,
 		MaxN: map[string]map[string]int{
 			scDeleteOne:  {pGGCR: 100},
 			scDeleteHalf: {pGGCR: 1000, pCImage: 0, pOras: 1000},
@@ -74,19 +86,23 @@ func quickPlan() plan {
 
 func fullPlan() plan {
 	return plan{
-		Full:       true,
-		Runs:       3,
-		DeleteOne:  []sizeK{{100, 20}, {1000, 20}, {5000, 10}, {20000, 10}},
-		DeleteHalf: []int{1000, 5000, 20000},
-		OpenN:      20000,
-		IngestSize: 1 << 30,
-		Concurrent: []sizeK{{5000, 32}, {20000, 16}},
-		Workers:    8,
-		Adopt:      []int{100, 1000, 5000, 20000, 100000},
-		Scale:      []int{20000, 100000},
-		ScaleK:     10,
-		Timeout:    10 * time.Minute,
-		Budget:     30 * time.Second,
+		Full:           true,
+		Runs:           3,
+		DeleteOne:      []sizeK{{100, 20}, {1000, 20}, {5000, 10}, {20000, 10}},
+		DeleteHalf:     []int{1000, 5000, 20000},
+		OpenN:          20000,
+		IngestSize:     1 << 30,
+		IngestParallel: 8,
+		Concurrent:     []sizeK{{5000, 32}, {20000, 16}},
+		PullSize:       1 << 30,
+		PullLayers:     8,
+		PullImages:     500,
+		Workers:        8,
+		Adopt:          []int{100, 1000, 5000, 20000, 100000},
+		Scale:          []int{20000, 100000},
+		ScaleK:         10,
+		Timeout:        10 * time.Minute,
+		Budget:         30 * time.Second,
 		MaxN: map[string]map[string]int{
 			scDeleteOne:  {pGGCR: 1000, pOrasGC: 20000},
 			scDeleteHalf: {pGGCR: 5000, pCImage: 1000, pOras: 5000},
@@ -108,16 +124,22 @@ type runResult struct {
 	CPUMs     float64       `json:"cpu_ms"`      // the child's user+system time
 	Check     *checkReport  `json:"check,omitempty"`
 	Journal   *journalStats `json:"journal,omitempty"` // scenario journal: the journal's size (scale.go)
+	Bytes     int64         `json:"bytes,omitempty"`   // pull: the bytes of the image's blobs
 	Err       string        `json:"err,omitempty"`     // the child failed as a whole
 	Note      string        `json:"note,omitempty"`
 }
 
 type runner struct {
-	plan    plan
-	self    string // this executable
-	work    string // scratch directory (same file system as the layouts measured)
-	log     io.Writer
-	results []runResult
+	plan plan
+	self string // this executable
+	repo string // the main module's checkout (the CLI a pull runs is built from it)
+	// noWait starts children without waiting for quiet I/O (tests).
+	noWait bool
+	// cpuprofile is passed to the children of a pull (bench one).
+	cpuprofile []string
+	work       string // scratch directory (same file system as the layouts measured)
+	log        io.Writer
+	results    []runResult
 	// templates[N] is the plain layout; adopted[N] the same after ocistore's first open.
 	templates  map[int]string
 	adopted    map[int]string
@@ -127,9 +149,7 @@ type runner struct {
 	ioNoisy    int         // children started with the I/O still busy after ioQuietMax
 	reuse      bool        // templates already in work are used as they are (bench one -keep)
 	only       string      // bench rerun: the one peer the delete scenarios run
-	repo       string      // the main module's checkout (the CLI is built from it: scale.go)
 	cliBin     string      // the CLI built from repo, once per run
-	noIOWait   bool        // tests: children start without waiting for quiet I/O
 	remeasured []remeasure // bench report: cells measured again after the run
 }
 
@@ -328,7 +348,7 @@ func (r *runner) child(scenario, peerName string, n, k, run int, dir string, ext
 		"-budget", r.plan.Budget.String()}, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), r.plan.Timeout)
 	defer cancel()
-	if !r.noIOWait {
+	if !r.noWait {
 		waited, quiet := ioQuiet()
 		r.ioWaits = append(r.ioWaits, ms(waited))
 		if !quiet {
@@ -485,39 +505,77 @@ func (r *runner) opening(n int) error {
 	return nil
 }
 
-var ingestOrder = []string{pLimit, pOcistore, pLimit1M, pCImage, pOras, pGGCR}
+var ingestOrder = []string{pLimitHash, pOcistore, pLimitDisk, pCImage, pLimitDiskWB, pOras, pGGCR}
 
-func (r *runner) ingesting() error {
-	size := r.plan.IngestSize
-	const seed = 7
-	t0 := time.Now()
-	dg, err := streamDigest(size, seed)
-	if err != nil {
-		return err
+// ingestSeed is the generator's seed of the ingested blob (the parallel
+// case's blobs: ingestSeed, ingestSeed+1, ...).
+const ingestSeed = 7
+
+// ingestDigests returns the digests of count blobs of size bytes from the
+// generator, seeds ingestSeed on, comma-separated (the child's -digest).
+func ingestDigests(size int64, count int) (string, error) {
+	var dgs []string
+	for i := 0; i < count; i++ {
+		dg, err := streamDigest(size, ingestSeed+uint64(i))
+		if err != nil {
+			return "", err
+		}
+		dgs = append(dgs, dg)
 	}
-	r.logf("ingest blob: %d bytes, %s (hashed in %s)", size, dg, time.Since(t0).Round(time.Millisecond))
-	for run := 1; run <= r.plan.Runs; run++ {
-		// The order rotates from run to run, so that no peer always follows
-		// the same one (the limit first every time measured it slow).
-		order := append(append([]string(nil), ingestOrder[(run-1)%len(ingestOrder):]...), ingestOrder[:(run-1)%len(ingestOrder)]...)
-		for _, name := range order {
-			dir := filepath.Join(r.work, "ingest")
-			r.remove(dir)
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-			syncfs(dir)
-			r.child(scIngest, name, 0, 0, run, dir, []string{"-size", strconv.FormatInt(size, 10), "-seed", strconv.Itoa(seed), "-digest", dg})
-			last := &r.results[len(r.results)-1]
-			if last.Err == "" && last.Res.Errors == 0 {
-				if err := verifyBlob(dir, dg, size, run == 1); err != nil {
-					last.Res.fail(fmt.Errorf("verify: %w", err))
+	return strings.Join(dgs, ","), nil
+}
+
+// ingesting runs scenario 4: one blob of IngestSize, then IngestParallel
+// blobs of IngestSize/IngestParallel written at once through one handle,
+// for every peer and both limits.
+func (r *runner) ingesting() error {
+	cases := []struct {
+		scenario string
+		size     int64
+		count    int
+	}{{scIngest, r.plan.IngestSize, 1}, {scIngestPar, r.plan.IngestSize / int64(r.plan.IngestParallel), r.plan.IngestParallel}}
+	for _, c := range cases {
+		t0 := time.Now()
+		dgs, err := ingestDigests(c.size, c.count)
+		if err != nil {
+			return err
+		}
+		r.logf("%s: %d blob(s) of %d bytes (hashed in %s)", c.scenario, c.count, c.size, time.Since(t0).Round(time.Millisecond))
+		for run := 1; run <= r.plan.Runs; run++ {
+			// The order rotates from run to run, so that no peer always
+			// follows the same one.
+			order := append(append([]string(nil), ingestOrder[(run-1)%len(ingestOrder):]...), ingestOrder[:(run-1)%len(ingestOrder)]...)
+			for _, name := range order {
+				if err := r.ingestOnce(c.scenario, name, run, c.size, dgs); err != nil {
+					return err
 				}
 			}
-			r.remove(dir)
-			syncfs(r.work)
 		}
 	}
+	return nil
+}
+
+// ingestOnce runs one ingest child into a fresh empty directory and checks
+// the blobs it wrote (the hash limit writes none).
+func (r *runner) ingestOnce(scenario, name string, run int, size int64, dgs string) error {
+	dir := filepath.Join(r.work, "ingest")
+	r.remove(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	syncfs(dir)
+	r.child(scenario, name, 0, 0, run, dir, []string{"-size", strconv.FormatInt(size, 10), "-seed", strconv.Itoa(ingestSeed), "-digest", dgs})
+	last := &r.results[len(r.results)-1]
+	if last.Err == "" && last.Res.Errors == 0 && name != pLimitHash {
+		for _, dg := range strings.Split(dgs, ",") {
+			if err := verifyBlob(dir, dg, size, run == 1); err != nil {
+				last.Res.fail(fmt.Errorf("verify: %w", err))
+				break
+			}
+		}
+	}
+	r.remove(dir)
+	syncfs(r.work)
 	return nil
 }
 
@@ -572,6 +630,9 @@ func (r *runner) runAll() error {
 		if err := r.deleting(scConcurrent, sk.N, sk.K, pickSpread(sk.N, sk.K)); err != nil {
 			return err
 		}
+	}
+	if err := r.pulling(); err != nil {
+		return err
 	}
 	return r.scaling()
 }

@@ -583,7 +583,7 @@ func (r *runner) writeScale(w func(format string, a ...any)) {
 // writeAdoption writes section 7.
 func (r *runner) writeAdoption(w func(format string, a ...any)) {
 	p := r.plan
-	w("\n## 7. Adoption: the first open of a layout another tool wrote\n\n")
+	w("\n## 8. Adoption: the first open of a layout another tool wrote\n\n")
 	w("ocistore: `store.Open` of a layout with no journal (as skopeo or umoci leave one): it builds the journal, reads every manifest once and counts every blob's references, and notes index.json's stamp. oras-go: `oci.NewWithContext` of the same (reads index.json and every manifest into its in-memory graph). ")
 	w("Each run is its own process on a fresh `cp -a` copy of the same generated layout (the page cache warm: the copy was just written, and synced), %d runs per peer and size, the two peers alternating; ms median [min–max]; **per 1,000 blobs** is the median over the layout's blobs in thousands (4N+30 blobs), so that a cost linear in the blobs shows as a flat column. ", p.Runs)
 	w("Linear, as the target reads it: at every size above N=%d, the cost per blob is at most %.3g× the cost per blob at N=%d (the smallest sizes carry the process's fixed costs, so they are not the reference).\n\n", linearBaseN, linearTolerance, linearBaseN)
@@ -632,7 +632,7 @@ func (r *runner) writeScaleRows(w func(format string, a ...any)) {
 	for _, n := range p.Scale {
 		ns = append(ns, fmt.Sprint(n))
 	}
-	w("\n## 8. Scale: N = %s\n\n", strings.Join(ns, ", "))
+	w("\n## 9. Scale: N = %s\n\n", strings.Join(ns, ", "))
 	w("The generated layouts of the other sections, larger (4N+30 blobs%s). ", r.indexPerImage())
 	w("**Library delete**: the delete-one scenario of section 1 (K=%d at sizes section 1 does not have; section 1's own runs at the others), the same peers and budget rule (a run longer than %s is not repeated, and starts no delete after it); go-containerregistry is not run at these sizes (section 1). ", p.ScaleK, p.Budget)
 	w("**The CLI**: `ocistore` built from this checkout (`go build ./cmd/ocistore`), one process per command on a copy of the adopted template settled as in section 1 (a layout ocistore manages, between two commands); stdout to /dev/null. Per run (%d, each on a fresh copy): `ls`, `ls --format json`, `du`, `fsck` (without `--deep`: manifests read, blobs listed, the journal recounted) once each, then `rm TAG` for K=%d tags spread over the layout, one process each; the consistency check of section 1 after the deletes. ", p.Runs, p.ScaleK)

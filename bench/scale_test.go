@@ -16,17 +16,6 @@ import (
 // TestMain lets the test binary be the runner's child process (the runner
 // starts os.Executable() with "child"), so that a test can run scenarios
 // end to end.
-func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "child" {
-		if err := childMain(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
 func TestLinearity(t *testing.T) {
 	nan := math.NaN()
 	for _, c := range []struct {
@@ -141,7 +130,7 @@ func TestScaleRowsEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.log, r.noIOWait = testLog{t}, true
+	r.log, r.noWait = testLog{t}, true
 	if err := r.scaling(); err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +182,7 @@ func TestScaleRowsEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	rep := string(raw)
-	for _, want := range []string{"## 7. Adoption", "## 8. Scale", "`ocistore rm TAG`", "`ocistore fsck`", "journal.db", "adoption faster than oras-go's open at every size", "adoption linear in the number of blobs"} {
+	for _, want := range []string{"## 8. Adoption", "## 9. Scale", "`ocistore rm TAG`", "`ocistore fsck`", "journal.db", "adoption faster than oras-go's open at every size", "adoption linear in the number of blobs"} {
 		if !strings.Contains(rep, want) {
 			t.Errorf("the report lacks %q", want)
 		}

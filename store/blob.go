@@ -144,7 +144,10 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 		}
 	}()
 	vr := layout.NewVerifyReader(&ctxReader{ctx: ctx, r: r}, desc)
-	if _, err := io.Copy(tmp, vr); err != nil {
+	// The hash and the write overlap (ingestCopy), and the disk writes a
+	// large blob while it is still being hashed and written (WriteBehind),
+	// instead of all of it at the fsync below.
+	if _, err := ingestCopy(fsio.WriteBehind(tmp), vr); err != nil {
 		return err
 	}
 	if err := vr.Verify(); err != nil {

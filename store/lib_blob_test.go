@@ -17,6 +17,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/fsio"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/internal/testing/testutil"
@@ -116,6 +117,69 @@ func TestPutBlob(t *testing.T) {
 				}
 			} else {
 				// Nothing of it anywhere under blobs/.
+				for p := range testutil.Snapshot(t, l.dir, ".ocistore") {
+					if strings.HasPrefix(p, "blobs/") {
+						t.Errorf("file %s left by a failed PutBlob", p)
+					}
+				}
+			}
+			l.cleanButOrphans()
+		})
+	}
+}
+
+// failingReader yields b, then fails with err instead of io.EOF.
+type failingReader struct {
+	b   []byte
+	err error
+}
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, r.err
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+// TestPutBlobLarge: a blob larger than the write-behind step (its writeback
+// started while it is written) is stored whole; one whose digest is wrong,
+// or whose reader fails after several steps, leaves nothing under blobs/
+// and no ingest temp file, and the reader's error is returned.
+func TestPutBlobLarge(t *testing.T) {
+	content := make([]byte, 2*fsio.WriteBehindEvery+4093)
+	for i := range content {
+		content[i] = byte(i * 7 / 3)
+	}
+	good := libDesc(content, v1.MediaTypeImageLayerGzip)
+	errReader := errors.New("connection reset mid-blob")
+	cases := []struct {
+		name    string
+		desc    v1.Descriptor
+		r       io.Reader
+		wantErr error
+	}{
+		{"ok", good, &chunkReader{b: content, chunk: 1 << 20}, nil},
+		{"wrong digest", v1.Descriptor{Digest: digest.FromString("other"), Size: good.Size}, bytes.NewReader(content), store.ErrDigestMismatch},
+		{"reader fails", good, &failingReader{b: content[:fsio.WriteBehindEvery*2-1], err: errReader}, errReader},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l := newLib(t)
+			err := l.s.PutBlob(l.ctx, c.desc, c.r)
+			if c.wantErr == nil && err != nil || c.wantErr != nil && !errors.Is(err, c.wantErr) {
+				t.Fatalf("PutBlob = %v, want %v", err, c.wantErr)
+			}
+			if left := filesIn(t, l.dir, protocol.IngestDir); len(left) > 0 {
+				t.Errorf("ingest temp files left: %v", left)
+			}
+			if c.wantErr == nil {
+				got, err := os.ReadFile(testutil.BlobFile(l.dir, good.Digest))
+				if err != nil || !bytes.Equal(got, content) {
+					t.Fatalf("stored blob: %d bytes, %v", len(got), err)
+				}
+			} else {
 				for p := range testutil.Snapshot(t, l.dir, ".ocistore") {
 					if strings.HasPrefix(p, "blobs/") {
 						t.Errorf("file %s left by a failed PutBlob", p)

@@ -530,6 +530,7 @@ type transferRun struct {
 	bytes     int64
 	referrers map[digest.Digest]v1.Descriptor
 	progress  *progress
+	into      *orasstore.Target // the destination when it is a layout
 }
 
 // transferResult is what a copy did.
@@ -572,6 +573,7 @@ func (x *transferRun) run(ctx context.Context) (*transferResult, error) {
 	var into *orasstore.Target
 	if x.dst.isLayout() {
 		into = orasstore.New(x.dstStore, &orasstore.Options{LeaseTTL: x.ttl})
+		x.into = into
 		dst = &namedDest{Target: into, name: "the layout " + x.dst.dir, from: src.name}
 	} else {
 		repo := x.repository(x.dst)
@@ -638,7 +640,14 @@ func (x *transferRun) copyGraph(ctx context.Context, src *namedSource, dst oras.
 			return nil
 		},
 		FindSuccessors: func(ctx context.Context, f content.Fetcher, d v1.Descriptor) ([]v1.Descriptor, error) {
-			succ, err := content.Successors(ctx, f, d)
+			find := content.Successors
+			if x.into != nil {
+				// Into a layout: a manifest's successors join the lease
+				// with it in one commit before they are pushed, instead of
+				// one commit per blob.
+				find = x.into.FindSuccessors
+			}
+			succ, err := find(ctx, f, d)
 			if err != nil {
 				return nil, err
 			}

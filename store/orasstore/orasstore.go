@@ -139,6 +139,37 @@ func (t *Target) Push(ctx context.Context, expected v1.Descriptor, r io.Reader) 
 	return nil
 }
 
+// Reserve adds descs to the copy's lease ahead of their push, in one
+// journal commit, whether the store holds them yet or not. A Push adds its
+// blob to the lease first, one commit per blob, unless the blob is in it
+// already: a copy that reserves a manifest's successors once it knows them
+// (FindSuccessors does) commits once per manifest instead of once per blob.
+func (t *Target) Reserve(ctx context.Context, descs ...v1.Descriptor) error {
+	if len(descs) == 0 {
+		return nil
+	}
+	if _, err := t.leased(ctx); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	l := t.lease
+	t.mu.Unlock()
+	return mapErr(l.Add(ctx, descs...))
+}
+
+// FindSuccessors returns the successors of desc as content.Successors
+// does, and reserves them with desc (Reserve) when it has any. A copy into
+// t passes it as oras.CopyGraphOptions.FindSuccessors: oras asks for a
+// node's successors before it pushes them and then the node, so that
+// every Push of the copy finds its blob in the lease already.
+func (t *Target) FindSuccessors(ctx context.Context, fetcher content.Fetcher, desc v1.Descriptor) ([]v1.Descriptor, error) {
+	succ, err := content.Successors(ctx, fetcher, desc)
+	if err != nil || len(succ) == 0 {
+		return succ, err
+	}
+	return succ, t.Reserve(ctx, append(slices.Clone(succ), desc)...)
+}
+
 // leased returns ctx carrying the copy's lease, taking it first, and
 // renewing it at half-life.
 func (t *Target) leased(ctx context.Context) (context.Context, error) {

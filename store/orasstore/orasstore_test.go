@@ -183,6 +183,69 @@ func TestCopyLease(t *testing.T) {
 	}
 }
 
+// FindSuccessors reserves a manifest's successors, and the manifest, in
+// the copy's lease before they are pushed: a blob the store already holds
+// unreferenced is kept by a GC from then on. A leaf has no successors and
+// reserves nothing. A copy through it ends as any other.
+func TestFindSuccessorsReserves(t *testing.T) {
+	ctx := context.Background()
+	mem, img, _ := source(t)
+	s := openStore(t)
+	want, err := content.Successors(ctx, mem, img)
+	if err != nil || len(want) != 3 {
+		t.Fatalf("successors of the image = %v, %v", want, err)
+	}
+	// The config, in the store before the copy, referenced by nothing.
+	cfg := want[0]
+	b, err := content.FetchAll(ctx, mem, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutBlob(ctx, cfg, bytes.NewReader(b)); err != nil {
+		t.Fatal(err)
+	}
+
+	dst := orasstore.New(s, nil)
+	if got, err := dst.FindSuccessors(ctx, mem, want[1]); err != nil || len(got) != 0 {
+		t.Fatalf("FindSuccessors of a layer = %v, %v; want none", got, err)
+	}
+	if leases, err := s.Leases(ctx); err != nil || len(leases) != 0 {
+		t.Fatalf("a leaf took a lease: %v, %v", leases, err)
+	}
+	got, err := dst.FindSuccessors(ctx, mem, img)
+	if err != nil || len(got) != len(want) {
+		t.Fatalf("FindSuccessors of the image = %v, %v; want %v", got, err, want)
+	}
+	for i := range want {
+		if got[i].Digest != want[i].Digest {
+			t.Fatalf("FindSuccessors = %v, want %v", got, want)
+		}
+	}
+	gc, err := s.GC(ctx, store.GCOptions{Grace: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gc.Freed) != 0 || gc.Leased != 1 {
+		t.Fatalf("GC after the reservation freed %v (%d leased); want the config kept by the lease", gc.Freed, gc.Leased)
+	}
+
+	opts := oras.DefaultCopyOptions
+	opts.FindSuccessors = dst.FindSuccessors
+	if _, err := oras.Copy(ctx, mem, "v1", dst, "v1", opts); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := s.Resolve(ctx, "v1"); err != nil || d.Digest != img.Digest {
+		t.Fatalf("Resolve v1 = %v, %v", d, err)
+	}
+	if leases, err := s.Leases(ctx); err != nil || len(leases) != 0 {
+		t.Errorf("leases after Close = %v, %v", leases, err)
+	}
+	testutil.MustCheck(t, s)
+}
+
 // Delete of a tagged manifest removes it with what only it used; a blob
 // cannot be deleted on its own.
 func TestDelete(t *testing.T) {
