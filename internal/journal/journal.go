@@ -114,7 +114,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -272,10 +271,6 @@ func Open(path string, o Options) (*DB, error) {
 			return nil, err
 		}
 		bo.Timeout = time.Nanosecond // the copy is this open's alone
-		// A copy is for readers, which read much of it (ls, du and fsck
-		// every ref): its pages are mapped at once, not one fault per
-		// page on first touch (0.5 s of a listing of 100,000 images).
-		bo.MmapFlags = syscall.MAP_POPULATE
 		bo.OpenFile = func(string, int, os.FileMode) (*os.File, error) { return mem, nil }
 	}
 	bdb, err := openBolt(path, bo)
