@@ -9,7 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/protocol"
 	"github.com/ocistore/ocistore/store"
 )
@@ -92,5 +94,54 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestJournalHeldIsNeverRebuilt: a journal that looks damaged while
+// another writer holds it (truncated under it here; a reader without the
+// lock could see a commit in progress that way) is neither rebuilt nor
+// moved aside by an open: the open waits for the lock, and once the
+// writer is done the journal is the same file and the layout's tags are
+// all there.
+func TestJournalHeldIsNeverRebuilt(t *testing.T) {
+	dir := t.TempDir()
+	before := fixture(t, dir)
+	p := filepath.Join(dir, protocol.JournalFile)
+	held, err := journal.Open(p, journal.Options{LockTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole, err := os.ReadFile(p)
+	must(t, err)
+	fi, err := os.Stat(p)
+	must(t, err)
+	must(t, os.Truncate(p, 8192))
+	for _, o := range []*store.Options{{LockTimeout: 200 * time.Millisecond}, {LockTimeout: -1}} {
+		if s, err := store.Open(context.Background(), dir, o); !errors.Is(err, store.ErrLocked) {
+			if s != nil {
+				s.Close()
+			}
+			t.Errorf("open (lock timeout %v) while another writer holds the journal: %v, want ErrLocked", o.LockTimeout, err)
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, ".ocistore"))
+	must(t, err)
+	for _, e := range ents {
+		if strings.Contains(e.Name(), "corrupt") || strings.Contains(e.Name(), "rebuild") {
+			t.Errorf("%s: the held journal was judged damaged", e.Name())
+		}
+	}
+	must(t, os.WriteFile(p, whole, 0o644))
+	must(t, held.Close())
+	s, err := store.Open(context.Background(), dir, nil)
+	if err != nil {
+		t.Fatalf("open once the writer is done: %v", err)
+	}
+	s.Close()
+	if now, err := os.Stat(p); err != nil || !os.SameFile(fi, now) {
+		t.Errorf("the journal was replaced: %v", err)
+	}
+	if got := tags(t, dir); !equalMaps(got, before) {
+		t.Fatalf("tags changed: %v, want %v", got, before)
 	}
 }

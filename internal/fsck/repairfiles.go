@@ -1,7 +1,6 @@
 package fsck
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -287,67 +286,89 @@ func (f *fixer) repairJournal(ctx context.Context, res *Repaired, rebuildNewer b
 	path := f.l.JournalPath()
 	var why error
 	var salv *journal.Salvaged
-	var db *journal.DB
-	fi, err := f.l.FS.Lstat(protocol.JournalFile)
-	if err == nil && !fi.Mode().IsRegular() {
-		// A symlink or a directory: moved aside as it is, never followed.
-		err = fmt.Errorf("journal %s is %s, not a regular file: %w", protocol.JournalFile, protocol.KindOf(fi.Mode()), errdef.ErrCorrupt)
-		why = err
-	} else {
-		db, err = protocol.OpenWaiting(ctx, path, journal.Options{LockTimeout: f.lockTimeout, Scope: f.l.Scope})
-	}
-	if f.l.Scope != "" && (why != nil || errors.Is(err, errdef.ErrCorrupt)) {
-		return nil, f.sharedJournalDamaged(cmp.Or(why, err))
+	var dj *journal.Damaged // the damaged journal under its lock, until rebuilt
+	defer func() {
+		if dj != nil {
+			dj.Close()
+		}
+	}()
+	for tries := 0; ; tries++ {
+		fi, err := f.l.FS.Lstat(protocol.JournalFile)
+		if err == nil && !fi.Mode().IsRegular() {
+			// A symlink or a directory: moved aside as it is, never followed.
+			why = fmt.Errorf("journal %s is %s, not a regular file: %w", protocol.JournalFile, protocol.KindOf(fi.Mode()), errdef.ErrCorrupt)
+			if f.l.Scope != "" {
+				return nil, f.sharedJournalDamaged(why)
+			}
+			break
+		}
+		db, err := protocol.OpenWaiting(ctx, path, journal.Options{LockTimeout: f.lockTimeout, Scope: f.l.Scope})
+		switch {
+		case errors.Is(err, errdef.ErrJournalNewer), errors.Is(err, errdef.ErrCorrupt):
+		case errors.Is(err, errdef.ErrLocked):
+			return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", f.l.Dir, f.lockTimeout, protocol.JournalFile, errdef.ErrLocked)
+		case err != nil:
+			return nil, err
+		default:
+			if errs := db.Check(); len(errs) > 0 {
+				err = fmt.Errorf("bbolt check: %w", errors.Join(errs...))
+			} else if perr := db.View(func(tx *journal.Tx) error { _, err := tx.Pending(); return err }); perr != nil {
+				err = perr
+			}
+			if err == nil {
+				if db.Created {
+					res.act(f.log, recovery.ActionJournalCreated, "%s was missing or empty: created, counting references from the layout", protocol.JournalFile)
+					// openJournal syncs .ocistore for the new file.
+					db.Close()
+					return f.l.OpenJournal(ctx, journal.Options{LockTimeout: f.lockTimeout})
+				}
+				return db, nil
+			}
+			db.Close()
+		}
+		if f.l.Scope != "" {
+			return nil, f.sharedJournalDamaged(err)
+		}
+		// Judged again, and rebuilt, under the journal's lock.
+		if dj, err = journal.LockDamaged(path, f.lockTimeout); err != nil {
+			if errors.Is(err, errdef.ErrLocked) {
+				return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", f.l.Dir, f.lockTimeout, protocol.JournalFile, errdef.ErrLocked)
+			}
+			return nil, err
+		}
+		if dj.Why != nil {
+			why, salv = dj.Why, dj.Salvaged
+			if salv == nil {
+				f.log.Warn("repair: nothing could be salvaged from the journal", "err", why)
+			}
+			break
+		}
+		// Sound under the lock (rebuilt by another process meanwhile):
+		// opened again.
+		dj.Close()
+		dj = nil
+		if tries == 2 {
+			return nil, fmt.Errorf("journal %s: found damaged when opened, then sound under its lock, three times: %w", path, errdef.ErrLocked)
+		}
 	}
 	switch {
-	case why != nil:
-	case errors.Is(err, errdef.ErrJournalNewer), errors.Is(err, errdef.ErrCorrupt):
-		why = err
-		var serr error
-		if salv, serr = journal.SalvageFile(path, f.lockTimeout); serr != nil {
-			f.log.Warn("repair: nothing could be salvaged from the journal", "err", serr)
-		}
-		switch {
-		case rebuildNewer:
-		case errors.Is(err, errdef.ErrJournalNewer):
-			return nil, err
-		case salv != nil && salv.Newer():
-			return nil, salv.NewerError(path)
-		}
-	case errors.Is(err, errdef.ErrLocked):
-		return nil, fmt.Errorf("layout %s is locked by another process (waited %s for %s): %w", f.l.Dir, f.lockTimeout, protocol.JournalFile, errdef.ErrLocked)
-	case err != nil:
-		return nil, err
-	default:
-		if errs := db.Check(); len(errs) > 0 {
-			why = fmt.Errorf("bbolt check: %w", errors.Join(errs...))
-		} else if perr := db.View(func(tx *journal.Tx) error { _, err := tx.Pending(); return err }); perr != nil {
-			why = perr
-		}
-		if why != nil && f.l.Scope != "" {
-			db.Close()
-			return nil, f.sharedJournalDamaged(why)
-		}
-		if why != nil {
-			salv = db.Salvage()
-			db.Close()
-		} else {
-			if db.Created {
-				res.act(f.log, recovery.ActionJournalCreated, "%s was missing or empty: created, counting references from the layout", protocol.JournalFile)
-				// openJournal syncs .ocistore for the new file.
-				db.Close()
-				return f.l.OpenJournal(ctx, journal.Options{LockTimeout: f.lockTimeout})
-			}
-			return db, nil
-		}
+	case rebuildNewer:
+	case errors.Is(why, errdef.ErrJournalNewer):
+		return nil, why
+	case salv != nil && salv.Newer():
+		return nil, salv.NewerError(path)
 	}
 	if why != nil {
 		if err := f.applySalvage(ctx, salv, "", res); err != nil {
 			return nil, err
 		}
-		rb, err := f.l.RebuildJournal(why, salv, f.lockTimeout)
+		rb, err := f.l.RebuildJournal(why, dj, salv, f.lockTimeout)
 		if err != nil {
 			return nil, err
+		}
+		if dj != nil {
+			dj.Close() // the new journal is in place
+			dj = nil
 		}
 		n := 0
 		if salv != nil {

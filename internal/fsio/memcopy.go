@@ -159,3 +159,17 @@ func NewMemFile() (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), "memfd:ocistore-copy"), nil
 }
+
+// CopyToMem copies the whole of src, which no one writes meanwhile (its
+// caller holds its lock), into a new memory file, positioned at its start.
+func CopyToMem(src *os.File) (*os.File, error) { return copyOnce(src, 0) }
+
+// DupFile is a second descriptor of f's open file description: closing one
+// leaves the other open.
+func DupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}

@@ -210,6 +210,9 @@ type Options struct {
 	// open of 100,000 images). Below the step it changes nothing: bbolt
 	// would then grow the file in whole steps of the mapping.
 	MapHint int64
+	// file, when set, is the file bbolt opens instead of path: a private
+	// copy judged by LockDamaged. It is closed with the database.
+	file *os.File
 }
 
 // mapHintMin is bbolt's default allocation step (DefaultAllocSize): a
@@ -242,9 +245,6 @@ func Open(path string, o Options) (*DB, error) {
 	if created && o.Snapshot && o.ReadOnly {
 		return nil, fmt.Errorf("journal %s: %w", path, errdef.ErrNotFound)
 	}
-	if err := checkFile(path); err != nil {
-		return nil, err
-	}
 	timeout := o.LockTimeout
 	if timeout < 0 {
 		timeout = time.Nanosecond
@@ -257,7 +257,17 @@ func Open(path string, o Options) (*DB, error) {
 	if o.MapHint > mapHintMin && !o.ReadOnly && int64(int(o.MapHint)) == o.MapHint {
 		bo.InitialMmapSize = int(o.MapHint)
 	}
-	if o.Snapshot {
+	var own *os.File // the file bbolt opens (OpenFile), closed here if it fails
+	switch {
+	case o.file != nil:
+		own = o.file
+		if err := checkFileAt(own, path); err != nil {
+			own.Close()
+			return nil, err
+		}
+		bo.Timeout = time.Nanosecond
+		bo.OpenFile = func(string, int, os.FileMode) (*os.File, error) { return own, nil }
+	case o.Snapshot:
 		var mem *os.File
 		var err error
 		if created {
@@ -270,11 +280,46 @@ func Open(path string, o Options) (*DB, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := checkFileAt(mem, path); err != nil {
+			mem.Close()
+			return nil, err
+		}
 		bo.Timeout = time.Nanosecond // the copy is this open's alone
 		bo.OpenFile = func(string, int, os.FileMode) (*os.File, error) { return mem, nil }
+		own = mem
+	default:
+		// Locked first, then checked and handed to bbolt (lockfile.go).
+		flag := os.O_RDWR | os.O_CREATE
+		if o.ReadOnly {
+			flag = os.O_RDONLY
+		}
+		f, err := lockFile(path, flag, !o.ReadOnly, timeout)
+		if err != nil {
+			return nil, classifyOpenErr(path, err)
+		}
+		fi, err := f.Stat()
+		if err == nil {
+			err = checkFileAt(f, path)
+		}
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		if fi.Size() == 0 {
+			if o.ReadOnly {
+				f.Close()
+				return nil, fmt.Errorf("journal %s is empty: %w", path, errdef.ErrNotFound)
+			}
+			created = true
+		}
+		bo.OpenFile = func(string, int, os.FileMode) (*os.File, error) { return f, nil }
+		own = f
 	}
 	bdb, err := openBolt(path, bo)
 	if err != nil {
+		if own != nil {
+			own.Close() // bbolt closed it, unless it panicked (a second Close does nothing)
+		}
 		return nil, classifyOpenErr(path, err)
 	}
 	d := &DB{bolt: bdb, path: path, Created: created, afterCommit: o.AfterCommit, commitHook: o.CommitHook}

@@ -84,17 +84,33 @@ func SalvageFile(path string, lockTimeout time.Duration) (s *Salvaged, err error
 	} else if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("journal %s: not a regular file: %w", path, errdef.ErrCorrupt)
 	}
+	if lockTimeout <= 0 {
+		lockTimeout = time.Nanosecond
+	}
+	f, err := lockFile(path, os.O_RDONLY, false, lockTimeout)
+	if err != nil {
+		return nil, classifyOpenErr(path, err)
+	}
+	return salvageFrom(f, path)
+}
+
+// salvageFrom salvages the journal f, read-only, and closes it: the
+// journal at path under its lock, or a private copy of it.
+func salvageFrom(f *os.File, path string) (s *Salvaged, err error) {
 	// A read-only open reads neither the freelist nor, unless asked to,
 	// the pages past the end: it can still read what is left.
-	if err := checkFile(path); err != nil && !errors.Is(err, errTruncated) && !errors.Is(err, errFreelist) {
+	defer func() {
+		if err != nil {
+			f.Close() // bbolt closed it, unless it panicked (a second Close does nothing)
+		}
+	}()
+	if err := checkFileAt(f, path); err != nil && !errors.Is(err, errTruncated) && !errors.Is(err, errFreelist) {
 		return nil, err
 	}
 	defer recoverCorrupt(path, &err)
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	if lockTimeout <= 0 {
-		lockTimeout = time.Nanosecond
-	}
-	bdb, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
+	bdb, err := openBolt(path, &bolt.Options{ReadOnly: true, Timeout: time.Nanosecond,
+		OpenFile: func(string, int, os.FileMode) (*os.File, error) { return f, nil }})
 	if err != nil {
 		return nil, classifyOpenErr(path, err)
 	}
@@ -234,15 +250,7 @@ var (
 // maps the missing pages and panics or faults when it reads them. A file
 // with no valid meta page is left for bbolt to refuse. An empty or missing
 // file passes.
-func checkFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("journal %s: %w", path, err)
-	}
-	defer f.Close()
+func checkFileAt(f *os.File, path string) error {
 	fi, err := f.Stat()
 	if err != nil || fi.Size() == 0 {
 		return err

@@ -44,18 +44,12 @@ func (l *Layout) OpenJournal(ctx context.Context, o journal.Options) (*journal.D
 		o.MapHint = 8 * fi.Size()
 	}
 	db, err := openWaiting(ctx, path, o)
-	if errors.Is(err, errdef.ErrCorrupt) {
-		salv, serr := journal.SalvageFile(path, lockTimeout)
-		if serr != nil {
-			l.Log.Warn("nothing could be salvaged from the corrupt journal", "err", serr)
+	// A damaged journal is judged again under its lock, and rebuilt while
+	// the lock is held (journal.LockDamaged): a sound one is opened again.
+	for tries := 0; errors.Is(err, errdef.ErrCorrupt) && tries < rebuildTries; tries++ {
+		if err = l.rebuildDamaged(path, lockTimeout); err == nil {
+			db, err = openWaiting(ctx, path, o)
 		}
-		if salv != nil && salv.Newer() {
-			return nil, salv.NewerError(path)
-		}
-		if _, rerr := l.RebuildJournal(err, salv, lockTimeout); rerr != nil {
-			return nil, rerr
-		}
-		db, err = openWaiting(ctx, path, o)
 	}
 	if errors.Is(err, errdef.ErrLocked) {
 		return nil, l.Locked(lockTimeout, err)
@@ -117,6 +111,39 @@ func openWaiting(ctx context.Context, path string, o journal.Options) (*journal.
 	}
 }
 
+// rebuildTries bounds how many times an open that finds the journal
+// damaged judges it under the lock and opens it again: each time it was
+// sound under the lock (rebuilt by another process, or seen in the middle
+// of a commit), and damaged at the next open.
+const rebuildTries = 3
+
+// rebuildDamaged rebuilds the journal an open found damaged, if it still is
+// under its lock (else nothing: the caller opens it again). One that a
+// newer ocistore wrote is refused (ErrJournalNewer), damaged or not.
+func (l *Layout) rebuildDamaged(path string, lockTimeout time.Duration) error {
+	dj, err := journal.LockDamaged(path, lockTimeout)
+	if errors.Is(err, errdef.ErrLocked) {
+		return l.Locked(lockTimeout, err)
+	}
+	if err != nil {
+		return err
+	}
+	defer dj.Close()
+	switch {
+	case dj.Why == nil:
+		l.Log.Info("journal found sound under the lock: opened again", "path", path)
+		return nil
+	case errors.Is(dj.Why, errdef.ErrJournalNewer):
+		return dj.Why
+	case dj.Salvaged != nil && dj.Salvaged.Newer():
+		return dj.Salvaged.NewerError(path)
+	case dj.Salvaged == nil:
+		l.Log.Warn("nothing could be salvaged from the corrupt journal", "err", dj.Why)
+	}
+	_, err = l.RebuildJournal(dj.Why, dj, dj.Salvaged, lockTimeout)
+	return err
+}
+
 // RebuildPin is how long nothing is freed (by a transaction, GC or prune)
 // after the journal was rebuilt without the leases of the one it replaced
 // (they could not be read): a lease's blobs are unknown then, so any
@@ -141,15 +168,24 @@ type Rebuilt struct {
 // that holds the leases salv read from it (nil: nothing could be read),
 // and, when leases may have been lost, a pin: nothing is freed for
 // RebuildPin. The layout's state (refcounts, committed index, image
-// metadata) is not copied: recovery counts it from the layout. The writer
-// lock is not held (the damaged journal could not be opened).
+// metadata) is not copied: recovery counts it from the layout.
 //
-// The new journal is built aside (journalRebuild) and synced before the
-// damaged one is renamed to journal.db.corrupt-<time> and the new one
-// into its place: a crash before that rename leaves the damaged journal,
-// which the next open rebuilds again; after it, FinishRebuild completes
-// the second rename. The leases are never missing from a journal in use.
-func (l *Layout) RebuildJournal(why error, salv *journal.Salvaged, lockTimeout time.Duration) (Rebuilt, error) {
+// dj is the damaged journal under its lock (journal.LockDamaged), held
+// until the new one is in its place: no writer commits to the old one
+// meanwhile, no other process rebuilds it, and one that waited for its
+// lock finds the new file when it gets it (the open checks that the file
+// it locked is still at the path). The new journal is built aside
+// (journalRebuild) and synced; the damaged one's bytes are copied to
+// journal.db.corrupt-<time> and synced; then the new one is renamed over
+// the damaged one. There is always a journal at the path, so an open never
+// creates an empty one in between; a crash before the last rename leaves
+// the damaged journal, which the next open rebuilds again.
+//
+// dj is nil only for a journal that is not a regular file (fsck: a symlink
+// or a directory, which no writer can open or lock): it is renamed aside,
+// then the new one into its place (FinishRebuild completes that after a
+// crash).
+func (l *Layout) RebuildJournal(why error, dj *journal.Damaged, salv *journal.Salvaged, lockTimeout time.Duration) (Rebuilt, error) {
 	var out Rebuilt
 	if err := l.FS.Remove(journalRebuild); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return out, fmt.Errorf("%w (removing %s: %v)", why, journalRebuild, err)
@@ -190,11 +226,23 @@ func (l *Layout) RebuildJournal(why error, salv *journal.Salvaged, lockTimeout t
 	if err := l.FS.SyncDir(layout.StateDir); err != nil {
 		return Rebuilt{}, &fsio.SyncError{Path: layout.StateDir, Err: err}
 	}
-	if out.Aside, err = l.MoveJournalAside(why); err != nil {
-		return Rebuilt{}, err
-	}
-	if err := l.FinishRebuild(); err != nil {
-		return Rebuilt{}, err
+	if dj == nil {
+		if out.Aside, err = l.MoveJournalAside(why); err != nil {
+			return Rebuilt{}, err
+		}
+		if err := l.FinishRebuild(); err != nil {
+			return Rebuilt{}, err
+		}
+	} else {
+		if out.Aside, err = l.copyJournalAside(why, dj); err != nil {
+			return Rebuilt{}, err
+		}
+		if err := l.FS.Rename(journalRebuild, JournalFile); err != nil {
+			return Rebuilt{}, fmt.Errorf("%w (putting the new journal in place: %v)", why, err)
+		}
+		if err := l.FS.SyncDir(layout.StateDir); err != nil {
+			return Rebuilt{}, &fsio.SyncError{Path: layout.StateDir, Err: err}
+		}
 	}
 	if out.Leases > 0 {
 		l.Log.Warn("journal rebuilt: the leases that could be read are kept", "leases", out.Leases)
@@ -311,12 +359,42 @@ func KindOf(m fs.FileMode) string {
 	return "a special file"
 }
 
+// copyJournalAside writes the bytes of the damaged journal dj to
+// journal.db.corrupt-<unix nanoseconds>, synced, for a person to look at,
+// and returns that name. The journal itself stays at its path until the
+// new one is renamed over it.
+func (l *Layout) copyJournalAside(why error, dj *journal.Damaged) (string, error) {
+	aside := asideName()
+	l.Log.Warn("journal is corrupt; keeping a copy aside and rebuilding from the layout", "err", why, "aside", aside)
+	f, err := l.FS.CreateTemp(layout.StateDir, ".journal.db.corrupt-partial-")
+	if err != nil {
+		return "", fmt.Errorf("%w (copying it aside: %v)", why, err)
+	}
+	_, err = dj.WriteTo(f)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = l.FS.Rename(f.Name(), aside)
+	}
+	if err != nil {
+		_ = l.FS.Remove(f.Name())
+		return "", fmt.Errorf("%w (copying it aside: %v)", why, err)
+	}
+	return aside, nil
+}
+
+func asideName() string { return fmt.Sprintf("%s.corrupt-%d", JournalFile, time.Now().UnixNano()) }
+
 // MoveJournalAside renames the damaged journal to
 // journal.db.corrupt-<unix nanoseconds> and syncs .ocistore, so that a new
 // one can be built from the layout; the old file stays for a person to look
 // at. It returns the new name.
 func (l *Layout) MoveJournalAside(why error) (string, error) {
-	aside := fmt.Sprintf("%s.corrupt-%d", JournalFile, time.Now().UnixNano())
+	aside := asideName()
 	l.Log.Warn("journal is corrupt; keeping it aside and rebuilding from the layout", "err", why, "aside", aside)
 	if err := l.FS.Rename(JournalFile, aside); err != nil {
 		return "", fmt.Errorf("%w (moving it aside: %v)", why, err)
