@@ -44,8 +44,8 @@ func newSizer(s *store.Store) *sizer {
 // counted), in one part per core, so that size then answers from what it
 // found.
 func (z *sizer) sizeAll(ctx context.Context, ds []v1.Descriptor) {
-	var todo []v1.Descriptor
-	seen := map[sizeKey]bool{}
+	todo := make([]v1.Descriptor, 0, len(ds))
+	seen := make(map[sizeKey]bool, len(ds))
 	for _, d := range ds {
 		if k := (sizeKey{d.Digest, d.Size, d.MediaType}); !seen[k] {
 			seen[k] = true
@@ -54,6 +54,9 @@ func (z *sizer) sizeAll(ctx context.Context, ds []v1.Descriptor) {
 	}
 	if len(todo) < 64 {
 		return
+	}
+	if len(z.done) == 0 {
+		z.done = make(map[sizeKey]sizeResult, len(todo))
 	}
 	parts := runtime.GOMAXPROCS(0)
 	results := make([][]store.GraphSize, parts)

@@ -614,6 +614,7 @@ func readJournal(db *journal.DB, shared bool) journalState {
 		}
 		st.pending = recs
 		st.last = tx.IndexDigest()
+		st.stored = make(refcount.Map, tx.RefKeys())
 		return tx.ForEachRef(func(d digest.Digest, ref journal.Ref) error {
 			st.stored[d] = ref
 			return nil
@@ -672,7 +673,7 @@ func checkJournal(st journalState, ix *layout.Index, raw []byte, nodes map[diges
 		}
 		return n.kids, nil
 	}
-	want, _ := refcount.Recount(ix, cached)
+	want, _ := refcount.RecountSized(ix, cached, len(nodes))
 	var diffs, kidDiffs []digest.Digest
 	for d, w := range want {
 		if stored[d].Count != w.Count {

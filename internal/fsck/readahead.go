@@ -73,7 +73,9 @@ func (n *node) load(fsys fsio.FS, d v1.Descriptor) (layout.Children, error) {
 // descriptor's size. The walk itself stays sequential (its problems come
 // out in a fixed order); what it does not find here it reads itself.
 func readAheadClosure(ctx context.Context, fsys fsio.FS, ix *layout.Index) (map[digest.Digest]*node, error) {
-	nodes := map[digest.Digest]*node{}
+	// Room for about four blobs per entry (a manifest, its config, two
+	// layers): the map does not rehash its way up to 400,000.
+	nodes := make(map[digest.Digest]*node, min(4*len(ix.Entries), 1<<20))
 	workers := runtime.GOMAXPROCS(0)
 	dirs := openAlgDirs(fsys)
 	defer func() {

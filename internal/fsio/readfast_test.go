@@ -154,3 +154,48 @@ func TestReadDirTypesAndInfo(t *testing.T) {
 		}
 	}
 }
+
+// TestDirHandleLstat: a DirHandle's Lstat (one fstatat on its descriptor
+// for a name in it) says what os.Lstat says: a symlink is not followed, a
+// missing name is ErrNotExist, and a path below goes through the root and
+// stays in it.
+func TestDirHandleLstat(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "d")
+	must(t, os.MkdirAll(filepath.Join(dir, "sub"), 0o755))
+	must(t, os.WriteFile(filepath.Join(dir, "f"), []byte("12345"), 0o600))
+	must(t, os.WriteFile(filepath.Join(dir, "sub", "g"), []byte("1"), 0o644))
+	must(t, os.Symlink("f", filepath.Join(dir, "link")))
+	must(t, os.Symlink("../../outside", filepath.Join(dir, "escape")))
+	o, err := fsio.OpenOS(root)
+	must(t, err)
+	defer o.Close()
+	h, err := o.OpenDir("d")
+	must(t, err)
+	defer h.Close()
+	for _, name := range []string{"f", "link", "escape", "sub", "sub/g"} {
+		got, err := h.Lstat(name)
+		if err != nil {
+			t.Errorf("lstat %s: %v", name, err)
+			continue
+		}
+		want, err := os.Lstat(filepath.Join(dir, name))
+		must(t, err)
+		if got.Mode() != want.Mode() || got.Size() != want.Size() || got.Name() != want.Name() || !got.ModTime().Equal(want.ModTime()) {
+			t.Errorf("lstat %s = %v %d %q %v, want %v %d %q %v", name, got.Mode(), got.Size(), got.Name(), got.ModTime(), want.Mode(), want.Size(), want.Name(), want.ModTime())
+		}
+	}
+	if _, err := h.Lstat("missing"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("lstat of a missing name: %v, want ErrNotExist", err)
+	}
+	if _, err := h.Lstat("../d/f"); err == nil {
+		t.Errorf("lstat out of the directory succeeded")
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -190,6 +190,20 @@ func (d *osDir) LinkTo(name string, to DirHandle, newname string) error {
 
 func (d *osDir) Close() error { return errors.Join(d.Root.Close(), d.f.Close()) }
 
+// Lstat of a name in the directory is one fstatat on its descriptor (the
+// os.Root's walks the name element by element: 400,000 of them in fsck's
+// blob stats); other names go through the root.
+func (d *osDir) Lstat(name string) (fs.FileInfo, error) {
+	if !singleElement(name) {
+		return d.Root.Lstat(name)
+	}
+	var st syscall.Stat_t
+	if err := fstatatRetry(d.f, name, &st); err != nil {
+		return nil, &fs.PathError{Op: "lstat", Path: name, Err: err}
+	}
+	return newFileInfo(name, &st), nil
+}
+
 func singleElement(name string) bool {
 	return name != "" && name != "." && name != ".." && !strings.ContainsRune(name, '/')
 }

@@ -965,6 +965,11 @@ func (t *Tx) ForEachRef(fn func(digest.Digest, Ref) error) error {
 	})
 }
 
+// RefKeys is how many blobs have a refcount (bbolt's count of the bucket's
+// keys, from its pages: no value is decoded), for a caller that sizes a
+// map before ForEachRef.
+func (t *Tx) RefKeys() int { return t.tx.Bucket(bRefs).Stats().KeyN }
+
 // ReplaceRefs drops every stored refcount and stores refs instead.
 func (t *Tx) ReplaceRefs(refs map[digest.Digest]Ref) error {
 	t.last.ok, t.liveDelta, t.unknownDelta = false, 0, 0

@@ -283,9 +283,17 @@ func (m Map) PutRef(d digest.Digest, r journal.Ref) error {
 
 // Recount counts the whole graph of ix from scratch. Manifests that cannot
 // be read are reported in the returned problems and left unexpanded.
-func Recount(ix *layout.Index, load Loader) (Map, []error) {
-	m := Map{}
+func Recount(ix *layout.Index, load Loader) (Map, []error) { return RecountSized(ix, load, 0) }
+
+// RecountSized is Recount with room for n blobs made up front, for a
+// caller that knows how many the closure has (fsck's walk): its maps do
+// not grow by rehashing (a tenth of fsck's time at 400,000 blobs).
+func RecountSized(ix *layout.Index, load Loader, n int) (Map, []error) {
+	m := make(Map, n)
 	c := &Counter{T: m, Load: load, Lenient: true}
+	if n > 0 {
+		c.Deltas = make(map[digest.Digest]int64, n)
+	}
 	for _, e := range ix.Entries {
 		if err := c.Inc(e.Desc); err != nil {
 			c.Problems = append(c.Problems, err)
