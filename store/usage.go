@@ -3,8 +3,10 @@ package store
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -214,7 +216,7 @@ func usageImages(u *Usage, entries []layout.Entry) []usageImage {
 func (s *Store) usageWalk(ctx context.Context, u *Usage, images []usageImage) (map[digest.Digest]*blobUse, map[digest.Digest][]v1.Descriptor, error) {
 	uses := map[digest.Digest]*blobUse{}
 	kids := map[digest.Digest][]v1.Descriptor{}
-	load := layout.LoadChildren(s.lay.FS)
+	load := readAheadChildren(ctx, layout.LoadChildren(s.lay.FS), images)
 	imageNo := map[digest.Digest]int{} // an image tagged in two repositories is one image
 	for i, im := range images {
 		no, ok := imageNo[im.desc.Digest]
@@ -365,4 +367,77 @@ func (s *Store) usageOrphans(u *Usage, files []gcCandidate, uses map[digest.Dige
 		}
 	}
 	return nil
+}
+
+// childrenKey names a descriptor as a read of its children depends on it
+// (the read checks the size; the media type decides how it parses).
+type childrenKey struct {
+	d    digest.Digest
+	size int64
+	mt   string
+}
+
+type childrenRead struct {
+	c      layout.Children
+	err    error
+	loaded bool // false: queued, not read (the walk reads it)
+}
+
+// readAheadChildren reads, on every core, the children of the manifests
+// and indexes the walk of images will read, level by level (a level is
+// the children of the one before, as the walk's rules pick them: roots
+// as roots, the others by media type), and returns a load that answers
+// from what was read, and reads anything else itself. The walk itself
+// stays sequential; it read 100,000 manifests one by one (2.5 s).
+func readAheadChildren(ctx context.Context, load func(v1.Descriptor) (layout.Children, error), images []usageImage) func(v1.Descriptor) (layout.Children, error) {
+	done := make(map[childrenKey]childrenRead, len(images))
+	var level []v1.Descriptor
+	for _, im := range images {
+		if k := (childrenKey{im.desc.Digest, im.desc.Size, im.desc.MediaType}); layout.Parsed(im.desc, true) {
+			if _, ok := done[k]; !ok {
+				done[k] = childrenRead{}
+				level = append(level, im.desc)
+			}
+		}
+	}
+	workers := runtime.GOMAXPROCS(0)
+	for depth := 0; len(level) > 0 && depth <= layout.MaxDepth && ctx.Err() == nil; depth++ {
+		got := make([]childrenRead, len(level))
+		per := (len(level) + workers - 1) / workers
+		var wg sync.WaitGroup
+		for w := range workers {
+			lo, hi := min(w*per, len(level)), min((w+1)*per, len(level))
+			wg.Go(func() {
+				for i := lo; i < hi && ctx.Err() == nil; i++ {
+					got[i].c, got[i].err = load(level[i])
+					got[i].loaded = true
+				}
+			})
+		}
+		wg.Wait()
+		var next []v1.Descriptor
+		for i, d := range level {
+			if !got[i].loaded {
+				continue // ctx ended
+			}
+			done[childrenKey{d.Digest, d.Size, d.MediaType}] = got[i]
+			for _, k := range got[i].c.Refs {
+				key := childrenKey{k.Digest, k.Size, k.MediaType}
+				if _, ok := done[key]; !ok && layout.Parsed(k, false) {
+					done[key] = childrenRead{}
+					next = append(next, k)
+				}
+			}
+		}
+		level = next
+	}
+	if ctx.Err() != nil {
+		return load
+	}
+	return func(d v1.Descriptor) (layout.Children, error) {
+		if r := done[childrenKey{d.Digest, d.Size, d.MediaType}]; r.loaded {
+			return r.c, r.err
+		}
+		return load(d)
+	}
 }
