@@ -305,12 +305,12 @@ func Open(path string, o Options) (*DB, error) {
 			f.Close()
 			return nil, err
 		}
-		if fi.Size() == 0 {
-			if o.ReadOnly {
-				f.Close()
-				return nil, fmt.Errorf("journal %s is empty: %w", path, errdef.ErrNotFound)
-			}
-			created = true
+		// What the file is under the lock decides (another open may have
+		// created and initialized it since the lstat above).
+		created = fi.Size() == 0
+		if created && o.ReadOnly {
+			f.Close()
+			return nil, fmt.Errorf("journal %s is empty: %w", path, errdef.ErrNotFound)
 		}
 		bo.OpenFile = func(string, int, os.FileMode) (*os.File, error) { return f, nil }
 		own = f

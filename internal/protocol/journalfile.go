@@ -125,6 +125,12 @@ func (l *Layout) rebuildDamaged(path string, lockTimeout time.Duration) error {
 	if errors.Is(err, errdef.ErrLocked) {
 		return l.Locked(lockTimeout, err)
 	}
+	if errors.Is(err, fs.ErrNotExist) {
+		// Gone meanwhile: a rebuild by an older version between its two
+		// renames (put in place here), or a journal removed by hand (the
+		// open creates one).
+		return l.FinishRebuild()
+	}
 	if err != nil {
 		return err
 	}
