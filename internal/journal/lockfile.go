@@ -15,7 +15,7 @@ import (
 // under its lock, on the file that is at its path (docs/DESIGN.md §4.1).
 //
 // bbolt takes its flock only after it opened the file, and ocistore checked
-// the file before bbolt saw it (checkFile): unlocked, that check could read
+// the file before bbolt saw it (checkFileAt): unlocked, that check could read
 // a meta page in the middle of another process's commit and take the live
 // journal for a truncated one, which the open then moved aside and rebuilt
 // while its writer still held it (two writers, each with its own journal).

@@ -244,7 +244,7 @@ var (
 	errFreelist = errors.New("bad freelist page")
 )
 
-// checkFile reads the two meta pages of a bbolt file and checks that the
+// checkFileAt reads the two meta pages of a bbolt file and checks that the
 // file is as long as the valid meta with the highest transaction id says
 // (pages up to its high-water mark). bbolt itself does not check this: it
 // maps the missing pages and panics or faults when it reads them. A file
@@ -293,7 +293,7 @@ func checkFileAt(f *os.File, path string) error {
 	return nil
 }
 
-// metaPage holds the fields of a bbolt meta page that checkFile needs.
+// metaPage holds the fields of a bbolt meta page that checkFileAt needs.
 // bestMeta is the valid meta page of f with the highest txid, nil when
 // neither is valid.
 func bestMeta(f io.ReaderAt) *metaPage {
@@ -361,7 +361,7 @@ func readMeta(f io.ReaderAt, off int64) (metaPage, bool) {
 // openBolt is bolt.Open, with a panic or memory fault while bbolt reads a
 // damaged file turned into an error wrapping errdef.ErrCorrupt.
 // A panic can leave the file open, and locked, until the garbage collector
-// finalizes it: checkFile refuses the damage known to make bbolt panic
+// finalizes it: checkFileAt refuses the damage known to make bbolt panic
 // before it is opened, so this is the last line of defence only.
 func openBolt(path string, o *bolt.Options) (bdb *bolt.DB, err error) {
 	defer func() {
