@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -262,11 +263,45 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 // in the same transaction. Every blob it references must already be in the
 // layout. It returns the manifest's descriptor.
 func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byte, names ...string) (v1.Descriptor, error) {
-	desc := v1.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(content), Size: int64(len(content))}
+	return s.PutManifestWith(ctx, content, ManifestOptions{MediaType: mediaType, Tags: names})
+}
+
+// ManifestOptions tune PutManifestWith.
+type ManifestOptions struct {
+	// MediaType is the manifest's media type; its content's mediaType
+	// field, when it has one, must agree.
+	MediaType string
+	// Algorithm names the manifest by a digest of this algorithm (sha256
+	// when empty): a registry client may push one as sha512.
+	Algorithm digest.Algorithm
+	// Tags name it in index.json, in one transaction with its write.
+	Tags []string
+	// Untagged, without Tags, makes it an untagged entry of index.json
+	// (unless an entry holds it already), so that it stays without a
+	// tag: a manifest pushed by digest.
+	Untagged bool
+}
+
+// PutManifestWith stores a manifest or index, as PutManifest does, named
+// by the digest algorithm of o, and tags it or keeps it as an untagged
+// entry as o says. Every blob it references must already be in the layout
+// (ErrMissingDependency), but its subject (OCI 1.1: a referrer may come
+// before what it refers to) and a layer with URLs (a non-distributable
+// layer). It returns the manifest's descriptor.
+func (s *Store) PutManifestWith(ctx context.Context, content []byte, o ManifestOptions) (v1.Descriptor, error) {
+	alg := o.Algorithm
+	if alg == "" {
+		alg = digest.SHA256
+	}
+	if !alg.Available() {
+		return v1.Descriptor{}, fmt.Errorf("put manifest: digest algorithm %q: %w", alg, errdef.ErrInvalidDigest)
+	}
+	mediaType := o.MediaType
+	desc := v1.Descriptor{MediaType: mediaType, Digest: alg.FromBytes(content), Size: int64(len(content))}
 	if !layout.IsManifest(mediaType) {
 		return desc, fmt.Errorf("put manifest: media type %q is not a manifest or index: %w", mediaType, errdef.ErrInvalidArgument)
 	}
-	for _, n := range names {
+	for _, n := range o.Tags {
 		if err := validTag(n); err != nil {
 			return desc, fmt.Errorf("put manifest %s: %w", desc.Digest, err)
 		}
@@ -277,6 +312,9 @@ func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byt
 	}
 	if kids.MediaType != "" && kids.MediaType != mediaType {
 		return desc, fmt.Errorf("put manifest %s: content says media type %s, caller says %s: %w", desc.Digest, kids.MediaType, mediaType, errdef.ErrInvalidArgument)
+	}
+	if kids.Subject != nil {
+		desc.ArtifactType = artifactTypeOf(content, kids)
 	}
 	if id, ok := LeaseFromContext(ctx); ok {
 		// The manifest and its children in one commit, before they are checked.
@@ -293,16 +331,54 @@ func (s *Store) PutManifest(ctx context.Context, mediaType string, content []byt
 			if err == nil && len(k.URLs) > 0 {
 				continue
 			}
-			return desc, fmt.Errorf("put manifest %s: blob %s: %w", desc.Digest, k.Digest, errdef.ErrMissingDependency)
+			if err == nil {
+				err = errdef.ErrMissingDependency
+			}
+			return desc, fmt.Errorf("put manifest %s: blob %s: %w", desc.Digest, k.Digest, err)
 		}
 	}
-	if err := s.PutBlob(ctx, desc, bytes.NewReader(content)); err != nil {
-		return desc, fmt.Errorf("put manifest: %w", err)
-	}
-	if len(names) > 0 {
-		if err := s.Tag(ctx, desc, names...); err != nil {
+	if len(o.Tags) == 0 && !o.Untagged {
+		if err := s.PutBlob(ctx, desc, bytes.NewReader(content)); err != nil {
 			return desc, fmt.Errorf("put manifest: %w", err)
 		}
+		return desc, nil
 	}
-	return desc, nil
+	// The transaction checks under the writer lock that every blob it
+	// references is present; a GC between the write and the transaction
+	// may have removed the manifest's own blob (present before, and
+	// unreferenced): it is written again.
+	for try := 0; ; try++ {
+		if err := s.PutBlob(ctx, desc, bytes.NewReader(content)); err != nil {
+			return desc, fmt.Errorf("put manifest: %w", err)
+		}
+		if len(o.Tags) > 0 {
+			err = s.Tag(ctx, desc, o.Tags...)
+		} else {
+			err = s.AddUntagged(ctx, desc)
+		}
+		if err == nil {
+			return desc, nil
+		}
+		if try == 2 || !errors.Is(err, errdef.ErrMissingDependency) {
+			return desc, fmt.Errorf("put manifest: %w", err)
+		}
+		if ok, xerr := s.Exists(ctx, desc); xerr != nil || ok {
+			return desc, fmt.Errorf("put manifest: %w", err) // a child went missing
+		}
+	}
+}
+
+// artifactTypeOf is a referrer's artifact type as the referrers API gives
+// it: its artifactType, else its config's media type.
+func artifactTypeOf(content []byte, kids layout.Children) string {
+	var m struct {
+		ArtifactType string `json:"artifactType"`
+	}
+	if json.Unmarshal(content, &m) == nil && m.ArtifactType != "" {
+		return m.ArtifactType
+	}
+	if kids.Config != nil {
+		return kids.Config.MediaType
+	}
+	return ""
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/ocistore/ocistore/internal/crash"
+	"github.com/ocistore/ocistore/internal/errdef"
 	"github.com/ocistore/ocistore/internal/journal"
 	"github.com/ocistore/ocistore/internal/layout"
 	"github.com/ocistore/ocistore/internal/protocol"
@@ -42,6 +43,11 @@ type GCResult struct {
 	Scanned int  `json:"scanned"` // blob files looked at
 	Young   int  `json:"young"`   // unreferenced, kept: newer than the grace period
 	Leased  int  `json:"leased"`  // unreferenced, kept: held by a live lease
+	// Uploads counts the staging files of upload sessions whose lease is
+	// gone (expired, or never committed: an abandoned push), removed (or,
+	// for a dry run, that would be), and UploadBytes their size.
+	Uploads     int   `json:"uploads,omitempty"`
+	UploadBytes int64 `json:"uploadBytes,omitempty"`
 	// Recovery, for a dry run only, is what the recovery that a real GC
 	// does first would do (see PruneResult.Recovery).
 	Recovery []recovery.Action `json:"recovery,omitempty"`
@@ -111,12 +117,21 @@ func (s *Store) collect(ctx context.Context, db *journal.DB, cur *protocol.State
 		return nil, err
 	}
 
+	uploads, err := s.listUploads()
+	if err != nil {
+		return nil, err
+	}
+
 	var rec journal.Record
 	var swept []journal.Lease
 	var unlink []gcCandidate
+	var abandoned []fs.DirEntry
 	err = db.Update(func(tx *journal.Tx) error {
 		var err error
 		if swept, err = s.sweepLeases(tx, now); err != nil {
+			return err
+		}
+		if abandoned, err = abandonedUploads(tx, uploads, now); err != nil {
 			return err
 		}
 		leased, err := tx.Leased(now)
@@ -161,6 +176,7 @@ func (s *Store) collect(ctx context.Context, db *journal.DB, cur *protocol.State
 	if !o.DryRun {
 		s.logSwept(swept)
 	}
+	s.removeUploads(abandoned, o.DryRun, res)
 	for _, c := range unlink {
 		res.Freed = append(res.Freed, Blob{Digest: c.d.String(), Size: c.size})
 		res.BytesFreed += c.size
@@ -180,6 +196,64 @@ func (s *Store) collect(ctx context.Context, db *journal.DB, cur *protocol.State
 	res.Txn = rec.ID
 	s.log.Info("gc", attrTxn, rec.ID, "removed", len(unlink), "bytes", res.BytesFreed, "leased", res.Leased, "young", res.Young, "took", time.Since(start))
 	return res, nil
+}
+
+// listUploads lists the staging files of upload sessions.
+func (s *Store) listUploads() ([]fs.DirEntry, error) {
+	ents, err := s.lay.FS.ReadDir(protocol.UploadsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", protocol.UploadsDir, err)
+	}
+	return ents, nil
+}
+
+// abandonedUploads returns the staging files of ents whose session's lease
+// is gone at now. The lease is committed before its file is made, so a
+// file without a live lease is never one a session still writes (a
+// session that expired while its writer still ran fails its commit).
+// Names that are not a session's are left alone.
+func abandonedUploads(tx *journal.Tx, ents []fs.DirEntry, now time.Time) ([]fs.DirEntry, error) {
+	var out []fs.DirEntry
+	for _, e := range ents {
+		if !e.Type().IsRegular() || validUploadID(e.Name()) != nil {
+			continue
+		}
+		l, ok, err := tx.GetLease(e.Name())
+		if err != nil {
+			return nil, err
+		}
+		if !ok || l.Expired(now) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// removeUploads removes the staging files of abandoned upload sessions
+// and counts them in res. No sync: a file that comes back after a crash
+// is removed by the next GC.
+func (s *Store) removeUploads(ents []fs.DirEntry, dryRun bool, res *GCResult) {
+	for _, e := range ents {
+		var size int64
+		if fi, err := e.Info(); err == nil {
+			size = fi.Size()
+		}
+		if !dryRun {
+			name := uploadPath(e.Name())
+			if err := s.lay.FS.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				s.log.Warn("gc: cannot remove an abandoned upload", "path", name, "err", err)
+				continue
+			}
+		}
+		res.Uploads++
+		res.UploadBytes += size
+	}
+	if res.Uploads > 0 && !dryRun {
+		s.log.Info("gc: abandoned uploads removed", "uploads", res.Uploads, "bytes", res.UploadBytes)
+	}
 }
 
 // listBlobs lists the blob files of the layout, marking those modified
@@ -258,4 +332,77 @@ func statBlobs(ctx context.Context, dir, alg string, files []fs.DirEntry, cutoff
 		out = append(out, gcCandidate{d: d, size: fi.Size(), young: fi.ModTime().After(cutoff)})
 	}
 	return out, nil
+}
+
+// DeleteBlob removes the blob d, which no manifest of the layout may
+// reference (ErrReferenced; with a shared blob directory, no manifest of
+// any layout that shares it): the blob delete of the distribution API. It
+// is an explicit deletion, so it takes d out of every lease that holds it
+// (an upload's, whose client now deletes what it pushed). Like GC, it is
+// one journal transaction (a record naming the blob, the unlink and the
+// directory's sync, the record cleared), and a pin (see GCResult.Pinned)
+// refuses it (ErrRefused). It returns the blob's size; ErrNotFound when the
+// layout does not hold it.
+func (s *Store) DeleteBlob(ctx context.Context, d digest.Digest) (int64, error) {
+	if err := layout.ValidateDigest(d); err != nil {
+		return 0, fmt.Errorf("delete blob: %w", err)
+	}
+	var size int64
+	err := s.freeing(ctx, "delete-blob", false, func() error {
+		return s.withWriter(ctx, sectionIndex, func(db *journal.DB, cur *protocol.State) (err error) {
+			size, err = s.deleteBlob(db, cur, d)
+			return err
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("delete blob %s: %w", d, err)
+	}
+	return size, nil
+}
+
+func (s *Store) deleteBlob(db *journal.DB, cur *protocol.State, d digest.Digest) (int64, error) {
+	p := layout.BlobPath(d)
+	fi, err := s.lay.FS.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("%s: %w", p, errdef.ErrNotFound)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("%s is not a regular file: %w", p, errdef.ErrCorrupt)
+	}
+	now := s.now()
+	rec := journal.Record{Op: "delete-blob", Time: now.UTC(), OldIndex: cur.Digest, NewIndex: cur.Digest, Unlink: []digest.Digest{d}}
+	err = db.Update(func(tx *journal.Tx) error {
+		r, err := tx.GetRef(d)
+		if err != nil {
+			return err
+		}
+		if r.Count > 0 {
+			return fmt.Errorf("blob %s: %d reference(s): %w", d, r.Count, errdef.ErrReferenced)
+		}
+		if why := pinReason(tx, now); why != "" {
+			return fmt.Errorf("blob %s: %s: %w", d, why, errdef.ErrRefused)
+		}
+		if err := tx.UnleaseBlob(d); err != nil {
+			return err
+		}
+		return tx.AddPending(&rec, cur.Bytes)
+	})
+	if err != nil {
+		return 0, s.check(err)
+	}
+	// What this handle knows of its leases must not say d is in them.
+	s.leaseMu.Lock()
+	for _, k := range s.leaseMu.known {
+		delete(k.blobs, d)
+	}
+	s.leaseMu.Unlock()
+	crash.Point(crash.TxnJournaled)
+	if err := protocol.Finish(s.env(), db, &rec, cur.Stamp, crash.BlobUnlinked); err != nil {
+		return 0, s.check(err)
+	}
+	s.log.Info("blob deleted", attrTxn, rec.ID, attrDigest, d, "size", fi.Size())
+	return fi.Size(), nil
 }

@@ -92,6 +92,7 @@ var (
 	ErrConflict          = errdef.ErrConflict
 	ErrIncomplete        = errdef.ErrIncomplete
 	ErrRefused           = errdef.ErrRefused
+	ErrReferenced        = errdef.ErrReferenced
 )
 
 // Log attribute keys.

@@ -117,7 +117,7 @@ func init() {
 // "help" itself is handled by run.
 var commands = []*command{
 	initCmd, lsCmd, inspectCmd, tagCmd, untagCmd, rmCmd, importCmd,
-	pullCmd, pushCmd, copyCmd, pruneCmd, gcCmd, duCmd, fsckCmd, recoverCmd, journalCmd, versionCmd,
+	pullCmd, pushCmd, copyCmd, serveCmd, pruneCmd, gcCmd, duCmd, fsckCmd, recoverCmd, journalCmd, versionCmd,
 	completionCmd, completeRefsCmd,
 }
 
@@ -144,6 +144,7 @@ type app struct {
 	opts   cmdOpts      // the command's other flags
 	fsck   fsckOpts     // fsck's flags
 	remote remoteOpts   // pull's, push's and copy's flags
+	serve  serveOpts    // serve's flags
 
 	// args are the command's arguments; errJSON is set when its errors
 	// are printed as JSON (--format json).

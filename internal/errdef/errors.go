@@ -11,6 +11,12 @@ import (
 var (
 	// ErrNotFound: a reference, digest or blob does not exist.
 	ErrNotFound = errors.New("not found")
+	// ErrReferenced: a blob cannot be deleted alone while a manifest of the
+	// layout references it.
+	ErrReferenced = errors.New("referenced by a manifest")
+	// ErrUploadOffset: a chunk of a resumable upload does not start where
+	// the upload ends.
+	ErrUploadOffset = errors.New("upload offset mismatch")
 	// ErrInvalidDigest: a digest is malformed, uses an unknown algorithm or
 	// tries to escape the blob directory.
 	ErrInvalidDigest = errors.New("invalid digest")

@@ -346,3 +346,47 @@ func CreateRoot(dir string) error {
 	defer parent.Close()
 	return parent.Sync()
 }
+
+// RWFile is a file open for reading and writing at offsets: a resumable
+// upload's staging file, which grows by appends over many requests (and
+// over restarts of its writer) before it is synced and renamed into
+// blobs/ like an ingest's temp file.
+type RWFile interface {
+	io.ReaderAt
+	io.WriterAt
+	Stat() (fs.FileInfo, error)
+	Truncate(size int64) error
+	Sync() error
+	Close() error
+}
+
+// RWOpener is implemented by a file system that can open a regular file
+// under its root for reading and writing: a new one (create: O_EXCL, so
+// that two writers never share a name) or an existing one. Never through
+// a symlink in the last element.
+type RWOpener interface {
+	OpenRW(name string, create bool) (RWFile, error)
+}
+
+// OpenRW opens name under the root for reading and writing (RWOpener).
+func (o *OS) OpenRW(name string, create bool) (RWFile, error) {
+	flags := syscall.O_RDWR
+	if create {
+		flags |= syscall.O_CREAT | syscall.O_EXCL
+	}
+	f, _, err := o.openAt(name, flags, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// OpenRW routes name like every other path (RWOpener).
+func (s *Shared) OpenRW(name string, create bool) (RWFile, error) {
+	f, rel := s.route(name)
+	o, ok := f.(RWOpener)
+	if !ok {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: errors.ErrUnsupported}
+	}
+	return o.OpenRW(rel, create)
+}

@@ -150,6 +150,21 @@ func (t *Tx) AddLeaseBlobs(id string, ds ...digest.Digest) error {
 	return nil
 }
 
+// UnleaseBlob removes d from every lease that holds it.
+func (t *Tx) UnleaseBlob(d digest.Digest) error {
+	lb := t.leases()
+	if lb == nil {
+		return nil
+	}
+	return lb.ForEachBucket(func(id []byte) error {
+		blobs := lb.Bucket(id).Bucket(bLeaseBlobs)
+		if blobs == nil {
+			return nil
+		}
+		return blobs.Delete([]byte(d)) // a key it does not hold: no-op
+	})
+}
+
 // LeaseBlobs returns the blobs of the lease id, in digest order.
 func (t *Tx) LeaseBlobs(id string) ([]digest.Digest, error) {
 	lb := t.leases()

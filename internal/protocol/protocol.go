@@ -71,6 +71,13 @@ import (
 // IngestDir holds blobs being written, relative to the layout root.
 const IngestDir = layout.StateDir + "/ingest"
 
+// UploadsDir holds the staging files of resumable uploads (store.Upload),
+// each named after the lease of its session: they outlive the process
+// that began them, so the owner sweep of IngestDir (which lists only
+// regular files) leaves them to GC, which removes those whose lease is
+// gone.
+const UploadsDir = IngestDir + "/uploads"
+
 // Log attribute keys.
 const (
 	attrDigest = "digest"

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/ocistore/ocistore/server"
+	"github.com/ocistore/ocistore/store"
+)
+
+// serveOpts are serve's flags.
+type serveOpts struct {
+	listen        string
+	uploadTTL     time.Duration
+	maxSize       int64
+	keepLast      int
+	pruneInterval time.Duration
+	gcInterval    time.Duration
+	gcGrace       time.Duration
+	shutdown      time.Duration
+	tlsCert       string
+	tlsKey        string
+	htpasswd      string
+}
+
+var serveCmd = &command{
+	name:    "serve",
+	summary: "serve the layout as an OCI registry (distribution spec v1.1)",
+	help: `Serves the layout over the OCI distribution spec v1.1: pull, push (monolithic,
+chunked and resumable uploads, cross-repository mounts), tags list, referrers
+and deletes. A repository is a set of names of the layout: the tag T of the
+repository R is the index.json entry "R:T" (what ocistore ls shows).
+
+Every change is a journaled transaction of the store, as with the other
+commands: a push acknowledged with 201 survives a crash or a power cut, and an
+upload in progress is resumable after a restart (its session, a lease of the
+journal, lives for --upload-ttl after its last chunk).
+
+Maintenance runs while pushes and pulls go on, never read-only: with
+--max-size or --keep-last, a prune every --prune-interval removes the least
+recently pulled images beyond the budget (--keep-last N keeps the newest N of
+each repository); a GC every --gc-interval removes the blobs that nothing
+references any more, and the staging files of abandoned uploads. A blob an
+upload wrote stays until its session's lease ends.
+
+SIGINT or SIGTERM stops the server gracefully: it stops accepting, lets the
+requests in flight finish (at most --shutdown-timeout), and leaves the
+uploads in progress resumable.`,
+	flagHelp: `      --listen ADDR              address to listen on (default 127.0.0.1:5000)
+      --upload-ttl DURATION      life of an upload session without a write (default 1h)
+      --max-size SIZE            prune the least recently pulled images beyond SIZE
+      --keep-last N              keep the newest N images of each repository
+      --prune-interval DURATION  how often to prune (default 1m, with --max-size or --keep-last)
+      --gc-interval DURATION     how often to GC (default 10m; 0 never)
+      --gc-grace DURATION        GC keeps unreferenced blobs this young (default 10m)
+      --shutdown-timeout DURATION  how long requests in flight may take at shutdown (default 30s)
+      --tls-cert FILE            serve HTTPS with this certificate (with --tls-key)
+      --tls-key FILE             the certificate's key`,
+	maxArgs: 0,
+	flags: func(fs *flag.FlagSet, a *app) {
+		o := &a.serve
+		o.listen = "127.0.0.1:5000"
+		o.uploadTTL = store.DefaultUploadTTL
+		o.pruneInterval = time.Minute
+		o.gcInterval = 10 * time.Minute
+		o.gcGrace = 10 * time.Minute
+		o.shutdown = 30 * time.Second
+		fs.StringVar(&o.listen, "listen", o.listen, "address to listen on")
+		fs.Func("upload-ttl", "upload session life", atLeast(parseDuration, time.Second, "must be at least 1s", func(d time.Duration) { o.uploadTTL = d }))
+		fs.Func("max-size", "size budget", atLeast(parseSize, 1, "want a positive size", func(n int64) { o.maxSize = n }))
+		fs.Func("keep-last", "images kept per repository", count("want a whole number of at least 1", func(n int) { o.keepLast = n }))
+		fs.Func("prune-interval", "prune period", atLeast(parseDuration, 10*time.Millisecond, "must be at least 10ms", func(d time.Duration) { o.pruneInterval = d }))
+		fs.Func("gc-interval", "GC period", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.gcInterval = d }))
+		fs.Func("gc-grace", "GC grace", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.gcGrace = d }))
+		fs.Func("shutdown-timeout", "graceful shutdown limit", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.shutdown = d }))
+		fs.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate")
+		fs.StringVar(&o.tlsKey, "tls-key", "", "TLS key")
+	},
+	run: runServe,
+}
+
+func runServe(ctx context.Context, a *app, _ []string) error {
+	o := a.serve
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return usagef("--tls-cert and --tls-key go together")
+	}
+	return a.withStore(ctx, func(st *store.Store) error {
+		srv := server.New(st, &server.Options{Logger: a.log, UploadTTL: o.uploadTTL})
+		defer srv.Close()
+		mux := http.NewServeMux()
+		mux.Handle("/v2/", srv)
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			fmt.Fprintln(w, "ok")
+		})
+		ln, err := net.Listen("tcp", o.listen)
+		if err != nil {
+			return err
+		}
+		hs := &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: 30 * time.Second,
+			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+		}
+		scheme := "http"
+		if o.tlsCert != "" {
+			scheme = "https"
+		}
+		fmt.Fprintf(a.stderr, "ocistore: serving %s on %s://%s\n", a.layout, scheme, ln.Addr())
+		mctx, stopMaint := context.WithCancel(context.WithoutCancel(ctx))
+		maintDone := make(chan struct{})
+		go func() {
+			defer close(maintDone)
+			maintain(mctx, a.log, st, o)
+		}()
+		served := make(chan error, 1)
+		go func() {
+			if o.tlsCert != "" {
+				served <- hs.ServeTLS(ln, o.tlsCert, o.tlsKey)
+			} else {
+				served <- hs.Serve(ln)
+			}
+		}()
+		select {
+		case err = <-served:
+		case <-ctx.Done():
+			a.log.Info("shutting down: letting the requests in flight finish", "timeout", o.shutdown)
+			sctx, cancel := context.WithTimeout(context.Background(), o.shutdown)
+			err = hs.Shutdown(sctx)
+			cancel()
+			if err != nil {
+				hs.Close()
+			}
+			<-served
+		}
+		stopMaint()
+		<-maintDone
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		return err
+	})
+}
+
+// maintain runs prune and GC on their intervals until ctx ends.
+func maintain(ctx context.Context, log *slog.Logger, st *store.Store, o serveOpts) {
+	var pruneC, gcC <-chan time.Time
+	if o.maxSize > 0 || o.keepLast > 0 {
+		t := time.NewTicker(o.pruneInterval)
+		defer t.Stop()
+		pruneC = t.C
+	}
+	if o.gcInterval > 0 {
+		t := time.NewTicker(o.gcInterval)
+		defer t.Stop()
+		gcC = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-pruneC:
+			res, err := st.Prune(ctx, store.Policy{MaxSize: o.maxSize, KeepLast: o.keepLast})
+			if err != nil {
+				if ctx.Err() == nil {
+					log.Error("prune failed", "err", err)
+				}
+				continue
+			}
+			if len(res.Removed) > 0 {
+				log.Info("prune", "removed", len(res.Removed), "bytes_freed", res.BytesFreed)
+			}
+		case <-gcC:
+			res, err := st.GC(ctx, store.GCOptions{Grace: o.gcGrace})
+			if err != nil {
+				if ctx.Err() == nil {
+					log.Error("gc failed", "err", err)
+				}
+				continue
+			}
+			if len(res.Freed) > 0 || res.Uploads > 0 {
+				log.Info("gc", "freed", len(res.Freed), "bytes_freed", res.BytesFreed, "uploads", res.Uploads)
+			}
+		}
+	}
+}
