@@ -27,9 +27,11 @@ func situationArgs(src string) map[string][]string {
 		"rm":      {"a"},
 		"import":  {src},
 		// pull and push meet these situations before any request.
-		"pull":          {"127.0.0.1:9/app:1"},
-		"push":          {"a", "127.0.0.1:9/app:1"},
-		"prune":         {"--keep-last", "1"},
+		"pull":  {"127.0.0.1:9/app:1"},
+		"push":  {"a", "127.0.0.1:9/app:1"},
+		"prune": {"--keep-last", "1"},
+		// serve meets them before it listens.
+		"serve":         {"--listen", "127.0.0.1:0"},
 		"gc":            nil,
 		"du":            nil,
 		"fsck":          nil,
