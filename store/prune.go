@@ -75,6 +75,14 @@ type Policy struct {
 
 	KeepReferrers bool // do not remove referrers with their subjects
 	DryRun        bool // report what would go, change nothing
+
+	// Linger keeps the blobs the prune frees for this long, in a lease
+	// of their own (Result.Lingering), before GC may remove them: a
+	// client that read a pruned image's manifest just before (a pull
+	// through `ocistore serve`) can still fetch every blob it names. The
+	// budget counts the bytes index.json keeps, so it is met at once;
+	// the disk gets the space back at the first GC after Linger.
+	Linger time.Duration
 }
 
 // Reasons a prune removes an entry.
@@ -126,6 +134,8 @@ func (p *Policy) Validate() error {
 		return fmt.Errorf("OlderThan %s: %w", p.OlderThan, errdef.ErrInvalidArgument)
 	case p.MaxSize < 0:
 		return fmt.Errorf("MaxSize %d: %w", p.MaxSize, errdef.ErrInvalidArgument)
+	case p.Linger < 0:
+		return fmt.Errorf("Linger %s: %w", p.Linger, errdef.ErrInvalidArgument)
 	case p.KeepLast == 0 && p.OlderThan == 0 && p.Until.IsZero() && p.MaxSize == 0 && !p.Untagged:
 		return fmt.Errorf("no rule: set KeepLast, OlderThan, Until, MaxSize or Untagged: %w", errdef.ErrInvalidArgument)
 	}
@@ -167,6 +177,7 @@ func (s *Store) prune(ctx context.Context, p Policy) (*PruneResult, error) {
 		if out.Pinned = pinReason(t.tx, t.now); out.Pinned != "" {
 			return nil, errDryRun
 		}
+		t.linger = p.Linger
 		entries, err := s.planPrune(cur, t, &p, out)
 		if err != nil {
 			return nil, err
@@ -210,7 +221,7 @@ func (s *Store) prune(ctx context.Context, p Policy) (*PruneResult, error) {
 		}
 	}
 	if len(out.Removed) > 0 {
-		s.log.Info("pruned", attrTxn, res.Txn, "images", len(out.Removed), "blobs", len(res.Freed), "bytes", res.BytesFreed)
+		s.log.Info("pruned", attrTxn, res.Txn, "images", len(out.Removed), "blobs", len(res.Freed), "bytes", res.BytesFreed, "lingering", len(res.Lingering))
 	}
 	return out, nil
 }

@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -49,6 +51,9 @@ type Result struct {
 	// GC once freeing is allowed again.
 	Pinned string `json:"pinned,omitempty"`
 	Kept   []Blob `json:"kept,omitempty"`
+	// Lingering are the blobs the transaction freed but keeps for a while
+	// (Policy.Linger), in a lease; GC frees them once it has ended.
+	Lingering []Blob `json:"lingering,omitempty"`
 }
 
 // txn is what a plan may read: the journal transaction the record will be
@@ -62,6 +67,9 @@ type txn struct {
 	now      time.Time
 	// configs are image configs read ahead (prefetchConfigs), by digest.
 	configs map[digest.Digest]*imageConfig
+	// linger, set by a plan, keeps what the transaction frees in a lease
+	// of its own for that long instead of unlinking it (Policy.Linger).
+	linger time.Duration
 }
 
 // newTxn starts what a plan reads in tx.
@@ -224,6 +232,7 @@ type planned struct {
 	cur       *protocol.State // the layout it starts from
 	rec       journal.Record
 	freed     []v1.Descriptor
+	lingering []v1.Descriptor           // freed, but kept in a lease for a while (txn.linger)
 	owner     map[digest.Digest]*change // who freed each blob
 	swept     []journal.Lease
 	used      map[digest.Digest]time.Time
@@ -359,8 +368,39 @@ func planFreed(t *txn, c *refcount.Counter, freedBy []*change, group bool, p *pl
 			p.kept, p.freed = p.freed, nil
 		}
 	}
+	if t.linger > 0 && len(p.freed) > 0 {
+		return lingerFreed(t, p)
+	}
 	return nil
 }
+
+// lingerFreed puts what the transaction frees in a new lease that ends
+// t.linger from now, in the transaction: nothing is unlinked now, and GC
+// frees the blobs once the lease has ended (unless something references
+// them again by then).
+func lingerFreed(t *txn, p *planned) error {
+	var raw [16]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return err
+	}
+	l := journal.Lease{ID: lingerLeasePrefix + hex.EncodeToString(raw[:]), Created: t.now, Expires: t.now.Add(t.linger)}
+	if err := t.tx.PutLease(l); err != nil {
+		return err
+	}
+	ds := make([]digest.Digest, len(p.freed))
+	for i, f := range p.freed {
+		ds[i] = f.Digest
+	}
+	if err := t.tx.AddLeaseBlobs(l.ID, ds...); err != nil {
+		return err
+	}
+	p.lingering, p.freed = p.freed, nil
+	return nil
+}
+
+// lingerLeasePrefix starts the ID of a lease that holds what a
+// transaction freed for a while (Policy.Linger).
+const lingerLeasePrefix = "linger-"
 
 // journal is step 2, in the same bbolt transaction: the record (what it
 // frees, the new index's bytes) and the new index.json, written and synced
@@ -439,6 +479,10 @@ func (s *Store) results(live []*change, p *planned, present map[digest.Digest]bo
 	}
 	if p.pinned != "" {
 		s.log.Warn("transaction freed nothing", "op", p.rec.Op, attrTxn, p.rec.ID, "kept", len(p.kept), "why", p.pinned)
+	}
+	for _, f := range p.lingering {
+		res := p.owner[f.Digest].res
+		res.Lingering = append(res.Lingering, Blob{Digest: f.Digest.String(), Size: f.Size})
 	}
 	var bytes int64
 	for _, f := range p.freed {

@@ -23,6 +23,7 @@ type serveOpts struct {
 	pruneInterval time.Duration
 	gcInterval    time.Duration
 	gcGrace       time.Duration
+	linger        time.Duration
 	shutdown      time.Duration
 	tlsCert       string
 	tlsKey        string
@@ -47,7 +48,9 @@ Maintenance runs while pushes and pulls go on, never read-only: with
 recently pulled images beyond the budget (--keep-last N keeps the newest N of
 each repository); a GC every --gc-interval removes the blobs that nothing
 references any more, and the staging files of abandoned uploads. A blob an
-upload wrote stays until its session's lease ends.
+upload wrote stays until its session's lease ends, and the blobs of a pruned
+image stay for --linger, so that a pull that read its manifest just before
+the prune still gets every blob (the tag itself is gone: 404).
 
 SIGINT or SIGTERM stops the server gracefully: it stops accepting, lets the
 requests in flight finish (at most --shutdown-timeout), and leaves the
@@ -59,6 +62,8 @@ uploads in progress resumable.`,
       --prune-interval DURATION  how often to prune (default 1m, with --max-size or --keep-last)
       --gc-interval DURATION     how often to GC (default 10m; 0 never)
       --gc-grace DURATION        GC keeps unreferenced blobs this young (default 10m)
+      --linger DURATION          a pruned image's blobs stay this long, for the pulls
+                                 that read its manifest just before (default 10m)
       --shutdown-timeout DURATION  how long requests in flight may take at shutdown (default 30s)
       --tls-cert FILE            serve HTTPS with this certificate (with --tls-key)
       --tls-key FILE             the certificate's key`,
@@ -70,6 +75,7 @@ uploads in progress resumable.`,
 		o.pruneInterval = time.Minute
 		o.gcInterval = 10 * time.Minute
 		o.gcGrace = 10 * time.Minute
+		o.linger = 10 * time.Minute
 		o.shutdown = 30 * time.Second
 		fs.StringVar(&o.listen, "listen", o.listen, "address to listen on")
 		fs.Func("upload-ttl", "upload session life", atLeast(parseDuration, time.Second, "must be at least 1s", func(d time.Duration) { o.uploadTTL = d }))
@@ -78,6 +84,7 @@ uploads in progress resumable.`,
 		fs.Func("prune-interval", "prune period", atLeast(parseDuration, 10*time.Millisecond, "must be at least 10ms", func(d time.Duration) { o.pruneInterval = d }))
 		fs.Func("gc-interval", "GC period", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.gcInterval = d }))
 		fs.Func("gc-grace", "GC grace", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.gcGrace = d }))
+		fs.Func("linger", "pruned blobs kept for pulls in flight", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.linger = d }))
 		fs.Func("shutdown-timeout", "graceful shutdown limit", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.shutdown = d }))
 		fs.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate")
 		fs.StringVar(&o.tlsKey, "tls-key", "", "TLS key")
@@ -166,7 +173,7 @@ func maintain(ctx context.Context, log *slog.Logger, st *store.Store, o serveOpt
 		case <-ctx.Done():
 			return
 		case <-pruneC:
-			res, err := st.Prune(ctx, store.Policy{MaxSize: o.maxSize, KeepLast: o.keepLast})
+			res, err := st.Prune(ctx, store.Policy{MaxSize: o.maxSize, KeepLast: o.keepLast, Linger: o.linger})
 			if err != nil {
 				if ctx.Err() == nil {
 					log.Error("prune failed", "err", err)

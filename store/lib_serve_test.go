@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/ocistore/ocistore/internal/testing/testutil"
 	"github.com/ocistore/ocistore/store"
 )
 
@@ -253,5 +254,58 @@ func TestPutManifestSHA512Untagged(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.wantBlobs(true, desc.Digest)
+	l.clean()
+}
+
+// A prune with Linger unlinks nothing: what it frees stays in a lease
+// until Linger has passed, so that a pull that read a pruned manifest can
+// fetch its blobs; GC frees them after.
+func TestPruneLinger(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "layout")
+	now := time.Now()
+	var mu sync.Mutex
+	o := &store.Options{}
+	store.SetTestClock(o, func() time.Time { mu.Lock(); defer mu.Unlock(); return now })
+	s, err := store.Open(ctx, dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	l := &lib{t: t, ctx: ctx, dir: dir, s: s, b: testutil.NewBuilder(t, s, 7)}
+	old := l.image(nil, 2)
+	l.tag(old, "app:old")
+	mu.Lock()
+	now = now.Add(time.Minute)
+	mu.Unlock()
+	l.tag(l.image(nil, 2), "app:new")
+	gone := l.graph(old)
+	res, err := s.Prune(ctx, store.Policy{KeepLast: 1, Linger: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Removed) != 1 || len(res.Freed) != 0 || len(res.Lingering) != len(gone) {
+		t.Fatalf("prune: removed %d, freed %d, lingering %d; want 1, 0, %d", len(res.Removed), len(res.Freed), len(res.Lingering), len(gone))
+	}
+	if _, err := s.Resolve(ctx, "app:old"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("pruned tag: %v", err)
+	}
+	l.wantBlobs(true, gone...)
+	// A pull that read the manifest before the prune gets it and its blobs.
+	if _, err := s.FetchManifest(ctx, old); err != nil {
+		t.Fatalf("fetch the pruned manifest: %v", err)
+	}
+	gc, err := s.GC(ctx, store.GCOptions{})
+	if err != nil || len(gc.Freed) != 0 {
+		t.Fatalf("GC while lingering: %+v, %v", gc, err)
+	}
+	mu.Lock()
+	now = now.Add(11 * time.Minute)
+	mu.Unlock()
+	gc, err = s.GC(ctx, store.GCOptions{})
+	if err != nil || len(gc.Freed) != len(gone) {
+		t.Fatalf("GC after Linger freed %d (%v), want %d", len(gc.Freed), err, len(gone))
+	}
+	l.wantBlobs(false, gone...)
 	l.clean()
 }
