@@ -50,7 +50,11 @@ func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, rt route) er
 	if err != nil {
 		return err
 	}
-	if _, err := s.st.DeleteBlob(r.Context(), d); err != nil {
+	err = s.txn("delete", func() error {
+		_, err := s.st.DeleteBlob(r.Context(), d)
+		return err
+	})
+	if err != nil {
 		if errors.Is(err, store.ErrReferenced) || errors.Is(err, store.ErrRefused) {
 			return &apiError{status: http.StatusMethodNotAllowed, code: codeDenied, msg: "blob " + d.String() + " cannot be deleted", cause: err}
 		}

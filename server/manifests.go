@@ -164,7 +164,11 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, rt route) e
 		}
 		o.Tags = append(o.Tags, refName(rt.name, t))
 	}
-	desc, err := s.st.PutManifestWith(ctx, body, o)
+	var desc v1.Descriptor
+	err = s.txn("put_manifest", func() (err error) {
+		desc, err = s.st.PutManifestWith(ctx, body, o)
+		return err
+	})
 	if err != nil {
 		return storeErr(err, codeManifestUnknown, codeManifestInvalid, "put manifest %s/%s", rt.name, rt.arg)
 	}
@@ -192,7 +196,7 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, rt route
 		if !tagRE.MatchString(rt.arg) {
 			return apiErr(http.StatusBadRequest, codeManifestInvalid, "invalid tag %q", rt.arg)
 		}
-		if err := s.st.Untag(ctx, refName(rt.name, rt.arg)); err != nil {
+		if err := s.txn("tag", func() error { return s.st.Untag(ctx, refName(rt.name, rt.arg)) }); err != nil {
 			return storeErr(err, codeManifestUnknown, codeManifestInvalid, "delete tag %s:%s", rt.name, rt.arg)
 		}
 		w.WriteHeader(http.StatusAccepted)
@@ -223,11 +227,14 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, rt route
 	}
 	switch {
 	case others && len(mine) > 0:
-		err = s.st.Untag(ctx, mine...)
+		err = s.txn("tag", func() error { return s.st.Untag(ctx, mine...) })
 	case others:
 		err = fmt.Errorf("manifest %s is not in repository %s: %w", d, rt.name, store.ErrNotFound)
 	case len(mine) > 0 || untagged:
-		_, err = s.st.Delete(ctx, d.String())
+		err = s.txn("delete", func() error {
+			_, err := s.st.Delete(ctx, d.String())
+			return err
+		})
 	default:
 		err = fmt.Errorf("manifest %s: %w", d, store.ErrNotFound)
 		if ok, xerr := s.st.Exists(ctx, v1.Descriptor{Digest: d, Size: -1}); xerr == nil && ok {

@@ -51,6 +51,9 @@ type Options struct {
 	// MaxManifestSize is the largest manifest accepted (413 beyond).
 	// Zero means store.MaxManifestSize.
 	MaxManifestSize int64
+	// Metrics, when set, counts the store's transactions and the upload
+	// sessions open (its Wrap counts the requests: the caller wraps).
+	Metrics *Metrics
 	// MaxUploadOpen bounds the upload sessions kept open in memory (their
 	// files and running hashes); beyond it, the least recently used is
 	// closed and reopened from disk when its client comes back. Zero
@@ -111,6 +114,14 @@ func (s *Server) Close() error {
 		delete(s.uploads.m, id)
 	}
 	return nil
+}
+
+// txn runs fn, a change of the store, and tells the metrics.
+func (s *Server) txn(op string, fn func() error) error {
+	start := time.Now()
+	err := fn()
+	s.opts.Metrics.Txn(op, time.Since(start), err)
+	return err
 }
 
 // Repository names and tags (distribution spec, "Pulling manifests").

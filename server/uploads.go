@@ -137,6 +137,7 @@ func (s *Server) keep(u *store.Upload, repo string) *store.Upload {
 		delete(s.uploads.m, oldest)
 	}
 	s.uploads.m[u.ID] = &openUpload{u: u, repo: repo, used: time.Now()}
+	s.opts.Metrics.Uploads(len(s.uploads.m))
 	return u
 }
 
@@ -144,6 +145,7 @@ func (s *Server) keep(u *store.Upload, repo string) *store.Upload {
 func (s *Server) forget(id string) {
 	s.uploads.Lock()
 	delete(s.uploads.m, id)
+	s.opts.Metrics.Uploads(len(s.uploads.m))
 	s.uploads.Unlock()
 }
 
@@ -244,7 +246,11 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, rt route) 
 			return err
 		}
 	}
-	if _, err := u.Commit(r.Context(), v1.Descriptor{Digest: d, Size: -1}); err != nil {
+	err = s.txn("upload_commit", func() error {
+		_, err := u.Commit(r.Context(), v1.Descriptor{Digest: d, Size: -1})
+		return err
+	})
+	if err != nil {
 		return storeErr(err, codeBlobUploadUnknown, codeDigestInvalid, "upload %s", u.ID)
 	}
 	s.forget(u.ID)

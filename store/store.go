@@ -130,6 +130,12 @@ type Options struct {
 	// changes a file. Readers see index.json as it is on disk; every write
 	// returns ErrReadOnly.
 	ReadOnly bool
+	// OnWriterLock, when set, is told of each use of the writer lock (a
+	// transaction, a lease change, a GC): how long the caller waited for
+	// this process's other writers, and how long it held the lock (which
+	// includes the wait for another process's). A server's metrics read
+	// it. It must not block.
+	OnWriterLock func(wait, held time.Duration)
 
 	// fs replaces the real file system (tests).
 	fs fsio.FS
@@ -611,10 +617,12 @@ func (s *Store) withWriter(ctx context.Context, sec section, fn func(db *journal
 	if err := ok(); err != nil {
 		return err
 	}
+	start := time.Now()
 	if err := s.wmu.LockContext(ctx); err != nil {
 		return err
 	}
 	defer s.wmu.Unlock()
+	defer s.lockedAt(start)()
 	if err := ok(); err != nil { // closed or poisoned while we waited
 		return err
 	}
@@ -637,6 +645,17 @@ func (s *Store) withWriter(ctx context.Context, sec section, fn func(db *journal
 	}
 	defer db.Close()
 	return fn(db, cur)
+}
+
+// lockedAt is called once wmu is taken, by a caller that began to wait
+// for it at start; the function it returns is called when it is released.
+// They tell Options.OnWriterLock.
+func (s *Store) lockedAt(start time.Time) func() {
+	if s.opts.OnWriterLock == nil {
+		return func() {}
+	}
+	locked := time.Now()
+	return func() { s.opts.OnWriterLock(locked.Sub(start), time.Since(locked)) }
 }
 
 // lock takes the writer lock, runs recovery and refreshes the snapshot. The

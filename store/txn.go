@@ -107,10 +107,12 @@ func (s *Store) update(ctx context.Context, op string, plan planFunc) (*Result, 
 	if err := s.writable(); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	if err := s.wmu.LockContext(ctx); err != nil {
 		return nil, err
 	}
 	defer s.wmu.Unlock()
+	defer s.lockedAt(start)()
 	c := &change{ctx: ctx, op: op, plan: plan}
 	s.commit(ctx, []*change{c})
 	return c.res, c.err
@@ -554,6 +556,7 @@ func (s *Store) updateGrouped(ctx context.Context, op string, plan planFunc) (*R
 	// commits the whole queue, so no change waits for a leader that left.
 	// A caller whose context ends while it waits withdraws its change
 	// (unless a leader holding the lock claimed it) and returns.
+	start := time.Now()
 	if err := s.wmu.LockContext(ctx); err != nil {
 		return c.withdraw()
 	}
@@ -568,8 +571,10 @@ func (s *Store) updateGrouped(ctx context.Context, op string, plan planFunc) (*R
 		// caller leaves, and waits for the lock as long as any caller
 		// of the batch does.
 		bctx, stop := batchContext(batch)
+		released := s.lockedAt(start)
 		go func() {
 			defer s.wmu.Unlock()
+			defer released()
 			defer stop()
 			s.commit(bctx, batch)
 			for _, b := range batch {
