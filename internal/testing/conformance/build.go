@@ -8,6 +8,17 @@
 // its checks and the failed ones. A registry under test must listen on
 // 127.0.0.1.
 //
+// A test of a registry (ocistore serve listening on 127.0.0.1:PORT):
+//
+//	bin := conformance.Build(t)
+//	s := conformance.Run(t, bin, conformance.Everything("127.0.0.1:PORT"))
+//	if s.Fail+s.Error > 0 {
+//		t.Errorf("%s", s.Details()) // the failed tests, by category
+//	}
+//
+// Set OCISTORE_CONFORMANCE_OUT=DIR to keep each run's reports
+// (report.html has every request and response).
+//
 // Like the other rigs under internal/testing, nothing here skips: without
 // a go command, or without the module proxy the first time, the test
 // fails and says what is missing.
