@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/ocistore/ocistore/server"
@@ -28,6 +31,7 @@ type serveOpts struct {
 	tlsCert       string
 	tlsKey        string
 	htpasswd      string
+	accessLog     bool
 }
 
 var serveCmd = &command{
@@ -66,7 +70,14 @@ uploads in progress resumable.`,
                                  that read its manifest just before (default 10m)
       --shutdown-timeout DURATION  how long requests in flight may take at shutdown (default 30s)
       --tls-cert FILE            serve HTTPS with this certificate (with --tls-key)
-      --tls-key FILE             the certificate's key`,
+      --tls-key FILE             the certificate's key
+      --htpasswd FILE            require HTTP basic auth, users from FILE (bcrypt,
+                                 as htpasswd -B writes it; reread on SIGHUP)
+      --access-log BOOL          log each request on stderr (default true)
+
+/healthz answers 200 "ok" without credentials; /metrics serves the Prometheus
+metrics (requests, bytes, upload sessions, transactions, writer lock waits,
+prune and GC runs and bytes freed), behind --htpasswd when it is given.`,
 	maxArgs: 0,
 	flags: func(fs *flag.FlagSet, a *app) {
 		o := &a.serve
@@ -88,6 +99,9 @@ uploads in progress resumable.`,
 		fs.Func("shutdown-timeout", "graceful shutdown limit", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.shutdown = d }))
 		fs.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate")
 		fs.StringVar(&o.tlsKey, "tls-key", "", "TLS key")
+		fs.StringVar(&o.htpasswd, "htpasswd", "", "htpasswd file")
+		o.accessLog = true
+		fs.BoolVar(&o.accessLog, "access-log", o.accessLog, "log each request")
 	},
 	run: runServe,
 }
@@ -97,22 +111,44 @@ func runServe(ctx context.Context, a *app, _ []string) error {
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return usagef("--tls-cert and --tls-key go together")
 	}
-	return a.withStore(ctx, func(st *store.Store) error {
-		srv := server.New(st, &server.Options{Logger: a.log, UploadTTL: o.uploadTTL})
+	var auth *server.Htpasswd
+	if o.htpasswd != "" {
+		var err error
+		if auth, err = server.LoadHtpasswd(o.htpasswd); err != nil {
+			return err
+		}
+	}
+	m := server.NewMetrics(nil)
+	so := a.storeOptions(false)
+	so.OnWriterLock = func(wait, _ time.Duration) { m.LockWait(wait) }
+	return a.withStoreOpts(ctx, so, func(st *store.Store) error {
+		srv := server.New(st, &server.Options{Logger: a.log, UploadTTL: o.uploadTTL, Metrics: m})
 		defer srv.Close()
 		mux := http.NewServeMux()
 		mux.Handle("/v2/", srv)
+		mux.Handle("/metrics", m.Handler())
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			fmt.Fprintln(w, "ok")
 		})
+		var h http.Handler = mux
+		if auth != nil {
+			h = auth.Wrap(h)
+			stop := reloadOnHangup(a.log, auth)
+			defer stop()
+		}
+		if o.accessLog {
+			h = server.AccessLog(newLogger(a.stderr, slog.LevelInfo, a.logFormat, isTerminal(a.stderr) && a.getenv("NO_COLOR") == ""), h)
+		}
+		h = m.Wrap(h)
 		ln, err := net.Listen("tcp", o.listen)
 		if err != nil {
 			return err
 		}
 		hs := &http.Server{
-			Handler:           mux,
+			Handler:           h,
 			ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		}
 		scheme := "http"
@@ -124,7 +160,7 @@ func runServe(ctx context.Context, a *app, _ []string) error {
 		maintDone := make(chan struct{})
 		go func() {
 			defer close(maintDone)
-			maintain(mctx, a.log, st, o)
+			maintain(mctx, a.log, st, m, o)
 		}()
 		served := make(chan error, 1)
 		go func() {
@@ -151,12 +187,40 @@ func runServe(ctx context.Context, a *app, _ []string) error {
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
+		if err == nil && ctx.Err() != nil {
+			fmt.Fprintf(a.stderr, "ocistore: stopped; uploads in progress stay resumable\n")
+		}
 		return err
 	})
 }
 
+// reloadOnHangup rereads the htpasswd file at each SIGHUP until stop.
+func reloadOnHangup(log *slog.Logger, auth *server.Htpasswd) (stop func()) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-c:
+				if err := auth.Reload(); err != nil {
+					log.Error("htpasswd not reloaded; the previous users stay", "err", err)
+				} else {
+					log.Info("htpasswd reloaded")
+				}
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(c)
+		close(done)
+	}
+}
+
 // maintain runs prune and GC on their intervals until ctx ends.
-func maintain(ctx context.Context, log *slog.Logger, st *store.Store, o serveOpts) {
+func maintain(ctx context.Context, log *slog.Logger, st *store.Store, m *server.Metrics, o serveOpts) {
 	var pruneC, gcC <-chan time.Time
 	if o.maxSize > 0 || o.keepLast > 0 {
 		t := time.NewTicker(o.pruneInterval)
@@ -173,7 +237,13 @@ func maintain(ctx context.Context, log *slog.Logger, st *store.Store, o serveOpt
 		case <-ctx.Done():
 			return
 		case <-pruneC:
+			start := time.Now()
 			res, err := st.Prune(ctx, store.Policy{MaxSize: o.maxSize, KeepLast: o.keepLast, Linger: o.linger})
+			if res != nil {
+				m.Maintenance("prune", time.Since(start), res.BytesFreed, len(res.Removed), err)
+			} else {
+				m.Maintenance("prune", time.Since(start), 0, 0, err)
+			}
 			if err != nil {
 				if ctx.Err() == nil {
 					log.Error("prune failed", "err", err)
@@ -184,7 +254,13 @@ func maintain(ctx context.Context, log *slog.Logger, st *store.Store, o serveOpt
 				log.Info("prune", "removed", len(res.Removed), "bytes_freed", res.BytesFreed)
 			}
 		case <-gcC:
+			start := time.Now()
 			res, err := st.GC(ctx, store.GCOptions{Grace: o.gcGrace})
+			if res != nil {
+				m.Maintenance("gc", time.Since(start), res.BytesFreed+res.UploadBytes, len(res.Freed)+res.Uploads, err)
+			} else {
+				m.Maintenance("gc", time.Since(start), 0, 0, err)
+			}
 			if err != nil {
 				if ctx.Err() == nil {
 					log.Error("gc failed", "err", err)

@@ -10,14 +10,14 @@ import (
 type TLS string
 
 const (
-	// TLSDisabled is plain HTTP, the only mode the test registries here
-	// serve (127.0.0.1). The zero TLS means TLSDisabled.
+	// TLSDisabled is plain HTTP. The zero TLS means TLSDisabled.
 	TLSDisabled TLS = "disabled"
-	// TLSEnabled is HTTPS with the system's roots.
+	// TLSEnabled is HTTPS, verified with the system's roots, or with
+	// Config.CAFile alone when it is set (a test registry's own CA).
 	TLSEnabled TLS = "enabled"
-	// TLSInsecure is HTTPS without verifying the certificate. The suite
-	// takes no CA: for a registry of the rig with its own CA
-	// (registry.Options{TLS: true}), this is the mode that works.
+	// TLSInsecure is the suite's "insecure" mode. The version pinned here
+	// parses it but verifies the certificate all the same: use
+	// TLSEnabled with CAFile.
 	TLSInsecure TLS = "insecure"
 )
 
@@ -50,6 +50,10 @@ type Config struct {
 	// Log is the suite's log level on stderr: debug, info, warn, error
 	// (OCI_LOG); empty means warn. The reports do not depend on it.
 	Log string
+	// CAFile, with TLSEnabled, is the PEM file of the CA the suite trusts
+	// instead of the system's (SSL_CERT_FILE, which Go's crypto/x509 reads
+	// on Linux).
+	CAFile string
 	// Timeout bounds the run; 0 means DefaultTimeout. Run also stops the
 	// suite a little before the test's own deadline (go test -timeout).
 	Timeout time.Duration
@@ -244,12 +248,16 @@ func (c Config) Env() []string {
 	if tls == "" {
 		tls = TLSDisabled
 	}
-	env := []string{
-		"OCI_REGISTRY=" + c.Registry,
-		"OCI_TLS=" + string(tls),
-		"OCI_REPO1=" + c.Repo1,
-		"OCI_REPO2=" + c.Repo2,
+	var env []string
+	if c.CAFile != "" {
+		env = append(env, "SSL_CERT_FILE="+c.CAFile)
 	}
+	env = append(env,
+		"OCI_REGISTRY="+c.Registry,
+		"OCI_TLS="+string(tls),
+		"OCI_REPO1="+c.Repo1,
+		"OCI_REPO2="+c.Repo2,
+	)
 	for _, kv := range [][2]string{
 		{"OCI_USERNAME", c.Username},
 		{"OCI_PASSWORD", c.Password},

@@ -104,3 +104,18 @@ func serial(t testing.TB) *big.Int {
 	}
 	return n
 }
+
+// Certs are the PEM files of a generated CA and of a server certificate
+// it signs for 127.0.0.1 and localhost (NewCerts).
+type Certs struct {
+	CAFile, CertFile, KeyFile string
+	Pool                      *x509.CertPool // holds the CA
+}
+
+// NewCerts generates a CA and a server certificate for 127.0.0.1, valid
+// for a day, as PEM files in dir: for a test that serves TLS itself.
+func NewCerts(t testing.TB, dir string) Certs {
+	t.Helper()
+	c := newCerts(t, dir)
+	return Certs{CAFile: c.caFile, CertFile: c.certFile, KeyFile: c.keyFile, Pool: c.pool}
+}
