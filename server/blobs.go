@@ -27,6 +27,11 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, rt route) error
 	if err != nil {
 		return err
 	}
+	if s.pull != nil {
+		if _, err := s.pull.blob(r, rt, d); err != nil {
+			return err
+		}
+	}
 	br, err := s.st.OpenBlob(r.Context(), v1.Descriptor{Digest: d, Size: -1})
 	if err != nil {
 		return storeErr(err, codeBlobUnknown, codeBlobUnknown, "blob %s", d)

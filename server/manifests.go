@@ -68,6 +68,11 @@ func (s *Server) resolveManifest(r *http.Request, rt route) (v1.Descriptor, erro
 }
 
 func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, rt route) error {
+	if s.pull != nil {
+		if _, err := s.pull.manifest(r, rt); err != nil {
+			return err
+		}
+	}
 	desc, err := s.resolveManifest(r, rt)
 	if err != nil {
 		return err

@@ -54,6 +54,9 @@ type Options struct {
 	// Metrics, when set, counts the store's transactions and the upload
 	// sessions open (its Wrap counts the requests: the caller wraps).
 	Metrics *Metrics
+	// Upstreams, when set, make the server a pull-through cache of those
+	// registries (see Upstream).
+	Upstreams []Upstream
 	// MaxUploadOpen bounds the upload sessions kept open in memory (their
 	// files and running hashes); beyond it, the least recently used is
 	// closed and reopened from disk when its client comes back. Zero
@@ -71,6 +74,7 @@ type Server struct {
 		sync.Mutex
 		m map[string]*openUpload
 	}
+	pull *puller // nil without upstreams
 }
 
 // openUpload is an upload session this server has open.
@@ -101,6 +105,9 @@ func New(st *store.Store, o *Options) *Server {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.uploads.m = map[string]*openUpload{}
+	if len(s.opts.Upstreams) > 0 {
+		s.pull = &puller{s: s, ups: s.opts.Upstreams}
+	}
 	return s
 }
 
@@ -129,6 +136,10 @@ var (
 	nameRE = regexp.MustCompile(`^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$`)
 	tagRE  = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$`)
 )
+
+// ValidRepository reports whether name is a repository name of the
+// distribution spec.
+func ValidRepository(name string) bool { return nameRE.MatchString(name) }
 
 // route is a parsed /v2/ path.
 type route struct {
@@ -281,6 +292,9 @@ func errMethod(r *http.Request) error {
 // storeErr maps an error of the store to the API's: code is the code of
 // a 404 (what was not found) and of a 400 of the operation.
 func storeErr(err error, notFound, invalid string, format string, args ...any) error {
+	if err == nil {
+		return nil
+	}
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return err

@@ -315,3 +315,15 @@ func (s *Store) children(d v1.Descriptor, root bool) ([]v1.Descriptor, error) {
 	}
 	return c.Refs, nil
 }
+
+// ManifestChildren returns the descriptors a manifest or index of media
+// type mediaType references (config, layers, manifests, blobs; not its
+// subject), as the store reads them: content that does not parse as that
+// media type is ErrCorrupt.
+func ManifestChildren(mediaType string, content []byte) ([]v1.Descriptor, error) {
+	kids, err := layout.ParseChildrenAs("manifest", mediaType, content)
+	if err != nil {
+		return nil, err
+	}
+	return kids.Refs, nil
+}

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +34,8 @@ type serveOpts struct {
 	tlsKey        string
 	htpasswd      string
 	accessLog     bool
+	upstreams     []string // [PREFIX=]URL
+	tagTTL        time.Duration
 }
 
 var serveCmd = &command{
@@ -74,6 +78,16 @@ uploads in progress resumable.`,
       --htpasswd FILE            require HTTP basic auth, users from FILE (bcrypt,
                                  as htpasswd -B writes it; reread on SIGHUP)
       --access-log BOOL          log each request on stderr (default true)
+      --upstream [PREFIX=]URL    pull through the registry at URL (https://HOST[:PORT],
+                                 or http:// for plain HTTP): a manifest or blob the
+                                 layout does not hold is fetched, stored and served.
+                                 With PREFIX, only the repositories PREFIX/NAME, as
+                                 NAME upstream; without, every other one. Repeatable.
+                                 Credentials come from the podman and Docker files,
+                                 as for pull.
+      --upstream-ca-file FILE    trust this CA (PEM) for the upstreams too
+      --tag-ttl DURATION         serve a pulled tag this long before asking the
+                                 upstream whether it moved (default 1m)
 
 /healthz answers 200 "ok" without credentials; /metrics serves the Prometheus
 metrics (requests, bytes, upload sessions, transactions, writer lock waits,
@@ -101,6 +115,16 @@ prune and GC runs and bytes freed), behind --htpasswd when it is given.`,
 		fs.StringVar(&o.tlsKey, "tls-key", "", "TLS key")
 		fs.StringVar(&o.htpasswd, "htpasswd", "", "htpasswd file")
 		o.accessLog = true
+		o.tagTTL = time.Minute
+		fs.Func("upstream", "registry to pull through", func(v string) error {
+			if _, err := parseUpstream(v); err != nil {
+				return err
+			}
+			o.upstreams = append(o.upstreams, v)
+			return nil
+		})
+		fs.StringVar(&a.remote.caFile, "upstream-ca-file", "", "CA of the upstreams")
+		fs.Func("tag-ttl", "tag freshness", atLeast(parseDuration, 0, "must not be negative", func(d time.Duration) { o.tagTTL = d }))
 		fs.BoolVar(&o.accessLog, "access-log", o.accessLog, "log each request")
 	},
 	run: runServe,
@@ -118,11 +142,26 @@ func runServe(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 	}
+	var ups []server.Upstream
+	if len(o.upstreams) > 0 {
+		client, err := a.registryClient()
+		if err != nil {
+			return err
+		}
+		for _, v := range o.upstreams {
+			u, _ := parseUpstream(v)
+			u.Client, u.TagTTL = client, o.tagTTL
+			if u.TagTTL == 0 {
+				u.TagTTL = time.Nanosecond // always ask
+			}
+			ups = append(ups, u)
+		}
+	}
 	m := server.NewMetrics(nil)
 	so := a.storeOptions(false)
 	so.OnWriterLock = func(wait, _ time.Duration) { m.LockWait(wait) }
 	return a.withStoreOpts(ctx, so, func(st *store.Store) error {
-		srv := server.New(st, &server.Options{Logger: a.log, UploadTTL: o.uploadTTL, Metrics: m})
+		srv := server.New(st, &server.Options{Logger: a.log, UploadTTL: o.uploadTTL, Metrics: m, Upstreams: ups})
 		defer srv.Close()
 		mux := http.NewServeMux()
 		mux.Handle("/v2/", srv)
@@ -192,6 +231,31 @@ func runServe(ctx context.Context, a *app, _ []string) error {
 		}
 		return err
 	})
+}
+
+// parseUpstream reads --upstream [PREFIX=]URL.
+func parseUpstream(v string) (server.Upstream, error) {
+	var u server.Upstream
+	prefix, rawURL, ok := strings.Cut(v, "=")
+	if !ok {
+		prefix, rawURL = "", v
+	}
+	if prefix != "" && !server.ValidRepository(prefix) {
+		return u, fmt.Errorf("prefix %q is not a repository name", prefix)
+	}
+	pu, err := url.Parse(rawURL)
+	if err != nil || pu.Host == "" || (pu.Path != "" && pu.Path != "/") || pu.RawQuery != "" {
+		return u, fmt.Errorf("%q: want https://HOST[:PORT] or http://HOST[:PORT]", rawURL)
+	}
+	switch pu.Scheme {
+	case "https":
+	case "http":
+		u.PlainHTTP = true
+	default:
+		return u, fmt.Errorf("%q: want https://HOST[:PORT] or http://HOST[:PORT]", rawURL)
+	}
+	u.Prefix, u.Registry = prefix, pu.Host
+	return u, nil
 }
 
 // reloadOnHangup rereads the htpasswd file at each SIGHUP until stop.
