@@ -316,12 +316,15 @@ func (s *Store) PutManifestWith(ctx context.Context, content []byte, o ManifestO
 	if kids.Subject != nil {
 		desc.ArtifactType = artifactTypeOf(content, kids)
 	}
+	ds := []digest.Digest{desc.Digest}
+	for _, k := range kids.Refs {
+		ds = append(ds, k.Digest)
+	}
+	// In use by this handle until the transaction references them: its
+	// own GC and prunes leave them (another process's respect leases).
+	defer s.use(ds)()
 	if id, ok := LeaseFromContext(ctx); ok {
 		// The manifest and its children in one commit, before they are checked.
-		ds := []digest.Digest{desc.Digest}
-		for _, k := range kids.Refs {
-			ds = append(ds, k.Digest)
-		}
 		if err := s.leaseBlobs(ctx, id, ds); err != nil {
 			return desc, fmt.Errorf("put manifest %s: %w", desc.Digest, err)
 		}

@@ -145,7 +145,7 @@ func (s *Store) collect(ctx context.Context, db *journal.DB, cur *protocol.State
 			}
 			switch {
 			case r.Count > 0:
-			case leased[c.d]:
+			case leased[c.d] || s.inUse(c.d):
 				res.Leased++
 			case c.young:
 				res.Young++

@@ -182,6 +182,16 @@ type Store struct {
 		queue []*change
 	}
 
+	// used counts, per blob, the operations of this handle that are
+	// writing or about to reference it (use): GC and the transactions of
+	// this handle never free such a blob, so that a manifest pushed
+	// without a lease cannot lose its own blob, or one it names, between
+	// the write and its transaction.
+	used struct {
+		sync.Mutex
+		m map[digest.Digest]int
+	}
+
 	// ingests is held shared by each PutBlob for its whole length and
 	// exclusively by Close, so that Close never closes the file system
 	// under an ingest (which then could not remove its temp file).
@@ -601,6 +611,35 @@ const (
 	// sectionIndex runs recovery first and reads the index (lock).
 	sectionIndex
 )
+
+// use marks ds in use by an operation of this handle until the returned
+// function is called (see Store.used).
+func (s *Store) use(ds []digest.Digest) (done func()) {
+	s.used.Lock()
+	if s.used.m == nil {
+		s.used.m = map[digest.Digest]int{}
+	}
+	for _, d := range ds {
+		s.used.m[d]++
+	}
+	s.used.Unlock()
+	return func() {
+		s.used.Lock()
+		for _, d := range ds {
+			if s.used.m[d]--; s.used.m[d] <= 0 {
+				delete(s.used.m, d)
+			}
+		}
+		s.used.Unlock()
+	}
+}
+
+// inUse reports whether an operation of this handle uses d (use).
+func (s *Store) inUse(d digest.Digest) bool {
+	s.used.Lock()
+	defer s.used.Unlock()
+	return s.used.m[d] > 0
+}
 
 // withWriter runs fn under the writer lock: this process's writers are
 // serialized by wmu, other processes' by the journal's file lock, which

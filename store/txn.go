@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,9 @@ type txn struct {
 	// linger, set by a plan, keeps what the transaction frees in a lease
 	// of its own for that long instead of unlinking it (Policy.Linger).
 	linger time.Duration
+	// inUse reports the blobs this handle is writing a manifest of, or
+	// about to reference (Store.use): never freed meanwhile.
+	inUse func(digest.Digest) bool
 }
 
 // newTxn starts what a plan reads in tx.
@@ -91,7 +95,7 @@ func (s *Store) newTxnWith(tx *journal.Tx, mc *manifestCache) *txn {
 		}
 		mc.Prefetch(read)
 	}
-	return &txn{tx: tx, load: mc.Load, prefetch: prefetch, now: s.now()}
+	return &txn{tx: tx, load: mc.Load, prefetch: prefetch, now: s.now(), inUse: s.inUse}
 }
 
 // planFunc computes the new index entries from the current ones. It must not
@@ -364,6 +368,9 @@ func planFreed(t *txn, c *refcount.Counter, freedBy []*change, group bool, p *pl
 	var err error
 	if p.freed, err = withoutLeased(t.tx, gone, t.now); err != nil {
 		return err
+	}
+	if t.inUse != nil {
+		p.freed = slices.DeleteFunc(p.freed, func(f v1.Descriptor) bool { return t.inUse(f.Digest) })
 	}
 	if len(p.freed) > 0 {
 		if p.pinned = pinReason(t.tx, t.now); p.pinned != "" {
