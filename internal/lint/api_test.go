@@ -40,23 +40,28 @@ func parseDir(t *testing.T, root, dir string) (*token.FileSet, []*ast.File) {
 }
 
 // TestCLIImportsStoreAndRecovery: the CLI is built on the public API only
-// (package store, package recovery's report types, and store/orasstore,
-// the oras-go target pull, push and copy use), as any other program would
-// be.
+// (package store, package recovery's report types, store/orasstore, the
+// oras-go target pull, push and copy use, and server, serve's registry),
+// as any other program would be; and so is the server, on store alone.
 func TestCLIImportsStoreAndRecovery(t *testing.T) {
 	root := moduleRoot(t)
-	fset, files := parseDir(t, root, "cmd/ocistore")
-	if len(files) == 0 {
-		t.Fatal("no Go files in cmd/ocistore")
-	}
-	for _, f := range files {
-		for _, imp := range f.Imports {
-			p, _ := strconv.Unquote(imp.Path.Value)
-			if !strings.HasPrefix(p, module+"/") {
-				continue
-			}
-			if p != module+"/store" && p != module+"/recovery" && p != module+"/store/orasstore" {
-				t.Errorf("%s: cmd/ocistore imports %s: the CLI uses store, recovery and store/orasstore only", fset.Position(imp.Pos()), p)
+	for dir, allowed := range map[string][]string{
+		"cmd/ocistore": {"store", "recovery", "store/orasstore", "server"},
+		"server":       {"store"},
+	} {
+		fset, files := parseDir(t, root, dir)
+		if len(files) == 0 {
+			t.Fatalf("no Go files in %s", dir)
+		}
+		for _, f := range files {
+			for _, imp := range f.Imports {
+				p, _ := strconv.Unquote(imp.Path.Value)
+				if !strings.HasPrefix(p, module+"/") {
+					continue
+				}
+				if !slices.Contains(allowed, strings.TrimPrefix(p, module+"/")) {
+					t.Errorf("%s: %s imports %s: it uses %s only", fset.Position(imp.Pos()), dir, p, strings.Join(allowed, ", "))
+				}
 			}
 		}
 	}
