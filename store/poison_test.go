@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -53,10 +54,16 @@ func TestFsyncFailurePoisons(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := s.Err(); err != nil {
+		t.Fatalf("Err of a healthy handle: %v", err)
+	}
 	ffs.fail.Store(true)
 	_, err = s.Delete(ctx, "c")
 	if !errors.Is(err, errdef.ErrDurability) || !errors.Is(err, syscall.EIO) {
 		t.Fatalf("delete with failing fsync: %v", err)
+	}
+	if err := s.Err(); !errors.Is(err, store.ErrPoisoned) || !errors.Is(err, syscall.EIO) && !strings.Contains(err.Error(), "input/output error") {
+		t.Fatalf("Err after a failed fsync: %v, want ErrPoisoned naming the failure", err)
 	}
 	ffs.fail.Store(false) // the disk "recovers": the handle must not trust it
 	if err := s.Untag(ctx, "a"); !errors.Is(err, store.ErrPoisoned) {

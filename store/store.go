@@ -444,6 +444,11 @@ func (s *Store) releaseOwner() {
 	s.own.o = nil
 }
 
+// Err reports why the handle refuses writes: nil when it takes them;
+// ErrPoisoned (with the first durability failure: reopen the store),
+// ErrReadOnly or ErrClosed otherwise. A server's health check reads it.
+func (s *Store) Err() error { return s.writable() }
+
 // writable returns why writes are refused, if they are.
 func (s *Store) writable() error {
 	s.mu.Lock()

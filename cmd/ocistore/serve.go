@@ -89,7 +89,8 @@ uploads in progress resumable.`,
       --tag-ttl DURATION         serve a pulled tag this long before asking the
                                  upstream whether it moved (default 1m)
 
-/healthz answers 200 "ok" without credentials; /metrics serves the Prometheus
+/healthz answers 200 "ok" without credentials (503 with the reason once a
+durability failure, a failed fsync, makes the store refuse writes: restart); /metrics serves the Prometheus
 metrics (requests, bytes, upload sessions, transactions, writer lock waits,
 prune and GC runs and bytes freed), behind --htpasswd when it is given.`,
 	maxArgs: 0,
@@ -168,6 +169,13 @@ func runServe(ctx context.Context, a *app, _ []string) error {
 		mux.Handle("/metrics", m.Handler())
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			if err := st.Err(); err != nil {
+				// A durability failure: reads go on, writes are refused
+				// until the server is restarted (the store reopened).
+				w.WriteHeader(http.StatusServiceUnavailable)
+				fmt.Fprintf(w, "writes refused: %v\n", err)
+				return
+			}
 			fmt.Fprintln(w, "ok")
 		})
 		var h http.Handler = mux
