@@ -135,7 +135,7 @@ func (p *Policy) Validate() error {
 	case p.MaxSize < 0:
 		return fmt.Errorf("MaxSize %d: %w", p.MaxSize, errdef.ErrInvalidArgument)
 	case p.Linger < 0:
-		return fmt.Errorf("Linger %s: %w", p.Linger, errdef.ErrInvalidArgument)
+		return fmt.Errorf("policy Linger %s: %w", p.Linger, errdef.ErrInvalidArgument)
 	case p.KeepLast == 0 && p.OlderThan == 0 && p.Until.IsZero() && p.MaxSize == 0 && !p.Untagged:
 		return fmt.Errorf("no rule: set KeepLast, OlderThan, Until, MaxSize or Untagged: %w", errdef.ErrInvalidArgument)
 	}
