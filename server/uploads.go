@@ -71,22 +71,20 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rt route) e
 	return uploadAccepted(w, http.StatusAccepted, rt.name, u)
 }
 
-// monolithic stores the body of a POST as the blob d, under a lease of
-// its own that keeps it until a manifest references it (UploadTTL).
+// monolithic stores the body of a POST as the blob d, held (Store.Hold)
+// for UploadTTL before it is written, so that it stays until a manifest
+// references it.
 func (s *Server) monolithic(w http.ResponseWriter, r *http.Request, rt route, d digest.Digest) error {
 	ctx := r.Context()
-	l, err := s.st.Lease(ctx, s.opts.UploadTTL)
-	if err != nil {
-		return storeErr(err, codeBlobUploadUnknown, codeBlobUploadInvalid, "upload %s", d)
-	}
 	size := int64(-1)
 	if r.ContentLength >= 0 {
 		size = r.ContentLength
 	}
-	if err := s.st.PutBlob(l.Context(ctx), v1.Descriptor{Digest: d, Size: size}, r.Body); err != nil {
-		if rerr := l.Release(ctx); rerr != nil {
-			s.log.Warn("cannot release a failed upload's lease; it will expire", "lease", l.ID, "err", rerr)
-		}
+	desc := v1.Descriptor{Digest: d, Size: size}
+	if err := s.st.Hold(ctx, s.opts.UploadTTL, desc); err != nil {
+		return storeErr(err, codeBlobUploadUnknown, codeBlobUploadInvalid, "upload %s", d)
+	}
+	if err := s.st.PutBlob(ctx, desc, r.Body); err != nil {
 		return storeErr(err, codeBlobUploadUnknown, codeDigestInvalid, "upload %s", d)
 	}
 	return blobCreated(w, rt.name, d)
@@ -124,6 +122,13 @@ func (s *Server) keep(u *store.Upload, repo string) *store.Upload {
 	if ou := s.uploads.m[u.ID]; ou != nil {
 		u.Close()
 		return ou.u
+	}
+	// Sessions idle past their TTL have expired: their files go.
+	for id, ou := range s.uploads.m {
+		if time.Since(ou.used) > s.opts.UploadTTL {
+			ou.u.Close()
+			delete(s.uploads.m, id)
+		}
 	}
 	if len(s.uploads.m) >= s.opts.MaxUploadOpen {
 		var oldest string

@@ -131,7 +131,7 @@ func (s *Store) collect(ctx context.Context, db *journal.DB, cur *protocol.State
 		if swept, err = s.sweepLeases(tx, now); err != nil {
 			return err
 		}
-		if abandoned, err = abandonedUploads(tx, uploads, now); err != nil {
+		if abandoned, err = s.abandonedUploads(tx, uploads, now); err != nil {
 			return err
 		}
 		leased, err := tx.Leased(now)
@@ -213,12 +213,13 @@ func (s *Store) listUploads() ([]fs.DirEntry, error) {
 // abandonedUploads returns the staging files of ents whose session's lease
 // is gone at now. The lease is committed before its file is made, so a
 // file without a live lease is never one a session still writes (a
-// session that expired while its writer still ran fails its commit).
-// Names that are not a session's are left alone.
-func abandonedUploads(tx *journal.Tx, ents []fs.DirEntry, now time.Time) ([]fs.DirEntry, error) {
+// session that expired while its writer still ran fails its commit), but
+// for one this handle is committing: a commit ends the lease before it
+// renames the file. Names that are not a session's are left alone.
+func (s *Store) abandonedUploads(tx *journal.Tx, ents []fs.DirEntry, now time.Time) ([]fs.DirEntry, error) {
 	var out []fs.DirEntry
 	for _, e := range ents {
-		if !e.Type().IsRegular() || validUploadID(e.Name()) != nil {
+		if !e.Type().IsRegular() || validUploadID(e.Name()) != nil || s.uploadIsCommitting(e.Name()) {
 			continue
 		}
 		l, ok, err := tx.GetLease(e.Name())

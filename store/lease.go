@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -437,4 +438,55 @@ func (h *heldBlobs) release() {
 	if err := h.lease.Release(context.Background()); err != nil {
 		h.s.log.Warn("cannot release an operation's lease; it will expire", attrLease, h.lease.ID, "expires", h.lease.Expires, "err", err)
 	}
+}
+
+// holdWindow is how long one hold lease takes the holds of (Hold): a new
+// one starts each window, and each lives ttl past the last hold it took,
+// so that a store holding blobs all day keeps a handful of leases, not
+// one per blob.
+const holdWindow = 10 * time.Minute
+
+// holdLeasePrefix starts the ID of a hold lease.
+const holdLeasePrefix = "hold-"
+
+// Hold keeps the blobs of descs from GC and prune for at least ttl, with
+// no lease for the caller to keep or release: they go into a lease the
+// store shares between the holds of a time window, extended to end ttl
+// from now. One commit. A registry holds what a client uploaded this way
+// until a manifest references it.
+func (s *Store) Hold(ctx context.Context, ttl time.Duration, descs ...v1.Descriptor) error {
+	if ttl <= 0 {
+		return fmt.Errorf("hold: ttl %s: %w", ttl, errdef.ErrInvalidArgument)
+	}
+	ds := make([]digest.Digest, 0, len(descs))
+	for _, d := range descs {
+		if err := layout.ValidateDigest(d.Digest); err != nil {
+			return fmt.Errorf("hold: %w", err)
+		}
+		ds = append(ds, d.Digest)
+	}
+	if err := s.journalWrite(ctx, func(tx *journal.Tx) error { return s.hold(tx, ttl, ds) }); err != nil {
+		return fmt.Errorf("hold: %w", err)
+	}
+	return nil
+}
+
+// hold adds ds to the hold lease of the current window, in tx.
+func (s *Store) hold(tx *journal.Tx, ttl time.Duration, ds []digest.Digest) error {
+	now := s.now()
+	id := holdLeasePrefix + strconv.FormatInt(now.Truncate(holdWindow).Unix(), 10)
+	l, ok, err := tx.GetLease(id)
+	if err != nil {
+		return err
+	}
+	if !ok || l.Expired(now) {
+		l = journal.Lease{ID: id, Created: now}
+	}
+	if exp := now.Add(ttl); exp.After(l.Expires) {
+		l.Expires = exp
+		if err := tx.PutLease(l); err != nil {
+			return err
+		}
+	}
+	return tx.AddLeaseBlobs(id, ds...)
 }

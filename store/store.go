@@ -192,6 +192,13 @@ type Store struct {
 		m map[digest.Digest]int
 	}
 
+	// committing counts, by upload ID, the commits of Uploads running in
+	// this handle: GC does not remove their staging files.
+	committing struct {
+		sync.Mutex
+		m map[string]int
+	}
+
 	// ingests is held shared by each PutBlob for its whole length and
 	// exclusively by Close, so that Close never closes the file system
 	// under an ingest (which then could not remove its temp file).

@@ -32,11 +32,10 @@ const DefaultUploadTTL = time.Hour
 // distribution spec, whose digest is known only at its end. Its bytes are
 // staged in one file of the ingest directory (.ocistore/ingest/uploads/ID),
 // and the session is a lease of the journal with the same ID: it survives
-// a restart of its writer (Store.ResumeUpload), and while the lease lives
-// the blob it becomes is protected from GC and prune until a manifest
-// references it. Commit verifies the digest, syncs the file and renames it
-// into blobs/ as PutBlob does. A session that nobody writes to expires with
-// its lease (each Write renews it); GC then removes its file.
+// a restart of its writer (Store.ResumeUpload). Commit verifies the digest, syncs the file and renames it
+// into blobs/ as PutBlob does, and holds the blob (Store.Hold) for the
+// session's TTL. A session that nobody writes to expires with its lease
+// (each Write renews it); GC then removes its file.
 //
 // Writes are not synced: a crash may take back a suffix of what was
 // written (a power cut), which the client learns from Size when it
@@ -235,9 +234,9 @@ func (u *Upload) keepAlive(ctx context.Context) error {
 // Commit ends the upload: the bytes must have the digest (and, when
 // desc.Size >= 0, the size) of desc. They are synced and renamed into
 // blobs/ (a blob already present is kept, and the staged copy dropped).
-// The blob stays in the session's lease, which keeps it until a manifest
-// references it or the lease expires. On ErrDigestMismatch or
-// ErrSizeMismatch the session stays as it was.
+// The session's lease ends, and the blob is held (Hold) for the session's
+// TTL, so that the manifest that references it may come later. On
+// ErrDigestMismatch or ErrSizeMismatch the session stays as it was.
 func (u *Upload) Commit(ctx context.Context, desc v1.Descriptor) (v1.Descriptor, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -272,10 +271,28 @@ func (u *Upload) commit(ctx context.Context, desc v1.Descriptor) (v1.Descriptor,
 		return v1.Descriptor{}, fmt.Errorf("the upload's digest is %s: %w", got, errdef.ErrDigestMismatch)
 	}
 	out := v1.Descriptor{MediaType: desc.MediaType, Digest: desc.Digest, Size: u.size}
-	// In the lease before anyone can see it, as PutBlob does.
-	if err := s.leaseBlobs(ctx, u.ID, []digest.Digest{desc.Digest}); err != nil {
+	// In one commit, before anyone can see the blob (as PutBlob puts it in
+	// a lease first): the blob into the store's hold lease for the
+	// session's TTL (Hold), and the session's lease ended. The staged file
+	// is this handle's until it is renamed: GC skips uploads committing.
+	s.uploadCommitting(u.ID, 1)
+	defer s.uploadCommitting(u.ID, -1)
+	now := s.now()
+	err = s.journalWrite(ctx, func(tx *journal.Tx) error {
+		if _, err := liveLease(tx, u.ID, now); err != nil {
+			return err
+		}
+		if err := s.hold(tx, u.ttl, []digest.Digest{desc.Digest}); err != nil {
+			return err
+		}
+		return tx.DeleteLease(u.ID)
+	})
+	if err != nil {
 		return v1.Descriptor{}, err
 	}
+	s.leaseMu.Lock()
+	delete(s.leaseMu.known, u.ID)
+	s.leaseMu.Unlock()
 	final := layout.BlobPath(desc.Digest)
 	staged := uploadPath(u.ID)
 	if fi, err := s.lay.FS.Lstat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == u.size {
@@ -329,7 +346,7 @@ func (u *Upload) digest(ctx context.Context, alg digest.Algorithm) (digest.Diges
 	return d.Digest(), nil
 }
 
-// close closes the staging file; the session is over.
+// close closes the staging file.
 func (u *Upload) close() {
 	if u.f != nil {
 		u.f.Close()
@@ -360,6 +377,28 @@ func (u *Upload) Cancel(ctx context.Context) error {
 		return fmt.Errorf("upload %s: cancel: %w", u.ID, err)
 	}
 	return nil
+}
+
+// uploadCommitting counts the commits of the upload id running in this
+// handle (delta +1 or -1): GC leaves their staging files alone, whatever
+// their lease says (a commit ends the lease before it renames the file).
+func (s *Store) uploadCommitting(id string, delta int) {
+	s.committing.Lock()
+	defer s.committing.Unlock()
+	if s.committing.m == nil {
+		s.committing.m = map[string]int{}
+	}
+	if s.committing.m[id] += delta; s.committing.m[id] <= 0 {
+		delete(s.committing.m, id)
+	}
+}
+
+// uploadIsCommitting reports whether a commit of the upload id runs in
+// this handle.
+func (s *Store) uploadIsCommitting(id string) bool {
+	s.committing.Lock()
+	defer s.committing.Unlock()
+	return s.committing.m[id] > 0
 }
 
 // namedRW gives an upload's file the name the sync switch reports.
