@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -624,8 +626,10 @@ func do(t *testing.T, method, u string, header http.Header, body []byte) respons
 
 // TestServeUploadResume: an upload half written survives a graceful
 // restart of the server: the new process answers for the session (what it
-// holds, in Range), refuses a chunk at the wrong offset, takes the rest and
-// the final PUT, and serves the blob's bytes.
+// holds, in Range), refuses a chunk at the wrong offset, keeps what came of
+// a chunk whose connection dropped (400, with the Range to resume from),
+// takes the rest and the final PUT, and serves the blob's bytes. A session
+// still empty at the restart is resumable too.
 func TestServeUploadResume(t *testing.T) {
 	t.Parallel()
 	dir := newLayout(t)
@@ -667,7 +671,16 @@ func TestServeUploadResume(t *testing.T) {
 	if r := chunk(srv, 0, 100); r.StatusCode != http.StatusRequestedRangeNotSatisfiable || r.Header.Get("Range") != fmt.Sprintf("0-%d", half-1) {
 		t.Errorf("PATCH at offset 0 after the restart: %d, Range %q; want 416 and 0-%d\n%s", r.StatusCode, r.Header.Get("Range"), half-1, r.body)
 	}
-	if r := chunk(srv, half, len(blob)); r.StatusCode != http.StatusAccepted || r.Header.Get("Range") != fmt.Sprintf("0-%d", len(blob)-1) {
+	// The next chunk's connection drops part way: what came stays, the
+	// answer (400) says where the upload now ends, and the client goes on
+	// from there.
+	const sent = 200_000
+	cut := cutPatch(t, srv, resolve(t, srv, loc), half, blob[half:], sent)
+	held := half + sent
+	if cut.StatusCode != http.StatusBadRequest || cut.Header.Get("Range") != fmt.Sprintf("0-%d", held-1) {
+		t.Fatalf("PATCH cut after %d bytes: %d, Range %q; want 400 and 0-%d", sent, cut.StatusCode, cut.Header.Get("Range"), held-1)
+	}
+	if r := chunk(srv, held, len(blob)); r.StatusCode != http.StatusAccepted || r.Header.Get("Range") != fmt.Sprintf("0-%d", len(blob)-1) {
 		t.Fatalf("PATCH the rest: %d, Range %q; want 202 and 0-%d\n%s", r.StatusCode, r.Header.Get("Range"), len(blob)-1, r.body)
 	}
 	put, err := url.Parse(resolve(t, srv, loc))
@@ -711,6 +724,38 @@ func TestServeUploadResume(t *testing.T) {
 		t.Errorf("GET the second blob: %d, %d bytes; want the %d bytes sent", r.StatusCode, len(r.body), len(small))
 	}
 	srv.stopClean(t, dir)
+}
+
+// cutPatch sends a PATCH of chunk at offset off to the upload at u whose
+// connection drops after sent bytes of the body (the client closes its
+// side, as one whose network fails), and returns the server's answer.
+func cutPatch(t *testing.T, s *served, u string, off int, chunk []byte, sent int) *http.Response {
+	t.Helper()
+	conn, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	pu, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\nContent-Range: %d-%d\r\n\r\n",
+		pu.RequestURI(), s.addr, len(chunk), off, off+len(chunk)-1)
+	if _, err := conn.Write(chunk[:sent]); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("the answer to a PATCH cut after %d bytes: %v", sent, err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
 }
 
 // resolve makes a Location of the server (a path, or an absolute URL)
