@@ -201,7 +201,8 @@ func uploadRequests(t *testing.T, s *served) int {
 // TestServeSkopeo: skopeo pushes an image (a layer over 1 MiB among them)
 // and, with --all, a multi-platform index into `ocistore serve`, reads them
 // back (inspect, list-tags, copy out to an OCI layout: the same manifest
-// digests, every blob byte for byte; one platform of the index), copies
+// digests, every blob byte for byte; one platform of the index), takes
+// the image converted to Docker schema 2 (--format v2s2), copies
 // images between two repositories of the server without sending a blob
 // again (skopeo 1.9 finds them with a HEAD in the destination: it sends
 // no mount, so a mount is sent by hand), and deletes a tag of one
@@ -285,6 +286,26 @@ func TestServeSkopeo(t *testing.T) {
 		t.Errorf("skopeo pulled %s for linux/arm64/v8, want %s", got, src.arm.desc.Digest)
 	}
 
+	// Converted to a Docker schema 2 manifest on the way in (--format
+	// v2s2): the server keeps the Docker media type; the blobs are the
+	// same.
+	skopeo(t, "copy", "-q", "--format", "v2s2", "--dest-tls-verify=false", "oci:"+src.dir+":v1", "docker://"+srv.addr+"/repo/docker:v1")
+	raw := skopeo(t, "inspect", "--raw", "--tls-verify=false", "docker://"+srv.addr+"/repo/docker:v1")
+	var dm v1.Manifest
+	if err := json.Unmarshal([]byte(raw), &dm); err != nil {
+		t.Fatalf("the Docker manifest: %v\n%s", err, raw)
+	}
+	var dmLayers []digest.Digest
+	for _, l := range dm.Layers {
+		dmLayers = append(dmLayers, l.Digest)
+	}
+	r := do(t, http.MethodHead, srv.url+"/v2/repo/docker/manifests/v1", nil, nil)
+	if dm.MediaType != "application/vnd.docker.distribution.manifest.v2+json" || !slices.Equal(dmLayers, wantLayers) ||
+		r.Header.Get("Content-Type") != dm.MediaType || r.Header.Get("Docker-Content-Digest") != digest.FromString(raw).String() {
+		t.Errorf("skopeo --format v2s2: HEAD says %q, %q; manifest %s\nwant the Docker media type, digest %s and the layers %v",
+			r.Header.Get("Content-Type"), r.Header.Get("Docker-Content-Digest"), raw, digest.FromString(raw), wantLayers)
+	}
+
 	// Docker to docker between two repositories of the server: every blob
 	// is reused (found there, or mounted), none is sent again.
 	before := uploadRequests(t, srv)
@@ -325,9 +346,10 @@ func TestServeSkopeo(t *testing.T) {
 	wantRefs(t, dir, map[string]digest.Digest{
 		"repo/name:v1": src.app.desc.Digest, "repo/name:multi": src.multi.Digest,
 		"other/copy:v1": src.app.desc.Digest, "other/copy:multi": src.multi.Digest,
+		"repo/docker:v1": digest.FromString(raw),
 	})
-	if got := lsRefs(t, dir); len(got) != 4 {
-		t.Errorf("ocistore ls lists %v, want the 4 tags pushed", got)
+	if got := lsRefs(t, dir); len(got) != 5 {
+		t.Errorf("ocistore ls lists %v, want the 5 tags pushed and not deleted", got)
 	}
 }
 
