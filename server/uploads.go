@@ -84,7 +84,12 @@ func (s *Server) monolithic(w http.ResponseWriter, r *http.Request, rt route, d 
 	if err := s.st.Hold(ctx, s.opts.UploadTTL, desc); err != nil {
 		return storeErr(err, codeBlobUploadUnknown, codeBlobUploadInvalid, "upload %s", d)
 	}
-	if err := s.st.PutBlob(ctx, desc, r.Body); err != nil {
+	body := &clientBody{r: r.Body}
+	if err := s.st.PutBlob(ctx, desc, body); err != nil {
+		if body.err != nil {
+			return &apiError{status: http.StatusBadRequest, code: codeBlobUploadInvalid,
+				msg: fmt.Sprintf("upload %s: the request body was cut after %d bytes", d, body.n), cause: body.err}
+		}
 		return storeErr(err, codeBlobUploadUnknown, codeDigestInvalid, "upload %s", d)
 	}
 	return blobCreated(w, rt.name, d)
@@ -201,15 +206,21 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, rt route, u
 			return apiErr(http.StatusBadRequest, codeBlobUploadInvalid, "Content-Range %d-%d is %d bytes, Content-Length %d", start, end, end-start+1, r.ContentLength)
 		}
 	}
-	body := io.Reader(r.Body)
+	body := &clientBody{r: r.Body}
 	if r.ContentLength >= 0 {
-		body = io.LimitReader(r.Body, r.ContentLength)
+		body.r = io.LimitReader(r.Body, r.ContentLength)
 	}
 	n, err := u.Write(r.Context(), off, body)
 	if err != nil {
 		if errors.Is(err, store.ErrUploadOffset) {
 			e := apiErr(http.StatusRequestedRangeNotSatisfiable, codeRangeInvalid, "chunk starts at %d, the upload holds %d bytes", off, u.Size())
 			e.header = uploadHeaders(rt.name, u.ID, u.Size())
+			return e
+		}
+		if body.err != nil {
+			// What came is in the session: the client resumes after it.
+			e := apiErr(http.StatusBadRequest, codeBlobUploadInvalid, "upload %s: the chunk was cut after %d bytes; the upload holds %d", u.ID, n, u.Size())
+			e.cause, e.header = body.err, uploadHeaders(rt.name, u.ID, u.Size())
 			return e
 		}
 		return storeErr(err, codeBlobUploadUnknown, codeBlobUploadInvalid, "upload %s", u.ID)
@@ -303,4 +314,22 @@ func blobCreated(w http.ResponseWriter, repo string, d digest.Digest) error {
 	h.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// clientBody reads a request's body and keeps the error of a read that
+// failed: the client's connection dropped, or the body ended before its
+// Content-Length. Such a failure is the client's (400), not the store's.
+type clientBody struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
 }
