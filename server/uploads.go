@@ -46,8 +46,10 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rt route) e
 			return err
 		}
 		// One layout holds every repository: a blob present is mounted
-		// wherever it came from (?from= names it, or not).
-		ok, err := s.st.Exists(ctx, v1.Descriptor{Digest: d, Size: -1})
+		// wherever it came from (?from= names it, or not). The 201
+		// acknowledges it as stored: MountBlob makes its name durable
+		// (a push of it may be between its rename and its directory sync).
+		ok, err := s.st.MountBlob(ctx, v1.Descriptor{Digest: d, Size: -1})
 		if err != nil {
 			return storeErr(err, codeBlobUnknown, codeBlobUploadInvalid, "mount %s", d)
 		}
