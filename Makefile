@@ -118,7 +118,7 @@ demo: build build-crashpoints
 # the invariant for foreign readers. Tier 2 needs root.
 crash: tools
 	@OCISTORE_CRASH_FULL=1 $(GO) test $(CRASHTAGS) -count=1 -timeout 60m -v \
-		-run '^(TestTier1CrashStates|TestTier1SharedBlobDir|TestTier1Trash|TestTier1Fault|TestTier1FindsMissingFsync|TestRapidStateMachine|TestRapidFindsMissingFsync|TestCrashPoints|TestCrashPointsTrash|TestCrashDuringRecovery|TestSharedBlobDirCrash|TestRecoveryTable|TestChaos|TestPowerCut|TestPowerCutCatchesMissingFsync)$$' \
+		-run '^(TestTier1CrashStates|TestTier1SharedBlobDir|TestTier1Trash|TestTier1Fault|TestTier1FindsMissingFsync|TestRapidStateMachine|TestRapidFindsMissingFsync|TestCrashPoints|TestCrashPointsTrash|TestCrashDuringRecovery|TestSharedBlobDirCrash|TestRecoveryTable|TestChaos|TestPowerCut|TestPowerCutCatchesMissingFsync|TestPowerCutServe)$$' \
 		./store/ ./internal/testing/chaos/ ./internal/testing/powercut/ > crash.out 2>&1 || { grep -E '^(tier|crashpoints|---|FAIL)|violation|foreign reader' crash.out; exit 1; }
 	@grep -E '^(tier[0-9](-[a-z]+)*|crashpoints):' crash.out
 	@grep -E '^(tier[0-9](-[a-z]+)*|crashpoints):' crash.out | awk '{ for (i = 2; i <= NF; i++) { split($$i, kv, "="); if (kv[1] == "violations") v += kv[2]; if (kv[1] == "foreign") f += kv[2] } } END { printf "total: summaries=%d foreign=%d violations=%d\n", NR, f, v; exit v > 0 }'

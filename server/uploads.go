@@ -46,8 +46,15 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, rt route) e
 			return err
 		}
 		// One layout holds every repository: a blob present is mounted
-		// wherever it came from (?from= names it, or not).
-		ok, err := s.st.Exists(ctx, v1.Descriptor{Digest: d, Size: -1})
+		// wherever it came from (?from= names it, or not). The 201
+		// acknowledges it as stored: MountBlob makes its name durable
+		// (a push of it may be between its rename and its directory sync).
+		// It is held first, as an upload's blob is: the manifest that
+		// names it comes later, and GC must not take it meanwhile.
+		if err := s.st.Hold(ctx, s.opts.UploadTTL, v1.Descriptor{Digest: d}); err != nil {
+			return storeErr(err, codeBlobUnknown, codeBlobUploadInvalid, "mount %s", d)
+		}
+		ok, err := s.st.MountBlob(ctx, v1.Descriptor{Digest: d, Size: -1})
 		if err != nil {
 			return storeErr(err, codeBlobUnknown, codeBlobUploadInvalid, "mount %s", d)
 		}

@@ -89,7 +89,9 @@ func (r *verifyingReadCloser) Close() error { return r.c.Close() }
 // PutBlob streams r into the layout as the blob of desc: into a temp file,
 // hashing while writing, then the digest and size are verified, the file is
 // synced, renamed into blobs/<alg>/<hex> and the directory synced. A blob
-// already present is not written again. desc.Size < 0 means unknown.
+// already present is not written again (its name is made durable: its
+// writer may not have synced the directory yet). desc.Size < 0 means
+// unknown.
 // The blob is not referenced until a manifest that uses it is tagged: under
 // a lease (WithLease), it is added to the lease first, so that no GC or
 // prune deletes it before then.
@@ -119,7 +121,10 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 	final := layout.BlobPath(desc.Digest)
 	if fi, err := s.lay.FS.Lstat(final); err == nil && fi.Mode().IsRegular() && (desc.Size < 0 || fi.Size() == desc.Size) {
 		s.log.Debug("blob already present", attrDigest, desc.Digest)
-		return nil // its name is made durable by the commit that references it (present)
+		// Present is as good as written only once its name is durable: a
+		// caller may acknowledge the blob by itself (a registry's 201),
+		// before any commit references it.
+		return s.durableBlobName(final, fi)
 	}
 	if _, err := fsio.MkdirDurable(s.lay.FS, layout.StateDir); err != nil {
 		return s.check(err)
@@ -191,13 +196,16 @@ func (s *Store) putBlob(ctx context.Context, desc v1.Descriptor, r io.Reader) er
 }
 
 // durableBlobName makes sure the name of a blob found present (fi)
-// survives a power cut before a transaction references it: its writer may
-// have died between its rename into blobs/ and the sync of the directory
-// (another process, or a handle poisoned by that sync; PutBlob and Exists
-// then find it present), leaving a name a power cut takes back after the
-// commit. The directory is synced unless this handle synced it after the
-// name appeared (by its ctime; always where the file system gives none),
-// or renamed the name in itself and synced it.
+// survives a power cut before a transaction references it, or before
+// PutBlob, MountBlob or an upload's Commit returns for it (a registry
+// acknowledges each blob with a 201 of its own): its writer may have died
+// between its rename into blobs/ and the sync of the directory (another
+// process, or a handle poisoned by that sync; PutBlob and Exists then find
+// it present), or still be between the two (a concurrent push of the same
+// blob), leaving a name a power cut takes back. The directory is synced
+// unless this handle synced it after the name appeared (by its ctime;
+// always where the file system gives none), or renamed the name in itself
+// and synced it.
 func (s *Store) durableBlobName(final string, fi fs.FileInfo) error {
 	dir := fsio.Dir(final)
 	ctime := fsio.StampOf(fi).Ctime
@@ -214,6 +222,40 @@ func (s *Store) durableBlobName(final string, fi fs.FileInfo) error {
 		return s.poison(err)
 	}
 	return nil
+}
+
+// MountBlob reports whether the blob of desc is in the layout, as Exists
+// does, for a caller that acknowledges it as stored when it is (a
+// registry's cross-repository mount): its name is then made durable first,
+// as PutBlob does for a blob it finds present, unless this handle knows it
+// is (see durableBlobName). A negative size is unknown: any size will do.
+func (s *Store) MountBlob(ctx context.Context, desc v1.Descriptor) (bool, error) {
+	s.ingests.RLock()
+	defer s.ingests.RUnlock()
+	if err := s.writable(); err != nil {
+		return false, fmt.Errorf("mount %s: %w", desc.Digest, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if err := layout.ValidateDigest(desc.Digest); err != nil {
+		return false, fmt.Errorf("mount: %w", err)
+	}
+	final := layout.BlobPath(desc.Digest)
+	fi, err := s.lay.FS.Lstat(final)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("mount %s: %w", desc.Digest, err)
+	}
+	if !fi.Mode().IsRegular() || sizeKnown(desc) && fi.Size() != desc.Size {
+		return false, nil
+	}
+	if err := s.durableBlobName(final, fi); err != nil {
+		return false, fmt.Errorf("mount %s: %w", desc.Digest, err)
+	}
+	return true, nil
 }
 
 // blobNameMargin is how much earlier than its sync a blob directory is

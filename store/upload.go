@@ -233,10 +233,11 @@ func (u *Upload) keepAlive(ctx context.Context) error {
 
 // Commit ends the upload: the bytes must have the digest (and, when
 // desc.Size >= 0, the size) of desc. They are synced and renamed into
-// blobs/ (a blob already present is kept, and the staged copy dropped).
-// The session's lease ends, and the blob is held (Hold) for the session's
-// TTL, so that the manifest that references it may come later. On
-// ErrDigestMismatch or ErrSizeMismatch the session stays as it was.
+// blobs/ (a blob already present is kept, its name made durable, and the
+// staged copy dropped). The session's lease ends, and the blob is held
+// (Hold) for the session's TTL, so that the manifest that references it
+// may come later. On ErrDigestMismatch or ErrSizeMismatch the session
+// stays as it was.
 func (u *Upload) Commit(ctx context.Context, desc v1.Descriptor) (v1.Descriptor, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -296,6 +297,11 @@ func (u *Upload) commit(ctx context.Context, desc v1.Descriptor) (v1.Descriptor,
 	final := layout.BlobPath(desc.Digest)
 	staged := uploadPath(u.ID)
 	if fi, err := s.lay.FS.Lstat(final); err == nil && fi.Mode().IsRegular() && fi.Size() == u.size {
+		// Its writer may not have synced the directory yet (or died
+		// first): the commit is acknowledged by itself (a 201).
+		if err := s.durableBlobName(final, fi); err != nil {
+			return v1.Descriptor{}, err
+		}
 		u.close()
 		if err := s.lay.FS.Remove(staged); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			s.log.Warn("cannot remove a committed upload's staged copy; GC will", "path", staged, "err", err)

@@ -457,7 +457,11 @@ func copyTree(src, dst string) error {
 
 // childEnv is the environment of an ocistore process: no inherited crash
 // point or layout, point armed in pause mode when set.
-func childEnv(point string) []string {
+func childEnv(point string) []string { return childEnvArmed(point, true) }
+
+// childEnvArmed is childEnv with point armed in pause mode or, without
+// pause, in its default mode (the process SIGKILLs itself there).
+func childEnvArmed(point string, pause bool) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, crash.EnvVar+"=") || strings.HasPrefix(kv, "OCISTORE_LAYOUT=") {
@@ -466,7 +470,10 @@ func childEnv(point string) []string {
 		env = append(env, kv)
 	}
 	if point != "" {
-		env = append(env, crash.EnvVar+"="+point+":pause")
+		if pause {
+			point += ":pause"
+		}
+		env = append(env, crash.EnvVar+"="+point)
 	}
 	return env
 }
@@ -520,12 +527,18 @@ func (w *watchBuf) String() string {
 }
 
 func (h *harness) start(point string, args ...string) *proc {
+	return h.startArmed(point, true, args...)
+}
+
+// startArmed is start with point armed in pause mode, or without pause in
+// its default mode (the process kills itself there).
+func (h *harness) startArmed(point string, pause bool, args ...string) *proc {
 	p := &proc{done: make(chan struct{}), stderr: &watchBuf{hit: make(chan struct{})}}
-	if point != "" {
+	if point != "" && pause {
 		p.stderr.needle = fmt.Sprintf(crash.PausedMessage, pointName(point))
 	}
 	p.cmd = exec.Command(h.bin, args...)
-	p.cmd.Env = childEnv(point)
+	p.cmd.Env = childEnvArmed(point, pause)
 	// A paused child that outlives a test binary killed by its timeout
 	// would keep the mount busy forever.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
