@@ -117,7 +117,7 @@ demo: build build-crashpoints
 # totals; foreign=N counts the crash states checked, before recovery, against
 # the invariant for foreign readers. Tier 2 needs root. Tier 3
 # (TestServeCrash, ./cmd/ocistore) kills `ocistore serve` during pushes: 120
-# trials of about 5 s each.
+# trials of about 5 s each, two at a time on 2 cores.
 crash: tools
 	@OCISTORE_CRASH_FULL=1 $(GO) test $(CRASHTAGS) -count=1 -timeout 60m -v \
 		-run '^(TestTier1CrashStates|TestTier1SharedBlobDir|TestTier1Trash|TestTier1Fault|TestTier1FindsMissingFsync|TestRapidStateMachine|TestRapidFindsMissingFsync|TestCrashPoints|TestCrashPointsTrash|TestCrashDuringRecovery|TestSharedBlobDirCrash|TestRecoveryTable|TestChaos|TestPowerCut|TestPowerCutCatchesMissingFsync|TestServeCrash)$$' \
