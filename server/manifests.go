@@ -55,6 +55,17 @@ func (s *Server) resolveManifest(r *http.Request, rt route) (v1.Descriptor, erro
 		if err != nil {
 			return desc, storeErr(err, codeManifestUnknown, codeManifestInvalid, "manifest %s", d)
 		}
+		// Resolve finds any manifest in blobs/; the registry has those the
+		// layout keeps. The blob of a manifest whose PUT a crash stopped
+		// before its transaction is not one (GC removes it): a client
+		// that asks whether its push landed must hear 404, and push again.
+		held, err := s.st.Held(r.Context(), d)
+		if err != nil {
+			return desc, storeErr(err, codeManifestUnknown, codeManifestInvalid, "manifest %s", d)
+		}
+		if !held {
+			return desc, apiErr(http.StatusNotFound, codeManifestUnknown, "manifest %s is not in the registry (an unreferenced blob of the layout)", d)
+		}
 		return desc, nil
 	}
 	if !tagRE.MatchString(ref) {

@@ -341,3 +341,59 @@ func (s *Store) Referenced(ctx context.Context, d digest.Digest) (bool, error) {
 	}
 	return n > 0, nil
 }
+
+// Held reports whether the layout keeps the blob d: an entry of index.json,
+// a blob its graph reaches (Referenced), or a blob a live lease holds (an
+// upload's, a copy's, what a prune lets linger for the pulls in flight).
+// A blob that is none of these is present but not the layout's: GC
+// removes it. The blob of a manifest whose transaction a crash stopped,
+// written just before it, is one: Resolve finds it by digest, Held does
+// not. Where the journal's counts do not describe index.json (a layout not
+// adopted yet, or whose index.json another tool changed since the
+// journal's last commit), every blob present is held. False when d is not
+// present.
+func (s *Store) Held(ctx context.Context, d digest.Digest) (bool, error) {
+	if err := s.reading(ctx); err != nil {
+		return false, err
+	}
+	if err := layout.ValidateDigest(d); err != nil {
+		return false, fmt.Errorf("held: %w", err)
+	}
+	sn, err := s.current()
+	if err != nil {
+		return false, fmt.Errorf("held %s: %w", d, err)
+	}
+	for _, e := range sn.ix.Entries {
+		if e.Desc.Digest == d {
+			return true, nil
+		}
+	}
+	fi, err := s.lay.FS.Lstat(layout.BlobPath(d))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("held %s: %w", d, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return false, nil
+	}
+	held := true // no journal: no counts
+	now := s.now()
+	err = s.journalRead(func(tx *journal.Tx) error {
+		if tx.IndexDigest() != sn.digest {
+			return nil // counts of another index.json
+		}
+		r, err := tx.GetRef(d)
+		if err != nil || r.Count > 0 {
+			return err
+		}
+		leased, err := tx.Leased(now)
+		held = leased[d]
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("held %s: %w", d, err)
+	}
+	return held, nil
+}

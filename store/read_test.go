@@ -209,3 +209,49 @@ func TestReferenced(t *testing.T) {
 		t.Errorf("Referenced after rm = %v, %v", got, err)
 	}
 }
+
+// Held: an entry, a blob its graph reaches and a blob a live lease holds
+// are the layout's; a blob in blobs/ that is none of these (the manifest
+// blob of a PUT whose transaction a crash stopped) is not, though Resolve
+// finds it by digest; an absent one is not either. Its lease expired, a
+// leased blob is no longer held.
+func TestHeld(t *testing.T) {
+	l := newLib(t)
+	layer := l.b.Random(100)
+	img := l.image([]v1.Descriptor{layer}, 0)
+	l.tag(img, "app:1")
+	platform := l.image(nil, 1)
+	ix := l.b.Index(platform)
+	l.tag(ix, "multi:1")
+	orphan := l.image(nil, 1) // written, never tagged
+	lease, err := l.s.Lease(l.ctx, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leased := l.putUnder(lease.Context(l.ctx), []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`))
+	for _, c := range []struct {
+		what string
+		d    digest.Digest
+		want bool
+	}{
+		{"an entry", img.Digest, true},
+		{"a layer of an entry", layer.Digest, true},
+		{"a platform manifest of an index", platform.Digest, true},
+		{"a manifest nothing references", orphan.Digest, false},
+		{"a manifest a live lease holds", leased.Digest, true},
+		{"an absent blob", digest.FromString("absent"), false},
+	} {
+		if got, err := l.s.Held(l.ctx, c.d); err != nil || got != c.want {
+			t.Errorf("Held(%s: %s) = %v, %v; want %v", c.what, c.d, got, err, c.want)
+		}
+	}
+	if _, err := l.s.Resolve(l.ctx, orphan.Digest.String()); err != nil {
+		t.Errorf("Resolve of a manifest in blobs/ nothing references: %v (it finds any manifest present)", err)
+	}
+	if err := lease.Release(l.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := l.s.Held(l.ctx, leased.Digest); err != nil || got {
+		t.Errorf("Held of a blob whose lease was released = %v, %v; want false", got, err)
+	}
+}

@@ -34,9 +34,16 @@ type served struct {
 // if the test did not.
 func startServe(t *testing.T, dir string, args ...string) *served {
 	t.Helper()
+	return startServeEnv(t, nil, dir, args...)
+}
+
+// startServeEnv is startServe with env added to the server's environment
+// (childEnv): OCISTORE_CRASHPOINT, for one.
+func startServeEnv(t *testing.T, env []string, dir string, args ...string) *served {
+	t.Helper()
 	a := append([]string{"-l", dir, "serve", "--listen", "127.0.0.1:0"}, args...)
 	cmd := exec.Command(bin, a...)
-	cmd.Env = childEnv(nil)
+	cmd.Env = childEnv(env)
 	pr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
