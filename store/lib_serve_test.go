@@ -135,6 +135,14 @@ func TestUploadAbandonedIsReclaimed(t *testing.T) {
 	if _, err := os.Stat(staged); err != nil {
 		t.Fatalf("live upload's file: %v", err)
 	}
+	// A session lives at least its TTL after its last write, at most twice.
+	mu.Lock()
+	now = now.Add(59 * time.Second)
+	mu.Unlock()
+	res, err = s.GC(ctx, store.GCOptions{})
+	if err != nil || res.Uploads != 0 {
+		t.Fatalf("GC within the TTL of the last write removed %d upload(s) (%v)", res.Uploads, err)
+	}
 	mu.Lock()
 	now = now.Add(2 * time.Minute)
 	mu.Unlock()

@@ -37,7 +37,8 @@ const DefaultUploadTTL = time.Hour
 // session's TTL. A session that nobody writes to expires with its lease
 // (each Write renews it); GC then removes its file.
 //
-// Writes are not synced: a crash may take back a suffix of what was
+// A session lives at least its TTL after its last write, and at most twice
+// that. Writes are not synced: a crash may take back a suffix of what was
 // written (a power cut), which the client learns from Size when it
 // resumes; Commit syncs before the blob becomes visible, and verifies the
 // digest of every byte, so nothing a crash damaged can become a blob.
@@ -54,7 +55,6 @@ type Upload struct {
 	f       fsio.RWFile // nil once committed or cancelled
 	size    int64
 	h       hash.Hash // sha256 of [0, size), nil when not known (resumed)
-	renewed time.Time
 }
 
 // uploadPath is the staging file of the upload id.
@@ -85,7 +85,7 @@ func (s *Store) NewUpload(ctx context.Context, ttl time.Duration) (*Upload, erro
 	if !ok {
 		return nil, fmt.Errorf("new upload: the layout's file system cannot hold one: %w", errors.ErrUnsupported)
 	}
-	l, err := s.Lease(ctx, ttl)
+	l, err := s.Lease(ctx, 2*ttl) // see keepAlive
 	if err != nil {
 		return nil, fmt.Errorf("new upload: %w", err)
 	}
@@ -97,7 +97,7 @@ func (s *Store) NewUpload(ctx context.Context, ttl time.Duration) (*Upload, erro
 		return nil, fmt.Errorf("new upload %s: %w", l.ID, err)
 	}
 	s.log.Debug("upload started", "upload", l.ID, "expires", l.Expires)
-	return &Upload{ID: l.ID, s: s, lease: l, ttl: ttl, f: f, h: sha256.New(), renewed: l.Created}, nil
+	return &Upload{ID: l.ID, s: s, lease: l, ttl: ttl, f: f, h: sha256.New()}, nil
 }
 
 func (s *Store) createUploadFile(fsys fsio.RWOpener, id string) (fsio.RWFile, error) {
@@ -152,7 +152,7 @@ func (s *Store) ResumeUpload(ctx context.Context, id string, ttl time.Duration) 
 		f.Close()
 		return nil, fmt.Errorf("resume upload %s: %w", id, err)
 	}
-	return &Upload{ID: id, s: s, lease: s.leaseOf(l), ttl: ttl, f: f, size: fi.Size(), renewed: l.Expires.Add(-ttl)}, nil
+	return &Upload{ID: id, s: s, lease: s.leaseOf(l), ttl: ttl, f: f, size: fi.Size()}, nil
 }
 
 // Size is how many bytes the upload holds.
@@ -218,17 +218,14 @@ func (u *Upload) Write(ctx context.Context, off int64, r io.Reader) (int64, erro
 	}
 }
 
-// keepAlive renews the session's lease when half its life is gone.
+// keepAlive keeps the session alive for at least ttl after this write:
+// when less than ttl of its lease is left, the lease is renewed for twice
+// ttl, so that a session written to steadily costs one commit per ttl.
 func (u *Upload) keepAlive(ctx context.Context) error {
-	now := u.s.now()
-	if now.Before(u.renewed.Add(u.ttl / 2)) {
+	if u.lease.Expires.Sub(u.s.now()) >= u.ttl {
 		return nil
 	}
-	if err := u.lease.Renew(ctx, u.ttl); err != nil {
-		return err
-	}
-	u.renewed = now
-	return nil
+	return u.lease.Renew(ctx, 2*u.ttl)
 }
 
 // Commit ends the upload: the bytes must have the digest (and, when

@@ -71,6 +71,9 @@ ingest whose manifest was never tagged, or by a crash. A blob is kept when a
 live lease holds it (a pull in progress) or when its file was modified within
 the grace period. Blob contents are not read.
 
+It also removes the staging files of the upload sessions of ocistore serve
+that have expired (an abandoned push).
+
 GC is one journal transaction, like rm: a record of the blobs, then the
 unlinks, then the record is cleared; a crash in between is finished by the
 next command.
@@ -81,8 +84,8 @@ leases (they could not be read from the damaged one), nothing is removed and
 a line "freed nothing: ..." says why.
 
 JSON output (docs/JSON.md): {dryRun, txn, freed: [{digest, size}],
-bytesFreed, pinned, kept, scanned, young, leased, recovery: [{kind, txn,
-detail}]}; every field is always there (txn 0 when nothing was committed,
+bytesFreed, pinned, kept, scanned, young, leased, uploads, uploadBytes,
+recovery: [{kind, txn, detail}]}; every field is always there (txn 0 when nothing was committed,
 pinned null when not pinned; recovery, for a dry run, what the recovery a
 real run does first would do, else []).
 
@@ -108,6 +111,10 @@ type gcOutput struct {
 	Scanned int `json:"scanned"` // blob files looked at
 	Young   int `json:"young"`   // unreferenced, kept: within the grace period
 	Leased  int `json:"leased"`  // unreferenced, kept: held by a live lease
+	// Uploads and UploadBytes are the staging files of expired upload
+	// sessions removed (would be).
+	Uploads     int   `json:"uploads"`
+	UploadBytes int64 `json:"uploadBytes"`
 	// Recovery is, for a dry run, what the recovery a real run does
 	// first would do; [] otherwise.
 	Recovery []recovery.Action `json:"recovery"`
@@ -128,7 +135,8 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 		if a.json() {
-			return a.printJSON(gcOutput{DryRun: res.DryRun, freedJSON: freedOf(&res.Result), Scanned: res.Scanned, Young: res.Young, Leased: res.Leased, Recovery: wouldRecover(res.Recovery)})
+			return a.printJSON(gcOutput{DryRun: res.DryRun, freedJSON: freedOf(&res.Result), Scanned: res.Scanned, Young: res.Young, Leased: res.Leased,
+				Uploads: res.Uploads, UploadBytes: res.UploadBytes, Recovery: wouldRecover(res.Recovery)})
 		}
 		verb := "removed"
 		if res.DryRun {
@@ -143,6 +151,9 @@ func runGC(ctx context.Context, a *app, _ []string) error {
 			return err
 		}
 		fmt.Fprintf(a.stdout, "%s %s, %s", verb, plural(len(res.Freed), "blob", "blobs"), sizeWithBytes(res.BytesFreed))
+		if res.Uploads > 0 {
+			fmt.Fprintf(a.stdout, "; %s %s of expired uploads, %s", verb, plural(res.Uploads, "staging file", "staging files"), sizeWithBytes(res.UploadBytes))
+		}
 		var kept []string
 		if res.Leased > 0 {
 			kept = append(kept, fmt.Sprintf("%d leased", res.Leased))

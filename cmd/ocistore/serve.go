@@ -49,7 +49,7 @@ repository R is the index.json entry "R:T" (what ocistore ls shows).
 Every change is a journaled transaction of the store, as with the other
 commands: a push acknowledged with 201 survives a crash or a power cut, and an
 upload in progress is resumable after a restart (its session, a lease of the
-journal, lives for --upload-ttl after its last chunk).
+journal, lives at least --upload-ttl after its last chunk, at most twice that).
 
 Maintenance runs while pushes and pulls go on, never read-only: with
 --max-size or --keep-last, a prune every --prune-interval removes the least

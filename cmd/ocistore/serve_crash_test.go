@@ -480,9 +480,10 @@ func (tr *scTrial) run() {
 	if code := srv2.stop(t); code != 0 {
 		tr.violate("the restarted server exited %d on SIGTERM, want 0:\n%s", code, srv2.stderr)
 	}
-	// Every lease the servers made or renewed expires within scTTL of
-	// their last request.
-	expired := time.Now().Add(scTTL + 500*time.Millisecond)
+	// Every lease the servers made or renewed expires within twice scTTL
+	// of their last request (a session lives at least its TTL after its
+	// last write, at most twice that).
+	expired := time.Now().Add(2*scTTL + 500*time.Millisecond)
 	tr.fsck("after the restart", func(p recovery.Problem) bool { return p.Kind == recovery.KindOrphan })
 	index := tr.checkIndex("after the restart")
 
