@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,5 +96,47 @@ func TestPruneEvictsLeastRecentlyPulled(t *testing.T) {
 		if c := status(t, http.MethodHead, srv.URL+"/v2/team/app/manifests/"+tag); c != want {
 			t.Errorf("HEAD %s after the prune: %d, want %d", tag, c, want)
 		}
+	}
+}
+
+// TestCatalog lists the repositories with a tag, a page at a time.
+func TestCatalog(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "layout"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	reg := server.New(st, nil)
+	defer reg.Close()
+	srv := httptest.NewServer(reg)
+	defer srv.Close()
+	for _, repo := range []string{"b/two", "a/one", "c/three"} {
+		push(t, srv.URL, repo, "1", 10)
+	}
+	push(t, srv.URL, "a/one", "2", 10)
+	var got []string
+	next := "/v2/_catalog?n=2"
+	for next != "" {
+		resp, err := http.Get(srv.URL + next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page struct {
+			Repositories []string `json:"repositories"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %v", next, resp.StatusCode, err)
+		}
+		got = append(got, page.Repositories...)
+		next = ""
+		if l := resp.Header.Get("Link"); l != "" {
+			next = l[1:strings.Index(l, ">")]
+		}
+	}
+	if want := "a/one b/two c/three"; strings.Join(got, " ") != want {
+		t.Errorf("catalog %v, want %s", got, want)
 	}
 }
