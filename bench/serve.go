@@ -1164,9 +1164,12 @@ func (r *runner) serveWhat(scenario string) string {
 // serveVerdict is a target row's verdict: measured at the target's size,
 // or what the smaller size says.
 func (r *runner) serveVerdict(verdict func(ok, measured bool) string, scenario string, ok, measured bool) string {
+	if !measured {
+		return "not measured in this run"
+	}
 	at := r.serveAtSize(scenario)
-	v := verdict(ok, measured && at)
-	if measured && !at {
+	v := verdict(ok, at)
+	if !at {
 		v += fmt.Sprintf(" (at %s: %s)", r.serveWhat(scenario), map[bool]string{true: "met", false: "missed"}[ok])
 	}
 	return v
@@ -1272,20 +1275,20 @@ func (r *runner) writeServe(w func(format string, a ...any), vers map[string]str
 	w("Three servers on 127.0.0.1, each its own process, on the file system of the layouts, in the same run: **%s**, %s; **%s** (Debian's package, distribution %s), started as in section 7 (filesystem storage, the blob descriptor cache in memory, access log off); **%s**, Go's static file server (`http.FileServer(http.Dir(layout))`, in a `bench srvproc` process) on the ocistore layout's directory, so that it serves the very blob files ocistore serves. ",
 		us, map[bool]string{true: "the CLI built from this checkout, `ocistore -l DIR serve --listen 127.0.0.1:0 --access-log=false --gc-interval 0` (the access log off as docker-registry's; no GC: no row wants one)", false: "`bench srvproc -mode ocistore`: the `server` package over `store.Open` in a process of the benchmark, wired as the CLI wires it (metrics, the prune loop), with a CPU profile of each row's first run"}[us == pServe],
 		pRegistry, orUnknown(vers[registryBinary]), pFileServer)
-	w("Both registries fsync what they write: ocistore every blob file before its rename and each directory after, its journal's commits, `index.json` and the layout directory; docker-registry each file its storage driver writes (blob data, upload state, every link file: `fsync` in its driver's commit, seen with strace), no directory. ")
+	w("Both registries fsync what they write: ocistore every blob file before its rename and each directory after, its journal's commits, `index.json` and the layout directory; docker-registry every file its storage driver writes, twice (upload data and hash states, link files), and no directory: strace counts 104 `fsync` calls, all on files, for one push by skopeo of an image of a config and 5 layers. ")
 	w("The clients run in the benchmark's process on the same 2 cores: curl %s for the large blob (`curl -o /dev/null`, its `time_total`), Go's `net/http` (keep-alive, no compression) for the rest. Every run's load average (1 min) is in its row; the machine's cores are shared with the clients, and with whatever else ran (see Machine).\n\n", orUnknown(vers["curl"]))
 
 	w("### Blob GET: %s (curl)\n\n", r.serveWhat(scSrvBlobBig))
-	w("The blob pushed to both registries over HTTP before the clock, as a layer of an image; every blob file read once (page cache warm), then fetched once through each server and its digest checked, untimed. Each run fetches the blob once from each server, the order rotating from run to run; **MB/s** is the blob's bytes over curl's `time_total`, median [min–max] over %d runs. Load at the runs' starts: %s.\n\n", s.BlobRuns, r.serveLoads(scSrvBlobBig))
+	w("The blob pushed to both registries over HTTP before the clock, as a layer of an image; every blob file read once (page cache warm), then fetched once through each server and its digest checked, untimed. Each run fetches the blob once from each server, the order rotating from run to run; **MB/s** is the blob's bytes over curl's `time_total`, median [min–max] over %d runs. Load at the runs' starts: %s.\n\n", r.serveRunCount(scSrvBlobBig), r.serveLoads(scSrvBlobBig))
 	r.writeBlobTable(w, scSrvBlobBig, false)
 	w("\n### Blob GET: %s (Go net/http)\n\n", r.serveWhat(scSrvBlobSmall))
 	w("%d blobs of %d to %d KiB (random sizes and bytes), pushed, warmed and checked as above. Each run fetches every blob once, %d goroutines each taking the next URL of one shuffled list (one shared `http.Transport`, %d keep-alive connections), each body drained to `io.Discard`; **MB/s** is the bytes over the wall time; **blobs/s**; **request ms** the latency of one GET to the end of its body, p50 / p99 over the run's requests, medians over %d runs. Load: %s.\n\n",
-		s.SmallBlobs, s.SmallMin>>10, s.SmallMax>>10, s.SmallClients, s.SmallClients, s.BlobRuns, r.serveLoads(scSrvBlobSmall))
+		s.SmallBlobs, s.SmallMin>>10, s.SmallMax>>10, s.SmallClients, s.SmallClients, r.serveRunCount(scSrvBlobSmall), r.serveLoads(scSrvBlobSmall))
 	r.writeBlobTable(w, scSrvBlobSmall, true)
 
 	w("\n### Manifest GET by tag at %d tags (Go net/http, one client)\n\n", s.Tags)
 	w("The same %d images in both: the generated layout (section 1's shape: a manifest, a config and 5 layers of 256 bytes), tagged `%s:img0…` in ocistore (one `index.json` of %d entries, adopted before the clock); docker-registry's storage written directly in distribution's filesystem layout from the same files (blob data, `_layers` links, each manifest's revision link, each tag's `current` and `index` links: the tree a push leaves, written in seconds instead of pushing every image over HTTP). Before the clock, both list every tag and answer every tag's manifest with its digest (body and `Docker-Content-Digest`). Each run GETs every tag's manifest once, one request at a time on one keep-alive connection, in a shuffled order (the same for both servers in a run), checking each answer's `Docker-Content-Digest`; latency is per request, to the end of the body. Medians [min–max] over %d runs. Load: %s.\n\n",
-		s.Tags, tagsRepo, s.Tags, s.Runs, r.serveLoads(scSrvTags))
+		s.Tags, tagsRepo, s.Tags, r.serveRunCount(scSrvTags), r.serveLoads(scSrvTags))
 	if r.serveHas(scSrvTags) {
 		w("| server | p50 ms | p99 ms | max ms | requests/s | p50 of docker-registry's | p99 of docker-registry's | runs | note |\n|---|---|---|---|---|---|---|---|---|\n")
 		g50, g99 := r.serveMedian(scSrvTags, pRegistry, p50), r.serveMedian(scSrvTags, pRegistry, p99)
@@ -1300,7 +1303,7 @@ func (r *runner) writeServe(w func(format string, a ...any), vers map[string]str
 	}
 	w("\n### Push: %d small images by %d clients (Go net/http)\n\n", s.PushImages, s.PushClients)
 	w("%d distinct images, each a config and 2 or 3 layers of 4 to 16 KiB (random bytes), to `%s:i0…`; %d goroutines each push the next image as clients do: per blob `HEAD` (404), `POST` an upload, `PUT` it whole with its digest; then `PUT` the manifest by tag. Each run pushes into a fresh empty server (ocistore: a layout made by `ocistore init`; docker-registry: empty storage), the file system synced before, the order rotating from run to run. ocistore with every fsync in place (its default, the only mode it has). After each run every tag is listed, and ocistore's layout passes `ocistore fsck` once the server has stopped. **images/s** over the wall time; **image ms**: one image's pushes, p50 / p99. Medians [min–max] over %d runs. Load: %s.\n\n",
-		s.PushImages, pushRepo, s.PushClients, s.Runs, r.serveLoads(scSrvPush))
+		s.PushImages, pushRepo, s.PushClients, r.serveRunCount(scSrvPush), r.serveLoads(scSrvPush))
 	if r.serveHas(scSrvPush) {
 		w("| server | images/s | s | image ms p50 | image ms p99 | of docker-registry | runs | note |\n|---|---|---|---|---|---|---|---|\n")
 		reg := r.serveMedian(scSrvPush, pRegistry, perSecond)
@@ -1337,6 +1340,19 @@ func (r *runner) writeServe(w func(format string, a ...any), vers map[string]str
 		w("| %d | %s | %d | %d | %s / %s | %d | %s / %s / %s | %.2f | %s |\n", x.Run, fmtNum(st.PruneMs/1000), st.Pruned, st.During, fmtNum(st.DuringP99Ms), fmtNum(st.DuringMaxMs), st.Items, fmtNum(st.P50Ms), fmtNum(st.P99Ms), fmtNum(st.MaxMs), st.Load, note)
 	}
 	r.writeTargetLine(w, 4)
+}
+
+// serveRunCount is the most runs a server has of a serve scenario.
+func (r *runner) serveRunCount(scenario string) int {
+	n := map[string]int{}
+	best := 0
+	for _, x := range r.results {
+		if x.Scenario == scenario {
+			n[x.Peer]++
+			best = max(best, n[x.Peer])
+		}
+	}
+	return best
 }
 
 // serveHas says whether the run has results of a serve scenario.
@@ -1429,8 +1445,12 @@ func serveMain(args []string) error {
 	work := fs.String("work", ".work-serve", "scratch directory (removed at the end unless -keep)")
 	keep := fs.Bool("keep", false, "keep the scratch directory")
 	repo := fs.String("repo", "..", "the main module's checkout (the CLI is built from it)")
+	from := fs.String("from", "", "measure nothing: write the report (-out) of these saved results of bench serve (-json)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *from != "" {
+		return serveReport(*from, *out)
 	}
 	rows := map[string]bool{}
 	for _, s := range strings.Split(*rowList, ",") {
@@ -1482,14 +1502,16 @@ func serveMain(args []string) error {
 		r.profDir = abs
 	}
 	started := time.Now()
-	vers := map[string]string{registryBinary: registryVersion(), "curl": curlVersion()}
-	r.logf("bench serve: %s sizes, rows %s, engine at %s", map[bool]string{true: "full", false: "quick"}[*full], *rowList, engineCommit(*repo))
+	vers := map[string]string{registryBinary: registryVersion(), "curl": curlVersion(), "engine": engineCommit(*repo), "rows": *rowList,
+		"cpu": firstField("/proc/cpuinfo", "model name"), "fs": mountOf(r.work)}
+	r.logf("bench serve: %s sizes, rows %s, engine at %s", map[bool]string{true: "full", false: "quick"}[*full], *rowList, vers["engine"])
 	if err := r.serving(rows); err != nil {
 		return err
 	}
 	wall := time.Since(started)
+	sr := savedRun{Full: p.Full, Runs: p.Serve.Runs, Started: started, WallNs: int64(wall), Versions: vers, Loads: r.loads, IOWaits: r.ioWaits, IONoisy: r.ioNoisy, Results: r.results}
 	if *jsonOut != "-" {
-		raw, _ := json.MarshalIndent(savedRun{Full: p.Full, Runs: p.Serve.Runs, Started: started, WallNs: int64(wall), Versions: vers, Loads: r.loads, Results: r.results}, "", " ")
+		raw, _ := json.MarshalIndent(sr, "", " ")
 		if err := os.WriteFile(*jsonOut, raw, 0o644); err != nil {
 			return err
 		}
@@ -1499,21 +1521,43 @@ func serveMain(args []string) error {
 			return err
 		}
 	}
+	if err := writeServeReport(r, sr, *out); err != nil {
+		return err
+	}
+	r.logf("wrote %s (%s)", *out, wall.Round(time.Second))
+	return nil
+}
+
+// serveReport writes the report of saved bench serve results.
+func serveReport(from, out string) error {
+	sr, p, err := loadSaved(from)
+	if err != nil {
+		return err
+	}
+	if out == "" {
+		out = map[bool]string{true: "serve-full.md", false: "serve-quick.md"}[sr.Full]
+	}
+	r := &runner{plan: p, results: sr.Results, loads: sr.Loads, ioWaits: sr.IOWaits, ioNoisy: sr.IONoisy, log: os.Stderr}
+	return writeServeReport(r, sr, out)
+}
+
+// writeServeReport writes bench serve's report: its targets and section 10.
+func writeServeReport(r *runner, sr savedRun, out string) error {
 	var b strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
-	w("# Registry server (`bench serve%s -rows %s`)\n\n", map[bool]string{true: " -full", false: ""}[*full], *rowList)
-	w("Measured on %s in %s, engine at %s; load average (1 min) at the start of each run: median %.2f, max %.2f on %d cores (each row says its own). Machine: %s, %s.\n",
-		started.UTC().Format("2006-01-02 15:04 UTC"), wall.Round(time.Second), engineCommit(*repo), r.loads.median(), r.loads.max(), runtime.NumCPU(), firstField("/proc/cpuinfo", "model name"), mountOf(r.work))
+	vers := sr.Versions
+	w("# Registry server (`bench serve%s -rows %s`)\n\n", map[bool]string{true: " -full", false: ""}[sr.Full], orUnknown(vers["rows"]))
+	w("Measured on %s in %s, engine at %s; load average (1 min) at the start of each run: median %.2f, max %.2f on %d cores (each row says its own). Machine: %s, %s. `go run . serve -from FILE.json` writes this file again from the run's raw results.\n",
+		sr.Started.UTC().Format("2006-01-02 15:04 UTC"), time.Duration(sr.WallNs).Round(time.Second), orUnknown(vers["engine"]), r.loads.median(), r.loads.max(), runtime.NumCPU(), orUnknown(vers["cpu"]), orUnknown(vers["fs"]))
+	if len(r.ioWaits) > 0 {
+		w("\nBefore each push and prune run, the benchmark waited for quiet I/O (as the other sections' runs do): waits median %.0f ms, max %.0f ms; %d of %d runs started with the I/O still busy.\n", r.ioWaits.median(), r.ioWaits.max(), r.ioNoisy, len(r.ioWaits))
+	}
 	w("\n| target | measured | |\n|---|---|---|\n")
 	for _, t := range r.serveTargets(verdictWord) {
 		w("| %s | %s | %s |\n", t[0], t[1], t[2])
 	}
 	r.writeServe(w, vers)
-	if err := os.WriteFile(*out, []byte(b.String()), 0o644); err != nil {
-		return err
-	}
-	r.logf("wrote %s (%s)", *out, wall.Round(time.Second))
-	return nil
+	return os.WriteFile(out, []byte(b.String()), 0o644)
 }
 
 // mergeServe puts r's serve results into the saved run at path in place

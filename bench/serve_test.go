@@ -219,3 +219,66 @@ func TestServeRowsEndToEnd(t *testing.T) {
 }
 
 func math64(v float64) bool { return v != v } // NaN
+
+// TestMergeServe: bench serve -into puts its rows into a saved run in
+// place of that run's rows of the same names, keeps every other result,
+// records the re-measure, and the report written from the saved run has
+// them.
+func TestMergeServe(t *testing.T) {
+	dir := t.TempDir()
+	saved := filepath.Join(dir, "results.json")
+	old := savedRun{Full: true, Runs: 3, Results: []runResult{
+		{Scenario: scDeleteOne, Peer: pOcistore, N: 100, K: 10, Run: 1, WallMs: 5, Res: childResult{TotalMs: 4}},
+		{Scenario: scSrvPush, Peer: pServe, N: 500, Run: 1, WallMs: 1000, Serve: &serveStats{Items: 500, Seconds: 50}},
+		{Scenario: scSrvTags, Peer: pServe, N: 20000, Run: 1, WallMs: 1000, Serve: &serveStats{Items: 20000, Seconds: 10, P50Ms: 0.5, P99Ms: 2}},
+	}}
+	raw, _ := json.Marshal(old)
+	if err := os.WriteFile(saved, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := newRunner(fullPlan(), filepath.Join(dir, "work"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.log = testLog{t}
+	for _, name := range []string{pServe, pRegistry} {
+		r.results = append(r.results, runResult{Scenario: scSrvPush, Peer: name, N: 500, Run: 1, WallMs: 10000, Serve: &serveStats{Items: 500, Seconds: 10, P50Ms: 100, P99Ms: 200, MaxMs: 250, Load: 1.5}})
+	}
+	r.loads = dist{1.5, 1.5}
+	if err := mergeServe(saved, r, map[string]bool{rowPush: true}, time.Now(), time.Minute, ".."); err != nil {
+		t.Fatal(err)
+	}
+	sr, _, err := loadSaved(saved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, x := range sr.Results {
+		got[x.Scenario+"/"+x.Peer]++
+		if x.Scenario == scSrvPush && x.Serve.Seconds != 10 {
+			t.Errorf("an old push run kept: %+v", x.Serve)
+		}
+	}
+	want := map[string]int{scDeleteOne + "/" + pOcistore: 1, scSrvTags + "/" + pServe: 1, scSrvPush + "/" + pServe: 1, scSrvPush + "/" + pRegistry: 1}
+	for k, n := range want {
+		if got[k] != n {
+			t.Errorf("%s: %d runs, want %d (all: %v)", k, got[k], n, got)
+		}
+	}
+	if len(sr.Remeasured) != 1 || sr.Remeasured[0].Scenario != serveFamily || sr.Remeasured[0].Peer != rowPush || sr.Remeasured[0].Replaced != 1 {
+		t.Errorf("re-measure record: %+v", sr.Remeasured)
+	}
+	out := filepath.Join(dir, "report.md")
+	if err := reportMain([]string{"-from", saved, "-out", out, "-work", filepath.Join(dir, "rwork")}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"**Re-measured**: section 10 (rows push,", "| push of 500 small images by 8 clients: at least docker-registry's images/s | 50.0 images/s vs 50.0 (1×), every fsync in place | met |", "| blob GET of a 1 GiB blob (curl): at least docker-registry's throughput, and ≥80% of http.FileServer's on the same file | — | not measured in this run |"} {
+		if !strings.Contains(string(rep), s) {
+			t.Errorf("the report lacks %q", s)
+		}
+	}
+}
