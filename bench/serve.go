@@ -1549,6 +1549,12 @@ func writeServeReport(r *runner, sr savedRun, out string) error {
 	w("# Registry server (`bench serve%s -rows %s`)\n\n", map[bool]string{true: " -full", false: ""}[sr.Full], orUnknown(vers["rows"]))
 	w("Measured on %s in %s, engine at %s; load average (1 min) at the start of each run: median %.2f, max %.2f on %d cores (each row says its own). Machine: %s, %s. `go run . serve -from FILE.json` writes this file again from the run's raw results.\n",
 		sr.Started.UTC().Format("2006-01-02 15:04 UTC"), time.Duration(sr.WallNs).Round(time.Second), orUnknown(vers["engine"]), r.loads.median(), r.loads.max(), runtime.NumCPU(), orUnknown(vers["cpu"]), orUnknown(vers["fs"]))
+	for _, m := range sr.Remeasured {
+		if m.Scenario == serveFamily {
+			w("\n**Re-measured**: rows %s (%d old runs replaced) by `bench serve -into`, on %s in %s, engine at %s; load average (1 min) at the start of each run: median %.2f, max %.2f. Every other row is from the run above.\n",
+				m.Peer, m.Replaced, m.Started.UTC().Format("2006-01-02 15:04 UTC"), time.Duration(m.WallNs).Round(time.Second), m.Commit, m.Loads.median(), m.Loads.max())
+		}
+	}
 	if len(r.ioWaits) > 0 {
 		w("\nBefore each push and prune run, the benchmark waited for quiet I/O (as the other sections' runs do): waits median %.0f ms, max %.0f ms; %d of %d runs started with the I/O still busy.\n", r.ioWaits.median(), r.ioWaits.max(), r.ioNoisy, len(r.ioWaits))
 	}
