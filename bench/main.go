@@ -9,8 +9,10 @@
 //	bench report -from results.json [-out ...] [-micro ...]      rewrite the report from a run's saved results
 //	bench rerun -from results.json -scenario S -peer P [-n N,...] measure one peer's cells again, in place of its saved runs
 //	bench scale -n N,... [-parts adoption,delete,cli] [-template DIR]  the adoption table and the scale rows only
+//	bench serve [-full] [-rows blob,tags,push,prune] [-into results.json] [-profile DIR]  the registry server rows only
 //	bench gen -n N [-layer-size B] DIR                           write a layout
 //	bench child ...                                              (internal: one run, in its own process)
+//	bench srvproc -mode fileserver|ocistore -dir DIR             (internal: a server of the serve rows, in its own process)
 package main
 
 import (
@@ -39,6 +41,10 @@ func main() {
 			err = rerunMain(os.Args[2:])
 		case "scale":
 			err = scaleMain(os.Args[2:])
+		case "serve":
+			err = serveMain(os.Args[2:])
+		case "srvproc":
+			err = srvprocMain(os.Args[2:])
 		default:
 			err = benchMain(os.Args[1:])
 		}

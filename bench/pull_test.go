@@ -8,9 +8,17 @@ import (
 	"testing"
 )
 
-// TestMain lets the test binary stand in for bench as the runner's child
+// TestMain lets the test binary stand in for bench as the runner's child,
+// and as the servers of the serve rows (bench srvproc)
 // (r.self is the running executable).
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "srvproc" {
+		if err := srvprocMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench srvproc:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == "child" {
 		if err := childMain(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "bench child:", err)

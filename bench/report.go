@@ -222,6 +222,11 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 		w("A quick run: the small sizes only, a smoke test of this machine; the published full-size tables are in BENCHMARKS.md (`BENCH_FULL=1 make bench` rewrites them). Do not edit: every quick `make bench` rewrites this file.\n\n")
 	}
 	for _, m := range r.remeasured {
+		if m.Scenario == serveFamily {
+			w("**Re-measured**: section 10 (rows %s, %d runs per row and server, %d old runs replaced), by `bench serve`, on %s in %s, engine at commit `%s`; load average (1 min) at the start of each run: median %.2f, max %.2f on %d cores.\n\n",
+				m.Peer, m.Runs, m.Replaced, m.Started.UTC().Format("2006-01-02 15:04 UTC"), time.Duration(m.WallNs).Round(time.Second), m.Commit, m.Loads.median(), m.Loads.max(), runtime.NumCPU())
+			continue
+		}
 		var ns []string
 		for _, n := range m.Ns {
 			ns = append(ns, fmt.Sprint(n))
@@ -437,6 +442,8 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 	r.writePullSection(w, info.versions)
 	// 8, 9
 	r.writeScale(w)
+	// 10
+	r.writeServe(w, info.versions)
 
 	w("\n## Method\n\n")
 	w("- Layouts: `bench/gen.go`, the shape of `internal/gen`: N images tagged `img0…`, each a manifest, a config and 5 layers of 256 random bytes, 3 of them from one of 10 shared base sets and 2 its own (4N+30 blobs). One template per N, generated once per run; every peer and every run works on a fresh `cp -a` copy, the file system synced (`syncfs`) after the copy so that no peer pays for another's dirty pages.\n")
@@ -445,6 +452,7 @@ func (r *runner) writeReport(path string, info reportInfo) error {
 	w("- Each run is a child process of `bench` (`bench child …`): the parent copies, starts it, reads its peak RSS, then runs the consistency check on what it left.\n")
 	w("- Medians and [min–max] are over runs (%d per cell, fewer where a single run took over %s: the note says so).\n", p.Runs, p.Budget)
 	w("- The consistency check is the benchmark's own (`bench/check.go`, no peer's code): dangling = distinct digests the graph from index.json names but the blob store lacks; orphans = blobs present but unreachable; tags lost = tags that should remain but are gone; not deleted = tags deleted but still listed.\n")
+	w("- Section 10 alone: `cd bench && go run . serve [-full] [-rows blob,tags,push,prune]` writes `serve-quick.md` (`serve-full.md` with `-full`) and its raw results; `-into results.json` also puts its rows into a saved run, in place of that run's, for `bench report`; `-profile DIR` runs ocistore's server in-process (`bench srvproc`, the `server` package wired as the CLI wires it) and writes a CPU profile of each row's first run.\n")
 	w("- Reproduce one cell, with a CPU profile: `cd bench && go run . one -scenario delete-one -peer ocistore -n 5000 -k 10 -cpuprofile cpu.out && go tool pprof -top cpu.out` (the copy is settled as above; `-scenario open-cold` for the unsettled open; `-keep` reuses the templates on the next call).\n")
 	if info.results != "" {
 		from := filepath.Base(info.results)
@@ -620,7 +628,8 @@ func (r *runner) summaryLines() []string {
 		out = append(out, fmt.Sprintf("6. peak memory: ocistore's worst run %.0f MiB (%s)", worst, where))
 	}
 	out = append(out, r.pullSummary()...)
-	return append(out, r.scaleSummary()...)
+	out = append(out, r.scaleSummary()...)
+	return append(out, r.serveSummary()...)
 }
 
 // ingestLimit is the machine's limit for an ingest scenario, in ms: the
@@ -751,7 +760,8 @@ func (r *runner) targets() [][3]string {
 		}
 		rows = append(rows, [3]string{"no scenario above 256 MiB at N=20000 (ocistore)", fmt.Sprintf("%.0f MiB (%s)", worst, where), v})
 	}
-	return append(rows, r.scaleTargets(verdict)...)
+	rows = append(rows, r.scaleTargets(verdict)...)
+	return append(rows, r.serveTargets(verdict)...)
 }
 
 // machineInfo describes the machine and the file system of dir.
@@ -837,6 +847,7 @@ func moduleVersions(repo string) map[string]string {
 	out["github.com/ocistore/ocistore"] = "this checkout (`replace => ../`), " + rev
 	out[pSkopeo] = skopeoVersion()
 	out[registryBinary] = registryVersion()
+	out["curl"] = curlVersion()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-u", "-json", "go.podman.io/image/v5", "oras.land/oras-go/v2", "github.com/google/go-containerregistry")

@@ -47,9 +47,11 @@ type plan struct {
 	// a foreign layout against oras-go's open); Scale the sizes of the
 	// scale rows (library delete, the CLI, the journal's size), ScaleK
 	// the deletes there (scale.go).
-	Adopt   []int
-	Scale   []int
-	ScaleK  int
+	Adopt  []int
+	Scale  []int
+	ScaleK int
+	// Serve are the sizes of the registry server rows (serve.go).
+	Serve   serveSizes
 	Timeout time.Duration // per child process
 	Budget  time.Duration // a first run longer than this is not repeated; deletes one at a time stop after it
 	// MaxN[scenario][peer] is the largest N a peer runs a scenario at: past
@@ -74,6 +76,7 @@ func quickPlan() plan {
 		Adopt:          []int{100, 1000, 5000},
 		Scale:          []int{5000},
 		ScaleK:         10,
+		Serve:          quickServe(),
 		Timeout:        10 * time.Minute,
 		Budget:         5 * time.Second,
 		MaxN: map[string]map[string]int{
@@ -101,6 +104,7 @@ func fullPlan() plan {
 		Adopt:          []int{100, 1000, 5000, 20000, 100000},
 		Scale:          []int{20000, 100000},
 		ScaleK:         10,
+		Serve:          fullServe(),
 		Timeout:        10 * time.Minute,
 		Budget:         30 * time.Second,
 		MaxN: map[string]map[string]int{
@@ -125,6 +129,7 @@ type runResult struct {
 	Check     *checkReport  `json:"check,omitempty"`
 	Journal   *journalStats `json:"journal,omitempty"` // scenario journal: the journal's size (scale.go)
 	Bytes     int64         `json:"bytes,omitempty"`   // pull: the bytes of the image's blobs
+	Serve     *serveStats   `json:"serve,omitempty"`   // the registry server rows (serve.go)
 	Err       string        `json:"err,omitempty"`     // the child failed as a whole
 	Note      string        `json:"note,omitempty"`
 }
@@ -151,6 +156,7 @@ type runner struct {
 	only       string      // bench rerun: the one peer the delete scenarios run
 	cliBin     string      // the CLI built from repo, once per run
 	remeasured []remeasure // bench report: cells measured again after the run
+	profDir    string      // bench serve -profile: ocistore's server in-process, CPU profiles here
 }
 
 // ioQuiet waits, up to ioQuietMax, until the machine's I/O is quiet: some
@@ -634,5 +640,12 @@ func (r *runner) runAll() error {
 	if err := r.pulling(); err != nil {
 		return err
 	}
-	return r.scaling()
+	if err := r.scaling(); err != nil {
+		return err
+	}
+	rows := map[string]bool{}
+	for _, s := range serveRows {
+		rows[s] = true
+	}
+	return r.serving(rows)
 }
