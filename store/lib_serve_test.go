@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -315,5 +316,57 @@ func TestPruneLinger(t *testing.T) {
 		t.Fatalf("GC after Linger freed %d (%v), want %d", len(gc.Freed), err, len(gone))
 	}
 	l.wantBlobs(false, gone...)
+	l.clean()
+}
+
+// A prune with Limit removes at most that many images per transaction and
+// says when there is more; run again, it goes on where it stopped, in the
+// order the rules choose (least recently used first for a budget).
+func TestPruneLimit(t *testing.T) {
+	l := newLib(t)
+	var imgs []v1.Descriptor
+	for i := range 5 {
+		d := l.image(nil, 1)
+		l.tag(d, "app:"+strconv.Itoa(i))
+		imgs = append(imgs, d)
+		time.Sleep(5 * time.Millisecond) // distinct first-seen times: the LRU order
+	}
+	var sizes []int64
+	for _, d := range imgs {
+		_, n, err := l.s.Size(l.ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, n)
+	}
+	budget := sizes[4] // room for the newest only
+	var order []string
+	for round := 0; ; round++ {
+		res, err := l.s.Prune(l.ctx, store.Policy{MaxSize: budget, Limit: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Removed) > 2 {
+			t.Fatalf("round %d removed %d images, limit 2", round, len(res.Removed))
+		}
+		for _, r := range res.Removed {
+			order = append(order, r.Name)
+		}
+		if !res.More {
+			if res.OverBudget {
+				t.Errorf("round %d: over budget without more to remove", round)
+			}
+			break
+		}
+		if round > 5 {
+			t.Fatal("the prune never finished")
+		}
+	}
+	if got, want := strings.Join(order, " "), "app:0 app:1 app:2 app:3"; got != want {
+		t.Errorf("removed %s, want %s (least recently used first, two at a time)", got, want)
+	}
+	if err := (&store.Policy{KeepLast: 1, Limit: -1}).Validate(); !errors.Is(err, store.ErrInvalidArgument) {
+		t.Errorf("Limit -1: %v, want ErrInvalidArgument", err)
+	}
 	l.clean()
 }

@@ -76,6 +76,13 @@ type Policy struct {
 	KeepReferrers bool // do not remove referrers with their subjects
 	DryRun        bool // report what would go, change nothing
 
+	// Limit, when positive, makes the prune remove at most about that many
+	// images (those the rules choose first; the referrers that go with
+	// them come on top) and set PruneResult.More when it stopped there:
+	// run it again for the rest. A registry prunes in such batches, so
+	// that a push never waits for the writer lock longer than one batch.
+	Limit int
+
 	// Linger keeps the blobs the prune frees for this long, in a lease
 	// of their own (Result.Lingering), before GC may remove them: a
 	// client that read a pruned image's manifest just before (a pull
@@ -116,6 +123,9 @@ type PruneResult struct {
 	// OverBudget is set when MaxSize could not be met by removing what
 	// the policy allows.
 	OverBudget bool `json:"overBudget,omitempty"`
+	// More is set when Policy.Limit stopped the prune before it removed
+	// all it would have: another prune removes more.
+	More bool `json:"more,omitempty"`
 	// Recovery, for a dry run only, is what the recovery that a real run
 	// does first would do (recount after another tool's write, finish an
 	// interrupted transaction): the plan is of the layout after it.
@@ -134,6 +144,8 @@ func (p *Policy) Validate() error {
 		return fmt.Errorf("OlderThan %s: %w", p.OlderThan, errdef.ErrInvalidArgument)
 	case p.MaxSize < 0:
 		return fmt.Errorf("MaxSize %d: %w", p.MaxSize, errdef.ErrInvalidArgument)
+	case p.Limit < 0:
+		return fmt.Errorf("policy Limit %d: %w", p.Limit, errdef.ErrInvalidArgument)
 	case p.Linger < 0:
 		return fmt.Errorf("policy Linger %s: %w", p.Linger, errdef.ErrInvalidArgument)
 	case p.KeepLast == 0 && p.OlderThan == 0 && p.Until.IsZero() && p.MaxSize == 0 && !p.Untagged:
@@ -248,6 +260,7 @@ func (s *Store) planPrune(cur *layout.Index, t *txn, p *Policy, out *PruneResult
 	isProtected := func(i int) bool { return protected[info[i].repo+" "+entries[i].Desc.Digest.String()] }
 
 	dr := newDropper(t, entries, !p.KeepReferrers)
+	dr.limit = p.Limit
 	// The refcount simulation tells what the removals free: the budget
 	// needs it as it goes, a dry run for its report, the cascade to find
 	// the referrers of what goes. Otherwise the transaction's own count
@@ -404,6 +417,9 @@ func pruneByRules(t *txn, dr *dropper, entries []layout.Entry, info []pruneEntry
 		t.prefetch(descs)
 	}
 	for j, i := range chosen {
+		if dr.full() {
+			break
+		}
 		if err := dr.remove(i, reasons[j]); err != nil {
 			return err
 		}
@@ -461,7 +477,7 @@ func pruneToBudget(t *txn, dr *dropper, info []pruneEntry, p *Policy, isProtecte
 			return lru[a] < lru[b]
 		})
 		for _, i := range lru {
-			if live-dr.freedBytes() <= p.MaxSize {
+			if live-dr.freedBytes() <= p.MaxSize || dr.full() {
 				break
 			}
 			if err := dr.remove(i, ReasonMaxSize); err != nil {
@@ -471,8 +487,9 @@ func pruneToBudget(t *txn, dr *dropper, info []pruneEntry, p *Policy, isProtecte
 				return 0, err
 			}
 		}
-		out.OverBudget = live-dr.freedBytes() > p.MaxSize
+		out.OverBudget = !dr.more && live-dr.freedBytes() > p.MaxSize
 	}
+	out.More = dr.more
 	return live, nil
 }
 
@@ -649,6 +666,18 @@ type dropper struct {
 	followed int   // sim.Freed entries already looked at for referrers
 	counted  int   // sim.Freed entries summed into freed
 	freed    int64 // bytes of sim.Freed[:counted]
+	removed  int   // entries dropped
+	limit    int   // Policy.Limit: stop choosing at this many (0: no limit)
+	more     bool  // the limit stopped a choice
+}
+
+// full reports whether the limit of entries to drop is reached (and notes
+// that a choice stopped there).
+func (d *dropper) full() bool {
+	if d.limit > 0 && d.removed >= d.limit {
+		d.more = true
+	}
+	return d.more
 }
 
 func newDropper(t *txn, entries []layout.Entry, cascade bool) *dropper {
@@ -666,6 +695,7 @@ func (d *dropper) remove(i int, reason string) error {
 		return nil
 	}
 	d.drop[i], d.reason[i] = true, reason
+	d.removed++
 	if !d.simulate {
 		return nil
 	}

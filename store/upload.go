@@ -51,10 +51,10 @@ type Upload struct {
 	lease *Lease
 	ttl   time.Duration
 
-	mu      sync.Mutex
-	f       fsio.RWFile // nil once committed or cancelled
-	size    int64
-	h       hash.Hash // sha256 of [0, size), nil when not known (resumed)
+	mu   sync.Mutex
+	f    fsio.RWFile // nil once committed or cancelled
+	size int64
+	h    hash.Hash // sha256 of [0, size), nil when not known (resumed)
 }
 
 // uploadPath is the staging file of the upload id.

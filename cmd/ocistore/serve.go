@@ -291,6 +291,10 @@ func reloadOnHangup(log *slog.Logger, auth *server.Htpasswd) (stop func()) {
 	}
 }
 
+// pruneBatch is how many images one prune transaction of the server
+// removes at most (store.Policy.Limit).
+const pruneBatch = 500
+
 // maintain runs prune and GC on their intervals until ctx ends.
 func maintain(ctx context.Context, log *slog.Logger, st *store.Store, m *server.Metrics, o serveOpts) {
 	var pruneC, gcC <-chan time.Time
@@ -309,21 +313,28 @@ func maintain(ctx context.Context, log *slog.Logger, st *store.Store, m *server.
 		case <-ctx.Done():
 			return
 		case <-pruneC:
-			start := time.Now()
-			res, err := st.Prune(ctx, store.Policy{MaxSize: o.maxSize, KeepLast: o.keepLast, Linger: o.linger})
-			if res != nil {
-				m.Maintenance("prune", time.Since(start), res.BytesFreed, len(res.Removed), err)
-			} else {
-				m.Maintenance("prune", time.Since(start), 0, 0, err)
-			}
-			if err != nil {
-				if ctx.Err() == nil {
-					log.Error("prune failed", "err", err)
+			// In batches: a push waits for the writer lock one batch at
+			// most, not a whole prune of thousands of images.
+			for ctx.Err() == nil {
+				start := time.Now()
+				res, err := st.Prune(ctx, store.Policy{MaxSize: o.maxSize, KeepLast: o.keepLast, Linger: o.linger, Limit: pruneBatch})
+				if res != nil {
+					m.Maintenance("prune", time.Since(start), res.BytesFreed, len(res.Removed), err)
+				} else {
+					m.Maintenance("prune", time.Since(start), 0, 0, err)
 				}
-				continue
-			}
-			if len(res.Removed) > 0 {
-				log.Info("prune", "removed", len(res.Removed), "bytes_freed", res.BytesFreed)
+				if err != nil {
+					if ctx.Err() == nil {
+						log.Error("prune failed", "err", err)
+					}
+					break
+				}
+				if len(res.Removed) > 0 {
+					log.Info("prune", "removed", len(res.Removed), "bytes_freed", res.BytesFreed, "lingering", len(res.Lingering), "more", res.More)
+				}
+				if !res.More {
+					break
+				}
 			}
 		case <-gcC:
 			start := time.Now()
