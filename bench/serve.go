@@ -959,7 +959,9 @@ func pruneLoop(s *srv, li *loopImages, st *serveStats, started time.Time, sz ser
 				f := x
 				first = &f
 			}
-			last = x
+			if last.remove < sz.PruneImages {
+				last = x // until the batches removed the generated images
+			}
 			mu.Unlock()
 		}
 	}()
@@ -968,10 +970,13 @@ func pruneLoop(s *srv, li *loopImages, st *serveStats, started time.Time, sz ser
 	var loopErr error
 	for {
 		mu.Lock()
-		f := first
+		f, l := first, last
 		mu.Unlock()
 		el := time.Since(t0)
-		if f != nil && el > f.at+2*time.Second {
+		// The server prunes in batches (a transaction of at most 500
+		// images each): the prune is over once they removed the
+		// generated images.
+		if f != nil && l.remove >= sz.PruneImages && el > l.at+2*time.Second {
 			break
 		}
 		if el > deadline {
@@ -1004,20 +1009,22 @@ func pruneLoop(s *srv, li *loopImages, st *serveStats, started time.Time, sz ser
 	if f == nil {
 		return loopErr
 	}
-	// The first prune ran in [at - dur - 20 ms, at]: at is when the poll
-	// saw it, at most one poll (20 ms) after its end.
-	st.PruneMs, st.Pruned, st.Prunes = f.dur*1000, f.remove, l.runs
+	// The prune's batches ran from [f.at - f.dur - 20 ms] (the first, seen
+	// at most one poll after its end) to l.at (the last seen, when the
+	// batches had removed the generated images). PruneMs is the batches'
+	// own time, summed.
+	st.PruneMs, st.Pruned, st.Prunes = l.dur*1000, l.remove, l.runs
 	from := f.at - time.Duration(f.dur*float64(time.Second)) - 20*time.Millisecond
 	var during dist
 	for _, x := range samples {
-		if x.start < f.at && x.end > from {
+		if x.start < l.at && x.end > from {
 			during = append(during, ms(x.end-x.start))
 		}
 	}
 	st.During = len(during)
 	st.DuringP50Ms, st.DuringP99Ms, st.DuringMaxMs = during.quantile(0.5), during.quantile(0.99), dmax(during)
 	if len(during) == 0 && loopErr == nil {
-		loopErr = fmt.Errorf("no PUT manifest overlapped the prune (%.0f ms, seen %s after the loop's start)", f.dur*1000, f.at.Round(time.Millisecond))
+		loopErr = fmt.Errorf("no PUT manifest overlapped the prune (%.0f ms, seen %s after the loop's start)", l.dur*1000, f.at.Round(time.Millisecond))
 	}
 	return loopErr
 }
@@ -1318,7 +1325,7 @@ func (r *runner) writeServe(w func(format string, a ...any), vers map[string]str
 
 	w("\n### PUT manifest during a prune of %d images (ocistore only)\n\n", s.PruneImages)
 	li := newLoopImages()
-	w("docker-registry has no online prune (its garbage collection is an offline command, the registry read-only meanwhile): this row is ocistore's alone. Each run starts the server on a fresh copy of an adopted layout of %d generated images (`%s:img…`) with `--max-size %d --prune-interval %s` (serve's defaults otherwise: `--linger 10m`, so the prune's freed blobs go into a lease instead of being unlinked). The client pushes one config and 3 layers of %d bytes, then images to the %d tags `%s:t0…t%d` in turn, in a loop: each a new manifest over those blobs (an annotation numbers it), pushed as a client pushes an image whose blobs the registry has (`HEAD` of each blob, 200, then `PUT` the manifest), so that its one write, the `PUT` manifest, is what it spends its time in and what is timed. Each `PUT` moves a tag and leaves the manifest it replaces as an untagged entry. The budget holds the blobs and %d manifests: the prune, %s after the server's start, removes the untagged loop manifests (a prune removes untagged entries first), then the %d generated images (least recently used first), in one transaction, and none of the tagged loop images. The server's `/metrics` is polled every 20 ms for the prune (its duration, the images it removed); the loop stops 2 s after the prune. **during the prune**: the `PUT`s that overlapped it (started before the poll saw it end, ended after its start, a poll's 20 ms included); with one client in a loop of `PUT`s, that is one or two requests, so their p99 is their maximum: the wait of the `PUT` that arrived while the prune held the store's writer lock. A blob upload's commit takes the same lock (it records the blob in its upload's lease): an upload arriving then would wait as long. After each run the layout holds no generated tag and the %d loop tags, and the metrics count at least %d images removed (the generated ones, and the untagged loop manifests). Load: %s.\n\n",
+	w("docker-registry has no online prune (its garbage collection is an offline command, the registry read-only meanwhile): this row is ocistore's alone. Each run starts the server on a fresh copy of an adopted layout of %d generated images (`%s:img…`) with `--max-size %d --prune-interval %s` (serve's defaults otherwise: `--linger 10m`, so the prune's freed blobs go into a lease instead of being unlinked). The client pushes one config and 3 layers of %d bytes, then images to the %d tags `%s:t0…t%d` in turn, in a loop: each a new manifest over those blobs (an annotation numbers it), pushed as a client pushes an image whose blobs the registry has (`HEAD` of each blob, 200, then `PUT` the manifest), so that its one write, the `PUT` manifest, is what it spends its time in and what is timed. Each `PUT` moves a tag and leaves the manifest it replaces as an untagged entry. The budget holds the blobs and %d manifests: the prune, %s after the server's start, removes the untagged loop manifests (a prune removes untagged entries first), then the %d generated images (least recently used first), in transactions of at most 500 images each (serve's batches, store.Policy.Limit), and none of the tagged loop images. The server's `/metrics` is polled every 20 ms for the prune (its batches' summed duration, the images they removed); the loop stops 2 s after the batches removed the generated images. **during the prune**: the `PUT`s that overlapped the batches (from the first's start to the last's end, a poll's 20 ms included): each waits at most for the batch that holds the store's writer lock when it arrives. A blob upload's commit takes the same lock (it records the blob in its upload's lease): an upload arriving then would wait as long. After each run the layout holds no generated tag and the %d loop tags, and the metrics count at least %d images removed (the generated ones, and the untagged loop manifests). Load: %s.\n\n",
 		s.PruneImages, oldRepo, li.budget(), s.PruneInterval, loopLayer, loopTags, loopRepo, loopTags-1, loopTags, s.PruneInterval, s.PruneImages, loopTags, s.PruneImages, r.serveLoads(scSrvPrune))
 	if !r.serveHas(scSrvPrune) {
 		w("Not measured in this run.\n")

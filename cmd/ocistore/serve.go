@@ -293,7 +293,7 @@ func reloadOnHangup(log *slog.Logger, auth *server.Htpasswd) (stop func()) {
 
 // pruneBatch is how many images one prune transaction of the server
 // removes at most (store.Policy.Limit).
-const pruneBatch = 500
+const pruneBatch = 100
 
 // maintain runs prune and GC on their intervals until ctx ends.
 func maintain(ctx context.Context, log *slog.Logger, st *store.Store, m *server.Metrics, o serveOpts) {
