@@ -129,12 +129,13 @@ func (p *puller) manifest(r *http.Request, rt route) (bool, error) {
 		desc, err := repo.Resolve(cctx, rt.arg)
 		cancel()
 		if err != nil || desc.Digest == local.Digest {
-			switch {
-			case err == nil, errors.Is(err, errdef.ErrNotFound):
-				p.markChecked(key) // the same, or a tag of this server's own
-			default:
+			if err != nil && !errors.Is(err, errdef.ErrNotFound) {
+				// Down or failing: served from the layout, and not asked
+				// again before the TTL, so that every pull of a cached
+				// tag does not wait for a dead upstream.
 				p.s.log.Warn("upstream: cannot check a tag; serving the cached one", "ref", key, "upstream", u.Registry, "err", err)
 			}
+			p.markChecked(key) // the same, a tag of this server's own, or unknown for now
 			p.s.opts.Metrics.CacheHit("manifest")
 			return true, nil
 		}
