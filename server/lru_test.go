@@ -21,6 +21,23 @@ import (
 	"github.com/ocistore/ocistore/store"
 )
 
+// newRegistry serves a new layout's store; cleanup closes both.
+func newRegistry(t *testing.T) (*store.Store, *httptest.Server) {
+	t.Helper()
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "layout"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := server.New(st, nil)
+	srv := httptest.NewServer(reg)
+	t.Cleanup(func() {
+		srv.Close()
+		reg.Close()
+		st.Close()
+	})
+	return st, srv
+}
+
 // push sends an image of one random layer of size bytes to repo:tag.
 func push(t *testing.T, base, repo, tag string, size int) {
 	t.Helper()
@@ -69,15 +86,7 @@ func status(t *testing.T, method, u string) int {
 // oldest push that clients still pull.
 func TestPruneEvictsLeastRecentlyPulled(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "layout"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	reg := server.New(st, nil)
-	defer reg.Close()
-	srv := httptest.NewServer(reg)
-	defer srv.Close()
+	st, srv := newRegistry(t)
 	for _, tag := range []string{"old", "mid", "new"} {
 		push(t, srv.URL, "team/app", tag, 100<<10)
 		time.Sleep(20 * time.Millisecond) // distinct first-seen times
@@ -101,16 +110,7 @@ func TestPruneEvictsLeastRecentlyPulled(t *testing.T) {
 
 // TestCatalog lists the repositories with a tag, a page at a time.
 func TestCatalog(t *testing.T) {
-	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(t.TempDir(), "layout"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	reg := server.New(st, nil)
-	defer reg.Close()
-	srv := httptest.NewServer(reg)
-	defer srv.Close()
+	_, srv := newRegistry(t)
 	for _, repo := range []string{"b/two", "a/one", "c/three"} {
 		push(t, srv.URL, repo, "1", 10)
 	}
